@@ -1,0 +1,29 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make run    build the retrieval index for the bundled sample and show the result
+#   make test   run the test suite
+# The virtual environment is (re)built whenever pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch/torchvision pinned to the releases this project is tested with (CPU here, CUDA-capable build).
+TORCH   = torch==2.14.1 torchvision==0.29.1
+
+.PHONY: run test query clean-artifacts
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/lookalike run
+	$(BIN)/lookalike query --row 0 --out artifacts/query-row-0.png
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean-artifacts:
+	rm -rf artifacts

@@ -1,0 +1,148 @@
+"""`lookalike`: the command line, a shell over the same lib calls as the Prefect flow.
+
+  lookalike run     build (or reuse) the index for the current settings and summarise it
+  lookalike query   image or dataset row in, top-k most similar rows out
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from cli.render import print_neighbours, print_summary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn an image collection into a searchable retrieval index, then query it.")
+err = Console(stderr=True)
+
+
+class MethodChoice(str, Enum):
+    dino = "dino"
+    simclr = "simclr"
+    byol = "byol"
+
+
+Dataset = Annotated[Optional[str], typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.")]
+Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
+MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
+IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or FAISS factory string.")]
+Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
+
+
+def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(f"--set {item!r}: expected section.field=value, e.g. encoder.lr=0.001", code=2)
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
+def _settings(dataset, split, method, epochs, index, root, mirror, sets):
+    from lib.config import SettingsError, load_settings
+
+    overrides = {
+        **_parse_sets(sets),
+        "dataset.source": dataset, "dataset.split": split,
+        "encoder.method": method.value if method else None, "encoder.epochs": epochs,
+        "index.type": index, "artifacts_root": str(root) if root else None, "mirror.url": mirror,
+    }
+    try:
+        return load_settings(overrides), overrides
+    except SettingsError as exc:
+        _fail(str(exc), code=2)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    dataset: Dataset = None,
+    split: Split = None,
+    method: MethodOpt = None,
+    epochs: Epochs = None,
+    index: IndexOpt = None,
+    artifacts_root: Root = None,
+    mirror: Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")] = None,
+    set_: Sets = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
+    settings, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
+    from cli.orchestration import run_pipeline
+    from lib.errors import LookalikeError
+
+    try:
+        summary = run_pipeline(settings, overrides)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    if json_out:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    else:
+        print_summary(Console(), summary)
+
+
+@app.command()
+def query(
+    image: Annotated[Optional[Path], typer.Argument(help="Query image file.", show_default=False)] = None,
+    row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")] = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    method: MethodOpt = None,
+    epochs: Epochs = None,
+    index: IndexOpt = None,
+    artifacts_root: Root = None,
+    set_: Sets = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Find the most similar images in the index built for the current settings."""
+    if (image is None) == (row is None):
+        _fail("give either an IMAGE_PATH or --row N", code=2)
+    settings, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
+    from lib.data.images import decode_rgb
+    from lib.errors import LookalikeError
+    from lib.pictures import save_image
+    from lib.query import Searcher, resolve_chain
+
+    try:
+        searcher = Searcher(settings.artifacts_root, resolve_chain(settings))
+        if row is not None:
+            picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
+        else:
+            if not image.is_file():
+                _fail(f"no such image file: {image}", code=2)
+            picture_query = decode_rgb(image.read_bytes(), settings.dataset.max_image_pixels)
+            caption = f"query: {image.name}"
+        found = searcher.neighbours(picture_query, top_k)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    target = out or settings.artifacts_root / "queries" / (f"row-{row}.png" if row is not None else f"{image.stem}.png")
+    save_image(target, searcher.picture(picture_query, caption, found))
+    if json_out:
+        payload = {"neighbours": found, "picture": str(target), "index": searcher.chain.index.key}
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        print_neighbours(Console(), caption, found)
+        Console().print(f"picture: {target}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,83 @@
+"""Running the Prefect flow from the CLI: quiet logs, clean exit, user errors without tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from lib.config import Settings
+from lib.errors import LookalikeError
+
+
+class _DropUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task with its traceback; for user errors the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LookalikeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _uses_temporary_server() -> bool:
+    return not os.environ.get("PREFECT_API_URL")
+
+
+def _quiet_temporary_server() -> None:
+    """Before prefect is imported: the throwaway server's telemetry only produces noise
+    (and 'database is locked' tracebacks on a fresh database) when offline."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
+    """Let the temporary server record every task run before it is stopped.
+
+    Prefect stops its temporary server at exit while the server may still be writing
+    task-run events; stopping it mid-write prints tracebacks and loses task-run history.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    deadline, last = time.monotonic() + timeout, None
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200,
+            )
+            snapshot = sorted((str(r.id), r.state_type) for r in runs)
+            if snapshot and snapshot == last and all(r.state and r.state.is_final() for r in runs):
+                return
+            last = snapshot
+            time.sleep(0.25)
+
+
+def run_pipeline(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    temporary = _uses_temporary_server()
+    if temporary:
+        _quiet_temporary_server()
+    from flows.retrieval import retrieval_pipeline
+
+    for handler in logging.getLogger("prefect").handlers:
+        handler.addFilter(_DropUserErrorTracebacks())
+    named = {
+        "dataset": overrides.pop("dataset.source", None), "split": overrides.pop("dataset.split", None),
+        "method": overrides.pop("encoder.method", None), "epochs": overrides.pop("encoder.epochs", None),
+        "index": overrides.pop("index.type", None), "artifacts_root": overrides.pop("artifacts_root", None),
+        "mirror": overrides.pop("mirror.url", None),
+    }
+    params = {k: v for k, v in named.items() if v is not None}
+    extra = {k: v for k, v in overrides.items() if v is not None}
+    if extra:
+        params["overrides"] = extra
+    state = retrieval_pipeline(**params, return_state=True)
+    if temporary:
+        _wait_until_recorded(state.state_details.flow_run_id)
+    return state.result()

@@ -1,0 +1,44 @@
+"""Human-readable output for the CLI (rich tables on stderr-friendly consoles)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    stages = Table(title="stages", title_justify="left")
+    for column in ("stage", "key", "status", "seconds"):
+        stages.add_column(column, justify="right" if column == "seconds" else "left")
+    for name, s in summary["stages"].items():
+        style = STATUS_STYLE.get(s["status"], "")
+        stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", f"{s['seconds']:.1f}")
+    console.print(stages)
+
+    metrics = Table(title="metrics", title_justify="left")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for name, value in summary["metrics"].items():
+        metrics.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(metrics)
+
+    console.print("[bold]artifacts[/]")
+    for name, value in summary["artifacts"].items():
+        if value:
+            console.print(f"  {name}: {value}")
+    run_dir = summary["artifacts"].get("wandb_run_dir")
+    if run_dir and summary["artifacts"].get("wandb_mode") == "offline":
+        console.print(f"  (W&B offline run; upload later with: wandb sync {run_dir})")
+
+
+def print_neighbours(console: Console, caption: str, neighbours: list[dict[str, Any]]) -> None:
+    table = Table(title=caption, title_justify="left")
+    for column in ("rank", "row", "distance", "label", "path"):
+        table.add_column(column)
+    for rank, n in enumerate(neighbours, start=1):
+        table.add_row(str(rank), str(n["row"]), f"{n['distance']:.4f}", str(n["label"] or ""), str(n["path"] or ""))
+    console.print(table)

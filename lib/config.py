@@ -1,0 +1,225 @@
+"""Settings: one pydantic-settings root with a frozen section per stage.
+
+Precedence: defaults < `.env` < environment (`LOOKALIKE_` prefix, `__` nesting)
+< explicit per-run overrides. Sections reject unknown keys so a typo fails loudly.
+Secrets (W&B key, AWS credentials) are deliberately not fields here: wandb and
+boto3 read them from their usual places.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lib.errors import LookalikeError
+
+METHOD_NAMES = ("dino", "simclr", "byol")
+Method = Literal["dino", "simclr", "byol"]
+
+
+class Section(BaseModel):
+    """A frozen settings section; `NOT_IN_KEY` names fields that cannot change output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that can change this stage's output, for its stage key."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.NOT_IN_KEY}
+
+
+class DatasetSettings(Section):
+    """Where the images come from."""
+
+    source: str = Field(
+        "sample",
+        description="'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101', "
+        "an image folder, a .parquet file, or a save_to_disk folder.",
+    )
+    split: str = Field("train", description="Which split to index.")
+    config_name: str | None = Field(None, description="Hub dataset configuration (subset), if any.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    image_column: str = Field("image", description="Column holding the images.")
+    label_column: str | None = Field("label", description="Column holding labels; missing is fine.")
+    limit: PositiveInt | None = Field(None, description="Index a seeded random subset of this size.")
+    seed: int = Field(0, description="Seed for the subset draw.")
+    max_unreadable_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail when more than this fraction of images cannot be decoded."
+    )
+    max_image_pixels: PositiveInt = Field(
+        89_478_485, description="Images declaring more pixels are skipped as decompression bombs."
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction"})
+
+
+class EncoderSettings(Section):
+    """Self-supervised pretraining (the `encoder` stage)."""
+
+    method: Method = Field("dino", description="SSL method from lightly: dino, simclr or byol.")
+    backbone: str = Field("resnet18", description="torchvision architecture name.")
+    input_size: PositiveInt = Field(32, ge=16, description="Square input side in pixels.")
+    epochs: NonNegativeInt = Field(3, description="Pretraining epochs; 0 keeps random weights.")
+    batch_size: PositiveInt = Field(128, ge=2, description="Pretraining batch size.")
+    lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
+    weight_decay: float = Field(0.04, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for initialisation, augmentations and shuffling.")
+    num_workers: NonNegativeInt = Field(
+        0, description="DataLoader worker processes (0 on a 2-core CPU: a worker would take a core from training)."
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from lib.backbones import check_backbone_name
+
+        return check_backbone_name(value)
+
+
+class EmbeddingsSettings(Section):
+    """Batched inference into shards (the `embeddings` stage)."""
+
+    shard_size: PositiveInt = Field(1024, description="Rows per shard: the unit of resume.")
+    batch_size: PositiveInt = Field(256, description="Inference batch size (not part of the key).")
+    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
+    channels_last: bool = Field(True, description="Use channels_last memory format (faster on CPU).")
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last"})
+
+
+class IndexSettings(Section):
+    """The FAISS index (the `index` stage)."""
+
+    type: str = Field(
+        "flat-l2",
+        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or a raw FAISS factory string.",
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from lib.indexing import check_index_type
+
+        return check_index_type(value)
+
+
+class EvaluationSettings(Section):
+    """Retrieval quality measured on the built index (the `evaluation` stage)."""
+
+    k: PositiveInt = Field(10, description="Neighbours considered for kNN accuracy and precision@k.")
+    grid_queries: NonNegativeInt = Field(8, description="Query rows drawn in the retrieval grid.")
+    grid_neighbours: PositiveInt = Field(5, description="Neighbours per query in the grid.")
+
+
+class TrackingSettings(Section):
+    """Weights & Biases. The API key is read by wandb from its usual places, never from here."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto = online when a W&B API key is configured, else offline."
+    )
+    project: str = Field("lookalike", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+
+
+class MirrorSettings(Section):
+    """Optional S3 mirror of finished stage folders. Credentials come from boto3's chain."""
+
+    url: str | None = Field(None, description="s3://bucket/prefix to mirror to; empty = off.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...).")
+    stages: tuple[str, ...] = Field(("index",), description="Which stage folders to mirror.")
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith("s3://"):
+            raise ValueError("must look like s3://bucket/prefix")
+        return value or None
+
+
+class Settings(BaseSettings):
+    """The root: everything a run needs, one section per stage."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    artifacts_root: Path = Field(Path("artifacts"), description="Where every stage folder goes.")
+    dataset: DatasetSettings = DatasetSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    embeddings: EmbeddingsSettings = EmbeddingsSettings()
+    index: IndexSettings = IndexSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    mirror: MirrorSettings = MirrorSettings()
+
+
+class SettingsError(LookalikeError, ValueError):
+    """Invalid settings, already formatted one line per field."""
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Read settings from defaults, `.env` and the environment, then apply overrides.
+
+    Args:
+        overrides: dotted keys (`"encoder.epochs"`) or nested dicts; `None` values are
+            ignored so optional CLI flags can be passed straight through.
+
+    Raises:
+        SettingsError: one line per invalid field, naming it and why.
+    """
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        base = Settings()
+        if not nested:
+            return base
+        merged = _deep_merge(base.model_dump(), nested)
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc)) from None
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per field: `encoder.epochs: Input should be >= 0 (got -1)`."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; LOOKALIKE_SECTION__FIELD in the environment)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"{where}: {msg}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,1 @@
+"""Loading image collections and snapshotting them into the `dataset` stage."""

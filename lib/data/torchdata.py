@@ -1,0 +1,51 @@
+"""torch Datasets over a `dataset` stage snapshot (decode happens in DataLoader workers)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from lib.data.images import decode_rgb
+
+# The snapshot only holds images that already decoded once, so the limit here is moot.
+_NO_LIMIT = 1 << 62
+
+
+class SnapshotImages(Dataset):
+    """Row i of the snapshot -> `transform(RGB PIL image)`."""
+
+    def __init__(self, snapshot, transform: Callable[[Any], Any]) -> None:
+        self.snapshot = snapshot
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.snapshot)
+
+    def __getitem__(self, i: int):
+        image = self.snapshot[int(i)]["image"]
+        return self.transform(decode_rgb(image["bytes"], _NO_LIMIT))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch, numpy and random; return a torch Generator for DataLoader shuffling."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def worker_context(num_workers: int) -> str | None:
+    """DataLoader workers start from a forkserver, not a fork of this process.
+
+    The pipeline process runs threads (Prefect, wandb-core) and atexit hooks that a
+    forked worker would inherit; a worker forked from it can die at shutdown.
+    """
+    return "forkserver" if num_workers > 0 else None

@@ -1,0 +1,60 @@
+"""Pictures people would rather look at than read: loss curves and retrieval grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from lib.manifest import atomic_path
+
+THUMB = 96
+LABEL_H = 28
+
+
+def save_loss_curve(path: Path, losses: Sequence[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def retrieval_grid(rows: Sequence[tuple[Image.Image, str, Sequence[tuple[Image.Image, str]]]]) -> Image.Image:
+    """One row per query: the query (outlined) then its neighbours, each with a caption.
+
+    Args:
+        rows: (query image, query caption, [(neighbour image, caption), ...]).
+    """
+    columns = 1 + max((len(n) for _, _, n in rows), default=0)
+    cell_w, cell_h = THUMB + 8, THUMB + LABEL_H + 8
+    grid = Image.new("RGB", (columns * cell_w, max(len(rows), 1) * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for r, (query, caption, neighbours) in enumerate(rows):
+        cells = [(query, caption)] + list(neighbours)
+        for c, (image, text) in enumerate(cells):
+            x, y = c * cell_w + 4, r * cell_h + 4
+            thumb = image.convert("RGB").resize((THUMB, THUMB), Image.Resampling.NEAREST if max(image.size) < THUMB else Image.Resampling.BILINEAR)
+            grid.paste(thumb, (x, y))
+            if c == 0:
+                draw.rectangle([x - 2, y - 2, x + THUMB + 1, y + THUMB + 1], outline=(220, 40, 40), width=2)
+            for i, line in enumerate(text.split("\n")[:2]):
+                draw.text((x, y + THUMB + 2 + 12 * i), line[:18], fill=(20, 20, 20), font=font)
+    return grid
+
+
+def save_image(path: Path, image: Image.Image) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

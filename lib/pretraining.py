@@ -1,0 +1,131 @@
+"""The `encoder` stage: self-supervised pretraining with LightlySSL.
+
+Checkpoints the whole training state after every epoch; an interrupted run (killed,
+preempted) resumes from its last finished epoch instead of starting over. Each epoch
+reseeds from (seed, epoch), so a resumed run sees the same augmentations and order
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from lib.backbones import build_backbone
+from lib.config import EncoderSettings
+from lib.data.snapshot import open_snapshot
+from lib.data.torchdata import SnapshotImages, seed_everything, worker_context
+from lib.encoder import ENCODER_FILE, EncoderSpec, save_encoder
+from lib.errors import LookalikeError
+from lib.manifest import Manifest, atomic_path, stage_key
+from lib.methods import build_method
+from lib.methods.normalize import IMAGENET_NORMALIZE
+from lib.pictures import save_loss_curve
+from lib.progress import progress
+from lib.stages import Built, StageResult, run_stage
+
+STAGE = "encoder"
+CODE_VERSION = 1
+TRAIN_STATE = "train-state.pt"
+LOSS_CURVE = "loss.png"
+
+# on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
+EpochCallback = Callable[[int, int, float, float], None]
+
+
+def encoder_key(section: EncoderSettings, dataset: Manifest) -> str:
+    return stage_key(STAGE, section.key_fields(), {"dataset": dataset.key}, CODE_VERSION)
+
+
+def run_encoder_stage(
+    section: EncoderSettings, dataset: Manifest, root: Path, on_epoch: EpochCallback | None = None
+) -> StageResult:
+    """Pretrain (or resume pretraining) and export a self-describing encoder checkpoint."""
+    key = encoder_key(section, dataset)
+
+    def build(folder: Path) -> Built:
+        return _train(section, dataset, root, folder, on_epoch)
+
+    result = run_stage(
+        root, STAGE, key, code_version=CODE_VERSION, settings=section.model_dump(mode="json"),
+        inputs={"dataset": dataset.key}, build=build,
+    )
+    (Path(root) / STAGE / key / TRAIN_STATE).unlink(missing_ok=True)  # manifest exists now
+    return result
+
+
+def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path, on_epoch: EpochCallback | None) -> Built:
+    seed_everything(section.seed)
+    backbone, dim = build_backbone(section.backbone, section.input_size)
+    method = build_method(section.method, backbone, dim, section.input_size, section.epochs)
+    snapshot = open_snapshot(root, dataset)
+    n = len(snapshot)
+    if section.epochs and n < 2:
+        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --epochs 0")
+    batch_size = min(section.batch_size, n)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+
+    state_path = folder / TRAIN_STATE
+    start_epoch, losses, epoch_seconds = 0, [], []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, losses, epoch_seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
+
+    images = SnapshotImages(snapshot, method.transform)
+    steps_per_epoch = max(n // batch_size, 1)
+    total_steps = steps_per_epoch * section.epochs
+    method.train()
+    for epoch in range(start_epoch, section.epochs):
+        started = time.perf_counter()
+        generator = seed_everything(section.seed * 1_000_003 + epoch)
+        loader = DataLoader(
+            images, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
+            num_workers=section.num_workers, persistent_workers=False,
+            multiprocessing_context=worker_context(section.num_workers),
+        )
+        running = 0.0
+        with progress(steps_per_epoch, f"encoder: epoch {epoch + 1}/{section.epochs}", unit="batch") as bar:
+            for step, views in enumerate(loader):
+                loss = method.training_loss(views, epoch, (epoch * steps_per_epoch + step) / total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                method.before_optimizer_step(epoch)
+                optimizer.step()
+                method.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
+                running += loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        losses.append(running / steps_per_epoch)
+        epoch_seconds.append(time.perf_counter() - started)
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "losses": losses, "epoch_seconds": epoch_seconds}, tmp)
+        if on_epoch:
+            on_epoch(epoch + 1, section.epochs, losses[-1], epoch_seconds[-1])
+
+    spec = EncoderSpec(
+        architecture=section.backbone, feature_dim=dim, input_size=section.input_size,
+        mean=tuple(IMAGENET_NORMALIZE["mean"]), std=tuple(IMAGENET_NORMALIZE["std"]), method=section.method,
+    )
+    save_encoder(folder / ENCODER_FILE, method.encoder(), spec)
+    files = [ENCODER_FILE]
+    if losses:
+        save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss")
+        files.append(LOSS_CURVE)
+    stats = {
+        "spec": spec.model_dump(),
+        "losses": losses,
+        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "n_images": n,
+        "steps": total_steps,
+        "resumed_from_epoch": start_epoch,
+        "images_per_second": round(n * max(len(epoch_seconds), 1) / max(sum(epoch_seconds), 1e-9), 1) if epoch_seconds else None,
+    }
+    return Built(files=files, stats=stats, resumed=start_epoch > 0)

@@ -1,0 +1,109 @@
+"""Query a built index: image (or dataset row) in, top-k most similar rows out.
+
+`resolve_chain` finds the finished stage folders for the current settings by
+recomputing their keys, exactly as the pipeline does, so `lookalike query` with the
+same options as `lookalike run` loads what that run built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lib.config import Settings
+from lib.data.images import decode_rgb
+from lib.data.snapshot import dataset_key, open_snapshot
+from lib.errors import LookalikeError
+from lib.embedding import ResizeToTensor, embed_batch, embeddings_key, normalize_batch
+from lib.encoder import load_encoder
+from lib.indexing import index_key, load_index, prepare_vectors, search
+from lib.manifest import IntegrityError, Manifest, find_manifest
+from lib.pictures import retrieval_grid
+from lib.pretraining import encoder_key
+
+
+class NotBuiltError(LookalikeError, LookupError):
+    """No finished index exists for these settings."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    dataset: Manifest
+    encoder: Manifest
+    embeddings: Manifest
+    index: Manifest
+
+
+def resolve_chain(settings: Settings) -> Chain:
+    """The finished dataset → encoder → embeddings → index folders for these settings."""
+    root = settings.artifacts_root
+
+    def need(stage: str, key: str) -> Manifest:
+        manifest = find_manifest(root, stage, key)
+        if manifest is None:
+            raise NotBuiltError(
+                f"no finished {stage} stage for these settings in {root} (key {key}); "
+                "run `lookalike run` with the same options first"
+            )
+        return manifest
+
+    dataset = need("dataset", dataset_key(settings.dataset)[0])
+    encoder = need("encoder", encoder_key(settings.encoder, dataset))
+    embeddings = need("embeddings", embeddings_key(settings.embeddings, dataset, encoder))
+    index = need("index", index_key(settings.index, embeddings))
+    return Chain(dataset, encoder, embeddings, index)
+
+
+class Searcher:
+    """Encoder, index and snapshot loaded once (after sha256 checks), queried many times."""
+
+    def __init__(self, root: Path, chain: Chain) -> None:
+        self.chain = chain
+        self.model, self.spec = load_encoder(root, chain.encoder)
+        self.device = torch.device("cpu")
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.index = load_index(root, chain.index)
+        self.metric = chain.index.stats["metric"]
+        self.snapshot = open_snapshot(root, chain.dataset)
+        self.names = chain.dataset.stats.get("label_names")
+        row_ids = np.asarray(self.snapshot["row_id"], dtype=np.int64)
+        self.position = {int(r): i for i, r in enumerate(row_ids)}
+        self.resize = ResizeToTensor(self.spec.input_size)
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        x = normalize_batch(self.resize(image.convert("RGB"))[None], self.spec, self.device)
+        return embed_batch(self.model, x.contiguous(memory_format=torch.channels_last), self.device)
+
+    def image_of_row(self, row_id: int) -> Image.Image:
+        return decode_rgb(self._item(row_id)["image"]["bytes"], 1 << 62)
+
+    def _item(self, row_id: int) -> dict:
+        if row_id not in self.position:
+            raise IntegrityError(f"row {row_id} is not in the index (rows are dataset row ids; see `n_images`)")
+        return self.snapshot[self.position[row_id]]
+
+    def neighbours(self, image: Image.Image, k: int) -> list[dict]:
+        """Top-k rows for an image: [{row, distance, label, path}], nearest first."""
+        vector = prepare_vectors(self.embed(image), self.metric)
+        distances, ids = search(self.index, vector, k)
+        out = []
+        for distance, row in zip(distances[0], ids[0]):
+            if row < 0:
+                continue
+            item = self._item(int(row))
+            out.append({
+                "row": int(row),
+                "distance": round(float(distance), 6),
+                "label": self.names[item["label"]] if self.names else None,
+                "path": item["image"].get("path"),
+            })
+        return out
+
+    def picture(self, query: Image.Image, caption: str, found: list[dict]) -> Image.Image:
+        cells = [(self.image_of_row(n["row"]), f"row {n['row']} d={n['distance']:.3f}\n{n['label'] or ''}") for n in found]
+        return retrieval_grid([(query, caption, cells)])
+

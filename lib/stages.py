@@ -1,0 +1,97 @@
+"""The one place that decides whether a stage computes, resumes or is already done.
+
+Every `run_<stage>_stage` goes through `run_stage`: a finished folder (manifest present)
+is returned as `cached`; otherwise the stage's `build` function fills the folder while an
+exclusive lock on the key is held, so two runs with the same key never write the same
+folder at once (the second waits, then finds the manifest and reuses it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+from lib.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
+
+
+class StageResult(BaseModel):
+    """What a stage hands to the next one (small and JSON-serialisable)."""
+
+    model_config = ConfigDict(frozen=True)
+    manifest: Manifest
+    status: Status
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """How a stage went in this run, as users see it."""
+
+    manifest: Manifest
+    status: Status
+    seconds: float
+
+
+@dataclass
+class Built:
+    """What a stage's build function reports back for its manifest."""
+
+    files: list[str]
+    stats: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@contextmanager
+def key_lock(root: Path | str, stage: str, key: str) -> Iterator[None]:
+    """Exclusive advisory lock for one stage key (released when the process dies)."""
+    lock_path = Path(root) / stage / f".{key}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_stage(
+    root: Path | str,
+    stage: str,
+    key: str,
+    *,
+    code_version: int,
+    settings: dict[str, Any],
+    inputs: dict[str, str],
+    build: Callable[[Path], Built],
+) -> StageResult:
+    """Return the finished stage folder for `key`, building it first if needed."""
+    found = find_manifest(root, stage, key)
+    if found is not None:
+        return StageResult(manifest=found, status="cached")
+    with key_lock(root, stage, key):
+        found = find_manifest(root, stage, key)
+        if found is not None:  # another run finished it while we waited
+            return StageResult(manifest=found, status="cached")
+        folder = stage_dir(root, stage, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        built = build(folder)
+        timings = {"build_seconds": time.perf_counter() - started, **built.timings}
+        manifest = write_manifest(
+            folder,
+            stage=stage,
+            key=key,
+            code_version=code_version,
+            settings=settings,
+            inputs=inputs,
+            files=built.files,
+            stats=built.stats,
+            timings=timings,
+        )
+    return StageResult(manifest=manifest, status="resumed" if built.resumed else "computed")

@@ -1,0 +1,72 @@
+"""The run summary: one dict shared by the CLI (`--json`), Prefect artifacts and W&B.
+
+Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
+`metrics`, `artifacts`. Extend, never rename.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lib.encoder import ENCODER_FILE
+from lib.evaluation import GRID
+from lib.indexing import INDEX_FILE
+from lib.manifest import stage_dir
+from lib.pretraining import LOSS_CURVE
+from lib.stages import StageReport
+
+
+def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[str, Any] | None = None,
+                  mirror: dict[str, Any] | None = None) -> dict[str, Any]:
+    dataset, index, evaluation = (reports[s].manifest for s in ("dataset", "index", "evaluation"))
+    k = evaluation.stats.get("k", 10)
+    metrics = {
+        "self_retrieval_at_1": index.stats["self_retrieval_at_1"],
+        "recall_at_10": index.stats.get("recall_at_10"),
+        "knn_accuracy": evaluation.stats.get("knn_accuracy"),
+        f"precision_at_{k}": evaluation.stats.get(f"precision_at_{k}"),
+        "n_images": dataset.stats["n_images"],
+        "n_skipped": dataset.stats["n_skipped"],
+        "dim": index.stats["dim"],
+        "index_bytes": index.stats["bytes"],
+    }
+
+    def path(stage: str, name: str) -> str | None:
+        file = stage_dir(root, stage, reports[stage].manifest.key) / name
+        return str(file) if any(f.path == name for f in reports[stage].manifest.files) else None
+
+    artifacts = {
+        "root": str(root),
+        "encoder": path("encoder", ENCODER_FILE),
+        "index": path("index", INDEX_FILE),
+        "retrieval_grid": path("evaluation", GRID),
+        "loss_curve": path("encoder", LOSS_CURVE),
+        "wandb_run_dir": (tracking or {}).get("run_dir"),
+        "wandb_mode": (tracking or {}).get("mode"),
+        "wandb_url": (tracking or {}).get("url"),
+        "mirror": mirror,
+    }
+    stages = {name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds} for name, r in reports.items()}
+    return {"stages": stages, "metrics": metrics, "artifacts": artifacts}
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a markdown report (Prefect UI artifact)."""
+    lines = ["# Retrieval pipeline", "", "| stage | key | status | seconds |", "|---|---|---|---|"]
+    for name, s in summary["stages"].items():
+        lines.append(f"| {name} | `{s['key']}` | {s['status']} | {s['seconds']:.1f} |")
+    lines += ["", "| metric | value |", "|---|---|"]
+    for name, value in summary["metrics"].items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    lines += ["", "## Artifacts", ""]
+    for name, value in summary["artifacts"].items():
+        if value:
+            lines.append(f"- **{name}**: `{value}`")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "—" if value is None else str(value)

@@ -1,0 +1,190 @@
+"""Weights & Biases: the only module that imports wandb.
+
+Mode `auto` runs online when wandb finds an API key the usual way (WANDB_API_KEY, netrc,
+`wandb login`) and offline otherwise; offline runs are real run folders that
+`wandb sync` uploads later. The key is never read into our settings or logs.
+All of wandb's own files are kept under the W&B directory (WANDB_DIR, default
+`<artifacts_root>`), so a run writes nothing under $HOME.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from lib.config import TrackingSettings
+
+INDEX_ARTIFACT_TYPE = "faiss-embeddings"
+INDEX_JOB_TYPE = "upload-embeddings"
+
+
+def wandb_dir(artifacts_root: Path) -> Path:
+    return Path(os.environ.get("WANDB_DIR") or artifacts_root)
+
+
+def _contain_wandb_files(base: Path) -> None:
+    """Point wandb's staging, cache and download folders inside `base` (before import)."""
+    aux = base / "wandb-aux"
+    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        if var not in os.environ:
+            (aux / sub).mkdir(parents=True, exist_ok=True)
+            os.environ[var] = str(aux / sub)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def api_key_configured() -> bool:
+    """True when wandb would find credentials without prompting or touching the network."""
+    try:
+        from wandb.errors import AuthenticationError
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+
+        auth = wbauth.authenticate_session(
+            host=wandb_setup.singleton().settings.base_url, source="lookalike",
+            prompt=False, verify=False, update_session=False,
+        )
+        return auth is not None
+    except (ImportError, AttributeError, TypeError):  # wandb internals moved: fall back
+        return bool(os.environ.get("WANDB_API_KEY"))
+    except (AuthenticationError, ValueError):
+        return False
+
+
+def resolve_mode(section: TrackingSettings) -> str:
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]  # wandb's own switch wins, as users expect
+    if section.mode != "auto":
+        return section.mode
+    return "online" if api_key_configured() else "offline"
+
+
+class TrackingRun:
+    """One W&B run. In `disabled` mode every method is a no-op and `run_dir` is None."""
+
+    def __init__(self, section: TrackingSettings, base_dir: Path, *, name: str | None, job_type: str,
+                 group: str | None, config: dict[str, Any]) -> None:
+        base_dir.mkdir(parents=True, exist_ok=True)
+        _contain_wandb_files(base_dir)  # before wandb reads its environment, i.e. before resolve_mode
+        self.mode = resolve_mode(section)
+        self._run = None
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        self._run = wandb.init(
+            project=section.project, entity=section.entity, name=name, job_type=job_type, group=group,
+            config=config, dir=str(base_dir), mode=self.mode, reinit="create_new",
+        )
+
+    @property
+    def run_dir(self) -> str | None:
+        return str(Path(self._run.dir).parent) if self._run else None
+
+    @property
+    def url(self) -> str | None:
+        return self._run.url if self._run and self.mode == "online" else None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._run:
+            self._run.log(metrics, step=step)
+
+    def log_images(self, images: dict[str, Path]) -> None:
+        if self._run:
+            import wandb
+
+            self._run.log({key: wandb.Image(str(path)) for key, path in images.items() if Path(path).is_file()})
+
+    def set_summary(self, metrics: dict[str, Any]) -> None:
+        if self._run:
+            self._run.summary.update({k: v for k, v in metrics.items() if v is not None})
+
+    def log_folder_artifact(self, *, name: str, type: str, folder: Path, files: list[str],
+                            metadata: dict[str, Any], aliases: list[str]) -> None:
+        """Log the listed files of a finished stage folder as one artifact."""
+        if not self._run:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name=name, type=type, metadata=metadata)
+        for file in files:
+            artifact.add_file(str(folder / file), name=file, policy="immutable")
+        self._run.log_artifact(artifact, aliases=aliases)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run:
+            self._run.finish(exit_code=exit_code)
+            self._run = None
+
+
+# --- reading offline run folders (for tests and for checking what will be synced) ---
+
+_BLOCK, _HDR = 32768, 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _iter_records(path: str) -> Iterator[Any]:
+    """Records of a `run-*.wandb` file: LevelDB-log framing of wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:_HDR])
+    if ident != b":W&B" or magic != 0xBEE1 or version != 0:
+        raise ValueError(f"not a wandb run file: {path}")
+    pos, buf = _HDR, b""
+    while pos + _HDR <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HDR:
+            pos += left
+            continue
+        crc, length, rtype = struct.unpack("<IHB", data[pos : pos + _HDR])
+        if rtype == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + _HDR : pos + _HDR + length]
+        if len(chunk) < length:
+            break  # truncated tail of a crashed writer
+        if zlib.crc32(chunk, zlib.crc32(bytes([rtype]))) & 0xFFFFFFFF != crc:
+            raise ValueError(f"bad checksum at offset {pos} in {path}")
+        pos += _HDR + length
+        buf = chunk if rtype in (_FULL, _FIRST) else buf + chunk
+        if rtype in (_FIRST, _MIDDLE):
+            continue
+        record = pb.Record()
+        record.ParseFromString(buf)
+        buf = b""
+        yield record
+
+
+def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+    """What an offline run folder holds: run info, config, history, summary, artifacts."""
+    (path,) = glob.glob(os.path.join(str(run_dir), "run-*.wandb"))
+    out: dict[str, Any] = {"artifacts": [], "history": [], "config": {}, "summary": {}}
+
+    def key(item) -> str:
+        return "/".join(item.nested_key) if item.nested_key else item.key
+
+    for record in _iter_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "artifact":
+            a = record.artifact
+            out["artifacts"].append({
+                "name": a.name, "type": a.type, "aliases": sorted(a.aliases),
+                "metadata": json.loads(a.metadata) if a.metadata else {},
+                "files": {e.path: {"digest": e.digest, "size": e.size} for e in a.manifest.contents},
+            })
+        elif kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item if i.value_json})
+        elif kind == "run":
+            out.update(run_id=record.run.run_id, project=record.run.project, job_type=record.run.job_type)
+            out["config"].update({key(i): json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            out["config"].update({key(i): json.loads(i.value_json) for i in record.config.update})
+        elif kind == "summary":
+            out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
+    out["config"].pop("_wandb", None)
+    return out

@@ -1,0 +1,20 @@
+"""Task: snapshot the dataset (the `dataset` stage)."""
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from lib.config import DatasetSettings
+from lib.data.snapshot import dataset_key, run_dataset_stage
+from lib.stages import StageResult
+from tasks.stage import stage_options
+
+
+@task(**stage_options("dataset", lambda section, root: dataset_key(section)[0]), retries=1, retry_delay_seconds=5)
+def snapshot_dataset(section: DatasetSettings, root: Path) -> StageResult:
+    result = run_dataset_stage(section, root)
+    stats = result.manifest.stats
+    get_run_logger().info(
+        "dataset %s: %d images, %d skipped (%s)", result.manifest.key, stats["n_images"], stats["n_skipped"], result.status
+    )
+    return result

@@ -1,0 +1,27 @@
+"""Task: batched embedding into resumable shards (the `embeddings` stage)."""
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from lib.config import EmbeddingsSettings
+from lib.embedding import embeddings_key, run_embeddings_stage
+from lib.manifest import Manifest
+from lib.stages import StageResult
+from tasks.stage import stage_options
+
+
+@task(
+    **stage_options("embeddings", lambda section, dataset, encoder, root: embeddings_key(section, dataset, encoder)),
+    retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+)
+def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path) -> StageResult:
+    result = run_embeddings_stage(section, dataset, encoder, root)
+    stats = result.manifest.stats
+    get_run_logger().info(
+        "embeddings %s: %d vectors of dim %d, %d/%d shards reused (%s images/s)",
+        result.manifest.key, stats["n_vectors"], stats["dim"], stats["shards_reused"], stats["n_shards"],
+        stats["images_per_second"],
+    )
+    return result

@@ -1,0 +1,32 @@
+"""Task: self-supervised pretraining (the `encoder` stage).
+
+No task retries here: a retry would repeat finished epochs. An interrupted pretraining
+resumes from its last epoch checkpoint on the next attempt instead.
+"""
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from lib.config import EncoderSettings
+from lib.manifest import Manifest
+from lib.pretraining import encoder_key, run_encoder_stage
+from lib.stages import StageResult
+from tasks.stage import stage_options
+from tasks.tracking import active_run
+
+
+@task(**stage_options("encoder", lambda section, dataset, root: encoder_key(section, dataset)))
+def pretrain_encoder(section: EncoderSettings, dataset: Manifest, root: Path) -> StageResult:
+    logger = get_run_logger()
+    tracking = active_run()
+
+    def on_epoch(epoch: int, epochs: int, loss: float, seconds: float) -> None:
+        logger.info("%s epoch %d/%d: loss %.4f (%.1f s)", section.method, epoch, epochs, loss, seconds)
+        if tracking:
+            tracking.log({"pretrain/loss": loss, "pretrain/epoch": epoch, "pretrain/epoch_seconds": seconds})
+
+    result = run_encoder_stage(section, dataset, root, on_epoch=on_epoch)
+    if result.status == "resumed":
+        logger.info("resumed pretraining from epoch %d", result.manifest.stats["resumed_from_epoch"])
+    return result

@@ -1,0 +1,22 @@
+"""Task: build the FAISS index (the `index` stage)."""
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from lib.config import IndexSettings
+from lib.indexing import index_key, run_index_stage
+from lib.manifest import Manifest
+from lib.stages import StageResult
+from tasks.stage import stage_options
+
+
+@task(**stage_options("index", lambda section, embeddings, root: index_key(section, embeddings)))
+def build_index(section: IndexSettings, embeddings: Manifest, root: Path) -> StageResult:
+    result = run_index_stage(section, embeddings, root)
+    stats = result.manifest.stats
+    get_run_logger().info(
+        "index %s: %s, %d vectors, %d bytes, self-retrieval@1 %.4f",
+        result.manifest.key, stats["factory"], stats["ntotal"], stats["bytes"], stats["self_retrieval_at_1"],
+    )
+    return result
