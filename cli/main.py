@@ -52,16 +52,16 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 
 def _settings(dataset, split, method, epochs, index, root, mirror, sets):
-    from lib.config import SettingsError, load_settings
+    """(settings, named run parameters, --set overrides); invalid settings exit 2."""
+    from lib.config import SettingsError, settings_for_run
 
-    overrides = {
-        **_parse_sets(sets),
-        "dataset.source": dataset, "dataset.split": split,
-        "encoder.method": method.value if method else None, "encoder.epochs": epochs,
-        "index.type": index, "artifacts_root": str(root) if root else None, "mirror.url": mirror,
+    named = {
+        "dataset": dataset, "split": split, "method": method.value if method else None, "epochs": epochs,
+        "index": index, "artifacts_root": str(root) if root else None, "mirror": mirror,
     }
+    overrides = _parse_sets(sets)
     try:
-        return load_settings(overrides), overrides
+        return settings_for_run(overrides, **named), named, overrides
     except SettingsError as exc:
         _fail(str(exc), code=2)
 
@@ -84,12 +84,12 @@ def run(
     json_out: JsonOut = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
-    settings, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
+    _, named, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
     from cli.orchestration import run_pipeline
     from lib.errors import LookalikeError
 
     try:
-        summary = run_pipeline(settings, overrides)
+        summary = run_pipeline(named, overrides)
     except LookalikeError as exc:
         _fail(str(exc))
     if json_out:
@@ -116,7 +116,7 @@ def query(
     """Find the most similar images in the index built for the current settings."""
     if (image is None) == (row is None):
         _fail("give either an IMAGE_PATH or --row N", code=2)
-    settings, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
+    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
     from lib.data.images import decode_rgb
     from lib.errors import LookalikeError
     from lib.pictures import save_image

@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-from lib.config import Settings
 from lib.errors import LookalikeError
 
 
@@ -59,25 +58,20 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
             time.sleep(0.25)
 
 
-def run_pipeline(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Run the flow in this process with the CLI's named parameters and --set overrides."""
     temporary = _uses_temporary_server()
     if temporary:
         _quiet_temporary_server()
     from flows.retrieval import retrieval_pipeline
 
-    for handler in logging.getLogger("prefect").handlers:
-        handler.addFilter(_DropUserErrorTracebacks())
-    named = {
-        "dataset": overrides.pop("dataset.source", None), "split": overrides.pop("dataset.split", None),
-        "method": overrides.pop("encoder.method", None), "epochs": overrides.pop("encoder.epochs", None),
-        "index": overrides.pop("index.type", None), "artifacts_root": overrides.pop("artifacts_root", None),
-        "mirror": overrides.pop("mirror.url", None),
-    }
+    user_errors = _DropUserErrorTracebacks()
+    for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
+        if name.startswith("prefect"):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(user_errors)
     params = {k: v for k, v in named.items() if v is not None}
-    extra = {k: v for k, v in overrides.items() if v is not None}
-    if extra:
-        params["overrides"] = extra
-    state = retrieval_pipeline(**params, return_state=True)
+    state = retrieval_pipeline(**params, overrides=overrides or None, return_state=True)
     if temporary:
         _wait_until_recorded(state.state_details.flow_run_id)
     return state.result()

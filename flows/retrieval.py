@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from prefect import flow
 
-from lib.config import Settings, load_settings
+from lib.config import settings_for_run
 from lib.summary import build_summary
 from tasks.dataset import snapshot_dataset
 from tasks.embeddings import embed_images
@@ -21,29 +21,6 @@ from tasks.mirror import mirror_to_s3
 from tasks.report import publish_report
 from tasks.stage import call_stage
 from tasks.tracking import finish_tracking_run, open_tracking_run, publish_to_wandb
-
-
-def settings_from_parameters(
-    dataset: Optional[str] = None,
-    split: Optional[str] = None,
-    method: Optional[str] = None,
-    epochs: Optional[int] = None,
-    index: Optional[str] = None,
-    artifacts_root: Optional[str] = None,
-    mirror: Optional[str] = None,
-    overrides: Optional[dict[str, Any]] = None,
-) -> Settings:
-    """Per-run parameters on top of defaults, `.env` and the environment (None = not set)."""
-    return load_settings({
-        **(overrides or {}),
-        "dataset.source": dataset,
-        "dataset.split": split,
-        "encoder.method": method,
-        "encoder.epochs": epochs,
-        "index.type": index,
-        "artifacts_root": artifacts_root,
-        "mirror.url": mirror,
-    })
 
 
 @flow(
@@ -78,7 +55,10 @@ def retrieval_pipeline(
         mirror: s3://bucket/prefix to mirror finished stage folders to.
         overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001}.
     """
-    settings = settings_from_parameters(dataset, split, method, epochs, index, artifacts_root, mirror, overrides)
+    settings = settings_for_run(
+        overrides, dataset=dataset, split=split, method=method, epochs=epochs, index=index,
+        artifacts_root=artifacts_root, mirror=mirror,
+    )
     root = settings.artifacts_root
     tracking = open_tracking_run(settings)
 
@@ -98,7 +78,8 @@ def retrieval_pipeline(
     mirrored = None
     if settings.mirror.url:
         stages = [reports[s].manifest for s in settings.mirror.stages if s in reports]
-        state = mirror_to_s3(settings.mirror, root, stages, return_state=True)
+        mirror_task = mirror_to_s3.with_options(retries=settings.mirror.retries)
+        state = mirror_task(settings.mirror, root, stages, return_state=True)
         # A failed mirror never loses the local result: report it and carry on.
         mirrored = state.result() if state.is_completed() else {"failed": str(state.message)}
 

@@ -137,7 +137,10 @@ class MirrorSettings(Section):
 
     url: str | None = Field(None, description="s3://bucket/prefix to mirror to; empty = off.")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...).")
-    stages: tuple[str, ...] = Field(("index",), description="Which stage folders to mirror.")
+    stages: tuple[Literal["dataset", "encoder", "embeddings", "index", "evaluation"], ...] = Field(
+        ("index",), description="Which stage folders to mirror."
+    )
+    retries: NonNegativeInt = Field(3, description="Task retries (exponential backoff) before the mirror is reported failed.")
 
     @field_validator("url")
     @classmethod
@@ -192,23 +195,33 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
             node = node.setdefault(part, {})
         node[leaf] = value
     try:
-        base = Settings()
-        if not nested:
-            return base
-        merged = _deep_merge(base.model_dump(), nested)
-        return Settings.model_validate(merged)
+        # Init kwargs are pydantic-settings' highest-priority source and are deep-merged
+        # with .env and the environment, so every invalid field is reported at once.
+        return Settings(**nested)
     except ValidationError as exc:
         raise SettingsError(format_validation_error(exc)) from None
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+# The flow's (and CLI's) named run parameters and the settings they set.
+RUN_PARAMETERS = {
+    "dataset": "dataset.source",
+    "split": "dataset.split",
+    "method": "encoder.method",
+    "epochs": "encoder.epochs",
+    "index": "index.type",
+    "artifacts_root": "artifacts_root",
+    "mirror": "mirror.url",
+}
+
+
+def settings_for_run(overrides: dict[str, Any] | None = None, **named: Any) -> Settings:
+    """Settings for one run: named parameters (None = not given) win over `overrides`,
+    which win over the environment, `.env` and defaults."""
+    unknown = set(named) - set(RUN_PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown run parameters: {sorted(unknown)}")
+    dotted = {RUN_PARAMETERS[name]: value for name, value in named.items() if value is not None}
+    return load_settings({**(overrides or {}), **dotted})
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -108,13 +108,25 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
     try:
         index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
     except RuntimeError as exc:
-        raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {str(exc).splitlines()[0]}") from None
+        raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {_first_line(exc)}") from None
     if not _supports_ids(index):
         index = faiss.IndexIDMap2(index)
     if not index.is_trained:
-        index.train(vectors)
+        try:
+            index.train(vectors)
+        except RuntimeError as exc:
+            raise IndexBuildError(
+                f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
+                "index more images or use a preset that needs no training (flat-l2, flat-ip, hnsw)"
+            ) from None
     index.add_with_ids(vectors, row_ids.astype(np.int64))
     return index
+
+
+def _first_line(exc: Exception) -> str:
+    """FAISS errors carry C++ locations; keep the sentence a user can act on."""
+    text = " ".join(str(exc).split())
+    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
 
 
 def _supports_ids(index: faiss.Index) -> bool:

@@ -45,7 +45,7 @@ def s3_client(endpoint_url: str | None = None):
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": 8, "mode": "standard"},  # exponential backoff with jitter
+        retries={"max_attempts": 4, "mode": "standard"},  # exponential backoff with jitter
         s3={"addressing_style": "path"},
         # Many S3-compatible stores reject the newer default CRC checksum headers.
         request_checksum_calculation="when_required",
@@ -60,6 +60,7 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
     Returns:
         {"url": ..., "uploaded": n, "skipped": n, "bytes": n}
     """
+    from boto3.exceptions import Boto3Error
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -82,7 +83,7 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
             sent += entry.bytes
         client.upload_file(str(folder / MANIFEST), location.bucket, location.key(manifest.stage, manifest.key, MANIFEST),
                            ExtraArgs={"ContentType": "application/json"})
-    except (BotoCoreError, ClientError) as exc:
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
         raise MirrorError(f"mirror to {section.url} failed: {exc}") from None
     return {
         "url": f"s3://{location.bucket}/{location.key(manifest.stage, manifest.key)}/",

@@ -84,7 +84,7 @@ def resolve_hub_revision(name: str, revision: str | None) -> str:
         raise DatasetError(
             f"cannot reach the Hugging Face hub to resolve dataset {name!r} ({reason}); "
             "when offline, point --dataset at a local image folder, a .parquet file or a "
-            "save_to_disk folder, or pin --revision to a full commit sha already in your HF cache"
+            "save_to_disk folder, or pin --set dataset.revision=<full commit sha> already in your HF cache"
         ) from None
 
 
@@ -167,7 +167,7 @@ def _with_undecoded_images(ds, column: str, source: Source):
     if column not in ds.column_names:
         raise DatasetError(
             f"{source.describe()} has no image column {column!r}; columns are: "
-            f"{', '.join(ds.column_names)} (set --image-column or LOOKALIKE_DATASET__IMAGE_COLUMN)"
+            f"{', '.join(ds.column_names)} (use --set dataset.image_column=NAME or LOOKALIKE_DATASET__IMAGE_COLUMN)"
         )
     try:
         return ds.cast_column(column, Image(decode=False))

@@ -1,0 +1,85 @@
+"""Shared fixtures. Everything runs offline, on tiny data, with an isolated PREFECT_HOME.
+
+Prefect's test harness does not isolate persisted results, so PREFECT_HOME points at a
+fresh temp dir before prefect is imported: a stale cache must never make a test pass.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="lookalike-tests-"))
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["WANDB_SILENT"] = "true"
+for var in list(os.environ):
+    if var.startswith("LOOKALIKE_") or var in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_MODE", "PREFECT_API_URL"):
+        del os.environ[var]
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds on 2 CPU cores, large enough for 3 shards and real kNN.
+TINY = {
+    "dataset.limit": 48,
+    "encoder.epochs": 1,
+    "encoder.input_size": 16,
+    "encoder.batch_size": 16,
+    "embeddings.shard_size": 16,
+    "embeddings.batch_size": 8,
+    "evaluation.grid_queries": 2,
+    "evaluation.grid_neighbours": 3,
+}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def tiny(root: Path):
+    from lib.config import load_settings
+
+    return load_settings({**TINY, "artifacts_root": str(root)})
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (subprocess, fresh SQLite database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_png(path: Path, value: int, size: int = 20, mode: str = "L") -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 255, (size, size), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "L").convert(mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    import os
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -1,0 +1,106 @@
+"""`lookalike` exactly as users run it: a subprocess with Prefect's temporary server."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+LOOKALIKE = [str(Path(sys.executable).with_name("lookalike"))]
+SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+
+
+def lookalike(*args, env_extra=None, home):
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), **(env_extra or {})}
+    env.pop("PREFECT_API_URL", None)  # the CLI must manage its own temporary server
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    return subprocess.run(LOOKALIKE + list(args), capture_output=True, text=True, env=env, timeout=600)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli")
+    root = home / "artifacts"
+    first = lookalike("run", "--json", "--artifacts-root", str(root), *SETS, home=home)
+    return home, root, first
+
+
+def test_run_prints_the_json_summary_and_no_traceback(built):
+    _, _, first = built
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr and "Traceback" not in first.stdout
+    summary = last_json(first.stdout)
+    assert set(summary) >= {"stages", "metrics", "artifacts"}
+    assert {s["status"] for s in summary["stages"].values()} == {"computed"}
+    assert summary["metrics"]["self_retrieval_at_1"] == 1.0
+    assert {"knn_accuracy", "precision_at_10", "n_images", "dim"} <= set(summary["metrics"])
+    assert Path(summary["artifacts"]["index"]).is_file() and Path(summary["artifacts"]["encoder"]).is_file()
+    assert Path(summary["artifacts"]["wandb_run_dir"]).is_dir()
+
+
+def test_rerun_reports_every_stage_cached(built):
+    home, root, _ = built
+    again = lookalike("run", "--json", "--artifacts-root", str(root), *SETS, home=home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Traceback" not in again.stderr
+    assert {s["status"] for s in last_json(again.stdout)["stages"].values()} == {"cached"}
+
+
+def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
+    home, root, first = built
+    from lib.config import load_settings
+    from lib.query import Searcher, resolve_chain
+
+    settings = load_settings({**TINY, "artifacts_root": str(root)})
+    row = int(sorted(Searcher(root, resolve_chain(settings)).position)[0])
+    picture = home / "q.png"
+    result = lookalike("query", "--row", str(row), "--top-k", "3", "--out", str(picture), "--json",
+                       "--artifacts-root", str(root), *SETS, home=home)
+    assert result.returncode == 0, result.stderr
+    neighbours = last_json(result.stdout)["neighbours"]
+    assert neighbours[0]["row"] == row and neighbours[0]["distance"] == pytest.approx(0.0, abs=1e-4)
+    assert len(neighbours) == 3 and neighbours[0]["label"]
+    assert picture.stat().st_size > 1000
+
+
+def test_query_by_image_file(built, tmp_path):
+    home, root, _ = built
+    from conftest import make_png
+
+    image = make_png(tmp_path / "query.png", 3, size=28)
+    result = lookalike("query", str(image), "--json", "--artifacts-root", str(root), *SETS, home=home)
+    assert result.returncode == 0, result.stderr
+    assert len(last_json(result.stdout)["neighbours"]) == 3
+
+
+def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_path):
+    result = lookalike("run", "--epochs", "-1", "--artifacts-root", str(tmp_path / "a"), home=tmp_path,
+                       env_extra={"LOOKALIKE_INDEX__TYPO": "x"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "encoder.epochs: Input should be greater than or equal to 0" in result.stderr
+    assert "index.typo: unknown setting" in result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "prefect").exists()
+
+
+def test_dataset_error_is_one_line_without_traceback(tmp_path):
+    result = lookalike("run", "--set", "dataset.image_column=img", "--artifacts-root", str(tmp_path / "a"),
+                       home=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: sample" not in result.stderr
+    assert "no image column 'img'; columns are: image, label" in result.stderr
+
+
+def test_query_before_any_run_says_what_to_do(tmp_path):
+    result = lookalike("query", "--row", "0", "--artifacts-root", str(tmp_path / "empty"), home=tmp_path)
+    assert result.returncode == 1
+    assert "run `lookalike run` with the same options first" in result.stderr

@@ -1,0 +1,65 @@
+import pytest
+
+from lib.config import EncoderSettings, SettingsError, load_settings
+
+
+def test_defaults_run_the_bundled_sample_with_dino_and_flat_l2():
+    settings = load_settings()
+    assert settings.dataset.source == "sample"
+    assert settings.encoder.method == "dino"
+    assert settings.encoder.backbone == "resnet18"
+    assert settings.index.type == "flat-l2"
+
+
+def test_environment_overrides_defaults_and_explicit_overrides_win(monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_ENCODER__EPOCHS", "7")
+    monkeypatch.setenv("LOOKALIKE_INDEX__TYPE", "flat-ip")
+    assert load_settings().encoder.epochs == 7
+    settings = load_settings({"encoder.epochs": 2})
+    assert settings.encoder.epochs == 2
+    assert settings.index.type == "flat-ip"
+
+
+def test_typo_in_env_section_field_is_rejected_naming_it(monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_ENCODER__EPOCS", "3")
+    with pytest.raises(SettingsError, match=r"encoder\.epocs: unknown setting"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"encoder.epochs": -1}, "encoder.epochs"),
+        ({"encoder.method": "mae"}, "encoder.method"),
+        ({"index.type": "no-such-index"}, "index.type"),
+        ({"encoder.backbone": "resnet19"}, "encoder.backbone"),
+        ({"mirror.url": "http://bucket"}, "mirror.url"),
+    ],
+)
+def test_invalid_settings_give_one_line_per_field(override, field):
+    with pytest.raises(SettingsError) as info:
+        load_settings(override)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid settings:"
+    assert any(line.strip().startswith(f"{field}:") for line in lines[1:])
+
+
+def test_sections_are_frozen():
+    section = EncoderSettings()
+    with pytest.raises(Exception):
+        section.epochs = 5
+
+
+def test_settings_that_cannot_change_output_are_not_in_the_key():
+    settings = load_settings({"embeddings.batch_size": 7, "embeddings.num_workers": 1, "encoder.num_workers": 1})
+    assert "batch_size" not in settings.embeddings.key_fields()
+    assert "num_workers" not in settings.encoder.key_fields()
+    assert "epochs" in settings.encoder.key_fields()
+
+
+def test_named_run_parameters_win_and_none_means_not_given():
+    from lib.config import settings_for_run
+
+    settings = settings_for_run({"encoder.epochs": 1, "index.type": "hnsw"}, epochs=None, index="flat-ip")
+    assert settings.encoder.epochs == 1  # None did not erase the override
+    assert settings.index.type == "flat-ip"

@@ -1,0 +1,108 @@
+import os
+
+import pytest
+
+from conftest import make_png
+from lib.config import DatasetSettings
+from lib.data.snapshot import dataset_key, open_snapshot, run_dataset_stage
+from lib.data.sources import DatasetError
+
+
+def folder_dataset(tmp_path):
+    for i in range(4):
+        make_png(tmp_path / "imgs" / "cats" / f"{i}.png", i)
+        make_png(tmp_path / "imgs" / "dogs" / f"{i}.png", 10 + i, mode="RGBA")
+    return tmp_path / "imgs"
+
+
+def test_bundled_sample_loads_with_class_names_and_stable_row_ids(root):
+    result = run_dataset_stage(DatasetSettings(limit=40), root)
+    stats = result.manifest.stats
+    assert stats["n_images"] == 40 and stats["n_skipped"] == 0
+    assert stats["label_names"][0] == "T-shirt/top" and len(stats["label_names"]) == 10
+    snapshot = open_snapshot(root, result.manifest)
+    row_ids = snapshot["row_id"]
+    assert row_ids == sorted(row_ids) and max(row_ids) >= 40  # seeded subset of the 3000 rows
+
+
+def test_imagefolder_subfolders_become_labels(tmp_path, root):
+    result = run_dataset_stage(DatasetSettings(source=str(folder_dataset(tmp_path))), root)
+    assert result.manifest.stats["label_names"] == ["cats", "dogs"]
+    assert result.manifest.stats["n_images"] == 8
+
+
+def test_flat_folder_without_labels_is_indexed_unlabelled(tmp_path, root):
+    for i in range(3):
+        make_png(tmp_path / "flat" / f"{i}.png", i)
+    result = run_dataset_stage(DatasetSettings(source=str(tmp_path / "flat")), root)
+    assert result.manifest.stats["label_names"] is None
+    assert result.manifest.stats["n_images"] == 3
+
+
+def test_parquet_file_and_save_to_disk_folder_load_the_same_images(tmp_path, root):
+    from datasets import load_dataset
+
+    from lib.data.sources import SAMPLE_DIR
+
+    ds = load_dataset(str(SAMPLE_DIR), split="test", cache_dir=str(tmp_path / "hf"))
+    ds.select(range(12)).to_parquet(str(tmp_path / "x.parquet"))
+    ds.select(range(12)).save_to_disk(str(tmp_path / "saved"))
+    a = run_dataset_stage(DatasetSettings(source=str(tmp_path / "x.parquet")), root).manifest
+    b = run_dataset_stage(DatasetSettings(source=str(tmp_path / "saved")), root).manifest
+    assert a.stats["n_images"] == b.stats["n_images"] == 12
+    shas = [open_snapshot(root, m)["sha256"] for m in (a, b)]
+    assert shas[0] == shas[1]
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, root):
+    source = folder_dataset(tmp_path)
+    (source / "cats" / "empty.png").write_bytes(b"")
+    (source / "cats" / "text.jpg").write_text("not an image")
+    good = (source / "dogs" / "0.png").read_bytes()
+    (source / "dogs" / "truncated.png").write_bytes(good[: len(good) // 2])
+    result = run_dataset_stage(DatasetSettings(source=str(source), max_unreadable_fraction=0.5), root)
+    stats = result.manifest.stats
+    assert stats["n_images"] == 8 and stats["n_skipped"] == 3
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in stats["skipped"]}
+    assert set(reasons) == {"empty.png", "text.jpg", "truncated.png"}
+    assert "empty" in reasons["empty.png"]
+
+
+def test_too_many_unreadable_images_fail_with_the_fraction_and_examples(tmp_path, root):
+    source = folder_dataset(tmp_path)
+    for i in range(3):
+        (source / "cats" / f"bad{i}.png").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match=r"more than 5% of 11 images are unreadable.*bad0.png"):
+        run_dataset_stage(DatasetSettings(source=str(source)), root)
+
+
+def test_wrong_image_column_lists_the_columns_that_exist(root):
+    with pytest.raises(DatasetError, match=r"no image column 'img'; columns are: image, label"):
+        run_dataset_stage(DatasetSettings(image_column="img"), root)
+
+
+def test_missing_split_lists_the_splits(root):
+    with pytest.raises(DatasetError, match=r"no split 'validation'; splits are: train, test"):
+        run_dataset_stage(DatasetSettings(split="validation"), root)
+
+
+def test_missing_local_path_is_a_clear_error(root):
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        run_dataset_stage(DatasetSettings(source="./does/not/exist"), root)
+
+
+def test_hub_name_while_offline_says_how_to_use_local_data(monkeypatch, root):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DatasetError, match="cannot reach the Hugging Face hub.*local image folder"):
+        dataset_key(DatasetSettings(source="food101"))
+
+
+def test_key_follows_content_not_paths_or_mtimes(tmp_path):
+    source = folder_dataset(tmp_path)
+    key = dataset_key(DatasetSettings(source=str(source)))[0]
+    os.utime(source / "cats" / "0.png", (1, 1))
+    assert dataset_key(DatasetSettings(source=str(source)))[0] == key
+    moved = source.rename(tmp_path / "moved")
+    assert dataset_key(DatasetSettings(source=str(moved)))[0] == key
+    make_png(moved / "cats" / "0.png", 99)
+    assert dataset_key(DatasetSettings(source=str(moved)))[0] != key

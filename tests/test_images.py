@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib.data.images import UnreadableImage, decode_rgb
+
+LIMIT = 10_000_000
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
+def test_any_mode_becomes_rgb(mode):
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG")
+    img = Image.new(mode, (9, 7))
+    out = decode_rgb(encode(img, fmt), LIMIT)
+    assert out.mode == "RGB" and out.size == (9, 7)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    arr = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    img = Image.new("I;16", (2, 2))
+    img.frombytes(arr.astype("<u2").tobytes())
+    out = np.asarray(decode_rgb(encode(img, "TIFF"), LIMIT))
+    assert out[1, 1, 0] == 255 and 0 < out[0, 1, 0] < 255
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert decode_rgb(encode(img), LIMIT).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (30, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°
+    out = decode_rgb(encode(img, "JPEG", exif=exif), LIMIT)
+    assert out.size == (10, 30)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"this is not an image", "not a recognised image"),
+    ],
+)
+def test_unreadable_bytes_raise_with_a_reason(data, reason):
+    with pytest.raises(UnreadableImage, match=reason):
+        decode_rgb(data, LIMIT)
+
+
+def test_truncated_image_is_unreadable():
+    data = encode(Image.effect_noise((64, 64), 50), "JPEG")
+    with pytest.raises(UnreadableImage, match="cannot decode"):
+        decode_rgb(data[: len(data) // 2], LIMIT)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = encode(Image.new("L", (4000, 4000)))
+    with pytest.raises(UnreadableImage, match="decompression bomb"):
+        decode_rgb(data, max_pixels=1_000_000)

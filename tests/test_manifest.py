@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from lib.manifest import IntegrityError, find_manifest, stage_dir, stage_key, verified_path, write_manifest
+from lib.stages import Built, run_stage
+
+
+def test_stage_key_changes_with_settings_inputs_and_code_version():
+    base = stage_key("index", {"type": "flat-l2"}, {"embeddings": "abc"}, 1)
+    assert base == stage_key("index", {"type": "flat-l2"}, {"embeddings": "abc"}, 1)
+    assert base != stage_key("index", {"type": "hnsw"}, {"embeddings": "abc"}, 1)
+    assert base != stage_key("index", {"type": "flat-l2"}, {"embeddings": "abd"}, 1)
+    assert base != stage_key("index", {"type": "flat-l2"}, {"embeddings": "abc"}, 2)
+
+
+def test_folder_without_manifest_is_unfinished(tmp_path):
+    folder = stage_dir(tmp_path, "index", "k1")
+    folder.mkdir(parents=True)
+    (folder / "index.faiss").write_bytes(b"half written")
+    assert find_manifest(tmp_path, "index", "k1") is None
+
+
+def test_manifest_lists_sha256_and_verification_refuses_tampering(tmp_path):
+    folder = stage_dir(tmp_path, "index", "k1")
+    folder.mkdir(parents=True)
+    (folder / "data.bin").write_bytes(b"0123456789")
+    manifest = write_manifest(folder, stage="index", key="k1", code_version=1, settings={}, inputs={},
+                              files=["data.bin"], stats={}, timings={})
+    assert json.loads((folder / "manifest.json").read_text())["files"][0]["bytes"] == 10
+    assert verified_path(tmp_path, manifest, "data.bin") == folder / "data.bin"
+    (folder / "data.bin").write_bytes(b"0123456780")
+    with pytest.raises(IntegrityError, match="sha256"):
+        verified_path(tmp_path, manifest, "data.bin")
+
+
+def test_run_stage_builds_once_then_reports_cached(tmp_path):
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "out.txt").write_text("x")
+        return Built(files=["out.txt"], stats={"n": 1})
+
+    first = run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
+    second = run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
+    assert (first.status, second.status) == ("computed", "cached")
+    assert len(calls) == 1
+    assert second.manifest == first.manifest
+
+
+def test_failed_build_leaves_no_manifest(tmp_path):
+    def build(folder):
+        (folder / "partial").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
+    assert find_manifest(tmp_path, "dataset", "k") is None

@@ -1,0 +1,165 @@
+"""encoder → embeddings → index → evaluation on tiny data, through the lib stage runners."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lib.data.snapshot import run_dataset_stage
+from lib.embedding import load_embeddings, run_embeddings_stage, shard_name
+from lib.encoder import EncoderLoadError, load_encoder, load_encoder_file
+from lib.evaluation import label_metrics, run_evaluation_stage
+from lib.indexing import PRESETS, IndexBuildError, load_index, run_index_stage, search
+from lib.manifest import IntegrityError, MANIFEST, stage_dir
+from lib.pretraining import TRAIN_STATE, run_encoder_stage
+
+
+@pytest.fixture
+def dataset(tiny, root):
+    return run_dataset_stage(tiny.dataset, root).manifest
+
+
+@pytest.fixture
+def encoder(tiny, dataset, root):
+    return run_encoder_stage(tiny.encoder, dataset, root).manifest
+
+
+@pytest.fixture
+def embeddings(tiny, dataset, encoder, root):
+    return run_embeddings_stage(tiny.embeddings, dataset, encoder, root).manifest
+
+
+@pytest.mark.parametrize("method", ["dino", "simclr", "byol"])
+def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset, root, method):
+    section = tiny.encoder.model_copy(update={"method": method})
+    result = run_encoder_stage(section, dataset, root)
+    assert result.status == "computed"
+    assert len(result.manifest.stats["losses"]) == 1 and np.isfinite(result.manifest.stats["losses"][0])
+    model, spec = load_encoder(root, result.manifest)
+    assert (spec.method, spec.architecture, spec.input_size, spec.feature_dim) == (method, "resnet18", 16, 512)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 512)
+    assert not (stage_dir(root, "encoder", result.manifest.key) / TRAIN_STATE).exists()
+
+
+def test_interrupted_pretraining_resumes_from_its_last_epoch(tiny, dataset, root):
+    section = tiny.encoder.model_copy(update={"epochs": 2})
+    epochs_seen = []
+
+    def die_after_first_epoch(epoch, epochs, loss, seconds):
+        epochs_seen.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt("preempted")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_encoder_stage(section, dataset, root, on_epoch=die_after_first_epoch)
+    result = run_encoder_stage(section, dataset, root, on_epoch=lambda *a: epochs_seen.append(a[0]))
+    assert epochs_seen == [1, 2]  # epoch 1 was not trained again
+    assert result.status == "resumed"
+    assert result.manifest.stats["resumed_from_epoch"] == 1
+    assert len(result.manifest.stats["losses"]) == 2
+
+
+def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root):
+    section = tiny.encoder.model_copy(update={"epochs": 2})
+    other_root = root.parent / "other"
+    shutil.copytree(root, other_root)  # same dataset snapshot in a second root
+    straight = run_encoder_stage(section, dataset, other_root).manifest
+
+    def die(epoch, *_):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_encoder_stage(section, dataset, root, on_epoch=die)
+    resumed = run_encoder_stage(section, dataset, root).manifest
+    a, _ = load_encoder(other_root, straight)
+    b, _ = load_encoder(root, resumed)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-6), name
+
+
+def test_embeddings_are_sharded_in_row_order(tiny, embeddings, root):
+    vectors, row_ids = load_embeddings(root, embeddings)
+    assert vectors.shape == (48, 512) and vectors.dtype == np.float32
+    assert embeddings.stats["n_shards"] == 3
+    assert list(row_ids) == sorted(row_ids)
+
+
+def test_retry_reembeds_only_missing_shards(tiny, dataset, encoder, embeddings, root):
+    before, _ = load_embeddings(root, embeddings)
+    folder = stage_dir(root, "embeddings", embeddings.key)
+    (folder / MANIFEST).unlink()  # as if killed before finishing
+    (folder / shard_name(2)).unlink()
+    result = run_embeddings_stage(tiny.embeddings, dataset, encoder, root)
+    assert result.status == "resumed"
+    assert (result.manifest.stats["shards_reused"], result.manifest.stats["shards_computed"]) == (2, 1)
+    after, _ = load_embeddings(root, result.manifest)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_batch_size_does_not_change_the_key(tiny, dataset, encoder, embeddings, root):
+    other = tiny.embeddings.model_copy(update={"batch_size": 5})
+    assert run_embeddings_stage(other, dataset, encoder, root).status == "cached"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_preset_round_trips_and_returns_row_ids(tiny, embeddings, root, preset):
+    section = tiny.index.model_copy(update={"type": preset})
+    manifest = run_index_stage(section, embeddings, root).manifest
+    index = load_index(root, manifest)
+    vectors, row_ids = load_embeddings(root, embeddings)
+    _, found = search(index, vectors[:5] if manifest.stats["metric"] == "l2" else vectors[:5] / np.linalg.norm(vectors[:5], axis=1, keepdims=True), 3)
+    assert set(found.ravel()) <= set(row_ids.tolist())
+    assert manifest.stats["ntotal"] == 48
+    expected = 1.0 if manifest.stats["exact"] else 0.9
+    assert manifest.stats["self_retrieval_at_1"] >= expected
+
+
+def test_raw_factory_string_with_ip_prefix(tiny, embeddings, root):
+    manifest = run_index_stage(tiny.index.model_copy(update={"type": "ip:Flat"}), embeddings, root).manifest
+    assert manifest.stats["metric"] == "ip" and manifest.stats["self_retrieval_at_1"] == 1.0
+
+
+def test_index_needing_more_vectors_than_exist_fails_clearly(tiny, embeddings, root):
+    with pytest.raises(IndexBuildError, match=r"cannot be trained on 48 vectors.*index more images"):
+        run_index_stage(tiny.index.model_copy(update={"type": "IVF64,Flat"}), embeddings, root)
+
+
+def test_tampered_index_is_refused_before_reading(tiny, embeddings, root):
+    manifest = run_index_stage(tiny.index, embeddings, root).manifest
+    path = stage_dir(root, "index", manifest.key) / "index.faiss"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match its manifest"):
+        load_index(root, manifest)
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    import argparse
+
+    # any pickled Python object (here a Namespace) could run code on load
+    torch.save({"spec": {"architecture": "resnet18"}, "state_dict": {}, "payload": argparse.Namespace(x=1)}, path)
+    with pytest.raises(EncoderLoadError, match="not a weights-only"):
+        load_encoder_file(path)
+
+
+def test_evaluation_reports_knn_and_precision_and_draws_a_grid(tiny, dataset, embeddings, root):
+    index = run_index_stage(tiny.index, embeddings, root).manifest
+    result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root)
+    stats = result.manifest.stats
+    assert 0.0 <= stats["knn_accuracy"] <= 1.0 and 0.0 <= stats["precision_at_10"] <= 1.0
+    assert (stage_dir(root, "evaluation", result.manifest.key) / "retrieval-grid.png").stat().st_size > 1000
+
+
+def test_label_metrics_leave_the_query_out_and_break_ties_by_rank():
+    labels = np.array([0, 0, 1, 1])
+    position = {10: 0, 11: 1, 12: 2, 13: 3}
+    # query 10 finds itself, then 12 (label 1) and 11 (label 0): a 1-1 tie -> nearest wins (1)
+    ids = np.array([[10, 12, 11], [11, 10, 13]])
+    out = label_metrics(ids, np.array([10, 11]), labels, position, k=2, names=["a", "b"])
+    assert out["knn_accuracy"] == 0.5
+    assert out["precision_at_2"] == 0.5
+    assert out["per_class"] == {"a": 0.5}

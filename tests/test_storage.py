@@ -1,0 +1,50 @@
+"""S3 mirror against moto's threaded HTTP server (a real endpoint, not the in-process mock)."""
+
+import pytest
+
+from lib.config import MirrorSettings
+from lib.manifest import write_manifest
+from lib.storage import MirrorError, mirror_stage, s3_client
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    name = request.node.name.replace("_", "-")[:50].lower()
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def finished_folder(root, stage="index", key="k1"):
+    folder = root / stage / key
+    folder.mkdir(parents=True)
+    (folder / "index.faiss").write_bytes(b"x" * 1000)
+    (folder / "notes.txt").write_text("hello")
+    return write_manifest(folder, stage=stage, key=key, code_version=1, settings={}, inputs={},
+                          files=["index.faiss", "notes.txt"], stats={}, timings={})
+
+
+def test_mirror_uploads_files_with_sha256_then_manifest(tmp_path, s3_endpoint, bucket):
+    manifest = finished_folder(tmp_path)
+    section = MirrorSettings(url=f"s3://{bucket}/runs", endpoint_url=s3_endpoint)
+    result = mirror_stage(section, tmp_path, manifest)
+    assert result == {"url": f"s3://{bucket}/runs/index/k1/", "uploaded": 2, "skipped": 0, "bytes": 1005}
+    client = s3_client(s3_endpoint)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["runs/index/k1/index.faiss", "runs/index/k1/manifest.json", "runs/index/k1/notes.txt"]
+    head = client.head_object(Bucket=bucket, Key="runs/index/k1/index.faiss")
+    assert head["Metadata"]["sha256"] == manifest.file("index.faiss").sha256
+
+
+def test_second_mirror_uploads_only_what_is_missing(tmp_path, s3_endpoint, bucket):
+    manifest = finished_folder(tmp_path)
+    section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    mirror_stage(section, tmp_path, manifest)
+    s3_client(s3_endpoint).delete_object(Bucket=bucket, Key="p/index/k1/notes.txt")
+    again = mirror_stage(section, tmp_path, manifest)
+    assert (again["uploaded"], again["skipped"]) == (1, 1)
+
+
+def test_missing_bucket_is_a_mirror_error_naming_the_url(tmp_path, s3_endpoint):
+    manifest = finished_folder(tmp_path)
+    with pytest.raises(MirrorError, match="s3://no-such-bucket/x"):
+        mirror_stage(MirrorSettings(url="s3://no-such-bucket/x", endpoint_url=s3_endpoint), tmp_path, manifest)
