@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,10 @@ THUMB = 96
 LABEL_H = 28
 
 
-def save_loss_curve(path: Path, losses: Sequence[float], title: str) -> None:
+def save_loss_curve(path: Path, losses: Sequence[float], title: str, cache_dir: Path | None = None) -> None:
+    """Plot per-epoch losses. matplotlib's font cache goes to `cache_dir` unless MPLCONFIGDIR is set."""
+    if cache_dir is not None:
+        os.environ.setdefault("MPLCONFIGDIR", str(cache_dir))
     import matplotlib
 
     matplotlib.use("Agg")

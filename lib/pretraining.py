@@ -117,7 +117,8 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
     save_encoder(folder / ENCODER_FILE, method.encoder(), spec)
     files = [ENCODER_FILE]
     if losses:
-        save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss")
+        save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss",
+                        cache_dir=Path(root) / "cache" / "matplotlib")
         files.append(LOSS_CURVE)
     stats = {
         "spec": spec.model_dump(),
