@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lib.errors import LookalikeError
 
-STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
 MANIFEST = "manifest.json"
 Status = Literal["computed", "cached", "resumed"]
 
@@ -186,8 +185,3 @@ def verified_path(root: Path | str, manifest: Manifest, name: str) -> Path:
             f"written; delete {path.parent} and re-run to rebuild it"
         )
     return path
-
-
-def verify_all(root: Path | str, manifest: Manifest) -> None:
-    for entry in manifest.files:
-        verified_path(root, manifest, entry.path)
