@@ -15,9 +15,9 @@ import numpy as np
 
 from lib.config import EvaluationSettings
 from lib.data.images import decode_rgb
-from lib.data.snapshot import open_snapshot
+from lib.data.snapshot import open_snapshot, row_positions
 from lib.embedding import load_embeddings
-from lib.indexing import EVAL_QUERIES, load_index, prepare_vectors, search
+from lib.indexing import load_index, prepare_vectors, sample_queries, search
 from lib.manifest import Manifest, stage_key
 from lib.pictures import retrieval_grid, save_image
 from lib.stages import Built, StageResult, run_stage
@@ -52,10 +52,10 @@ def _evaluate(section, dataset: Manifest, embeddings: Manifest, index_manifest: 
     vectors = prepare_vectors(raw, index_manifest.stats["metric"])
     names = dataset.stats.get("label_names")
     labels = np.asarray(snapshot["label"]) if names else None
-    position = {int(r): i for i, r in enumerate(row_ids)}
+    position = row_positions(snapshot)
 
     n = len(vectors)
-    queries = np.arange(n) if n <= EVAL_QUERIES else np.sort(np.random.default_rng(0).choice(n, EVAL_QUERIES, replace=False))
+    queries = sample_queries(n)
     stats: dict = {"n_queries": int(len(queries)), "k": section.k, "protocol": "leave-one-out"}
     if labels is not None and n > 1:
         _, ids = search(index, vectors[queries], section.k + 1)
@@ -65,7 +65,7 @@ def _evaluate(section, dataset: Manifest, embeddings: Manifest, index_manifest: 
 
     files = []
     if section.grid_queries:
-        grid = _grid(section, snapshot, index, vectors, row_ids, names)
+        grid = _grid(section, snapshot, index, vectors, row_ids, position, names)
         save_image(folder / GRID, grid)
         files.append(GRID)
     return Built(files=files, stats=stats)
@@ -92,11 +92,10 @@ def label_metrics(ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray, po
     }
 
 
-def _grid(section, snapshot, index, vectors, row_ids, names):
+def _grid(section, snapshot, index, vectors, row_ids, position, names):
     rng = np.random.default_rng(0)
     picks = np.sort(rng.choice(len(vectors), size=min(section.grid_queries, len(vectors)), replace=False))
     distances, found = search(index, vectors[picks], section.grid_neighbours)
-    position = {int(r): i for i, r in enumerate(row_ids)}
     rows = []
     for p, dist, ids in zip(picks, distances, found):
         query = snapshot[int(p)]

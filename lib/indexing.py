@@ -148,7 +148,7 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     build_seconds = time.perf_counter() - started
     with atomic_path(folder / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
-    queries = _sample(len(vectors))
+    queries = sample_queries(len(vectors))
     self_at_1 = self_retrieval_at_1(index, vectors[queries], row_ids[queries])
     recall = 1.0 if kind.exact else recall_vs_exact(index, vectors, row_ids, queries, kind, RECALL_K)
     stats = {
@@ -167,7 +167,8 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     return Built(files=[INDEX_FILE], stats=stats, timings={"faiss_build_seconds": build_seconds})
 
 
-def _sample(n: int) -> np.ndarray:
+def sample_queries(n: int) -> np.ndarray:
+    """Positions of the stored vectors used as queries: all of them, or a seeded 10k sample."""
     if n <= EVAL_QUERIES:
         return np.arange(n)
     return np.sort(np.random.default_rng(0).choice(n, EVAL_QUERIES, replace=False))

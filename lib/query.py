@@ -16,7 +16,7 @@ from PIL import Image
 
 from lib.config import Settings
 from lib.data.images import decode_rgb
-from lib.data.snapshot import dataset_key, open_snapshot
+from lib.data.snapshot import dataset_key, open_snapshot, row_positions
 from lib.errors import LookalikeError
 from lib.embedding import ResizeToTensor, embed_batch, embeddings_key, normalize_batch
 from lib.encoder import load_encoder
@@ -70,8 +70,7 @@ class Searcher:
         self.metric = chain.index.stats["metric"]
         self.snapshot = open_snapshot(root, chain.dataset)
         self.names = chain.dataset.stats.get("label_names")
-        row_ids = np.asarray(self.snapshot["row_id"], dtype=np.int64)
-        self.position = {int(r): i for i, r in enumerate(row_ids)}
+        self.position = row_positions(self.snapshot)
         self.resize = ResizeToTensor(self.spec.input_size)
 
     def embed(self, image: Image.Image) -> np.ndarray:

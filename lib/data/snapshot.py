@@ -15,7 +15,7 @@ from typing import Any
 
 from lib.config import DatasetSettings
 from lib.data.images import UnreadableImage, decode_rgb
-from lib.data.sources import DatasetError, Source, content_fingerprint, label_names, open_source, resolve_source
+from lib.data.sources import DatasetError, Source, label_names, open_source, pin_source, resolve_source
 from lib.manifest import Manifest, stage_key, verified_path
 from lib.progress import progress
 from lib.stages import Built, StageResult, run_stage
@@ -29,8 +29,7 @@ _BATCH = 512
 
 def dataset_key(section: DatasetSettings) -> tuple[str, Source, str]:
     """(stage key, resolved source, content fingerprint) for a dataset section."""
-    source = resolve_source(section)
-    fingerprint = content_fingerprint(source, section)
+    source, fingerprint = pin_source(resolve_source(section), section)
     settings = {**_key_settings(section), "content": fingerprint}
     return stage_key(STAGE, settings, {}, CODE_VERSION), source, fingerprint
 
@@ -151,6 +150,11 @@ def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: Dat
         f"({len(skipped)} so far, e.g. {examples}); fix the files or raise "
         "LOOKALIKE_DATASET__MAX_UNREADABLE_FRACTION"
     )
+
+
+def row_positions(snapshot) -> dict[int, int]:
+    """Row id -> position in the snapshot (row ids have gaps where images were skipped)."""
+    return {int(r): i for i, r in enumerate(snapshot["row_id"])}
 
 
 def open_snapshot(root: Path, manifest: Manifest):

@@ -32,6 +32,7 @@ class DatasetError(LookalikeError, ValueError):
 class Source:
     kind: Literal["hub", "folder", "parquet", "disk"]
     location: str
+    revision: str | None = None  # hub only: the commit sha the key was made from
 
     def describe(self) -> str:
         return f"{self.kind}:{self.location}"
@@ -57,16 +58,20 @@ def resolve_source(section: DatasetSettings) -> Source:
     return Source("hub", section.source)
 
 
-def content_fingerprint(source: Source, section: DatasetSettings) -> str:
-    """A content key for the source: file hashes locally, the commit sha on the hub.
+def pin_source(source: Source, section: DatasetSettings) -> tuple[Source, str]:
+    """(source pinned to what was keyed, content key): file hashes locally, the commit sha on the hub.
 
-    `datasets`' own fingerprint is path/mtime based, so it is not used here.
+    `datasets`' own fingerprint is path/mtime based, so it is not used here. A hub source is
+    pinned to the resolved commit so the data loaded is the data that was keyed, even if the
+    branch moves during the run.
     """
     if source.kind == "hub":
-        return "hub@" + resolve_hub_revision(source.location, section.revision)
-    return "sha256@" + _tree_digest(source.location)
+        sha = resolve_hub_revision(source.location, section.revision)
+        return Source(source.kind, source.location, sha), "hub@" + sha
+    return source, "sha256@" + _tree_digest(source.location)
 
 
+@lru_cache(maxsize=64)  # one network round trip per process, however often the key is computed
 def resolve_hub_revision(name: str, revision: str | None) -> str:
     """The commit sha a hub dataset revision points at (a full sha needs no network)."""
     if revision and _COMMIT_SHA.match(revision):
@@ -132,7 +137,7 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
             loaded = datasets.load_dataset(
                 source.location,
                 name=section.config_name,
-                revision=section.revision if source.kind == "hub" else None,
+                revision=source.revision,
                 cache_dir=str(cache_dir),
             )
             loaded = _pick_split(loaded, section.split, source)
