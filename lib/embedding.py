@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ImageOps
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from lib.config import EmbeddingsSettings
 from lib.data.snapshot import open_snapshot
@@ -99,33 +99,30 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
     n_shards = (n + size - 1) // size
     done = {i for i in range(n_shards) if _shard_is_complete(folder, i)}
     missing = [i for i in range(n_shards) if i not in done]
-    rows = [r for i in missing for r in range(i * size, min(n, (i + 1) * size))]
+    batches = shard_batches(missing, n, size, section.batch_size)
+    n_rows = sum(len(b) for b in batches)
 
     loader = DataLoader(
-        Subset(SnapshotImages(snapshot, ResizeToTensor(spec.input_size)), rows),
-        batch_size=section.batch_size, shuffle=False, num_workers=section.num_workers,
-            multiprocessing_context=worker_context(section.num_workers),
+        SnapshotImages(snapshot, ResizeToTensor(spec.input_size)),
+        batch_sampler=batches, num_workers=section.num_workers,
+        multiprocessing_context=worker_context(section.num_workers),
         pin_memory=device.type == "cuda",
     )
     pending: list[np.ndarray] = []
     shard_iter = iter(missing)
     current = next(shard_iter, None)
-    with progress(len(rows), "embeddings", unit="img") as bar:
+    with progress(n_rows, "embeddings", unit="img") as bar:
         for batch in loader:
             x = normalize_batch(batch, spec, device)
             if section.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             pending.append(embed_batch(model, x, device))
             bar.update(len(batch))
-            buffered = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            while current is not None:
-                need = min(n, (current + 1) * size) - current * size
-                if len(buffered) < need:
-                    break
-                _write_shard(folder, current, current * size, buffered[:need])
-                buffered = buffered[need:]
+            filled = sum(len(p) for p in pending)
+            if current is not None and filled == min(n, (current + 1) * size) - current * size:
+                _write_shard(folder, current, current * size, np.concatenate(pending))
+                pending = []
                 current = next(shard_iter, None)
-            pending = [buffered] if len(buffered) else []
 
     row_ids = np.asarray(snapshot["row_id"], dtype=np.int64)
     with atomic_path(folder / ROW_IDS) as tmp:
@@ -138,12 +135,25 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
         "n_shards": n_shards,
         "shards_reused": len(done),
         "shards_computed": len(missing),
-        "images_embedded": len(rows),
-        "images_per_second": round(len(rows) / seconds, 1) if rows else None,
+        "images_embedded": n_rows,
+        "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
         "device": device.type,
     }
     files = [ROW_IDS] + [shard_name(i) for i in range(n_shards)]
     return Built(files=files, stats=stats, resumed=bool(done))
+
+
+def shard_batches(shards: list[int], n: int, shard_size: int, batch_size: int) -> list[list[int]]:
+    """Row batches for the given shards; a batch never straddles two shards.
+
+    So a shard is computed from the same batches whether or not its neighbours were
+    already done, and a resumed run gives the same vectors as an uninterrupted one.
+    """
+    batches = []
+    for i in shards:
+        start, stop = i * shard_size, min(n, (i + 1) * shard_size)
+        batches += [list(range(b, min(stop, b + batch_size))) for b in range(start, stop, batch_size)]
+    return batches
 
 
 def _write_shard(folder: Path, i: int, start: int, vectors: np.ndarray) -> None:

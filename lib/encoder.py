@@ -39,8 +39,10 @@ class EncoderLoadError(LookalikeError, RuntimeError):
 
 def save_encoder(path: Path, backbone: nn.Module, spec: EncoderSpec) -> None:
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"spec": spec.model_dump(), "state_dict": state}, tmp)
+    # Saved through a file object: torch names the zip records after a path's stem, and
+    # the temp file's name would make identical weights hash differently.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"spec": spec.model_dump(), "state_dict": state}, fh)
 
 
 def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
