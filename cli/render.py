@@ -12,11 +12,12 @@ STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     stages = Table(title="stages", title_justify="left")
-    for column in ("stage", "key", "status", "seconds"):
+    for column in ("stage", "key", "status", "reused", "seconds"):
         stages.add_column(column, justify="right" if column == "seconds" else "left")
     for name, s in summary["stages"].items():
         style = STATUS_STYLE.get(s["status"], "")
-        stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", f"{s['seconds']:.1f}")
+        stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", s.get("reused") or "",
+                       f"{s['seconds']:.1f}")
     console.print(stages)
 
     metrics = Table(title="metrics", title_justify="left")

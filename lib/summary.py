@@ -1,7 +1,8 @@
 """The run summary: one dict shared by the CLI (`--json`), Prefect artifacts and W&B.
 
 Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
-`metrics`, `artifacts`. Extend, never rename.
+`metrics`, `artifacts`. Extend, never rename. A `resumed` stage says what it reused
+(`reused`: '3/10 shards', '2/3 epochs').
 """
 
 from __future__ import annotations
@@ -47,15 +48,30 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         "wandb_url": (tracking or {}).get("url"),
         "mirror": mirror,
     }
-    stages = {name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds} for name, r in reports.items()}
+    stages = {
+        name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds, "reused": reused(r)}
+        for name, r in reports.items()
+    }
     return {"stages": stages, "metrics": metrics, "artifacts": artifacts}
+
+
+def reused(report: StageReport) -> str | None:
+    """What a `resumed` stage took over from an interrupted attempt, e.g. '3/10 shards'."""
+    if report.status != "resumed":
+        return None
+    stats = report.manifest.stats
+    if "shards_reused" in stats:
+        return f"{stats['shards_reused']}/{stats['n_shards']} shards"
+    if "resumed_from_epoch" in stats:
+        return f"{stats['resumed_from_epoch']}/{len(stats['losses'])} epochs"
+    return None
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown report (Prefect UI artifact)."""
-    lines = ["# Retrieval pipeline", "", "| stage | key | status | seconds |", "|---|---|---|---|"]
+    lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
     for name, s in summary["stages"].items():
-        lines.append(f"| {name} | `{s['key']}` | {s['status']} | {s['seconds']:.1f} |")
+        lines.append(f"| {name} | `{s['key']}` | {s['status']} | {s.get('reused') or ''} | {s['seconds']:.1f} |")
     lines += ["", "| metric | value |", "|---|---|"]
     for name, value in summary["metrics"].items():
         lines.append(f"| {name} | {_fmt(value)} |")
