@@ -57,6 +57,14 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The session server's URL, for subprocesses (`lookalike run`, `prefect flow-run retry`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 def make_png(path: Path, value: int, size: int = 20, mode: str = "L") -> Path:
     import numpy as np
     from PIL import Image

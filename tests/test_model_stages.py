@@ -73,10 +73,8 @@ def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root):
     with pytest.raises(KeyboardInterrupt):
         run_encoder_stage(section, dataset, root, on_epoch=die)
     resumed = run_encoder_stage(section, dataset, root).manifest
-    a, _ = load_encoder(other_root, straight)
-    b, _ = load_encoder(root, resumed)
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.allclose(x.float(), y.float(), atol=1e-6), name
+    assert resumed.stats["resumed_from_epoch"] == 1
+    assert resumed.file("encoder.pt").sha256 == straight.file("encoder.pt").sha256  # bit-identical
 
 
 def test_embeddings_are_sharded_in_row_order(tiny, embeddings, root):

@@ -48,3 +48,50 @@ def test_missing_bucket_is_a_mirror_error_naming_the_url(tmp_path, s3_endpoint):
     manifest = finished_folder(tmp_path)
     with pytest.raises(MirrorError, match="s3://no-such-bucket/x"):
         mirror_stage(MirrorSettings(url="s3://no-such-bucket/x", endpoint_url=s3_endpoint), tmp_path, manifest)
+
+
+def server_errors(client, operation: str, fail: set[int]):
+    """Make the endpoint answer HTTP 500 to the listed calls (1-based) of one operation.
+
+    A botocore `before-send` hook returns the response instead of sending the request, so
+    botocore's own retry logic sees a real 500 (the way a flaky S3 endpoint behaves).
+    """
+    from botocore.awsrequest import AWSResponse
+
+    calls = []
+
+    class Raw:
+        def stream(self, **_):
+            yield b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+
+    def hook(request, **_):
+        calls.append(request.url)
+        if len(calls) in fail:
+            return AWSResponse(request.url, 500, {}, Raw())
+        return None
+
+    client.meta.events.register(f"before-send.s3.{operation}", hook)
+    return calls
+
+
+def test_transient_500s_are_retried_by_botocore(tmp_path, s3_endpoint, bucket):
+    manifest = finished_folder(tmp_path)
+    client = s3_client(s3_endpoint)
+    calls = server_errors(client, "PutObject", fail={1, 2})
+    section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    result = mirror_stage(section, tmp_path, manifest, client=client)
+    assert (result["uploaded"], len(calls)) == (2, 2 + 3)  # two 500s, then 2 files + manifest
+
+
+def test_persistent_500s_fail_the_mirror_and_the_retry_uploads_only_the_rest(tmp_path, s3_endpoint, bucket):
+    manifest = finished_folder(tmp_path)
+    section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    client = s3_client(s3_endpoint)
+    calls = server_errors(client, "PutObject", fail=set(range(2, 100)))  # every PUT after the first
+    with pytest.raises(MirrorError, match="InternalError"):
+        mirror_stage(section, tmp_path, manifest, client=client)
+    keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(calls) == 1 + 5  # 1 try + 4 botocore retries (standard mode, backoff with jitter)
+    assert keys == ["p/index/k1/index.faiss"]  # no manifest: the mirror is visibly incomplete
+    again = mirror_stage(section, tmp_path, manifest)
+    assert (again["uploaded"], again["skipped"]) == (1, 1)

@@ -1,0 +1,148 @@
+"""Fault injection for subprocess tests; never on a production import path.
+
+Tests put this folder on PYTHONPATH and describe the faults in the `LOOKALIKE_TEST_FAULTS`
+environment variable (JSON). Python imports `sitecustomize` at start-up; this one
+patches a lib module right after it is first imported, so a real `lookalike run` (or
+`prefect flow-run retry`) process misbehaves exactly where a test needs it to:
+
+    embed_slow_seconds    sleep this long in every embedding batch
+    embed_fail_at_batch   raise at this embedding batch (1-based) ...
+    embed_fail_attempts   ... in this many attempts (task retries), then behave
+    train_slow_seconds    sleep this long in every training step
+    forbid_training       raise if any training step runs
+    kill_in_index_write   write half of index.faiss's temp file, then SIGKILL this process
+    kill_after_uploads    SIGKILL this process after this many S3 uploads
+
+Without the variable this module does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import signal
+import sys
+import time
+
+FAULTS = json.loads(os.environ.get("LOOKALIKE_TEST_FAULTS") or "{}")
+_counts = {"embed_attempts": 0, "embed_batches": 0, "uploads": 0}
+
+
+class InjectedFault(RuntimeError):
+    """Raised where a test asked for a failure (never a LookalikeError: it is retryable)."""
+
+
+def _kill_self() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _patch_embedding(module) -> None:
+    original_embed, original_run = module.embed_batch, module._embed
+
+    def _embed(*args, **kwargs):
+        _counts["embed_attempts"] += 1
+        _counts["embed_batches"] = 0
+        return original_run(*args, **kwargs)
+
+    def embed_batch(*args, **kwargs):
+        _counts["embed_batches"] += 1
+        time.sleep(FAULTS.get("embed_slow_seconds", 0))
+        if (_counts["embed_batches"] == FAULTS.get("embed_fail_at_batch")
+                and _counts["embed_attempts"] <= FAULTS.get("embed_fail_attempts", 1)):
+            raise InjectedFault(f"injected embedding failure at batch {_counts['embed_batches']}")
+        return original_embed(*args, **kwargs)
+
+    module._embed, module.embed_batch = _embed, embed_batch
+
+
+def _patch_pretraining(module) -> None:
+    original = module.build_method
+
+    def build_method(*args, **kwargs):
+        method = original(*args, **kwargs)
+        step = method.training_loss
+
+        def training_loss(*a, **k):
+            if FAULTS.get("forbid_training"):
+                raise InjectedFault("a training step ran in a run that must not train")
+            time.sleep(FAULTS.get("train_slow_seconds", 0))
+            return step(*a, **k)
+
+        method.training_loss = training_loss
+        return method
+
+    module.build_method = build_method
+
+
+def _patch_indexing(module) -> None:
+    faiss = module.faiss
+    original = faiss.write_index
+
+    def write_index(index, path):
+        if FAULTS.get("kill_in_index_write"):
+            data = faiss.serialize_index(index).tobytes()
+            with open(path, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+            _kill_self()
+        return original(index, path)
+
+    module.faiss = type("FaultyFaiss", (), {"__getattr__": lambda self, name: getattr(faiss, name),
+                                            "write_index": staticmethod(write_index)})()
+
+
+def _patch_storage(module) -> None:
+    original = module.s3_client
+
+    def s3_client(*args, **kwargs):
+        client = original(*args, **kwargs)
+        upload = client.upload_file
+
+        def upload_file(*a, **k):
+            result = upload(*a, **k)
+            _counts["uploads"] += 1
+            if _counts["uploads"] == FAULTS.get("kill_after_uploads"):
+                _kill_self()
+            return result
+
+        client.upload_file = upload_file
+        return client
+
+    module.s3_client = s3_client
+
+
+PATCHES = {
+    "lib.embedding": _patch_embedding,
+    "lib.pretraining": _patch_pretraining,
+    "lib.indexing": _patch_indexing,
+    "lib.storage": _patch_storage,
+}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Finds the real module, then runs its patch once the module has executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in PATCHES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            PATCHES[name](module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+if FAULTS:
+    sys.meta_path.insert(0, _PatchAfterImport())
