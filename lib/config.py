@@ -95,7 +95,10 @@ class EmbeddingsSettings(Section):
     batch_size: PositiveInt = Field(256, description="Inference batch size (not part of the key).")
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
     channels_last: bool = Field(True, description="Use channels_last memory format (faster on CPU).")
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last"})
+    retries: NonNegativeInt = Field(
+        2, description="Task retries (exponential backoff with jitter); each retry embeds only missing shards."
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last", "retries"})
 
 
 class IndexSettings(Section):

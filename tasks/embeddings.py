@@ -1,4 +1,8 @@
-"""Task: batched embedding into resumable shards (the `embeddings` stage)."""
+"""Task: batched embedding into resumable shards (the `embeddings` stage).
+
+Retries (count from `embeddings.retries`, set by the flow) re-run the stage, which
+embeds only the shards without a completion marker.
+"""
 
 from pathlib import Path
 
