@@ -36,7 +36,10 @@ def dataset_key(section: DatasetSettings) -> tuple[str, Source, str]:
 
 def _key_settings(section: DatasetSettings) -> dict[str, Any]:
     fields = section.key_fields()
-    fields.pop("source")  # the content fingerprint identifies the data, not its path
+    # The content fingerprint (file hashes, or the hub commit a revision resolves to)
+    # identifies the data; the path it came from and the revision's name do not.
+    fields.pop("source")
+    fields.pop("revision")
     return fields
 
 

@@ -1,0 +1,121 @@
+"""The README's invalidation table is exact: it names every setting, and changing each one
+changes the keys of exactly the stages it lists (so exactly those recompute)."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO, make_png
+from lib.config import Settings, load_settings
+from lib.data.snapshot import dataset_key
+from lib.embedding import embeddings_key
+from lib.evaluation import evaluation_key
+from lib.indexing import index_key
+from lib.pretraining import encoder_key
+
+STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
+SHA_A, SHA_B = "a" * 40, "b" * 40
+
+# A different valid value for every setting (and a baseline where the default cannot vary).
+CHANGES = {
+    "dataset.source": "{images}",
+    "dataset.revision": ({"dataset.source": "someone/photos", "dataset.revision": SHA_A}, SHA_B),
+    "dataset.split": "test",
+    "dataset.config_name": "small",
+    "dataset.image_column": "img",
+    "dataset.label_column": "category",
+    "dataset.limit": 100,
+    "dataset.seed": 1,
+    "dataset.max_image_pixels": 1000,
+    "dataset.max_unreadable_fraction": 0.5,
+    "encoder.method": "simclr",
+    "encoder.backbone": "resnet34",
+    "encoder.input_size": 64,
+    "encoder.epochs": 1,
+    "encoder.batch_size": 64,
+    "encoder.lr": 0.01,
+    "encoder.weight_decay": 0.1,
+    "encoder.seed": 1,
+    "encoder.num_workers": 2,
+    "embeddings.shard_size": 512,
+    "embeddings.batch_size": 64,
+    "embeddings.num_workers": 2,
+    "embeddings.channels_last": False,
+    "embeddings.retries": 0,
+    "index.type": "hnsw",
+    "evaluation.k": 5,
+    "evaluation.grid_queries": 4,
+    "evaluation.grid_neighbours": 3,
+    "tracking.mode": "disabled",
+    "tracking.project": "other",
+    "tracking.entity": "team",
+    "mirror.url": "s3://bucket/prefix",
+    "mirror.endpoint_url": "http://localhost:9000",
+    "mirror.stages": ("encoder", "index"),
+    "mirror.retries": 0,
+}
+
+
+def all_settings() -> set[str]:
+    return {f"{section}.{name}" for section, field in Settings.model_fields.items()
+            if hasattr(field.annotation, "model_fields") for name in field.annotation.model_fields}
+
+
+def readme_table() -> dict[str, set[str]]:
+    """setting -> stages it invalidates, from the README table (wildcards expanded)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| setting | default | stages it invalidates |"):].split("\n\n")[0]
+    out: dict[str, set[str]] = {}
+    for row in table.splitlines()[2:]:
+        names_cell, _, stages_cell = [c.strip() for c in row.strip("|").split("|")][:3]
+        stages = set(STAGES) if stages_cell == "all" else set() if stages_cell == "none" else {
+            s.strip() for s in stages_cell.split(",")}
+        section = None
+        for name in re.findall(r"`([^`]+)`", names_cell):
+            if "." in name:
+                section, name = name.split(".", 1)
+            names = [n.split(".", 1)[1] for n in all_settings() if n.startswith(f"{section}.")] if name == "*" else [name]
+            for n in names:
+                out[f"{section}.{n}"] = stages
+    return out
+
+
+def keys(settings: Settings) -> dict[str, str]:
+    m = SimpleNamespace
+    dataset = dataset_key(settings.dataset)[0]
+    encoder = encoder_key(settings.encoder, m(key=dataset))
+    embeddings = embeddings_key(settings.embeddings, m(key=dataset), m(key=encoder))
+    index = index_key(settings.index, m(key=embeddings))
+    evaluation = evaluation_key(settings.evaluation, m(key=dataset), m(key=index))
+    return dict(zip(STAGES, (dataset, encoder, embeddings, index, evaluation)))
+
+
+def test_every_setting_is_in_the_table_and_has_a_change_to_try():
+    assert set(readme_table()) == all_settings()
+    assert set(CHANGES) == all_settings()
+
+
+@pytest.mark.parametrize("setting", sorted(CHANGES))
+def test_changing_a_setting_changes_exactly_the_keys_the_table_lists(setting, tmp_path):
+    images = tmp_path / "images"
+    for i in range(3):
+        make_png(images / f"{i}.png", i)
+    change = CHANGES[setting]
+    base, value = change if isinstance(change, tuple) and isinstance(change[0], dict) else ({}, change)
+    if value == "{images}":
+        value = str(images)
+    before = keys(load_settings(base))
+    after = keys(load_settings({**base, setting: value}))
+    changed = {stage for stage in STAGES if before[stage] != after[stage]}
+    assert changed == readme_table()[setting]
+
+
+def test_the_same_content_elsewhere_is_the_same_dataset_key(tmp_path):
+    for folder in ("a", "b"):
+        for i in range(3):
+            make_png(tmp_path / folder / f"{i}.png", i)
+    assert keys(load_settings({"dataset.source": str(tmp_path / "a")})) == \
+        keys(load_settings({"dataset.source": str(tmp_path / "b")}))
