@@ -60,18 +60,27 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
 
 def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Run the flow in this process with the CLI's named parameters and --set overrides."""
-    temporary = _uses_temporary_server()
-    if temporary:
-        _quiet_temporary_server()
-    from flows.retrieval import retrieval_pipeline
+    server = None
+    if _uses_temporary_server():
+        from cli.server import TemporaryServer
 
-    user_errors = _DropUserErrorTracebacks()
-    for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
-        if name.startswith("prefect"):
-            for handler in logging.getLogger(name).handlers:
-                handler.addFilter(user_errors)
-    params = {k: v for k, v in named.items() if v is not None}
-    state = retrieval_pipeline(**params, overrides=overrides or None, return_state=True)
-    if temporary:
-        _wait_until_recorded(state.state_details.flow_run_id)
-    return state.result()
+        _quiet_temporary_server()
+        server = TemporaryServer().start()  # boots while the pipeline's modules import
+    try:
+        from flows.retrieval import retrieval_pipeline
+
+        user_errors = _DropUserErrorTracebacks()
+        for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
+            if name.startswith("prefect"):
+                for handler in logging.getLogger(name).handlers:
+                    handler.addFilter(user_errors)
+        params = {k: v for k, v in named.items() if v is not None}
+        if server:
+            server.wait_until_healthy()
+        state = retrieval_pipeline(**params, overrides=overrides or None, return_state=True)
+        if server:
+            _wait_until_recorded(state.state_details.flow_run_id)
+        return state.result()
+    finally:
+        if server:
+            server.stop()
