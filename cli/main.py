@@ -92,6 +92,9 @@ def run(
         summary = run_pipeline(named, overrides)
     except LookalikeError as exc:
         _fail(str(exc))
+    except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
+        _fail(f"the run failed ({type(exc).__name__}: {exc}). Finished stages, epochs and shards are kept: "
+              "run the same command again to resume from where it stopped.")
     if json_out:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
     else:

@@ -251,6 +251,7 @@ def test_flow_run_failed_on_embedding_is_retried_through_the_api(prefect_api_url
     no_retries = ("--set", "embeddings.retries=0")  # fail the flow run at the first failure
     code, _, err = finish(start(root, prefect_api_url, {"embed_fail_at_batch": 3}, *no_retries))
     assert code == 1 and "injected embedding failure" in err
+    assert "run the same command again to resume" in err.splitlines()[-1]
 
     failed = flow_runs_for(root)
     assert len(failed) == 1 and failed[0].state.is_failed()
