@@ -88,6 +88,24 @@ def test_deleted_stage_folder_is_rebuilt_even_though_prefect_cached_it(first):
     assert statuses(again)["embeddings"] == "cached"
 
 
+def test_torn_prefect_result_records_fall_back_to_the_stage_manifests(first):
+    """Prefect writes its cache records in place (not atomically); a run killed mid-write leaves
+    a torn record. Prefect then treats it as absent, and the stage finds its manifest."""
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    root, summary = first
+    prefixes = tuple(f"{stage}-{s['key']}-" for stage, s in summary["stages"].items())
+    records = [p for p in Path(PREFECT_LOCAL_STORAGE_PATH.value()).iterdir() if p.name.startswith(prefixes)]
+    assert len(records) == 5
+    for record in records:
+        record.write_bytes(record.read_bytes()[:40])
+    again = run_flow(root)
+    assert set(statuses(again).values()) == {"cached"}
+    assert again["metrics"] == summary["metrics"]
+
+
 def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     _, summary = first
     offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
