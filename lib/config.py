@@ -8,6 +8,7 @@ boto3 read them from their usual places.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -56,7 +57,7 @@ class DatasetSettings(Section):
     limit: PositiveInt | None = Field(None, description="Index a seeded random subset of this size.")
     seed: int = Field(0, description="Seed for the subset draw.")
     max_unreadable_fraction: float = Field(
-        0.05, ge=0, le=1, description="Fail when more than this fraction of images cannot be decoded."
+        0.1, ge=0, le=1, description="Fail when more than this fraction of images cannot be decoded."
     )
     max_image_pixels: PositiveInt = Field(
         89_478_485, description="Images declaring more pixels are skipped as decompression bombs."
@@ -197,12 +198,33 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    unknown = _unknown_environment_names()
     try:
         # Init kwargs are pydantic-settings' highest-priority source and are deep-merged
         # with .env and the environment, so every invalid field is reported at once.
-        return Settings(**nested)
+        settings = Settings(**nested)
     except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc)) from None
+        raise SettingsError(format_validation_error(exc, unknown)) from None
+    if unknown:
+        raise SettingsError(format_validation_error(None, unknown))
+    return settings
+
+
+def _unknown_environment_names() -> list[str]:
+    """LOOKALIKE_* variables naming no section or top-level setting.
+
+    pydantic-settings rejects an unknown field inside a known section, but silently ignores
+    a misspelt section (LOOKALIKE_ENCODR__EPOCHS), which would run with the default.
+    """
+    known = set(Settings.model_fields)
+    lines = []
+    for name in sorted(os.environ):
+        if name.upper().startswith("LOOKALIKE_"):
+            head = name[len("LOOKALIKE_"):].split("__", 1)[0].lower()
+            if head not in known:
+                lines.append(f"{name}: unknown setting; the environment takes LOOKALIKE_<SECTION>__<FIELD> "
+                             f"with a section in: {', '.join(sorted(known))}")
+    return lines
 
 
 # The flow's (and CLI's) named run parameters and the settings they set.
@@ -227,10 +249,10 @@ def settings_for_run(overrides: dict[str, Any] | None = None, **named: Any) -> S
     return load_settings({**(overrides or {}), **dotted})
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError | None, extra_lines: list[str] = ()) -> str:
     """One line per field: `encoder.epochs: Input should be >= 0 (got -1)`."""
-    lines = []
-    for err in exc.errors():
+    lines = list(extra_lines)
+    for err in exc.errors() if exc else []:
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
