@@ -8,6 +8,7 @@ folder at once (the second waits, then finds the manifest and reuses it).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import time
 from contextlib import contextmanager
@@ -17,7 +18,21 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from lib.errors import LookalikeError
 from lib.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
+
+
+def _cannot_write(exc: OSError, root: Path) -> bool:
+    """Disk full, quota, read-only filesystem, or no permission under the root: the user's
+    to fix, not a retry's. (Permission errors elsewhere, e.g. on source images, are not.)"""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    inside = exc.filename is not None and Path(exc.filename).resolve().is_relative_to(root.resolve())
+    return exc.errno in (errno.EACCES, errno.EPERM) and inside
+
+
+class ArtifactStorageError(LookalikeError, OSError):
+    """The artifacts root cannot be written; says what to free or change."""
 
 
 class StageResult(BaseModel):
@@ -74,6 +89,19 @@ def run_stage(
     found = find_manifest(root, stage, key)
     if found is not None:
         return StageResult(manifest=found, status="cached")
+    try:
+        return _build_locked(root, stage, key, code_version, settings, inputs, build)
+    except OSError as exc:
+        if _cannot_write(exc, Path(root)):
+            raise ArtifactStorageError(
+                f"cannot write the {stage} stage under {root}: {exc.strerror or exc} "
+                f"({exc.filename or 'while writing'}); free disk space or point --artifacts-root at a "
+                "writable folder, then re-run (nothing half-written is ever used)"
+            ) from None
+        raise
+
+
+def _build_locked(root, stage, key, code_version, settings, inputs, build) -> StageResult:
     with key_lock(root, stage, key):
         found = find_manifest(root, stage, key)
         if found is not None:  # another run finished it while we waited
