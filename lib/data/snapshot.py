@@ -15,7 +15,7 @@ from typing import Any
 
 from lib.config import DatasetSettings
 from lib.data.images import UnreadableImage, decode_rgb
-from lib.data.sources import DatasetError, Source, label_names, open_source, pin_source, resolve_source
+from lib.data.sources import MINIMUM, DatasetError, Source, label_names, open_source, pin_source, resolve_source
 from lib.manifest import Manifest, stage_key, verified_path
 from lib.progress import progress
 from lib.stages import Built, StageResult, run_stage
@@ -74,7 +74,7 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
     ds, row_ids = open_source(source, section, cache_dir)
     total = len(ds)
     if total == 0:
-        raise DatasetError(f"{source.describe()} split {section.split!r} has no rows; nothing to index")
+        raise DatasetError(f"{source.describe()} split {section.split!r} has no rows; {MINIMUM}")
     names = label_names(ds, section.label_column)
     label_index = {name: i for i, name in enumerate(names)} if names else None
     columns = {"row_id": Value("int64"), "image": Image(decode=False), "sha256": Value("string")}
@@ -119,7 +119,7 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
         writer.close()
     if n_kept == 0:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped)")
+        raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
     os.replace(tmp, out)
     stats = {
         "source": source.describe(),

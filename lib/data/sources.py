@@ -24,6 +24,9 @@ SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist-sampl
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
+MINIMUM = "lookalike needs at least 1 readable image to index (2 to pretrain)"
+
+
 class DatasetError(LookalikeError, ValueError):
     """A problem with the dataset the user pointed at; the message says how to fix it."""
 
@@ -144,6 +147,8 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
     except DatasetError:
         raise
     except FileNotFoundError as exc:
+        if "doesn't contain any data files" in str(exc):
+            raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}") from None
         raise DatasetError(f"cannot load {source.describe()}: {exc}") from None
     except ValueError as exc:
         raise DatasetError(f"cannot load {source.describe()}: {str(exc).splitlines()[0]}") from None
