@@ -27,10 +27,17 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         metrics.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(metrics)
 
+    skipped = summary.get("skipped") or []
+    if skipped:
+        console.print(f"[bold yellow]skipped {summary['metrics']['n_skipped']} unreadable image(s)[/]")
+        for s in skipped[:10]:
+            console.print(f"  {s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}", highlight=False, soft_wrap=True)
+        if len(skipped) > 10:
+            console.print("  ... (all listed in the dataset manifest)")
     console.print("[bold]artifacts[/]")
     for name, value in summary["artifacts"].items():
         if value:
-            console.print(f"  {name}: {value}")
+            console.print(f"  {name}: {value}", soft_wrap=True)
     run_dir = summary["artifacts"].get("wandb_run_dir")
     if run_dir and summary["artifacts"].get("wandb_mode") == "offline":
         console.print(f"  (W&B offline run; upload later with: wandb sync {run_dir})")

@@ -1,7 +1,7 @@
 """The run summary: one dict shared by the CLI (`--json`), Prefect artifacts and W&B.
 
 Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
-`metrics`, `artifacts`. Extend, never rename. A `resumed` stage says what it reused
+`metrics`, `artifacts`, `skipped`. Extend, never rename. A `resumed` stage says what it reused
 (`reused`: '3/10 shards', '2/3 epochs').
 """
 
@@ -52,7 +52,10 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds, "reused": reused(r)}
         for name, r in reports.items()
     }
-    return {"stages": stages, "metrics": metrics, "artifacts": artifacts}
+    # Unreadable images the dataset stage skipped (row_id, path, reason); the manifest lists
+    # the same (up to its cap) and `metrics.n_skipped` counts them all.
+    skipped = list(dataset.stats.get("skipped", []))
+    return {"stages": stages, "metrics": metrics, "artifacts": artifacts, "skipped": skipped}
 
 
 def reused(report: StageReport) -> str | None:
@@ -79,6 +82,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for name, value in summary["artifacts"].items():
         if value:
             lines.append(f"- **{name}**: `{value}`")
+    if summary.get("skipped"):
+        lines += ["", f"## Skipped images ({summary['metrics']['n_skipped']})", "", "| row | path | reason |", "|---|---|---|"]
+        for s in summary["skipped"]:
+            lines.append(f"| {s['row_id']} | `{s['path'] or ''}` | {s['reason']} |")
     return "\n".join(lines)
 
 

@@ -103,6 +103,12 @@ class TrackingRun:
         if self._run:
             self._run.summary.update({k: v for k, v in metrics.items() if v is not None})
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self._run:
+            import wandb
+
+            self._run.log({key: wandb.Table(columns=columns, data=rows)})
+
     def log_folder_artifact(self, *, name: str, type: str, folder: Path, files: list[str],
                             metadata: dict[str, Any], aliases: list[str]) -> None:
         """Log the listed files of a finished stage folder as one artifact."""

@@ -51,6 +51,9 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         for epoch, loss in enumerate(encoder.manifest.stats["losses"], start=1):
             run.log({"pretrain/loss": loss, "pretrain/epoch": epoch})
     run.set_summary(summary["metrics"])
+    if summary["skipped"]:  # every unreadable image, with why (capped as in the manifest)
+        run.log_table("dataset/skipped", ["row_id", "path", "reason"],
+                      [[s["row_id"], s["path"], s["reason"]] for s in summary["skipped"]])
     run.log_images({k: Path(v) for k, v in (("retrieval_grid", summary["artifacts"]["retrieval_grid"]),
                                               ("pretrain/loss_curve", summary["artifacts"]["loss_curve"])) if v})
     metadata = {
