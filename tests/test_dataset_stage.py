@@ -72,7 +72,7 @@ def test_too_many_unreadable_images_fail_with_the_fraction_and_examples(tmp_path
     source = folder_dataset(tmp_path)
     for i in range(3):
         (source / "cats" / f"bad{i}.png").write_bytes(b"junk")
-    with pytest.raises(DatasetError, match=r"more than 5% of 11 images are unreadable.*bad0.png"):
+    with pytest.raises(DatasetError, match=r"more than 10% of 11 images are unreadable.*bad0.png"):
         run_dataset_stage(DatasetSettings(source=str(source)), root)
 
 

@@ -1,6 +1,6 @@
 """Kill and fail real `lookalike run` processes, then show the next run resumes exactly.
 
-Faults are injected by `tests/faults/sitecustomize.py` (PYTHONPATH + LOOKALIKE_TEST_FAULTS),
+Faults are injected by `tests/faults/sitecustomize.py` (PYTHONPATH + FAULT_INJECTION),
 so the processes under test run the installed `lookalike` command unchanged. They share
 the session's Prefect server, so flow runs and task-run states can be inspected.
 """
@@ -49,7 +49,7 @@ def env_for(api_url: str | None, home: Path, faults: dict | None = None) -> dict
         env.pop("PREFECT_API_URL", None)
     if faults:
         env["PYTHONPATH"] = os.pathsep.join([str(FAULTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["LOOKALIKE_TEST_FAULTS"] = json.dumps(faults)
+        env["FAULT_INJECTION"] = json.dumps(faults)
     return env
 
 

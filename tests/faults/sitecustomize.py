@@ -1,6 +1,6 @@
 """Fault injection for subprocess tests; never on a production import path.
 
-Tests put this folder on PYTHONPATH and describe the faults in the `LOOKALIKE_TEST_FAULTS`
+Tests put this folder on PYTHONPATH and describe the faults in the `FAULT_INJECTION`
 environment variable (JSON). Python imports `sitecustomize` at start-up; this one
 patches a lib module right after it is first imported, so a real `lookalike run` (or
 `prefect flow-run retry`) process misbehaves exactly where a test needs it to:
@@ -12,12 +12,15 @@ patches a lib module right after it is first imported, so a real `lookalike run`
     forbid_training       raise if any training step runs
     kill_in_index_write   write half of index.faiss's temp file, then SIGKILL this process
     kill_after_uploads    SIGKILL this process after this many S3 uploads
+    disk_full_at_shard    writing this embedding shard (0-based) fails with ENOSPC
+    read_only_root        creating any stage's lock file fails with EROFS
 
 Without the variable this module does nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.abc
 import json
 import os
@@ -25,7 +28,7 @@ import signal
 import sys
 import time
 
-FAULTS = json.loads(os.environ.get("LOOKALIKE_TEST_FAULTS") or "{}")
+FAULTS = json.loads(os.environ.get("FAULT_INJECTION") or "{}")
 _counts = {"embed_attempts": 0, "embed_batches": 0, "uploads": 0}
 
 
@@ -55,6 +58,25 @@ def _patch_embedding(module) -> None:
         return original_embed(*args, **kwargs)
 
     module._embed, module.embed_batch = _embed, embed_batch
+    original_write = module._write_shard
+
+    def _write_shard(folder, i, *args, **kwargs):
+        if i == FAULTS.get("disk_full_at_shard"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / module.shard_name(i)))
+        return original_write(folder, i, *args, **kwargs)
+
+    module._write_shard = _write_shard
+
+
+def _patch_stages(module) -> None:
+    original = module.key_lock
+
+    def key_lock(root, stage, key):
+        if FAULTS.get("read_only_root"):
+            raise OSError(errno.EROFS, "Read-only file system", str(root))
+        return original(root, stage, key)
+
+    module.key_lock = key_lock
 
 
 def _patch_pretraining(module) -> None:
@@ -114,6 +136,7 @@ def _patch_storage(module) -> None:
 
 PATCHES = {
     "lib.embedding": _patch_embedding,
+    "lib.stages": _patch_stages,
     "lib.pretraining": _patch_pretraining,
     "lib.indexing": _patch_indexing,
     "lib.storage": _patch_storage,
