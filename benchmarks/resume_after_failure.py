@@ -36,7 +36,7 @@ def timed_run(root: Path, home: Path, faults: dict | None = None) -> dict:
     env.update(PREFECT_HOME=str(home / "prefect"), WANDB_SILENT="true")
     if faults:
         env["PYTHONPATH"] = str(REPO / "tests" / "faults")
-        env["LOOKALIKE_TEST_FAULTS"] = json.dumps(faults)
+        env["FAULT_INJECTION"] = json.dumps(faults)
     command = [LOOKALIKE, "run", "--json", "--artifacts-root", str(root), "--set", "embeddings.retries=0"]
     started = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
