@@ -66,6 +66,7 @@ def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
 
         _quiet_temporary_server()
         server = TemporaryServer().start()  # boots while the pipeline's modules import
+        os.environ.update(server.client_env())
     try:
         from flows.retrieval import retrieval_pipeline
 

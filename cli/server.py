@@ -39,35 +39,53 @@ def _free_port() -> int:
 
 
 class TemporaryServer:
-    def __init__(self) -> None:
+    # uvicorn exits with 3 when the app fails to start. Servers starting together on a fresh
+    # database race on its migrations and the loser exits 3; Prefect's own temporary server
+    # restarts in that case, and so does this one.
+    STARTUP_FAILED, RESTARTS = 3, 5
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, **(env or {}), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1"}
         self.process: subprocess.Popen | None = None
         self.port = 0
+        self.restarts = 0
         self.log = tempfile.TemporaryFile()  # the server's stderr: kept off the terminal, read on failure
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
+    def client_env(self) -> dict[str, str]:
+        """What a Prefect client process needs to use this server."""
+        # It serves no UI and is gone after the run: no "View at" links.
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_UI_URL": ""}
+
     def start(self) -> "TemporaryServer":
-        """Launch the server and point this process's Prefect client at it (does not wait)."""
+        """Launch the server (does not wait for it)."""
         self.port = _free_port()
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
         prefect_dir = Path(find_spec("prefect").origin).parent
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
             preexec_fn=_die_with_parent,
         )
-        os.environ["PREFECT_API_URL"] = self.api_url
-        os.environ["PREFECT_UI_URL"] = ""  # it serves no UI, and is gone after the run: no "View at" links
-        return self
 
-    def wait_until_healthy(self, timeout: float = 60.0) -> None:
+    def wait_until_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if self.process.returncode == self.STARTUP_FAILED and self.restarts < self.RESTARTS:
+                    self.restarts += 1
+                    time.sleep(0.5 * self.restarts)
+                    self._launch()  # same port: this process's client is already pointed at it
+                    continue
                 self.log.seek(0)
                 detail = self.log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
                 raise RuntimeError(f"the temporary Prefect server exited ({self.process.returncode}): {detail[0]}")

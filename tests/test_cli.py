@@ -104,3 +104,17 @@ def test_query_before_any_run_says_what_to_do(tmp_path):
     result = lookalike("query", "--row", "0", "--artifacts-root", str(tmp_path / "empty"), home=tmp_path)
     assert result.returncode == 1
     assert "run `lookalike run` with the same options first" in result.stderr
+
+
+def test_temporary_servers_started_together_on_a_fresh_database_all_come_up(tmp_path):
+    """They race on the database migrations; a loser restarts instead of failing the run."""
+    from cli.server import TemporaryServer
+
+    servers = [TemporaryServer(env={"PREFECT_HOME": str(tmp_path / "prefect")}).start() for _ in range(4)]
+    try:
+        for server in servers:
+            server.wait_until_healthy()
+    finally:
+        for server in servers:
+            server.stop()
+    assert len({s.port for s in servers}) == 4
