@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY
 from lib.manifest import MANIFEST, find_manifest, verified_path
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
@@ -26,16 +26,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 FAULTS_DIR = REPO / "tests" / "faults"
 
 # 160 images in shards of 16: 10 shards of 2 batches each, 2 epochs of 10 steps.
-SETTINGS = {
-    "dataset.limit": 160,
-    "encoder.epochs": 2,
-    "encoder.input_size": 16,
-    "encoder.batch_size": 16,
-    "embeddings.shard_size": 16,
-    "embeddings.batch_size": 8,
-    "evaluation.grid_queries": 2,
-    "evaluation.grid_neighbours": 3,
-}
+SETTINGS = {**TINY, "dataset.limit": 160, "encoder.epochs": 2}
 N_SHARDS = 10
 SETS = [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
 
