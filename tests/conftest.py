@@ -6,7 +6,9 @@ fresh temp dir before prefect is imported: a stale cache must never make a test 
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,8 @@ for var in list(os.environ):
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
+FAULTS_DIR = REPO / "tests" / "faults"
 
 # Small enough for seconds on 2 CPU cores, large enough for 3 shards and real kNN.
 TINY = {
@@ -34,6 +38,21 @@ TINY = {
     "evaluation.grid_queries": 2,
     "evaluation.grid_neighbours": 3,
 }
+
+
+def cli_env(home: Path, api_url: str | None = None, faults: dict | None = None,
+            extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a `lookalike` subprocess: its own PREFECT_HOME, the temporary server
+    unless `api_url` is given, and faults from tests/faults when asked for."""
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), **(extra or {})}
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    if faults:
+        env["PYTHONPATH"] = os.pathsep.join([str(FAULTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["FAULT_INJECTION"] = json.dumps(faults)
+    return env
 
 
 @pytest.fixture

@@ -1,24 +1,20 @@
 """`lookalike` exactly as users run it: a subprocess with Prefect's temporary server."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import LOOKALIKE, TINY, cli_env
 
-LOOKALIKE = [str(Path(sys.executable).with_name("lookalike"))]
 SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 
 
 def lookalike(*args, env_extra=None, home):
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), **(env_extra or {})}
-    env.pop("PREFECT_API_URL", None)  # the CLI must manage its own temporary server
-    env.pop("PREFECT_LOGGING_LEVEL", None)
-    return subprocess.run(LOOKALIKE + list(args), capture_output=True, text=True, env=env, timeout=600)
+    # no PREFECT_API_URL: the CLI must manage its own temporary server
+    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True,
+                          env=cli_env(home, extra=env_extra), timeout=600)
 
 
 def last_json(stdout: str) -> dict:

@@ -6,30 +6,23 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TINY, make_png
+from conftest import LOOKALIKE, TINY, cli_env, make_png
 from lib.manifest import find_manifest, sha256_file
 
-LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 SETS = [arg for key, value in TINY.items() if key != "dataset.limit" for arg in ("--set", f"{key}={value}")]
-FAULTS_DIR = REPO / "tests" / "faults"
 
 
 def lookalike(*args, home: Path, env_extra=None, faults=None):
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), **(env_extra or {})}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("PREFECT_LOGGING_LEVEL", None)
-    if faults:
-        env["PYTHONPATH"] = str(FAULTS_DIR)
-        env["FAULT_INJECTION"] = json.dumps(faults)
-    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True, timeout=600,
+                          env=cli_env(home, faults=faults, extra=env_extra))
 
 
 def one_line_error(proc, code: int = 1) -> str:
@@ -219,8 +212,6 @@ def built(tmp_path_factory):
 
 
 def copy_of(built, tmp_path) -> tuple[Path, Path, dict]:
-    import shutil
-
     home, root, summary = built
     shutil.copytree(root, tmp_path / "artifacts", ignore=shutil.ignore_patterns("wandb", "cache", ".*.lock"))
     return tmp_path, tmp_path / "artifacts", summary
@@ -231,8 +222,6 @@ def copy_of(built, tmp_path) -> tuple[Path, Path, dict]:
     ("index", "index.faiss", "query"),
 ])
 def test_a_tampered_stage_file_is_refused_before_loading(built, tmp_path, stage, name, command):
-    import shutil
-
     home, root, summary = copy_of(built, tmp_path)
     if command == "run":  # make the run need the encoder: its downstream stages are gone
         for downstream in ("embeddings", "index", "evaluation"):
@@ -303,8 +292,6 @@ def test_secrets_in_the_environment_never_reach_any_output(tmp_path, s3_endpoint
 
 def test_disk_full_while_embedding_is_one_line_and_the_next_run_resumes(built, tmp_path):
     home, root, summary = copy_of(built, tmp_path)
-    import shutil
-
     for stage in ("embeddings", "index", "evaluation"):
         shutil.rmtree(root / stage)
     args = ["run", "--json", "--set", "dataset.limit=48", "--artifacts-root", str(root), *SETS]

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import LOOKALIKE, REPO, TINY, cli_env
 from lib.manifest import MANIFEST, find_manifest, verified_path
 
-LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-FAULTS_DIR = REPO / "tests" / "faults"
 
 # 160 images in shards of 16: 10 shards of 2 batches each, 2 epochs of 10 steps.
 SETTINGS = {**TINY, "dataset.limit": 160, "encoder.epochs": 2}
@@ -31,24 +29,11 @@ N_SHARDS = 10
 SETS = [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
 
 
-def env_for(api_url: str | None, home: Path, faults: dict | None = None) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
-    env.pop("PREFECT_LOGGING_LEVEL", None)
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    else:
-        env.pop("PREFECT_API_URL", None)
-    if faults:
-        env["PYTHONPATH"] = os.pathsep.join([str(FAULTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["FAULT_INJECTION"] = json.dumps(faults)
-    return env
-
-
 def start(root: Path, api_url: str | None, faults: dict | None = None, *extra: str) -> subprocess.Popen:
     """`lookalike run --json` in its own process group (so a kill takes any children too)."""
     return subprocess.Popen(
         [LOOKALIKE, "run", "--json", "--artifacts-root", str(root), *SETS, *extra],
-        env=env_for(api_url, root.parent, faults), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli_env(root.parent, api_url, faults), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
 
@@ -181,7 +166,7 @@ def test_killed_while_writing_the_index_never_serves_a_torn_file(reference, pref
     assert not (folder / MANIFEST).exists() and not (folder / "index.faiss").exists()
 
     query = subprocess.run([LOOKALIKE, "query", "--row", "0", "--artifacts-root", str(root), *SETS],
-                           env=env_for(prefect_api_url, tmp_path), capture_output=True, text=True, timeout=300)
+                           env=cli_env(tmp_path, prefect_api_url), capture_output=True, text=True, timeout=300)
     assert query.returncode != 0 and "lookalike run" in query.stderr and "Traceback" not in query.stderr
 
     again = run(root, prefect_api_url)
@@ -250,7 +235,7 @@ def test_flow_run_failed_on_embedding_is_retried_through_the_api(prefect_api_url
 
     retry = subprocess.run(
         [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows/retrieval.py:retrieval_pipeline"],
-        cwd=REPO, env=env_for(prefect_api_url, tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=cli_env(tmp_path, prefect_api_url), capture_output=True, text=True, timeout=600,
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
 
