@@ -33,8 +33,8 @@ def _quiet_temporary_server() -> None:
 def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
     """Let the temporary server record every task run before it is stopped.
 
-    Prefect stops its temporary server at exit while the server may still be writing
-    task-run events; stopping it mid-write prints tracebacks and loses task-run history.
+    The server may still be writing task-run events when the flow returns; stopping it
+    mid-write prints tracebacks and loses task-run history.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -66,8 +66,8 @@ def retrieval_pipeline(
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
     reports["encoder"] = call_stage(pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root)
     reports["embeddings"] = call_stage(
-        embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings, dataset=reports["dataset"].manifest,
-        encoder=reports["encoder"].manifest, root=root,
+        embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
+        dataset=reports["dataset"].manifest, encoder=reports["encoder"].manifest, root=root,
     )
     reports["index"] = call_stage(build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root)
     reports["evaluation"] = call_stage(

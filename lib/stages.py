@@ -101,7 +101,8 @@ def run_stage(
         raise
 
 
-def _build_locked(root, stage, key, code_version, settings, inputs, build) -> StageResult:
+def _build_locked(root: Path | str, stage: str, key: str, code_version: int, settings: dict[str, Any],
+                  inputs: dict[str, str], build: Callable[[Path], Built]) -> StageResult:
     with key_lock(root, stage, key):
         found = find_manifest(root, stage, key)
         if found is not None:  # another run finished it while we waited

@@ -18,7 +18,8 @@ from tasks.stage import stage_options
 
 @task(
     **stage_options("embeddings", lambda section, dataset, encoder, root: embeddings_key(section, dataset, encoder)),
-    retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+    retries=EmbeddingsSettings.model_fields["retries"].default,  # the flow sets the configured count
+    retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
 )
 def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path) -> StageResult:
     result = run_embeddings_stage(section, dataset, encoder, root)

@@ -13,7 +13,7 @@ from lib.manifest import Manifest
 from lib.storage import mirror_stage
 
 
-@task(name="mirror-to-s3", cache_policy=NO_CACHE, retries=3,
+@task(name="mirror-to-s3", cache_policy=NO_CACHE, retries=MirrorSettings.model_fields["retries"].default,
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
 def mirror_to_s3(section: MirrorSettings, root: Path, manifests: list[Manifest]) -> list[dict]:
     logger = get_run_logger()
