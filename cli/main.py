@@ -1,7 +1,8 @@
 """`lookalike`: the command line, a shell over the same lib calls as the Prefect flow.
 
-  lookalike run     build (or reuse) the index for the current settings and summarise it
-  lookalike query   image or dataset row in, top-k most similar rows out
+  lookalike run      build (or reuse) the index for the current settings and summarise it
+  lookalike reindex index new images with the production encoder (no pretraining)
+  lookalike query    image or dataset row in, top-k most similar rows out
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (
 Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
+Mirror = Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")]
+Promote = Annotated[bool, typer.Option("--promote/--no-promote", help="Move the 'production' alias to this run's index when it completes.")]
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
@@ -66,6 +69,33 @@ def _settings(dataset, split, method, epochs, index, root, mirror, sets):
         _fail(str(exc), code=2)
 
 
+def _flow_arguments(settings, overrides: dict[str, Any], drop: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(named flow parameters, overrides) reproducing `settings`: every named parameter is
+    passed explicitly, so the flow's defaults never shadow the environment read here."""
+    from lib.config import RUN_PARAMETERS, run_parameters
+
+    named = {k: v for k, v in run_parameters(settings).items() if k not in drop}
+    owned = set(RUN_PARAMETERS.values())
+    return named, {k: v for k, v in overrides.items() if k not in owned}
+
+
+def _run_flow(flow_name: str, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
+    from cli.orchestration import run_pipeline
+    from lib.errors import LookalikeError
+
+    try:
+        summary = run_pipeline(named, overrides, flow_name)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
+        _fail(f"the run failed ({type(exc).__name__}: {exc}). Finished stages, epochs and shards are kept: "
+              "run the same command again to resume from where it stopped.")
+    if json_out:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    else:
+        print_summary(Console(), summary)
+
+
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -79,26 +109,33 @@ def run(
     epochs: Epochs = None,
     index: IndexOpt = None,
     artifacts_root: Root = None,
-    mirror: Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")] = None,
+    mirror: Mirror = None,
+    promote: Promote = True,
     set_: Sets = None,
     json_out: JsonOut = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
-    _, named, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
-    from cli.orchestration import run_pipeline
-    from lib.errors import LookalikeError
+    settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
+    named, overrides = _flow_arguments(settings, overrides)
+    _run_flow("retrieval", {**named, "promote": promote}, overrides, json_out)
 
-    try:
-        summary = run_pipeline(named, overrides)
-    except LookalikeError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
-        _fail(f"the run failed ({type(exc).__name__}: {exc}). Finished stages, epochs and shards are kept: "
-              "run the same command again to resume from where it stopped.")
-    if json_out:
-        sys.stdout.write(json.dumps(summary, default=str) + "\n")
-    else:
-        print_summary(Console(), summary)
+
+@app.command()
+def reindex(
+    dataset: Dataset = None,
+    split: Split = None,
+    encoder_alias: Annotated[str, typer.Option(help="Alias whose encoder embeds the images.")] = "production",
+    index: IndexOpt = None,
+    artifacts_root: Root = None,
+    mirror: Mirror = None,
+    promote: Promote = True,
+    set_: Sets = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
+    settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
+    named, overrides = _flow_arguments(settings, overrides, drop=("method", "epochs"))
+    _run_flow("reindex", {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
 
 
 @app.command()
@@ -106,6 +143,7 @@ def query(
     image: Annotated[Optional[Path], typer.Argument(help="Query image file.", show_default=False)] = None,
     row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 3,
+    alias: Annotated[Optional[str], typer.Option(help="Query the index an alias points at (e.g. production) instead of the one built for these settings.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")] = None,
     dataset: Dataset = None,
     split: Split = None,
@@ -123,10 +161,11 @@ def query(
     from lib.data.images import decode_rgb
     from lib.errors import LookalikeError
     from lib.pictures import save_image
-    from lib.query import Searcher, resolve_chain
+    from lib.query import Searcher, chain_from_alias, resolve_chain
 
     try:
-        searcher = Searcher(settings.artifacts_root, resolve_chain(settings))
+        chain = chain_from_alias(settings.artifacts_root, alias) if alias else resolve_chain(settings)
+        searcher = Searcher(settings.artifacts_root, chain)
         if row is not None:
             picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
         else:

@@ -58,8 +58,9 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
             time.sleep(0.25)
 
 
-def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Run the flow in this process with the CLI's named parameters and --set overrides."""
+def run_pipeline(named: dict[str, Any], overrides: dict[str, Any], flow_name: str = "retrieval") -> dict[str, Any]:
+    """Run a flow (`retrieval` or `reindex`) in this process with the CLI's named parameters
+    and --set overrides."""
     server = None
     if _uses_temporary_server():
         from cli.server import TemporaryServer
@@ -68,7 +69,10 @@ def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
         server = TemporaryServer().start()  # boots while the pipeline's modules import
         os.environ.update(server.client_env())
     try:
-        from flows.retrieval import retrieval_pipeline
+        if flow_name == "reindex":
+            from flows.reindex import reindex as pipeline
+        else:
+            from flows.retrieval import retrieval_pipeline as pipeline
 
         user_errors = _DropUserErrorTracebacks()
         for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
@@ -78,7 +82,7 @@ def run_pipeline(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
         params = {k: v for k, v in named.items() if v is not None}
         if server:
             server.wait_until_healthy()
-        state = retrieval_pipeline(**params, overrides=overrides or None, return_state=True)
+        state = pipeline(**params, overrides=overrides or None, return_state=True)
         if server:
             _wait_until_recorded(state.state_details.flow_run_id)
         return state.result()

@@ -34,6 +34,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  {s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}", highlight=False, soft_wrap=True)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
+    if summary.get("aliases"):
+        console.print(f"[bold]aliases[/] moved here: {', '.join(summary['aliases'])}")
     console.print("[bold]artifacts[/]")
     for name, value in summary["artifacts"].items():
         if value:

@@ -1,89 +1,72 @@
 """The `retrieval-pipeline` flow: dataset → encoder → embeddings → index → evaluation.
 
 Reads settings once, wires the stage tasks, branches on the optional mirror. No
-computation and no I/O of its own.
+computation and no I/O of its own. Its parameters are what the Prefect UI's run form
+shows: typed, with the settings' defaults, choices for method and index, and the
+descriptions below.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from prefect import flow
+from pydantic import NonNegativeInt
 
-from lib.config import settings_for_run
-from lib.summary import build_summary
+from flows._indexing import index_and_publish
+from lib.config import DatasetSettings, EncoderSettings, IndexPreset, IndexSettings, Method, check_overrides, settings_for_run
 from tasks.dataset import snapshot_dataset
-from tasks.embeddings import embed_images
 from tasks.encoder import pretrain_encoder
-from tasks.evaluation import evaluate_index
-from tasks.index import build_index
-from tasks.mirror import mirror_to_s3
-from tasks.report import publish_report
+from tasks.secrets import load_secret_blocks
 from tasks.stage import call_stage
-from tasks.tracking import finish_tracking_run, open_tracking_run, publish_to_wandb
+from tasks.tracking import finish_tracking_run, open_tracking_run
+
+TRACKING_HOOKS = {"on_completion": [finish_tracking_run], "on_failure": [finish_tracking_run],
+                  "on_crashed": [finish_tracking_run], "on_cancellation": [finish_tracking_run]}
 
 
-@flow(
-    name="retrieval-pipeline",
-    on_completion=[finish_tracking_run],
-    on_failure=[finish_tracking_run],
-    on_crashed=[finish_tracking_run],
-    on_cancellation=[finish_tracking_run],
-)
+def _default(section: type, field: str) -> Any:
+    return section.model_fields[field].default
+
+
+@flow(name="retrieval-pipeline", **TRACKING_HOOKS)
 def retrieval_pipeline(
-    dataset: Optional[str] = None,
-    split: Optional[str] = None,
-    method: Optional[Literal["dino", "simclr", "byol"]] = None,
-    epochs: Optional[int] = None,
-    index: Optional[str] = None,
+    dataset: str = _default(DatasetSettings, "source"),
+    split: str = _default(DatasetSettings, "split"),
+    method: Method = _default(EncoderSettings, "method"),
+    epochs: NonNegativeInt = _default(EncoderSettings, "epochs"),
+    index: IndexPreset = _default(IndexSettings, "type"),
+    index_factory: Optional[str] = None,
     artifacts_root: Optional[str] = None,
     mirror: Optional[str] = None,
+    promote: bool = True,
     overrides: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Build a searchable image-retrieval index and measure it.
 
-    Empty parameters fall back to LOOKALIKE_* environment variables, then defaults.
-
     Args:
-        dataset: 'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101',
-            an image folder, a .parquet file or a save_to_disk folder.
+        dataset: 'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101', or a path
+            on the worker: an image folder, a .parquet file or a save_to_disk folder.
         split: Dataset split to index, e.g. 'train'.
         method: Self-supervised pretraining method from LightlySSL.
         epochs: Pretraining epochs (0 keeps the random initialisation).
-        index: FAISS index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or a factory string.
-        artifacts_root: Folder (on the worker) that holds every stage folder.
-        mirror: s3://bucket/prefix to mirror finished stage folders to.
-        overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001}.
+        index: FAISS index preset.
+        index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
+        artifacts_root: Folder on the worker that holds every stage folder (empty: the worker's
+            LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
+        mirror: s3://bucket/prefix to mirror finished stage folders to (empty: the worker's setting, else off).
+        promote: Move the 'production' alias to this run's index (and encoder) when it completes.
+        overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001, "dataset.limit": 1000}.
     """
-    settings = settings_for_run(
-        overrides, dataset=dataset, split=split, method=method, epochs=epochs, index=index,
-        artifacts_root=artifacts_root, mirror=mirror,
-    )
-    root = settings.artifacts_root
+    named = dict(dataset=dataset, split=split, method=method, epochs=epochs, index=index,
+                 index_factory=index_factory, artifacts_root=artifacts_root, mirror=mirror)
+    check_overrides(overrides, **named)
+    settings = settings_for_run(overrides, **named)
+    load_secret_blocks(settings)
     tracking = open_tracking_run(settings)
 
+    root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
     reports["encoder"] = call_stage(pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root)
-    reports["embeddings"] = call_stage(
-        embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
-        dataset=reports["dataset"].manifest, encoder=reports["encoder"].manifest, root=root,
-    )
-    reports["index"] = call_stage(build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root)
-    reports["evaluation"] = call_stage(
-        evaluate_index, section=settings.evaluation, dataset=reports["dataset"].manifest,
-        embeddings=reports["embeddings"].manifest, index=reports["index"].manifest, root=root,
-    )
-
-    mirrored = None
-    if settings.mirror.url:
-        stages = [reports[s].manifest for s in settings.mirror.stages if s in reports]
-        mirror_task = mirror_to_s3.with_options(retries=settings.mirror.retries)
-        state = mirror_task(settings.mirror, root, stages, return_state=True)
-        # A failed mirror never loses the local result: report it and carry on.
-        mirrored = state.result() if state.is_completed() else {"failed": str(state.message)}
-
-    summary = build_summary(root, reports, tracking, mirrored)
-    publish_to_wandb(settings, reports, summary)
-    publish_report(summary)
-    return summary
+    return index_and_publish(settings, reports, tracking, promote)

@@ -3,14 +3,15 @@
 Precedence: defaults < `.env` < environment (`LOOKALIKE_` prefix, `__` nesting)
 < explicit per-run overrides. Sections reject unknown keys so a typo fails loudly.
 Secrets (W&B key, AWS credentials) are deliberately not fields here: wandb and
-boto3 read them from their usual places.
+boto3 read them from their usual places, or from Prefect Secret blocks whose *names*
+(`tracking.api_key_secret`, `mirror.credentials_secret`) are settings.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,6 +29,8 @@ from lib.errors import LookalikeError
 
 METHOD_NAMES = ("dino", "simclr", "byol")
 Method = Literal["dino", "simclr", "byol"]
+# The FAISS presets of lib.indexing.PRESETS, as a type (the Prefect UI shows it as a choice).
+IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16"]
 
 
 class Section(BaseModel):
@@ -134,6 +137,9 @@ class TrackingSettings(Section):
     )
     project: str = Field("lookalike", description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (team or user).")
+    api_key_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the W&B API key (else WANDB_API_KEY / netrc)."
+    )
 
 
 class MirrorSettings(Section):
@@ -145,6 +151,10 @@ class MirrorSettings(Section):
         ("index",), description="Which stage folders to mirror."
     )
     retries: NonNegativeInt = Field(3, description="Task retries (exponential backoff) before the mirror is reported failed.")
+    credentials_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding JSON {aws_access_key_id, aws_secret_access_key"
+        "[, aws_session_token]} (else boto3's own chain: environment, ~/.aws, instance role)."
+    )
 
     @field_validator("url")
     @classmethod
@@ -234,6 +244,7 @@ RUN_PARAMETERS = {
     "method": "encoder.method",
     "epochs": "encoder.epochs",
     "index": "index.type",
+    "index_factory": "index.type",  # a raw FAISS factory string; wins over `index`
     "artifacts_root": "artifacts_root",
     "mirror": "mirror.url",
 }
@@ -245,8 +256,35 @@ def settings_for_run(overrides: dict[str, Any] | None = None, **named: Any) -> S
     unknown = set(named) - set(RUN_PARAMETERS)
     if unknown:
         raise TypeError(f"unknown run parameters: {sorted(unknown)}")
-    dotted = {RUN_PARAMETERS[name]: value for name, value in named.items() if value is not None}
+    ordered = sorted(named.items(), key=lambda item: item[0] == "index_factory")  # factory last: it wins
+    dotted = {RUN_PARAMETERS[name]: value for name, value in ordered if value is not None}
     return load_settings({**(overrides or {}), **dotted})
+
+
+def check_overrides(overrides: dict[str, Any] | None, **named: Any) -> None:
+    """A flow's `overrides` must not name a setting that has its own (given) parameter:
+    the parameter would silently win."""
+    owned = {RUN_PARAMETERS[name]: name for name, value in named.items() if value is not None}
+    clashes = [f"overrides[{key!r}]: this setting has its own parameter `{owned[key]}`; set that instead"
+               for key in (overrides or {}) if key in owned]
+    if clashes:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(clashes))
+
+
+def run_parameters(settings: Settings) -> dict[str, Any]:
+    """The named flow parameters that reproduce `settings` (the CLI passes these, so the
+    flow's own defaults never shadow the environment the CLI read)."""
+    def value(dotted: str) -> Any:
+        node: Any = settings
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    values = {name: value(dotted) for name, dotted in RUN_PARAMETERS.items()}
+    values["artifacts_root"] = str(settings.artifacts_root)
+    preset = settings.index.type in get_args(IndexPreset)
+    values["index"], values["index_factory"] = (settings.index.type, None) if preset else (None, settings.index.type)
+    return values
 
 
 def format_validation_error(exc: ValidationError | None, extra_lines: list[str] = ()) -> str:

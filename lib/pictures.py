@@ -62,3 +62,21 @@ def retrieval_grid(rows: Sequence[tuple[Image.Image, str, Sequence[tuple[Image.I
 def save_image(path: Path, image: Image.Image) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def png_data_url(path: Path, max_bytes: int) -> str:
+    """The PNG as a `data:` URL no bigger than `max_bytes` (halving its size until it fits),
+    for viewers that cannot reach the file itself (the Prefect UI)."""
+    import base64
+    import io
+
+    data = path.read_bytes()
+    if len(data) > max_bytes:
+        with Image.open(path) as image:
+            picture = image.convert("RGB")
+        while len(data) > max_bytes and min(picture.size) > 16:
+            picture = picture.resize((picture.width // 2, picture.height // 2), Image.LANCZOS)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG", optimize=True)
+            data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode()

@@ -38,6 +38,13 @@ class Chain:
     index: Manifest
 
 
+def chain_from_alias(root: Path | str, name: str) -> Chain:
+    """The finished dataset → encoder → embeddings → index folders an alias points at."""
+    from lib.aliases import alias_manifest
+
+    return Chain(*(alias_manifest(root, name, stage) for stage in ("dataset", "encoder", "embeddings", "index")))
+
+
 def resolve_chain(settings: Settings) -> Chain:
     """The finished dataset → encoder → embeddings → index folders for these settings."""
     root = settings.artifacts_root

@@ -1,7 +1,8 @@
 """The run summary: one dict shared by the CLI (`--json`), Prefect artifacts and W&B.
 
 Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
-`metrics`, `artifacts`, `skipped`. Extend, never rename. A `resumed` stage says what it reused
+`metrics`, `artifacts`, `skipped`, `aliases` (the alias names this run moved to its
+chain, e.g. ['latest', 'production']). Extend, never rename. A `resumed` stage says what it reused
 (`reused`: '3/10 shards', '2/3 epochs').
 """
 
@@ -19,7 +20,7 @@ from lib.stages import StageReport
 
 
 def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[str, Any] | None = None,
-                  mirror: dict[str, Any] | None = None) -> dict[str, Any]:
+                  mirror: dict[str, Any] | None = None, aliases: list[str] | None = None) -> dict[str, Any]:
     dataset, index, evaluation = (reports[s].manifest for s in ("dataset", "index", "evaluation"))
     k = evaluation.stats.get("k", 10)
     metrics = {
@@ -55,7 +56,8 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
     # Unreadable images the dataset stage skipped (row_id, path, reason); the manifest lists
     # the same (up to its cap) and `metrics.n_skipped` counts them all.
     skipped = list(dataset.stats.get("skipped", []))
-    return {"stages": stages, "metrics": metrics, "artifacts": artifacts, "skipped": skipped}
+    return {"stages": stages, "metrics": metrics, "artifacts": artifacts, "skipped": skipped,
+            "aliases": list(aliases or [])}
 
 
 def reused(report: StageReport) -> str | None:
@@ -78,6 +80,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| metric | value |", "|---|---|"]
     for name, value in summary["metrics"].items():
         lines.append(f"| {name} | {_fmt(value)} |")
+    if summary.get("aliases"):
+        lines += ["", f"Aliases moved to this index: {', '.join(summary['aliases'])}"]
     lines += ["", "## Artifacts", ""]
     for name, value in summary["artifacts"].items():
         if value:

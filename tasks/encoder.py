@@ -1,17 +1,21 @@
-"""Task: self-supervised pretraining (the `encoder` stage).
+"""Tasks: self-supervised pretraining (the `encoder` stage), or reuse of an aliased encoder.
 
 No task retries here: a retry would repeat finished epochs. An interrupted pretraining
 resumes from its last epoch checkpoint on the next attempt instead.
 """
 
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from lib.aliases import alias_manifest
 from lib.config import EncoderSettings
-from lib.manifest import Manifest
+from lib.encoder import ENCODER_FILE
+from lib.manifest import Manifest, verified_path
 from lib.pretraining import encoder_key, run_encoder_stage
-from lib.stages import StageResult
+from lib.stages import StageReport, StageResult
 from tasks.stage import stage_options
 from tasks.tracking import active_run
 
@@ -30,3 +34,13 @@ def pretrain_encoder(section: EncoderSettings, dataset: Manifest, root: Path) ->
     if result.status == "resumed":
         logger.info("resumed pretraining from epoch %d", result.manifest.stats["resumed_from_epoch"])
     return result
+
+
+@task(name="encoder", cache_policy=NO_CACHE)
+def use_aliased_encoder(root: Path, alias: str) -> StageReport:
+    """The encoder an alias points at, its weights verified against the manifest (no training)."""
+    started = time.perf_counter()
+    manifest = alias_manifest(root, alias, "encoder")
+    verified_path(root, manifest, ENCODER_FILE)
+    get_run_logger().info("reusing the %r encoder %s (%s)", alias, manifest.key, manifest.settings.get("method"))
+    return StageReport(manifest=manifest, status="cached", seconds=round(time.perf_counter() - started, 2))

@@ -1,14 +1,24 @@
-"""Task: publish the run summary as Prefect artifacts (visible on the flow run page)."""
+"""Task: publish the run summary as Prefect artifacts (visible on the flow run page).
+
+Three artifacts, keyed so the UI's Artifacts page keeps their history across runs:
+`retrieval-summary` (markdown: stages with key, status, seconds; metrics; locations),
+`retrieval-metrics` (table) and `retrieval-grid` (the grid picture, inlined as a data
+URL so it shows without the UI having to reach the worker's disk).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lib.pictures import png_data_url
 from lib.summary import summary_markdown
+
+MAX_INLINE_BYTES = 2 << 20  # a bigger picture is linked by path instead of inlined
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -17,3 +27,7 @@ def publish_report(summary: dict[str, Any]) -> None:
                              description="Stages (key, status, seconds), metrics and artifact locations")
     create_table_artifact([{"metric": k, "value": v} for k, v in summary["metrics"].items()],
                           key="retrieval-metrics", description="Retrieval metrics of this run")
+    grid = summary["artifacts"].get("retrieval_grid")
+    if grid:
+        create_image_artifact(png_data_url(Path(grid), MAX_INLINE_BYTES), key="retrieval-grid",
+                              description=f"Queries (left) and their nearest neighbours; file: {grid}")

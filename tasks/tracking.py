@@ -68,7 +68,7 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "encoder_sha256": encoder.manifest.file(ENCODER_FILE).sha256,
     }
     run.log_folder_artifact(
-        name=f"{settings.encoder.method}-embeddings", type=INDEX_ARTIFACT_TYPE,
+        name=f"{encoder.manifest.settings['method']}-embeddings", type=INDEX_ARTIFACT_TYPE,
         folder=stage_dir(root, "index", index.manifest.key), files=[INDEX_FILE, MANIFEST],
         metadata=metadata, aliases=["latest", index.manifest.key],
     )

@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _HOME = Path(tempfile.mkdtemp(prefix="lookalike-tests-"))
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
@@ -38,6 +39,25 @@ TINY = {
     "evaluation.grid_queries": 2,
     "evaluation.grid_neighbours": 3,
 }
+
+
+def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """Flow keyword arguments for dotted settings: those with their own flow parameter
+    (encoder.epochs -> epochs) become parameters, the rest go to `overrides`."""
+    from typing import get_args
+
+    from lib.config import RUN_PARAMETERS, IndexPreset
+
+    owner = {dotted: name for name, dotted in RUN_PARAMETERS.items() if name != "index_factory"}
+    named, overrides = {}, {}
+    for key, value in settings.items():
+        if key == "index.type" and value not in get_args(IndexPreset):
+            named["index_factory"] = value
+        elif key in owner:
+            named[owner[key]] = value
+        else:
+            overrides[key] = value
+    return {**named, "overrides": overrides or None}
 
 
 def cli_env(home: Path, api_url: str | None = None, faults: dict | None = None,

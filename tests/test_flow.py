@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, flow_arguments
 from lib.storage import s3_client
 from lib.tracking import read_offline_run
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def run_flow(root, **overrides):
     from flows.retrieval import retrieval_pipeline
 
-    return retrieval_pipeline(artifacts_root=str(root), overrides={**TINY, **overrides})
+    return retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, **overrides}))
 
 
 def statuses(summary):
@@ -52,7 +52,7 @@ def test_prefect_task_runs_show_the_cached_stages(first):
     root, _ = first
     from flows.retrieval import retrieval_pipeline
 
-    state = retrieval_pipeline(artifacts_root=str(root), overrides=TINY, return_state=True)
+    state = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}), return_state=True)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         runs = client.read_task_runs(

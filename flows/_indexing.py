@@ -1,0 +1,49 @@
+"""What both flows do once they have an encoder: embed, index, evaluate, mirror, publish.
+
+Called from inside a flow; wires tasks only (no computation, no I/O of its own).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib.config import Settings
+from lib.stages import StageReport
+from lib.summary import build_summary
+from tasks.aliases import promote_chain
+from tasks.embeddings import embed_images
+from tasks.evaluation import evaluate_index
+from tasks.index import build_index
+from tasks.mirror import mirror_to_s3
+from tasks.report import publish_report
+from tasks.stage import call_stage
+from tasks.tracking import publish_to_wandb
+
+
+def index_and_publish(settings: Settings, reports: dict[str, StageReport], tracking: dict[str, Any],
+                      promote: bool) -> dict[str, Any]:
+    """Run embeddings → index → evaluation (+ mirror), then promote and report; the run summary."""
+    root = settings.artifacts_root
+    reports["embeddings"] = call_stage(
+        embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
+        dataset=reports["dataset"].manifest, encoder=reports["encoder"].manifest, root=root,
+    )
+    reports["index"] = call_stage(build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root)
+    reports["evaluation"] = call_stage(
+        evaluate_index, section=settings.evaluation, dataset=reports["dataset"].manifest,
+        embeddings=reports["embeddings"].manifest, index=reports["index"].manifest, root=root,
+    )
+
+    mirrored = None
+    if settings.mirror.url:
+        stages = [reports[s].manifest for s in settings.mirror.stages if s in reports]
+        mirror_task = mirror_to_s3.with_options(retries=settings.mirror.retries)
+        state = mirror_task(settings.mirror, root, stages, return_state=True)
+        # A failed mirror never loses the local result: report it and carry on.
+        mirrored = state.result() if state.is_completed() else {"failed": str(state.message)}
+
+    aliases = promote_chain(root, reports, promote)
+    summary = build_summary(root, reports, tracking, mirrored, aliases)
+    publish_to_wandb(settings, reports, summary)
+    publish_report(summary)
+    return summary

@@ -1,0 +1,63 @@
+"""The `reindex` flow: new images, the production encoder, a new index. No pretraining.
+
+For when images arrive between retrains: the dataset is snapshotted, the encoder the
+`production` alias points at is reused as it is (status `cached`), and embeddings,
+index, evaluation (and the mirror) are built for the new images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from prefect import flow
+
+from flows._indexing import index_and_publish
+from flows.retrieval import TRACKING_HOOKS, _default
+from lib.aliases import PRODUCTION
+from lib.config import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
+from tasks.dataset import snapshot_dataset
+from tasks.encoder import use_aliased_encoder
+from tasks.secrets import load_secret_blocks
+from tasks.stage import call_stage
+from tasks.tracking import open_tracking_run
+
+
+@flow(name="reindex", **TRACKING_HOOKS)
+def reindex(
+    dataset: str = _default(DatasetSettings, "source"),
+    split: str = _default(DatasetSettings, "split"),
+    encoder_alias: str = PRODUCTION,
+    index: IndexPreset = _default(IndexSettings, "type"),
+    index_factory: Optional[str] = None,
+    artifacts_root: Optional[str] = None,
+    mirror: Optional[str] = None,
+    promote: bool = True,
+    overrides: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Index new images with an existing encoder, without pretraining.
+
+    Args:
+        dataset: The images to index: 'sample', a hub dataset name, or a path on the worker
+            (image folder, .parquet file, save_to_disk folder).
+        split: Dataset split to index, e.g. 'train'.
+        encoder_alias: Alias whose encoder embeds the images ('production' = the last promoted retrain).
+        index: FAISS index preset.
+        index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
+        artifacts_root: Folder on the worker that holds every stage folder (empty: the worker's
+            LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
+        mirror: s3://bucket/prefix to mirror finished stage folders to (empty: the worker's setting, else off).
+        promote: Move the 'production' alias to the new index when the run completes.
+        overrides: Any other setting by dotted name, e.g. {"embeddings.batch_size": 512}.
+    """
+    named = dict(dataset=dataset, split=split, index=index, index_factory=index_factory,
+                 artifacts_root=artifacts_root, mirror=mirror)
+    check_overrides(overrides, **named)
+    settings = settings_for_run(overrides, **named)
+    load_secret_blocks(settings)
+    tracking = open_tracking_run(settings)
+
+    root = settings.artifacts_root
+    reports = {}
+    reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+    reports["encoder"] = use_aliased_encoder(root, encoder_alias)
+    return index_and_publish(settings, reports, tracking, promote)

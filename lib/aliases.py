@@ -1,0 +1,78 @@
+"""Named pointers to a finished chain of stage folders (`production`, `latest`).
+
+`<root>/aliases/<name>.json` holds the stage keys of one run (dataset, encoder, embeddings,
+index, evaluation) and where they came from; it is replaced atomically, so a reader sees
+the old chain or the new one, never half of each. Every move is appended to
+`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lib.errors import LookalikeError
+from lib.manifest import Manifest, atomic_write_bytes, read_manifest
+
+ALIASES = "aliases"
+HISTORY = "history.jsonl"
+PRODUCTION = "production"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class AliasError(LookalikeError, LookupError):
+    """An alias is missing, malformed or points at stage folders that no longer exist."""
+
+
+class Alias(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    stages: dict[str, str] = Field(description="stage -> key")
+    set_at: str
+    source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
+
+
+def alias_path(root: Path | str, name: str) -> Path:
+    if not _NAME.match(name):
+        raise AliasError(f"invalid alias name {name!r}: use lowercase letters, digits, '-' or '_'")
+    return Path(root) / ALIASES / f"{name}.json"
+
+
+def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[str, Any] | None = None) -> Alias:
+    """Point `name` at these stage keys (each must be a finished folder) and log the move."""
+    for stage, key in stages.items():
+        read_manifest(root, stage, key)
+    alias = Alias(name=name, stages=dict(stages), source=source or {},
+                  set_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    path = alias_path(root, name)
+    atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
+    with open(path.parent / HISTORY, "a") as fh:
+        fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
+    return alias
+
+
+def read_alias(root: Path | str, name: str) -> Alias:
+    path = alias_path(root, name)
+    if not path.is_file():
+        raise AliasError(
+            f"no {name!r} alias under {root}: build and promote an index first "
+            "(`lookalike run`, or the retrain-weekly deployment)"
+        )
+    try:
+        return Alias.model_validate_json(path.read_bytes())
+    except ValueError as exc:
+        raise AliasError(f"{path} is not a valid alias file ({exc.__class__.__name__}); "
+                         "delete it and re-run `lookalike run` to set it again") from None
+
+
+def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
+    """The finished manifest that alias `name` points at for `stage`."""
+    alias = read_alias(root, name)
+    if stage not in alias.stages:
+        raise AliasError(f"alias {name!r} has no {stage} stage (it has: {', '.join(alias.stages)})")
+    return read_manifest(root, stage, alias.stages[stage])

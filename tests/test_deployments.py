@@ -1,0 +1,226 @@
+"""prefect.yaml's deployments on a real `prefect server`, a process worker and the real UI.
+
+One server, pool, worker and `prefect deploy --all` for the module, exactly as the runbook
+in deployments/README.md does it. Runs are started through the API the way the UI's Run
+button starts them (`POST /deployments/{id}/create_flow_run`), and once through the UI itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from conftest import LOOKALIKE, REPO, TINY, cli_env, make_png
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+POOL = "lookalike-process"
+FLOW = "retrieval-pipeline"
+SCREENSHOTS = REPO / "test-output" / "ui"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Server + pool + deployments + worker, torn down at the end; yields what tests need."""
+    home = tmp_path_factory.mktemp("deployments")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = cli_env(home, api_url=f"{url}/api", extra={
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+    })
+    server = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        for args in (["work-pool", "create", POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+            done = subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        artifacts = home / "artifacts"
+        # The pull step resolves {{ $PWD }} on the worker: start it in the checkout, as a shell would.
+        worker_env = {**env, "PWD": str(REPO), "LOOKALIKE_ARTIFACTS_ROOT": str(artifacts)}
+        worker = _start([PREFECT, "worker", "start", "--pool", POOL], worker_env, home / "worker.log")
+        yield {"url": url, "api": f"{url}/api", "env": env, "home": home, "artifacts": artifacts}
+    finally:
+        for proc in (worker, server):
+            if proc is not None:
+                _stop(proc)
+
+
+def api(stack, method: str, path: str, **kwargs):
+    response = httpx.request(method, f"{stack['api']}{path}", timeout=30, **kwargs)
+    assert response.status_code < 400, response.text
+    return response.json()
+
+
+def deployment(stack, name: str, flow: str = FLOW) -> dict:
+    return api(stack, "GET", f"/deployments/name/{flow}/{name}")
+
+
+def quick_run(stack, name: str, flow: str = FLOW, parameters: dict | None = None) -> str:
+    """What the UI's Run → Quick run (or Custom run, with parameters) posts."""
+    body = {"state": {"type": "SCHEDULED"}, **({"parameters": parameters} if parameters else {})}
+    return api(stack, "POST", f"/deployments/{deployment(stack, name, flow)['id']}/create_flow_run", json=body)["id"]
+
+
+def wait_for(stack, flow_run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} not finished after {timeout} s: {run['state_name']}\n"
+                         + (stack["home"] / "worker.log").read_text()[-4000:])
+
+
+def artifacts_of(stack, flow_run_id: str) -> dict[str, dict]:
+    found = api(stack, "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {a["key"]: a for a in found}
+
+
+def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parameters(stack):
+    for name in ("retrain-weekly", "smoke"):
+        d = deployment(stack, name)
+        assert d["work_pool_name"] == POOL
+        assert d["global_concurrency_limit"]["limit"] == 1
+        assert d["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    reindex = deployment(stack, "reindex", flow="reindex")
+    assert reindex["global_concurrency_limit"]["limit"] == 1 and reindex["parameters"]["encoder_alias"] == "production"
+    smoke = deployment(stack, "smoke")
+    assert smoke["parameters"] == {"dataset": "sample", "epochs": 1, "promote": False, "overrides": {"dataset.limit": 512}}
+    schema = smoke["parameter_openapi_schema"]["properties"]
+    assert schema["method"]["enum"] == ["dino", "simclr", "byol"] and schema["method"]["default"] == "dino"
+    assert "flat-l2" in schema["index"]["enum"] and schema["epochs"]["minimum"] == 0
+    assert all(p.get("description") for p in schema.values()), "every parameter needs a docstring description"
+    assert not any("key" in name or "secret" in name or "password" in name for name in schema)
+
+
+def test_an_invalid_parameter_is_rejected_naming_the_field(stack):
+    smoke = deployment(stack, "smoke")
+    response = httpx.post(f"{stack['api']}/deployments/{smoke['id']}/create_flow_run", timeout=30,
+                          json={"parameters": {**smoke["parameters"], "method": "mae"}})
+    assert response.status_code == 409 and "method" in response.text and "mae" in response.text
+
+
+def test_weekly_schedule_is_visible_and_its_next_runs_are_mondays_3am_berlin(stack):
+    shown = subprocess.run([PREFECT, "deployment", "inspect", f"{FLOW}/retrain-weekly"], env=stack["env"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "'cron': '0 3 * * 1'" in shown.stdout and "Europe/Berlin" in shown.stdout
+
+    berlin = ZoneInfo("Europe/Berlin")
+    now = datetime.now(berlin)
+    expected, day = [], now.replace(hour=3, minute=0, second=0, microsecond=0)
+    while len(expected) < 3:
+        if day.weekday() == 0 and day > now:
+            expected.append(day)
+        day = (day + timedelta(days=1)).replace(hour=3)
+    weekly = deployment(stack, "retrain-weekly")["id"]
+    deadline = time.monotonic() + 60
+    while True:  # the server's scheduler service creates the upcoming runs
+        runs = api(stack, "POST", "/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [weekly]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC", "limit": 3})
+        if len(runs) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    starts = [datetime.fromisoformat(r["expected_start_time"]).astimezone(berlin) for r in runs]
+    assert starts == expected
+    assert all(s.utcoffset() in (timedelta(hours=1), timedelta(hours=2)) for s in starts)
+
+
+def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack):
+    run = wait_for(stack, quick_run(stack, "smoke"))
+    assert run["state_type"] == "COMPLETED", (stack["home"] / "worker.log").read_text()[-4000:]
+    found = artifacts_of(stack, run["id"])
+    assert {"retrieval-summary", "retrieval-metrics", "retrieval-grid"} <= set(found)
+    summary = found["retrieval-summary"]["data"]
+    for stage in ("dataset", "encoder", "embeddings", "index", "evaluation"):
+        assert f"| {stage} |" in summary
+    metrics = {row["metric"]: row["value"] for row in _table(found["retrieval-metrics"]["data"])}
+    assert metrics["self_retrieval_at_1"] == 1.0 and metrics["n_images"] == 512
+    assert found["retrieval-grid"]["type"] == "image"
+    assert not (stack["artifacts"] / "aliases" / "production.json").exists(), "smoke must never promote"
+
+
+def test_quick_run_from_the_prefect_ui_in_chromium_completes(stack):
+    from ui_driver import quick_run as ui_quick_run
+
+    flow_run_id = ui_quick_run(stack["url"], FLOW, "smoke", SCREENSHOTS)
+    assert api(stack, "GET", f"/flow_runs/{flow_run_id}")["state_type"] == "COMPLETED"
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 3
+
+
+def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, tmp_path):
+    settings = [f"--set={k}={v}" for k, v in TINY.items()]
+    made = subprocess.run([LOOKALIKE, "run", "--artifacts-root", str(stack["artifacts"]), *settings],
+                          env=cli_env(stack["home"], api_url=stack["api"]), capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    production = _alias(stack, "production")
+
+    folder = tmp_path / "new-images"
+    for i in range(20):
+        make_png(folder / f"new-{i:02d}.png", 1000 + i, mode="RGB")
+    run = wait_for(stack, quick_run(stack, "reindex", flow="reindex", parameters={"dataset": str(folder)}))
+    assert run["state_type"] == "COMPLETED", (stack["home"] / "worker.log").read_text()[-4000:]
+
+    summary = artifacts_of(stack, run["id"])["retrieval-summary"]["data"]
+    assert f"| encoder | `{production['encoder']}` | cached |" in summary
+    moved = _alias(stack, "production")
+    assert moved["encoder"] == production["encoder"]
+    assert moved["index"] != production["index"] and f"| index | `{moved['index']}` | computed |" in summary
+    index_manifest = stack["artifacts"] / "index" / moved["index"] / "manifest.json"
+    assert '"ntotal": 20' in index_manifest.read_text()
+
+
+def _alias(stack, name: str) -> dict[str, str]:
+    import json
+
+    return json.loads((stack["artifacts"] / "aliases" / f"{name}.json").read_text())["stages"]
+
+
+def _table(data) -> list[dict]:
+    import json
+
+    return json.loads(data) if isinstance(data, str) else data
