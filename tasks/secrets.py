@@ -28,6 +28,14 @@ class SecretBlockError(LookalikeError, LookupError):
 @task(name="secrets", cache_policy=NO_CACHE, persist_result=False)
 def load_secret_blocks(settings: Settings) -> list[str]:
     """Export the configured Secret blocks; returns the variable names set (never values)."""
+    names = export_secret_blocks(settings)
+    if names:
+        get_run_logger().info("credentials from Prefect Secret blocks: %s", ", ".join(names))
+    return names
+
+
+def export_secret_blocks(settings: Settings) -> list[str]:
+    """Put the configured Secret blocks' values into this process's environment."""
     exported: dict[str, str] = {}
     if settings.tracking.api_key_secret:
         value = _load("tracking.api_key_secret", settings.tracking.api_key_secret)
@@ -44,8 +52,6 @@ def load_secret_blocks(settings: Settings) -> list[str]:
                                    f"{', '.join(sorted(_AWS_KEYS)[:2])} (missing: {', '.join(sorted(missing))})")
         exported.update({env: str(value[key]) for key, env in _AWS_KEYS.items() if value.get(key)})
     os.environ.update(exported)
-    if exported:
-        get_run_logger().info("credentials from Prefect Secret blocks: %s", ", ".join(sorted(exported)))
     return sorted(exported)
 
 

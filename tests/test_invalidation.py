@@ -52,10 +52,12 @@ CHANGES = {
     "tracking.mode": "disabled",
     "tracking.project": "other",
     "tracking.entity": "team",
+    "tracking.api_key_secret": "wandb-api-key",
     "mirror.url": "s3://bucket/prefix",
     "mirror.endpoint_url": "http://localhost:9000",
     "mirror.stages": ("encoder", "index"),
     "mirror.retries": 0,
+    "mirror.credentials_secret": "aws-credentials",
 }
 
 

@@ -1,0 +1,132 @@
+"""Aliases (`production`, `latest`), the reindex flow's use of them, flow parameter checks
+and Secret blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import TINY, flow_arguments
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A finished TINY run (not promoted): its summary and root."""
+    from flows.retrieval import retrieval_pipeline
+
+    root = tmp_path_factory.mktemp("aliases") / "artifacts"
+    summary = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}), promote=False)
+    return root, summary
+
+
+def test_a_run_moves_latest_and_promotes_only_when_asked(built):
+    from lib.aliases import read_alias
+
+    root, summary = built
+    assert summary["aliases"] == ["latest"]
+    latest = read_alias(root, "latest")
+    assert latest.stages == {name: s["key"] for name, s in summary["stages"].items()}
+    assert latest.source["flow"] == "retrieval-pipeline" and latest.source["flow_run_id"]
+    assert not (root / "aliases" / "production.json").exists()
+
+
+def test_reindex_without_a_production_alias_fails_saying_how_to_make_one(built):
+    from flows.reindex import reindex
+
+    root, _ = built
+    state = reindex(**flow_arguments({"artifacts_root": str(root), "dataset.limit": 16}), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="no 'production' alias under .*build and promote an index first"):
+        state.result()
+
+
+def test_set_alias_checks_folders_logs_history_and_rejects_bad_names(built):
+    from lib.aliases import AliasError, alias_manifest, read_alias, set_alias
+    from lib.manifest import IntegrityError
+
+    root, summary = built
+    stages = {name: s["key"] for name, s in summary["stages"].items()}
+    set_alias(root, "production", stages, {"command": "test"})
+    assert alias_manifest(root, "production", "encoder").key == stages["encoder"]
+    history = [json.loads(line) for line in (root / "aliases" / "history.jsonl").read_text().splitlines()]
+    assert [h["name"] for h in history] == ["latest", "production"]
+    with pytest.raises(AliasError, match="invalid alias name"):
+        set_alias(root, "../evil", stages)
+    with pytest.raises(IntegrityError, match="not finished"):
+        set_alias(root, "broken", {**stages, "index": "0" * 16})
+    assert not (root / "aliases" / "broken.json").exists()
+    (root / "aliases" / "garbled.json").write_text("{not json")
+    with pytest.raises(AliasError, match="not a valid alias file"):
+        read_alias(root, "garbled")
+
+
+def test_reindex_reuses_the_aliased_encoder_and_promotes_the_new_index(built, tmp_path):
+    from flows.reindex import reindex
+    from lib.aliases import read_alias, set_alias
+
+    root, summary = built
+    shutil.copytree(root, tmp_path / "artifacts")
+    root = tmp_path / "artifacts"
+    set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
+    again = reindex(**flow_arguments({"artifacts_root": str(root), "dataset.limit": 32, "evaluation.grid_queries": 2}))
+    assert again["stages"]["encoder"] == {**summary["stages"]["encoder"], "status": "cached",
+                                          "seconds": again["stages"]["encoder"]["seconds"]}
+    assert {again["stages"][s]["status"] for s in ("dataset", "embeddings", "index")} == {"computed"}
+    assert again["metrics"]["n_images"] == 32 and again["aliases"] == ["latest", "production"]
+    assert read_alias(root, "production").stages["index"] == again["stages"]["index"]["key"]
+
+
+def test_overrides_naming_a_parameter_are_rejected_naming_both(built):
+    from flows.retrieval import retrieval_pipeline
+    from lib.config import SettingsError
+
+    root, _ = built
+    with pytest.raises(SettingsError, match=r"overrides\['encoder.epochs'\]: .* parameter `epochs`"):
+        retrieval_pipeline(artifacts_root=str(root), overrides={"encoder.epochs": 2})
+
+
+@pytest.fixture
+def clean_secret_env(monkeypatch):
+    for name in ("WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_secret_blocks_reach_wandb_and_boto3_through_their_own_variables(clean_secret_env, tiny):
+    from prefect.blocks.system import Secret
+
+    from tasks.secrets import export_secret_blocks
+
+    Secret(value="wandb-key-123").save("test-wandb-key", overwrite=True)
+    Secret(value={"aws_access_key_id": "AKIATEST", "aws_secret_access_key": "s3cr3t"}).save("test-aws", overwrite=True)
+    settings = tiny.model_copy(update={
+        "tracking": tiny.tracking.model_copy(update={"api_key_secret": "test-wandb-key"}),
+        "mirror": tiny.mirror.model_copy(update={"credentials_secret": "test-aws"}),
+    })
+    exported = export_secret_blocks(settings)
+    assert exported == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"]
+    assert (os.environ["WANDB_API_KEY"], os.environ["AWS_ACCESS_KEY_ID"]) == ("wandb-key-123", "AKIATEST")
+
+    import boto3
+
+    assert boto3.Session().get_credentials().secret_key == "s3cr3t"
+
+
+def test_a_missing_or_misshapen_secret_block_names_the_setting(clean_secret_env, tiny):
+    from prefect.blocks.system import Secret
+
+    from tasks.secrets import SecretBlockError, export_secret_blocks
+
+    missing = tiny.model_copy(update={"tracking": tiny.tracking.model_copy(update={"api_key_secret": "nope"})})
+    with pytest.raises(SecretBlockError, match="tracking.api_key_secret: no Prefect Secret block named 'nope'"):
+        export_secret_blocks(missing)
+    Secret(value={"aws_access_key_id": "AKIATEST"}).save("test-half-aws", overwrite=True)
+    half = tiny.model_copy(update={"mirror": tiny.mirror.model_copy(update={"credentials_secret": "test-half-aws"})})
+    with pytest.raises(SecretBlockError, match="missing: aws_secret_access_key"):
+        export_secret_blocks(half)
+    assert "AWS_ACCESS_KEY_ID" not in os.environ
