@@ -22,7 +22,17 @@ run: $(VENV)/.installed
 	$(BIN)/lookalike run
 	$(BIN)/lookalike query --row 0 --out artifacts/query-row-0.png
 
-test: $(VENV)/.installed
+# The Prefect UI test drives Debian's chromium (never a downloaded browser); installed here when missing.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "the UI test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+
+test: $(VENV)/.installed $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 clean-artifacts:

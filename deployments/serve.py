@@ -1,9 +1,45 @@
-"""Serve the retrieval flow from this process (alternative to a work pool and worker).
+"""Serve the deployments of ../prefect.yaml from this one process (`flow.serve`), no work pool.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
+    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py [NAME ...]
+
+Reads the same prefect.yaml, so names, schedules, parameters and concurrency limits stay
+defined once. Without NAMEs it serves all of them; runs started from the UI execute here.
 """
 
-from flows.retrieval import retrieval_pipeline
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.schedules import Cron
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deployments_from_yaml(names: list[str]) -> list:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    chosen = [d for d in spec["deployments"] if not names or d["name"] in names]
+    unknown = set(names) - {d["name"] for d in chosen}
+    if unknown:
+        sys.exit(f"error: no deployment named {', '.join(sorted(unknown))} in prefect.yaml "
+                 f"(it has: {', '.join(d['name'] for d in spec['deployments'])})")
+    out = []
+    for d in chosen:
+        module, _, attr = d["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
+        limit = d.get("concurrency_limit")
+        out.append(flow.to_deployment(
+            name=d["name"], description=d.get("description"), tags=d.get("tags"), parameters=d.get("parameters"),
+            schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in d.get("schedules") or [] if s.get("active", True)],
+            concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+        ))
+    return out
+
 
 if __name__ == "__main__":
-    retrieval_pipeline.serve(name="serve", parameters={"dataset": "sample"})
+    sys.path.insert(0, str(REPO))
+    serve(*deployments_from_yaml(sys.argv[1:]))
