@@ -7,6 +7,7 @@ button starts them (`POST /deployments/{id}/create_flow_run`), and once through 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -213,14 +214,18 @@ def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, t
     index_manifest = stack["artifacts"] / "index" / moved["index"] / "manifest.json"
     assert '"ntotal": 20' in index_manifest.read_text()
 
+    image = folder / "new-07.png"
+    found = subprocess.run([LOOKALIKE, "query", str(image), "--alias", "production", "--json",
+                            "--artifacts-root", str(stack["artifacts"])],
+                           env=cli_env(stack["home"]), capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    answer = json.loads(found.stdout.strip().splitlines()[-1])
+    assert answer["index"] == moved["index"] and answer["neighbours"][0]["path"] == str(image)
+
 
 def _alias(stack, name: str) -> dict[str, str]:
-    import json
-
     return json.loads((stack["artifacts"] / "aliases" / f"{name}.json").read_text())["stages"]
 
 
 def _table(data) -> list[dict]:
-    import json
-
     return json.loads(data) if isinstance(data, str) else data
