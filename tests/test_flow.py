@@ -95,9 +95,11 @@ def test_torn_prefect_result_records_fall_back_to_the_stage_manifests(first):
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
+    from tasks.stage import cache_key
+
     root, summary = first
-    prefixes = tuple(f"{stage}-{s['key']}-" for stage, s in summary["stages"].items())
-    records = [p for p in Path(PREFECT_LOCAL_STORAGE_PATH.value()).iterdir() if p.name.startswith(prefixes)]
+    names = {cache_key(stage, s["key"], root) for stage, s in summary["stages"].items()}
+    records = [p for p in Path(PREFECT_LOCAL_STORAGE_PATH.value()).iterdir() if p.name in names]
     assert len(records) == 5
     for record in records:
         record.write_bytes(record.read_bytes()[:40])
