@@ -185,6 +185,16 @@ def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack):
     assert not (stack["artifacts"] / "aliases" / "production.json").exists(), "smoke must never promote"
 
 
+def test_two_runs_of_one_deployment_never_overlap(stack):
+    first, second = quick_run(stack, "smoke"), quick_run(stack, "smoke")
+    runs = [wait_for(stack, first), wait_for(stack, second)]
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
+    assert spans[0][1] <= spans[1][0], f"runs overlapped: {spans}"
+    history = {r["id"]: [s["name"] for s in api(stack, "GET", f"/flow_run_states/?flow_run_id={r['id']}")] for r in runs}
+    assert any("AwaitingConcurrencySlot" in names for names in history.values()), history
+
+
 def test_quick_run_from_the_prefect_ui_in_chromium_completes(stack):
     from ui_driver import quick_run as ui_quick_run
 
