@@ -94,20 +94,22 @@ class Searcher:
 
     def neighbours(self, image: Image.Image, k: int) -> list[dict]:
         """Top-k rows for an image: [{row, distance, label, path}], nearest first."""
-        vector = prepare_vectors(self.embed(image), self.metric)
-        distances, ids = search(self.index, vector, k)
-        out = []
-        for distance, row in zip(distances[0], ids[0]):
-            if row < 0:
-                continue
-            item = self._item(int(row))
-            out.append({
-                "row": int(row),
-                "distance": round(float(distance), 6),
-                "label": self.names[item["label"]] if self.names else None,
-                "path": item["image"].get("path"),
-            })
-        return out
+        return self.neighbours_of_vector(self.embed(image)[0], k)
+
+    def neighbours_of_vector(self, vector: np.ndarray, k: int) -> list[dict]:
+        """Top-k rows for one raw embedding (normalised here when the index's metric needs it)."""
+        distances, ids = search(self.index, prepare_vectors(vector[None], self.metric), k)
+        return [self.describe(int(row), float(d)) for d, row in zip(distances[0], ids[0]) if row >= 0]
+
+    def describe(self, row: int, distance: float) -> dict:
+        """One search hit as users see it: {row, distance, label, path}."""
+        item = self._item(row)
+        return {
+            "row": row,
+            "distance": round(distance, 6),
+            "label": self.names[item["label"]] if self.names and item.get("label") is not None else None,
+            "path": item["image"].get("path"),
+        }
 
     def picture(self, query: Image.Image, caption: str, found: list[dict]) -> Image.Image:
         cells = [(self.image_of_row(n["row"]), f"row {n['row']} d={n['distance']:.3f}\n{n['label'] or ''}") for n in found]

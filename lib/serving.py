@@ -1,0 +1,191 @@
+"""Serving queries from a built index: one loaded Searcher, swapped whole when an alias moves.
+
+`IndexHolder` resolves a reference (an alias such as `production`, or an index stage key),
+loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
+alias, requests trigger a re-read of the small alias file at most every `poll_seconds`, in a
+background thread; when the alias points somewhere new, the new chain is loaded completely
+*beside* the old one and only then swapped in, so a request never sees a half-loaded index
+and never waits for one to load. A chain that fails to load leaves
+the old one serving and is reported in `info()`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lib.aliases import alias_path, read_alias
+from lib.data.images import decode_rgb
+from lib.errors import LookalikeError
+from lib.manifest import find_manifest, read_manifest
+from lib.query import Chain, Searcher
+
+MAX_K = 100
+_STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
+
+
+class QueryError(LookalikeError, ValueError):
+    """A query the server cannot answer; `status` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def chain_from_index_key(root: Path | str, key: str) -> Chain:
+    """dataset → encoder → embeddings → index, followed backwards from an index stage key."""
+    index = read_manifest(root, "index", key)
+    embeddings = read_manifest(root, "embeddings", index.inputs["embeddings"])
+    return Chain(read_manifest(root, "dataset", embeddings.inputs["dataset"]),
+                 read_manifest(root, "encoder", embeddings.inputs["encoder"]), embeddings, index)
+
+
+def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, str | None]:
+    """(chain, alias name or None) for an alias name or an index stage key."""
+    if _STAGE_KEY.match(ref) and find_manifest(root, "index", ref) is not None:
+        return chain_from_index_key(root, ref), None
+    try:
+        path = alias_path(root, ref)
+    except LookalikeError:
+        path = None
+    if path is None or not path.is_file():
+        raise QueryError(f"no index {ref!r} under {root}: give an alias (production, latest) or an index "
+                         "stage key (a folder name under index/)", status=404)
+    alias = read_alias(root, ref)
+    return chain_from_index_key(root, alias.stages["index"]), ref
+
+
+@dataclass(frozen=True)
+class Loaded:
+    searcher: Searcher
+    alias: str | None
+    loaded_at: float
+    metrics: dict[str, Any]
+
+
+class IndexHolder:
+    """The index being served, reloaded when its alias moves."""
+
+    def __init__(self, root: Path | str, ref: str = "production", poll_seconds: float = 2.0,
+                 max_image_pixels: int = 40_000_000) -> None:
+        self.root, self.ref, self.poll_seconds, self.max_image_pixels = Path(root), ref, poll_seconds, max_image_pixels
+        self._lock = threading.Lock()
+        self._loaded = self._load(*resolve_ref(self.root, ref))
+        self._checked = time.monotonic()
+        self.reload_error: str | None = None
+        self._failed_key: str | None = None
+
+    def _load(self, chain: Chain, alias: str | None) -> Loaded:
+        metrics = {"self_retrieval_at_1": chain.index.stats.get("self_retrieval_at_1"),
+                   "recall_at_10": chain.index.stats.get("recall_at_10")}
+        evaluation_key = read_alias(self.root, alias).stages.get("evaluation") if alias else None
+        evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
+        if evaluation is not None:
+            metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
+        return Loaded(Searcher(self.root, chain), alias, time.time(), metrics)
+
+    @property
+    def searcher(self) -> Searcher:
+        """The current searcher. When a check for a moved alias is due, it runs in a background
+        thread: no request waits for a new index to load, they keep the current one meanwhile."""
+        if self._loaded.alias and time.monotonic() - self._checked >= self.poll_seconds:
+            if self._lock.acquire(blocking=False):  # one check at a time; released by the thread
+                self._checked = time.monotonic()
+                threading.Thread(target=self._reload_and_release, name="lookalike-reload", daemon=True).start()
+        return self._loaded.searcher
+
+    def _reload_and_release(self) -> None:
+        try:
+            self._reload_locked()
+        finally:
+            self._lock.release()
+
+    def reload(self) -> bool:
+        """Re-resolve the alias now; swap in its chain if it moved (retrying one refused before,
+        in case its files were repaired). True when swapped."""
+        with self._lock:
+            self._failed_key = None
+            return self._reload_locked()
+
+    def _reload_locked(self) -> bool:
+        self._checked = time.monotonic()
+        if not self._loaded.alias:
+            return False
+        serving = self._loaded.searcher.chain.index.key
+        try:
+            chain, alias = resolve_ref(self.root, self._loaded.alias)
+        except (LookalikeError, OSError) as exc:
+            self.reload_error = f"still serving {serving}: {exc}"
+            return False
+        if chain.index.key == serving:
+            self.reload_error = self._failed_key = None
+            return False
+        if chain.index.key == self._failed_key:
+            return False  # refused once already; checked again when the alias moves
+        try:
+            self._loaded = self._load(chain, alias)  # fully built before it replaces the old one
+        except (LookalikeError, OSError) as exc:
+            self._failed_key = chain.index.key
+            self.reload_error = f"still serving {serving}: {exc}"
+            return False
+        self.reload_error = self._failed_key = None
+        return True
+
+    def info(self) -> dict[str, Any]:
+        self.searcher  # noqa: B018 - asking what is served is a reason to check the alias too
+        loaded = self._loaded
+        chain = loaded.searcher.chain
+        return {
+            "ref": self.ref, "alias": loaded.alias, "index": chain.index.key, "encoder": chain.encoder.key,
+            "dataset": chain.dataset.key, "created": chain.index.created, "ntotal": chain.index.stats.get("ntotal"),
+            "dim": chain.index.stats.get("dim"), "metric": chain.index.stats.get("metric"),
+            "method": chain.encoder.settings.get("method"), "metrics": loaded.metrics,
+            "loaded_at": loaded.loaded_at, "reload_error": self.reload_error,
+        }
+
+    # --- the three kinds of query -------------------------------------------------------------
+
+    # Each returns (index key, hits) from one searcher, so the key is the index that answered even
+    # when the alias moves during the request.
+
+    def by_image_bytes(self, data: bytes, k: int) -> tuple[str, list[dict]]:
+        try:
+            image = decode_rgb(data, self.max_image_pixels)
+        except LookalikeError as exc:
+            status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
+            raise QueryError(f"not a usable image: {exc}", status=status) from None
+        return self.by_image(image, k)
+
+    def by_image(self, image: Image.Image, k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        return searcher.chain.index.key, searcher.neighbours(image, _check_k(k))
+
+    def by_row(self, row: int, k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        if row not in searcher.position:
+            raise QueryError(f"row {row} is not in index {searcher.chain.index.key} "
+                             f"({searcher.chain.index.stats.get('ntotal')} rows; ids are dataset row ids)", status=404)
+        return searcher.chain.index.key, searcher.neighbours(searcher.image_of_row(row), _check_k(k))
+
+    def by_vector(self, vector: list[float], k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        dim = searcher.index.d
+        array = np.asarray(vector, dtype=np.float32)
+        if array.ndim != 1 or array.shape[0] != dim:
+            raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
+        if not np.isfinite(array).all():
+            raise QueryError("vector contains NaN or infinity")
+        return searcher.chain.index.key, searcher.neighbours_of_vector(array, _check_k(k))
+
+
+def _check_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K} (got {k})")
+    return k
