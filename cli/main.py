@@ -3,6 +3,7 @@
   lookalike run      build (or reuse) the index for the current settings and summarise it
   lookalike reindex index new images with the production encoder (no pretraining)
   lookalike query    image or dataset row in, top-k most similar rows out
+  lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
 """
 
 from __future__ import annotations
@@ -184,6 +185,33 @@ def query(
     else:
         print_neighbours(Console(), caption, found)
         Console().print(f"picture: {target}")
+
+
+@app.command()
+def serve(
+    index: Annotated[str, typer.Option(
+        "--index", help="What to serve: an alias (followed when it moves) or an index stage key.")] = "production",
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
+    artifacts_root: Root = None,
+    poll_seconds: Annotated[float, typer.Option(min=0.1, help="How often to check whether the alias moved.")] = 2.0,
+) -> None:
+    """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
+    settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, None)
+    from app.server import create_app
+    from lib.errors import LookalikeError
+
+    try:
+        application = create_app(settings.artifacts_root, index, poll_seconds=poll_seconds)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    import uvicorn
+
+    info = application.state.holder.info()
+    via = f"alias {info['alias']} → " if info["alias"] else ""
+    err.print(f"serving {via}index {info['index']} ({info['ntotal']} images) from {settings.artifacts_root}\n"
+              f"  UI http://{host}:{port}/   API http://{host}:{port}/api   docs http://{host}:{port}/docs   (Ctrl-C stops)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

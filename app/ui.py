@@ -1,0 +1,65 @@
+"""The Gradio UI (the only module importing gradio): image in, top-k lookalikes out."""
+
+from __future__ import annotations
+
+import random
+
+from lib.serving import MAX_K, IndexHolder, QueryError
+
+
+def _header(holder: IndexHolder) -> str:
+    info = holder.info()
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in info["metrics"].items() if isinstance(v, (int, float)))
+    where = f"alias **{info['alias']}** → " if info["alias"] else ""
+    warning = f"\n\n⚠ {info['reload_error']}" if info["reload_error"] else ""
+    return (f"### lookalike\n{where}index `{info['index']}` · {info['ntotal']} images · {info['method']} encoder "
+            f"`{info['encoder']}` · created {info['created']}\n\n{metrics}{warning}")
+
+
+def mount_ui(api, holder: IndexHolder, path: str = "/"):
+    """`api` with the UI mounted at `path`: no share link, no analytics."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a server
+    import gradio as gr
+
+    return gr.mount_gradio_app(api, build_ui(holder), path=path)
+
+
+def build_ui(holder: IndexHolder):
+    import gradio as gr
+
+    def search(image, k):
+        if image is None:
+            raise gr.Error("Upload or paste an image first, or press 'Random dataset image'.")
+        try:
+            _, hits = holder.by_image(image, int(k))
+        except QueryError as exc:
+            raise gr.Error(str(exc)) from None
+        searcher = holder.searcher
+        gallery = [(searcher.image_of_row(h["row"]),
+                    f"row {h['row']} · d={h['distance']:.3f}" + (f" · {h['label']}" if h["label"] else ""))
+                   for h in hits]
+        return gallery, _header(holder)
+
+    def random_image():
+        searcher = holder.searcher
+        return searcher.image_of_row(random.choice(list(searcher.position)))
+
+    with gr.Blocks(title="lookalike") as ui:
+        header = gr.Markdown(_header(holder))
+        with gr.Row():
+            with gr.Column(scale=1):
+                # png, not Gradio's default webp: a lossy round trip would move the query's embedding
+                query = gr.Image(type="pil", label="Query image", sources=["upload", "clipboard"], height=320,
+                                 format="png", elem_id="query")
+                k = gr.Slider(1, min(MAX_K, 50), value=5, step=1, label="k (neighbours)", elem_id="k")
+                with gr.Row():
+                    pick = gr.Button("Random dataset image", elem_id="random")
+                    go = gr.Button("Search", variant="primary", elem_id="search")
+            with gr.Column(scale=2):
+                results = gr.Gallery(label="Most similar", columns=5, height="auto", format="png", elem_id="results")
+        pick.click(random_image, outputs=query)
+        go.click(search, inputs=[query, k], outputs=[results, header], api_name=False)
+        query.upload(search, inputs=[query, k], outputs=[results, header], api_name=False)
+    return ui
