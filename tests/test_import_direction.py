@@ -7,11 +7,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "lib": {"prefect", "tasks", "flows", "cli"},
-    "tasks": {"flows", "cli"},
-    "flows": {"cli"},
+    "lib": {"prefect", "tasks", "flows", "cli", "app"},
+    "tasks": {"flows", "cli", "app"},
+    "flows": {"cli", "app"},
+    "app": {"prefect", "tasks", "flows", "cli"},  # the server answers queries; it never runs the pipeline
 }
-ADAPTERS = {"wandb": "lib/tracking.py", "boto3": "lib/storage.py", "botocore": "lib/storage.py"}
+ADAPTERS = {"wandb": "lib/tracking.py", "boto3": "lib/storage.py", "botocore": "lib/storage.py",
+            "gradio": "app/ui.py"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -35,7 +37,8 @@ def test_packages_import_only_downwards(package):
 
 def test_heavy_optional_dependencies_live_in_one_adapter_each():
     for module, owner in ADAPTERS.items():
-        users = sorted(str(p.relative_to(REPO)) for p in (REPO / "lib").rglob("*.py") if module in imported_roots(p))
+        users = sorted(str(p.relative_to(REPO)) for package in ("lib", "app") for p in (REPO / package).rglob("*.py")
+                       if module in imported_roots(p))
         assert users in ([], [owner]), f"{module} imported outside {owner}: {users}"
 
 
