@@ -62,6 +62,9 @@ def stack(tmp_path_factory):
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+        # SQLite under a worker, a scheduler and the tests on 2 busy cores: wait for locks longer
+        # than the 10 s default before answering 503
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
     })
     server = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
     worker = None

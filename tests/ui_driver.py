@@ -62,6 +62,22 @@ def _shoot_artifacts(page: Page, ui_url: str, run_id: str, screenshots: Path) ->
         page.screenshot(path=screenshots / f"05-artifact-{artifact['key'] or artifact['id']}.png", full_page=True)
 
 
+def _press_quick_run(page: Page, run_button, attempts: int = 3) -> str:
+    """Run -> Quick run; the new flow run's id. A 503 is the server saying "busy, retry" (nothing
+    was created), so the button is pressed again, as a person would; any other error fails."""
+    for attempt in range(1, attempts + 1):
+        run_button.click()
+        with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as created:
+            page.get_by_role("button", name="Quick run", exact=True).click()
+        response = created.value
+        if response.ok:
+            return response.json()["id"]
+        assert response.status == 503 and attempt < attempts, f"create_flow_run -> HTTP {response.status}: {response.text()}"
+        page.keyboard.press("Escape")
+        time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 def quick_run(ui_url: str, flow_name: str, deployment_name: str, screenshots: Path, timeout_s: float = 300) -> str:
     """Quick-run a deployment through the Prefect UI and wait for the run to complete.
 
@@ -87,11 +103,7 @@ def quick_run(ui_url: str, flow_name: str, deployment_name: str, screenshots: Pa
             page.wait_for_load_state("networkidle")
             page.screenshot(path=screenshots / "01-deployment.png")
 
-            run_button.click()
-            with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as created:
-                page.get_by_role("button", name="Quick run", exact=True).click()
-            assert created.value.ok, f"create_flow_run -> HTTP {created.value.status}: {created.value.text()}"
-            run_id = created.value.json()["id"]
+            run_id = _press_quick_run(page, run_button)
             # This UI renders each toast twice, stacked; the last copy is the one on top.
             view_run = page.get_by_role("button", name="View run").last
             view_run.click(trial=True)  # waits for the toast to finish sliding in
