@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import socket
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _record import emit
 
 import numpy as np
 
@@ -148,11 +149,7 @@ def main() -> None:
             "in_process": in_process(holder, images, args.k, args.warmup),
             "http_upload": over_http(root, images, args.k, args.warmup, env),
         }
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _record import emit
+
 REPO = Path(__file__).resolve().parents[1]
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 
@@ -75,11 +77,7 @@ def main() -> None:
         "full_run": full,
         "rerun_over_full": round(rerun["seconds"] / full["seconds"], 4),
     }
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":
