@@ -87,7 +87,7 @@ class IndexHolder:
                    "recall_at_10": chain.index.stats.get("recall_at_10")}
         evaluation_key = read_alias(self.root, alias).stages.get("evaluation") if alias else None
         evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
-        if evaluation is not None:
+        if evaluation is not None and evaluation.inputs.get("index") == chain.index.key:  # alias may move meanwhile
             metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
         return Loaded(Searcher(self.root, chain), alias, time.time(), metrics)
 
