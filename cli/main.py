@@ -198,6 +198,7 @@ def serve(
 ) -> None:
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, None)
+    _check_can_bind(host, port)  # before the index loads, not after
     from app.server import create_app
     from lib.errors import LookalikeError
 
@@ -213,6 +214,22 @@ def serve(
               f"  UI http://{host}:{port}/   API http://{host}:{port}/api   docs http://{host}:{port}/docs   (Ctrl-C stops)",
               soft_wrap=True)
     uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def _check_can_bind(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _fail(f"--host {host!r} does not resolve ({exc.strerror}); give an interface address such as 127.0.0.1")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port, or stop what uses it")
 
 
 if __name__ == "__main__":

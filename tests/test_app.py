@@ -239,3 +239,16 @@ def test_serve_without_a_built_index_says_how_to_get_one(tmp_path):
     result = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no index 'production'" in result.stderr and "give an alias" in result.stderr, result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_anything(built, tmp_path):
+    root, _ = built
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
+                                env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr, result.stderr
+    assert "serving" not in result.stderr
