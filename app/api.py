@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from lib.serving import MAX_K, IndexHolder, QueryError
 
@@ -73,7 +74,8 @@ def create_api(holder: IndexHolder) -> FastAPI:
     async def search_upload(request: Request, file: Annotated[UploadFile, File(description="The query image.")],
                             k: Annotated[int, Form(ge=1, le=MAX_K)] = 5) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
-        return answer(request, holder.by_image_bytes(_limited(data), k))
+        # the forward pass runs in the thread pool, as sync routes do, never on the event loop
+        return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), k))
 
     @router.get("/images/{row}", response_class=Response)
     def image(row: int) -> Response:

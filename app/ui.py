@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from lib.serving import MAX_K, IndexHolder, QueryError
+from lib.serving import MAX_K, IndexHolder, QueryError, check_k
 
 
 def _header(holder: IndexHolder) -> str:
@@ -32,11 +32,11 @@ def build_ui(holder: IndexHolder):
     def search(image, k):
         if image is None:
             raise gr.Error("Upload or paste an image first, or press 'Random dataset image'.")
+        searcher = holder.searcher  # one searcher for the hits and their thumbnails, even if a reload swaps
         try:
-            _, hits = holder.by_image(image, int(k))
+            hits = searcher.neighbours(image, check_k(int(k)))
         except QueryError as exc:
             raise gr.Error(str(exc)) from None
-        searcher = holder.searcher
         gallery = [(searcher.image_of_row(h["row"]),
                     f"row {h['row']} · d={h['distance']:.3f}" + (f" · {h['label']}" if h["label"] else ""))
                    for h in hits]

@@ -165,14 +165,14 @@ class IndexHolder:
 
     def by_image(self, image: Image.Image, k: int) -> tuple[str, list[dict]]:
         searcher = self.searcher
-        return searcher.chain.index.key, searcher.neighbours(image, _check_k(k))
+        return searcher.chain.index.key, searcher.neighbours(image, check_k(k))
 
     def by_row(self, row: int, k: int) -> tuple[str, list[dict]]:
         searcher = self.searcher
         if row not in searcher.position:
             raise QueryError(f"row {row} is not in index {searcher.chain.index.key} "
                              f"({searcher.chain.index.stats.get('ntotal')} rows; ids are dataset row ids)", status=404)
-        return searcher.chain.index.key, searcher.neighbours(searcher.image_of_row(row), _check_k(k))
+        return searcher.chain.index.key, searcher.neighbours(searcher.image_of_row(row), check_k(k))
 
     def by_vector(self, vector: list[float], k: int) -> tuple[str, list[dict]]:
         searcher = self.searcher
@@ -182,10 +182,11 @@ class IndexHolder:
             raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
         if not np.isfinite(array).all():
             raise QueryError("vector contains NaN or infinity")
-        return searcher.chain.index.key, searcher.neighbours_of_vector(array, _check_k(k))
+        return searcher.chain.index.key, searcher.neighbours_of_vector(array, check_k(k))
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """k itself, or a QueryError saying the allowed range."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K} (got {k})")
     return k
