@@ -16,7 +16,7 @@ import binascii
 import io
 from typing import Annotated, Optional
 
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -79,11 +79,8 @@ def create_api(holder: IndexHolder) -> FastAPI:
 
     @router.get("/images/{row}", response_class=Response)
     def image(row: int) -> Response:
-        searcher = holder.searcher
-        if row not in searcher.position:
-            raise HTTPException(404, f"row {row} is not in index {searcher.chain.index.key}")
         buffer = io.BytesIO()
-        searcher.image_of_row(row).save(buffer, format="PNG")
+        holder.image_of_row(row).save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @router.post("/reload")

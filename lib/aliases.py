@@ -36,6 +36,12 @@ class Alias(BaseModel):
     set_at: str
     source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
 
+    def manifest(self, root: Path | str, stage: str) -> Manifest:
+        """The finished manifest this alias points at for `stage`."""
+        if stage not in self.stages:
+            raise AliasError(f"alias {self.name!r} has no {stage} stage (it has: {', '.join(self.stages)})")
+        return read_manifest(root, stage, self.stages[stage])
+
 
 def alias_path(root: Path | str, name: str) -> Path:
     if not _NAME.match(name):
@@ -72,7 +78,4 @@ def read_alias(root: Path | str, name: str) -> Alias:
 
 def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
     """The finished manifest that alias `name` points at for `stage`."""
-    alias = read_alias(root, name)
-    if stage not in alias.stages:
-        raise AliasError(f"alias {name!r} has no {stage} stage (it has: {', '.join(alias.stages)})")
-    return read_manifest(root, stage, alias.stages[stage])
+    return read_alias(root, name).manifest(root, stage)

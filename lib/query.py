@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lib.aliases import Alias, read_alias
 from lib.config import Settings
 from lib.data.images import decode_rgb
 from lib.data.snapshot import dataset_key, open_snapshot, row_positions
@@ -40,9 +41,12 @@ class Chain:
 
 def chain_from_alias(root: Path | str, name: str) -> Chain:
     """The finished dataset → encoder → embeddings → index folders an alias points at."""
-    from lib.aliases import alias_manifest
+    return alias_chain(root, read_alias(root, name))
 
-    return Chain(*(alias_manifest(root, name, stage) for stage in ("dataset", "encoder", "embeddings", "index")))
+
+def alias_chain(root: Path | str, alias: Alias) -> Chain:
+    """The chain of one read of an alias (read once, so a concurrent move cannot mix two chains)."""
+    return Chain(*(alias.manifest(root, stage) for stage in ("dataset", "encoder", "embeddings", "index")))
 
 
 def resolve_chain(settings: Settings) -> Chain:

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lib.aliases import alias_path, read_alias
+from lib.aliases import Alias, alias_path, read_alias
 from lib.data.images import decode_rgb
 from lib.errors import LookalikeError
 from lib.manifest import find_manifest, read_manifest
-from lib.query import Chain, Searcher
+from lib.query import Chain, Searcher, alias_chain
 
 MAX_K = 100
 _STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -47,8 +47,8 @@ def chain_from_index_key(root: Path | str, key: str) -> Chain:
                  read_manifest(root, "encoder", embeddings.inputs["encoder"]), embeddings, index)
 
 
-def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, str | None]:
-    """(chain, alias name or None) for an alias name or an index stage key."""
+def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
+    """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
     if _STAGE_KEY.match(ref) and find_manifest(root, "index", ref) is not None:
         return chain_from_index_key(root, ref), None
     try:
@@ -59,7 +59,7 @@ def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, str | None]:
         raise QueryError(f"no index {ref!r} under {root}: give an alias (production, latest) or an index "
                          "stage key (a folder name under index/)", status=404)
     alias = read_alias(root, ref)
-    return chain_from_index_key(root, alias.stages["index"]), ref
+    return alias_chain(root, alias), alias
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,14 @@ class IndexHolder:
         self.reload_error: str | None = None
         self._failed_key: str | None = None
 
-    def _load(self, chain: Chain, alias: str | None) -> Loaded:
+    def _load(self, chain: Chain, alias: Alias | None) -> Loaded:
         metrics = {"self_retrieval_at_1": chain.index.stats.get("self_retrieval_at_1"),
                    "recall_at_10": chain.index.stats.get("recall_at_10")}
-        evaluation_key = read_alias(self.root, alias).stages.get("evaluation") if alias else None
+        evaluation_key = alias.stages.get("evaluation") if alias else None
         evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
-        if evaluation is not None and evaluation.inputs.get("index") == chain.index.key:  # alias may move meanwhile
+        if evaluation is not None:
             metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
-        return Loaded(Searcher(self.root, chain), alias, time.time(), metrics)
+        return Loaded(Searcher(self.root, chain), alias.name if alias else None, time.time(), metrics)
 
     @property
     def searcher(self) -> Searcher:
@@ -169,10 +169,11 @@ class IndexHolder:
 
     def by_row(self, row: int, k: int) -> tuple[str, list[dict]]:
         searcher = self.searcher
-        if row not in searcher.position:
-            raise QueryError(f"row {row} is not in index {searcher.chain.index.key} "
-                             f"({searcher.chain.index.stats.get('ntotal')} rows; ids are dataset row ids)", status=404)
-        return searcher.chain.index.key, searcher.neighbours(searcher.image_of_row(row), check_k(k))
+        return searcher.chain.index.key, searcher.neighbours(row_image(searcher, row), check_k(k))
+
+    def image_of_row(self, row: int) -> Image.Image:
+        """A dataset image of the served index (404-shaped QueryError for a row it lacks)."""
+        return row_image(self.searcher, row)
 
     def by_vector(self, vector: list[float], k: int) -> tuple[str, list[dict]]:
         searcher = self.searcher
@@ -183,6 +184,13 @@ class IndexHolder:
         if not np.isfinite(array).all():
             raise QueryError("vector contains NaN or infinity")
         return searcher.chain.index.key, searcher.neighbours_of_vector(array, check_k(k))
+
+
+def row_image(searcher: Searcher, row: int) -> Image.Image:
+    if row not in searcher.position:
+        raise QueryError(f"row {row} is not in index {searcher.chain.index.key} "
+                         f"({searcher.chain.index.stats.get('ntotal')} rows; ids are dataset row ids)", status=404)
+    return searcher.image_of_row(row)
 
 
 def check_k(k: int) -> int:
