@@ -60,6 +60,15 @@ def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     return {**named, "overrides": overrides or None}
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cli_env(home: Path, api_url: str | None = None, faults: dict | None = None,
             extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a `lookalike` subprocess: its own PREFECT_HOME, the temporary server

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from conftest import LOOKALIKE, REPO, TINY, cli_env, flow_arguments
+from conftest import LOOKALIKE, REPO, TINY, cli_env, flow_arguments, free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCREENSHOTS = REPO / "test-output" / "app"
@@ -172,12 +172,6 @@ def test_a_broken_new_index_keeps_the_old_one_serving_and_says_why(client, built
     set_alias(root, "production", chains[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -185,7 +179,7 @@ def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
 
     root, chains = built
     set_alias(root, "production", chains[0])
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
                               env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -235,7 +229,7 @@ def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
 
 
 def test_serve_without_a_built_index_says_how_to_get_one(tmp_path):
-    command = [LOOKALIKE, "serve", "--artifacts-root", str(tmp_path / "empty"), "--port", str(_free_port())]
+    command = [LOOKALIKE, "serve", "--artifacts-root", str(tmp_path / "empty"), "--port", str(free_port())]
     result = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no index 'production'" in result.stderr and "give an alias" in result.stderr, result.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,19 +20,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from conftest import LOOKALIKE, REPO, TINY, cli_env, make_png
+from conftest import LOOKALIKE, REPO, TINY, cli_env, free_port, make_png
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "lookalike-process"
 FLOW = "retrieval-pipeline"
 SCREENSHOTS = REPO / "test-output" / "ui"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -55,7 +48,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def stack(tmp_path_factory):
     """Server + pool + deployments + worker, torn down at the end; yields what tests need."""
     home = tmp_path_factory.mktemp("deployments")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = cli_env(home, api_url=f"{url}/api", extra={
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
