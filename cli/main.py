@@ -80,9 +80,15 @@ def _flow_arguments(settings, overrides: dict[str, Any], drop: tuple[str, ...] =
     return named, {k: v for k, v in overrides.items() if k not in owned}
 
 
-def _run_flow(flow_name: str, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
-    from cli.orchestration import run_pipeline
+def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
+    from lib.data.sources import check_source
     from lib.errors import LookalikeError
+
+    try:  # mistakes visible without loading anything fail before a server starts or torch imports
+        check_source(settings.dataset)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    from cli.orchestration import run_pipeline
 
     try:
         summary = run_pipeline(named, overrides, flow_name)
@@ -118,7 +124,7 @@ def run(
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
     settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
     named, overrides = _flow_arguments(settings, overrides)
-    _run_flow("retrieval", {**named, "promote": promote}, overrides, json_out)
+    _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out)
 
 
 @app.command()
@@ -136,7 +142,7 @@ def reindex(
     """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
     settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
     named, overrides = _flow_arguments(settings, overrides, drop=("method", "epochs"))
-    _run_flow("reindex", {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
+    _run_flow("reindex", settings, {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
 
 
 @app.command()

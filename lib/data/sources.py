@@ -61,6 +61,21 @@ def resolve_source(section: DatasetSettings) -> Source:
     return Source("hub", section.source)
 
 
+def check_source(section: DatasetSettings) -> Source:
+    """What can be known about the source without loading it, raised as DatasetError: the path
+    exists, a folder holds at least one file, a hub name resolves to a commit (cached per process).
+
+    The CLI calls this before it starts a Prefect server or imports torch, so these mistakes cost
+    well under a second; the dataset task meets the same checks when a deployment runs.
+    """
+    source = resolve_source(section)
+    if source.kind == "hub":
+        resolve_hub_revision(source.location, section.revision)
+    elif source.kind == "folder" and not any(p.is_file() for p in Path(source.location).rglob("*")):
+        raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
+    return source
+
+
 def pin_source(source: Source, section: DatasetSettings) -> tuple[Source, str]:
     """(source pinned to what was keyed, content key): file hashes locally, the commit sha on the hub.
 
