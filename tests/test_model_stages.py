@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY
+
 from lib.data.snapshot import run_dataset_stage
 from lib.embedding import load_embeddings, run_embeddings_stage, shard_name
 from lib.encoder import EncoderLoadError, load_encoder, load_encoder_file
@@ -15,18 +17,40 @@ from lib.manifest import IntegrityError, MANIFEST, stage_dir
 from lib.pretraining import TRAIN_STATE, run_encoder_stage
 
 
-@pytest.fixture
-def dataset(tiny, root):
-    return run_dataset_stage(tiny.dataset, root).manifest
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """dataset → encoder → embeddings built once for the module; each test copies the stages it asks for."""
+    from lib.config import load_settings
+
+    root = tmp_path_factory.mktemp("template") / "artifacts"
+    settings = load_settings({**TINY, "artifacts_root": str(root)})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
+    run_embeddings_stage(settings.embeddings, dataset, encoder, root)
+    return root
+
+
+def _copied(template, root, stage: str) -> None:
+    shutil.copytree(template / stage, root / stage, ignore=shutil.ignore_patterns(".*.lock"))
 
 
 @pytest.fixture
-def encoder(tiny, dataset, root):
+def dataset(tiny, root, template):
+    _copied(template, root, "dataset")
+    found = run_dataset_stage(tiny.dataset, root)
+    assert found.status == "cached"
+    return found.manifest
+
+
+@pytest.fixture
+def encoder(tiny, dataset, root, template):
+    _copied(template, root, "encoder")
     return run_encoder_stage(tiny.encoder, dataset, root).manifest
 
 
 @pytest.fixture
-def embeddings(tiny, dataset, encoder, root):
+def embeddings(tiny, dataset, encoder, root, template):
+    _copied(template, root, "embeddings")
     return run_embeddings_stage(tiny.embeddings, dataset, encoder, root).manifest
 
 
