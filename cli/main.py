@@ -35,6 +35,7 @@ Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
 IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or FAISS factory string.")]
+QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a mirrored index s3://bucket/prefix/index/<key> (downloaded into <artifacts root>/remote and sha256-checked first).")]
 Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
@@ -156,7 +157,7 @@ def query(
     split: Split = None,
     method: MethodOpt = None,
     epochs: Epochs = None,
-    index: IndexOpt = None,
+    index: QueryIndexOpt = None,
     artifacts_root: Root = None,
     set_: Sets = None,
     json_out: JsonOut = False,
@@ -164,6 +165,11 @@ def query(
     """Find the most similar images in the index built for the current settings."""
     if (image is None) == (row is None):
         _fail("give either an IMAGE_PATH or --row N", code=2)
+    ref = None
+    if index and index.startswith("s3://"):  # a mirrored index, not a preset for these settings
+        ref, index = index, None
+        if alias:
+            _fail("give --alias or an s3:// --index, not both", code=2)
     settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
     from lib.data.images import decode_rgb
     from lib.errors import LookalikeError
@@ -171,8 +177,14 @@ def query(
     from lib.query import Searcher, chain_from_alias, resolve_chain
 
     try:
-        chain = chain_from_alias(settings.artifacts_root, alias) if alias else resolve_chain(settings)
-        searcher = Searcher(settings.artifacts_root, chain)
+        if ref:
+            from lib.serving import chain_from_index_key, localize
+
+            root, key = localize(settings.artifacts_root, ref, settings.mirror.endpoint_url)
+            searcher = Searcher(root, chain_from_index_key(root, key))
+        else:
+            chain = chain_from_alias(settings.artifacts_root, alias) if alias else resolve_chain(settings)
+            searcher = Searcher(settings.artifacts_root, chain)
         if row is not None:
             picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
         else:
@@ -196,20 +208,23 @@ def query(
 @app.command()
 def serve(
     index: Annotated[str, typer.Option(
-        "--index", help="What to serve: an alias (followed when it moves) or an index stage key.")] = "production",
+        "--index", help="What to serve: an alias (followed when it moves), an index stage key, or a mirrored "
+        "index s3://bucket/prefix/index/<key> (downloaded and sha256-checked first).")] = "production",
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
     artifacts_root: Root = None,
     poll_seconds: Annotated[float, typer.Option(min=0.1, help="How often to check whether the alias moved.")] = 2.0,
+    set_: Sets = None,
 ) -> None:
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
-    settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, None)
+    settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
     from app.server import create_app
     from lib.errors import LookalikeError
 
     try:
-        application = create_app(settings.artifacts_root, index, poll_seconds=poll_seconds)
+        application = create_app(settings.artifacts_root, index, poll_seconds=poll_seconds,
+                                 endpoint_url=settings.mirror.endpoint_url)
     except LookalikeError as exc:
         _fail(str(exc))
     import uvicorn

@@ -1,6 +1,7 @@
 """Serving queries from a built index: one loaded Searcher, swapped whole when an alias moves.
 
-`IndexHolder` resolves a reference (an alias such as `production`, or an index stage key),
+`IndexHolder` resolves a reference (an alias such as `production`, an index stage key, or an
+index mirrored to `s3://bucket/prefix/index/<key>`, fetched and verified first),
 loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
 alias, requests trigger a re-read of the small alias file at most every `poll_seconds`, in a
 background thread; when the alias points somewhere new, the new chain is loaded completely
@@ -26,6 +27,7 @@ from lib.data.images import decode_rgb
 from lib.errors import LookalikeError
 from lib.manifest import find_manifest, read_manifest
 from lib.query import Chain, Searcher, alias_chain
+from lib.storage import fetch_index_chain
 
 MAX_K = 100
 _STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -45,6 +47,15 @@ def chain_from_index_key(root: Path | str, key: str) -> Chain:
     embeddings = read_manifest(root, "embeddings", index.inputs["embeddings"])
     return Chain(read_manifest(root, "dataset", embeddings.inputs["dataset"]),
                  read_manifest(root, "encoder", embeddings.inputs["encoder"]), embeddings, index)
+
+
+def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tuple[Path, str]:
+    """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` reference is first
+    fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and verified there;
+    anything else is a reference under `root` itself."""
+    if ref.startswith("s3://"):
+        return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
+    return Path(root), ref
 
 
 def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
@@ -74,10 +85,11 @@ class IndexHolder:
     """The index being served, reloaded when its alias moves."""
 
     def __init__(self, root: Path | str, ref: str = "production", poll_seconds: float = 2.0,
-                 max_image_pixels: int = 40_000_000) -> None:
-        self.root, self.ref, self.poll_seconds, self.max_image_pixels = Path(root), ref, poll_seconds, max_image_pixels
+                 max_image_pixels: int = 40_000_000, endpoint_url: str | None = None) -> None:
+        self.ref, self.poll_seconds, self.max_image_pixels = ref, poll_seconds, max_image_pixels
+        self.root, local_ref = localize(root, ref, endpoint_url)
         self._lock = threading.Lock()
-        self._loaded = self._load(*resolve_ref(self.root, ref))
+        self._loaded = self._load(*resolve_ref(self.root, local_ref))
         self._checked = time.monotonic()
         self.reload_error: str | None = None
         self._failed_key: str | None = None

@@ -15,7 +15,8 @@ from urllib.parse import urlparse
 
 from lib.config import MirrorSettings
 from lib.errors import LookalikeError
-from lib.manifest import MANIFEST, Manifest, stage_dir
+from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_path, atomic_write_bytes, find_manifest,
+                          sha256_file, stage_dir)
 
 SHA_META = "sha256"
 
@@ -101,3 +102,94 @@ def _same_object(client, bucket: str, key: str, size: int, sha256: str) -> bool:
             return False
         raise
     return head.get("ContentLength") == size and head.get("Metadata", {}).get(SHA_META) == sha256
+
+
+# --- reading a mirror back: load by reference -------------------------------------------------
+
+CHAIN_STAGES = ("index", "embeddings", "encoder", "dataset")  # the order each one names the next
+
+
+def parse_index_url(url: str) -> tuple[S3Location, str]:
+    """`s3://bucket/prefix/index/<key>` -> (the mirror's location, the index key)."""
+    location = S3Location.parse(url)
+    head, sep, key = location.prefix.rpartition("index/")
+    if not sep or not key or "/" in key or (head and not head.endswith("/")):
+        raise MirrorError(f"{url!r} does not name a mirrored index: use s3://bucket/prefix/index/<index key>")
+    return S3Location(location.bucket, head.rstrip("/")), key
+
+
+def cache_root_for(cache: Path, location: S3Location) -> Path:
+    """A local artifacts root that mirrors one S3 prefix (same <stage>/<key>/ layout)."""
+    return cache / "s3" / location.bucket / (location.prefix or "_")
+
+
+def fetch_index_chain(url: str, cache: Path, endpoint_url: str | None = None, client=None) -> tuple[Path, str]:
+    """Download the index at `url` and everything it was built from (embeddings, encoder,
+    dataset) into a local cache, each file checked against its manifest's sha256.
+
+    Returns:
+        (local artifacts root holding the chain, index key)
+    """
+    location, key = parse_index_url(url)
+    root = cache_root_for(cache, location)
+    client = client or s3_client(endpoint_url)
+    wanted = {"index": key}
+    for stage in CHAIN_STAGES:
+        manifest = fetch_stage(client, location, stage, wanted[stage], root)
+        wanted.update(manifest.inputs)
+    return root, key
+
+
+def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) -> Manifest:
+    """One mirrored stage folder into `root/<stage>/<key>/`: files verified, manifest last.
+
+    Files already in the cache with the right sha256 are not downloaded again; a file whose
+    bytes do not match the mirrored manifest is refused and never left in the cache.
+    """
+    from boto3.exceptions import Boto3Error
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cached = find_manifest(root, stage, key)
+    folder = stage_dir(root, stage, key)
+    if cached is not None and all(_matches(folder / f.path, f.bytes, f.sha256) for f in cached.files):
+        return cached
+    where = f"s3://{location.bucket}/{location.key(stage, key)}/"
+    try:
+        raw = client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise MirrorError(
+                f"{where} is not in the mirror (no {MANIFEST}); mirror it with "
+                f"--set 'mirror.stages=[\"dataset\", \"encoder\", \"embeddings\", \"index\"]'"
+            ) from None
+        raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
+    except (Boto3Error, BotoCoreError) as exc:
+        raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValueError:
+        raise IntegrityError(f"{where}{MANIFEST} is not a lookalike manifest") from None
+    if (manifest.stage, manifest.key) != (stage, key):
+        raise IntegrityError(f"{where}{MANIFEST} describes {manifest.stage}/{manifest.key}, not {stage}/{key}")
+    transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, max_concurrency=4)
+    for entry in manifest.files:
+        target = folder / entry.path
+        if _matches(target, entry.bytes, entry.sha256):
+            continue
+        with atomic_path(target) as tmp:
+            try:
+                client.download_file(location.bucket, location.key(stage, key, entry.path), str(tmp), Config=transfer)
+            except (Boto3Error, BotoCoreError, ClientError) as exc:
+                raise MirrorError(f"cannot download {where}{entry.path}: {exc}") from None
+            if tmp.stat().st_size != entry.bytes or sha256_file(tmp) != entry.sha256:
+                raise IntegrityError(
+                    f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
+                    "was mirrored; refusing to load it. Mirror the stage again from a good copy."
+                )
+    atomic_write_bytes(folder / MANIFEST, raw)
+    return manifest
+
+
+def _matches(path: Path, size: int, sha256: str) -> bool:
+    return path.is_file() and path.stat().st_size == size and sha256_file(path) == sha256

@@ -1,0 +1,134 @@
+"""Loading an index by reference from its S3 mirror (moto's threaded HTTP server, not the
+in-process mock): fetched into an empty cache, every file checked against its manifest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import LOOKALIKE, TINY, cli_env, flow_arguments
+from lib.manifest import IntegrityError, MANIFEST, read_manifest, sha256_file, stage_dir
+from lib.storage import MirrorError, fetch_index_chain, s3_client
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+CHAIN = ("dataset", "encoder", "embeddings", "index")
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory, s3_endpoint):
+    """A TINY run whose dataset, encoder, embeddings and index folders are mirrored to S3."""
+    from flows.retrieval import retrieval_pipeline
+
+    s3_client(s3_endpoint).create_bucket(Bucket="remote")
+    root = tmp_path_factory.mktemp("remote") / "artifacts"
+    summary = retrieval_pipeline(**flow_arguments({
+        "artifacts_root": str(root), **TINY, "mirror.url": "s3://remote/team/lookalike",
+        "mirror.endpoint_url": s3_endpoint, "mirror.stages": list(CHAIN)}), promote=False)
+    assert len(summary["artifacts"]["mirror"]) == 4, summary["artifacts"]["mirror"]
+    keys = {stage: summary["stages"][stage]["key"] for stage in CHAIN}
+    return root, keys, f"s3://remote/team/lookalike/index/{keys['index']}"
+
+
+class CountingClient:
+    """An S3 client that counts the objects it downloads."""
+
+    def __init__(self, client) -> None:
+        self.client, self.downloads = client, []
+
+    def download_file(self, bucket, key, *args, **kwargs):
+        self.downloads.append(key)
+        return self.client.download_file(bucket, key, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_queries(mirrored, tmp_path, s3_endpoint):
+    from lib.query import Searcher
+    from lib.serving import chain_from_index_key
+
+    root, keys, url = mirrored
+    client = CountingClient(s3_client(s3_endpoint))
+    local, key = fetch_index_chain(url, tmp_path / "cache", client=client)
+    assert key == keys["index"] and local == tmp_path / "cache" / "s3" / "remote" / "team/lookalike"
+    for stage in CHAIN:  # byte for byte the files the run's manifests list, and the manifests
+        original = stage_dir(root, stage, keys[stage])
+        fetched = stage_dir(local, stage, keys[stage])
+        names = {f.path for f in read_manifest(root, stage, keys[stage]).files} | {MANIFEST}
+        assert names == {p.name for p in fetched.iterdir()}
+        assert all(sha256_file(original / n) == sha256_file(fetched / n) for n in names)
+    assert len(client.downloads) == sum(len(list(stage_dir(local, s, keys[s]).iterdir())) - 1 for s in CHAIN)
+
+    searcher = Searcher(local, chain_from_index_key(local, key))
+    row = sorted(searcher.position)[5]
+    assert searcher.neighbours(searcher.image_of_row(row), 3)[0]["row"] == row
+
+    again = CountingClient(s3_client(s3_endpoint))
+    fetch_index_chain(url, tmp_path / "cache", client=again)
+    assert again.downloads == [], "a verified cache is not downloaded again"
+
+
+def test_the_app_serves_an_s3_reference(mirrored, tmp_path, s3_endpoint):
+    from lib.serving import IndexHolder
+
+    _, keys, url = mirrored
+    holder = IndexHolder(tmp_path / "artifacts", url, endpoint_url=s3_endpoint)
+    info = holder.info()
+    assert (info["ref"], info["index"], info["alias"]) == (url, keys["index"], None)
+    row = sorted(holder.searcher.position)[0]
+    assert holder.by_row(row, 2)[1][0]["row"] == row
+
+
+def test_a_tampered_object_is_refused_and_never_left_in_the_cache(mirrored, tmp_path, s3_endpoint):
+    root, keys, url = mirrored
+    client = s3_client(s3_endpoint)
+    bucket, prefix = "remote", "team/lookalike"
+    copy = f"{prefix}-tampered"
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]:
+        client.copy_object(Bucket=bucket, Key=copy + obj["Key"][len(prefix):], CopySource={"Bucket": bucket, "Key": obj["Key"]})
+    weights = f"{copy}/encoder/{keys['encoder']}/encoder.pt"
+    data = bytearray(client.get_object(Bucket=bucket, Key=weights)["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=weights, Body=bytes(data))
+
+    with pytest.raises(IntegrityError, match="encoder.pt does not match its manifest"):
+        fetch_index_chain(url.replace(prefix, copy), tmp_path / "cache", client=client)
+    fetched = stage_dir(tmp_path / "cache" / "s3" / bucket / copy, "encoder", keys["encoder"])
+    assert not (fetched / "encoder.pt").exists() and not (fetched / MANIFEST).exists()
+    assert not [p for p in fetched.iterdir() if p.name.startswith(".")], "no temp file left behind"
+
+
+def test_a_stage_that_was_not_mirrored_says_which_setting_mirrors_it(mirrored, tmp_path, s3_endpoint):
+    _, keys, url = mirrored
+    client = s3_client(s3_endpoint)
+    only_index = "team/index-only"
+    for obj in client.list_objects_v2(Bucket="remote", Prefix=f"team/lookalike/index/")["Contents"]:
+        client.copy_object(Bucket="remote", Key=obj["Key"].replace("team/lookalike", only_index),
+                           CopySource={"Bucket": "remote", "Key": obj["Key"]})
+    with pytest.raises(MirrorError, match=r"embeddings/.*is not in the mirror.*mirror.stages"):
+        fetch_index_chain(url.replace("team/lookalike", only_index), tmp_path / "cache", client=client)
+
+
+@pytest.mark.parametrize("url", ["s3://remote/team/lookalike", "s3://remote/index/", "s3://remote/x/index/a/b",
+                                 "s3://remote/xindex/abc", "https://remote/index/abc"])
+def test_a_url_that_names_no_index_is_one_clear_error(url, tmp_path):
+    with pytest.raises(MirrorError, match="s3://bucket/prefix"):
+        fetch_index_chain(url, tmp_path, client=object())
+    assert not any(tmp_path.iterdir())
+
+
+def test_lookalike_query_by_s3_reference_on_a_machine_without_the_artifacts(mirrored, tmp_path, s3_endpoint):
+    from lib.data.snapshot import open_snapshot, row_positions
+
+    root, keys, url = mirrored
+    row = sorted(row_positions(open_snapshot(root, read_manifest(root, "dataset", keys["dataset"]))))[3]
+    empty_root = tmp_path / "elsewhere"
+    env = cli_env(tmp_path, extra={"AWS_ENDPOINT_URL_S3": s3_endpoint})  # boto3's own variable
+    done = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--index", url, "--json", "--top-k", "3",
+                           "--artifacts-root", str(empty_root)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["index"] == keys["index"] and answer["neighbours"][0]["row"] == row
+    assert (empty_root / "remote" / "s3" / "remote" / "team/lookalike" / "index" / keys["index"] / MANIFEST).is_file()
