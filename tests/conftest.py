@@ -139,3 +139,27 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def server_errors(client, operation: str, fail: set[int]):
+    """Make the endpoint answer HTTP 500 to the listed calls (1-based) of one operation.
+
+    A botocore `before-send` hook returns the response instead of sending the request, so
+    botocore's own retry logic sees a real 500 (the way a flaky S3 endpoint behaves).
+    """
+    from botocore.awsrequest import AWSResponse
+
+    calls = []
+
+    class Raw:
+        def stream(self, **_):
+            yield b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+
+    def hook(request, **_):
+        calls.append(request.url)
+        if len(calls) in fail:
+            return AWSResponse(request.url, 500, {}, Raw())
+        return None
+
+    client.meta.events.register(f"before-send.s3.{operation}", hook)
+    return calls

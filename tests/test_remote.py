@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import LOOKALIKE, TINY, cli_env, flow_arguments
+from conftest import LOOKALIKE, TINY, cli_env, flow_arguments, server_errors
 from lib.manifest import IntegrityError, MANIFEST, read_manifest, sha256_file, stage_dir
 from lib.storage import MirrorError, fetch_index_chain, s3_client
 
@@ -79,6 +79,15 @@ def test_the_app_serves_an_s3_reference(mirrored, tmp_path, s3_endpoint):
     assert (info["ref"], info["index"], info["alias"]) == (url, keys["index"], None)
     row = sorted(holder.searcher.position)[0]
     assert holder.by_row(row, 2)[1][0]["row"] == row
+
+
+def test_transient_server_errors_while_fetching_are_retried(mirrored, tmp_path, s3_endpoint):
+    _, keys, url = mirrored
+    client = s3_client(s3_endpoint)
+    calls = server_errors(client, "GetObject", fail={1, 2, 4})  # manifest twice, then a file once
+    local, key = fetch_index_chain(url, tmp_path / "cache", client=client)
+    assert key == keys["index"] and len(calls) > 3
+    assert (stage_dir(local, "dataset", keys["dataset"]) / MANIFEST).is_file()
 
 
 def test_a_tampered_object_is_refused_and_never_left_in_the_cache(mirrored, tmp_path, s3_endpoint):

@@ -2,6 +2,8 @@
 
 import pytest
 
+from conftest import server_errors
+
 from lib.config import MirrorSettings
 from lib.manifest import write_manifest
 from lib.storage import MirrorError, mirror_stage, s3_client
@@ -48,30 +50,6 @@ def test_missing_bucket_is_a_mirror_error_naming_the_url(tmp_path, s3_endpoint):
     manifest = finished_folder(tmp_path)
     with pytest.raises(MirrorError, match="s3://no-such-bucket/x"):
         mirror_stage(MirrorSettings(url="s3://no-such-bucket/x", endpoint_url=s3_endpoint), tmp_path, manifest)
-
-
-def server_errors(client, operation: str, fail: set[int]):
-    """Make the endpoint answer HTTP 500 to the listed calls (1-based) of one operation.
-
-    A botocore `before-send` hook returns the response instead of sending the request, so
-    botocore's own retry logic sees a real 500 (the way a flaky S3 endpoint behaves).
-    """
-    from botocore.awsrequest import AWSResponse
-
-    calls = []
-
-    class Raw:
-        def stream(self, **_):
-            yield b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-
-    def hook(request, **_):
-        calls.append(request.url)
-        if len(calls) in fail:
-            return AWSResponse(request.url, 500, {}, Raw())
-        return None
-
-    client.meta.events.register(f"before-send.s3.{operation}", hook)
-    return calls
 
 
 def test_transient_500s_are_retried_by_botocore(tmp_path, s3_endpoint, bucket):
