@@ -14,7 +14,7 @@ from tasks.aliases import promote_chain
 from tasks.embeddings import embed_images
 from tasks.evaluation import evaluate_index
 from tasks.index import build_index
-from tasks.mirror import mirror_to_s3
+from tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
 from tasks.report import publish_report
 from tasks.stage import call_stage
 from tasks.tracking import publish_to_wandb
@@ -43,6 +43,11 @@ def index_and_publish(settings: Settings, reports: dict[str, StageReport], track
         mirrored = state.result() if state.is_completed() else {"failed": str(state.message)}
 
     aliases = promote_chain(root, reports, promote)
+    if isinstance(mirrored, list):  # the stage folders went up: now the aliases that name them
+        alias_task = mirror_aliases_to_s3.with_options(retries=settings.mirror.retries)
+        alias_state = alias_task(settings.mirror, root, aliases, return_state=True)
+        if not alias_state.is_completed():
+            mirrored = [*mirrored, {"failed": str(alias_state.message)}]
     summary = build_summary(root, reports, tracking, mirrored, aliases)
     publish_to_wandb(settings, reports, summary)
     publish_report(summary)

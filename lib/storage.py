@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lib.aliases import ALIASES, Alias, alias_path
 from lib.config import MirrorSettings
 from lib.errors import LookalikeError
 from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_path, atomic_write_bytes, find_manifest,
@@ -92,6 +93,26 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
     }
 
 
+def mirror_aliases(section: MirrorSettings, root: Path, names: list[str], client=None) -> list[str]:
+    """Upload `aliases/<name>.json` after the stage folders it names, so another machine can load
+    `s3://bucket/prefix/aliases/<name>`. Returns the alias URLs."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    location = S3Location.parse(section.url)
+    client = client or s3_client(section.endpoint_url)
+    urls = []
+    try:
+        for name in names:
+            key = location.key(ALIASES, f"{name}.json")
+            client.upload_file(str(alias_path(root, name)), location.bucket, key,
+                               ExtraArgs={"ContentType": "application/json"})
+            urls.append(f"s3://{location.bucket}/{key}")
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
+        raise MirrorError(f"mirroring aliases to {section.url} failed: {exc}") from None
+    return urls
+
+
 def _same_object(client, bucket: str, key: str, size: int, sha256: str) -> bool:
     from botocore.exceptions import ClientError
 
@@ -109,13 +130,16 @@ def _same_object(client, bucket: str, key: str, size: int, sha256: str) -> bool:
 CHAIN_STAGES = ("index", "embeddings", "encoder", "dataset")  # the order each one names the next
 
 
-def parse_index_url(url: str) -> tuple[S3Location, str]:
-    """`s3://bucket/prefix/index/<key>` -> (the mirror's location, the index key)."""
+def parse_ref_url(url: str) -> tuple[S3Location, str, str]:
+    """`s3://bucket/prefix/index/<key>` or `s3://bucket/prefix/aliases/<name>` ->
+    (the mirror's location, "index" or "aliases", the key or alias name)."""
     location = S3Location.parse(url)
-    head, sep, key = location.prefix.rpartition("index/")
-    if not sep or not key or "/" in key or (head and not head.endswith("/")):
-        raise MirrorError(f"{url!r} does not name a mirrored index: use s3://bucket/prefix/index/<index key>")
-    return S3Location(location.bucket, head.rstrip("/")), key
+    for kind in ("index", ALIASES):
+        head, sep, name = location.prefix.rpartition(f"{kind}/")
+        if sep and name and "/" not in name and (not head or head.endswith("/")):
+            return S3Location(location.bucket, head.rstrip("/")), kind, name.removesuffix(".json")
+    raise MirrorError(f"{url!r} names no mirrored index: use s3://bucket/prefix/index/<index key> "
+                      "or s3://bucket/prefix/aliases/<alias>")
 
 
 def cache_root_for(cache: Path, location: S3Location) -> Path:
@@ -124,20 +148,51 @@ def cache_root_for(cache: Path, location: S3Location) -> Path:
 
 
 def fetch_index_chain(url: str, cache: Path, endpoint_url: str | None = None, client=None) -> tuple[Path, str]:
-    """Download the index at `url` and everything it was built from (embeddings, encoder,
-    dataset) into a local cache, each file checked against its manifest's sha256.
+    """Download the index (or the alias) at `url` and everything it was built from (embeddings,
+    encoder, dataset) into a local cache, each file checked against its manifest's sha256.
 
     Returns:
-        (local artifacts root holding the chain, index key)
+        (local artifacts root holding the chain, the index key or the alias name, as a
+        reference under that root)
     """
-    location, key = parse_index_url(url)
+    location, kind, name = parse_ref_url(url)
     root = cache_root_for(cache, location)
     client = client or s3_client(endpoint_url)
-    wanted = {"index": key}
+    alias = _fetch_alias(client, location, name) if kind == ALIASES else None
+    wanted = {"index": alias.stages.get("index", "") if alias else name}
     for stage in CHAIN_STAGES:
         manifest = fetch_stage(client, location, stage, wanted[stage], root)
         wanted.update(manifest.inputs)
-    return root, key
+    if alias is None:
+        return root, name
+    if any(alias.stages.get(stage) != wanted[stage] for stage in CHAIN_STAGES):
+        raise IntegrityError(f"{url} names stage keys that are not one chain: {alias.stages}")
+    if "evaluation" in alias.stages:  # its metrics, when it was mirrored too
+        try:
+            fetch_stage(client, location, "evaluation", alias.stages["evaluation"], root)
+        except MirrorError:
+            pass
+    atomic_write_bytes(alias_path(root, name), alias.model_dump_json(indent=2).encode())
+    return root, name
+
+
+def _fetch_alias(client, location: S3Location, name: str) -> Alias:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = f"s3://{location.bucket}/{location.key(ALIASES, name + '.json')}"
+    alias_path(".", name)  # validates the name
+    try:
+        raw = client.get_object(Bucket=location.bucket, Key=location.key(ALIASES, f"{name}.json"))["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise MirrorError(f"{where} does not exist: runs mirror their aliases when --mirror is set") from None
+        raise MirrorError(f"cannot read {where}: {exc}") from None
+    except BotoCoreError as exc:
+        raise MirrorError(f"cannot read {where}: {exc}") from None
+    try:
+        return Alias.model_validate_json(raw)
+    except ValueError:
+        raise IntegrityError(f"{where} is not a lookalike alias file") from None
 
 
 def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) -> Manifest:

@@ -10,7 +10,7 @@ from prefect.tasks import exponential_backoff
 
 from lib.config import MirrorSettings
 from lib.manifest import Manifest
-from lib.storage import mirror_stage
+from lib.storage import mirror_aliases, mirror_stage
 
 
 @task(name="mirror-to-s3", cache_policy=NO_CACHE, retries=MirrorSettings.model_fields["retries"].default,
@@ -24,3 +24,12 @@ def mirror_to_s3(section: MirrorSettings, root: Path, manifests: list[Manifest])
                     result["url"], result["uploaded"], result["skipped"])
         results.append(result)
     return results
+
+
+@task(name="mirror-aliases-to-s3", cache_policy=NO_CACHE, retries=MirrorSettings.model_fields["retries"].default,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+def mirror_aliases_to_s3(section: MirrorSettings, root: Path, names: list[str]) -> list[str]:
+    """After the stage folders: the moved aliases, so `s3://…/aliases/production` loads elsewhere."""
+    urls = mirror_aliases(section, root, names)
+    get_run_logger().info("mirrored aliases: %s", ", ".join(urls))
+    return urls

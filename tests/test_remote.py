@@ -81,6 +81,21 @@ def test_the_app_serves_an_s3_reference(mirrored, tmp_path, s3_endpoint):
     assert holder.by_row(row, 2)[1][0]["row"] == row
 
 
+def test_the_run_mirrors_its_aliases_and_an_alias_url_loads_that_chain(mirrored, tmp_path, s3_endpoint):
+    from lib.serving import IndexHolder
+
+    _, keys, url = mirrored
+    alias_url = "s3://remote/team/lookalike/aliases/latest"
+    stored = json.loads(s3_client(s3_endpoint).get_object(Bucket="remote", Key="team/lookalike/aliases/latest.json")
+                        ["Body"].read())
+    assert {stage: stored["stages"][stage] for stage in CHAIN} == keys
+    holder = IndexHolder(tmp_path / "artifacts", alias_url, endpoint_url=s3_endpoint)
+    info = holder.info()
+    assert (info["ref"], info["alias"], info["index"]) == (alias_url, "latest", keys["index"])
+    with pytest.raises(MirrorError, match="aliases/production.json does not exist"):
+        IndexHolder(tmp_path / "artifacts", alias_url.replace("latest", "production"), endpoint_url=s3_endpoint)
+
+
 def test_transient_server_errors_while_fetching_are_retried(mirrored, tmp_path, s3_endpoint):
     _, keys, url = mirrored
     client = s3_client(s3_endpoint)
