@@ -25,7 +25,7 @@ from PIL import Image
 from lib.aliases import Alias, alias_path, read_alias
 from lib.data.images import decode_rgb
 from lib.errors import LookalikeError
-from lib.manifest import find_manifest, read_manifest
+from lib.manifest import MANIFEST, find_manifest, read_manifest
 from lib.query import Chain, Searcher, alias_chain
 from lib.storage import fetch_index_chain
 
@@ -50,11 +50,18 @@ def chain_from_index_key(root: Path | str, key: str) -> Chain:
 
 
 def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tuple[Path, str]:
-    """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` reference is first
-    fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and verified there;
-    anything else is a reference under `root` itself."""
+    """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` (or `/aliases/<name>`)
+    reference is first fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and
+    verified there; an index folder path `<other root>/index/<key>` is loaded from that root;
+    anything else (an alias or a stage key) is a reference under `root` itself."""
     if ref.startswith("s3://"):
         return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
+    folder = Path(ref).expanduser()
+    if (ref.startswith((".", "/", "~")) or "/" in ref) and folder.is_dir():  # <some root>/index/<key>
+        if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
+            raise QueryError(f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ "
+                             f"with a {MANIFEST})", status=404)
+        return folder.resolve().parents[1], folder.name
     return Path(root), ref
 
 

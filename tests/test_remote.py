@@ -96,6 +96,16 @@ def test_the_run_mirrors_its_aliases_and_an_alias_url_loads_that_chain(mirrored,
         IndexHolder(tmp_path / "artifacts", alias_url.replace("latest", "production"), endpoint_url=s3_endpoint)
 
 
+def test_an_index_folder_path_loads_from_the_root_it_sits_in(mirrored, tmp_path):
+    from lib.serving import IndexHolder, QueryError
+
+    root, keys, _ = mirrored
+    holder = IndexHolder(tmp_path / "elsewhere", str(root / "index" / keys["index"]))
+    assert holder.info()["index"] == keys["index"] and holder.root == root.resolve()
+    with pytest.raises(QueryError, match="not a finished index folder"):
+        IndexHolder(tmp_path, str(root / "encoder" / keys["encoder"]))
+
+
 def test_transient_server_errors_while_fetching_are_retried(mirrored, tmp_path, s3_endpoint):
     _, keys, url = mirrored
     client = s3_client(s3_endpoint)
