@@ -232,7 +232,7 @@ def serve(
 
     info = application.state.holder.info()
     via = f"alias {info['alias']} → " if info["alias"] else ""
-    err.print(f"serving {via}index {info['index']} ({info['ntotal']} images) from {settings.artifacts_root}\n"
+    err.print(f"serving {via}index {info['index']} ({info['ntotal']} images) from {application.state.holder.root}\n"
               f"  UI http://{host}:{port}/   API http://{host}:{port}/api   docs http://{host}:{port}/docs   (Ctrl-C stops)",
               soft_wrap=True)
     uvicorn.run(application, host=host, port=port, log_level="warning")
