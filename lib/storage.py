@@ -207,8 +207,8 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
 
     cached = find_manifest(root, stage, key)
     folder = stage_dir(root, stage, key)
-    if cached is not None and all(_matches(folder / f.path, f.bytes, f.sha256) for f in cached.files):
-        return cached
+    if cached is not None and all(_has_size(folder / f.path, f.bytes) for f in cached.files):
+        return cached  # complete; the loaders check every sha256 before reading (verified_path)
     where = f"s3://{location.bucket}/{location.key(stage, key)}/"
     try:
         raw = client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read()
@@ -246,5 +246,9 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
     return manifest
 
 
+def _has_size(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
+
+
 def _matches(path: Path, size: int, sha256: str) -> bool:
-    return path.is_file() and path.stat().st_size == size and sha256_file(path) == sha256
+    return _has_size(path, size) and sha256_file(path) == sha256
