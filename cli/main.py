@@ -178,10 +178,10 @@ def query(
 
     try:
         if ref:
-            from lib.serving import chain_from_index_key, localize
+            from lib.serving import localize, resolve_ref
 
-            root, key = localize(settings.artifacts_root, ref, settings.mirror.endpoint_url)
-            searcher = Searcher(root, chain_from_index_key(root, key))
+            root, local_ref = localize(settings.artifacts_root, ref, settings.mirror.endpoint_url)
+            searcher = Searcher(root, resolve_ref(root, local_ref)[0])
         else:
             chain = chain_from_alias(settings.artifacts_root, alias) if alias else resolve_chain(settings)
             searcher = Searcher(settings.artifacts_root, chain)

@@ -158,11 +158,14 @@ def test_lookalike_query_by_s3_reference_on_a_machine_without_the_artifacts(mirr
 
     root, keys, url = mirrored
     row = sorted(row_positions(open_snapshot(root, read_manifest(root, "dataset", keys["dataset"]))))[3]
-    empty_root = tmp_path / "elsewhere"
     env = cli_env(tmp_path, extra={"AWS_ENDPOINT_URL_S3": s3_endpoint})  # boto3's own variable
-    done = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--index", url, "--json", "--top-k", "3",
-                           "--artifacts-root", str(empty_root)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["index"] == keys["index"] and answer["neighbours"][0]["row"] == row
-    assert (empty_root / "remote" / "s3" / "remote" / "team/lookalike" / "index" / keys["index"] / MANIFEST).is_file()
+    for n, ref in enumerate([url, "s3://remote/team/lookalike/aliases/latest"]):
+        empty_root = tmp_path / f"elsewhere-{n}"
+        done = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--index", ref, "--json", "--top-k", "3",
+                               "--artifacts-root", str(empty_root)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        assert answer["index"] == keys["index"] and answer["neighbours"][0]["row"] == row
+        fetched = empty_root / "remote" / "s3" / "remote" / "team/lookalike"
+        assert (fetched / "index" / keys["index"] / MANIFEST).is_file()
