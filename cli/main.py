@@ -3,6 +3,7 @@
   lookalike run      build (or reuse) the index for the current settings and summarise it
   lookalike reindex index new images with the production encoder (no pretraining)
   lookalike query    image or dataset row in, top-k most similar rows out
+  lookalike promote  point production at an index by hand; `rollback` moves it back
   lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
 """
 
@@ -34,7 +35,7 @@ Dataset = Annotated[Optional[str], typer.Option(help="'sample', a hub name (food
 Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
-IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or FAISS factory string.")]
+IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-pq) or FAISS factory string.")]
 QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), or a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name> (downloaded into <artifacts root>/remote and sha256-checked first).")]
 Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
@@ -144,6 +145,52 @@ def reindex(
     settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
     named, overrides = _flow_arguments(settings, overrides, drop=("method", "epochs"))
     _run_flow("reindex", settings, {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
+
+
+@app.command()
+def promote(
+    index_key: Annotated[str, typer.Argument(help="The index stage key to make production (a folder name under index/).")],
+    artifacts_root: Root = None,
+    alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
+) -> None:
+    """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
+    from lib.aliases import chain_for_index, set_alias
+    from lib.errors import LookalikeError
+
+    root = _root(artifacts_root)
+    try:
+        moved = set_alias(root, alias, chain_for_index(root, index_key), {"command": f"lookalike promote {index_key}"})
+    except LookalikeError as exc:
+        _fail(str(exc))
+    err.print(f"{alias} -> index {moved.stages['index']} (encoder {moved.stages['encoder']})", highlight=False)
+
+
+@app.command()
+def rollback(
+    artifacts_root: Root = None,
+    alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
+) -> None:
+    """Move an alias (production) back to the index it pointed at before its current one."""
+    from lib.aliases import previous_position, read_alias, set_alias
+    from lib.errors import LookalikeError
+
+    root = _root(artifacts_root)
+    try:
+        current = read_alias(root, alias).stages["index"]
+        before = previous_position(root, alias)
+        set_alias(root, alias, before.stages, {"command": "lookalike rollback", "rolled_back_from": current})
+    except LookalikeError as exc:
+        _fail(str(exc))
+    err.print(f"{alias} -> index {before.stages['index']} (was {current}; set {before.set_at})", highlight=False)
+
+
+def _root(artifacts_root: Path | None) -> Path:
+    from lib.config import SettingsError, load_settings
+
+    try:
+        return load_settings({"artifacts_root": str(artifacts_root) if artifacts_root else None}).artifacts_root
+    except SettingsError as exc:
+        _fail(str(exc), code=2)
 
 
 @app.command()

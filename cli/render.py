@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lib.promotion import refused
+
 STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
 
@@ -36,6 +38,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print("  ... (all listed in the dataset manifest)")
     if summary.get("aliases"):
         console.print(f"[bold]aliases[/] moved here: {', '.join(summary['aliases'])}")
+    if refused(summary):
+        console.print(f"[bold yellow]not promoted[/]: {'; '.join(summary['promotion']['reasons'])}; "
+                      "production is unchanged", soft_wrap=True)
     console.print("[bold]artifacts[/]")
     for name, value in summary["artifacts"].items():
         if value:

@@ -10,7 +10,7 @@ from typing import Any
 from lib.config import Settings
 from lib.stages import StageReport
 from lib.summary import build_summary
-from tasks.aliases import promote_chain
+from tasks.aliases import check_promotion, promote_chain
 from tasks.embeddings import embed_images
 from tasks.evaluation import evaluate_index
 from tasks.index import build_index
@@ -42,13 +42,14 @@ def index_and_publish(settings: Settings, reports: dict[str, StageReport], track
         # A failed mirror never loses the local result: report it and carry on.
         mirrored = state.result() if state.is_completed() else {"failed": str(state.message)}
 
-    aliases = promote_chain(root, reports, promote)
+    promotion = check_promotion(settings.promotion, root, reports, promote)
+    aliases = promote_chain(root, reports, promotion["promoted"])
     if isinstance(mirrored, list):  # the stage folders went up: now the aliases that name them
         alias_task = mirror_aliases_to_s3.with_options(retries=settings.mirror.retries)
         alias_state = alias_task(settings.mirror, root, aliases, return_state=True)
         if not alias_state.is_completed():
             mirrored = [*mirrored, {"failed": str(alias_state.message)}]
-    summary = build_summary(root, reports, tracking, mirrored, aliases)
+    summary = build_summary(root, reports, tracking, mirrored, aliases, promotion)
     publish_to_wandb(settings, reports, summary)
     publish_report(summary)
     return summary

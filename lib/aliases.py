@@ -79,3 +79,43 @@ def read_alias(root: Path | str, name: str) -> Alias:
 def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
     """The finished manifest that alias `name` points at for `stage`."""
     return read_alias(root, name).manifest(root, stage)
+
+
+def alias_history(root: Path | str, name: str) -> list[Alias]:
+    """Every position `name` has had, oldest first."""
+    path = Path(root) / ALIASES / HISTORY
+    if not path.is_file():
+        return []
+    moves = (Alias.model_validate_json(line) for line in path.read_text().splitlines() if line.strip())
+    return [a for a in moves if a.name == name]
+
+
+def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
+    """The stage keys of the run that built index `index_key`: from the alias history when a
+    run recorded it (evaluation included), else followed backwards through the manifests."""
+    for name in ("latest", PRODUCTION):
+        for alias in reversed(alias_history(root, name)):
+            if alias.stages.get("index") == index_key:
+                return dict(alias.stages)
+    index = read_manifest(root, "index", index_key)
+    embeddings = read_manifest(root, "embeddings", index.inputs["embeddings"])
+    stages = {"dataset": embeddings.inputs["dataset"], "encoder": embeddings.inputs["encoder"],
+              "embeddings": embeddings.key, "index": index_key}
+    evaluations = sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(evaluations):
+        evaluation = read_manifest(root, "evaluation", path.parent.name)
+        if evaluation.inputs.get("index") == index_key:
+            stages["evaluation"] = evaluation.key
+            break
+    return stages
+
+
+def previous_position(root: Path | str, name: str) -> Alias:
+    """Where `name` pointed before its current index (for a rollback)."""
+    history = alias_history(root, name)
+    current = read_alias(root, name).stages.get("index")
+    for alias in reversed(history):
+        if alias.stages.get("index") != current:
+            return alias
+    raise AliasError(f"{name!r} has pointed at no other index than {current} "
+                     f"(see {Path(root) / ALIASES / HISTORY}); nothing to roll back to")

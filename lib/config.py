@@ -30,7 +30,7 @@ from lib.errors import LookalikeError
 METHOD_NAMES = ("dino", "simclr", "byol")
 Method = Literal["dino", "simclr", "byol"]
 # The FAISS presets of lib.indexing.PRESETS, as a type (the Prefect UI shows it as a choice).
-IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16"]
+IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-pq"]
 
 
 class Section(BaseModel):
@@ -110,8 +110,13 @@ class IndexSettings(Section):
 
     type: str = Field(
         "flat-l2",
-        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16) or a raw FAISS factory string.",
+        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-pq) or a raw FAISS factory string.",
     )
+    nlist: PositiveInt | None = Field(
+        None, description="IVF lists for ivf-flat / ivf-pq; empty = min(4*sqrt(N), N/39)."
+    )
+    nprobe: PositiveInt = Field(16, description="IVF lists visited per query (search time; recorded in the manifest).")
+    ef_search: PositiveInt = Field(64, description="HNSW efSearch (search time; recorded in the manifest).")
 
     @field_validator("type")
     @classmethod
@@ -127,6 +132,20 @@ class EvaluationSettings(Section):
     k: PositiveInt = Field(10, description="Neighbours considered for kNN accuracy and precision@k.")
     grid_queries: NonNegativeInt = Field(8, description="Query rows drawn in the retrieval grid.")
     grid_neighbours: PositiveInt = Field(5, description="Neighbours per query in the grid.")
+
+
+class PromotionSettings(Section):
+    """The gate a run's index must pass to become `production` (no stage depends on it)."""
+
+    min_self_retrieval_at_1: float = Field(
+        0.99, ge=0, le=1, description="Lowest fraction of indexed images that must find themselves first."
+    )
+    min_recall_at_10: float = Field(
+        0.9, ge=0, le=1, description="Lowest recall@10 against exact search (1.0 for exact indexes)."
+    )
+    max_knn_drop: float = Field(
+        0.02, ge=0, le=1, description="Largest fall in kNN accuracy allowed against the current production index."
+    )
 
 
 class TrackingSettings(Section):
@@ -181,6 +200,7 @@ class Settings(BaseSettings):
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
     index: IndexSettings = IndexSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    promotion: PromotionSettings = PromotionSettings()
     tracking: TrackingSettings = TrackingSettings()
     mirror: MirrorSettings = MirrorSettings()
 

@@ -3,7 +3,8 @@
 Leave-one-out over the indexed images: each (sampled) image queries the index, its own
 row is dropped from the results, and the next k neighbours vote. kNN@k accuracy is
 the fraction whose majority label (ties to the nearest) is right; precision@k the
-mean fraction of same-label neighbours.
+mean fraction of same-label neighbours; mAP@k the mean over queries of
+AP@k = sum_i P@i * rel_i / min(k, R), R being how many other images share the label.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lib.pictures import retrieval_grid, save_image
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "evaluation"
-CODE_VERSION = 1
+CODE_VERSION = 2
 GRID = "retrieval-grid.png"
 
 
@@ -61,7 +62,8 @@ def _evaluate(section, dataset: Manifest, embeddings: Manifest, index_manifest: 
         _, ids = search(index, vectors[queries], section.k + 1)
         stats.update(label_metrics(ids, row_ids[queries], labels, position, section.k, names))
     else:
-        stats.update({"knn_accuracy": None, f"precision_at_{section.k}": None, "per_class": None})
+        stats.update({"knn_accuracy": None, f"precision_at_{section.k}": None, f"map_at_{section.k}": None,
+                      "per_class": None})
 
     files = []
     if section.grid_queries:
@@ -72,8 +74,9 @@ def _evaluate(section, dataset: Manifest, embeddings: Manifest, index_manifest: 
 
 
 def label_metrics(ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray, position: dict[int, int], k: int, names: list[str]) -> dict:
-    """kNN accuracy, precision@k and per-class kNN accuracy from leave-one-out results."""
-    correct, precision, per_class = [], [], {}
+    """kNN accuracy, precision@k, mAP@k and per-class kNN accuracy from leave-one-out results."""
+    correct, precision, average_precision, per_class = [], [], [], {}
+    counts = Counter(int(v) for v in labels)
     for qid, found in zip(query_ids, ids):
         truth = labels[position[int(qid)]]
         neighbours = [labels[position[int(r)]] for r in found if r != qid and r >= 0][:k]
@@ -84,12 +87,26 @@ def label_metrics(ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray, po
         predicted = next(lab for lab in neighbours if votes[lab] == best)  # ties go to the nearest
         correct.append(predicted == truth)
         precision.append(sum(lab == truth for lab in neighbours) / len(neighbours))
+        average_precision.append(_average_precision([lab == truth for lab in neighbours], counts[int(truth)] - 1, k))
         per_class.setdefault(names[truth], []).append(predicted == truth)
     return {
         "knn_accuracy": round(float(np.mean(correct)), 6),
         f"precision_at_{k}": round(float(np.mean(precision)), 6),
+        f"map_at_{k}": round(float(np.mean(average_precision)), 6),
         "per_class": {name: round(float(np.mean(v)), 4) for name, v in sorted(per_class.items())},
     }
+
+
+def _average_precision(relevant: list[bool], n_relevant: int, k: int) -> float:
+    """AP@k of one ranked list: the precision at each relevant hit, over min(k, R)."""
+    if n_relevant <= 0:
+        return 0.0
+    hits, total = 0, 0.0
+    for rank, rel in enumerate(relevant[:k], start=1):
+        if rel:
+            hits += 1
+            total += hits / rank
+    return total / min(k, n_relevant)
 
 
 def _grid(section, snapshot, index, vectors, row_ids, position, names):

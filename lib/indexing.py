@@ -2,12 +2,16 @@
 
 Index types are named presets over FAISS factory strings (`PRESETS`), or a raw factory
 string for experts (prefix `ip:` for inner-product metric, e.g. `ip:HNSW32`). Searches
-return row ids, never positions. Stats include self-retrieval@1 and recall@k against
-exact search, measured on a sample of the stored vectors.
+return row ids, never positions. IVF presets choose their number of lists from N (FAISS
+guidance: 4·√N to 16·√N lists, at least 39 training points per centroid) and train on a
+seeded sample. Search-time knobs (`nprobe`, `efSearch`) are recorded in the manifest and
+applied whenever the index is loaded. Stats include self-retrieval@1 and recall@k against
+exact search on held-out queries.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +26,18 @@ from lib.manifest import Manifest, atomic_path, stage_key, verified_path
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "index"
-CODE_VERSION = 1
+CODE_VERSION = 2
 INDEX_FILE = "index.faiss"
 EVAL_QUERIES = 10_000
 RECALL_K = 10
+POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per centroid
+MIN_LISTS = 4
+TRAIN_SAMPLE = 100_000  # IVF/PQ train on at most this many vectors (seeded sample)
 
 
 @dataclass(frozen=True)
 class IndexType:
-    factory: str
+    factory: str  # presets may hold {nlist}, {m}, {nbits}: filled from N and dim by `plan_factory`
     metric: str  # "l2" or "ip" (inner product on L2-normalised vectors = cosine)
     exact: bool
 
@@ -45,6 +52,8 @@ PRESETS: dict[str, IndexType] = {
     "hnsw": IndexType("HNSW32", "l2", exact=False),
     "sq8": IndexType("SQ8", "l2", exact=False),
     "sq-fp16": IndexType("SQfp16", "l2", exact=False),
+    "ivf-flat": IndexType("IVF{nlist},Flat", "l2", exact=False),
+    "ivf-pq": IndexType("IVF{nlist},PQ{m}x{nbits}", "l2", exact=False),
 }
 
 
@@ -63,9 +72,9 @@ def resolve_index_type(name: str) -> IndexType:
 
 def check_index_type(name: str) -> str:
     """Validate a preset name or a raw factory string (for settings)."""
-    kind = resolve_index_type(name)
     if name in PRESETS:
         return name
+    kind = resolve_index_type(name)
     try:
         faiss.index_factory(512, kind.factory, kind.faiss_metric)
     except RuntimeError:
@@ -74,6 +83,44 @@ def check_index_type(name: str) -> str:
             "and not a FAISS factory string that FAISS accepts"
         ) from None
     return name
+
+
+def choose_nlist(n: int, preset: str = "ivf-flat") -> int:
+    """IVF lists for N vectors: 4·√N, capped so every centroid trains on >= 39 points."""
+    nlist = min(int(4 * math.sqrt(n)), n // POINTS_PER_CENTROID)
+    if nlist < MIN_LISTS:
+        raise IndexBuildError(
+            f"{preset} needs at least {MIN_LISTS * POINTS_PER_CENTROID} vectors "
+            f"({POINTS_PER_CENTROID} per list x {MIN_LISTS} lists), got {n}; "
+            "use flat-l2, flat-ip or hnsw for a collection this small"
+        )
+    return nlist
+
+
+def choose_pq(n: int, dim: int) -> tuple[int, int]:
+    """(sub-quantizers m, bits each) for PQ: m = the largest divisor of dim <= dim/4 (a 16x
+    smaller code than float32 at 8 bits), bits = 8 unless N is too small to train 256
+    centroids per sub-quantizer with 39 points each."""
+    m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
+    nbits = min(8, int(math.log2(max(1, n // POINTS_PER_CENTROID))))
+    if nbits < 4:
+        raise IndexBuildError(
+            f"ivf-pq needs at least {16 * POINTS_PER_CENTROID} vectors to train its codebooks, got {n}; "
+            "use flat-l2, sq8 or hnsw for a collection this small"
+        )
+    return m, nbits
+
+
+def plan_factory(kind: IndexType, n: int, dim: int, nlist: int | None = None, preset: str = "") -> str:
+    """The concrete factory string for N vectors of `dim` (placeholders filled)."""
+    fields: dict[str, int] = {}
+    if "{nlist}" in kind.factory:
+        fields["nlist"] = nlist or choose_nlist(n, preset or kind.factory)
+        if fields["nlist"] > n:
+            raise IndexBuildError(f"index.nlist={fields['nlist']} is more lists than vectors ({n}); lower it")
+    if "{m}" in kind.factory:
+        fields["m"], fields["nbits"] = choose_pq(n, dim)
+    return kind.factory.format(**fields)
 
 
 def index_key(section: IndexSettings, embeddings: Manifest) -> str:
@@ -104,6 +151,8 @@ def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
 
 
 def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> faiss.Index:
+    """Train (on a seeded sample of at most TRAIN_SAMPLE vectors) and fill an index whose
+    ids are `row_ids`; `kind.factory` must be concrete (see `plan_factory`)."""
     n, dim = vectors.shape
     try:
         index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
@@ -112,8 +161,10 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
     if not _supports_ids(index):
         index = faiss.IndexIDMap2(index)
     if not index.is_trained:
+        sample = vectors if n <= TRAIN_SAMPLE else vectors[np.sort(
+            np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))]
         try:
-            index.train(vectors)
+            index.train(sample)
         except RuntimeError as exc:
             raise IndexBuildError(
                 f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
@@ -121,6 +172,30 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
             ) from None
     index.add_with_ids(vectors, row_ids.astype(np.int64))
     return index
+
+
+def search_params_for(index: faiss.Index, nprobe: int, ef_search: int) -> dict[str, int]:
+    """The search-time knobs that apply to this index type (none for flat/SQ indexes)."""
+    params = {}
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        params["nprobe"] = min(nprobe, ivf.nlist)
+    except RuntimeError:
+        pass
+    if _hnsw(index) is not None:
+        params["efSearch"] = ef_search
+    return params
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def _hnsw(index: faiss.Index):
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
 def _first_line(exc: Exception) -> str:
@@ -138,13 +213,17 @@ def _supports_ids(index: faiss.Index) -> bool:
 
 
 def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Path) -> Built:
-    kind = resolve_index_type(section.type)
     raw, row_ids = load_embeddings(root, embeddings)
     if len(raw) == 0:
         raise IndexBuildError("no vectors to index")
+    preset = resolve_index_type(section.type)
+    kind = IndexType(plan_factory(preset, len(raw), raw.shape[1], section.nlist, section.type),
+                     preset.metric, preset.exact)
     vectors = prepare_vectors(raw, kind.metric)
     started = time.perf_counter()
     index = build_index(vectors, row_ids, kind)
+    params = search_params_for(index, section.nprobe, section.ef_search)
+    apply_search_params(index, params)
     build_seconds = time.perf_counter() - started
     with atomic_path(folder / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
@@ -154,6 +233,7 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     stats = {
         "type": section.type,
         "factory": kind.factory,
+        "search_params": params,
         "metric": kind.metric,
         "normalized": kind.metric == "ip",
         "exact": kind.exact,
@@ -192,15 +272,23 @@ def self_retrieval_at_1(index: faiss.Index, queries: np.ndarray, query_ids: np.n
 
 
 def recall_vs_exact(index, vectors, row_ids, queries, kind: IndexType, k: int) -> float:
-    """Mean overlap of the index's top-k with exact search's top-k."""
+    """Mean overlap of the index's top-k neighbours with exact search's, each query's own
+    row left out of both (so a query finding itself cannot inflate the figure)."""
     exact = faiss.IndexIDMap2(faiss.IndexFlat(vectors.shape[1], kind.faiss_metric))
     exact.add_with_ids(vectors, row_ids)
-    _, truth = search(exact, vectors[queries], k)
-    _, got = search(index, vectors[queries], k)
-    overlap = [len(set(t) & set(g)) / len(t) for t, g in zip(truth, got)]
-    return round(float(np.mean(overlap)), 6)
+    _, truth = search(exact, vectors[queries], k + 1)
+    _, got = search(index, vectors[queries], k + 1)
+    overlap = []
+    for own, t, g in zip(row_ids[queries], truth, got):
+        t = [r for r in t if r != own and r >= 0][:k]
+        g = {r for r in g if r != own and r >= 0}
+        if t:
+            overlap.append(len(g.intersection(t)) / len(t))
+    return round(float(np.mean(overlap)), 6) if overlap else 1.0
 
 
 def load_index(root: Path, manifest: Manifest) -> faiss.Index:
-    """Read a finished index after verifying its sha256."""
-    return faiss.read_index(str(verified_path(root, manifest, INDEX_FILE)))
+    """Read a finished index after verifying its sha256, with its recorded search knobs."""
+    index = faiss.read_index(str(verified_path(root, manifest, INDEX_FILE)))
+    apply_search_params(index, manifest.stats.get("search_params", {}))
+    return index

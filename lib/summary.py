@@ -16,11 +16,13 @@ from lib.evaluation import GRID
 from lib.indexing import INDEX_FILE
 from lib.manifest import stage_dir
 from lib.pretraining import LOSS_CURVE
+from lib.promotion import refused
 from lib.stages import StageReport
 
 
 def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[str, Any] | None = None,
-                  mirror: dict[str, Any] | None = None, aliases: list[str] | None = None) -> dict[str, Any]:
+                  mirror: dict[str, Any] | None = None, aliases: list[str] | None = None,
+                  promotion: dict[str, Any] | None = None) -> dict[str, Any]:
     dataset, index, evaluation = (reports[s].manifest for s in ("dataset", "index", "evaluation"))
     k = evaluation.stats.get("k", 10)
     metrics = {
@@ -28,6 +30,7 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         "recall_at_10": index.stats.get("recall_at_10"),
         "knn_accuracy": evaluation.stats.get("knn_accuracy"),
         f"precision_at_{k}": evaluation.stats.get(f"precision_at_{k}"),
+        f"map_at_{k}": evaluation.stats.get(f"map_at_{k}"),
         "n_images": dataset.stats["n_images"],
         "n_skipped": dataset.stats["n_skipped"],
         "dim": index.stats["dim"],
@@ -57,7 +60,7 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
     # the same (up to its cap) and `metrics.n_skipped` counts them all.
     skipped = list(dataset.stats.get("skipped", []))
     return {"stages": stages, "metrics": metrics, "artifacts": artifacts, "skipped": skipped,
-            "aliases": list(aliases or [])}
+            "aliases": list(aliases or []), "promotion": promotion}
 
 
 def reused(report: StageReport) -> str | None:
@@ -82,6 +85,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_fmt(value)} |")
     if summary.get("aliases"):
         lines += ["", f"Aliases moved to this index: {', '.join(summary['aliases'])}"]
+    if refused(summary):
+        lines += ["", f"**Not promoted**: {'; '.join(summary['promotion']['reasons'])}. `production` is unchanged."]
     lines += ["", "## Artifacts", ""]
     for name, value in summary["artifacts"].items():
         if value:

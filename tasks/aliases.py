@@ -1,4 +1,4 @@
-"""Task: move the `latest` (always) and `production` (when promoting) aliases to this run's chain."""
+"""Tasks: the promotion gate, then moving `latest` (always) and `production` (when promoted)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from lib.aliases import PRODUCTION, set_alias
+from lib.config import PromotionSettings
+from lib.promotion import promotion_decision
 from lib.stages import StageReport
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE)
+def check_promotion(section: PromotionSettings, root: Path, reports: dict[str, StageReport], requested: bool) -> dict:
+    """Whether this run's index may become `production`, and if not, why."""
+    decision = promotion_decision(section, root, reports["index"].manifest, reports["evaluation"].manifest, requested)
+    if requested and not decision["promoted"]:
+        get_run_logger().warning("not promoted: %s", "; ".join(decision["reasons"]))
+    return decision
 
 
 @task(name="aliases", cache_policy=NO_CACHE)

@@ -67,10 +67,11 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "sha256": {f.path: f.sha256 for f in index.manifest.files},
         "encoder_sha256": encoder.manifest.file(ENCODER_FILE).sha256,
     }
+    promoted = ["production"] if "production" in summary["aliases"] else []  # the gate passed
     run.log_folder_artifact(
         name=f"{encoder.manifest.settings['method']}-embeddings", type=INDEX_ARTIFACT_TYPE,
         folder=stage_dir(root, "index", index.manifest.key), files=[INDEX_FILE, MANIFEST],
-        metadata=metadata, aliases=["latest", index.manifest.key],
+        metadata=metadata, aliases=["latest", index.manifest.key, *promoted],
     )
 
 
