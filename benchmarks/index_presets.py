@@ -1,0 +1,128 @@
+"""Every FAISS preset on Fashion-MNIST: build seconds, bytes, batch QPS, recall@10 vs exact, kNN@10.
+
+Database: the 60,000 training images; queries: the 10,000 test images (a held-out split, so no
+query is in the index). Vectors are the raw pixels (784-d, scaled to [0, 1]): the benchmark
+measures the indexes, and pixels need no encoder, so anyone can rerun it in minutes. Each preset
+is built exactly as the `index` stage builds it (`plan_factory`, `build_index`, the recorded
+`nprobe` / `efSearch`), so the figures are the product's.
+
+- build seconds: training plus adding all 60k vectors;
+- bytes: the serialized index (`faiss.serialize_index`), what `index.faiss` holds;
+- batch QPS: all 10k queries in one `search` call, best of `--repeats` (one when a call takes
+  more than 10 s);
+- recall@10: overlap of the preset's top-10 with exact search's under the same metric (`flat-l2`,
+  or `flat-ip` for the inner-product presets);
+- kNN@10: majority label of the 10 nearest training images (ties to the nearest) vs the truth.
+
+Usage (needs Debian's `dataset-fashion-mnist` package, as `data/make_sample.py` does):
+    .venv/bin/python benchmarks/index_presets.py [--nprobe 16] [--ef-search 64] [--out FILE]
+
+Writes a JSON record (and prints it); the recorded output lives in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import platform
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+from _record import emit
+
+import faiss
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lib.indexing import PRESETS, IndexType, apply_search_params, build_index, plan_factory, prepare_vectors, search_params_for  # noqa: E402
+
+SOURCE = Path("/usr/share/datasets/fashion-mnist")
+K = 10
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load(source: Path):
+    def images(name):
+        return read_idx(source / name).reshape(-1, 784).astype(np.float32) / 255.0
+
+    return (images("train-images-idx3-ubyte.gz"), read_idx(source / "train-labels-idx1-ubyte.gz"),
+            images("t10k-images-idx3-ubyte.gz"), read_idx(source / "t10k-labels-idx1-ubyte.gz"))
+
+
+def knn_accuracy(found: np.ndarray, db_labels: np.ndarray, truth: np.ndarray) -> float:
+    correct = 0
+    for row, label in zip(found, truth):
+        votes = [db_labels[i] for i in row if i >= 0][:K]
+        counts = Counter(votes)
+        best = max(counts.values())
+        correct += next(v for v in votes if counts[v] == best) == label
+    return correct / len(truth)
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=SOURCE)
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not (args.source / "train-images-idx3-ubyte.gz").is_file():
+        sys.exit(f"error: no Fashion-MNIST under {args.source}: apt-get install dataset-fashion-mnist, or pass --source")
+
+    db, db_labels, queries, truth = load(args.source)
+    ids = np.arange(len(db), dtype=np.int64)
+    rows, exact = [], {}
+    for name in ["flat-l2", *[p for p in PRESETS if p != "flat-l2"]]:
+        preset = PRESETS[name]
+        kind = IndexType(plan_factory(preset, *db.shape, preset=name), preset.metric, preset.exact)
+        vectors, qs = prepare_vectors(db, kind.metric), prepare_vectors(queries, kind.metric)
+        started = time.perf_counter()
+        index = build_index(vectors, ids, kind)
+        build_seconds = time.perf_counter() - started
+        params = search_params_for(index, args.nprobe, args.ef_search)
+        apply_search_params(index, params)
+        timings = []
+        while len(timings) < args.repeats and sum(timings) < 10:
+            started = time.perf_counter()
+            _, found = index.search(qs, K)
+            timings.append(time.perf_counter() - started)
+        if kind.exact:
+            exact[kind.metric] = found
+        qps = len(qs) / min(timings)
+        rows.append({"preset": name, "factory": kind.factory, "search_params": params,
+                     "build_seconds": round(build_seconds, 2), "bytes": int(faiss.serialize_index(index).size),
+                     "batch_qps": round(qps), f"recall_at_{K}": round(recall(found, exact[kind.metric]), 4),
+                     f"knn_at_{K}": round(float(knn_accuracy(found, db_labels, truth)), 4)})
+        print(rows[-1], file=sys.stderr)
+    flat_qps = rows[0]["batch_qps"]
+    for row in rows:
+        row["qps_vs_flat_l2"] = round(row["batch_qps"] / flat_qps, 1)
+    emit({
+        "benchmark": "index_presets",
+        "date": date.today().isoformat(),
+        "machine": {"platform": platform.platform(), "cpus": faiss.omp_get_max_threads(), "python": platform.python_version()},
+        "faiss": faiss.__version__,
+        "data": {"database": "Fashion-MNIST train, 60000 x 784 pixels", "queries": "Fashion-MNIST test, 10000"},
+        "presets": rows,
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()
