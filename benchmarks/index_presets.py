@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lib.indexing import PRESETS, IndexType, apply_search_params, build_index, plan_factory, prepare_vectors, search_params_for  # noqa: E402
+from lib.indexing import PRESETS, apply_search_params, build_index, plan_factory, prepare_vectors, search_params_for  # noqa: E402
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 K = 10
@@ -91,7 +91,7 @@ def main() -> None:
     rows, exact = [], {}
     for name in ["flat-l2", *[p for p in PRESETS if p != "flat-l2"]]:
         preset = PRESETS[name]
-        kind = IndexType(plan_factory(preset, *db.shape, preset=name), preset.metric, preset.exact)
+        kind = plan_factory(preset, *db.shape, preset=name)
         vectors, qs = prepare_vectors(db, kind.metric), prepare_vectors(queries, kind.metric)
         started = time.perf_counter()
         index = build_index(vectors, ids, kind)

@@ -6,7 +6,7 @@ return row ids, never positions. IVF presets choose their number of lists from N
 guidance: 4·√N to 16·√N lists, at least 39 training points per centroid) and train on a
 seeded sample. Search-time knobs (`nprobe`, `efSearch`) are recorded in the manifest and
 applied whenever the index is loaded. Stats include self-retrieval@1 and recall@k against
-exact search on held-out queries.
+exact search on a sample of the stored vectors, each query's own row left out.
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def choose_pq(n: int, dim: int) -> tuple[int, int]:
     return m, nbits
 
 
-def plan_factory(kind: IndexType, n: int, dim: int, nlist: int | None = None, preset: str = "") -> str:
-    """The concrete factory string for N vectors of `dim` (placeholders filled)."""
+def plan_factory(kind: IndexType, n: int, dim: int, nlist: int | None = None, preset: str = "") -> IndexType:
+    """`kind` made concrete for N vectors of `dim` (factory placeholders filled)."""
     fields: dict[str, int] = {}
     if "{nlist}" in kind.factory:
         fields["nlist"] = nlist or choose_nlist(n, preset or kind.factory)
@@ -120,7 +120,7 @@ def plan_factory(kind: IndexType, n: int, dim: int, nlist: int | None = None, pr
             raise IndexBuildError(f"index.nlist={fields['nlist']} is more lists than vectors ({n}); lower it")
     if "{m}" in kind.factory:
         fields["m"], fields["nbits"] = choose_pq(n, dim)
-    return kind.factory.format(**fields)
+    return IndexType(kind.factory.format(**fields), kind.metric, kind.exact)
 
 
 def index_key(section: IndexSettings, embeddings: Manifest) -> str:
@@ -158,7 +158,7 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
         index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
     except RuntimeError as exc:
         raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {_first_line(exc)}") from None
-    if not _supports_ids(index):
+    if _ivf(index) is None:  # IVF indexes store ids themselves
         index = faiss.IndexIDMap2(index)
     if not index.is_trained:
         sample = vectors if n <= TRAIN_SAMPLE else vectors[np.sort(
@@ -177,11 +177,9 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
 def search_params_for(index: faiss.Index, nprobe: int, ef_search: int) -> dict[str, int]:
     """The search-time knobs that apply to this index type (none for flat/SQ indexes)."""
     params = {}
-    try:
-        ivf = faiss.extract_index_ivf(index)
+    ivf = _ivf(index)
+    if ivf is not None:
         params["nprobe"] = min(nprobe, ivf.nlist)
-    except RuntimeError:
-        pass
     if _hnsw(index) is not None:
         params["efSearch"] = ef_search
     return params
@@ -204,12 +202,12 @@ def _first_line(exc: Exception) -> str:
     return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
 
 
-def _supports_ids(index: faiss.Index) -> bool:
+def _ivf(index: faiss.Index):
+    """The IVF index inside `index`, or None when it is not one."""
     try:
-        faiss.extract_index_ivf(index)
-        return True
+        return faiss.extract_index_ivf(index)
     except RuntimeError:
-        return False
+        return None
 
 
 def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Path) -> Built:
@@ -217,8 +215,7 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     if len(raw) == 0:
         raise IndexBuildError("no vectors to index")
     preset = resolve_index_type(section.type)
-    kind = IndexType(plan_factory(preset, len(raw), raw.shape[1], section.nlist, section.type),
-                     preset.metric, preset.exact)
+    kind = plan_factory(preset, len(raw), raw.shape[1], section.nlist, section.type)
     vectors = prepare_vectors(raw, kind.metric)
     started = time.perf_counter()
     index = build_index(vectors, row_ids, kind)

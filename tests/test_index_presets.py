@@ -34,7 +34,7 @@ def clustered():
 
 def concrete(name: str, n: int, dim: int) -> IndexType:
     preset = PRESETS[name]
-    return IndexType(plan_factory(preset, n, dim, preset=name), preset.metric, preset.exact)
+    return plan_factory(preset, n, dim, preset=name)
 
 
 def test_nlist_follows_faiss_guidance():
