@@ -5,13 +5,21 @@ Shard i holds the vectors of snapshot rows [i*shard_size, (i+1)*shard_size) as
 sha256). A retry embeds only shards without a valid marker. Vectors are stored raw;
 the index stage normalises them when its metric needs it, so changing the index type
 never invalidates embeddings.
+
+Incremental add: an image that an earlier embeddings stage already embedded with the
+same encoder is not embedded again. Images are matched by the content sha256 their
+dataset snapshot records, so a grown, shrunk or renamed collection sends only images
+it has never seen through the encoder; the rest take the stored vector, after that
+stage's files verify against its manifest (`embeddings.reuse`, on by default).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,16 +27,28 @@ from PIL import ImageOps
 from torch.utils.data import DataLoader
 
 from lib.config import EmbeddingsSettings
+from lib.data.snapshot import STAGE as DATASET
 from lib.data.snapshot import open_snapshot
 from lib.data.torchdata import SnapshotImages, worker_context
 from lib.encoder import EncoderSpec, load_encoder
-from lib.manifest import Manifest, atomic_path, atomic_write_bytes, sha256_file, stage_key, verified_path
+from lib.manifest import (
+    MANIFEST,
+    IntegrityError,
+    Manifest,
+    atomic_path,
+    atomic_write_bytes,
+    find_manifest,
+    sha256_file,
+    stage_key,
+    verified_path,
+)
 from lib.progress import progress
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "embeddings"
 CODE_VERSION = 1
 ROW_IDS = "row_ids.npy"
+LISTED_REJECTIONS = 20
 
 
 def embeddings_key(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest) -> str:
@@ -42,7 +62,8 @@ def shard_name(i: int) -> str:
 def run_embeddings_stage(
     section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path
 ) -> StageResult:
-    """Embed every snapshot row with the encoder, reusing finished shards."""
+    """Embed every snapshot row with the encoder, reusing finished shards and (unless
+    `section.reuse` is off) the vectors earlier stages hold for the same image content."""
     key = embeddings_key(section, dataset, encoder)
 
     def build(folder: Path) -> Built:
@@ -99,7 +120,13 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
     n_shards = (n + size - 1) // size
     done = {i for i in range(n_shards) if _shard_is_complete(folder, i)}
     missing = [i for i in range(n_shards) if i not in done]
-    batches = shard_batches(missing, n, size, section.batch_size)
+    shas = snapshot.data.column("sha256").to_pylist()
+    known = KnownVectors(spec.feature_dim)
+    if section.reuse and missing:
+        wanted = [shas[row] for i in missing for row in range(i * size, min(n, (i + 1) * size))]
+        known = find_known_vectors(root, reuse_candidates(section, encoder, root), wanted, spec.feature_dim)
+    plans = plan_shards(missing, n, size, np.fromiter((known.has(sha) for sha in shas), dtype=bool, count=n))
+    batches = shard_batches(plans, section.batch_size)
     n_rows = sum(len(b) for b in batches)
 
     loader = DataLoader(
@@ -107,22 +134,18 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
         batch_sampler=batches, num_workers=section.num_workers,
         multiprocessing_context=worker_context(section.num_workers),
         pin_memory=device.type == "cuda",
-    )
-    pending: list[np.ndarray] = []
-    shard_iter = iter(missing)
-    current = next(shard_iter, None)
+    ) if batches else []  # every missing row has a stored vector: start no workers
+    embedded: list[np.ndarray] = []
+    queue = iter(plans)
     with progress(n_rows, "embeddings", unit="img") as bar:
+        waiting = _write_ready(folder, next(queue, None), queue, embedded, known, shas)
         for batch in loader:
             x = normalize_batch(batch, spec, device)
             if section.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            pending.append(embed_batch(model, x, device))
+            embedded.append(embed_batch(model, x, device))
             bar.update(len(batch))
-            filled = sum(len(p) for p in pending)
-            if current is not None and filled == min(n, (current + 1) * size) - current * size:
-                _write_shard(folder, current, current * size, np.concatenate(pending))
-                pending = []
-                current = next(shard_iter, None)
+            waiting = _write_ready(folder, waiting, queue, embedded, known, shas)
 
     row_ids = np.asarray(snapshot["row_id"], dtype=np.int64)
     with atomic_path(folder / ROW_IDS) as tmp:
@@ -136,6 +159,9 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
         "shards_reused": len(done),
         "shards_computed": len(missing),
         "images_embedded": n_rows,
+        "images_reused": sum(len(plan.reuse) for plan in plans),
+        "reused_from": known.sources,
+        "reuse_rejected": known.rejected[:LISTED_REJECTIONS],
         "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
         "device": device.type,
     }
@@ -143,17 +169,161 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
     return Built(files=files, stats=stats, resumed=bool(done))
 
 
-def shard_batches(shards: list[int], n: int, shard_size: int, batch_size: int) -> list[list[int]]:
-    """Row batches for the given shards; a batch never straddles two shards.
+@dataclass(frozen=True)
+class ShardPlan:
+    """How one missing shard gets its vectors: rows in `embed` go through the encoder,
+    rows in `reuse` take a stored vector (both in row order)."""
+
+    shard: int
+    start: int
+    stop: int
+    embed: list[int]
+    reuse: list[int]
+
+
+def plan_shards(shards: list[int], n: int, shard_size: int, reusable: np.ndarray) -> list[ShardPlan]:
+    """One plan per missing shard; `reusable[row]` says a stored vector exists for that row."""
+    plans = []
+    for i in shards:
+        rows = np.arange(i * shard_size, min(n, (i + 1) * shard_size))
+        plans.append(ShardPlan(i, int(rows[0]), int(rows[-1]) + 1,
+                               rows[~reusable[rows]].tolist(), rows[reusable[rows]].tolist()))
+    return plans
+
+
+def shard_batches(plans: list[ShardPlan], batch_size: int) -> list[list[int]]:
+    """Batches of the rows each shard embeds; a batch never straddles two shards.
 
     So a shard is computed from the same batches whether or not its neighbours were
     already done, and a resumed run gives the same vectors as an uninterrupted one.
     """
-    batches = []
-    for i in shards:
-        start, stop = i * shard_size, min(n, (i + 1) * shard_size)
-        batches += [list(range(b, min(stop, b + batch_size))) for b in range(start, stop, batch_size)]
-    return batches
+    return [plan.embed[b : b + batch_size] for plan in plans for b in range(0, len(plan.embed), batch_size)]
+
+
+def _write_ready(folder: Path, plan: ShardPlan | None, queue: Iterator[ShardPlan], embedded: list[np.ndarray],
+                 known: KnownVectors, shas: list[str]) -> ShardPlan | None:
+    """Write, in row order, every shard whose vectors are all at hand; the first one still waiting.
+
+    Consumes `embedded` (the batches computed since the last shard was written). A shard
+    whose rows all have stored vectors is written as soon as its turn comes.
+    """
+    while plan is not None and sum(len(e) for e in embedded) == len(plan.embed):
+        vectors = np.concatenate(embedded) if embedded else np.zeros((0, known.dim), np.float32)
+        if plan.reuse:
+            merged = np.empty((plan.stop - plan.start, known.dim), np.float32)
+            merged[np.asarray(plan.embed, dtype=np.int64) - plan.start] = vectors
+            merged[np.asarray(plan.reuse, dtype=np.int64) - plan.start] = known.take([shas[r] for r in plan.reuse])
+            vectors = merged
+        _write_shard(folder, plan.shard, plan.start, vectors)
+        embedded.clear()
+        plan = next(queue, None)
+    return plan
+
+
+class KnownVectors:
+    """Stored vectors for the content sha256s a stage has to fill, gathered from earlier stages."""
+
+    def __init__(self, dim: int, wanted: Iterable[str] = ()) -> None:
+        self.dim = dim
+        self.slots = {sha: i for i, sha in enumerate(dict.fromkeys(wanted))}
+        self.found = np.zeros(len(self.slots), dtype=bool)
+        self.vectors: np.ndarray | None = None  # allocated when the first vector is found
+        self.sources: list[str] = []
+        self.rejected: list[dict[str, str]] = []
+
+    def has(self, sha: str) -> bool:
+        slot = self.slots.get(sha)
+        return slot is not None and bool(self.found[slot])
+
+    def open_slot(self, sha: str | None) -> int | None:
+        """The slot of a wanted hash that has no vector yet, else None."""
+        slot = self.slots.get(sha)
+        return None if slot is None or self.found[slot] else slot
+
+    def complete(self) -> bool:
+        return bool(self.found.all())
+
+    def store(self, slots: np.ndarray, vectors: np.ndarray) -> None:
+        if self.vectors is None:
+            self.vectors = np.empty((len(self.slots), self.dim), np.float32)
+        self.vectors[slots] = vectors
+        self.found[slots] = True
+
+    def take(self, shas: list[str]) -> np.ndarray:
+        return self.vectors[[self.slots[sha] for sha in shas]]
+
+    def reject(self, key: str, reason: str) -> None:
+        self.rejected.append({"key": key, "reason": reason})
+
+
+def reuse_candidates(section: EmbeddingsSettings, encoder: Manifest, root: Path) -> list[Manifest]:
+    """Finished embeddings stages whose vectors this one may take over, newest first.
+
+    Same encoder, code version and key settings: a vector stored there is what embedding
+    the same image bytes gives here (up to float rounding of batch and device). The stage
+    being built has no manifest yet, so it is never its own candidate.
+    """
+    settings = section.key_fields()
+    found = []
+    for path in (Path(root) / STAGE).glob(f"*/{MANIFEST}"):
+        manifest = find_manifest(root, STAGE, path.parent.name)
+        if (manifest is not None and manifest.stage == STAGE and manifest.code_version == CODE_VERSION
+                and manifest.inputs.get("encoder") == encoder.key
+                and {k: manifest.settings.get(k) for k in settings} == settings):
+            found.append(manifest)
+    return sorted(found, key=lambda m: (m.created, m.key), reverse=True)
+
+
+def find_known_vectors(root: Path, candidates: list[Manifest], wanted: Iterable[str], dim: int) -> KnownVectors:
+    """Stored vectors for the `wanted` content hashes, taken from `candidates` in order.
+
+    Stops once every hash has a vector, so an older stage is read only for images the
+    newer ones lack. A candidate whose dataset snapshot is gone or does not verify gives
+    nothing; a shard that does not verify gives nothing either (its images are embedded).
+    """
+    known = KnownVectors(dim, wanted)
+    for candidate in candidates:
+        if known.complete():
+            break
+        try:
+            taken = _take_vectors(root, candidate, known)
+        except (IntegrityError, OSError) as exc:  # snapshot or row ids tampered, or deleted under us
+            known.reject(candidate.key, str(exc))
+            continue
+        if taken:
+            known.sources.append(candidate.key)
+    return known
+
+
+def _take_vectors(root: Path, candidate: Manifest, known: KnownVectors) -> int:
+    """Copy into `known` the vectors it still lacks that `candidate` holds; how many it took."""
+    dataset = find_manifest(root, DATASET, candidate.inputs.get("dataset", ""))
+    if dataset is None:
+        known.reject(candidate.key, f"its dataset snapshot {candidate.inputs.get('dataset')} is gone")
+        return 0
+    snapshot = open_snapshot(root, dataset)
+    sha_of_row = dict(zip(snapshot.data.column("row_id").to_pylist(), snapshot.data.column("sha256").to_pylist()))
+    row_ids = np.load(verified_path(root, candidate, ROW_IDS)).tolist()
+    pairs = ((position, known.open_slot(sha_of_row.get(row))) for position, row in enumerate(row_ids))
+    matched = np.asarray([pair for pair in pairs if pair[1] is not None], dtype=np.int64).reshape(-1, 2)
+    positions, slots = matched[:, 0], matched[:, 1]
+    size = candidate.settings["shard_size"]
+    taken = 0
+    for shard in np.unique(positions // size).tolist():
+        here = positions // size == shard
+        name = shard_name(shard)
+        try:
+            vectors = np.load(verified_path(root, candidate, name))
+        except (IntegrityError, OSError, ValueError) as exc:  # ValueError: not a plain .npy array
+            known.reject(candidate.key, f"{name}: {exc}")
+            continue
+        expected = (min(len(row_ids), (shard + 1) * size) - shard * size, known.dim)
+        if vectors.shape != expected:
+            known.reject(candidate.key, f"{name} holds vectors of shape {vectors.shape}, expected {expected}")
+            continue
+        known.store(slots[here], vectors[positions[here] - shard * size])
+        taken += int(here.sum())
+    return taken
 
 
 def _write_shard(folder: Path, i: int, start: int, vectors: np.ndarray) -> None:
@@ -182,3 +352,28 @@ def load_embeddings(root: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndar
     shards = [np.load(verified_path(root, manifest, shard_name(i))) for i in range(manifest.stats["n_shards"])]
     vectors = np.concatenate(shards) if shards else np.zeros((0, manifest.stats["dim"]), np.float32)
     return vectors, row_ids
+
+
+def embed_snapshot(root: Path, encoder: Manifest, snapshot, *, batch_size: int = 256,
+                   channels_last: bool = True, desc: str = "embedding") -> np.ndarray:
+    """Vectors (n, dim) float32 of every row of an opened snapshot, in row order, in memory.
+
+    The same resize, normalisation and inference as the embeddings stage, so an image gets
+    the vector the stage would store for it (up to float rounding). For images that are
+    not indexed, such as the evaluation stage's held-out queries.
+    """
+    model, spec = load_encoder(root, encoder)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    loader = DataLoader(SnapshotImages(snapshot, ResizeToTensor(spec.input_size)), batch_size=batch_size,
+                        pin_memory=device.type == "cuda")
+    vectors = []
+    with progress(len(snapshot), desc, unit="img") as bar:
+        for batch in loader:
+            x = normalize_batch(batch, spec, device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            vectors.append(embed_batch(model, x, device))
+            bar.update(len(batch))
+    return np.concatenate(vectors) if vectors else np.zeros((0, spec.feature_dim), np.float32)

@@ -1,7 +1,9 @@
 """Task: batched embedding into resumable shards (the `embeddings` stage).
 
 Retries (count from `embeddings.retries`, set by the flow) re-run the stage, which
-embeds only the shards without a completion marker.
+embeds only the shards without a completion marker. Images an earlier embeddings stage
+with the same encoder already embedded are taken from it by content hash (the log says
+how many, and which earlier stage files failed verification and were not used).
 """
 
 from pathlib import Path
@@ -25,8 +27,13 @@ def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manife
     result = run_embeddings_stage(section, dataset, encoder, root)
     stats = result.manifest.stats
     get_run_logger().info(
-        "embeddings %s: %d vectors of dim %d, %d/%d shards reused (%s images/s)",
+        "embeddings %s: %d vectors of dim %d, %d/%d shards reused, %d images embedded (%s images/s), "
+        "%d reused by content hash from %s",
         result.manifest.key, stats["n_vectors"], stats["dim"], stats["shards_reused"], stats["n_shards"],
-        stats["images_per_second"],
+        stats["images_embedded"], stats["images_per_second"], stats.get("images_reused", 0),
+        ", ".join(stats.get("reused_from", [])) or "no earlier stage",
     )
+    for rejected in stats.get("reuse_rejected", []) if result.status != "cached" else []:
+        get_run_logger().warning("embeddings %s: not reusing %s: %s", result.manifest.key, rejected["key"],
+                                 rejected["reason"])
     return result
