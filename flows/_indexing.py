@@ -1,4 +1,5 @@
-"""What both flows do once they have an encoder: embed, index, evaluate, mirror, publish.
+"""What both flows do once they have an encoder: embed, index, evaluate, mirror, publish;
+and the held-out query split both snapshot beside their dataset.
 
 Called from inside a flow; wires tasks only (no computation, no I/O of its own).
 """
@@ -12,7 +13,8 @@ from lib.stages import StageReport
 from lib.summary import build_summary
 from tasks.aliases import check_promotion, promote_chain
 from tasks.embeddings import embed_images
-from tasks.evaluation import evaluate_index
+from tasks.dataset import snapshot_dataset
+from tasks.evaluation import choose_query_split, evaluate_index
 from tasks.index import build_index
 from tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
 from tasks.report import publish_report
@@ -20,9 +22,23 @@ from tasks.stage import call_stage
 from tasks.tracking import publish_to_wandb
 
 
+def snapshot_queries(settings: Settings) -> StageReport | None:
+    """The evaluation's held-out query split, snapshotted by the dataset stage (task run
+    `dataset-queries`), or None for leave-one-out. Run before pretraining, so a wrong split
+    name fails the run in seconds."""
+    section = choose_query_split(settings.dataset, settings.evaluation, settings.artifacts_root)
+    if section is None:
+        return None
+    return call_stage(snapshot_dataset.with_options(task_run_name="dataset-queries"), section=section,
+                      root=settings.artifacts_root)
+
+
 def index_and_publish(settings: Settings, reports: dict[str, StageReport], tracking: dict[str, Any],
-                      promote: bool) -> dict[str, Any]:
-    """Run embeddings → index → evaluation (+ mirror), then promote and report; the run summary."""
+                      promote: bool, queries: StageReport | None = None) -> dict[str, Any]:
+    """Run embeddings → index → evaluation (+ mirror), then promote and report; the run summary.
+
+    `queries` is the held-out split's snapshot (`snapshot_queries`); None evaluates leave-one-out.
+    """
     root = settings.artifacts_root
     reports["embeddings"] = call_stage(
         embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
@@ -32,6 +48,7 @@ def index_and_publish(settings: Settings, reports: dict[str, StageReport], track
     reports["evaluation"] = call_stage(
         evaluate_index, section=settings.evaluation, dataset=reports["dataset"].manifest,
         embeddings=reports["embeddings"].manifest, index=reports["index"].manifest, root=root,
+        queries=queries.manifest if queries is not None else None,
     )
 
     mirrored = None

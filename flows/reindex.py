@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows._indexing import index_and_publish
+from flows._indexing import index_and_publish, snapshot_queries
 from flows.retrieval import TRACKING_HOOKS, _default
 from lib.aliases import PRODUCTION
 from lib.config import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
@@ -41,7 +41,8 @@ def reindex(
             (image folder, .parquet file, save_to_disk folder).
         split: Dataset split to index, e.g. 'train'.
         encoder_alias: Alias whose encoder embeds the images ('production' = the last promoted retrain).
-        index: FAISS index preset.
+        index: FAISS index preset, or auto: the fastest that fits overrides["index.memory_budget"] and reaches
+            overrides["index.recall_target"] (measured on held-out queries).
         index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
         artifacts_root: Folder on the worker that holds every stage folder (empty: the worker's
             LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
@@ -59,5 +60,6 @@ def reindex(
     root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+    queries = snapshot_queries(settings)
     reports["encoder"] = use_aliased_encoder(root, encoder_alias)
-    return index_and_publish(settings, reports, tracking, promote)
+    return index_and_publish(settings, reports, tracking, promote, queries)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from prefect import flow
 from pydantic import NonNegativeInt
 
-from flows._indexing import index_and_publish
+from flows._indexing import index_and_publish, snapshot_queries
 from lib.config import DatasetSettings, EncoderSettings, IndexPreset, IndexSettings, Method, check_overrides, settings_for_run
 from tasks.dataset import snapshot_dataset
 from tasks.encoder import pretrain_encoder
@@ -50,7 +50,8 @@ def retrieval_pipeline(
         split: Dataset split to index, e.g. 'train'.
         method: Self-supervised pretraining method from LightlySSL.
         epochs: Pretraining epochs (0 keeps the random initialisation).
-        index: FAISS index preset.
+        index: FAISS index preset, or auto: the fastest that fits overrides["index.memory_budget"] and reaches
+            overrides["index.recall_target"] (measured on held-out queries).
         index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
         artifacts_root: Folder on the worker that holds every stage folder (empty: the worker's
             LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
@@ -68,5 +69,6 @@ def retrieval_pipeline(
     root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+    queries = snapshot_queries(settings)
     reports["encoder"] = call_stage(pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root)
-    return index_and_publish(settings, reports, tracking, promote)
+    return index_and_publish(settings, reports, tracking, promote, queries)

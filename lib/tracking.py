@@ -104,10 +104,13 @@ class TrackingRun:
             self._run.summary.update({k: v for k, v in metrics.items() if v is not None})
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a table; PIL images in its cells become W&B images (thumbnails in the UI)."""
         if self._run:
             import wandb
+            from PIL import Image
 
-            self._run.log({key: wandb.Table(columns=columns, data=rows)})
+            data = [[wandb.Image(cell) if isinstance(cell, Image.Image) else cell for cell in row] for row in rows]
+            self._run.log({key: wandb.Table(columns=columns, data=data)})
 
     def log_folder_artifact(self, *, name: str, type: str, folder: Path, files: list[str],
                             metadata: dict[str, Any], aliases: list[str]) -> None:
@@ -181,7 +184,9 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["artifacts"].append({
                 "name": a.name, "type": a.type, "aliases": sorted(a.aliases),
                 "metadata": json.loads(a.metadata) if a.metadata else {},
-                "files": {e.path: {"digest": e.digest, "size": e.size} for e in a.manifest.contents},
+                # local_path: the staged copy an offline run uploads on `wandb sync`
+                "files": {e.path: {"digest": e.digest, "size": e.size, "local_path": e.local_path}
+                          for e in a.manifest.contents},
             })
         elif kind == "history":
             out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item if i.value_json})

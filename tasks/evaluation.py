@@ -1,19 +1,44 @@
-"""Task: measure retrieval quality and draw the retrieval grid (the `evaluation` stage)."""
+"""Tasks: choose where the evaluation's queries come from, then measure retrieval quality
+and draw the retrieval grid (the `evaluation` stage)."""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from lib.config import EvaluationSettings
-from lib.evaluation import evaluation_key, run_evaluation_stage
+from lib.config import DatasetSettings, EvaluationSettings
+from lib.evaluation import evaluation_key, query_dataset_section, run_evaluation_stage
 from lib.manifest import Manifest
 from lib.stages import StageResult
-from tasks.stage import stage_options
+from tasks.stage import retry_unless_user_error, stage_options
 
 
-@task(**stage_options("evaluation", lambda section, dataset, embeddings, index, root: evaluation_key(section, dataset, index)))
-def evaluate_index(section: EvaluationSettings, dataset: Manifest, embeddings: Manifest, index: Manifest, root: Path) -> StageResult:
-    result = run_evaluation_stage(section, dataset, embeddings, index, root)
+@task(name="query-split", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_unless_user_error)
+def choose_query_split(dataset: DatasetSettings, evaluation: EvaluationSettings, root: Path) -> Optional[DatasetSettings]:
+    """The dataset section of the held-out query split, or None for leave-one-out."""
+    section = query_dataset_section(dataset, evaluation, root)
+    if section is None:
+        get_run_logger().info("evaluation queries: leave-one-out over the indexed images (query_split=%s)",
+                              evaluation.query_split)
+    else:
+        get_run_logger().info("evaluation queries: held-out split %r (at most %s images)", section.split,
+                              section.limit or "all")
+    return section
+
+
+def _key(section, dataset, embeddings, index, root, queries=None) -> str:
+    return evaluation_key(section, dataset, index, queries)
+
+
+@task(**stage_options("evaluation", _key))
+def evaluate_index(section: EvaluationSettings, dataset: Manifest, embeddings: Manifest, index: Manifest, root: Path,
+                   queries: Optional[Manifest] = None) -> StageResult:
+    result = run_evaluation_stage(section, dataset, embeddings, index, root, queries)
     stats = result.manifest.stats
-    get_run_logger().info("evaluation %s: kNN@%d accuracy %s", result.manifest.key, stats["k"], stats["knn_accuracy"])
+    get_run_logger().info("evaluation %s (%s, %d queries): kNN@%d accuracy %s", result.manifest.key,
+                          stats["protocol"], stats["n_queries"], stats["k"], stats["knn_accuracy"])
     return result

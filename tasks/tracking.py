@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 
 from lib.config import Settings
 from lib.encoder import ENCODER_FILE
+from lib.evaluation import retrieval_table
 from lib.indexing import INDEX_FILE
 from lib.manifest import MANIFEST, stage_dir
 from lib.stages import StageReport
@@ -41,7 +42,8 @@ def open_tracking_run(settings: Settings) -> dict[str, Any]:
 
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
 def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summary: dict[str, Any]) -> None:
-    """Log metrics, pictures and the index artifact (`<method>-embeddings`, type `faiss-embeddings`)."""
+    """Log metrics, pictures, the `retrieval` table (the grid's queries and neighbours, with
+    thumbnails) and the index artifact (`<method>-embeddings`, type `faiss-embeddings`)."""
     run = active_run()
     if run is None:
         return
@@ -56,12 +58,16 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
                       [[s["row_id"], s["path"], s["reason"]] for s in summary["skipped"]])
     run.log_images({k: Path(v) for k, v in (("retrieval_grid", summary["artifacts"]["retrieval_grid"]),
                                               ("pretrain/loss_curve", summary["artifacts"]["loss_curve"])) if v})
+    table = retrieval_table(root, reports["evaluation"].manifest) if run.mode != "disabled" else None
+    if table is not None:  # the grid's queries and neighbours, with thumbnails
+        run.log_table("retrieval", *table)
     metadata = {
         "dim": index.manifest.stats["dim"],
         "ntotal": index.manifest.stats["ntotal"],
         "metric": index.manifest.stats["metric"],
         "index_type": index.manifest.stats["type"],
         "factory": index.manifest.stats["factory"],
+        "index_choice": summary.get("index"),  # for index.type=auto: the preset chosen and why
         "stage_keys": {name: r.manifest.key for name, r in reports.items()},
         "metrics": summary["metrics"],
         "sha256": {f.path: f.sha256 for f in index.manifest.files},

@@ -38,6 +38,7 @@ TINY = {
     "embeddings.batch_size": 8,
     "evaluation.grid_queries": 2,
     "evaluation.grid_neighbours": 3,
+    "evaluation.max_queries": 64,  # of the sample's 500 held-out test images
 }
 
 

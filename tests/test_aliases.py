@@ -182,16 +182,54 @@ def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
     shutil.copytree(root, tmp_path / "artifacts")
     root = tmp_path / "artifacts"
     set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
-    knn = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"]).stats["knn_accuracy"]
+    production = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+    knn = production.stats["knn_accuracy"]
+
+    def evaluated(**stats):  # another run's evaluation on the same queries as production's
+        return production.model_copy(update={"stats": {**production.stats, **stats}})
+
     index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 0.95})
     gate = PromotionSettings(max_knn_drop=0.05)
-    worse = promotion_decision(gate, root, index, SimpleNamespace(stats={"knn_accuracy": knn - 0.06}))
+    worse = promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.06))
     assert not worse["promoted"] and "below production's" in worse["reasons"][0] and "max_knn_drop" in worse["reasons"][0]
-    assert promotion_decision(gate, root, index, SimpleNamespace(stats={"knn_accuracy": knn - 0.04}))["promoted"]
-    low_recall = promotion_decision(PromotionSettings(min_recall_at_10=0.99), root, index,
-                                    SimpleNamespace(stats={"knn_accuracy": knn}))
+    assert promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.04))["promoted"]
+    low_recall = promotion_decision(PromotionSettings(min_recall_at_10=0.99), root, index, evaluated())
     assert low_recall["reasons"] == ["recall_at_10 0.9500 vs exact search < promotion.min_recall_at_10 0.99"]
-    assert promotion_decision(gate, root, index, SimpleNamespace(stats={}), requested=False)["reasons"] == []
+    assert promotion_decision(gate, root, index, evaluated(), requested=False)["reasons"] == []
+
+
+def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path):
+    from types import SimpleNamespace
+
+    from lib.aliases import set_alias
+    from lib.config import PromotionSettings
+    from lib.manifest import read_manifest
+    from lib.promotion import promotion_decision
+    from lib.summary import summary_markdown
+
+    root, summary = built
+    shutil.copytree(root, tmp_path / "artifacts")
+    root = tmp_path / "artifacts"
+    set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
+    production = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+    assert production.stats["protocol"] == "held-out:test"
+    index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 1.0})
+    # far worse, but measured leave-one-out on another dataset: not a fall in quality
+    other = production.model_copy(update={
+        "inputs": {"dataset": "d" * 16, "index": index.key},
+        "stats": {**production.stats, "protocol": "leave-one-out", "query_dataset": None, "n_queries": 32,
+                  "knn_accuracy": production.stats["knn_accuracy"] - 0.5},
+    })
+    decision = promotion_decision(PromotionSettings(max_knn_drop=0.02), root, index, other)
+    assert decision["promoted"] and decision["reasons"] == []
+    note = decision["checks"]["knn_accuracy"]
+    assert note.startswith("not compared with production's: protocol held-out:test vs leave-one-out; queries ")
+    assert "n_queries" in note
+    assert f"kNN accuracy was {note}." in summary_markdown({**summary, "promotion": decision})
+    # the same held-out queries with another k are not comparable either
+    other_k = production.model_copy(update={"stats": {**production.stats, "k": 5, "knn_accuracy": 0.0}})
+    assert promotion_decision(PromotionSettings(), root, index, other_k)["checks"]["knn_accuracy"] == \
+        "not compared with production's: k 10 vs 5"
 
 
 def test_promote_and_rollback_commands_move_production_by_hand(built, tmp_path):

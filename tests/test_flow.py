@@ -33,6 +33,7 @@ def test_first_run_computes_every_stage_and_reports_contract_keys(first):
     assert metrics["self_retrieval_at_1"] == 1.0
     assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["precision_at_10"] <= 1
     assert (metrics["n_images"], metrics["dim"]) == (48, 512)
+    assert metrics["evaluation_protocol"] == "held-out:test"
     for name in ("encoder", "index", "wandb_run_dir"):
         assert summary["artifacts"][name]
 
@@ -122,6 +123,46 @@ def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     assert set(artifact["files"]) == {"index.faiss", "manifest.json"}
     assert any("pretrain/loss" in row for row in offline["history"])
     assert offline["summary"]["knn_accuracy"] == summary["metrics"]["knn_accuracy"]
+
+
+def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
+    """A table with images is stored as a `run_table` artifact (its JSON plus the images);
+    the run's history points at it."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from lib.data.images import decode_rgb
+    from lib.data.snapshot import open_snapshot, row_positions
+    from lib.manifest import read_manifest
+
+    root, summary = first
+    offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
+    (logged,) = [row for row in offline["history"] if "retrieval/path" in row]
+    assert (logged["retrieval/_type"], logged["retrieval/nrows"], logged["retrieval/ncols"]) == ("table-file", 2, 15)
+    (artifact,) = [a for a in offline["artifacts"] if a["type"] == "run_table" and a["name"].endswith("-retrieval")]
+    table = json.loads(Path(artifact["files"]["retrieval.table.json"]["local_path"]).read_text())
+    assert table["columns"] == ["query", "query_row", "query_label"] + [
+        f"{name}_{i}" for i in (1, 2, 3) for name in ("neighbour", "row", "label", "distance")]
+    evaluation = root / "evaluation" / summary["stages"]["evaluation"]["key"]
+    recorded = json.loads((evaluation / "neighbours.json").read_text())
+    inputs = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"]).inputs
+    queries = open_snapshot(root, read_manifest(root, "dataset", inputs["queries"]))
+    assert recorded["protocol"] == "held-out:test" and len(table["data"]) == len(recorded["rows"]) == 2
+    for cells, row in zip(table["data"], recorded["rows"]):
+        assert cells[1:3] == [row["row_id"], row["label"]]
+        assert cells[4::4] == [n["row_id"] for n in row["neighbours"]]
+        assert cells[5::4] == [n["label"] for n in row["neighbours"]]
+        assert cells[6::4] == pytest.approx([n["distance"] for n in row["neighbours"]])
+        for image in [cells[0], *cells[3::4]]:  # the query's and each neighbour's thumbnail
+            assert image["_type"] == "image-file" and (image["width"], image["height"]) == (28, 28)
+            assert Path(artifact["files"][image["path"]]["local_path"]).stat().st_size > 0
+        # the query thumbnail is the held-out image (row ids are numbered per split, so not the indexed one)
+        thumbnail = Image.open(artifact["files"][cells[0]["path"]]["local_path"]).convert("RGB")
+        held_out = decode_rgb(queries[row_positions(queries)[row["row_id"]]]["image"]["bytes"], 1 << 30)
+        assert np.array_equal(np.asarray(thumbnail), np.asarray(held_out))
 
 
 def test_flow_mirrors_the_index_folder_to_s3(tmp_path, s3_endpoint):

@@ -54,12 +54,12 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
     settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
 
     def build(folder: Path) -> Built:
-        return _snapshot(section, source, folder, _hf_cache_dir(root))
+        return _snapshot(section, source, folder, hf_cache_dir(root))
 
     return run_stage(root, STAGE, key, code_version=CODE_VERSION, settings=settings, inputs={}, build=build)
 
 
-def _hf_cache_dir(root: Path) -> Path:
+def hf_cache_dir(root: Path) -> Path:
     # Keep datasets' Arrow cache under the artifacts root unless the user chose one.
     env = os.environ.get("HF_DATASETS_CACHE") or (
         os.environ.get("HF_HOME") and str(Path(os.environ["HF_HOME"]) / "datasets")

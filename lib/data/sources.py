@@ -8,6 +8,7 @@ subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` fold
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -184,6 +185,49 @@ def _pick_split(loaded: Any, split: str, source: Source):
             "(set --split)"
         )
     return loaded[split]
+
+
+def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
+    """The named splits the source offers, read from its layout or metadata, not its data.
+
+    [] for a single table (a .parquet file, a save_to_disk `Dataset`), which is indexed
+    whatever `split` says. A hub dataset is listed at the commit its revision resolves to.
+
+    Raises:
+        DatasetError: the source cannot be read or the hub cannot be reached.
+    """
+    source = resolve_source(section)
+    if source.kind == "parquet":
+        return []
+    if source.kind == "disk":
+        listing = Path(source.location) / "dataset_dict.json"
+        return [str(s) for s in json.loads(listing.read_text())["splits"]] if listing.is_file() else []
+    if source.kind == "hub":
+        return list(_hub_splits(source.location, section.config_name,
+                                resolve_hub_revision(source.location, section.revision), str(cache_dir)))
+    return _builder_splits(source, section.config_name, None, str(cache_dir))
+
+
+@lru_cache(maxsize=64)  # a commit never changes: one round trip per process
+def _hub_splits(name: str, config_name: str | None, sha: str, cache_dir: str) -> tuple[str, ...]:
+    return tuple(_builder_splits(Source("hub", name, sha), config_name, sha, cache_dir))
+
+
+def _builder_splits(source: Source, config_name: str | None, revision: str | None, cache_dir: str) -> list[str]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        builder = datasets.load_dataset_builder(source.location, name=config_name, revision=revision,
+                                                cache_dir=cache_dir)
+    except (ValueError, OSError) as exc:  # missing files or config, unreachable hub
+        if "doesn't contain any data files" in str(exc):
+            raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DatasetError(f"cannot list the splits of {source.describe()}: {reason}") from None
+    if builder.info.splits:  # declared in the dataset card
+        return [str(s) for s in builder.info.splits]
+    return [str(s) for s in builder.config.data_files or {}]
 
 
 def _with_undecoded_images(ds, column: str, source: Source):
