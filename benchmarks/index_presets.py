@@ -14,8 +14,12 @@ is built exactly as the `index` stage builds it (`plan_factory`, `build_index`, 
   or `flat-ip` for the inner-product presets);
 - kNN@10: majority label of the 10 nearest training images (ties to the nearest) vs the truth.
 
+Then `auto` twice, as the index stage runs it (`lib.autoindex.choose_index`): with no memory
+budget, and with a budget of 1/8 of the flat index's bytes. Its build seconds include every
+candidate it trained; its row adds the choice, the reason and its held-out recall.
+
 Usage (needs Debian's `dataset-fashion-mnist` package, as `data/make_sample.py` does):
-    .venv/bin/python benchmarks/index_presets.py [--nprobe 16] [--ef-search 64] [--out FILE]
+    .venv/bin/python benchmarks/index_presets.py [--nprobe 16] [--ef-search 64] [--k-factor 4] [--out FILE]
 
 Writes a JSON record (and prints it); the recorded output lives in benchmarks/results/.
 """
@@ -39,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lib.autoindex import choose_index  # noqa: E402
+from lib.config import load_settings  # noqa: E402
 from lib.indexing import PRESETS, apply_search_params, build_index, plan_factory, prepare_vectors, search_params_for  # noqa: E402
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -80,6 +86,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--k-factor", type=int, default=4, help="refine k_factor (ivf-pqfs-rflat)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -89,28 +96,41 @@ def main() -> None:
     db, db_labels, queries, truth = load(args.source)
     ids = np.arange(len(db), dtype=np.int64)
     rows, exact = [], {}
-    for name in ["flat-l2", *[p for p in PRESETS if p != "flat-l2"]]:
-        preset = PRESETS[name]
-        kind = plan_factory(preset, *db.shape, preset=name)
-        vectors, qs = prepare_vectors(db, kind.metric), prepare_vectors(queries, kind.metric)
-        started = time.perf_counter()
-        index = build_index(vectors, ids, kind)
-        build_seconds = time.perf_counter() - started
-        params = search_params_for(index, args.nprobe, args.ef_search)
+
+    def measure(name, kind, index, params, build_seconds, **extra):
         apply_search_params(index, params)
+        qs = prepare_vectors(queries, kind.metric)
         timings = []
         while len(timings) < args.repeats and sum(timings) < 10:
             started = time.perf_counter()
             _, found = index.search(qs, K)
             timings.append(time.perf_counter() - started)
-        if kind.exact:
+        if kind.exact and name in PRESETS:
             exact[kind.metric] = found
-        qps = len(qs) / min(timings)
         rows.append({"preset": name, "factory": kind.factory, "search_params": params,
                      "build_seconds": round(build_seconds, 2), "bytes": int(faiss.serialize_index(index).size),
-                     "batch_qps": round(qps), f"recall_at_{K}": round(recall(found, exact[kind.metric]), 4),
-                     f"knn_at_{K}": round(float(knn_accuracy(found, db_labels, truth)), 4)})
+                     "batch_qps": round(len(qs) / min(timings)), f"recall_at_{K}": round(recall(found, exact[kind.metric]), 4),
+                     f"knn_at_{K}": round(float(knn_accuracy(found, db_labels, truth)), 4), **extra})
         print(rows[-1], file=sys.stderr)
+
+    for name in ["flat-l2", *[p for p in PRESETS if p != "flat-l2"]]:
+        preset = PRESETS[name]
+        kind = plan_factory(preset, *db.shape, preset=name)
+        started = time.perf_counter()
+        index = build_index(prepare_vectors(db, kind.metric), ids, kind)
+        build_seconds = time.perf_counter() - started
+        measure(name, kind, index, search_params_for(index, args.nprobe, args.ef_search, args.k_factor), build_seconds)
+
+    flat_bytes = rows[0]["bytes"]
+    for label, budget in (("auto", None), ("auto, 1/8 of flat-l2's bytes", flat_bytes // 8)):
+        section = load_settings({"index.type": "auto", "index.memory_budget": budget, "index.nprobe": args.nprobe,
+                                 "index.ef_search": args.ef_search, "index.refine_k_factor": args.k_factor}).index
+        started = time.perf_counter()
+        choice = choose_index(prepare_vectors(db, "l2"), ids, section)
+        build_seconds = time.perf_counter() - started
+        report = choice.report
+        measure(label, choice.kind, choice.index, choice.search_params, build_seconds, memory_budget=budget,
+                chosen=report["chosen"], reason=report["reason"], heldout_recall_at_10=report["heldout_recall_at_10"])
     flat_qps = rows[0]["batch_qps"]
     for row in rows:
         row["qps_vs_flat_l2"] = round(row["batch_qps"] / flat_qps, 1)

@@ -35,7 +35,7 @@ Dataset = Annotated[Optional[str], typer.Option(help="'sample', a hub name (food
 Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
-IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-pq) or FAISS factory string.")]
+IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.")]
 QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), or a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name> (downloaded into <artifacts root>/remote and sha256-checked first).")]
 Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]

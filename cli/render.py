@@ -7,12 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lib.promotion import refused
+from lib.promotion import knn_not_compared, refused
 
 STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    from lib.summary import embedding_counts_line  # imports torch and faiss: only once there is a summary
+
     stages = Table(title="stages", title_justify="left")
     for column in ("stage", "key", "status", "reused", "seconds"):
         stages.add_column(column, justify="right" if column == "seconds" else "left")
@@ -21,6 +23,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", s.get("reused") or "",
                        f"{s['seconds']:.1f}")
     console.print(stages)
+    if counts := embedding_counts_line(summary):
+        console.print(counts, highlight=False)
 
     metrics = Table(title="metrics", title_justify="left")
     metrics.add_column("metric")
@@ -36,11 +40,16 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  {s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}", highlight=False, soft_wrap=True)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
+    choice = summary.get("index") or {}
+    if choice.get("reason"):
+        console.print(f"[bold]index[/] {choice['type']}: {choice['reason']}", highlight=False, soft_wrap=True)
     if summary.get("aliases"):
         console.print(f"[bold]aliases[/] moved here: {', '.join(summary['aliases'])}")
     if refused(summary):
         console.print(f"[bold yellow]not promoted[/]: {'; '.join(summary['promotion']['reasons'])}; "
                       "production is unchanged", soft_wrap=True)
+    if knn_not_compared(summary):
+        console.print(f"kNN accuracy was {knn_not_compared(summary)}", soft_wrap=True, highlight=False)
     console.print("[bold]artifacts[/]")
     for name, value in summary["artifacts"].items():
         if value:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -30,7 +31,7 @@ from lib.errors import LookalikeError
 METHOD_NAMES = ("dino", "simclr", "byol")
 Method = Literal["dino", "simclr", "byol"]
 # The FAISS presets of lib.indexing.PRESETS, as a type (the Prefect UI shows it as a choice).
-IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-pq"]
+IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat", "auto"]
 
 
 class Section(BaseModel):
@@ -102,7 +103,14 @@ class EmbeddingsSettings(Section):
     retries: NonNegativeInt = Field(
         2, description="Task retries (exponential backoff with jitter); each retry embeds only missing shards."
     )
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last", "retries"})
+    reuse: bool = Field(
+        True,
+        description="Incremental add: take the vector of an image an earlier embeddings stage already embedded "
+        "with the same encoder and shard_size, matched by content sha256 (renamed files included), so only new "
+        "images are embedded; its files are verified first. Off embeds every image.",
+    )
+    # reuse is out of the key: a stored vector equals a recomputed one up to float rounding.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last", "retries", "reuse"})
 
 
 class IndexSettings(Section):
@@ -110,13 +118,32 @@ class IndexSettings(Section):
 
     type: str = Field(
         "flat-l2",
-        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-pq) or a raw FAISS factory string.",
+        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), "
+        "auto (chosen for memory_budget and recall_target) or a raw FAISS factory string.",
     )
     nlist: PositiveInt | None = Field(
-        None, description="IVF lists for ivf-flat / ivf-pq; empty = min(4*sqrt(N), N/39)."
+        None, description="IVF lists for the ivf-* presets; empty = min(4*sqrt(N), N/39)."
     )
     nprobe: PositiveInt = Field(16, description="IVF lists visited per query (search time; recorded in the manifest).")
     ef_search: PositiveInt = Field(64, description="HNSW efSearch (search time; recorded in the manifest).")
+    refine_k_factor: PositiveInt = Field(
+        4, description="Refine indexes (ivf-pqfs-rflat): candidates re-ranked exactly per result wanted (search time; recorded)."
+    )
+    memory_budget: ByteSize | None = Field(
+        None, description="type=auto: the most bytes the index may take, e.g. 2GB or 500MiB; empty = no limit."
+    )
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="type=auto: recall@10 vs exact search the choice must reach on held-out queries."
+    )
+    AUTO_ONLY: ClassVar[frozenset[str]] = frozenset({"memory_budget", "recall_target"})
+
+    def key_fields(self) -> dict[str, Any]:
+        """The auto-selection inputs change the result only when type is auto."""
+        fields = super().key_fields()
+        if self.type != "auto":
+            for name in self.AUTO_ONLY:
+                fields.pop(name)
+        return fields
 
     @field_validator("type")
     @classmethod
@@ -132,6 +159,19 @@ class EvaluationSettings(Section):
     k: PositiveInt = Field(10, description="Neighbours considered for kNN accuracy and precision@k.")
     grid_queries: NonNegativeInt = Field(8, description="Query rows drawn in the retrieval grid.")
     grid_neighbours: PositiveInt = Field(5, description="Neighbours per query in the grid.")
+    query_split: str = Field(
+        "auto", min_length=1,
+        description="Where the queries come from: 'auto' (the source's 'test' split, else 'validation', when it "
+        "exists and is not the indexed split; else leave-one-out), a split name, or 'none' (leave-one-out "
+        "over the indexed images).",
+    )
+    max_queries: PositiveInt | None = Field(
+        10_000, description="Most queries: a seeded sample of the held-out split (dataset.seed) or of the "
+        "indexed images (leave-one-out); empty = all.",
+    )
+    # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
+    # of the evaluation key, so 'auto' and the split it picks name the same result.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split"})
 
 
 class PromotionSettings(Section):

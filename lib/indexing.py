@@ -1,11 +1,12 @@
 """The `index` stage: a FAISS index built from a factory string, ids = dataset row ids.
 
-Index types are named presets over FAISS factory strings (`PRESETS`), or a raw factory
-string for experts (prefix `ip:` for inner-product metric, e.g. `ip:HNSW32`). Searches
-return row ids, never positions. IVF presets choose their number of lists from N (FAISS
-guidance: 4·√N to 16·√N lists, at least 39 training points per centroid) and train on a
-seeded sample. Search-time knobs (`nprobe`, `efSearch`) are recorded in the manifest and
-applied whenever the index is loaded. Stats include self-retrieval@1 and recall@k against
+Index types are named presets over FAISS factory strings (`PRESETS`), `auto` (chosen for
+a memory budget and a recall target, see `lib.autoindex`), or a raw factory string for
+experts (prefix `ip:` for inner-product metric, e.g. `ip:HNSW32`). Searches return row
+ids, never positions. IVF presets choose their number of lists from N (FAISS guidance:
+4·√N to 16·√N lists, at least 39 training points per centroid) and train on a seeded
+sample. Search-time knobs (`nprobe`, `efSearch`, the refine `k_factor`) are recorded in
+the manifest and applied whenever the index is loaded. Stats include self-retrieval@1 and recall@k against
 exact search on a sample of the stored vectors, each query's own row left out.
 """
 
@@ -26,7 +27,7 @@ from lib.manifest import Manifest, atomic_path, stage_key, verified_path
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "index"
-CODE_VERSION = 2
+CODE_VERSION = 3
 INDEX_FILE = "index.faiss"
 EVAL_QUERIES = 10_000
 RECALL_K = 10
@@ -53,8 +54,14 @@ PRESETS: dict[str, IndexType] = {
     "sq8": IndexType("SQ8", "l2", exact=False),
     "sq-fp16": IndexType("SQfp16", "l2", exact=False),
     "ivf-flat": IndexType("IVF{nlist},Flat", "l2", exact=False),
-    "ivf-pq": IndexType("IVF{nlist},PQ{m}x{nbits}", "l2", exact=False),
+    "ivf-sq8": IndexType("IVF{nlist},SQ8", "l2", exact=False),
+    # np: no polysemous training, which took 10x longer (311 s vs 29 s on 60k x 784) for the same recall
+    "ivf-pq": IndexType("IVF{nlist},PQ{m}x{nbits}np", "l2", exact=False),
+    # 4-bit fast-scan PQ picks candidates, exact distances re-rank k_factor x k of them:
+    # the fastest preset at recall@10 >= 0.95 in benchmarks/index_presets.py
+    "ivf-pqfs-rflat": IndexType("IVF{nlist},PQ{m}x4fs,RFlat", "l2", exact=False),
 }
+AUTO = "auto"
 
 
 class IndexBuildError(LookalikeError, ValueError):
@@ -71,15 +78,15 @@ def resolve_index_type(name: str) -> IndexType:
 
 
 def check_index_type(name: str) -> str:
-    """Validate a preset name or a raw factory string (for settings)."""
-    if name in PRESETS:
+    """Validate a preset name, `auto` or a raw factory string (for settings)."""
+    if name in PRESETS or name == AUTO:
         return name
     kind = resolve_index_type(name)
     try:
         faiss.index_factory(512, kind.factory, kind.faiss_metric)
     except RuntimeError:
         raise ValueError(
-            f"unknown index type {name!r}: not a preset ({', '.join(PRESETS)}) "
+            f"unknown index type {name!r}: not a preset ({', '.join(PRESETS)}), not {AUTO} "
             "and not a FAISS factory string that FAISS accepts"
         ) from None
     return name
@@ -97,11 +104,11 @@ def choose_nlist(n: int, preset: str = "ivf-flat") -> int:
     return nlist
 
 
-def choose_pq(n: int, dim: int) -> tuple[int, int]:
+def choose_pq(n: int, dim: int, dims_per_code: int = 4) -> tuple[int, int]:
     """(sub-quantizers m, bits each) for PQ: m = the largest divisor of dim <= dim/4 (a 16x
     smaller code than float32 at 8 bits), bits = 8 unless N is too small to train 256
     centroids per sub-quantizer with 39 points each."""
-    m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
+    m = max(d for d in range(1, max(1, dim // dims_per_code) + 1) if dim % d == 0)
     nbits = min(8, int(math.log2(max(1, n // POINTS_PER_CENTROID))))
     if nbits < 4:
         raise IndexBuildError(
@@ -153,12 +160,19 @@ def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
 def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> faiss.Index:
     """Train (on a seeded sample of at most TRAIN_SAMPLE vectors) and fill an index whose
     ids are `row_ids`; `kind.factory` must be concrete (see `plan_factory`)."""
+    index = trained_index(vectors, kind)
+    index.add_with_ids(vectors, row_ids.astype(np.int64))
+    return index
+
+
+def trained_index(vectors: np.ndarray, kind: IndexType) -> faiss.Index:
+    """An empty index of `kind` that takes row ids, trained on (a sample of) `vectors`."""
     n, dim = vectors.shape
     try:
         index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
     except RuntimeError as exc:
         raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {_first_line(exc)}") from None
-    if _ivf(index) is None:  # IVF indexes store ids themselves
+    if not _stores_ids(index):
         index = faiss.IndexIDMap2(index)
     if not index.is_trained:
         sample = vectors if n <= TRAIN_SAMPLE else vectors[np.sort(
@@ -170,18 +184,28 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
                 f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
                 "index more images or use a preset that needs no training (flat-l2, flat-ip, hnsw)"
             ) from None
-    index.add_with_ids(vectors, row_ids.astype(np.int64))
     return index
 
 
-def search_params_for(index: faiss.Index, nprobe: int, ef_search: int) -> dict[str, int]:
-    """The search-time knobs that apply to this index type (none for flat/SQ indexes)."""
+def _stores_ids(index: faiss.Index) -> bool:
+    """IVF indexes keep the ids they are given (also under a pre-transform); a refine
+    wrapper or any other index needs an IndexIDMap2 around it."""
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def search_params_for(index: faiss.Index, nprobe: int, ef_search: int, k_factor: int = 4) -> dict[str, int]:
+    """The search-time knobs that apply to this index type, by their `faiss.ParameterSpace`
+    names (none for flat/SQ indexes)."""
     params = {}
     ivf = _ivf(index)
     if ivf is not None:
         params["nprobe"] = min(nprobe, ivf.nlist)
     if _hnsw(index) is not None:
         params["efSearch"] = ef_search
+    if isinstance(_unwrapped(index), faiss.IndexRefine):
+        params["k_factor_rf"] = k_factor
     return params
 
 
@@ -191,8 +215,12 @@ def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
         space.set_index_parameter(index, name, value)
 
 
+def _unwrapped(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
 def _hnsw(index: faiss.Index):
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    inner = _unwrapped(index)
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
@@ -214,12 +242,19 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     raw, row_ids = load_embeddings(root, embeddings)
     if len(raw) == 0:
         raise IndexBuildError("no vectors to index")
-    preset = resolve_index_type(section.type)
-    kind = plan_factory(preset, len(raw), raw.shape[1], section.nlist, section.type)
-    vectors = prepare_vectors(raw, kind.metric)
     started = time.perf_counter()
-    index = build_index(vectors, row_ids, kind)
-    params = search_params_for(index, section.nprobe, section.ef_search)
+    auto = None
+    if section.type == AUTO:
+        from lib.autoindex import choose_index  # it builds candidates with this module's functions
+
+        vectors = prepare_vectors(raw, "l2")
+        choice = choose_index(vectors, row_ids, section)
+        kind, index, params, auto = choice.kind, choice.index, choice.search_params, choice.report
+    else:
+        kind = plan_factory(resolve_index_type(section.type), len(raw), raw.shape[1], section.nlist, section.type)
+        vectors = prepare_vectors(raw, kind.metric)
+        index = build_index(vectors, row_ids, kind)
+        params = search_params_for(index, section.nprobe, section.ef_search, section.refine_k_factor)
     apply_search_params(index, params)
     build_seconds = time.perf_counter() - started
     with atomic_path(folder / INDEX_FILE) as tmp:
@@ -229,6 +264,7 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     recall = 1.0 if kind.exact else recall_vs_exact(index, vectors, row_ids, queries, kind, RECALL_K)
     stats = {
         "type": section.type,
+        "chosen": auto["chosen"] if auto else section.type,
         "factory": kind.factory,
         "search_params": params,
         "metric": kind.metric,
@@ -241,6 +277,8 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
         f"recall_at_{RECALL_K}": recall,
         "eval_queries": len(queries),
     }
+    if auto:
+        stats["auto"] = auto
     return Built(files=[INDEX_FILE], stats=stats, timings={"faiss_build_seconds": build_seconds})
 
 

@@ -2,8 +2,12 @@
 
 Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
 `metrics`, `artifacts`, `skipped`, `aliases` (the alias names this run moved to its
-chain, e.g. ['latest', 'production']). Extend, never rename. A `resumed` stage says what it reused
-(`reused`: '3/10 shards', '2/3 epochs').
+chain, e.g. ['latest', 'production']), `promotion` (the gate's decision), `index` (what
+was built and, for `index.type=auto`, why). Extend, never rename. A `resumed` stage says what it reused
+(`reused`: '3/10 shards', '2/3 epochs'). The `embeddings` stage also says how many images
+this run sent through the encoder (`images_embedded`) and how many it took from earlier
+embeddings stages by content hash (`images_reused`, the incremental add); both are 0 when
+the stage was cached.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from lib.evaluation import GRID
 from lib.indexing import INDEX_FILE
 from lib.manifest import stage_dir
 from lib.pretraining import LOSS_CURVE
-from lib.promotion import refused
+from lib.promotion import knn_not_compared, refused
 from lib.stages import StageReport
 
 
@@ -31,6 +35,8 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         "knn_accuracy": evaluation.stats.get("knn_accuracy"),
         f"precision_at_{k}": evaluation.stats.get(f"precision_at_{k}"),
         f"map_at_{k}": evaluation.stats.get(f"map_at_{k}"),
+        # what the three above were measured on: "held-out:<split>" or "leave-one-out"
+        "evaluation_protocol": evaluation.stats.get("protocol"),
         "n_images": dataset.stats["n_images"],
         "n_skipped": dataset.stats["n_skipped"],
         "dim": index.stats["dim"],
@@ -56,11 +62,24 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds, "reused": reused(r)}
         for name, r in reports.items()
     }
+    if "embeddings" in stages:
+        stages["embeddings"].update(embedding_counts(reports["embeddings"]))
     # Unreadable images the dataset stage skipped (row_id, path, reason); the manifest lists
     # the same (up to its cap) and `metrics.n_skipped` counts them all.
     skipped = list(dataset.stats.get("skipped", []))
     return {"stages": stages, "metrics": metrics, "artifacts": artifacts, "skipped": skipped,
-            "aliases": list(aliases or []), "promotion": promotion}
+            "aliases": list(aliases or []), "promotion": promotion, "index": index_choice(index.stats)}
+
+
+def index_choice(stats: dict[str, Any]) -> dict[str, Any]:
+    """What was built and, for `auto`, why: `type` (as configured), `chosen` (the preset),
+    `factory`, `search_params`, and `reason` / `target_met` / `heldout_recall_at_10` for auto."""
+    auto = stats.get("auto") or {}
+    return {
+        "type": stats.get("type"), "chosen": stats.get("chosen", stats.get("type")), "factory": stats.get("factory"),
+        "search_params": stats.get("search_params", {}), "reason": auto.get("reason"),
+        "target_met": auto.get("target_met"), "heldout_recall_at_10": auto.get("heldout_recall_at_10"),
+    }
 
 
 def reused(report: StageReport) -> str | None:
@@ -75,11 +94,30 @@ def reused(report: StageReport) -> str | None:
     return None
 
 
+def embedding_counts(report: StageReport) -> dict[str, int]:
+    """Images this run embedded and took over by content hash (0 and 0 when cached: none of either ran)."""
+    if report.status == "cached":
+        return {"images_embedded": 0, "images_reused": 0}
+    stats = report.manifest.stats
+    return {"images_embedded": stats.get("images_embedded", 0), "images_reused": stats.get("images_reused", 0)}
+
+
+def embedding_counts_line(summary: dict[str, Any]) -> str | None:
+    """'embeddings: 3 images embedded, 29 reused by content hash', or None when nothing ran."""
+    stage = summary["stages"].get("embeddings", {})
+    if stage.get("status") in (None, "cached"):
+        return None
+    return (f"embeddings: {stage.get('images_embedded', 0)} images embedded, "
+            f"{stage.get('images_reused', 0)} reused by content hash")
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown report (Prefect UI artifact)."""
     lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
     for name, s in summary["stages"].items():
         lines.append(f"| {name} | `{s['key']}` | {s['status']} | {s.get('reused') or ''} | {s['seconds']:.1f} |")
+    if counts := embedding_counts_line(summary):
+        lines += ["", counts]
     lines += ["", "| metric | value |", "|---|---|"]
     for name, value in summary["metrics"].items():
         lines.append(f"| {name} | {_fmt(value)} |")
@@ -87,6 +125,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Aliases moved to this index: {', '.join(summary['aliases'])}"]
     if refused(summary):
         lines += ["", f"**Not promoted**: {'; '.join(summary['promotion']['reasons'])}. `production` is unchanged."]
+    if knn_not_compared(summary):
+        lines += ["", f"kNN accuracy was {knn_not_compared(summary)}."]
+    choice = summary.get("index") or {}
+    if choice.get("reason"):
+        lines += ["", f"**Index** ({choice['type']}): {choice['reason']}."]
     lines += ["", "## Artifacts", ""]
     for name, value in summary["artifacts"].items():
         if value:

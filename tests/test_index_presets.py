@@ -56,13 +56,17 @@ def test_each_preset_round_trips_with_its_knobs_and_finds_itself(clustered, tmp_
     kind = concrete(name, *vectors.shape)
     vectors = prepare_vectors(vectors, kind.metric)
     index = build_index(vectors, row_ids, kind)
-    params = search_params_for(index, nprobe=16, ef_search=64)
-    assert set(params) == ({"nprobe"} if name.startswith("ivf") else {"efSearch"} if name == "hnsw" else set())
+    # Isotropic noise inside clusters is 4-bit PQ's worst case: re-rank 16x candidates there.
+    params = search_params_for(index, nprobe=16, ef_search=64, k_factor=16)
+    expected = {"nprobe"} if name.startswith("ivf") else {"efSearch"} if name == "hnsw" else set()
+    assert set(params) == expected | ({"k_factor_rf"} if name.endswith("rflat") else set())
     faiss.write_index(index, str(tmp_path / "i.faiss"))
     loaded = faiss.read_index(str(tmp_path / "i.faiss"))
     apply_search_params(loaded, params)
     if "nprobe" in params:
         assert faiss.extract_index_ivf(loaded).nprobe == 16
+    if "k_factor_rf" in params:  # the refine wrapper sits inside the IndexIDMap2 that maps row ids
+        assert faiss.downcast_index(faiss.downcast_index(loaded).index).k_factor == 16
     queries = sample_queries(len(vectors))
     _, found = loaded.search(vectors[:20], 5)
     assert set(found.ravel()) <= set(row_ids.tolist())
@@ -82,3 +86,37 @@ def test_more_probes_find_more_true_neighbours(clustered):
         apply_search_params(index, {"nprobe": nprobe})
         recalls.append(recall_vs_exact(index, vectors, row_ids, queries, kind, 10))
     assert recalls[0] < recalls[1] == 1.0  # probing every list is exact search
+
+
+SAMPLE_IMAGES = 700  # enough to train every preset (4-bit PQ needs 624), seconds to embed
+
+
+@pytest.fixture(scope="module")
+def sample_embeddings(tmp_path_factory):
+    """Embeddings of 700 bundled sample images (random-init encoder: no training needed)."""
+    from lib.config import load_settings
+    from lib.data.snapshot import run_dataset_stage
+    from lib.embedding import run_embeddings_stage
+    from lib.pretraining import run_encoder_stage
+
+    root = tmp_path_factory.mktemp("sample") / "artifacts"
+    settings = load_settings({"dataset.limit": SAMPLE_IMAGES, "encoder.epochs": 0, "encoder.input_size": 16,
+                              "artifacts_root": str(root)})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
+    return settings, root, run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_on_the_sample_returns_row_ids_and_finds_itself(sample_embeddings, name):
+    from lib.embedding import load_embeddings
+    from lib.indexing import load_index, run_index_stage, search
+
+    settings, root, embeddings = sample_embeddings
+    stats = run_index_stage(settings.index.model_copy(update={"type": name}), embeddings, root).manifest
+    index = load_index(root, stats)  # read back from index.faiss, sha256-checked, knobs applied
+    stats = stats.stats
+    vectors, row_ids = load_embeddings(root, embeddings)
+    _, found = search(index, prepare_vectors(vectors[:50], stats["metric"]), 5)
+    assert set(found.ravel()) <= set(row_ids.tolist()) and stats["ntotal"] == SAMPLE_IMAGES
+    assert stats["self_retrieval_at_1"] == 1.0 if stats["exact"] else stats["self_retrieval_at_1"] >= 0.99

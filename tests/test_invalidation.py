@@ -11,8 +11,9 @@ import pytest
 from conftest import REPO, make_png
 from lib.config import Settings, load_settings
 from lib.data.snapshot import dataset_key
+from lib.data.sources import list_splits, resolve_source
 from lib.embedding import embeddings_key
-from lib.evaluation import evaluation_key
+from lib.evaluation import choose_query_split, evaluation_key
 from lib.indexing import index_key
 from lib.pretraining import encoder_key
 
@@ -24,7 +25,8 @@ CHANGES = {
     "dataset.source": "{images}",
     "dataset.revision": ({"dataset.source": "someone/photos", "dataset.revision": SHA_A}, SHA_B),
     "dataset.split": "test",
-    "dataset.config_name": "small",
+    # a hub source: a configuration the local sample lacks cannot even list its splits
+    "dataset.config_name": ({"dataset.source": "someone/photos", "dataset.revision": SHA_A}, "small"),
     "dataset.image_column": "img",
     "dataset.label_column": "category",
     "dataset.limit": 100,
@@ -45,13 +47,19 @@ CHANGES = {
     "embeddings.num_workers": 2,
     "embeddings.channels_last": False,
     "embeddings.retries": 0,
+    "embeddings.reuse": False,
     "index.type": "hnsw",
     "index.nlist": 8,
     "index.nprobe": 4,
     "index.ef_search": 32,
+    "index.refine_k_factor": 8,
+    "index.memory_budget": ({"index.type": "auto"}, "24MB"),
+    "index.recall_target": ({"index.type": "auto"}, 0.9),
     "evaluation.k": 5,
     "evaluation.grid_queries": 4,
     "evaluation.grid_neighbours": 3,
+    "evaluation.query_split": "none",
+    "evaluation.max_queries": 100,
     "promotion.min_self_retrieval_at_1": 0.5,
     "promotion.min_recall_at_10": 0.5,
     "promotion.max_knn_drop": 0.5,
@@ -91,13 +99,19 @@ def readme_table() -> dict[str, set[str]]:
     return out
 
 
-def keys(settings: Settings) -> dict[str, str]:
+def keys(settings: Settings, cache_dir) -> dict[str, str]:
     m = SimpleNamespace
     dataset = dataset_key(settings.dataset)[0]
     encoder = encoder_key(settings.encoder, m(key=dataset))
     embeddings = embeddings_key(settings.embeddings, m(key=dataset), m(key=encoder))
     index = index_key(settings.index, m(key=embeddings))
-    evaluation = evaluation_key(settings.evaluation, m(key=dataset), m(key=index))
+    # the held-out query split the flow would snapshot (listing a hub dataset's splits needs the
+    # network, so here a hub dataset offers only its indexed split)
+    hub = resolve_source(settings.dataset).kind == "hub"
+    splits = [settings.dataset.split] if hub else list_splits(settings.dataset, cache_dir)
+    queries = choose_query_split(settings.dataset, settings.evaluation, splits)
+    evaluation = evaluation_key(settings.evaluation, m(key=dataset), m(key=index),
+                                m(key=dataset_key(queries)[0]) if queries else None)
     return dict(zip(STAGES, (dataset, encoder, embeddings, index, evaluation)))
 
 
@@ -115,8 +129,8 @@ def test_changing_a_setting_changes_exactly_the_keys_the_table_lists(setting, tm
     base, value = change if isinstance(change, tuple) and isinstance(change[0], dict) else ({}, change)
     if value == "{images}":
         value = str(images)
-    before = keys(load_settings(base))
-    after = keys(load_settings({**base, setting: value}))
+    before = keys(load_settings(base), tmp_path / "hf")
+    after = keys(load_settings({**base, setting: value}), tmp_path / "hf")
     changed = {stage for stage in STAGES if before[stage] != after[stage]}
     assert changed == readme_table()[setting]
 
@@ -125,5 +139,11 @@ def test_the_same_content_elsewhere_is_the_same_dataset_key(tmp_path):
     for folder in ("a", "b"):
         for i in range(3):
             make_png(tmp_path / folder / f"{i}.png", i)
-    assert keys(load_settings({"dataset.source": str(tmp_path / "a")})) == \
-        keys(load_settings({"dataset.source": str(tmp_path / "b")}))
+    assert keys(load_settings({"dataset.source": str(tmp_path / "a")}), tmp_path / "hf") == \
+        keys(load_settings({"dataset.source": str(tmp_path / "b")}), tmp_path / "hf")
+
+
+def test_query_split_auto_and_the_split_it_picks_share_an_evaluation_key(tmp_path):
+    auto = keys(load_settings({}), tmp_path / "hf")
+    assert keys(load_settings({"evaluation.query_split": "test"}), tmp_path / "hf") == auto
+    assert keys(load_settings({"evaluation.query_split": "none"}), tmp_path / "hf")["evaluation"] != auto["evaluation"]

@@ -1,5 +1,6 @@
 """encoder → embeddings → index → evaluation on tiny data, through the lib stage runners."""
 
+import json
 import shutil
 
 import numpy as np
@@ -8,10 +9,10 @@ import torch
 
 from conftest import TINY
 
-from lib.data.snapshot import run_dataset_stage
-from lib.embedding import load_embeddings, run_embeddings_stage, shard_name
+from lib.data.snapshot import open_snapshot, run_dataset_stage
+from lib.embedding import embed_snapshot, load_embeddings, run_embeddings_stage, shard_name
 from lib.encoder import EncoderLoadError, load_encoder, load_encoder_file
-from lib.evaluation import label_metrics, run_evaluation_stage
+from lib.evaluation import choose_query_split, held_out_metrics, label_metrics, run_evaluation_stage
 from lib.indexing import PRESETS, IndexBuildError, load_index, run_index_stage, search
 from lib.manifest import IntegrityError, MANIFEST, stage_dir
 from lib.pretraining import TRAIN_STATE, run_encoder_stage
@@ -125,7 +126,7 @@ def test_embedding_batch_size_does_not_change_the_key(tiny, dataset, encoder, em
     assert run_embeddings_stage(other, dataset, encoder, root).status == "cached"
 
 
-TRAINED = {"ivf-flat", "ivf-pq"}  # need more than the 48 tiny vectors: see test_index_presets.py
+TRAINED = {"ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat"}  # need more than the 48 tiny vectors: see test_index_presets.py
 
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - TRAINED))
@@ -139,6 +140,16 @@ def test_each_preset_round_trips_and_returns_row_ids(tiny, embeddings, root, pre
     assert manifest.stats["ntotal"] == 48
     expected = 1.0 if manifest.stats["exact"] else 0.9
     assert manifest.stats["self_retrieval_at_1"] >= expected
+
+
+def test_auto_records_its_choice_and_why_in_the_manifest(tiny, embeddings, root):
+    section = tiny.index.model_copy(update={"type": "auto"})
+    stats = run_index_stage(section, embeddings, root).manifest.stats
+    assert stats["type"] == "auto" and stats["chosen"] == stats["auto"]["chosen"] == "flat-l2"
+    assert stats["auto"]["target_met"] and "held-out" in stats["auto"]["reason"]
+    verdicts = {r["preset"]: r["verdict"] for r in stats["auto"]["candidates"]}
+    assert verdicts["ivf-pq"].startswith("not buildable: ivf-pq needs at least")  # 48 vectors train no lists
+    assert stats["self_retrieval_at_1"] == 1.0 and stats["ntotal"] == 48
 
 
 def test_raw_factory_string_with_ip_prefix(tiny, embeddings, root):
@@ -196,3 +207,88 @@ def test_label_metrics_leave_the_query_out_and_break_ties_by_rank():
     # query 10: ranks [12 (miss), 11 (hit)] -> AP = (1/2) / min(2, R=1) = 0.5; query 11: [10 hit] -> 1.0
     assert out["map_at_2"] == 0.75
     assert out["per_class"] == {"a": 0.5}
+
+
+def test_held_out_metrics_keep_every_neighbour_and_count_all_indexed_images_as_relevant():
+    label_of = {10: "a", 11: "a", 12: "b", 13: "b"}
+    # query row ids are numbered per split: a held-out query with row id 10 is not indexed row 10
+    ids = np.array([[10, 12, 11], [12, 10, 13]])
+    out = held_out_metrics(ids, ["a", "b"], label_of, k=2)
+    assert out["knn_accuracy"] == 1.0  # [a, b] and [b, a]: 1-1 ties, the nearest wins
+    assert out["precision_at_2"] == 0.5
+    assert out["map_at_2"] == 0.5  # one hit at rank 1 of min(k, R=2) -> 0.5, twice
+    assert out["per_class"] == {"a": 1.0, "b": 1.0}
+    assert held_out_metrics(ids, [None, "c"], label_of, k=2)["knn_accuracy"] == 0.0  # unlabelled skipped
+
+
+def test_query_images_are_embedded_exactly_as_the_embeddings_stage_did(tiny, dataset, encoder, embeddings, root):
+    stored, _ = load_embeddings(root, embeddings)
+    fresh = embed_snapshot(root, encoder, open_snapshot(root, dataset), batch_size=tiny.embeddings.batch_size)
+    np.testing.assert_allclose(fresh, stored, rtol=1e-5, atol=1e-5)
+
+
+def _brute_force_knn_accuracy(queries, labels_q, vectors, labels, k):
+    distances = ((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
+    correct = []
+    for row, truth in zip(distances, labels_q):
+        nearest = [labels[i] for i in np.argsort(row, kind="stable")[:k]]
+        votes = {lab: nearest.count(lab) for lab in nearest}
+        correct.append(next(lab for lab in nearest if votes[lab] == max(votes.values())) == truth)
+    return float(np.mean(correct))
+
+
+def test_held_out_evaluation_scores_the_test_split_against_the_index(tiny, dataset, encoder, embeddings, root):
+    queries_section = choose_query_split(tiny.dataset, tiny.evaluation.model_copy(update={"max_queries": 24}),
+                                         ["train", "test"])
+    queries = run_dataset_stage(queries_section, root).manifest
+    index = run_index_stage(tiny.index, embeddings, root).manifest
+    result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root, queries)
+    manifest, stats = result.manifest, result.manifest.stats
+    assert (stats["protocol"], stats["n_queries"], stats["query_dataset"]) == ("held-out:test", 24, queries.key)
+    assert manifest.inputs == {"dataset": dataset.key, "index": index.key, "queries": queries.key}
+    assert manifest.key != run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root).manifest.key
+
+    # the same number from first principles: exact L2 over the stored vectors, labels by name
+    query_snapshot, indexed = open_snapshot(root, queries), open_snapshot(root, dataset)
+    names = dataset.stats["label_names"]
+    vectors, _ = load_embeddings(root, embeddings)
+    query_vectors = embed_snapshot(root, encoder, query_snapshot)
+    expected = _brute_force_knn_accuracy(query_vectors, [names[v] for v in query_snapshot["label"]], vectors,
+                                         [names[v] for v in indexed["label"]], tiny.evaluation.k)
+    assert stats["knn_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert 0 <= stats["precision_at_10"] <= 1 and 0 <= stats["map_at_10"] <= 1
+    assert set(stats["per_class"]) <= set(names)
+
+    folder = stage_dir(root, "evaluation", manifest.key)
+    record = json.loads((folder / "neighbours.json").read_text())
+    assert record["protocol"] == "held-out:test" and record["queries_from"] == "queries"
+    assert len(record["rows"]) == tiny.evaluation.grid_queries
+    query_rows, indexed_rows = set(query_snapshot["row_id"]), set(indexed["row_id"])
+    for row in record["rows"]:
+        assert row["row_id"] in query_rows and row["label"] in names
+        assert len(row["neighbours"]) == tiny.evaluation.grid_neighbours
+        assert {n["row_id"] for n in row["neighbours"]} <= indexed_rows
+        assert [n["distance"] for n in row["neighbours"]] == sorted(n["distance"] for n in row["neighbours"])
+    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png"}
+
+
+def test_leave_one_out_grid_leaves_the_query_out(tiny, dataset, embeddings, root):
+    index = run_index_stage(tiny.index, embeddings, root).manifest
+    result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root)
+    assert (result.manifest.stats["protocol"], result.manifest.stats["query_dataset"]) == ("leave-one-out", None)
+    record = json.loads((stage_dir(root, "evaluation", result.manifest.key) / "neighbours.json").read_text())
+    assert record["queries_from"] == "dataset"
+    for row in record["rows"]:
+        assert row["row_id"] not in [n["row_id"] for n in row["neighbours"]]
+        assert len(row["neighbours"]) == tiny.evaluation.grid_neighbours
+
+
+def test_unlabelled_held_out_queries_give_no_scores_but_a_grid(tiny, dataset, embeddings, root):
+    section = tiny.dataset.model_copy(update={"split": "test", "limit": 8, "label_column": None})
+    queries = run_dataset_stage(section, root).manifest
+    index = run_index_stage(tiny.index, embeddings, root).manifest
+    result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root, queries)
+    stats = result.manifest.stats
+    assert stats["protocol"] == "held-out:test" and stats["n_queries"] == 8
+    assert stats["knn_accuracy"] is None and stats["per_class"] is None
+    assert (stage_dir(root, "evaluation", result.manifest.key) / "retrieval-grid.png").stat().st_size > 1000
