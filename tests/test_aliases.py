@@ -170,19 +170,25 @@ def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(
     assert read_alias(root, "latest").stages["index"] == bad["stages"]["index"]["key"]
 
 
-def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
-    from types import SimpleNamespace
-
+def production_copy(built, tmp_path):
+    """A copy of the built root whose `production` is the built run; (root, its evaluation manifest)."""
     from lib.aliases import set_alias
-    from lib.config import PromotionSettings
     from lib.manifest import read_manifest
-    from lib.promotion import promotion_decision
 
     root, summary = built
     shutil.copytree(root, tmp_path / "artifacts")
     root = tmp_path / "artifacts"
     set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
-    production = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+    return root, read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+
+
+def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
+    from types import SimpleNamespace
+
+    from lib.config import PromotionSettings
+    from lib.promotion import promotion_decision
+
+    root, production = production_copy(built, tmp_path)
     knn = production.stats["knn_accuracy"]
 
     def evaluated(**stats):  # another run's evaluation on the same queries as production's
@@ -201,17 +207,11 @@ def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
 def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path):
     from types import SimpleNamespace
 
-    from lib.aliases import set_alias
     from lib.config import PromotionSettings
-    from lib.manifest import read_manifest
     from lib.promotion import promotion_decision
     from lib.summary import summary_markdown
 
-    root, summary = built
-    shutil.copytree(root, tmp_path / "artifacts")
-    root = tmp_path / "artifacts"
-    set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
-    production = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+    root, production = production_copy(built, tmp_path)
     assert production.stats["protocol"] == "held-out:test"
     index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 1.0})
     # far worse, but measured leave-one-out on another dataset: not a fall in quality
@@ -225,7 +225,7 @@ def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path
     note = decision["checks"]["knn_accuracy"]
     assert note.startswith("not compared with production's: protocol held-out:test vs leave-one-out; queries ")
     assert "n_queries" in note
-    assert f"kNN accuracy was {note}." in summary_markdown({**summary, "promotion": decision})
+    assert f"kNN accuracy was {note}." in summary_markdown({**built[1], "promotion": decision})
     # the same held-out queries with another k are not comparable either
     other_k = production.model_copy(update={"stats": {**production.stats, "k": 5, "knn_accuracy": 0.0}})
     assert promotion_decision(PromotionSettings(), root, index, other_k)["checks"]["knn_accuracy"] == \
