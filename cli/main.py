@@ -36,7 +36,7 @@ Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
 IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.")]
-QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), or a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name> (downloaded into <artifacts root>/remote and sha256-checked first).")]
+QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded into <artifacts root>/remote and sha256-checked first.")]
 Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
@@ -213,10 +213,10 @@ def query(
     if (image is None) == (row is None):
         _fail("give either an IMAGE_PATH or --row N", code=2)
     ref = None
-    if index and (index.startswith("s3://") or (Path(index).expanduser() / "manifest.json").is_file()):  # a reference
+    if index and _is_reference(index):
         ref, index = index, None
         if alias:
-            _fail("give --alias or an --index reference (s3:// URL or index folder), not both", code=2)
+            _fail("give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2)
     settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
     from lib.data.images import decode_rgb
     from lib.errors import LookalikeError
@@ -252,12 +252,20 @@ def query(
         Console().print(f"picture: {target}")
 
 
+def _is_reference(index: str) -> bool:
+    """An --index that names a built index (not a preset or factory string to build)."""
+    from lib.tracking import parse_wandb_ref
+
+    return index.startswith("s3://") or (Path(index).expanduser() / "manifest.json").is_file() or bool(
+        parse_wandb_ref(index))
+
+
 @app.command()
 def serve(
     index: Annotated[str, typer.Option(
         "--index", help="What to serve: an alias (followed when it moves), an index stage key, an index folder "
-        "(<root>/index/<key>), or a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name> "
-        "(downloaded and sha256-checked first).")] = "production",
+        "(<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
+        "or a W&B artifact path entity/project/<method>-embeddings:<alias> (downloaded and sha256-checked first).")] = "production",
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
     artifacts_root: Root = None,

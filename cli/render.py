@@ -51,12 +51,16 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if knn_not_compared(summary):
         console.print(f"kNN accuracy was {knn_not_compared(summary)}", soft_wrap=True, highlight=False)
     console.print("[bold]artifacts[/]")
+    stage_runs = summary["artifacts"].get("wandb_stage_runs") or {}
     for name, value in summary["artifacts"].items():
-        if value:
+        if value and name != "wandb_stage_runs":
             console.print(f"  {name}: {value}", soft_wrap=True)
+    if stage_runs:
+        console.print(f"  wandb lineage runs: {', '.join(stage_runs)}", soft_wrap=True)
     run_dir = summary["artifacts"].get("wandb_run_dir")
     if run_dir and summary["artifacts"].get("wandb_mode") == "offline":
-        console.print(f"  (W&B offline run; upload later with: wandb sync {run_dir})")
+        runs = " ".join([run_dir, *stage_runs.values()])
+        console.print(f"  (W&B offline runs; upload later with: wandb sync {runs})", soft_wrap=True)
 
 
 def print_neighbours(console: Console, caption: str, neighbours: list[dict[str, Any]]) -> None:

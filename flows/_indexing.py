@@ -19,7 +19,7 @@ from tasks.index import build_index
 from tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
 from tasks.report import publish_report
 from tasks.stage import call_stage
-from tasks.tracking import publish_to_wandb
+from tasks.tracking import publish_to_wandb, track_stage
 
 
 def snapshot_queries(settings: Settings) -> StageReport | None:
@@ -44,7 +44,9 @@ def index_and_publish(settings: Settings, reports: dict[str, StageReport], track
         embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
         dataset=reports["dataset"].manifest, encoder=reports["encoder"].manifest, root=root,
     )
+    track_stage(settings, tracking, reports, "embeddings")
     reports["index"] = call_stage(build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root)
+    track_stage(settings, tracking, reports, "index")
     reports["evaluation"] = call_stage(
         evaluate_index, section=settings.evaluation, dataset=reports["dataset"].manifest,
         embeddings=reports["embeddings"].manifest, index=reports["index"].manifest, root=root,
@@ -67,6 +69,8 @@ def index_and_publish(settings: Settings, reports: dict[str, StageReport], track
         if not alias_state.is_completed():
             mirrored = [*mirrored, {"failed": str(alias_state.message)}]
     summary = build_summary(root, reports, tracking, mirrored, aliases, promotion)
-    publish_to_wandb(settings, reports, summary)
+    published = publish_to_wandb(settings, reports, summary, return_state=True)
+    if not published.is_completed():  # W&B never costs the local result
+        summary["artifacts"]["wandb_error"] = str(published.message)
     publish_report(summary)
     return summary

@@ -19,7 +19,7 @@ from tasks.dataset import snapshot_dataset
 from tasks.encoder import use_aliased_encoder
 from tasks.secrets import load_secret_blocks
 from tasks.stage import call_stage
-from tasks.tracking import open_tracking_run
+from tasks.tracking import start_tracking, track_stage
 
 
 @flow(name="reindex", **TRACKING_HOOKS)
@@ -55,11 +55,12 @@ def reindex(
     check_overrides(overrides, **named)
     settings = settings_for_run(overrides, **named)
     load_secret_blocks(settings)
-    tracking = open_tracking_run(settings)
+    tracking = start_tracking(settings)
 
     root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+    track_stage(settings, tracking, reports, "dataset")
     queries = snapshot_queries(settings)
     reports["encoder"] = use_aliased_encoder(root, encoder_alias)
     return index_and_publish(settings, reports, tracking, promote, queries)

@@ -19,7 +19,7 @@ from tasks.dataset import snapshot_dataset
 from tasks.encoder import pretrain_encoder
 from tasks.secrets import load_secret_blocks
 from tasks.stage import call_stage
-from tasks.tracking import finish_tracking_run, open_tracking_run
+from tasks.tracking import finish_tracking_run, start_tracking, track_stage
 
 TRACKING_HOOKS = {"on_completion": [finish_tracking_run], "on_failure": [finish_tracking_run],
                   "on_crashed": [finish_tracking_run], "on_cancellation": [finish_tracking_run]}
@@ -64,11 +64,13 @@ def retrieval_pipeline(
     check_overrides(overrides, **named)
     settings = settings_for_run(overrides, **named)
     load_secret_blocks(settings)
-    tracking = open_tracking_run(settings)
+    tracking = start_tracking(settings)
 
     root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+    track_stage(settings, tracking, reports, "dataset")
     queries = snapshot_queries(settings)
     reports["encoder"] = call_stage(pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root)
+    track_stage(settings, tracking, reports, "encoder")
     return index_and_publish(settings, reports, tracking, promote, queries)

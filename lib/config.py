@@ -207,7 +207,8 @@ class MirrorSettings(Section):
     url: str | None = Field(None, description="s3://bucket/prefix to mirror to; empty = off.")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...).")
     stages: tuple[Literal["dataset", "encoder", "embeddings", "index", "evaluation"], ...] = Field(
-        ("index",), description="Which stage folders to mirror."
+        ("dataset", "encoder", "embeddings", "index", "evaluation"),
+        description="Which stage folders to mirror; the default is the whole chain a query on another machine needs."
     )
     retries: NonNegativeInt = Field(3, description="Task retries (exponential backoff) before the mirror is reported failed.")
     credentials_secret: str | None = Field(

@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -185,3 +185,43 @@ def verified_path(root: Path | str, manifest: Manifest, name: str) -> Path:
             f"written; delete {path.parent} and re-run to rebuild it"
         )
     return path
+
+
+def install_stage(root: Path | str, raw_manifest: bytes, fetch: Callable[[str, Path], None], where: str,
+                  expect: tuple[str, str]) -> Manifest:
+    """Copy a stage folder from elsewhere (S3, W&B) into `root/<stage>/<key>/`, verified.
+
+    `fetch(name, target)` writes one listed file to `target`. Each file is checked against
+    the manifest's size and sha256 before it is kept (a mismatch is refused and never left in
+    `root`); files already there with the right sha256 are not fetched again; the manifest is
+    written last, so the folder counts as finished only when all of it verified. `where` names
+    the origin in errors; `expect` is the (stage, key) the caller asked for.
+    """
+    try:
+        manifest = Manifest.model_validate_json(raw_manifest)
+    except ValueError:
+        raise IntegrityError(f"{where}{MANIFEST} is not a lookalike manifest") from None
+    if (manifest.stage, manifest.key) != expect:
+        raise IntegrityError(f"{where}{MANIFEST} describes {manifest.stage}/{manifest.key}, not {'/'.join(expect)}")
+    folder = stage_dir(root, manifest.stage, manifest.key)
+    for entry in manifest.files:
+        target = folder / entry.path
+        if matches_entry(target, entry):
+            continue
+        with atomic_path(target) as tmp:
+            fetch(entry.path, tmp)
+            if not matches_entry(tmp, entry):
+                raise IntegrityError(
+                    f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
+                    "was published; refusing to load it. Publish the stage again from a good copy."
+                )
+    atomic_write_bytes(folder / MANIFEST, raw_manifest)
+    return manifest
+
+
+def has_size(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
+
+
+def matches_entry(path: Path, entry: FileEntry) -> bool:
+    return has_size(path, entry.bytes) and sha256_file(path) == entry.sha256

@@ -1,7 +1,8 @@
 """Serving queries from a built index: one loaded Searcher, swapped whole when an alias moves.
 
-`IndexHolder` resolves a reference (an alias such as `production`, an index stage key, or an
-index mirrored to `s3://bucket/prefix/index/<key>`, fetched and verified first),
+`IndexHolder` resolves a reference (an alias such as `production`, an index stage key, an
+index mirrored to `s3://bucket/prefix/index/<key>`, or a W&B artifact path
+`entity/project/<method>-embeddings:production`, fetched and verified first),
 loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
 alias, requests trigger a re-read of the small alias file at most every `poll_seconds`, in a
 background thread; when the alias points somewhere new, the new chain is loaded completely
@@ -28,6 +29,7 @@ from lib.errors import LookalikeError
 from lib.manifest import MANIFEST, find_manifest, read_manifest
 from lib.query import Chain, Searcher, alias_chain
 from lib.storage import fetch_index_chain
+from lib.tracking import parse_wandb_ref
 
 MAX_K = 100
 _STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -53,6 +55,7 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
     """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` (or `/aliases/<name>`)
     reference is first fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and
     verified there; an index folder path `<other root>/index/<key>` is loaded from that root;
+    a W&B artifact path `entity/project/<name>:<alias>` is fetched the same way from W&B (online);
     anything else (an alias or a stage key) is a reference under `root` itself."""
     if ref.startswith("s3://"):
         return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
@@ -62,6 +65,10 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
             raise QueryError(f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ "
                              f"with a {MANIFEST})", status=404)
         return folder.resolve().parents[1], folder.name
+    if parse_wandb_ref(ref):
+        from lib.wandb_chain import fetch_wandb_chain
+
+        return fetch_wandb_chain(ref, Path(root) / "remote")
     return Path(root), ref
 
 

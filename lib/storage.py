@@ -16,10 +16,11 @@ from urllib.parse import urlparse
 from lib.aliases import ALIASES, Alias, alias_path
 from lib.config import MirrorSettings
 from lib.errors import LookalikeError
-from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_path, atomic_write_bytes, find_manifest,
-                          sha256_file, stage_dir)
+from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_write_bytes, find_manifest, has_size,
+                          install_stage, stage_dir)
 
 SHA_META = "sha256"
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 
 class MirrorError(LookalikeError, RuntimeError):
@@ -56,6 +57,14 @@ def s3_client(endpoint_url: str | None = None):
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def _transfer():
+    """boto3's transfer manager: multipart (4 parts in parallel) above MULTIPART_THRESHOLD."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
+                          max_concurrency=4)
+
+
 def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client=None) -> dict:
     """Upload one finished stage folder to `<url>/<stage>/<key>/`.
 
@@ -63,7 +72,6 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
         {"url": ..., "uploaded": n, "skipped": n, "bytes": n}
     """
     from boto3.exceptions import Boto3Error
-    from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
     if not section.url:
@@ -71,7 +79,7 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
     location = S3Location.parse(section.url)
     client = client or s3_client(section.endpoint_url)
     folder = stage_dir(root, manifest.stage, manifest.key)
-    transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, max_concurrency=4)
+    transfer = _transfer()
     uploaded = skipped = sent = 0
     try:
         for entry in manifest.files:
@@ -202,12 +210,11 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
     bytes do not match the mirrored manifest is refused and never left in the cache.
     """
     from boto3.exceptions import Boto3Error
-    from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
     cached = find_manifest(root, stage, key)
     folder = stage_dir(root, stage, key)
-    if cached is not None and all(_has_size(folder / f.path, f.bytes) for f in cached.files):
+    if cached is not None and all(has_size(folder / f.path, f.bytes) for f in cached.files):
         return cached  # complete; the loaders check every sha256 before reading (verified_path)
     where = f"s3://{location.bucket}/{location.key(stage, key)}/"
     try:
@@ -221,34 +228,15 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
         raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
     except (Boto3Error, BotoCoreError) as exc:
         raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
+    return install_stage(root, raw, lambda name, tmp: _download(client, location, stage, key, name, tmp, where),
+                         where, expect=(stage, key))
+
+
+def _download(client, location: S3Location, stage: str, key: str, name: str, target: Path, where: str) -> None:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        manifest = Manifest.model_validate_json(raw)
-    except ValueError:
-        raise IntegrityError(f"{where}{MANIFEST} is not a lookalike manifest") from None
-    if (manifest.stage, manifest.key) != (stage, key):
-        raise IntegrityError(f"{where}{MANIFEST} describes {manifest.stage}/{manifest.key}, not {stage}/{key}")
-    transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, max_concurrency=4)
-    for entry in manifest.files:
-        target = folder / entry.path
-        if _matches(target, entry.bytes, entry.sha256):
-            continue
-        with atomic_path(target) as tmp:
-            try:
-                client.download_file(location.bucket, location.key(stage, key, entry.path), str(tmp), Config=transfer)
-            except (Boto3Error, BotoCoreError, ClientError) as exc:
-                raise MirrorError(f"cannot download {where}{entry.path}: {exc}") from None
-            if tmp.stat().st_size != entry.bytes or sha256_file(tmp) != entry.sha256:
-                raise IntegrityError(
-                    f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
-                    "was mirrored; refusing to load it. Mirror the stage again from a good copy."
-                )
-    atomic_write_bytes(folder / MANIFEST, raw)
-    return manifest
-
-
-def _has_size(path: Path, size: int) -> bool:
-    return path.is_file() and path.stat().st_size == size
-
-
-def _matches(path: Path, size: int, sha256: str) -> bool:
-    return _has_size(path, size) and sha256_file(path) == sha256
+        client.download_file(location.bucket, location.key(stage, key, name), str(target), Config=_transfer())
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
+        raise MirrorError(f"cannot download {where}{name}: {exc}") from None

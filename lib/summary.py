@@ -56,6 +56,8 @@ def build_summary(root: Path, reports: dict[str, StageReport], tracking: dict[st
         "wandb_run_dir": (tracking or {}).get("run_dir"),
         "wandb_mode": (tracking or {}).get("mode"),
         "wandb_url": (tracking or {}).get("url"),
+        # the runs that logged this flow run's stage artifacts (lineage), by stage
+        "wandb_stage_runs": (tracking or {}).get("stage_runs"),
         "mirror": mirror,
     }
     stages = {

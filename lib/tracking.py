@@ -12,15 +12,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
 from lib.config import TrackingSettings
+from lib.errors import LookalikeError
+from lib.lineage import ArtifactSpec
 
-INDEX_ARTIFACT_TYPE = "faiss-embeddings"
-INDEX_JOB_TYPE = "upload-embeddings"
+FLOW_JOB_TYPE = "upload-embeddings"  # the flow run's own W&B run, as in the article
 
 
 def wandb_dir(artifacts_root: Path) -> Path:
@@ -112,22 +114,44 @@ class TrackingRun:
             data = [[wandb.Image(cell) if isinstance(cell, Image.Image) else cell for cell in row] for row in rows]
             self._run.log({key: wandb.Table(columns=columns, data=data)})
 
-    def log_folder_artifact(self, *, name: str, type: str, folder: Path, files: list[str],
-                            metadata: dict[str, Any], aliases: list[str]) -> None:
-        """Log the listed files of a finished stage folder as one artifact."""
+    def log_artifact(self, spec: ArtifactSpec, aliases: list[str]) -> None:
+        """Log a stage folder as this run's output (aliases besides `latest`: its stage key...)."""
+        if self._run:
+            self._run.log_artifact(_draft(spec), aliases=aliases)
+
+    def use_artifact(self, spec: ArtifactSpec, aliases: list[str] | None = None) -> None:
+        """Declare a stage folder's artifact as this run's input.
+
+        It is declared by content, as `Run.use_artifact` does for an artifact object: the producer
+        logged the same files, so W&B resolves both to one version (and adds `aliases` to it),
+        whether or not the producing run has been synced yet. Online this is the public
+        `use_artifact`. Offline, wandb refuses `use_artifact`, so this records what it records for
+        an artifact object: the artifact with `use_after_commit`, which `wandb sync` logs and then
+        marks as used by this run.
+        """
         if not self._run:
             return
-        import wandb
-
-        artifact = wandb.Artifact(name=name, type=type, metadata=metadata)
-        for file in files:
-            artifact.add_file(str(folder / file), name=file, policy="immutable")
-        self._run.log_artifact(artifact, aliases=aliases)
+        artifact = _draft(spec)
+        if self.mode == "online":
+            self._run.use_artifact(artifact, aliases=aliases or [])
+        else:
+            self._run._log_artifact(artifact, aliases=aliases or [], is_user_created=True, use_after_commit=True)
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run:
             self._run.finish(exit_code=exit_code)
             self._run = None
+
+
+def _draft(spec: ArtifactSpec):
+    import wandb
+
+    artifact = wandb.Artifact(name=spec.name, type=spec.type, metadata=spec.metadata)
+    for file in spec.files:  # `immutable`: no staging copy; stage folders never change once finished
+        artifact.add_file(str(spec.folder / file), name=file, policy="immutable")
+    for name, uri in spec.references.items():  # schemes wandb cannot fetch are tracked as-is
+        artifact.add_reference(uri, name=name, checksum=False)
+    return artifact
 
 
 # --- reading offline run folders (for tests and for checking what will be synced) ---
@@ -170,9 +194,10 @@ def _iter_records(path: str) -> Iterator[Any]:
 
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """What an offline run folder holds: run info, config, history, summary, artifacts."""
+    """What an offline run folder holds: run info, config, history, summary, the artifacts it
+    logged (`artifacts`) and the ones it declared as inputs (`inputs`)."""
     (path,) = glob.glob(os.path.join(str(run_dir), "run-*.wandb"))
-    out: dict[str, Any] = {"artifacts": [], "history": [], "config": {}, "summary": {}}
+    out: dict[str, Any] = {"artifacts": [], "inputs": [], "history": [], "config": {}, "summary": {}}
 
     def key(item) -> str:
         return "/".join(item.nested_key) if item.nested_key else item.key
@@ -181,17 +206,20 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "artifact":
             a = record.artifact
-            out["artifacts"].append({
-                "name": a.name, "type": a.type, "aliases": sorted(a.aliases),
+            # use_after_commit: declared as the run's input (`use_artifact`), not its output
+            out["inputs" if a.use_after_commit else "artifacts"].append({
+                "name": a.name, "type": a.type, "aliases": sorted(a.aliases), "digest": a.digest,
                 "metadata": json.loads(a.metadata) if a.metadata else {},
                 # local_path: the staged copy an offline run uploads on `wandb sync`
                 "files": {e.path: {"digest": e.digest, "size": e.size, "local_path": e.local_path}
                           for e in a.manifest.contents},
+                "references": {e.path: e.ref for e in a.manifest.contents if e.ref},
             })
         elif kind == "history":
             out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item if i.value_json})
         elif kind == "run":
-            out.update(run_id=record.run.run_id, project=record.run.project, job_type=record.run.job_type)
+            out.update(run_id=record.run.run_id, project=record.run.project, job_type=record.run.job_type,
+                       group=record.run.run_group, name=record.run.display_name)
             out["config"].update({key(i): json.loads(i.value_json) for i in record.run.config.update})
         elif kind == "config":
             out["config"].update({key(i): json.loads(i.value_json) for i in record.config.update})
@@ -199,3 +227,54 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
     out["config"].pop("_wandb", None)
     return out
+
+
+# --- reading artifacts back (needs W&B online: the public API) ---
+
+WANDB_REF = re.compile(r"^(?:wandb://)?(?P<entity>[\w.-]+)/(?P<project>[\w.-]+)/(?P<name>[\w.-]+):(?P<alias>[\w.-]+)$")
+
+
+class WandbLoadError(LookalikeError, RuntimeError):
+    """A W&B artifact could not be read (no credentials, no network, no such artifact)."""
+
+
+def parse_wandb_ref(ref: str) -> re.Match | None:
+    """`entity/project/name:alias` (optionally `wandb://`-prefixed), or None."""
+    return WANDB_REF.match(ref)
+
+
+def public_api():
+    """wandb's public API client; credentials the usual way (WANDB_API_KEY, `wandb login`)."""
+    import wandb
+    from wandb.errors import UsageError
+
+    try:
+        return wandb.Api()
+    except (UsageError, ValueError) as exc:
+        raise WandbLoadError(f"loading a W&B artifact needs W&B online with an API key (WANDB_API_KEY or "
+                             f"`wandb login`): {exc}") from None
+
+
+def open_artifact(api, path: str, type: str):
+    """`api.artifact(path, type)`, wandb's errors turned into one line naming the artifact."""
+    from wandb.errors import CommError
+
+    try:
+        return api.artifact(path, type=type)
+    except (CommError, ValueError) as exc:
+        raise WandbLoadError(f"cannot read W&B artifact {path} (type {type}): {exc}") from None
+
+
+def download_entry(artifact, name: str, target: Path) -> None:
+    """One file of an artifact to `target` (bypassing wandb's own cache: no second copy)."""
+    import shutil
+    import tempfile
+
+    from wandb.errors import CommError
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wandb-") as tmp:
+        try:
+            path = artifact.get_entry(name).download(root=tmp, skip_cache=True)
+        except (CommError, KeyError, OSError) as exc:
+            raise WandbLoadError(f"cannot download {name} of W&B artifact {artifact.qualified_name}: {exc}") from None
+        shutil.move(path, target)

@@ -1,8 +1,12 @@
-"""Tasks: the W&B run of a flow run, and publishing the index artifact to it.
+"""Tasks: the W&B runs of a flow run, and the lineage of its stages.
 
-One W&B run per flow run (job type `upload-embeddings`, as in the article), opened
-first so pretraining can stream its losses, and finished by the flow's state hooks
-whether the run completes or fails.
+One W&B run per flow run (job type `upload-embeddings`, as in the article), opened first so
+pretraining can stream its losses, and finished by the flow's state hooks whether the run
+completes or fails. Besides it, each stage this flow run computed gets a short run of its own
+(job types `dataset`, `pretrain`, `embed`, `build-index`, grouped under the flow run's name)
+that declares its inputs' artifacts and logs its output, so W&B's lineage graph reads
+dataset → model → embeddings → faiss-embeddings. A cached stage was logged by the run that made
+it. W&B failures are reported and never fail the flow: the local result does not depend on them.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from prefect.runtime import flow_run
 from lib.config import Settings
 from lib.encoder import ENCODER_FILE
 from lib.evaluation import retrieval_table
-from lib.indexing import INDEX_FILE
-from lib.manifest import MANIFEST, stage_dir
+from lib.lineage import INPUTS, JOB_TYPES, LINEAGE_STAGES, stage_artifact
+from lib.manifest import Manifest
 from lib.stages import StageReport
-from lib.tracking import INDEX_ARTIFACT_TYPE, INDEX_JOB_TYPE, TrackingRun, wandb_dir
+from lib.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
 
 _ACTIVE: dict[str, TrackingRun] = {}
 
@@ -32,18 +36,69 @@ def active_run() -> TrackingRun | None:
 @task(name="open-wandb-run", cache_policy=NO_CACHE)
 def open_tracking_run(settings: Settings) -> dict[str, Any]:
     run = TrackingRun(
-        settings.tracking, wandb_dir(settings.artifacts_root), name=flow_run.name, job_type=INDEX_JOB_TYPE,
-        group=None, config={**settings.model_dump(mode="json"), "prefect_flow_run_id": str(flow_run.id)},
+        settings.tracking, wandb_dir(settings.artifacts_root), name=flow_run.name, job_type=FLOW_JOB_TYPE,
+        group=flow_run.name, config={**settings.model_dump(mode="json"), "prefect_flow_run_id": str(flow_run.id)},
     )
     _ACTIVE[str(flow_run.id)] = run
     get_run_logger().info("W&B run (%s mode): %s", run.mode, run.url or run.run_dir)
     return {"mode": run.mode, "run_dir": run.run_dir, "url": run.url}
 
 
+def start_tracking(settings: Settings) -> dict[str, Any]:
+    """The flow's W&B run, or {"mode": "failed", "error": ...}: the flow goes on without it."""
+    state = open_tracking_run(settings, return_state=True)
+    if state.is_completed():
+        return state.result()
+    return {"mode": "failed", "error": str(state.message), "run_dir": None, "url": None}
+
+
+@task(name="wandb-stage-run", cache_policy=NO_CACHE)
+def log_stage_run(settings: Settings, stage: str, manifests: dict[str, Manifest]) -> str | None:
+    """A W&B run for one stage this flow run computed: uses its inputs' artifacts, logs its own
+    (aliases `latest` and the stage key). Returns the run folder (offline) or URL (online)."""
+    root = settings.artifacts_root
+    manifest = manifests[stage]
+    run = TrackingRun(
+        settings.tracking, wandb_dir(root), name=f"{flow_run.name}-{JOB_TYPES[stage]}", job_type=JOB_TYPES[stage],
+        group=flow_run.name, config={"stage": stage, "key": manifest.key, "settings": manifest.settings,
+                                     "inputs": manifest.inputs, "prefect_flow_run_id": str(flow_run.id)},
+    )
+    exit_code = 1
+    try:
+        for upstream in INPUTS[stage]:
+            run.use_artifact(stage_artifact(root, upstream, manifests))
+        if stage == "encoder":
+            for epoch, loss in enumerate(manifest.stats.get("losses", []), start=1):
+                run.log({"pretrain/loss": loss, "pretrain/epoch": epoch})
+        run.set_summary({k: v for k, v in manifest.stats.items() if isinstance(v, (int, float))})
+        run.log_artifact(stage_artifact(root, stage, manifests), aliases=["latest", manifest.key])
+        exit_code = 0
+    finally:
+        where = run.url or run.run_dir
+        run.finish(exit_code)
+    get_run_logger().info("W&B %s run logged %s/%s: %s", JOB_TYPES[stage], stage, manifest.key, where)
+    return where
+
+
+def track_stage(settings: Settings, tracking: dict[str, Any], reports: dict[str, StageReport], stage: str) -> None:
+    """Call right after a stage: when this flow run computed it (not cached), its W&B run logs it,
+    and `tracking["stage_runs"][stage]` records where (run folder offline, URL online)."""
+    if (stage not in LINEAGE_STAGES or reports[stage].status == "cached"
+            or tracking.get("mode") in ("disabled", "failed")):
+        return
+    state = log_stage_run(settings, stage, {s: r.manifest for s, r in reports.items()}, return_state=True)
+    if state.is_completed():
+        tracking.setdefault("stage_runs", {})[stage] = state.result()
+    else:
+        get_run_logger().warning("W&B lineage for %s not logged (the local result is unaffected): %s",
+                                 stage, state.message)
+
+
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
 def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summary: dict[str, Any]) -> None:
-    """Log metrics, pictures, the `retrieval` table (the grid's queries and neighbours, with
-    thumbnails) and the index artifact (`<method>-embeddings`, type `faiss-embeddings`)."""
+    """Log metrics, pictures and the `retrieval` table (the grid's queries and neighbours, with
+    thumbnails), and declare the index (`<method>-embeddings`, type `faiss-embeddings`) as the
+    input this run evaluated, with `production` when the gate passed."""
     run = active_run()
     if run is None:
         return
@@ -70,15 +125,14 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "index_choice": summary.get("index"),  # for index.type=auto: the preset chosen and why
         "stage_keys": {name: r.manifest.key for name, r in reports.items()},
         "metrics": summary["metrics"],
-        "sha256": {f.path: f.sha256 for f in index.manifest.files},
         "encoder_sha256": encoder.manifest.file(ENCODER_FILE).sha256,
     }
+    manifests = {name: r.manifest for name, r in reports.items()}
     promoted = ["production"] if "production" in summary["aliases"] else []  # the gate passed
-    run.log_folder_artifact(
-        name=f"{encoder.manifest.settings['method']}-embeddings", type=INDEX_ARTIFACT_TYPE,
-        folder=stage_dir(root, "index", index.manifest.key), files=[INDEX_FILE, MANIFEST],
-        metadata=metadata, aliases=["latest", index.manifest.key, *promoted],
-    )
+    run.use_artifact(stage_artifact(root, "index", manifests, extra=metadata),
+                     aliases=["latest", index.manifest.key, *promoted])
+    if promoted:
+        run.use_artifact(stage_artifact(root, "encoder", manifests), aliases=promoted)
 
 
 def finish_tracking_run(flow, run, state) -> None:

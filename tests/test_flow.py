@@ -1,9 +1,10 @@
 """The `retrieval-pipeline` flow under a real Prefect server, on tiny data."""
 
+from pathlib import Path
+
 import pytest
 
 from conftest import TINY, flow_arguments
-from lib.storage import s3_client
 from lib.tracking import read_offline_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -113,9 +114,9 @@ def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     _, summary = first
     offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
     assert offline["job_type"] == "upload-embeddings"
-    (artifact,) = [a for a in offline["artifacts"] if a["name"] == "dino-embeddings"]
+    (artifact,) = [a for a in offline["inputs"] if a["name"] == "dino-embeddings"]
     assert artifact["type"] == "faiss-embeddings"
-    assert "latest" in artifact["aliases"] and summary["stages"]["index"]["key"] in artifact["aliases"]
+    assert {"latest", "production", summary["stages"]["index"]["key"]} <= set(artifact["aliases"])
     meta = artifact["metadata"]
     assert (meta["dim"], meta["ntotal"], meta["metric"], meta["index_type"]) == (512, 48, "l2", "flat-l2")
     assert meta["stage_keys"]["encoder"] == summary["stages"]["encoder"]["key"]
@@ -123,6 +124,70 @@ def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     assert set(artifact["files"]) == {"index.faiss", "manifest.json"}
     assert any("pretrain/loss" in row for row in offline["history"])
     assert offline["summary"]["knn_accuracy"] == summary["metrics"]["knn_accuracy"]
+
+
+def offline_runs_of(root, group):
+    """Every offline W&B run folder of one flow run (they share its name as their group)."""
+    runs = [read_offline_run(folder) for folder in sorted((root / "wandb").glob("offline-run-*"))]
+    return {run["job_type"]: run for run in runs if run["group"] == group}
+
+
+def test_wandb_lineage_chain_dataset_model_embeddings_index(first):
+    """Each stage's artifact is logged by the run that made it and declared as input by the run
+    that consumed it, with the same content digest (one version once synced)."""
+    from lib.manifest import read_manifest
+
+    root, summary = first
+    main = read_offline_run(summary["artifacts"]["wandb_run_dir"])
+    runs = offline_runs_of(root, main["group"])
+    assert set(runs) == {"dataset", "pretrain", "embed", "build-index", "upload-embeddings"}
+    stage_runs = summary["artifacts"]["wandb_stage_runs"]  # what the summary tells `wandb sync`
+    assert {read_offline_run(d)["job_type"] for d in stage_runs.values()} == set(runs) - {"upload-embeddings"}
+    made = {}
+    for job, stage, kind, name in [("dataset", "dataset", "dataset", "sample-train"),
+                                    ("pretrain", "encoder", "model", "dino-encoder"),
+                                    ("embed", "embeddings", "embeddings", "dino-vectors"),
+                                    ("build-index", "index", "faiss-embeddings", "dino-embeddings")]:
+        key = summary["stages"][stage]["key"]
+        (logged,) = [a for a in runs[job]["artifacts"] if a["type"] == kind]
+        assert logged["name"] == name and {"latest", key} <= set(logged["aliases"])
+        manifest = read_manifest(root, stage, key)
+        assert logged["metadata"]["stage_key"] == key
+        assert logged["metadata"]["sha256"] == {f.path: f.sha256 for f in manifest.files}
+        made[kind] = logged
+
+    def inputs(job):
+        return {a["type"]: a["digest"] for a in runs[job]["inputs"]}
+
+    digest = {kind: a["digest"] for kind, a in made.items()}
+    assert inputs("dataset") == {}
+    assert inputs("pretrain") == {"dataset": digest["dataset"]}
+    assert inputs("embed") == {"model": digest["model"], "dataset": digest["dataset"]}
+    assert inputs("build-index") == {"embeddings": digest["embeddings"]}
+    assert inputs("upload-embeddings") == {"faiss-embeddings": digest["faiss-embeddings"], "model": digest["model"]}
+    # the dataset is a reference: its manifest (content fingerprint) only, not the snapshot
+    assert set(made["dataset"]["files"]) == {"manifest.json"}
+    dataset = read_manifest(root, "dataset", summary["stages"]["dataset"]["key"])
+    assert made["dataset"]["metadata"]["settings"]["content"] == dataset.settings["content"]
+    assert set(made["model"]["files"]) == {"encoder.pt", "loss.png", "manifest.json"}
+    assert made["model"]["metadata"]["input_artifacts"] == {"dataset": f"sample-train:{dataset.key}"}
+    assert [row["pretrain/loss"] for row in runs["pretrain"]["history"]] == read_manifest(
+        root, "encoder", summary["stages"]["encoder"]["key"]).stats["losses"]
+
+
+def test_a_cached_rerun_logs_no_stage_runs_and_declares_the_same_index(first):
+    from flows.retrieval import retrieval_pipeline
+    from lib.manifest import read_manifest
+
+    root, _ = first
+    again = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}))
+    assert set(statuses(again).values()) == {"cached"} and not again["artifacts"]["wandb_stage_runs"]
+    main = read_offline_run(again["artifacts"]["wandb_run_dir"])
+    assert set(offline_runs_of(root, main["group"])) == {"upload-embeddings"}
+    (used,) = [a for a in main["inputs"] if a["type"] == "faiss-embeddings"]
+    key = again["stages"]["index"]["key"]
+    assert key in used["aliases"]
+    assert used["metadata"]["sha256"] == {f.path: f.sha256 for f in read_manifest(root, "index", key).files}
 
 
 def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
@@ -165,19 +230,100 @@ def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
         assert np.array_equal(np.asarray(thumbnail), np.asarray(held_out))
 
 
-def test_flow_mirrors_the_index_folder_to_s3(tmp_path, s3_endpoint):
-    s3_client(s3_endpoint).create_bucket(Bucket="flow-mirror")
-    summary = run_flow(tmp_path / "artifacts", **{"mirror.url": "s3://flow-mirror/lookalike",
-                                                  "mirror.endpoint_url": s3_endpoint})
-    (mirrored,) = summary["artifacts"]["mirror"]
-    key = summary["stages"]["index"]["key"]
-    assert mirrored["url"] == f"s3://flow-mirror/lookalike/index/{key}/"
-    listed = s3_client(s3_endpoint).list_objects_v2(Bucket="flow-mirror", Prefix=f"lookalike/index/{key}/")
-    assert {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]} == {"index.faiss", "manifest.json"}
-
-
 def test_unreachable_mirror_fails_the_mirror_not_the_local_result(tmp_path):
     summary = run_flow(tmp_path / "artifacts", **{"mirror.url": "s3://b/p", "mirror.endpoint_url": "http://127.0.0.1:9",
                                                   "mirror.retries": 0})
     assert "failed" in summary["artifacts"]["mirror"]
     assert summary["metrics"]["self_retrieval_at_1"] == 1.0
+
+
+def wandb_load(root, tmp_path, ref="team/lookalike/dino-embeddings:production", api=None):
+    from lib.wandb_chain import fetch_wandb_chain
+    from wandb_fake import FakeApi
+
+    api = api or FakeApi("team", "lookalike", root / "wandb")
+    return fetch_wandb_chain(ref, tmp_path / "cache", api=api), api
+
+
+def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_queries(first, tmp_path):
+    """W&B artifact path in --index: the chain follows the logged lineage, every file verified."""
+    import numpy as np
+
+    from lib.query import Searcher
+    from lib.serving import chain_from_index_key, resolve_ref
+
+    root, summary = first
+    (cache_root, key), api = wandb_load(root, tmp_path)
+    assert key == summary["stages"]["index"]["key"]
+    keys = {s: summary["stages"][s]["key"] for s in ("embeddings", "encoder", "dataset")}
+    assert api.requests == ["team/lookalike/dino-embeddings:production", f"team/lookalike/dino-vectors:{keys['embeddings']}",
+                            f"team/lookalike/dino-encoder:{keys['encoder']}", f"team/lookalike/sample-train:{keys['dataset']}"]
+    remote = Searcher(cache_root, resolve_ref(cache_root, key)[0])
+    local = Searcher(root, chain_from_index_key(root, key))
+    image = local.image_of_row(int(local.snapshot[3]["row_id"]))
+    assert remote.neighbours(image, 3) == local.neighbours(image, 3)
+    assert np.array_equal(remote.embed(image), local.embed(image))
+    # a second load finds the verified cache and downloads nothing but the artifacts' metadata
+    (again, _), api2 = wandb_load(root, tmp_path)
+    assert again == cache_root and len(api2.requests) == 4
+
+
+def test_a_tampered_wandb_file_is_refused_and_not_kept(first, tmp_path):
+    from lib.manifest import IntegrityError
+    from wandb_fake import FakeApi
+
+    root, summary = first
+    api = FakeApi("team", "lookalike", root / "wandb")
+    record = api.versions["dino-encoder:production"]
+    bad = tmp_path / "encoder.pt"
+    data = bytearray(Path(record["files"]["encoder.pt"]["local_path"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    bad.write_bytes(bytes(data))
+    for version in api.versions.values():
+        if version is record or version["digest"] == record["digest"]:
+            version["files"]["encoder.pt"] = {**version["files"]["encoder.pt"], "local_path": str(bad)}
+    with pytest.raises(IntegrityError, match=r"W&B artifact team/lookalike/dino-encoder:\w+: encoder.pt does not match"):
+        wandb_load(root, tmp_path, api=api)
+    assert not list((tmp_path / "cache").rglob("encoder.pt"))
+
+
+def test_a_wandb_dataset_whose_source_changed_is_refused(first, tmp_path):
+    """The dataset artifact is a reference; a source that no longer has that content is refused."""
+    import json
+
+    from lib.manifest import IntegrityError
+    from wandb_fake import FakeApi
+
+    root, summary = first
+    api = FakeApi("team", "lookalike", root / "wandb")
+    key = summary["stages"]["dataset"]["key"]
+    record = api.versions[f"sample-train:{key}"]
+    changed = json.loads(Path(record["files"]["manifest.json"]["local_path"]).read_text())
+    changed["settings"]["limit"] = 47  # what the source gives here no longer matches the recorded key
+    (tmp_path / "manifest.json").write_text(json.dumps(changed))
+    record["files"]["manifest.json"] = {**record["files"]["manifest.json"], "local_path": str(tmp_path / "manifest.json")}
+    with pytest.raises(IntegrityError, match="the images changed or are not on this machine"):
+        wandb_load(root, tmp_path, api=api)
+
+
+@pytest.mark.parametrize("ref, error", [
+    ("team/lookalike/dino-embeddings:v9", "cannot read W&B artifact team/lookalike/dino-embeddings:v9"),
+    ("team/lookalike/dino-vectors:latest", "type faiss-embeddings"),
+])
+def test_a_wandb_path_that_names_no_index_is_one_clear_error(first, tmp_path, ref, error):
+    from lib.tracking import WandbLoadError
+
+    root, _ = first
+    with pytest.raises(WandbLoadError, match=error):
+        wandb_load(root, tmp_path, ref=ref)
+
+
+def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, monkeypatch):
+    from lib.serving import localize
+    from lib.tracking import WandbLoadError
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(WandbLoadError, match="needs W&B online with an API key"):
+        localize(tmp_path, "team/lookalike/dino-embeddings:production")

@@ -18,15 +18,16 @@ CHAIN = ("dataset", "encoder", "embeddings", "index")
 
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory, s3_endpoint):
-    """A TINY run whose dataset, encoder, embeddings and index folders are mirrored to S3."""
+    """A TINY run mirrored to S3 with the default `mirror.stages`: the whole chain."""
     from flows.retrieval import retrieval_pipeline
 
     s3_client(s3_endpoint).create_bucket(Bucket="remote")
     root = tmp_path_factory.mktemp("remote") / "artifacts"
     summary = retrieval_pipeline(**flow_arguments({
         "artifacts_root": str(root), **TINY, "mirror.url": "s3://remote/team/lookalike",
-        "mirror.endpoint_url": s3_endpoint, "mirror.stages": list(CHAIN)}), promote=False)
-    assert len(summary["artifacts"]["mirror"]) == 4, summary["artifacts"]["mirror"]
+        "mirror.endpoint_url": s3_endpoint}), promote=False)
+    mirrored = [m["url"].split("/")[-3] for m in summary["artifacts"]["mirror"]]
+    assert mirrored == ["dataset", "encoder", "embeddings", "index", "evaluation"], summary["artifacts"]["mirror"]
     keys = {stage: summary["stages"][stage]["key"] for stage in CHAIN}
     return root, keys, f"s3://remote/team/lookalike/index/{keys['index']}"
 

@@ -73,3 +73,27 @@ def test_persistent_500s_fail_the_mirror_and_the_retry_uploads_only_the_rest(tmp
     assert keys == ["p/index/k1/index.faiss"]  # no manifest: the mirror is visibly incomplete
     again = mirror_stage(section, tmp_path, manifest)
     assert (again["uploaded"], again["skipped"]) == (1, 1)
+
+
+def test_large_files_go_up_in_parts_and_come_back_verified_by_sha256(tmp_path, s3_endpoint, bucket, monkeypatch):
+    """Above the threshold boto3's transfer manager uploads in parts; the multipart ETag is no
+    content hash, so the loader checks the manifest's sha256 instead."""
+    import os
+
+    import lib.storage as storage
+    from lib.storage import S3Location, fetch_stage
+
+    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)  # S3's smallest part size
+    folder = tmp_path / "root" / "embeddings" / "k2"
+    folder.mkdir(parents=True)
+    (folder / "shard-00000.npy").write_bytes(os.urandom(11 * 1024 * 1024))
+    manifest = write_manifest(folder, stage="embeddings", key="k2", code_version=1, settings={}, inputs={},
+                              files=["shard-00000.npy"], stats={}, timings={})
+    section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    assert mirror_stage(section, tmp_path / "root", manifest)["uploaded"] == 1
+    client = s3_client(s3_endpoint)
+    head = client.head_object(Bucket=bucket, Key="p/embeddings/k2/shard-00000.npy")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    fetched = fetch_stage(client, S3Location(bucket, "p"), "embeddings", "k2", tmp_path / "cache")
+    copy = tmp_path / "cache" / "embeddings" / "k2" / "shard-00000.npy"
+    assert fetched == manifest and copy.read_bytes() == (folder / "shard-00000.npy").read_bytes()

@@ -1,7 +1,13 @@
 """W&B in offline mode writes real run files; read them back (not `disabled`, which proves nothing)."""
 
 from lib.config import TrackingSettings
+from lib.lineage import ArtifactSpec
 from lib.tracking import TrackingRun, read_offline_run, resolve_mode
+
+
+def spec(folder, name, type, files, metadata=None, references=None):
+    return ArtifactSpec(stage="index", key="k1", name=name, type=type, folder=folder, files=tuple(files),
+                        metadata=metadata or {}, references=references or {})
 
 
 def test_auto_mode_is_offline_without_an_api_key(tmp_path, monkeypatch):
@@ -17,8 +23,8 @@ def test_offline_run_holds_metrics_and_artifact_with_metadata(tmp_path):
     run = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="t", job_type="upload-embeddings",
                       group=None, config={"encoder": {"epochs": 1}})
     run.log({"pretrain/loss": 1.5})
-    run.log_folder_artifact(name="dino-embeddings", type="faiss-embeddings", folder=folder,
-                            files=["index.faiss"], metadata={"dim": 512}, aliases=["latest", "k1"])
+    run.log_artifact(spec(folder, "dino-embeddings", "faiss-embeddings", ["index.faiss"], {"dim": 512}),
+                     aliases=["latest", "k1"])
     run_dir = run.run_dir
     run.finish()
     offline = read_offline_run(run_dir)
@@ -42,6 +48,31 @@ def test_wandb_files_stay_under_the_chosen_directory(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "a.bin").write_bytes(b"1")
     run = TrackingRun(TrackingSettings(mode="offline"), tmp_path / "wb", name="t", job_type="x", group=None, config={})
-    run.log_folder_artifact(name="a", type="t", folder=folder, files=["a.bin"], metadata={}, aliases=["latest"])
+    run.log_artifact(spec(folder, "a", "t", ["a.bin"]), aliases=["latest"])
     run.finish()
     assert list(home.rglob("*")) == []
+
+
+def test_an_input_declared_offline_is_recorded_for_sync_with_the_producers_digest(tmp_path):
+    """wandb refuses `use_artifact` offline; the input is recorded as `use_artifact` records an
+    artifact object (use_after_commit), which `wandb sync` turns into a used version."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "encoder.pt").write_bytes(b"weights")
+    model = spec(folder, "dino-encoder", "model", ["encoder.pt"])
+    producer = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="p", job_type="pretrain", group="g", config={})
+    producer.log_artifact(model, aliases=["latest", "k1"])
+    consumer = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="c", job_type="embed", group="g", config={})
+    consumer.use_artifact(model, aliases=["production"])
+    consumer.use_artifact(spec(folder, "sample-train", "dataset", [], references={"source": "hf://datasets/x@abc"}))
+    dirs = producer.run_dir, consumer.run_dir
+    producer.finish()
+    consumer.finish()
+    made, used = (read_offline_run(d) for d in dirs)
+    assert (made["inputs"], [a["name"] for a in made["artifacts"]]) == ([], ["dino-encoder"])
+    assert made["group"] == used["group"] == "g"
+    by_name = {a["name"]: a for a in used["inputs"]}
+    assert by_name["dino-encoder"]["digest"] == made["artifacts"][0]["digest"]
+    assert "production" in by_name["dino-encoder"]["aliases"]
+    assert by_name["sample-train"]["references"] == {"source": "hf://datasets/x@abc"}
+    assert [a["type"] for a in used["artifacts"]] == []
