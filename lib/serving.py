@@ -4,8 +4,8 @@
 index mirrored to `s3://bucket/prefix/index/<key>`, or a W&B artifact path
 `entity/project/<method>-embeddings:production`, fetched and verified first),
 loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
-alias, requests trigger a re-read of the small alias file at most every `poll_seconds`, in a
-background thread; when the alias points somewhere new, the new chain is loaded completely
+alias, requests trigger a re-read of the small alias file (from S3 for an S3 alias URL) at most
+every `poll_seconds`, in a background thread; when the alias points somewhere new, the new chain is loaded completely
 *beside* the old one and only then swapped in, so a request never sees a half-loaded index
 and never waits for one to load. A chain that fails to load leaves
 the old one serving and is reported in `info()`.
@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lib.aliases import Alias, alias_path, read_alias
+from lib.aliases import ALIASES, Alias, alias_path, read_alias
 from lib.data.images import decode_rgb
 from lib.errors import LookalikeError
 from lib.manifest import MANIFEST, find_manifest, read_manifest
 from lib.query import Chain, Searcher, alias_chain
-from lib.storage import fetch_index_chain
+from lib.storage import fetch_index_chain, parse_ref_url
 from lib.tracking import parse_wandb_ref
 
 MAX_K = 100
@@ -102,6 +102,9 @@ class IndexHolder:
                  max_image_pixels: int = 40_000_000, endpoint_url: str | None = None) -> None:
         self.ref, self.poll_seconds, self.max_image_pixels = ref, poll_seconds, max_image_pixels
         self.root, local_ref = localize(root, ref, endpoint_url)
+        # An S3 alias URL is re-read from S3 on each check, so the server follows it as it moves.
+        self._remote_alias = ref.startswith("s3://") and parse_ref_url(ref)[1] == ALIASES
+        self._endpoint_url, self._cache = endpoint_url, Path(root) / "remote"
         self._lock = threading.Lock()
         self._loaded = self._load(*resolve_ref(self.root, local_ref))
         self._checked = time.monotonic()
@@ -146,6 +149,8 @@ class IndexHolder:
             return False
         serving = self._loaded.searcher.chain.index.key
         try:
+            if self._remote_alias:  # the alias from S3, and the chain it names (fetched, verified)
+                fetch_index_chain(self.ref, self._cache, self._endpoint_url)
             chain, alias = resolve_ref(self.root, self._loaded.alias)
         except (LookalikeError, OSError) as exc:
             self.reload_error = f"still serving {serving}: {exc}"

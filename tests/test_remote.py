@@ -170,3 +170,24 @@ def test_lookalike_query_by_s3_reference_on_a_machine_without_the_artifacts(mirr
         assert answer["index"] == keys["index"] and answer["neighbours"][0]["row"] == row
         fetched = empty_root / "remote" / "s3" / "remote" / "team/lookalike"
         assert (fetched / "index" / keys["index"] / MANIFEST).is_file()
+
+
+def test_a_server_on_an_s3_alias_follows_it_when_a_later_run_moves_it(mirrored, tmp_path, s3_endpoint):
+    """Runs last in this module: it moves `latest` on S3 to a new index."""
+    from flows.retrieval import retrieval_pipeline
+    from lib.serving import IndexHolder
+
+    root, keys, _ = mirrored
+    holder = IndexHolder(tmp_path / "artifacts", "s3://remote/team/lookalike/aliases/latest", poll_seconds=0.1,
+                         endpoint_url=s3_endpoint)
+    assert holder.info()["index"] == keys["index"] and holder.reload() is False  # nothing moved yet
+    moved = retrieval_pipeline(**flow_arguments({
+        "artifacts_root": str(root), **TINY, "index.type": "hnsw", "mirror.url": "s3://remote/team/lookalike",
+        "mirror.endpoint_url": s3_endpoint}), promote=False)
+    new = moved["stages"]["index"]["key"]
+    assert new != keys["index"] and moved["stages"]["embeddings"]["status"] == "cached"
+    assert holder.reload() is True
+    info = holder.info()
+    assert (info["alias"], info["index"], info["reload_error"]) == ("latest", new, None)
+    row = int(holder.searcher.snapshot[0]["row_id"])
+    assert holder.by_row(row, 3)[0] == new  # queries are answered by the new index
