@@ -327,3 +327,18 @@ def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, m
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     with pytest.raises(WandbLoadError, match="needs W&B online with an API key"):
         localize(tmp_path, "team/lookalike/dino-embeddings:production")
+
+
+def test_a_wandb_failure_is_reported_and_never_fails_the_run(first, monkeypatch):
+    from flows.retrieval import retrieval_pipeline
+    from lib.tracking import TrackingRun
+
+    root, summary = first
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(TrackingRun, "use_artifact", refuse)
+    again = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}))
+    assert "api.wandb.ai unreachable" in again["artifacts"]["wandb_error"]
+    assert again["metrics"] == summary["metrics"] and "latest" in again["aliases"]
