@@ -52,8 +52,9 @@ def artifact_name(stage: str, manifests: dict[str, Manifest]) -> str:
     if stage == "dataset":
         settings = manifests["dataset"].settings
         source = settings["source"]
-        if source != "sample" and "/" in source and Path(source).expanduser().exists():
-            source = Path(source).name  # a local path: its folder name, not the machine's layout
+        kind, _, location = settings.get("resolved", "").partition(":")
+        if source != "sample" and kind and kind != "hub":  # a local path: its name, not the machine's layout
+            source = Path(location).name
         return _slug(f"{source}-{settings['split']}")
     method = manifests["encoder"].settings["method"]
     return f"{method}-" + {"encoder": "encoder", "embeddings": "vectors", "index": "embeddings"}[stage]

@@ -1,5 +1,7 @@
 """W&B in offline mode writes real run files; read them back (not `disabled`, which proves nothing)."""
 
+import pytest
+
 from lib.config import TrackingSettings
 from lib.lineage import ArtifactSpec
 from lib.tracking import TrackingRun, read_offline_run, resolve_mode
@@ -76,3 +78,18 @@ def test_an_input_declared_offline_is_recorded_for_sync_with_the_producers_diges
     assert "production" in by_name["dino-encoder"]["aliases"]
     assert by_name["sample-train"]["references"] == {"source": "hf://datasets/x@abc"}
     assert [a["type"] for a in used["artifacts"]] == []
+
+
+@pytest.mark.parametrize("source, resolved, name", [
+    ("sample", "folder:/opt/lookalike/data/fashion-mnist-sample", "sample-train"),
+    ("/data/my photos/", "folder:/data/my photos", "my-photos-train"),  # a path: its name, not its layout
+    ("ethz/food101", "hub:ethz/food101", "ethz-food101-train"),
+])
+def test_dataset_artifact_names_do_not_depend_on_the_machine(source, resolved, name):
+    from lib.lineage import artifact_name, source_reference
+    from lib.manifest import Manifest
+
+    dataset = Manifest(stage="dataset", key="k", code_version=1, created="t", files=[],
+                       settings={"source": source, "split": "train", "resolved": resolved, "content": "hub@abc123"})
+    assert artifact_name("dataset", {"dataset": dataset}) == name
+    assert source_reference(dataset) == ({"source": "hf://datasets/ethz/food101@abc123"} if "hub" in resolved else {})
