@@ -246,22 +246,22 @@ def parse_wandb_ref(ref: str) -> re.Match | None:
 def public_api():
     """wandb's public API client; credentials the usual way (WANDB_API_KEY, `wandb login`)."""
     import wandb
-    from wandb.errors import UsageError
+    from wandb.errors import Error
 
     try:
         return wandb.Api()
-    except (UsageError, ValueError) as exc:
+    except (Error, ValueError, OSError) as exc:  # no key, or the key cannot be verified (no network)
         raise WandbLoadError(f"loading a W&B artifact needs W&B online with an API key (WANDB_API_KEY or "
                              f"`wandb login`): {exc}") from None
 
 
 def open_artifact(api, path: str, type: str):
     """`api.artifact(path, type)`, wandb's errors turned into one line naming the artifact."""
-    from wandb.errors import CommError
+    from wandb.errors import Error
 
     try:
         return api.artifact(path, type=type)
-    except (CommError, ValueError) as exc:
+    except (Error, ValueError, OSError) as exc:
         raise WandbLoadError(f"cannot read W&B artifact {path} (type {type}): {exc}") from None
 
 
@@ -270,11 +270,11 @@ def download_entry(artifact, name: str, target: Path) -> None:
     import shutil
     import tempfile
 
-    from wandb.errors import CommError
+    from wandb.errors import Error
 
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wandb-") as tmp:
         try:
             path = artifact.get_entry(name).download(root=tmp, skip_cache=True)
-        except (CommError, KeyError, OSError) as exc:
+        except (Error, KeyError, ValueError, OSError) as exc:
             raise WandbLoadError(f"cannot download {name} of W&B artifact {artifact.qualified_name}: {exc}") from None
         shutil.move(path, target)

@@ -93,3 +93,24 @@ def test_dataset_artifact_names_do_not_depend_on_the_machine(source, resolved, n
                        settings={"source": source, "split": "train", "resolved": resolved, "content": "hub@abc123"})
     assert artifact_name("dataset", {"dataset": dataset}) == name
     assert source_reference(dataset) == ({"source": "hf://datasets/ethz/food101@abc123"} if "hub" in resolved else {})
+
+
+def test_wandb_unreachable_or_refusing_the_key_is_one_clear_error(monkeypatch):
+    import wandb
+    from wandb.errors import AuthenticationError
+
+    from lib.tracking import WandbLoadError, open_artifact, public_api
+
+    def refuse(*args, **kwargs):
+        raise AuthenticationError("Failed to verify credentials with https://api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "Api", refuse)
+    with pytest.raises(WandbLoadError, match="needs W&B online with an API key.*Failed to verify credentials"):
+        public_api()
+
+    class Offline:
+        def artifact(self, name, type=None):
+            raise ConnectionError("Max retries exceeded with url: /graphql")
+
+    with pytest.raises(WandbLoadError, match="cannot read W&B artifact e/p/a:production .*Max retries"):
+        open_artifact(Offline(), "e/p/a:production", "faiss-embeddings")
