@@ -5,8 +5,8 @@ index mirrored to `s3://bucket/prefix/index/<key>`, or a W&B artifact path
 `entity/project/<method>-embeddings:production`, fetched and verified first),
 loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
 alias, requests trigger a re-read of the small alias file (from S3 for an S3 alias URL) at most
-every `poll_seconds`, in a background thread; when the alias points somewhere new, the new chain is loaded completely
-*beside* the old one and only then swapped in, so a request never sees a half-loaded index
+every `poll_seconds`, in a background thread; when the alias points somewhere new, the new chain
+is loaded completely *beside* the old one and only then swapped in, so a request never sees a half-loaded index
 and never waits for one to load. A chain that fails to load leaves
 the old one serving and is reported in `info()`.
 """

@@ -115,7 +115,7 @@ class TrackingRun:
             self._run.log({key: wandb.Table(columns=columns, data=data)})
 
     def log_artifact(self, spec: ArtifactSpec, aliases: list[str]) -> None:
-        """Log a stage folder as this run's output (aliases besides `latest`: its stage key...)."""
+        """Log a stage folder as this run's output, with `aliases` (e.g. `latest` and its stage key)."""
         if self._run:
             self._run.log_artifact(_draft(spec), aliases=aliases)
 
