@@ -219,6 +219,16 @@ def install_stage(root: Path | str, raw_manifest: bytes, fetch: Callable[[str, P
     return manifest
 
 
+def complete_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
+    """The manifest of a finished folder whose listed files are all present at their sizes (a
+    cache that needs no download; loaders still check every sha256 before reading), else None."""
+    manifest = find_manifest(root, stage, key)
+    folder = stage_dir(root, stage, key)
+    if manifest is None or not all(has_size(folder / f.path, f.bytes) for f in manifest.files):
+        return None
+    return manifest
+
+
 def has_size(path: Path, size: int) -> bool:
     return path.is_file() and path.stat().st_size == size
 

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 from lib.aliases import ALIASES, Alias, alias_path
 from lib.config import MirrorSettings
 from lib.errors import LookalikeError
-from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_write_bytes, find_manifest, has_size,
-                          install_stage, stage_dir)
+from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_write_bytes, complete_manifest, install_stage,
+                          stage_dir)
 
 SHA_META = "sha256"
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -212,10 +212,9 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    cached = find_manifest(root, stage, key)
-    folder = stage_dir(root, stage, key)
-    if cached is not None and all(has_size(folder / f.path, f.bytes) for f in cached.files):
-        return cached  # complete; the loaders check every sha256 before reading (verified_path)
+    cached = complete_manifest(root, stage, key)
+    if cached is not None:
+        return cached
     where = f"s3://{location.bucket}/{location.key(stage, key)}/"
     try:
         raw = client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read()

@@ -18,7 +18,7 @@ from pathlib import Path
 from lib.config import DatasetSettings
 from lib.data.snapshot import dataset_key, run_dataset_stage
 from lib.lineage import ARTIFACT_TYPES
-from lib.manifest import MANIFEST, IntegrityError, Manifest, find_manifest, has_size, install_stage, stage_dir
+from lib.manifest import MANIFEST, IntegrityError, Manifest, complete_manifest, install_stage, stage_dir
 from lib.tracking import download_entry, open_artifact, parse_wandb_ref, public_api
 
 
@@ -56,25 +56,28 @@ def _input(inputs: dict[str, str], stage: str, ref: str) -> str:
 
 
 def _install(api, path: str, stage: str, root: Path) -> tuple[Manifest, dict[str, str]]:
-    """One stage artifact into `root/<stage>/<key>/` (nothing downloaded when the cache verifies).
+    """One stage artifact into `root/<stage>/<key>/` (nothing downloaded when the cache is complete).
     Returns its manifest and the input artifacts its metadata names."""
+    artifact, key = _open(api, path, stage)
+    manifest = complete_manifest(root, stage, key)
+    if manifest is None:
+        raw = _read_manifest(artifact, stage_dir(root, stage, key))
+        manifest = install_stage(root, raw, lambda name, tmp: download_entry(artifact, name, tmp),
+                                 f"W&B artifact {path}: ", expect=(stage, key))
+    return manifest, dict(artifact.metadata.get("input_artifacts") or {})
+
+
+def _open(api, path: str, stage: str):
+    """(the artifact, its stage key), refusing an artifact that is not a lookalike stage."""
     artifact = open_artifact(api, path, ARTIFACT_TYPES[stage])
     metadata = artifact.metadata or {}
-    key = metadata.get("stage_key")
-    if metadata.get("stage") != stage or not key:
+    if metadata.get("stage") != stage or not metadata.get("stage_key"):
         raise IntegrityError(f"W&B artifact {path} is not a lookalike {stage} stage (no stage_key in its metadata)")
-    cached = find_manifest(root, stage, key)
-    if cached is None or not all(has_size(stage_dir(root, stage, key) / f.path, f.bytes) for f in cached.files):
-        where = f"W&B artifact {path}: "
-        folder = stage_dir(root, stage, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        raw = _read_manifest(artifact, folder)
-        cached = install_stage(root, raw, lambda name, tmp: download_entry(artifact, name, tmp), where,
-                               expect=(stage, key))
-    return cached, dict(metadata.get("input_artifacts") or {})
+    return artifact, metadata["stage_key"]
 
 
 def _read_manifest(artifact, folder: Path) -> bytes:
+    folder.mkdir(parents=True, exist_ok=True)
     target = folder / f".{MANIFEST}.download"
     try:
         download_entry(artifact, MANIFEST, target)
@@ -85,14 +88,11 @@ def _read_manifest(artifact, folder: Path) -> bytes:
 
 def _dataset(api, path: str, root: Path) -> Manifest:
     """The dataset snapshot the index rows point at: from the cache, else rebuilt from its source."""
-    artifact = open_artifact(api, path, ARTIFACT_TYPES["dataset"])
-    key = (artifact.metadata or {}).get("stage_key")
-    cached = find_manifest(root, "dataset", key) if key else None
-    if cached is not None and all(has_size(stage_dir(root, "dataset", key) / f.path, f.bytes) for f in cached.files):
+    artifact, key = _open(api, path, "dataset")
+    cached = complete_manifest(root, "dataset", key)
+    if cached is not None:
         return cached
-    folder = root / "dataset"
-    folder.mkdir(parents=True, exist_ok=True)
-    recorded = Manifest.model_validate_json(_read_manifest(artifact, folder))
+    recorded = Manifest.model_validate_json(_read_manifest(artifact, root / "dataset"))
     section = DatasetSettings.model_validate(
         {k: v for k, v in recorded.settings.items() if k in DatasetSettings.model_fields})
     here, source, fingerprint = dataset_key(section)
