@@ -23,12 +23,15 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lib.errors import LookalikeError
 
 METHOD_NAMES = ("dino", "simclr", "byol")
+# lightly.models.ResNetGenerator's names (lib.backbones builds them); here so settings need no torch.
+SMALL_IMAGE_RESNETS = ("resnet-9", "resnet-18", "resnet-34", "resnet-50", "resnet-101", "resnet-152")
 Method = Literal["dino", "simclr", "byol"]
 # The FAISS presets of lib.indexing.PRESETS, as a type (the Prefect UI shows it as a choice).
 IndexPreset = Literal["flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat", "auto"]
@@ -73,7 +76,14 @@ class EncoderSettings(Section):
     """Self-supervised pretraining (the `encoder` stage)."""
 
     method: Method = Field("dino", description="SSL method from lightly: dino, simclr or byol.")
-    backbone: str = Field("resnet18", description="torchvision architecture name.")
+    backbone: str = Field(
+        "resnet18",
+        description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
+        "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool; the right choice for images under ~64 px).",
+    )
+    width: PositiveFloat = Field(
+        1.0, description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels)."
+    )
     input_size: PositiveInt = Field(32, ge=16, description="Square input side in pixels.")
     epochs: NonNegativeInt = Field(3, description="Pretraining epochs; 0 keeps random weights.")
     batch_size: PositiveInt = Field(128, ge=2, description="Pretraining batch size.")
@@ -83,6 +93,9 @@ class EncoderSettings(Section):
     num_workers: NonNegativeInt = Field(
         0, description="DataLoader worker processes (0 on a 2-core CPU: a worker would take a core from training)."
     )
+    channels_last: bool = Field(
+        True, description="Train in channels_last memory format (faster on CPU); in the key: it changes float rounding."
+    )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
 
     @field_validator("backbone")
@@ -91,6 +104,24 @@ class EncoderSettings(Section):
         from lib.backbones import check_backbone_name
 
         return check_backbone_name(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torchvision_backbones_are_width_one(cls, data: Any) -> Any:
+        """`--set encoder.backbone=resnet50` alone means resnet50 as torchvision builds it, not
+        an error about the small-image default's width."""
+        if isinstance(data, dict) and "width" not in data and data.get("backbone", cls.model_fields["backbone"].default) not in SMALL_IMAGE_RESNETS:
+            return {**data, "width": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _width_fits_backbone(self) -> "EncoderSettings":
+        if self.width != 1.0 and self.backbone not in SMALL_IMAGE_RESNETS:
+            raise ValueError(
+                f"width={self.width} scales lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}); "
+                f"torchvision's {self.backbone!r} has a fixed width: leave width at 1 or pick one of those"
+            )
+        return self
 
 
 class EmbeddingsSettings(Section):

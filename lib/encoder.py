@@ -25,6 +25,7 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     architecture: str
+    width: float = 1.0  # lightly small-image ResNets only; checkpoints from before it are width 1
     feature_dim: int
     input_size: int
     mean: tuple[float, float, float]
@@ -57,7 +58,7 @@ def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise EncoderLoadError(f"{path} is not a lookalike encoder checkpoint (missing spec/state_dict)")
     spec = EncoderSpec.model_validate(payload["spec"])
-    backbone, _ = build_backbone(spec.architecture, spec.input_size)
+    backbone, _ = build_backbone(spec.architecture, spec.input_size, spec.width)
     backbone.load_state_dict(payload["state_dict"])
     return backbone.eval(), spec
 

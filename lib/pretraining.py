@@ -35,6 +35,8 @@ LOSS_CURVE = "loss.png"
 
 # on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
 EpochCallback = Callable[[int, int, float, float], None]
+# probe(epoch (1-based), the encoder as it would be exported now): e.g. a kNN curve; its time is not the epoch's
+EncoderProbe = Callable[[int, torch.nn.Module], None]
 
 
 def encoder_key(section: EncoderSettings, dataset: Manifest) -> str:
@@ -42,13 +44,14 @@ def encoder_key(section: EncoderSettings, dataset: Manifest) -> str:
 
 
 def run_encoder_stage(
-    section: EncoderSettings, dataset: Manifest, root: Path, on_epoch: EpochCallback | None = None
+    section: EncoderSettings, dataset: Manifest, root: Path, on_epoch: EpochCallback | None = None,
+    probe: EncoderProbe | None = None,
 ) -> StageResult:
     """Pretrain (or resume pretraining) and export a self-describing encoder checkpoint."""
     key = encoder_key(section, dataset)
 
     def build(folder: Path) -> Built:
-        return _train(section, dataset, root, folder, on_epoch)
+        return _train(section, dataset, root, folder, on_epoch, probe)
 
     result = run_stage(
         root, STAGE, key, code_version=CODE_VERSION, settings=section.model_dump(mode="json"),
@@ -58,10 +61,14 @@ def run_encoder_stage(
     return result
 
 
-def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path, on_epoch: EpochCallback | None) -> Built:
+def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path, on_epoch: EpochCallback | None,
+           probe: EncoderProbe | None) -> Built:
     seed_everything(section.seed)
-    backbone, dim = build_backbone(section.backbone, section.input_size)
+    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
     method = build_method(section.method, backbone, dim, section.input_size, section.epochs)
+    layout = torch.channels_last if section.channels_last else torch.contiguous_format
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    method = method.to(device, memory_format=layout)
     snapshot = open_snapshot(root, dataset)
     n = len(snapshot)
     if section.epochs and n < 2:
@@ -88,20 +95,24 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
         loader = DataLoader(
             images, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
             num_workers=section.num_workers, persistent_workers=False,
-            multiprocessing_context=worker_context(section.num_workers),
+            multiprocessing_context=worker_context(section.num_workers), pin_memory=device.type == "cuda",
         )
         running = 0.0
         with progress(steps_per_epoch, f"encoder: epoch {epoch + 1}/{section.epochs}", unit="batch") as bar:
             for step, views in enumerate(loader):
-                loss = method.training_loss(views, epoch, (epoch * steps_per_epoch + step) / total_steps)
+                views = [v.to(device, non_blocking=True).contiguous(memory_format=layout) for v in views]
+                # bf16 autocast on CUDA only: it needs no loss scaling; on this CPU it is ~30x slower
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss = method.training_loss(views, epoch, (epoch * steps_per_epoch + step) / total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 method.before_optimizer_step(epoch)
                 optimizer.step()
                 method.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
-                running += loss.item()
+                value = loss.item()
+                running += value
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
         losses.append(running / steps_per_epoch)
         epoch_seconds.append(time.perf_counter() - started)
         with atomic_path(state_path) as tmp:
@@ -109,12 +120,15 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
                         "losses": losses, "epoch_seconds": epoch_seconds}, tmp)
         if on_epoch:
             on_epoch(epoch + 1, section.epochs, losses[-1], epoch_seconds[-1])
+        if probe:
+            probe(epoch + 1, method.encoder())
+            method.train()
 
     spec = EncoderSpec(
-        architecture=section.backbone, feature_dim=dim, input_size=section.input_size,
+        architecture=section.backbone, width=section.width, feature_dim=dim, input_size=section.input_size,
         mean=tuple(IMAGENET_NORMALIZE["mean"]), std=tuple(IMAGENET_NORMALIZE["std"]), method=section.method,
     )
-    save_encoder(folder / ENCODER_FILE, method.encoder(), spec)
+    save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
     files = [ENCODER_FILE]
     if losses:
         save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss",
