@@ -1,0 +1,39 @@
+"""The CLI's flow runner (cli/orchestration.py): how a `lookalike run` process ends."""
+
+import gc
+import subprocess
+import sys
+import types
+
+import cli.orchestration as orchestration
+
+
+def test_a_flow_run_from_the_cli_exits_without_the_final_garbage_collections(monkeypatch):
+    """run_pipeline asks for the heap to be frozen at exit, once per process."""
+    registered = []
+    monkeypatch.setattr(orchestration.atexit, "register", registered.append)
+    monkeypatch.setattr(orchestration, "_final_collections_skipped", False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server
+    flow_module = types.ModuleType("flows.retrieval")
+    flow_module.retrieval_pipeline = lambda **_: types.SimpleNamespace(result=lambda: {"stages": {}})
+    monkeypatch.setitem(sys.modules, "flows.retrieval", flow_module)
+
+    assert orchestration.run_pipeline({}, {}) == {"stages": {}}
+    assert orchestration.run_pipeline({}, {}) == {"stages": {}}
+    assert registered == [gc.freeze]
+
+
+def test_skipping_the_final_collections_freezes_the_heap_at_exit_and_keeps_other_exit_handlers():
+    script = (
+        "import atexit, gc, sys\n"
+        # registered first, so it runs last: after the freeze
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0, flush=True))\n"
+        "from cli.orchestration import skip_final_collections\n"
+        "skip_final_collections()\n"
+        "skip_final_collections()\n"
+        "print('frozen before exit:', gc.get_freeze_count() > 0, flush=True)\n"
+        "atexit.register(lambda: print('later handler ran', flush=True))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["frozen before exit: False", "later handler ran", "frozen at exit: True"]
