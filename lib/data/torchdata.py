@@ -27,6 +27,12 @@ class SnapshotImages(Dataset):
         image = self.snapshot[int(i)]["image"]
         return self.transform(decode_rgb(image["bytes"], _NO_LIMIT))
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """A DataLoader batch's samples, in order, from one Arrow read: reading rows one by
+        one costs more than decoding them (about 100 of 280 us per image in embedding)."""
+        images = self.snapshot[[int(i) for i in indices]]["image"]
+        return [self.transform(decode_rgb(image["bytes"], _NO_LIMIT)) for image in images]
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch, numpy and random; return a torch Generator for DataLoader shuffling."""
