@@ -78,3 +78,16 @@ def describe_model(encoder) -> dict[str, Any]:
     spec = dict(encoder.stats["spec"])
     keep = ("architecture", "width", "input_size", "feature_dim", "method")
     return {k: spec[k] for k in keep if k in spec}
+
+
+def add_stage_arguments(parser, work_dir_note: str) -> None:
+    """The options both embedding benchmarks take: the stage's and encoder's settings, the source, the scratch dir."""
+    parser.add_argument("--batch-size", type=int, help="embeddings.batch_size (default: the setting's)")
+    parser.add_argument("--num-workers", type=int, help="embeddings.num_workers (default: the setting's)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in the measured process (default: torch's)")
+    parser.add_argument("--backbone", help="encoder.backbone (default: the setting's)")
+    parser.add_argument("--width", type=float, help="encoder.width (default: the setting's)")
+    parser.add_argument("--input-size", type=int, help="encoder.input_size (default: the setting's)")
+    parser.add_argument("--source", type=Path, default=SOURCE, help="Fashion-MNIST IDX files")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                        help=f"scratch: the 70k parquet, dataset and encoder stages (kept between runs); {work_dir_note}")

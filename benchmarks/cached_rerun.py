@@ -286,8 +286,7 @@ def baseline_process() -> None:
     from cli.server import TemporaryServer
 
     clock["import the CLI (typer, rich, settings)"] = time.monotonic() - started
-    if hasattr(orchestration, "skip_final_collections"):  # the CLI's exit, where it has one
-        orchestration.skip_final_collections()
+    orchestration.skip_final_collections()  # the CLI's exit
     orchestration._quiet_temporary_server()
     server = TemporaryServer().start()  # boots while the pipeline's modules import, as in the CLI
     os.environ.update(server.client_env())

@@ -39,7 +39,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from _embedding_setup import SOURCE, WORK_DIR, dataset_source, describe_model, prepare_stages
+from _embedding_setup import add_stage_arguments, dataset_source, describe_model, prepare_stages
 from _record import emit
 
 FASHION_MNIST_IMAGES = 70_000
@@ -86,16 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[7_000, FASHION_MNIST_IMAGES])
-    parser.add_argument("--batch-size", type=int, help="embeddings.batch_size (default: the setting's)")
-    parser.add_argument("--num-workers", type=int, help="embeddings.num_workers (default: the setting's)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in the measured process")
-    parser.add_argument("--backbone", help="encoder.backbone (default: the setting's)")
-    parser.add_argument("--width", type=float, help="encoder.width (default: the setting's)")
-    parser.add_argument("--input-size", type=int, help="encoder.input_size (default: the setting's)")
-    parser.add_argument("--source", type=Path, default=SOURCE, help="Fashion-MNIST IDX files")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
-                        help="scratch: the 70k parquet, dataset and encoder stages (kept between runs); "
-                        "its artifacts/embeddings folder is deleted before every measured run")
+    add_stage_arguments(parser, "its artifacts/embeddings folder is deleted before every measured run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.child:

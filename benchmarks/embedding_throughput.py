@@ -50,7 +50,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from _embedding_setup import SOURCE, WORK_DIR, dataset_source, describe_model, prepare_stages
+from _embedding_setup import add_stage_arguments, dataset_source, describe_model, prepare_stages
 from _record import emit
 
 WARMUP_ROWS = 512
@@ -63,17 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dataset", choices=["sample", "fashion-mnist", "both"], default="both")
     parser.add_argument("--limit", type=int, help="embed a seeded random subset of this many images")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, help="embeddings.batch_size (default: the setting's)")
-    parser.add_argument("--num-workers", type=int, help="embeddings.num_workers (default: the setting's)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in this process (default: torch's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--backbone", help="encoder.backbone (default: the setting's)")
-    parser.add_argument("--width", type=float, help="encoder.width (default: the setting's)")
-    parser.add_argument("--input-size", type=int, help="encoder.input_size (default: the setting's)")
-    parser.add_argument("--source", type=Path, default=SOURCE, help="Fashion-MNIST IDX files")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
-                        help="scratch: the 70k parquet, dataset and encoder stages (kept between runs); "
-                        "its artifacts/embeddings folder is deleted before every pipeline run")
+    add_stage_arguments(parser, "its artifacts/embeddings folder is deleted before every pipeline run")
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
 
