@@ -5,8 +5,9 @@ Two families:
     ...): ImageNet stems that downsample 4x at once, the right choice from ~64 px up;
   - lightly's CIFAR-style ResNets (`resnet-9`, `resnet-18`, ... from `ResNetGenerator`):
     a 3x3 stride-1 stem with no max-pool, so 28-32 px images keep their detail, and a
-    `width` multiplier on every layer. These are what lightly's own small-image benchmarks
-    train, and on a CPU a narrow one is the recipe `benchmarks/pretraining.py` found best.
+    `width` multiplier on every layer: what lightly's own small-image benchmarks train.
+    Whether one beats ResNet-18 within a CPU budget is what `benchmarks/pretraining.py`
+    measures (not yet: see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ def _classification_models() -> tuple[str, ...]:
     import torchvision
 
     return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
 
 
 class SmallImageResNet(nn.Module):
