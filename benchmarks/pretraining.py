@@ -158,29 +158,29 @@ def recipe(args) -> dict:
     print(f"Fashion-MNIST: {len(train[0])} train, {len(test[0])} test", flush=True)
 
     pixels = lambda split: np.stack([np.asarray(im.convert("L"), dtype=np.float32).ravel() / 255 for im in split[0]])  # noqa: E731
-    raw = {"knn_at_10_l2": knn_accuracy(pixels(train), train[1], pixels(test), test[1], cosine=False),
-           "knn_at_10_cosine": knn_accuracy(pixels(train), train[1], pixels(test), test[1], cosine=True)}
+    db, queries = pixels(train), pixels(test)
+    raw = {"knn_at_10_l2": knn_accuracy(db, train[1], queries, test[1], cosine=False),
+           "knn_at_10_cosine": knn_accuracy(db, train[1], queries, test[1], cosine=True)}
     print("raw pixels", raw, flush=True)
 
     from lib.encoder import load_encoder
 
-    def random_init(overrides: dict) -> dict:
+    def random_init(overrides: dict) -> tuple[dict, EncoderSpec]:
         section = load_settings({**sets, **overrides, "encoder.epochs": 0}).encoder
         model, spec = load_encoder(root, run_encoder_stage(section, train_manifest, root).manifest)
         row = {"backbone": section.backbone, "width": section.width, "input_size": section.input_size,
                "feature_dim": spec.feature_dim, **scores(model, spec, train, test)}
         print("random init", row, flush=True)
-        return row
+        return row, spec
 
-    baselines = {"raw_pixels": raw, "random_init": random_init({})}
+    own, spec = random_init({})  # the recipe's backbone; its spec feeds the probes
+    baselines = {"raw_pixels": raw, "random_init": own}
     for extra in args.random_baseline:
         name, _, size = extra.partition("@")
         baselines[f"random_init {extra}"] = random_init({"encoder.backbone": name, "encoder.width": 1.0,
-                                                          "encoder.input_size": int(size or 32)})
+                                                          "encoder.input_size": int(size or 32)})[0]
 
     section = settings.encoder
-    spec = EncoderSpec.model_validate(load_encoder(root, run_encoder_stage(
-        section.model_copy(update={"epochs": 0}), train_manifest, root).manifest)[1].model_dump())
     curve, minutes = [], [0.0]
 
     def on_epoch(epoch: int, epochs: int, loss: float, seconds: float) -> None:

@@ -79,7 +79,7 @@ class EncoderSettings(Section):
     backbone: str = Field(
         "resnet18",
         description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
-        "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool; the right choice for images under ~64 px).",
+        "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool, built for images under ~64 px).",
     )
     width: PositiveFloat = Field(
         1.0, description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels)."

@@ -24,8 +24,7 @@ class SnapshotImages(Dataset):
         return len(self.snapshot)
 
     def __getitem__(self, i: int):
-        image = self.snapshot[int(i)]["image"]
-        return self.transform(decode_rgb(image["bytes"], _NO_LIMIT))
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list:
         """A DataLoader batch's samples, in order, from one Arrow read: reading rows one by
