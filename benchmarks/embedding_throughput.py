@@ -82,8 +82,8 @@ from torchvision import transforms  # noqa: E402
 
 from lib.data.images import decode_rgb  # noqa: E402
 from lib.data.snapshot import open_snapshot  # noqa: E402
+from lib.data.torchdata import ResizeToTensor  # noqa: E402
 from lib.embedding import (  # noqa: E402
-    ResizeToTensor,
     embed_batch,
     inference_model,
     load_embeddings,

@@ -49,7 +49,8 @@ from PIL import Image  # noqa: E402
 
 from lib.config import METHOD_NAMES, load_settings  # noqa: E402
 from lib.data.snapshot import run_dataset_stage  # noqa: E402
-from lib.embedding import ResizeToTensor, embed_batch, normalize_batch  # noqa: E402
+from lib.data.torchdata import ResizeToTensor  # noqa: E402
+from lib.embedding import embed_batch, normalize_batch  # noqa: E402
 from lib.encoder import EncoderSpec  # noqa: E402
 from lib.pretraining import run_encoder_stage  # noqa: E402
 

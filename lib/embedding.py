@@ -23,13 +23,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import ImageOps
 from torch.utils.data import DataLoader
 
 from lib.config import EmbeddingsSettings
 from lib.data.snapshot import STAGE as DATASET
 from lib.data.snapshot import open_snapshot
-from lib.data.torchdata import SnapshotImages, worker_context
+from lib.data.torchdata import ResizeToTensor, SnapshotImages, worker_context
 from lib.encoder import EncoderSpec, load_encoder
 from lib.manifest import (
     MANIFEST,
@@ -73,23 +72,6 @@ def run_embeddings_stage(
         root, STAGE, key, code_version=CODE_VERSION, settings=section.model_dump(mode="json"),
         inputs={"dataset": dataset.key, "encoder": encoder.key}, build=build,
     )
-
-
-class ResizeToTensor:
-    """Decoded RGB image -> (H, W, 3) uint8 tensor, center-fitted to the encoder's input size.
-
-    uint8 crosses the DataLoader boundary (4x less than float); normalisation happens
-    on whole batches in `normalize_batch`.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, image) -> torch.Tensor:
-        from PIL import Image
-
-        fitted = ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy())
 
 
 def normalize_batch(batch: torch.Tensor, spec: EncoderSpec, device: torch.device) -> torch.Tensor:

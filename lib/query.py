@@ -19,7 +19,8 @@ from lib.config import Settings
 from lib.data.images import decode_rgb
 from lib.data.snapshot import dataset_key, open_snapshot, row_positions
 from lib.errors import LookalikeError
-from lib.embedding import ResizeToTensor, embed_batch, embeddings_key, normalize_batch
+from lib.data.torchdata import ResizeToTensor
+from lib.embedding import embed_batch, embeddings_key, normalize_batch
 from lib.encoder import load_encoder
 from lib.indexing import index_key, load_index, prepare_vectors, search
 from lib.manifest import IntegrityError, Manifest, find_manifest

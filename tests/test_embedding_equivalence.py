@@ -22,7 +22,8 @@ from conftest import TINY
 from lib.backbones import build_backbone
 from lib.data.snapshot import open_snapshot, run_dataset_stage
 from lib.data.torchdata import SnapshotImages
-from lib.embedding import ResizeToTensor, fold_batch_norms, inference_model, load_embeddings, run_embeddings_stage
+from lib.data.torchdata import ResizeToTensor
+from lib.embedding import fold_batch_norms, inference_model, load_embeddings, run_embeddings_stage
 from lib.encoder import load_encoder
 from lib.pretraining import run_encoder_stage
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lib.data.images import decode_rgb
@@ -33,11 +35,24 @@ class SnapshotImages(Dataset):
         return [self.transform(decode_rgb(image["bytes"], _NO_LIMIT)) for image in images]
 
 
+class ResizeToTensor:
+    """Decoded RGB image -> (H, W, 3) uint8 tensor, center-fitted to the encoder's input size.
+
+    uint8 crosses the DataLoader boundary (4x less than float); normalisation happens
+    on whole batches in `normalize_batch`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image) -> torch.Tensor:
+        fitted = ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy())
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch, numpy and random; return a torch Generator for DataLoader shuffling."""
     import random
-
-    import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
