@@ -88,6 +88,11 @@ class EncoderSettings(Section):
     epochs: NonNegativeInt = Field(3, description="Pretraining epochs; 0 keeps random weights.")
     batch_size: PositiveInt = Field(128, ge=2, description="Pretraining batch size.")
     lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="constant: lr throughout; cosine: lightly's CosineWarmupScheduler per step (linear warm-up over "
+        "the first epoch, at most a tenth of the steps, then cosine decay to lr/1000).",
+    )
     weight_decay: float = Field(0.04, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for initialisation, augmentations and shuffling.")
     num_workers: NonNegativeInt = Field(
@@ -95,6 +100,17 @@ class EncoderSettings(Section):
     )
     channels_last: bool = Field(
         True, description="Train in channels_last memory format (faster on CPU); in the key: it changes float rounding."
+    )
+    augmentation: Literal["per-image", "batched"] = Field(
+        "per-image",
+        description="per-image: the method's lightly transform on each PIL image in the DataLoader; batched: the same "
+        "ops read from that transform, run by kornia on whole batches on the training device (images are first "
+        "fitted to input_size).",
+    )
+    crop_min_scale: float | None = Field(
+        None, gt=0, lt=1,
+        description="Smallest random-resized-crop area as a fraction of the image; empty keeps the method's default "
+        "(simclr/byol 0.08, dino's global crops 0.4, its local crops then span 0.05 to this).",
     )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
 
@@ -120,6 +136,15 @@ class EncoderSettings(Section):
             raise ValueError(
                 f"width={self.width} scales lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}); "
                 f"torchvision's {self.backbone!r} has a fixed width: leave width at 1 or pick one of those"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dino_local_crops_fit(self) -> "EncoderSettings":
+        if self.method == "dino" and self.crop_min_scale is not None and self.crop_min_scale <= 0.05:
+            raise ValueError(
+                f"crop_min_scale={self.crop_min_scale} leaves dino's local crops (0.05 to crop_min_scale) empty: "
+                "use a value above 0.05"
             )
         return self
 

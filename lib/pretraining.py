@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from lightly.utils.scheduler import CosineWarmupScheduler
 from torch.utils.data import DataLoader
 
 from lib.backbones import build_backbone
 from lib.config import EncoderSettings
 from lib.data.snapshot import open_snapshot
-from lib.data.torchdata import SnapshotImages, seed_everything, worker_context
+from lib.data.torchdata import ResizeToTensor, SnapshotImages, seed_everything, worker_context
 from lib.encoder import ENCODER_FILE, EncoderSpec, save_encoder
 from lib.errors import LookalikeError
 from lib.manifest import Manifest, atomic_path, stage_key
@@ -65,7 +66,7 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
            probe: EncoderProbe | None) -> Built:
     seed_everything(section.seed)
     backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
-    method = build_method(section.method, backbone, dim, section.input_size, section.epochs)
+    method = build_method(section.method, backbone, dim, section.input_size, section.epochs, section.crop_min_scale)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     method = method.to(device, memory_format=layout)
@@ -76,6 +77,12 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
     batch_size = min(section.batch_size, n)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+    steps_per_epoch = max(n // batch_size, 1)
+    total_steps = steps_per_epoch * section.epochs
+    scheduler = (
+        CosineWarmupScheduler(optimizer, warmup_epochs=min(steps_per_epoch, total_steps // 10), max_epochs=total_steps)
+        if section.lr_schedule == "cosine" and total_steps else None
+    )
 
     state_path = folder / TRAIN_STATE
     start_epoch, losses, epoch_seconds = 0, [], []
@@ -83,11 +90,16 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         start_epoch, losses, epoch_seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
 
-    images = SnapshotImages(snapshot, method.transform)
-    steps_per_epoch = max(n // batch_size, 1)
-    total_steps = steps_per_epoch * section.epochs
+    if section.augmentation == "batched":  # fitted uint8 images cross the loader; kornia makes the views
+        from lib.methods.batched import BatchedViews
+
+        images, make_views = SnapshotImages(snapshot, ResizeToTensor(section.input_size)), BatchedViews(method.transform).to(device)
+    else:  # lightly's transform makes each image's views in the loader
+        images, make_views = SnapshotImages(snapshot, method.transform), None
     method.train()
     for epoch in range(start_epoch, section.epochs):
         started = time.perf_counter()
@@ -99,7 +111,8 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
         )
         running = 0.0
         with progress(steps_per_epoch, f"encoder: epoch {epoch + 1}/{section.epochs}", unit="batch") as bar:
-            for step, views in enumerate(loader):
+            for step, batch in enumerate(loader):
+                views = make_views(batch.to(device, non_blocking=True)) if make_views else batch
                 views = [v.to(device, non_blocking=True).contiguous(memory_format=layout) for v in views]
                 # bf16 autocast on CUDA only: it needs no loss scaling; on this CPU it is ~30x slower
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -108,6 +121,8 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
                 loss.backward()
                 method.before_optimizer_step(epoch)
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 method.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
                 value = loss.item()
                 running += value
@@ -117,6 +132,7 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
         epoch_seconds.append(time.perf_counter() - started)
         with atomic_path(state_path) as tmp:
             torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "losses": losses, "epoch_seconds": epoch_seconds}, tmp)
         if on_epoch:
             on_epoch(epoch + 1, section.epochs, losses[-1], epoch_seconds[-1])

@@ -55,9 +55,11 @@ def embeddings(tiny, dataset, encoder, root, template):
     return run_embeddings_stage(tiny.embeddings, dataset, encoder, root).manifest
 
 
-@pytest.mark.parametrize("method", ["dino", "simclr", "byol"])
-def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset, root, method):
-    section = tiny.encoder.model_copy(update={"method": method})
+@pytest.mark.parametrize("method, augmentation", [
+    ("dino", "per-image"), ("simclr", "per-image"), ("byol", "per-image"), ("dino", "batched"), ("byol", "batched"),
+])
+def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset, root, method, augmentation):
+    section = tiny.encoder.model_copy(update={"method": method, "augmentation": augmentation})
     result = run_encoder_stage(section, dataset, root)
     assert result.status == "computed"
     assert len(result.manifest.stats["losses"]) == 1 and np.isfinite(result.manifest.stats["losses"][0])
@@ -85,8 +87,10 @@ def test_interrupted_pretraining_resumes_from_its_last_epoch(tiny, dataset, root
     assert len(result.manifest.stats["losses"]) == 2
 
 
-def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root):
-    section = tiny.encoder.model_copy(update={"epochs": 2})
+@pytest.mark.parametrize("augmentation, lr_schedule", [("per-image", "constant"), ("batched", "cosine")])
+def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root, augmentation, lr_schedule):
+    """The resumed epoch continues the same augmentation stream and, under cosine, the same lr step."""
+    section = tiny.encoder.model_copy(update={"epochs": 2, "augmentation": augmentation, "lr_schedule": lr_schedule})
     other_root = root.parent / "other"
     shutil.copytree(root, other_root)  # same dataset snapshot in a second root
     straight = run_encoder_stage(section, dataset, other_root).manifest

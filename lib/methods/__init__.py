@@ -1,7 +1,8 @@
 """Self-supervised methods, one module each, built from lightly's heads, losses and transforms.
 
 A method is a `torch.nn.Module` with:
-  - `transform`: a lightly multi-view transform (PIL image -> list of view tensors);
+  - `transform`: a lightly multi-view transform (PIL image -> list of view tensors); the
+    batched path (`lib.methods.batched`) runs the same ops with kornia;
   - `training_loss(views, epoch, progress)`: the loss for one batch of views;
   - `after_step(progress)`: momentum updates and similar, `progress` in [0, 1];
   - `encoder()`: the backbone to export for embedding.
@@ -23,9 +24,11 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_method(name: str, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int) -> nn.Module:
+def build_method(name: str, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int,
+                 crop_min_scale: float | None = None) -> nn.Module:
     try:
         factory = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-    return factory(backbone=backbone, feature_dim=feature_dim, input_size=input_size, epochs=epochs)
+    return factory(backbone=backbone, feature_dim=feature_dim, input_size=input_size, epochs=epochs,
+                   crop_min_scale=crop_min_scale)

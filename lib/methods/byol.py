@@ -16,7 +16,8 @@ from lib.methods.normalize import IMAGENET_NORMALIZE
 
 
 class BYOL(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int,
+                 crop_min_scale: float | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection_head = BYOLProjectionHead(feature_dim, 1024, 256)
@@ -26,9 +27,10 @@ class BYOL(nn.Module):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         self.criterion = NegativeCosineSimilarity()
+        crop = {"min_scale": crop_min_scale} if crop_min_scale else {}
         self.transform = BYOLTransform(
-            view_1_transform=BYOLView1Transform(input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE),
-            view_2_transform=BYOLView2Transform(input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE),
+            view_1_transform=BYOLView1Transform(input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop),
+            view_2_transform=BYOLView2Transform(input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop),
         )
 
     def _online(self, x: torch.Tensor) -> torch.Tensor:

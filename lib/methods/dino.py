@@ -21,7 +21,8 @@ HIDDEN, BOTTLENECK, OUTPUT = 512, 64, 2048
 
 
 class DINO(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int,
+                 crop_min_scale: float | None = None) -> None:
         super().__init__()
         self.student_backbone = backbone
         with warnings.catch_warnings():  # lightly's head still uses torch's deprecated weight_norm
@@ -37,6 +38,8 @@ class DINO(nn.Module):
             local_crop_size=max(input_size // 2, 8),
             n_local_views=2,
             gaussian_blur=(0.0, 0.0, 0.0),  # blur destroys small images' detail
+            **({"global_crop_scale": (crop_min_scale, 1.0), "local_crop_scale": (0.05, crop_min_scale)}
+               if crop_min_scale else {}),
             normalize=IMAGENET_NORMALIZE,
         )
 

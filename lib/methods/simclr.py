@@ -12,13 +12,15 @@ from lib.methods.normalize import IMAGENET_NORMALIZE
 
 
 class SimCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int,
+                 crop_min_scale: float | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(feature_dim, 512, 128)
         self.criterion = NTXentLoss(temperature=0.5)
         self.transform = SimCLRTransform(
-            input_size=input_size, gaussian_blur=0.0, cj_strength=0.5, normalize=IMAGENET_NORMALIZE
+            input_size=input_size, gaussian_blur=0.0, cj_strength=0.5, normalize=IMAGENET_NORMALIZE,
+            **({"min_scale": crop_min_scale} if crop_min_scale else {}),
         )
 
     def training_loss(self, views: list[torch.Tensor], epoch: int, progress: float) -> torch.Tensor:
