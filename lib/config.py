@@ -75,21 +75,21 @@ class DatasetSettings(Section):
 class EncoderSettings(Section):
     """Self-supervised pretraining (the `encoder` stage)."""
 
-    method: Method = Field("dino", description="SSL method from lightly: dino, simclr or byol.")
+    method: Method = Field("simclr", description="SSL method from lightly: simclr, dino or byol.")
     backbone: str = Field(
-        "resnet18",
+        "resnet-9",
         description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
         "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool, built for images under ~64 px).",
     )
     width: PositiveFloat = Field(
-        1.0, description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels)."
+        0.25, description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels)."
     )
-    input_size: PositiveInt = Field(32, ge=16, description="Square input side in pixels.")
-    epochs: NonNegativeInt = Field(3, description="Pretraining epochs; 0 keeps random weights.")
-    batch_size: PositiveInt = Field(128, ge=2, description="Pretraining batch size.")
+    input_size: PositiveInt = Field(28, ge=16, description="Square input side in pixels.")
+    epochs: NonNegativeInt = Field(15, description="Pretraining epochs; 0 keeps random weights.")
+    batch_size: PositiveInt = Field(256, ge=2, description="Pretraining batch size.")
     lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant",
+        "cosine",
         description="constant: lr throughout; cosine: lightly's CosineWarmupScheduler per step (linear warm-up over "
         "the first epoch, at most a tenth of the steps, then cosine decay to lr/1000).",
     )
@@ -102,15 +102,15 @@ class EncoderSettings(Section):
         True, description="Train in channels_last memory format (faster on CPU); in the key: it changes float rounding."
     )
     augmentation: Literal["per-image", "batched"] = Field(
-        "per-image",
+        "batched",
         description="per-image: the method's lightly transform on each PIL image in the DataLoader; batched: the same "
         "ops read from that transform, run by kornia on whole batches on the training device (images are first "
         "fitted to input_size).",
     )
     crop_min_scale: float | None = Field(
-        None, gt=0, lt=1,
-        description="Smallest random-resized-crop area as a fraction of the image; empty keeps the method's default "
-        "(simclr/byol 0.08, dino's global crops 0.4, its local crops then span 0.05 to this).",
+        0.25, gt=0, lt=1,
+        description="Smallest random-resized-crop area as a fraction of the image (dino: of its global crops; its "
+        "local crops then span 0.05 to this); empty keeps the method's own default (simclr/byol 0.08, dino 0.4).",
     )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
 

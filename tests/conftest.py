@@ -42,6 +42,16 @@ TINY = {
 }
 
 
+def default_encoder() -> tuple[str, str, int]:
+    """(method, backbone, feature_dim) of the default encoder, so tests follow the defaults
+    instead of restating them."""
+    from lib.backbones import build_backbone
+    from lib.config import load_settings
+
+    section = load_settings().encoder
+    return section.method, section.backbone, build_backbone(section.backbone, section.input_size, section.width)[1]
+
+
 def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     """Flow keyword arguments for dotted settings: those with their own flow parameter
     (encoder.epochs -> epochs) become parameters, the rest go to `overrides`."""

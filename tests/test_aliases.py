@@ -137,12 +137,12 @@ def test_a_missing_or_misshapen_secret_block_names_the_setting(clean_secret_env,
 class Collapsed:
     """A deliberately degraded encoder: every image maps to the same vector."""
 
-    def __new__(cls):
+    def __new__(cls, dim: int):
         import torch
 
         class _Collapsed(torch.nn.Module):
             def forward(self, x):
-                return x.new_zeros(x.shape[0], 512)
+                return x.new_zeros(x.shape[0], dim)
 
         return _Collapsed()
 
@@ -158,7 +158,12 @@ def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(
     good = {name: s["key"] for name, s in summary["stages"].items()}
     set_alias(root, "production", good)
     real = lib.embedding.load_encoder
-    monkeypatch.setattr(lib.embedding, "load_encoder", lambda r, m: (Collapsed(), real(r, m)[1]))
+
+    def collapsed(r, m):
+        spec = real(r, m)[1]
+        return Collapsed(spec.feature_dim), spec
+
+    monkeypatch.setattr(lib.embedding, "load_encoder", collapsed)
     # another shard size: a new embeddings key, so the degraded vectors are really computed
     bad = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, "embeddings.shard_size": 8}))
     assert bad["stages"]["embeddings"]["status"] == "computed"

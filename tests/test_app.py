@@ -16,7 +16,9 @@ import time
 import httpx
 import pytest
 
-from conftest import LOOKALIKE, REPO, TINY, cli_env, flow_arguments, free_port
+from conftest import LOOKALIKE, REPO, TINY, cli_env, default_encoder, flow_arguments, free_port
+
+DIM = default_encoder()[2]
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCREENSHOTS = REPO / "test-output" / "app"
@@ -91,8 +93,8 @@ def test_the_three_query_kinds_agree_and_find_the_query_first(client):
 
 
 @pytest.mark.parametrize("body, status, says", [
-    ({"vector": [0.5] * 3, "k": 3}, 422, "vector has 3 values; index .* takes 512"),
-    ({"vector": [float("nan")] * 512, "k": 3}, 422, "NaN"),
+    ({"vector": [0.5] * 3, "k": 3}, 422, f"vector has 3 values; index .* takes {DIM}"),
+    ({"vector": [float("nan")] * DIM, "k": 3}, 422, "NaN"),
     ({"row": 10_000, "k": 3}, 404, "row 10000 is not in index"),
     ({"image_base64": "not base64!", "k": 3}, 400, "not valid base64"),
     ({"image_base64": base64.b64encode(b"GIF89a-but-not-really").decode(), "k": 3}, 400, "not a usable image"),
@@ -195,7 +197,7 @@ def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
             assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[-3000:]
             time.sleep(0.5)
         query = tmp_path / "query.png"
-        row = httpx.post(f"{url}/api/search", json={"vector": [0.0] * 512, "k": 1}).json()["neighbours"][0]["row"]
+        row = httpx.post(f"{url}/api/search", json={"vector": [0.0] * DIM, "k": 1}).json()["neighbours"][0]["row"]
         query.write_bytes(httpx.get(f"{url}/api/images/{row}").content)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:

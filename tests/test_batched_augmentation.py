@@ -103,5 +103,5 @@ def test_an_op_without_a_kornia_equivalent_is_a_clear_error():
 
 def test_dino_crop_min_scale_must_leave_room_for_local_crops():
     with pytest.raises(SettingsError, match="crop_min_scale=0.05 leaves dino's local crops"):
-        load_settings({"encoder.crop_min_scale": 0.05})
+        load_settings({"encoder.method": "dino", "encoder.crop_min_scale": 0.05})
     assert load_settings({"encoder.method": "simclr", "encoder.crop_min_scale": 0.05}).encoder.crop_min_scale == 0.05

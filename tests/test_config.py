@@ -3,11 +3,13 @@ import pytest
 from lib.config import EncoderSettings, SettingsError, load_settings
 
 
-def test_defaults_run_the_bundled_sample_with_dino_and_flat_l2():
+def test_defaults_run_the_bundled_sample_with_the_cpu_recipe_and_flat_l2():
+    """The defaults are the CPU recipe benchmarks/pretraining.py recorded (benchmarks/README.md)."""
     settings = load_settings()
     assert settings.dataset.source == "sample"
-    assert settings.encoder.method == "dino"
-    assert settings.encoder.backbone == "resnet18"
+    encoder = settings.encoder
+    assert (encoder.method, encoder.backbone, encoder.width, encoder.input_size) == ("simclr", "resnet-9", 0.25, 28)
+    assert (encoder.augmentation, encoder.lr_schedule, encoder.crop_min_scale) == ("batched", "cosine", 0.25)
     assert settings.index.type == "flat-l2"
 
 

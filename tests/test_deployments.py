@@ -133,7 +133,7 @@ def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parame
     smoke = deployment(stack, "smoke")
     assert smoke["parameters"] == {"dataset": "sample", "epochs": 1, "promote": False, "overrides": {"dataset.limit": 512}}
     schema = smoke["parameter_openapi_schema"]["properties"]
-    assert schema["method"]["enum"] == ["dino", "simclr", "byol"] and schema["method"]["default"] == "dino"
+    assert schema["method"]["enum"] == ["dino", "simclr", "byol"] and schema["method"]["default"] == "simclr"
     assert "flat-l2" in schema["index"]["enum"] and schema["epochs"]["minimum"] == 0
     assert all(p.get("description") for p in schema.values()), "every parameter needs a docstring description"
     assert not any("key" in name or "secret" in name or "password" in name for name in schema)

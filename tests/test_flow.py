@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, flow_arguments
+from conftest import TINY, default_encoder, flow_arguments
+
+METHOD, _, DIM = default_encoder()
 from lib.tracking import read_offline_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -33,7 +35,7 @@ def test_first_run_computes_every_stage_and_reports_contract_keys(first):
     metrics = summary["metrics"]
     assert metrics["self_retrieval_at_1"] == 1.0
     assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["precision_at_10"] <= 1
-    assert (metrics["n_images"], metrics["dim"]) == (48, 512)
+    assert (metrics["n_images"], metrics["dim"]) == (48, DIM)
     assert metrics["evaluation_protocol"] == "held-out:test"
     for name in ("encoder", "index", "wandb_run_dir"):
         assert summary["artifacts"][name]
@@ -114,11 +116,11 @@ def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     _, summary = first
     offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
     assert offline["job_type"] == "upload-embeddings"
-    (artifact,) = [a for a in offline["inputs"] if a["name"] == "dino-embeddings"]
+    (artifact,) = [a for a in offline["inputs"] if a["name"] == f"{METHOD}-embeddings"]
     assert artifact["type"] == "faiss-embeddings"
     assert {"latest", "production", summary["stages"]["index"]["key"]} <= set(artifact["aliases"])
     meta = artifact["metadata"]
-    assert (meta["dim"], meta["ntotal"], meta["metric"], meta["index_type"]) == (512, 48, "l2", "flat-l2")
+    assert (meta["dim"], meta["ntotal"], meta["metric"], meta["index_type"]) == (DIM, 48, "l2", "flat-l2")
     assert meta["stage_keys"]["encoder"] == summary["stages"]["encoder"]["key"]
     assert meta["metrics"]["self_retrieval_at_1"] == 1.0
     assert set(artifact["files"]) == {"index.faiss", "manifest.json"}
@@ -145,9 +147,9 @@ def test_wandb_lineage_chain_dataset_model_embeddings_index(first):
     assert {read_offline_run(d)["job_type"] for d in stage_runs.values()} == set(runs) - {"upload-embeddings"}
     made = {}
     for job, stage, kind, name in [("dataset", "dataset", "dataset", "sample-train"),
-                                    ("pretrain", "encoder", "model", "dino-encoder"),
-                                    ("embed", "embeddings", "embeddings", "dino-vectors"),
-                                    ("build-index", "index", "faiss-embeddings", "dino-embeddings")]:
+                                    ("pretrain", "encoder", "model", f"{METHOD}-encoder"),
+                                    ("embed", "embeddings", "embeddings", f"{METHOD}-vectors"),
+                                    ("build-index", "index", "faiss-embeddings", f"{METHOD}-embeddings")]:
         key = summary["stages"][stage]["key"]
         (logged,) = [a for a in runs[job]["artifacts"] if a["type"] == kind]
         assert logged["name"] == name and {"latest", key} <= set(logged["aliases"])
@@ -237,7 +239,7 @@ def test_unreachable_mirror_fails_the_mirror_not_the_local_result(tmp_path):
     assert summary["metrics"]["self_retrieval_at_1"] == 1.0
 
 
-def wandb_load(root, tmp_path, ref="team/lookalike/dino-embeddings:production", api=None):
+def wandb_load(root, tmp_path, ref=f"team/lookalike/{METHOD}-embeddings:production", api=None):
     from lib.wandb_chain import fetch_wandb_chain
     from wandb_fake import FakeApi
 
@@ -256,8 +258,8 @@ def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_q
     (cache_root, key), api = wandb_load(root, tmp_path)
     assert key == summary["stages"]["index"]["key"]
     keys = {s: summary["stages"][s]["key"] for s in ("embeddings", "encoder", "dataset")}
-    assert api.requests == ["team/lookalike/dino-embeddings:production", f"team/lookalike/dino-vectors:{keys['embeddings']}",
-                            f"team/lookalike/dino-encoder:{keys['encoder']}", f"team/lookalike/sample-train:{keys['dataset']}"]
+    assert api.requests == [f"team/lookalike/{METHOD}-embeddings:production", f"team/lookalike/{METHOD}-vectors:{keys['embeddings']}",
+                            f"team/lookalike/{METHOD}-encoder:{keys['encoder']}", f"team/lookalike/sample-train:{keys['dataset']}"]
     remote = Searcher(cache_root, resolve_ref(cache_root, key)[0])
     local = Searcher(root, chain_from_index_key(root, key))
     image = local.image_of_row(int(local.snapshot[3]["row_id"]))
@@ -274,7 +276,7 @@ def test_a_tampered_wandb_file_is_refused_and_not_kept(first, tmp_path):
 
     root, summary = first
     api = FakeApi("team", "lookalike", root / "wandb")
-    record = api.versions["dino-encoder:production"]
+    record = api.versions[f"{METHOD}-encoder:production"]
     bad = tmp_path / "encoder.pt"
     data = bytearray(Path(record["files"]["encoder.pt"]["local_path"]).read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
@@ -282,7 +284,7 @@ def test_a_tampered_wandb_file_is_refused_and_not_kept(first, tmp_path):
     for version in api.versions.values():
         if version is record or version["digest"] == record["digest"]:
             version["files"]["encoder.pt"] = {**version["files"]["encoder.pt"], "local_path": str(bad)}
-    with pytest.raises(IntegrityError, match=r"W&B artifact team/lookalike/dino-encoder:\w+: encoder.pt does not match"):
+    with pytest.raises(IntegrityError, match=rf"W&B artifact team/lookalike/{METHOD}-encoder:\w+: encoder.pt does not match"):
         wandb_load(root, tmp_path, api=api)
     assert not list((tmp_path / "cache").rglob("encoder.pt"))
 
@@ -307,8 +309,8 @@ def test_a_wandb_dataset_whose_source_changed_is_refused(first, tmp_path):
 
 
 @pytest.mark.parametrize("ref, error", [
-    ("team/lookalike/dino-embeddings:v9", "cannot read W&B artifact team/lookalike/dino-embeddings:v9"),
-    ("team/lookalike/dino-vectors:latest", "type faiss-embeddings"),
+    (f"team/lookalike/{METHOD}-embeddings:v9", f"cannot read W&B artifact team/lookalike/{METHOD}-embeddings:v9"),
+    (f"team/lookalike/{METHOD}-vectors:latest", "type faiss-embeddings"),
 ])
 def test_a_wandb_path_that_names_no_index_is_one_clear_error(first, tmp_path, ref, error):
     from lib.tracking import WandbLoadError
@@ -326,7 +328,7 @@ def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, m
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     with pytest.raises(WandbLoadError, match="needs W&B online with an API key"):
-        localize(tmp_path, "team/lookalike/dino-embeddings:production")
+        localize(tmp_path, f"team/lookalike/{METHOD}-embeddings:production")
 
 
 def test_a_wandb_failure_is_reported_and_never_fails_the_run(first, monkeypatch):

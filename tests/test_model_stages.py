@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, default_encoder
 
 from lib.data.snapshot import open_snapshot, run_dataset_stage
 from lib.embedding import embed_snapshot, load_embeddings, run_embeddings_stage, shard_name
@@ -64,8 +64,9 @@ def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset,
     assert result.status == "computed"
     assert len(result.manifest.stats["losses"]) == 1 and np.isfinite(result.manifest.stats["losses"][0])
     model, spec = load_encoder(root, result.manifest)
-    assert (spec.method, spec.architecture, spec.input_size, spec.feature_dim) == (method, "resnet18", 16, 512)
-    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 512)
+    _, backbone, dim = default_encoder()
+    assert (spec.method, spec.architecture, spec.input_size, spec.feature_dim) == (method, backbone, 16, dim)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, dim)
     assert not (stage_dir(root, "encoder", result.manifest.key) / TRAIN_STATE).exists()
 
 
@@ -108,7 +109,7 @@ def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root, a
 
 def test_embeddings_are_sharded_in_row_order(tiny, embeddings, root):
     vectors, row_ids = load_embeddings(root, embeddings)
-    assert vectors.shape == (48, 512) and vectors.dtype == np.float32
+    assert vectors.shape == (48, default_encoder()[2]) and vectors.dtype == np.float32
     assert embeddings.stats["n_shards"] == 3
     assert list(row_ids) == sorted(row_ids)
 
