@@ -28,6 +28,7 @@ from torch import nn
 
 from lib.errors import LookalikeError
 
+
 class BatchedViews(nn.Module):
     """(N, H, W, 3) uint8 batch -> one normalised float (N, 3, h, w) tensor per view."""
 
