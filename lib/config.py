@@ -165,8 +165,32 @@ class EmbeddingsSettings(Section):
         "with the same encoder and shard_size, matched by content sha256 (renamed files included), so only new "
         "images are embedded; its files are verified first. Off embeds every image.",
     )
+    dask_workers: NonNegativeInt = Field(
+        0, description="Embed the missing shards on a local Dask cluster of this many single-threaded worker "
+        "processes (prefect-dask's DaskTaskRunner); 0 = in the stage task's own process.",
+    )
+    dask_address: str | None = Field(
+        None, description="Embed the missing shards on the running Dask cluster whose scheduler listens here "
+        "(tcp://host:8786); its workers need this code and the same artifacts root.",
+    )
+    shards_per_task: PositiveInt = Field(
+        1, description="Shards one Dask task embeds (each task loads the encoder once).",
+    )
     # reuse is out of the key: a stored vector equals a recomputed one up to float rounding.
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "channels_last", "retries", "reuse"})
+    # Where shards are embedded is out of it too: a shard is the same batches wherever it runs.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({
+        "batch_size", "num_workers", "channels_last", "retries", "reuse", "dask_workers", "dask_address",
+        "shards_per_task",
+    })
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "EmbeddingsSettings":
+        if self.dask_workers and self.dask_address:
+            raise ValueError(
+                f"embeddings.dask_workers={self.dask_workers} starts a local cluster and embeddings.dask_address="
+                f"{self.dask_address} names a running one: set only one of them"
+            )
+        return self
 
 
 class IndexSettings(Section):

@@ -16,10 +16,12 @@ stage's files verify against its manifest (`embeddings.reuse`, on by default).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -59,14 +61,19 @@ def shard_name(i: int) -> str:
 
 
 def run_embeddings_stage(
-    section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path
+    section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path,
+    dispatch: ShardDispatch | None = None,
 ) -> StageResult:
     """Embed every snapshot row with the encoder, reusing finished shards and (unless
-    `section.reuse` is off) the vectors earlier stages hold for the same image content."""
+    `section.reuse` is off) the vectors earlier stages hold for the same image content.
+
+    With `dispatch`, the missing shards go to workers in groups of `section.shards_per_task`
+    (see tasks/embeddings.py: a Dask cluster); the manifest is written here once all exist.
+    """
     key = embeddings_key(section, dataset, encoder)
 
     def build(folder: Path) -> Built:
-        return _embed(section, dataset, encoder, root, folder)
+        return _embed(section, dataset, encoder, root, folder, dispatch)
 
     return run_stage(
         root, STAGE, key, code_version=CODE_VERSION, settings=section.model_dump(mode="json"),
@@ -119,23 +126,80 @@ def embed_batch(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -
         return model(x).flatten(1).float().cpu().numpy()
 
 
-def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path, folder: Path) -> Built:
+# dispatch(folder, shard groups) -> one partial-stats dict per group, each group's shards written to folder
+ShardDispatch = Callable[[Path, list[list[int]]], list[dict[str, Any]]]
+
+
+def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path, folder: Path,
+           dispatch: ShardDispatch | None = None) -> Built:
+    """Embed the shards without a valid marker, here or through `dispatch` (workers that
+    write their shards into `folder`), then write the row ids once every shard exists."""
     started = time.perf_counter()
-    model, spec = load_encoder(root, encoder)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = inference_model(model, device, section.channels_last)
     snapshot = open_snapshot(root, dataset)
     n = len(snapshot)
     size = section.shard_size
     n_shards = (n + size - 1) // size
     done = {i for i in range(n_shards) if _shard_is_complete(folder, i)}
     missing = [i for i in range(n_shards) if i not in done]
+    if not missing:
+        parts = []
+    elif dispatch is not None:
+        per_task = section.shards_per_task
+        parts = dispatch(folder, [missing[g : g + per_task] for g in range(0, len(missing), per_task)])
+    else:
+        parts = [embed_shards(section, dataset, encoder, root, folder, missing)]
+    absent = [i for i in missing if not _shard_is_complete(folder, i)]
+    if absent:  # a worker returned without its shards: a retry embeds just these
+        raise RuntimeError(f"embedding shards {absent[:10]} are missing after the workers finished")
+
+    row_ids = np.asarray(snapshot["row_id"], dtype=np.int64)
+    with atomic_path(folder / ROW_IDS) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, row_ids)
+    seconds = time.perf_counter() - started
+    n_rows = sum(part["images_embedded"] for part in parts)
+    stats = {
+        "n_vectors": n,
+        "dim": _feature_dim(root, encoder, folder, n_shards),
+        "n_shards": n_shards,
+        "shards_reused": len(done),
+        "shards_computed": len(missing),
+        "images_embedded": n_rows,
+        "images_reused": sum(part["images_reused"] for part in parts),
+        "reused_from": list(dict.fromkeys(k for part in parts for k in part["reused_from"])),
+        "reuse_rejected": [r for part in parts for r in part["reuse_rejected"]][:LISTED_REJECTIONS],
+        "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
+        "device": ",".join(sorted({part["device"] for part in parts})) or None,
+    }
+    if dispatch is not None:
+        stats["workers"] = len({part["worker"] for part in parts})
+    files = [ROW_IDS] + [shard_name(i) for i in range(n_shards)]
+    return Built(files=files, stats=stats, resumed=bool(done))
+
+
+def _feature_dim(root: Path, encoder: Manifest, folder: Path, n_shards: int) -> int:
+    if n_shards:
+        return int(np.load(folder / shard_name(0), mmap_mode="r").shape[1])
+    return load_encoder(root, encoder)[1].feature_dim
+
+
+def embed_shards(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path, folder: Path,
+                 shards: list[int]) -> dict[str, Any]:
+    """Embed and write `shards` of the stage folder (any already complete are left alone);
+    the partial stats `_embed` sums. What one worker runs for its group of shards."""
+    shards = [i for i in shards if not _shard_is_complete(folder, i)]
+    model, spec = load_encoder(root, encoder)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = inference_model(model, device, section.channels_last)
+    snapshot = open_snapshot(root, dataset)
+    n = len(snapshot)
+    size = section.shard_size
     shas = snapshot.data.column("sha256").to_pylist()
     known = KnownVectors(spec.feature_dim)
-    if section.reuse and missing:
-        wanted = [shas[row] for i in missing for row in range(i * size, min(n, (i + 1) * size))]
+    if section.reuse and shards:
+        wanted = [shas[row] for i in shards for row in range(i * size, min(n, (i + 1) * size))]
         known = find_known_vectors(root, reuse_candidates(section, encoder, root), wanted, spec.feature_dim)
-    plans = plan_shards(missing, n, size, np.fromiter((known.has(sha) for sha in shas), dtype=bool, count=n))
+    plans = plan_shards(shards, n, size, np.fromiter((known.has(sha) for sha in shas), dtype=bool, count=n))
     batches = shard_batches(plans, section.batch_size)
     n_rows = sum(len(b) for b in batches)
 
@@ -156,27 +220,15 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
             embedded.append(embed_batch(model, x, device))
             bar.update(len(batch))
             waiting = _write_ready(folder, waiting, queue, embedded, known, shas)
-
-    row_ids = np.asarray(snapshot["row_id"], dtype=np.int64)
-    with atomic_path(folder / ROW_IDS) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, row_ids)
-    seconds = time.perf_counter() - started
-    stats = {
-        "n_vectors": n,
-        "dim": spec.feature_dim,
-        "n_shards": n_shards,
-        "shards_reused": len(done),
-        "shards_computed": len(missing),
+    return {
+        "shards": shards,
         "images_embedded": n_rows,
         "images_reused": sum(len(plan.reuse) for plan in plans),
         "reused_from": known.sources,
-        "reuse_rejected": known.rejected[:LISTED_REJECTIONS],
-        "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
+        "reuse_rejected": known.rejected,
         "device": device.type,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
-    files = [ROW_IDS] + [shard_name(i) for i in range(n_shards)]
-    return Built(files=files, stats=stats, resumed=bool(done))
 
 
 @dataclass(frozen=True)

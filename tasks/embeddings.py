@@ -4,18 +4,62 @@ Retries (count from `embeddings.retries`, set by the flow) re-run the stage, whi
 embeds only the shards without a completion marker. Images an earlier embeddings stage
 with the same encoder already embedded are taken from it by content hash (the log says
 how many, and which earlier stage files failed verification and were not used).
+
+Scale-out: with `embeddings.dask_workers` (a local cluster) or `embeddings.dask_address`
+(a running one), the stage task maps `embed_shard_group` over its missing shards through
+prefect-dask's DaskTaskRunner, one Prefect task run per group, each writing its own shard
+files; the stage task holds the stage lock meanwhile and writes the manifest once every
+shard exists. A worker that dies mid-shard is replaced by Dask's nanny and its task
+rescheduled; whatever still fails is left to the stage task's retries, which dispatch only
+the shards still missing.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from lib.config import EmbeddingsSettings
-from lib.embedding import embeddings_key, run_embeddings_stage
+from lib.embedding import embed_shards, embeddings_key, run_embeddings_stage
 from lib.manifest import Manifest
 from lib.stages import StageResult
 from tasks.stage import stage_options
+
+
+@task(name="embed-shards", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def embed_shard_group(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path,
+                      folder: Path, shards: list[int]) -> dict[str, Any]:
+    """One Dask task: embed and write these shards of the stage folder."""
+    return embed_shards(section, dataset, encoder, root, folder, shards)
+
+
+def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path):
+    """A `ShardDispatch` that maps `embed_shard_group` over a Dask cluster."""
+    from prefect_dask import DaskTaskRunner
+
+    if section.dask_address:
+        runner = DaskTaskRunner(address=section.dask_address)
+    else:
+        runner = DaskTaskRunner(cluster_kwargs={
+            "n_workers": section.dask_workers, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None,
+        })
+
+    def dispatch(folder: Path, groups: list[list[int]]) -> list[dict[str, Any]]:
+        get_run_logger().info("embeddings: %d shard groups to %s", len(groups),
+                              section.dask_address or f"a local Dask cluster of {section.dask_workers} workers")
+        with runner:
+            futures = [runner.submit(embed_shard_group.with_options(task_run_name=f"embed-shards-{group[0]:05d}"),
+                                     {"section": section, "dataset": dataset, "encoder": encoder, "root": root,
+                                      "folder": folder, "shards": group})
+                       for group in groups]
+            return [future.result() for future in futures]
+
+    return dispatch
 
 
 @task(
@@ -24,7 +68,9 @@ from tasks.stage import stage_options
     retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
 )
 def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path) -> StageResult:
-    result = run_embeddings_stage(section, dataset, encoder, root)
+    distributed = section.dask_workers or section.dask_address
+    dispatch = dask_dispatch(section, dataset, encoder, root) if distributed else None
+    result = run_embeddings_stage(section, dataset, encoder, root, dispatch=dispatch)
     stats = result.manifest.stats
     get_run_logger().info(
         "embeddings %s: %d vectors of dim %d, %d/%d shards reused, %d images embedded (%s images/s), "

@@ -10,6 +10,8 @@ patches a lib module right after it is first imported, so a real `lookalike run`
     embed_fail_attempts   ... in this many attempts (task retries), then behave
     train_slow_seconds    sleep this long in every training step
     forbid_training       raise if any training step runs
+    kill_once_at_embed_batch  SIGKILL this process at this embedding batch (1-based) unless the
+                          file `kill_marker` exists; creates it first (one kill across all processes)
     kill_in_index_write   write half of index.faiss's temp file, then SIGKILL this process
     kill_after_uploads    SIGKILL this process after this many S3 uploads
     disk_full_at_shard    writing this embedding shard (0-based) fails with ENOSPC
@@ -52,6 +54,13 @@ def _patch_embedding(module) -> None:
     def embed_batch(*args, **kwargs):
         _counts["embed_batches"] += 1
         time.sleep(FAULTS.get("embed_slow_seconds", 0))
+        if _counts["embed_batches"] == FAULTS.get("kill_once_at_embed_batch"):
+            try:
+                open(FAULTS["kill_marker"], "x").close()
+            except FileExistsError:
+                pass
+            else:
+                _kill_self()
         if (_counts["embed_batches"] == FAULTS.get("embed_fail_at_batch")
                 and _counts["embed_attempts"] <= FAULTS.get("embed_fail_attempts", 1)):
             raise InjectedFault(f"injected embedding failure at batch {_counts['embed_batches']}")
