@@ -8,6 +8,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ STAGE = "encoder"
 CODE_VERSION = 1
 TRAIN_STATE = "train-state.pt"
 LOSS_CURVE = "loss.png"
+DDP_CHECKPOINTS = "ddp"  # lib.pretraining_ddp's Lightning checkpoints
 
 # on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
 EpochCallback = Callable[[int, int, float, float], None]
@@ -59,6 +61,7 @@ def run_encoder_stage(
         inputs={"dataset": dataset.key}, build=build,
     )
     (Path(root) / STAGE / key / TRAIN_STATE).unlink(missing_ok=True)  # manifest exists now
+    shutil.rmtree(Path(root) / STAGE / key / DDP_CHECKPOINTS, ignore_errors=True)  # strategy=ddp's resume state
     return result
 
 
@@ -115,6 +118,10 @@ def export_encoder(section: EncoderSettings, method: torch.nn.Module, dim: int, 
 
 def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path, on_epoch: EpochCallback | None,
            probe: EncoderProbe | None) -> Built:
+    if section.strategy == "ddp":
+        from lib.pretraining_ddp import train_ddp
+
+        return train_ddp(section, dataset, root, folder, on_epoch, probe)
     method, dim = build_training_method(section)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
