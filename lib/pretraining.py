@@ -23,7 +23,7 @@ from lib.data.snapshot import open_snapshot
 from lib.data.torchdata import ResizeToTensor, SnapshotImages, seed_everything, worker_context
 from lib.encoder import ENCODER_FILE, EncoderSpec, save_encoder
 from lib.errors import LookalikeError
-from lib.manifest import Manifest, atomic_path, stage_key
+from lib.manifest import Manifest, atomic_path, find_manifest, stage_dir, stage_key
 from lib.methods import build_method
 from lib.methods.normalize import IMAGENET_NORMALIZE
 from lib.pictures import save_loss_curve
@@ -52,6 +52,13 @@ def run_encoder_stage(
 ) -> StageResult:
     """Pretrain (or resume pretraining) and export a self-describing encoder checkpoint."""
     key = encoder_key(section, dataset)
+    if section.strategy == "ddp" and find_manifest(root, STAGE, key) is None:
+        from lib.pretraining_ddp import launched_rank, train_ddp
+
+        if launched_rank() not in (None, 0):
+            # torchrun/SLURM started this process as one of the others: it trains alongside rank 0, which
+            # holds the stage lock and exports; run_stage below then waits for rank 0's manifest
+            train_ddp(section, dataset, root, stage_dir(root, STAGE, key), None, None)
 
     def build(folder: Path) -> Built:
         return _train(section, dataset, root, folder, on_epoch, probe)
@@ -121,7 +128,10 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
     if section.strategy == "ddp":
         from lib.pretraining_ddp import train_ddp
 
-        return train_ddp(section, dataset, root, folder, on_epoch, probe)
+        built = train_ddp(section, dataset, root, folder, on_epoch, probe)
+        if built is None:  # a torchrun/SLURM rank other than 0 got the stage lock: rank 0 never finished
+            raise LookalikeError("encoder.strategy=ddp: rank 0 did not finish the encoder stage; see its log and re-run")
+        return built
     method, dim = build_training_method(section)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

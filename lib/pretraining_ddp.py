@@ -9,8 +9,10 @@ each process takes batch_size // world_size images per step, from Lightning's
 DistributedSampler.
 
 Processes are spawned from this one (start_method="spawn"), so the Prefect flow or the CLI
-that called the stage is never executed again; under torchrun or SLURM, whose launcher has
-already started the processes, Lightning's cluster environment takes over instead.
+that called the stage is never executed again. Under torchrun or SLURM, whose launcher has
+already started the processes (each running the whole pipeline), Lightning's cluster
+environment joins them instead: rank 0 builds the stage under its lock and exports, the other
+ranks train alongside it outside the lock (`run_encoder_stage`) and then reuse its manifest.
 
 Resume: Lightning's `last.ckpt` (weights, optimizer, scheduler, loop state and the loss
 history) is written in the stage folder after every epoch; an interrupted run restarts
@@ -62,6 +64,13 @@ LAST = "last.ckpt"
 def externally_launched() -> bool:
     """torchrun / SLURM started the processes: Lightning must join them, not spawn its own."""
     return TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+
+
+def launched_rank() -> int | None:
+    """This process's global rank when torchrun/SLURM launched it, else None (Lightning spawns)."""
+    if not externally_launched():
+        return None
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def per_process_batch(section: EncoderSettings, n: int) -> int:
@@ -148,7 +157,9 @@ def gather_distributed_losses(method: torch.nn.Module) -> None:
 
 
 def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path,
-              on_epoch: EpochCallback | None, probe: EncoderProbe | None) -> Built:
+              on_epoch: EpochCallback | None, probe: EncoderProbe | None) -> Built | None:
+    """Train on every process; rank 0 (the parent, when spawned) exports and returns what the
+    manifest records, the other ranks of a torchrun/SLURM launch return None."""
     method, dim = build_training_method(section)
     gather_distributed_losses(method)
     n = len(open_snapshot(root, dataset))
@@ -180,8 +191,8 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=True,
         )
         trainer.fit(module, ckpt_path=last if last.is_file() else None)
-        if trainer.global_rank != 0:  # torchrun/SLURM: only rank 0 exports; the others are done
-            raise SystemExit(0)
+        if trainer.global_rank != 0:  # torchrun/SLURM: only rank 0 exports
+            return None
         checkpoint = _load_checkpoint(last)  # the parent's copy of the weights: from rank 0's last epoch
         module.load_state_dict(checkpoint["state_dict"])
         history = checkpoint.get("lookalike", {})

@@ -1,12 +1,16 @@
 """encoder.strategy=ddp: pretraining under Lightning's DDP on 2 CPU processes (gloo), and the
 checkpoint it exports embedding in the ordinary single-process embeddings stage."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import REPO, TINY, free_port
 
 from lib.config import SettingsError, load_settings
 from lib.data.snapshot import run_dataset_stage
@@ -35,6 +39,35 @@ def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_st
     vectors, row_ids = load_embeddings(root, embeddings)
     assert vectors.shape == (48, spec.feature_dim) and np.isfinite(vectors).all()
     assert list(row_ids) == sorted(row_ids)
+
+
+def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_it_then_reuses_it(tmp_path):
+    """torchrun starts both processes, each running the whole pipeline: Lightning joins them instead of
+    spawning, rank 0 (holding the stage lock) exports, rank 1 trains alongside it and then finds the manifest."""
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from conftest import TINY
+        from lib.config import load_settings
+        from lib.data.snapshot import run_dataset_stage
+        from lib.pretraining import run_encoder_stage
+        root = {str(tmp_path / "artifacts")!r}
+        s = load_settings({{**TINY, "artifacts_root": root, "encoder.strategy": "ddp", "encoder.devices": 2}})
+        r = run_encoder_stage(s.encoder, run_dataset_stage(s.dataset, root).manifest, root)
+        line = f"rank {{os.environ['RANK']}} {{r.status}} {{r.manifest.stats['world_size']}} {{r.manifest.file('encoder.pt').sha256}}"
+        with open(os.path.join({str(tmp_path)!r}, "rank-" + os.environ["RANK"]), "w") as fh:  # stdout interleaves
+            fh.write(line)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(job)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [(tmp_path / f"rank-{rank}").read_text().split() for rank in (0, 1)]
+    assert [line[:4] for line in lines] == [["rank", "0", "computed", "2"], ["rank", "1", "cached", "2"]]
+    assert lines[0][4] == lines[1][4]  # one encoder.pt
 
 
 def test_several_processes_without_ddp_are_refused_with_the_fix():
