@@ -16,7 +16,10 @@ ranks train alongside it outside the lock (`run_encoder_stage`) and then reuse i
 
 Resume: Lightning's `last.ckpt` (weights, optimizer, scheduler, loop state and the loss
 history) is written in the stage folder after every epoch; an interrupted run restarts
-from it. After fit the parent exports exactly the checkpoint the single loop writes
+from it (its epochs continue the loss history, though not bit-identically to an uninterrupted
+run as the single loop's resume is). Spawning re-imports the calling script in each process,
+so a script calling the stage needs an `if __name__ == "__main__":` guard (the CLI, Prefect's
+engine and the benchmarks have one). After fit the parent exports exactly the checkpoint the single loop writes
 (`encoder.pt` via `export_encoder`), so no later stage can tell it was DDP.
 """
 
@@ -45,6 +48,7 @@ except ImportError:
 from lib.config import EncoderSettings
 from lib.data.snapshot import open_snapshot
 from lib.data.torchdata import seed_everything, worker_context
+from lib.errors import LookalikeError
 from lib.manifest import Manifest
 from lib.pretraining import (
     DDP_CHECKPOINTS,
@@ -197,6 +201,11 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
         module.load_state_dict(checkpoint["state_dict"])
         history = checkpoint.get("lookalike", {})
         losses, epoch_seconds = list(history.get("losses", [])), list(history.get("epoch_seconds", []))
+        if len(losses) != section.epochs:  # never export a stale last.ckpt as the finished encoder
+            raise LookalikeError(
+                f"encoder.strategy=ddp: {last} holds {len(losses)} of {section.epochs} epochs after training; "
+                f"delete {ckpt_dir} and re-run"
+            )
         method = module.method
         for epoch in range(start_epoch, len(losses)):  # the processes ran elsewhere: report their epochs now
             if on_epoch:

@@ -18,6 +18,7 @@ from lib.embedding import load_embeddings, run_embeddings_stage
 from lib.encoder import load_encoder
 from lib.manifest import MANIFEST, stage_dir
 from lib.pretraining import DDP_CHECKPOINTS, encoder_key, run_encoder_stage
+from lib.pretraining_ddp import train_ddp
 
 
 def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_stage(root):
@@ -39,6 +40,21 @@ def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_st
     vectors, row_ids = load_embeddings(root, embeddings)
     assert vectors.shape == (48, spec.feature_dim) and np.isfinite(vectors).all()
     assert list(row_ids) == sorted(row_ids)
+
+
+def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
+    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
+                              "encoder.epochs": 2, "encoder.lr_schedule": "constant"})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    folder = stage_dir(root, "encoder", encoder_key(settings.encoder, dataset))
+    folder.mkdir(parents=True)
+    # as if the 2-epoch run was killed after its first epoch: a 1-epoch run leaves the same last.ckpt
+    train_ddp(settings.encoder.model_copy(update={"epochs": 1}), dataset, root, folder, None, None)
+    assert (folder / DDP_CHECKPOINTS / "last.ckpt").is_file() and not (folder / MANIFEST).exists()
+    seen = []
+    result = run_encoder_stage(settings.encoder, dataset, root, on_epoch=lambda *a: seen.append(a[0]))
+    assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
+    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # epoch 1 was not trained again
 
 
 def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_it_then_reuses_it(tmp_path):
