@@ -112,7 +112,44 @@ class EncoderSettings(Section):
         description="Smallest random-resized-crop area as a fraction of the image (dino: of its global crops; its "
         "local crops then span 0.05 to this); empty keeps the method's own default (simclr/byol 0.08, dino 0.4).",
     )
+    strategy: Literal["single", "ddp"] = Field(
+        "single",
+        description="single: one process (the plain training loop); ddp: PyTorch Lightning's DDP strategy, "
+        "devices x num_nodes processes (gloo on CPU, nccl on GPU), batch_size split among them, SimCLR's "
+        "negatives gathered from every process, batch norms synchronised on GPUs. Keyed only when ddp: each process "
+        "draws its own shuffle and augmentations, so the weights differ from a single run's.",
+    )
+    devices: PositiveInt = Field(
+        1, description="strategy=ddp: processes (GPUs on a GPU machine) per node; in the key with ddp."
+    )
+    num_nodes: PositiveInt = Field(
+        1, description="strategy=ddp: machines (nodes) taking part, launched by torchrun or SLURM; in the key with ddp."
+    )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
+    DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
+
+    def key_fields(self) -> dict[str, Any]:
+        """The scale-out settings are keyed only under ddp, so single-process keys stay as they were."""
+        fields = super().key_fields()
+        if self.strategy == "single":
+            for name in self.DDP_ONLY:
+                fields.pop(name)
+        return fields
+
+    @model_validator(mode="after")
+    def _several_processes_need_ddp(self) -> "EncoderSettings":
+        if self.strategy == "single" and (self.devices > 1 or self.num_nodes > 1):
+            raise ValueError(
+                f"devices={self.devices}, num_nodes={self.num_nodes} need several processes, but strategy is "
+                "'single' (one process): set encoder.strategy=ddp, or leave devices and num_nodes at 1"
+            )
+        if self.strategy == "ddp" and self.batch_size < 2 * self.devices * self.num_nodes:
+            raise ValueError(
+                f"batch_size={self.batch_size} is split among devices x num_nodes = "
+                f"{self.devices * self.num_nodes} ddp processes, leaving fewer than 2 images each: "
+                "raise encoder.batch_size or lower encoder.devices"
+            )
+        return self
 
     @field_validator("backbone")
     @classmethod

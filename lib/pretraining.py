@@ -8,6 +8,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from lib.data.snapshot import open_snapshot
 from lib.data.torchdata import ResizeToTensor, SnapshotImages, seed_everything, worker_context
 from lib.encoder import ENCODER_FILE, EncoderSpec, save_encoder
 from lib.errors import LookalikeError
-from lib.manifest import Manifest, atomic_path, stage_key
+from lib.manifest import Manifest, atomic_path, find_manifest, stage_dir, stage_key
 from lib.methods import build_method
 from lib.methods.normalize import IMAGENET_NORMALIZE
 from lib.pictures import save_loss_curve
@@ -33,6 +34,7 @@ STAGE = "encoder"
 CODE_VERSION = 1
 TRAIN_STATE = "train-state.pt"
 LOSS_CURVE = "loss.png"
+DDP_CHECKPOINTS = "ddp"  # lib.pretraining_ddp's Lightning checkpoints
 
 # on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
 EpochCallback = Callable[[int, int, float, float], None]
@@ -50,6 +52,13 @@ def run_encoder_stage(
 ) -> StageResult:
     """Pretrain (or resume pretraining) and export a self-describing encoder checkpoint."""
     key = encoder_key(section, dataset)
+    if section.strategy == "ddp" and find_manifest(root, STAGE, key) is None:
+        from lib.pretraining_ddp import launched_rank, train_ddp
+
+        if launched_rank() not in (None, 0):
+            # torchrun/SLURM started this process as one of the others: it trains alongside rank 0, which
+            # holds the stage lock and exports; run_stage below then waits for rank 0's manifest
+            train_ddp(section, dataset, root, stage_dir(root, STAGE, key), None, None)
 
     def build(folder: Path) -> Built:
         return _train(section, dataset, root, folder, on_epoch, probe)
@@ -59,30 +68,81 @@ def run_encoder_stage(
         inputs={"dataset": dataset.key}, build=build,
     )
     (Path(root) / STAGE / key / TRAIN_STATE).unlink(missing_ok=True)  # manifest exists now
+    shutil.rmtree(Path(root) / STAGE / key / DDP_CHECKPOINTS, ignore_errors=True)  # strategy=ddp's resume state
     return result
+
+
+def build_training_method(section: EncoderSettings) -> tuple[torch.nn.Module, int]:
+    """The method (backbone and heads) freshly initialised from `section.seed`, and its feature dim."""
+    seed_everything(section.seed)
+    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
+    return build_method(section.method, backbone, dim, section.input_size, section.epochs, section.crop_min_scale), dim
+
+
+def check_trainable(section: EncoderSettings, n: int) -> None:
+    if section.epochs and n < 2:
+        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --epochs 0")
+
+
+def make_optimizer(method: torch.nn.Module, section: EncoderSettings, steps_per_epoch: int, total_steps: int):
+    """AdamW over the trainable parameters and, under lr_schedule=cosine, lightly's per-step
+    CosineWarmupScheduler (warm-up over one epoch, at most a tenth of the steps)."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+    scheduler = (
+        CosineWarmupScheduler(optimizer, warmup_epochs=min(steps_per_epoch, total_steps // 10), max_epochs=total_steps)
+        if section.lr_schedule == "cosine" and total_steps else None
+    )
+    return optimizer, scheduler
+
+
+def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module):
+    """(dataset, make_views): batched augmentation sends fitted uint8 images through the loader
+    and `make_views` (kornia, to be moved to the training device) makes the views; per-image
+    makes each image's views in the loader with lightly's transform (make_views None)."""
+    if section.augmentation == "batched":
+        from lib.methods.batched import BatchedViews
+
+        return SnapshotImages(snapshot, ResizeToTensor(section.input_size)), BatchedViews(method.transform)
+    return SnapshotImages(snapshot, method.transform), None
+
+
+def export_encoder(section: EncoderSettings, method: torch.nn.Module, dim: int, folder: Path, root: Path,
+                   losses: list[float]) -> tuple[EncoderSpec, list[str]]:
+    """Write encoder.pt (and the loss curve): the one checkpoint format every later stage reads."""
+    spec = EncoderSpec(
+        architecture=section.backbone, width=section.width, feature_dim=dim, input_size=section.input_size,
+        mean=tuple(IMAGENET_NORMALIZE["mean"]), std=tuple(IMAGENET_NORMALIZE["std"]), method=section.method,
+    )
+    save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
+    files = [ENCODER_FILE]
+    if losses:
+        save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss",
+                        cache_dir=Path(root) / "cache" / "matplotlib")
+        files.append(LOSS_CURVE)
+    return spec, files
 
 
 def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path, on_epoch: EpochCallback | None,
            probe: EncoderProbe | None) -> Built:
-    seed_everything(section.seed)
-    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
-    method = build_method(section.method, backbone, dim, section.input_size, section.epochs, section.crop_min_scale)
+    if section.strategy == "ddp":
+        from lib.pretraining_ddp import train_ddp
+
+        built = train_ddp(section, dataset, root, folder, on_epoch, probe)
+        if built is None:  # a torchrun/SLURM rank other than 0 got the stage lock: rank 0 never finished
+            raise LookalikeError("encoder.strategy=ddp: rank 0 did not finish the encoder stage; see its log and re-run")
+        return built
+    method, dim = build_training_method(section)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     method = method.to(device, memory_format=layout)
     snapshot = open_snapshot(root, dataset)
     n = len(snapshot)
-    if section.epochs and n < 2:
-        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --epochs 0")
+    check_trainable(section, n)
     batch_size = min(section.batch_size, n)
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
     steps_per_epoch = max(n // batch_size, 1)
     total_steps = steps_per_epoch * section.epochs
-    scheduler = (
-        CosineWarmupScheduler(optimizer, warmup_epochs=min(steps_per_epoch, total_steps // 10), max_epochs=total_steps)
-        if section.lr_schedule == "cosine" and total_steps else None
-    )
+    optimizer, scheduler = make_optimizer(method, section, steps_per_epoch, total_steps)
 
     state_path = folder / TRAIN_STATE
     start_epoch, losses, epoch_seconds = 0, [], []
@@ -94,12 +154,8 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, losses, epoch_seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
 
-    if section.augmentation == "batched":  # fitted uint8 images cross the loader; kornia makes the views
-        from lib.methods.batched import BatchedViews
-
-        images, make_views = SnapshotImages(snapshot, ResizeToTensor(section.input_size)), BatchedViews(method.transform).to(device)
-    else:  # lightly's transform makes each image's views in the loader
-        images, make_views = SnapshotImages(snapshot, method.transform), None
+    images, make_views = training_images(section, snapshot, method)
+    make_views = make_views.to(device) if make_views is not None else None
     method.train()
     for epoch in range(start_epoch, section.epochs):
         started = time.perf_counter()
@@ -140,16 +196,7 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
             probe(epoch + 1, method.encoder())
             method.train()
 
-    spec = EncoderSpec(
-        architecture=section.backbone, width=section.width, feature_dim=dim, input_size=section.input_size,
-        mean=tuple(IMAGENET_NORMALIZE["mean"]), std=tuple(IMAGENET_NORMALIZE["std"]), method=section.method,
-    )
-    save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
-    files = [ENCODER_FILE]
-    if losses:
-        save_loss_curve(folder / LOSS_CURVE, losses, title=f"{section.method} pretraining loss",
-                        cache_dir=Path(root) / "cache" / "matplotlib")
-        files.append(LOSS_CURVE)
+    spec, files = export_encoder(section, method, dim, folder, root, losses)
     stats = {
         "spec": spec.model_dump(),
         "losses": losses,

@@ -13,7 +13,8 @@ FORBIDDEN = {
     "app": {"prefect", "tasks", "flows", "cli"},  # the server answers queries; it never runs the pipeline
 }
 ADAPTERS = {"wandb": "lib/tracking.py", "boto3": "lib/storage.py", "botocore": "lib/storage.py",
-            "gradio": "app/ui.py"}
+            "gradio": "app/ui.py", "lightning": "lib/pretraining_ddp.py", "pytorch_lightning": "lib/pretraining_ddp.py",
+            "lightning_fabric": "lib/pretraining_ddp.py"}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -1,0 +1,110 @@
+"""encoder.strategy=ddp: pretraining under Lightning's DDP on 2 CPU processes (gloo), and the
+checkpoint it exports embedding in the ordinary single-process embeddings stage."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY, free_port
+
+from lib.config import SettingsError, load_settings
+from lib.data.snapshot import run_dataset_stage
+from lib.embedding import load_embeddings, run_embeddings_stage
+from lib.encoder import load_encoder
+from lib.manifest import MANIFEST, stage_dir
+from lib.pretraining import DDP_CHECKPOINTS, encoder_key, run_encoder_stage
+from lib.pretraining_ddp import train_ddp
+
+
+def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_stage(root):
+    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    started = time.perf_counter()
+    result = run_encoder_stage(settings.encoder, dataset, root)
+    seconds = time.perf_counter() - started
+    folder = stage_dir(root, "encoder", result.manifest.key)
+    assert result.status == "computed" and (folder / MANIFEST).is_file()
+    stats = result.manifest.stats
+    assert (stats["strategy"], stats["world_size"], stats["batch_size_per_process"]) == ("ddp", 2, 8)
+    assert len(stats["losses"]) == 1 and np.isfinite(stats["losses"][0])
+    assert not (folder / DDP_CHECKPOINTS).exists()  # Lightning's resume state goes once the manifest exists
+    print(f"ddp pretraining on 2 processes took {seconds:.1f} s")
+
+    model, spec = load_encoder(root, result.manifest)  # the same self-describing format as a single run's
+    embeddings = run_embeddings_stage(settings.embeddings, dataset, result.manifest, root).manifest
+    vectors, row_ids = load_embeddings(root, embeddings)
+    assert vectors.shape == (48, spec.feature_dim) and np.isfinite(vectors).all()
+    assert list(row_ids) == sorted(row_ids)
+
+
+def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
+    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
+                              "encoder.epochs": 2, "encoder.lr_schedule": "constant"})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    folder = stage_dir(root, "encoder", encoder_key(settings.encoder, dataset))
+    folder.mkdir(parents=True)
+    # as if the 2-epoch run was killed after its first epoch: a 1-epoch run leaves the same last.ckpt
+    train_ddp(settings.encoder.model_copy(update={"epochs": 1}), dataset, root, folder, None, None)
+    assert (folder / DDP_CHECKPOINTS / "last.ckpt").is_file() and not (folder / MANIFEST).exists()
+    seen = []
+    result = run_encoder_stage(settings.encoder, dataset, root, on_epoch=lambda *a: seen.append(a[0]))
+    assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
+    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # epoch 1 was not trained again
+
+
+def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_it_then_reuses_it(tmp_path):
+    """torchrun starts both processes, each running the whole pipeline: Lightning joins them instead of
+    spawning, rank 0 (holding the stage lock) exports, rank 1 trains alongside it and then finds the manifest."""
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from conftest import TINY
+        from lib.config import load_settings
+        from lib.data.snapshot import run_dataset_stage
+        from lib.pretraining import run_encoder_stage
+        root = {str(tmp_path / "artifacts")!r}
+        s = load_settings({{**TINY, "artifacts_root": root, "encoder.strategy": "ddp", "encoder.devices": 2}})
+        r = run_encoder_stage(s.encoder, run_dataset_stage(s.dataset, root).manifest, root)
+        line = f"rank {{os.environ['RANK']}} {{r.status}} {{r.manifest.stats['world_size']}} {{r.manifest.file('encoder.pt').sha256}}"
+        with open(os.path.join({str(tmp_path)!r}, "rank-" + os.environ["RANK"]), "w") as fh:  # stdout interleaves
+            fh.write(line)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(job)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [(tmp_path / f"rank-{rank}").read_text().split() for rank in (0, 1)]
+    assert [line[:4] for line in lines] == [["rank", "0", "computed", "2"], ["rank", "1", "cached", "2"]]
+    assert lines[0][4] == lines[1][4]  # one encoder.pt
+
+
+def test_several_processes_without_ddp_are_refused_with_the_fix():
+    with pytest.raises(SettingsError) as info:
+        load_settings({"encoder.devices": 2})
+    assert "encoder: devices=2" in str(info.value) and "set encoder.strategy=ddp" in str(info.value)
+    with pytest.raises(SettingsError, match="num_nodes=2"):
+        load_settings({"encoder.num_nodes": 2})
+
+
+def test_a_ddp_batch_too_small_to_split_is_refused():
+    with pytest.raises(SettingsError, match="raise encoder.batch_size"):
+        load_settings({"encoder.strategy": "ddp", "encoder.devices": 4, "encoder.batch_size": 4})
+
+
+def test_scale_out_settings_are_keyed_only_under_ddp():
+    from types import SimpleNamespace
+
+    dataset = SimpleNamespace(key="d" * 16)
+    single = load_settings({}).encoder
+    assert not {"strategy", "devices", "num_nodes"} & set(single.key_fields())  # single-run keys are unchanged
+    ddp = load_settings({"encoder.strategy": "ddp"}).encoder
+    ddp2 = load_settings({"encoder.strategy": "ddp", "encoder.devices": 2}).encoder
+    assert len({encoder_key(s, dataset) for s in (single, ddp, ddp2)}) == 3
