@@ -85,18 +85,26 @@ def per_process_batch(section: EncoderSettings, n: int) -> int:
 class PretrainingModule(pl.LightningModule):
     """A lib.methods method as a LightningModule: same loss, optimizer, schedule and hooks."""
 
-    def __init__(self, section: EncoderSettings, method: torch.nn.Module, make_views: torch.nn.Module | None,
-                 root: Path, dataset: Manifest, batch_size: int) -> None:
+    def __init__(self, section: EncoderSettings, root: Path, dataset: Manifest, batch_size: int) -> None:
         super().__init__()
         self.section, self.root, self.dataset, self.batch_size = section, Path(root), dataset, batch_size
-        self.method = method
-        self.make_views = make_views
+        # built in each process (configure_model), not pickled across: dino's weight-normed head cannot be
+        self.method: torch.nn.Module | None = None
+        self.make_views: torch.nn.Module | None = None
         self.layout = torch.channels_last if section.channels_last else torch.contiguous_format
         self.losses: list[float] = []
         self.epoch_seconds: list[float] = []
         self._started = 0.0
 
-    def setup(self, stage: str) -> None:
+    def configure_model(self) -> None:
+        """The same seeded initialisation in every process (and in the parent, for export)."""
+        if self.method is None:
+            self.method, _ = build_training_method(self.section)
+            gather_distributed_losses(self.method)
+            _, self.make_views = training_images(self.section, None, self.method)
+
+    def setup(self, stage: str) -> None:  # Lightning calls it before configure_model
+        self.configure_model()
         if not torch.cuda.is_available():  # the processes share the CPU: don't oversubscribe its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(self.trainer.num_devices, 1)))
         self.method = self.method.to(memory_format=self.layout).train()  # lib.backbones builds in eval mode
@@ -165,7 +173,6 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
     """Train on every process; rank 0 (the parent, when spawned) exports and returns what the
     manifest records, the other ranks of a torchrun/SLURM launch return None."""
     method, dim = build_training_method(section)
-    gather_distributed_losses(method)
     n = len(open_snapshot(root, dataset))
     check_trainable(section, n)
     world_size = section.devices * section.num_nodes
@@ -177,8 +184,7 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
     start_epoch, losses, epoch_seconds = 0, [], []
     if section.epochs:
         pl.seed_everything(section.seed, verbose=False)  # PL_GLOBAL_SEED seeds the DistributedSampler in every process
-        _, make_views = training_images(section, None, method)
-        module = PretrainingModule(section, method, make_views, root, dataset, batch_size)
+        module = PretrainingModule(section, root, dataset, batch_size)
         if last.is_file():
             start_epoch = len(_load_checkpoint(last).get("lookalike", {}).get("losses", []))
         cuda = torch.cuda.is_available()
@@ -198,6 +204,7 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
         if trainer.global_rank != 0:  # torchrun/SLURM: only rank 0 exports
             return None
         checkpoint = _load_checkpoint(last)  # the parent's copy of the weights: from rank 0's last epoch
+        module.configure_model()
         module.load_state_dict(checkpoint["state_dict"])
         history = checkpoint.get("lookalike", {})
         losses, epoch_seconds = list(history.get("losses", [])), list(history.get("epoch_seconds", []))

@@ -42,6 +42,17 @@ def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_st
     assert list(row_ids) == sorted(row_ids)
 
 
+@pytest.mark.parametrize("method, augmentation", [("dino", "batched"), ("byol", "per-image")])
+def test_the_momentum_methods_train_under_ddp(root, method, augmentation):
+    """dino's weight-normed head cannot cross a process boundary: each process builds the method itself."""
+    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
+                              "encoder.method": method, "encoder.augmentation": augmentation})
+    result = run_encoder_stage(settings.encoder, run_dataset_stage(settings.dataset, root).manifest, root)
+    assert result.manifest.stats["world_size"] == 2 and np.isfinite(result.manifest.stats["losses"]).all()
+    model, spec = load_encoder(root, result.manifest)
+    assert spec.method == method
+
+
 def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
     settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
                               "encoder.epochs": 2, "encoder.lr_schedule": "constant"})
