@@ -197,13 +197,19 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
             method.train()
 
     spec, files = export_encoder(section, method, dim, folder, root, losses)
-    stats = {
+    stats = training_stats(spec, losses, epoch_seconds, n, total_steps, start_epoch)
+    return Built(files=files, stats=stats, resumed=start_epoch > 0)
+
+
+def training_stats(spec: EncoderSpec, losses: list[float], epoch_seconds: list[float], n: int, steps: int,
+                   start_epoch: int) -> dict:
+    """What the encoder manifest records of a training run, whichever trainer ran it."""
+    return {
         "spec": spec.model_dump(),
         "losses": losses,
         "epoch_seconds": [round(s, 2) for s in epoch_seconds],
         "n_images": n,
-        "steps": total_steps,
+        "steps": steps,
         "resumed_from_epoch": start_epoch,
         "images_per_second": round(n * max(len(epoch_seconds), 1) / max(sum(epoch_seconds), 1e-9), 1) if epoch_seconds else None,
     }
-    return Built(files=files, stats=stats, resumed=start_epoch > 0)

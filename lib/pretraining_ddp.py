@@ -59,6 +59,7 @@ from lib.pretraining import (
     export_encoder,
     make_optimizer,
     training_images,
+    training_stats,
 )
 from lib.stages import Built
 
@@ -221,13 +222,7 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
             probe(len(losses), method.encoder())
     spec, files = export_encoder(section, method.cpu().eval(), dim, folder, root, losses)
     stats = {
-        "spec": spec.model_dump(),
-        "losses": losses,
-        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
-        "n_images": n,
-        "steps": steps,
-        "resumed_from_epoch": start_epoch,
-        "images_per_second": round(n * max(len(epoch_seconds), 1) / max(sum(epoch_seconds), 1e-9), 1) if epoch_seconds else None,
+        **training_stats(spec, losses, epoch_seconds, n, steps, start_epoch),
         "strategy": "ddp",
         "world_size": world_size,
         "batch_size_per_process": batch_size,
