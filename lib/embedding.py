@@ -148,7 +148,7 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
         parts = dispatch(folder, [missing[g : g + per_task] for g in range(0, len(missing), per_task)])
     else:
         parts = [embed_shards(section, dataset, encoder, root, folder, missing)]
-    absent = [i for i in missing if not _shard_is_complete(folder, i)]
+    absent = [i for i in missing if not _shard_is_complete(folder, i)] if dispatch is not None else []
     if absent:  # a worker returned without its shards: a retry embeds just these
         raise RuntimeError(f"embedding shards {absent[:10]} are missing after the workers finished")
 
