@@ -15,6 +15,7 @@ from flows._indexing import index_and_publish, snapshot_queries
 from flows.retrieval import TRACKING_HOOKS, _default
 from lib.aliases import PRODUCTION
 from lib.config import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
+from tasks.artifacts import open_artifacts_root
 from tasks.dataset import snapshot_dataset
 from tasks.encoder import use_aliased_encoder
 from tasks.secrets import load_secret_blocks
@@ -44,8 +45,8 @@ def reindex(
         index: FAISS index preset, or auto: the fastest that fits overrides["index.memory_budget"] and reaches
             overrides["index.recall_target"] (measured on held-out queries).
         index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
-        artifacts_root: Folder on the worker that holds every stage folder (empty: the worker's
-            LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
+        artifacts_root: Folder on the worker that holds every stage folder, or s3://bucket/prefix to share
+            them (and cached results) between machines (empty: the worker's LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
         mirror: s3://bucket/prefix to mirror finished stage folders to (empty: the worker's setting, else off).
         promote: Move the 'production' alias to the new index when the run completes.
         overrides: Any other setting by dotted name, e.g. {"embeddings.batch_size": 512}.
@@ -55,9 +56,9 @@ def reindex(
     check_overrides(overrides, **named)
     settings = settings_for_run(overrides, **named)
     load_secret_blocks(settings)
+    root = open_artifacts_root(settings)
     tracking = start_tracking(settings)
 
-    root = settings.artifacts_root
     reports = {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
     track_stage(settings, tracking, reports, "dataset")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lib.errors import LookalikeError
 from lib.manifest import Manifest, atomic_write_bytes, read_manifest
+from lib.shared_root import share_files
 
 ALIASES = "aliases"
 HISTORY = "history.jsonl"
@@ -59,6 +60,7 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
     atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
     with open(path.parent / HISTORY, "a") as fh:
         fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
+    share_files(root, [f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
     return alias
 
 

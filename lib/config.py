@@ -352,7 +352,19 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    artifacts_root: Path = Field(Path("artifacts"), description="Where every stage folder goes.")
+    artifacts_root: Path = Field(
+        Path("artifacts"), description="Where every stage folder goes: a folder, or s3://bucket/prefix to share "
+        "stage folders (and Prefect's cached results) between machines, each working in a copy under "
+        "artifacts_cache."
+    )
+    artifacts_store: str | None = Field(
+        None, description="Set from an s3:// artifacts_root (not by hand): the bucket every stage folder is shared "
+        "through; artifacts_root is then this machine's copy of it."
+    )
+    artifacts_cache: str = Field(
+        "~/.cache/lookalike", description="Where each machine keeps its copy of an s3:// artifacts_root "
+        "(~ is the home of the machine that opens it)."
+    )
     dataset: DatasetSettings = DatasetSettings()
     encoder: EncoderSettings = EncoderSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
@@ -361,6 +373,34 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = PromotionSettings()
     tracking: TrackingSettings = TrackingSettings()
     mirror: MirrorSettings = MirrorSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_root(cls, data: Any) -> Any:
+        """`artifacts_root=s3://bucket/prefix` -> artifacts_store = that URL and artifacts_root
+        = this machine's copy of it (`lib.shared_root.working_copy`)."""
+        if not isinstance(data, dict):
+            return data
+        root, store = data.get("artifacts_root"), data.get("artifacts_store")
+        url = url_of(root)
+        if store and url and store.rstrip("/") != url.rstrip("/"):
+            raise ValueError(f"artifacts_store {store!r} and artifacts_root {url!r} differ: set artifacts_root only")
+        url = url or store
+        if not url:
+            return data
+        if not url.startswith("s3://") or len(url) <= len("s3://") or url[len("s3://")] == "/":
+            raise ValueError(f"artifacts_root {url!r}: a shared root must look like s3://bucket/prefix")
+        from lib.shared_root import working_copy
+
+        copy = working_copy(url, data.get("artifacts_cache") or cls.model_fields["artifacts_cache"].default)
+        if root and not url_of(root) and Path(root) != copy:
+            raise ValueError(f"artifacts_store is set from artifacts_root=s3://...; also setting artifacts_root={root} "
+                             "is ambiguous: set artifacts_root to the s3:// URL only")
+        return {**data, "artifacts_root": copy, "artifacts_store": url.rstrip("/")}
+
+
+def url_of(root: Any) -> str | None:
+    return str(root) if isinstance(root, str) and root.startswith("s3://") else None
 
 
 class SettingsError(LookalikeError, ValueError):
@@ -459,7 +499,7 @@ def run_parameters(settings: Settings) -> dict[str, Any]:
         return node
 
     values = {name: value(dotted) for name, dotted in RUN_PARAMETERS.items()}
-    values["artifacts_root"] = str(settings.artifacts_root)
+    values["artifacts_root"] = settings.artifacts_store or str(settings.artifacts_root)
     preset = settings.index.type in get_args(IndexPreset)
     values["index"], values["index_factory"] = (settings.index.type, None) if preset else (None, settings.index.type)
     return values

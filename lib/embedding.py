@@ -44,6 +44,7 @@ from lib.manifest import (
     verified_path,
 )
 from lib.progress import progress
+from lib.shared_root import pull_partial, share_partial
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "embeddings"
@@ -148,6 +149,8 @@ def _embed(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, ro
         parts = dispatch(folder, [missing[g : g + per_task] for g in range(0, len(missing), per_task)])
     else:
         parts = [embed_shards(section, dataset, encoder, root, folder, missing)]
+    if dispatch is not None:  # workers on other machines wrote theirs to the shared store
+        pull_partial(root, STAGE, folder.name)
     absent = [i for i in missing if not _shard_is_complete(folder, i)] if dispatch is not None else []
     if absent:  # a worker returned without its shards: a retry embeds just these
         raise RuntimeError(f"embedding shards {absent[:10]} are missing after the workers finished")
@@ -395,6 +398,7 @@ def _write_shard(folder: Path, i: int, start: int, vectors: np.ndarray) -> None:
             np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
     marker = {"shard": i, "start": start, "rows": len(vectors), "sha256": sha256_file(path)}
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(marker).encode())
+    share_partial(folder, [path.name, path.with_suffix(".json").name])  # a retry on another machine resumes here
 
 
 def _shard_is_complete(folder: Path, i: int) -> bool:

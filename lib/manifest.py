@@ -163,8 +163,13 @@ def find_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
 
 
 def read_manifest(root: Path | str, stage: str, key: str) -> Manifest:
-    """Like `find_manifest` but a missing manifest is an error."""
+    """Like `find_manifest` but a missing manifest is an error. When `root` is a copy of a
+    shared store, a folder finished only in the store is fetched (verified) first."""
     manifest = find_manifest(root, stage, key)
+    if manifest is None:
+        from lib.shared_root import fetch_finished  # shared_root builds on this module
+
+        manifest = fetch_finished(root, stage, key)
     if manifest is None:
         raise IntegrityError(
             f"{stage}/{key} is not finished (no {MANIFEST} in {stage_dir(root, stage, key)}); "

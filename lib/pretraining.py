@@ -28,6 +28,7 @@ from lib.methods import build_method
 from lib.methods.normalize import IMAGENET_NORMALIZE
 from lib.pictures import save_loss_curve
 from lib.progress import progress
+from lib.shared_root import share_partial
 from lib.stages import Built, StageResult, run_stage
 
 STAGE = "encoder"
@@ -190,6 +191,7 @@ def _train(section: EncoderSettings, dataset: Manifest, root: Path, folder: Path
             torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "losses": losses, "epoch_seconds": epoch_seconds}, tmp)
+        share_partial(folder, [TRAIN_STATE])  # a retry on another machine resumes from this epoch
         if on_epoch:
             on_epoch(epoch + 1, section.epochs, losses[-1], epoch_seconds[-1])
         if probe:

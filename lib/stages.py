@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.errors import LookalikeError
 from lib.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
+from lib.shared_root import fetch_finished, fetch_inputs, has_finished, pull_partial, push_finished, store_of
 
 
 def _cannot_write(exc: OSError, root: Path) -> bool:
@@ -85,12 +86,22 @@ def run_stage(
     inputs: dict[str, str],
     build: Callable[[Path], Built],
 ) -> StageResult:
-    """Return the finished stage folder for `key`, building it first if needed."""
+    """Return the finished stage folder for `key`, building it first if needed.
+
+    When `root` is a copy of a shared store (`lib.shared_root`), a folder finished there is
+    fetched instead of built, a build starts from the store's inputs and partial files, and
+    the finished folder goes back up (manifest last).
+    """
     found = find_manifest(root, stage, key)
     if found is not None:
+        if store_of(root) is not None and not has_finished(root, stage, key):
+            push_finished(root, found)  # finished here before the bucket had it (or it was emptied)
         return StageResult(manifest=found, status="cached")
+    fetched = fetch_finished(root, stage, key)
+    if fetched is not None:
+        return StageResult(manifest=fetched, status="cached")
     try:
-        return _build_locked(root, stage, key, code_version, settings, inputs, build)
+        result = _build_locked(root, stage, key, code_version, settings, inputs, build)
     except OSError as exc:
         if _cannot_write(exc, Path(root)):
             raise ArtifactStorageError(
@@ -99,6 +110,9 @@ def run_stage(
                 "writable folder, then re-run (nothing half-written is ever used)"
             ) from None
         raise
+    if result.status != "cached":
+        push_finished(root, result.manifest)
+    return result
 
 
 def _build_locked(root: Path | str, stage: str, key: str, code_version: int, settings: dict[str, Any],
@@ -109,6 +123,9 @@ def _build_locked(root: Path | str, stage: str, key: str, code_version: int, set
             return StageResult(manifest=found, status="cached")
         folder = stage_dir(root, stage, key)
         folder.mkdir(parents=True, exist_ok=True)
+        if store_of(root) is not None:
+            fetch_inputs(root, inputs)
+            pull_partial(root, stage, key)
         started = time.perf_counter()
         built = build(folder)
         timings = {"build_seconds": time.perf_counter() - started, **built.timings}

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 from lib.aliases import ALIASES, Alias, alias_path
 from lib.config import MirrorSettings
 from lib.errors import LookalikeError
-from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_write_bytes, complete_manifest, install_stage,
-                          stage_dir)
+from lib.manifest import (MANIFEST, IntegrityError, Manifest, atomic_path, atomic_write_bytes, complete_manifest,
+                          install_stage, stage_dir)
 
 SHA_META = "sha256"
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -127,7 +127,7 @@ def _same_object(client, bucket: str, key: str, size: int, sha256: str) -> bool:
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _missing(exc):
             return False
         raise
     return head.get("ContentLength") == size and head.get("Metadata", {}).get(SHA_META) == sha256
@@ -212,6 +212,20 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
+    manifest = find_stage(client, location, stage, key, root)
+    if manifest is None:
+        raise MirrorError(
+            f"s3://{location.bucket}/{location.key(stage, key)}/ is not in the mirror (no {MANIFEST}); mirror it with "
+            f"--set 'mirror.stages=[\"dataset\", \"encoder\", \"embeddings\", \"index\"]'"
+        )
+    return manifest
+
+
+def find_stage(client, location: S3Location, stage: str, key: str, root: Path) -> Manifest | None:
+    """`fetch_stage`, but None when the bucket holds no manifest for the stage key."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     cached = complete_manifest(root, stage, key)
     if cached is not None:
         return cached
@@ -219,16 +233,17 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
     try:
         raw = client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            raise MirrorError(
-                f"{where} is not in the mirror (no {MANIFEST}); mirror it with "
-                f"--set 'mirror.stages=[\"dataset\", \"encoder\", \"embeddings\", \"index\"]'"
-            ) from None
+        if _missing(exc):
+            return None
         raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
     except (Boto3Error, BotoCoreError) as exc:
         raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
     return install_stage(root, raw, lambda name, tmp: _download(client, location, stage, key, name, tmp, where),
                          where, expect=(stage, key))
+
+
+def _missing(exc) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def _download(client, location: S3Location, stage: str, key: str, name: str, target: Path, where: str) -> None:
@@ -239,3 +254,80 @@ def _download(client, location: S3Location, stage: str, key: str, name: str, tar
         client.download_file(location.bucket, location.key(stage, key, name), str(target), Config=_transfer())
     except (Boto3Error, BotoCoreError, ClientError) as exc:
         raise MirrorError(f"cannot download {where}{name}: {exc}") from None
+
+
+# --- a shared artifacts root: single objects, listed and synced by lib.shared_root --------------
+
+def upload_object(client, location: S3Location, name: str, path: Path, sha256: str | None = None) -> bool:
+    """Upload `path` as `<prefix>/<name>` unless an object of the same size and sha256 is there.
+    Returns whether it was sent."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    key = location.key(name)
+    try:
+        size = path.stat().st_size
+        if sha256 is not None and _same_object(client, location.bucket, key, size, sha256):
+            return False
+        extra = {"Metadata": {SHA_META: sha256}} if sha256 else {}
+        client.upload_file(str(path), location.bucket, key, Config=_transfer(), ExtraArgs=extra)
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
+        raise MirrorError(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}") from None
+    return True
+
+
+def list_objects(client, location: S3Location, folder: str) -> dict[str, int]:
+    """{name relative to `<prefix>/<folder>/`: size} for every object below it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = location.key(folder) + "/"
+    found = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base):
+            found.update({item["Key"][len(base):]: item["Size"] for item in page.get("Contents", [])})
+    except (BotoCoreError, ClientError) as exc:
+        raise MirrorError(f"cannot list s3://{location.bucket}/{base}: {exc}") from None
+    return found
+
+
+def object_exists(client, location: S3Location, name: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.head_object(Bucket=location.bucket, Key=location.key(name))
+    except ClientError as exc:
+        if _missing(exc):
+            return False
+        raise MirrorError(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}") from None
+    except BotoCoreError as exc:
+        raise MirrorError(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}") from None
+    return True
+
+
+def download_object(client, location: S3Location, name: str, target: Path) -> bool:
+    """`<prefix>/<name>` to `target` (atomically); False when there is no such object."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        with atomic_path(target) as tmp:
+            client.download_file(location.bucket, location.key(name), str(tmp), Config=_transfer())
+    except ClientError as exc:
+        if _missing(exc):
+            return False
+        raise MirrorError(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}") from None
+    except (Boto3Error, BotoCoreError) as exc:
+        raise MirrorError(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}") from None
+    return True
+
+
+def delete_objects(client, location: S3Location, names: list[str]) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": location.key(name)} for name in names[start:start + 1000]]
+        try:
+            client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError) as exc:
+            raise MirrorError(f"cannot delete partial objects under s3://{location.bucket}/{location.prefix}: "
+                              f"{exc}") from None

@@ -26,14 +26,18 @@ from prefect.tasks import exponential_backoff
 from lib.config import EmbeddingsSettings
 from lib.embedding import embed_shards, embeddings_key, run_embeddings_stage
 from lib.manifest import Manifest
+from lib.shared_root import Store, open_stage_copy, store_of
 from lib.stages import StageResult
 from tasks.stage import stage_options
 
 
 @task(name="embed-shards", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def embed_shard_group(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path,
-                      folder: Path, shards: list[int]) -> dict[str, Any]:
-    """One Dask task: embed and write these shards of the stage folder."""
+                      folder: Path, shards: list[int], store: Store | None = None) -> dict[str, Any]:
+    """One Dask task: embed and write these shards of the stage folder. With a shared store the
+    worker, wherever it runs, works in its own copy of it and uploads each shard it writes."""
+    if store is not None:
+        root, folder = open_stage_copy(store, "embeddings", folder.name, {"dataset": dataset.key, "encoder": encoder.key})
     return embed_shards(section, dataset, encoder, root, folder, shards)
 
 
@@ -55,7 +59,7 @@ def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manif
         with runner:
             futures = [runner.submit(embed_shard_group.with_options(task_run_name=f"embed-shards-{group[0]:05d}"),
                                      {"section": section, "dataset": dataset, "encoder": encoder, "root": root,
-                                      "folder": folder, "shards": group})
+                                      "folder": folder, "shards": group, "store": store_of(root)})
                        for group in groups]
             return [future.result() for future in futures]
 

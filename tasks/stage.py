@@ -18,7 +18,8 @@ from prefect import Task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from lib.manifest import find_manifest
+from lib.manifest import find_manifest, read_manifest
+from lib.shared_root import Store, has_finished, store_of
 from lib.stages import StageReport, StageResult
 
 
@@ -34,8 +35,32 @@ class StageCache(CachePolicy):
 
 
 def cache_key(stage: str, key: str, root: Any) -> str:
-    root_digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    """A shared store's copy is keyed by the store's URL, so a retry on another machine (its copy
+    elsewhere) finds the cached result."""
+    store = store_of(root)
+    root_digest = hashlib.sha256((store.url if store else str(root)).encode()).hexdigest()[:8]
     return f"{stage}-{key}-{root_digest}"
+
+
+def result_storage(store: Store) -> str:
+    """The saved block (`open_artifacts_root` saves it) that puts Prefect's results beside the
+    stage folders, `<store>/prefect-results/`: Prefect needs result storage saved server-side."""
+    return f"remote-file-system/{results_block_name(store)}"
+
+
+def results_block_name(store: Store) -> str:
+    return f"lookalike-results-{hashlib.sha256(store.url.encode()).hexdigest()[:8]}"
+
+
+def save_result_storage(store: Store) -> str:
+    """Save (or update) the RemoteFileSystem block for this store; s3fs reads the credentials
+    from boto's usual chain, so the block holds no secret. Returns its slug."""
+    from prefect.filesystems import RemoteFileSystem
+
+    settings = {"client_kwargs": {"endpoint_url": store.endpoint_url}} if store.endpoint_url else {}
+    RemoteFileSystem(basepath=f"{store.url}/prefect-results", settings=settings).save(
+        results_block_name(store), overwrite=True)
+    return result_storage(store)
 
 
 def stage_options(stage: str, key_fn: Callable[..., str]) -> dict[str, Any]:
@@ -56,14 +81,18 @@ def call_stage(task: Task, **kwargs: Any) -> StageReport:
     `cached` when Prefect returned a cached result or the folder was already finished
     on disk; `resumed` when the stage reused part of an earlier attempt.
     """
-    stage = task.name
+    stage, root = task.name, kwargs["root"]
     key = task.cache_policy.key_fn(**kwargs)
-    on_disk = find_manifest(kwargs["root"], stage, key) is not None
+    store = store_of(root)
+    on_disk = find_manifest(root, stage, key) is not None or has_finished(root, stage, key)
+    options = {"refresh_cache": not on_disk, **({"result_storage": result_storage(store)} if store else {})}
     started = time.perf_counter()
-    state = task.with_options(refresh_cache=not on_disk)(**kwargs, return_state=True)
+    state = task.with_options(**options)(**kwargs, return_state=True)
     result = state.result()  # re-raises the task's exception on failure
-    seconds = time.perf_counter() - started
     result = result if isinstance(result, StageResult) else StageResult.model_validate(result)
+    if store is not None:  # a result cached by another machine: its folder comes down from the store
+        read_manifest(root, stage, result.manifest.key)
+    seconds = time.perf_counter() - started
     status = "cached" if state.name == "Cached" else result.status
     return StageReport(manifest=result.manifest, status=status, seconds=round(seconds, 2))
 

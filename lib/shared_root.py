@@ -1,0 +1,197 @@
+"""A shared artifacts root: stage folders in an S3 bucket, worked on through a local copy.
+
+With `artifacts_root=s3://bucket/prefix`, each machine (the flow's runner, a Dask worker, a
+retry on another node) works in its own local copy `<artifacts_cache>/s3/<bucket>/<prefix>/`
+with the same `<stage>/<key>/` layout, and the bucket is what they share:
+
+- a stage whose manifest is in the bucket is fetched (every file checked against it) instead
+  of computed;
+- before a stage builds, its input stages are fetched and whatever an earlier attempt left of
+  it (embedding shards with their completion markers, pretraining's train-state) is
+  downloaded, so a retry on another machine resumes instead of starting over;
+- partial files go up as soon as they are durable locally (`share_partial`); on success the
+  folder's files go up, then its manifest last, so a reader that sees the manifest sees a
+  complete folder, and the partial objects the manifest does not list are deleted.
+
+The local copy names its bucket in `.store.json`, so every process handed the local root (a
+Dask worker or DDP rank on this machine) syncs the same way without being told. S3 has no
+locks: two machines building one key at the same moment both compute it and the last
+manifest wins; the per-key lock in `lib.stages` still serialises runs on one machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lib.manifest import MANIFEST, Manifest, atomic_write_bytes, sha256_file, stage_dir
+
+STORE_FILE = ".store.json"
+DEFAULT_CACHE = "~/.cache/lookalike"
+INPUT_STAGES = {"queries": "dataset"}  # input names that are not stage names
+SHARED_ALIASES = ("aliases/latest.json", "aliases/production.json", "aliases/history.jsonl")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the shared stage folders live and where this machine keeps its copy of them."""
+
+    url: str  # s3://bucket/prefix
+    endpoint_url: str | None = None
+    cache: str = DEFAULT_CACHE  # expanded on the machine that opens it: each worker has its own home
+
+    @property
+    def location(self):
+        from lib.storage import S3Location
+
+        return S3Location.parse(self.url)
+
+
+def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
+    """The local root that mirrors `url` (the same path `lib.storage.cache_root_for` gives)."""
+    parsed = urlparse(url)
+    return Path(cache).expanduser() / "s3" / parsed.netloc / (parsed.path.strip("/") or "_")
+
+
+def open_store(store: Store) -> Path:
+    """Create (or reuse) this machine's copy of the store, pull its aliases; the local root."""
+    root = working_copy(store.url, store.cache)
+    root.mkdir(parents=True, exist_ok=True)
+    marker = json.dumps(asdict(store), sort_keys=True).encode()
+    if not (root / STORE_FILE).is_file() or (root / STORE_FILE).read_bytes() != marker:
+        atomic_write_bytes(root / STORE_FILE, marker)
+    for name in SHARED_ALIASES:  # the bucket's aliases win: another machine may have moved them
+        _download(store, name, root / name)
+    return root
+
+
+def open_stage_copy(store: Store, stage: str, key: str, inputs: dict[str, str]) -> tuple[Path, Path]:
+    """For a worker on any machine: its copy of the store with the stage's inputs fetched;
+    (local root, the stage's folder in it)."""
+    root = open_store(store)
+    fetch_inputs(root, inputs)
+    folder = stage_dir(root, stage, key)
+    folder.mkdir(parents=True, exist_ok=True)
+    return root, folder
+
+
+def store_of(root: Path | str) -> Store | None:
+    """The store a local root is a copy of, or None for a plain local root."""
+    path = Path(root) / STORE_FILE
+    if not path.is_file():
+        return None
+    return Store(**json.loads(path.read_text()))
+
+
+def fetch_finished(root: Path | str, stage: str, key: str) -> Manifest | None:
+    """The finished stage folder from the store into `root` (verified), or None if it has none."""
+    from lib.storage import find_stage
+
+    store = store_of(root)
+    if store is None:
+        return None
+    return find_stage(_client(store.endpoint_url), store.location, stage, key, Path(root))
+
+
+def fetch_inputs(root: Path | str, inputs: dict[str, str]) -> None:
+    """Every stage folder a build can read (its inputs, and theirs), from the store when this
+    copy lacks it. `queries` (evaluation's held-out split) is a dataset stage."""
+    from lib.errors import LookalikeError
+
+    wanted, seen = list(inputs.items()), set()
+    while wanted:
+        name, key = wanted.pop()
+        stage = INPUT_STAGES.get(name, name)
+        if (stage, key) in seen:
+            continue
+        seen.add((stage, key))
+        manifest = fetch_finished(root, stage, key)
+        if manifest is None:
+            raise LookalikeError(f"input stage {stage}/{key} is neither in {root} nor in the store "
+                                 f"{store_of(root).url}: re-run the flow from its first stage")
+        wanted.extend(manifest.inputs.items())
+
+
+def pull_partial(root: Path | str, stage: str, key: str) -> int:
+    """Download what an earlier attempt (any machine) left of an unfinished stage folder: the
+    objects under `<stage>/<key>/` missing here or of another size. Returns how many."""
+    from lib.storage import list_objects
+
+    store = store_of(root)
+    if store is None:
+        return 0
+    folder = stage_dir(root, stage, key)
+    pulled = 0
+    for name, size in list_objects(_client(store.endpoint_url), store.location, f"{stage}/{key}").items():
+        target = folder / name
+        if name == MANIFEST or (target.is_file() and target.stat().st_size == size):
+            continue
+        pulled += _download(store, f"{stage}/{key}/{name}", target)
+    return pulled
+
+
+def share_partial(folder: Path, names: list[str]) -> None:
+    """Upload files of an unfinished stage folder (`<root>/<stage>/<key>/`) as soon as they
+    are durable, so a retry elsewhere can resume from them. A no-op for a plain local root."""
+    root = folder.parents[1]
+    store = store_of(root)
+    if store is None:
+        return
+    prefix = folder.relative_to(root).as_posix()
+    share_files(root, [f"{prefix}/{name}" for name in names], store)
+
+
+def share_files(root: Path | str, names: list[str], store: Store | None = None) -> None:
+    """Upload these files (relative to `root`) to the same names in the store, when there is one."""
+    from lib.storage import upload_object
+
+    store = store or store_of(root)
+    if store is None:
+        return
+    for name in names:
+        path = Path(root) / name
+        if path.is_file():
+            upload_object(_client(store.endpoint_url), store.location, name, path, sha256_file(path))
+
+
+def push_finished(root: Path | str, manifest: Manifest) -> dict | None:
+    """Upload a finished stage folder (files, then manifest last) and delete the partial
+    objects it does not list. None for a plain local root."""
+    from lib.config import MirrorSettings
+    from lib.storage import delete_objects, list_objects, mirror_stage
+
+    store = store_of(root)
+    if store is None:
+        return None
+    client = _client(store.endpoint_url)
+    pushed = mirror_stage(MirrorSettings(url=store.url, endpoint_url=store.endpoint_url), Path(root), manifest, client)
+    folder = f"{manifest.stage}/{manifest.key}"
+    listed = {entry.path for entry in manifest.files} | {MANIFEST}
+    stale = [f"{folder}/{name}" for name in list_objects(client, store.location, folder) if name not in listed]
+    delete_objects(client, store.location, stale)
+    return {**pushed, "deleted_partial": len(stale)}
+
+
+def has_finished(root: Path | str, stage: str, key: str) -> bool:
+    """Whether the store holds a manifest for this stage key (False for a plain local root)."""
+    from lib.storage import object_exists
+
+    store = store_of(root)
+    return store is not None and object_exists(_client(store.endpoint_url), store.location, f"{stage}/{key}/{MANIFEST}")
+
+
+def _download(store: Store, name: str, target: Path) -> bool:
+    from lib.storage import download_object
+
+    return download_object(_client(store.endpoint_url), store.location, name, target)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(endpoint_url: str | None):
+    """One boto3 client per endpoint and process (clients are thread-safe; workers are processes)."""
+    from lib.storage import s3_client
+
+    return s3_client(endpoint_url)

@@ -1,0 +1,33 @@
+"""Task: open the artifacts root, which is either a folder or this machine's copy of a shared
+S3 store (`artifacts_root=s3://bucket/prefix`, see lib.shared_root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lib.config import Settings
+from lib.shared_root import Store, open_store
+from tasks.stage import save_result_storage
+
+
+def shared_store(settings: Settings) -> Store | None:
+    if not settings.artifacts_store:
+        return None
+    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache)
+
+
+@task(name="artifacts-root", cache_policy=NO_CACHE, persist_result=False)
+def open_artifacts_root(settings: Settings) -> Path:
+    """The local root every stage task works in; for a shared store, opened (and its aliases
+    pulled) so every stage syncs through it."""
+    store = shared_store(settings)
+    if store is None:
+        return settings.artifacts_root
+    root = open_store(store)
+    block = save_result_storage(store)
+    get_run_logger().info("artifacts shared through %s (Prefect results: block %s); this machine's copy: %s",
+                          store.url, block, root)
+    return root

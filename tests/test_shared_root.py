@@ -1,0 +1,128 @@
+"""`artifacts_root=s3://bucket/prefix`: stage folders and Prefect's results shared through a
+bucket (moto's threaded HTTP server), each "machine" working in its own local copy.
+
+Machines are told apart by `artifacts_cache`: a run with another cache has none of the first
+run's files and must get them from the bucket, verified, or resume from what it left there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, flow_arguments
+from lib.manifest import MANIFEST, find_manifest, read_manifest, verified_path
+from lib.storage import s3_client
+
+BUCKET, PREFIX = "shared", "team/lookalike"
+URL = f"s3://{BUCKET}/{PREFIX}"
+STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
+
+
+def run_on(machine: Path, endpoint: str, url: str = URL, return_state: bool = False, **extra):
+    from flows.retrieval import retrieval_pipeline
+
+    return retrieval_pipeline(**flow_arguments({
+        **TINY, "artifacts_root": url, "artifacts_cache": str(machine), "mirror.endpoint_url": endpoint, **extra,
+    }), return_state=return_state)
+
+
+def objects(client, prefix: str) -> dict[str, dict]:
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        found.update({o["Key"][len(prefix):]: o for o in page.get("Contents", [])})
+    return found
+
+
+def copy_of(machine: Path, url: str = URL) -> Path:
+    from lib.shared_root import working_copy
+
+    return working_copy(url, machine)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, s3_endpoint):
+    """One whole run on machine A with its artifacts root in the bucket."""
+    s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
+    machine_a = tmp_path_factory.mktemp("machine-a")
+    summary = run_on(machine_a, s3_endpoint)
+    return machine_a, summary
+
+
+def test_settings_turn_an_s3_root_into_a_store_and_a_local_copy(tmp_path):
+    from lib.config import SettingsError, load_settings, run_parameters
+
+    settings = load_settings({"artifacts_root": "s3://bucket/some/prefix/", "artifacts_cache": str(tmp_path)})
+    assert settings.artifacts_store == "s3://bucket/some/prefix"
+    assert settings.artifacts_root == tmp_path / "s3" / "bucket" / "some" / "prefix"
+    assert run_parameters(settings)["artifacts_root"] == "s3://bucket/some/prefix"  # what a flow run gets
+    with pytest.raises(SettingsError, match="s3://bucket/prefix"):
+        load_settings({"artifacts_root": "s3:///no-bucket"})
+    with pytest.raises(SettingsError, match="artifacts_root only"):
+        load_settings({"artifacts_root": "s3://a/x", "artifacts_store": "s3://b/y"})
+    assert load_settings({"artifacts_root": str(tmp_path)}).artifacts_store is None
+
+
+def test_every_finished_stage_folder_is_in_the_bucket_and_no_partial_objects_stay(shared, s3_endpoint):
+    machine_a, summary = shared
+    client = s3_client(s3_endpoint)
+    for stage in STAGES:
+        manifest = find_manifest(copy_of(machine_a), stage, summary["stages"][stage]["key"])
+        there = objects(client, f"{PREFIX}/{stage}/{manifest.key}/")
+        # exactly the manifest's files (shard markers and train-state were partial) and the manifest
+        assert set(there) == {f.path for f in manifest.files} | {MANIFEST}, stage
+        for entry in manifest.files:
+            assert there[entry.path]["Size"] == entry.bytes
+            head = client.head_object(Bucket=BUCKET, Key=f"{PREFIX}/{stage}/{manifest.key}/{entry.path}")
+            assert head["Metadata"]["sha256"] == entry.sha256
+        body = client.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{stage}/{manifest.key}/{MANIFEST}")["Body"].read()
+        assert json.loads(body)["key"] == manifest.key
+    alias = json.loads(client.get_object(Bucket=BUCKET, Key=f"{PREFIX}/aliases/latest.json")["Body"].read())
+    assert alias["stages"]["index"] == summary["stages"]["index"]["key"]
+
+
+def test_prefect_results_live_in_the_bucket_under_the_stage_cache_keys(shared, s3_endpoint):
+    _, summary = shared
+    results = objects(s3_client(s3_endpoint), f"{PREFIX}/prefect-results/")
+    digest = hashlib.sha256(URL.encode()).hexdigest()[:8]
+    for stage in STAGES:
+        assert f"{stage}-{summary['stages'][stage]['key']}-{digest}" in results, sorted(results)
+
+
+def test_a_run_on_another_machine_is_cached_from_the_bucket_with_verified_copies(shared, s3_endpoint, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    machine_a, first = shared
+    machine_b = tmp_path / "machine-b"
+    state = run_on(machine_b, s3_endpoint, return_state=True)
+    again = state.result()
+    assert {n: s["status"] for n, s in again["stages"].items()} == dict.fromkeys(STAGES, "cached")
+    with get_client(sync_client=True) as client:  # Prefect found each stage's result in the bucket
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    by_name = {r.name: r.state.name for r in runs}
+    assert all(by_name[stage] == "Cached" for stage in STAGES), by_name
+    for stage in STAGES:  # and machine B's copy holds every file, each matching its manifest
+        key = again["stages"][stage]["key"]
+        assert key == first["stages"][stage]["key"]
+        manifest = find_manifest(copy_of(machine_b), stage, key)
+        hashes = {e.path: verified_path(copy_of(machine_b), manifest, e.path) and e.sha256 for e in manifest.files}
+        assert hashes == {e.path: e.sha256 for e in read_manifest(copy_of(machine_a), stage, key).files}
+
+
+def test_a_stage_finished_only_in_the_bucket_is_fetched_when_read(shared, s3_endpoint, tmp_path):
+    from lib.config import load_settings
+    from lib.shared_root import Store, open_store
+
+    _, summary = shared
+    settings = load_settings({"artifacts_root": URL, "artifacts_cache": str(tmp_path)})
+    root = open_store(Store(URL, s3_endpoint, str(tmp_path)))
+    assert root == settings.artifacts_root and (root / "aliases" / "latest.json").is_file()
+    key = summary["stages"]["index"]["key"]
+    assert find_manifest(root, "index", key) is None
+    manifest = read_manifest(root, "index", key)
+    verified_path(root, manifest, manifest.files[0].path)
