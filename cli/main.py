@@ -37,7 +37,9 @@ MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
 IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.")]
 QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded into <artifacts root>/remote and sha256-checked first.")]
-Root = Annotated[Optional[Path], typer.Option(help="Artifacts root (default ./artifacts or LOOKALIKE_ARTIFACTS_ROOT).")]
+Root = Annotated[Optional[str], typer.Option(
+    help="Artifacts root: a folder, or s3://bucket/prefix shared between machines (default ./artifacts or "
+    "LOOKALIKE_ARTIFACTS_ROOT).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
 Mirror = Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")]
@@ -184,13 +186,24 @@ def rollback(
     err.print(f"{alias} -> index {before.stages['index']} (was {current}; set {before.set_at})", highlight=False)
 
 
-def _root(artifacts_root: Path | None) -> Path:
+def _root(artifacts_root: str | None) -> Path:
     from lib.config import SettingsError, load_settings
 
     try:
-        return load_settings({"artifacts_root": str(artifacts_root) if artifacts_root else None}).artifacts_root
+        return _open_root(load_settings({"artifacts_root": artifacts_root}))
     except SettingsError as exc:
         _fail(str(exc), code=2)
+
+
+def _open_root(settings) -> Path:
+    """The local root; for an s3:// root, this machine's copy with the bucket's aliases pulled."""
+    from lib.errors import LookalikeError
+    from lib.shared_root import open_root
+
+    try:
+        return open_root(settings)
+    except LookalikeError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -218,6 +231,7 @@ def query(
         if alias:
             _fail("give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2)
     settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
+    _open_root(settings)
     from lib.data.images import decode_rgb
     from lib.errors import LookalikeError
     from lib.pictures import save_image
@@ -275,6 +289,7 @@ def serve(
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
+    _open_root(settings)
     from app.server import create_app
     from lib.errors import LookalikeError
 

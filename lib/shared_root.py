@@ -50,6 +50,20 @@ class Store:
         return S3Location.parse(self.url)
 
 
+def store_for(settings) -> Store | None:
+    """The store a `lib.config.Settings` names (`artifacts_root=s3://...`), or None."""
+    if not settings.artifacts_store:
+        return None
+    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache)
+
+
+def open_root(settings) -> Path:
+    """The local artifacts root for these settings: the folder, or this machine's opened copy
+    of the shared store."""
+    store = store_for(settings)
+    return open_store(store) if store is not None else settings.artifacts_root
+
+
 def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
     """The local root that mirrors `url` (the same path `lib.storage.cache_root_for` gives)."""
     parsed = urlparse(url)

@@ -9,21 +9,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lib.config import Settings
-from lib.shared_root import Store, open_store
+from lib.shared_root import open_store, store_for
 from tasks.stage import save_result_storage
-
-
-def shared_store(settings: Settings) -> Store | None:
-    if not settings.artifacts_store:
-        return None
-    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache)
 
 
 @task(name="artifacts-root", cache_policy=NO_CACHE, persist_result=False)
 def open_artifacts_root(settings: Settings) -> Path:
     """The local root every stage task works in; for a shared store, opened (and its aliases
     pulled) so every stage syncs through it."""
-    store = shared_store(settings)
+    store = store_for(settings)
     if store is None:
         return settings.artifacts_root
     root = open_store(store)

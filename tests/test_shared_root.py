@@ -30,9 +30,9 @@ def run_on(machine: Path, endpoint: str, url: str = URL, return_state: bool = Fa
     }), return_state=return_state)
 
 
-def objects(client, prefix: str) -> dict[str, dict]:
+def objects(client, prefix: str, bucket: str = BUCKET) -> dict[str, dict]:
     found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found.update({o["Key"][len(prefix):]: o for o in page.get("Contents", [])})
     return found
 
@@ -126,3 +126,46 @@ def test_a_stage_finished_only_in_the_bucket_is_fetched_when_read(shared, s3_end
     assert find_manifest(root, "index", key) is None
     manifest = read_manifest(root, "index", key)
     verified_path(root, manifest, manifest.files[0].path)
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpoint, prefect_api_url, tmp_path):
+    """Machine A is SIGKILLed mid-embedding; machine B (empty cache, its own PREFECT_HOME, the
+    same Prefect server) gets Prefect's cached dataset and encoder results and the finished
+    shards from the bucket, trains nothing and embeds only the shards A did not finish."""
+    import subprocess
+
+    from conftest import LOOKALIKE, cli_env
+    from test_resume import SETS, N_SHARDS, finish, flow_runs_for, kill_when, task_run_history
+
+    url = "s3://resume/lookalike"
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="resume")
+
+    def start(machine: Path, faults: dict):
+        env = cli_env(machine, prefect_api_url, faults, {
+            "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
+        return subprocess.Popen([LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def shards_in_bucket() -> int:
+        return sum(name.endswith(".json") for name in objects(client, "lookalike/embeddings/", "resume"))
+
+    proc = start(tmp_path / "machine-a", {"embed_slow_seconds": 0.3})
+    kill_when(proc, lambda: shards_in_bucket() >= 3)
+    done_before = shards_in_bucket()
+    assert done_before < N_SHARDS
+    assert not [k for k in objects(client, "lookalike/embeddings/", "resume") if k.endswith(MANIFEST)]
+
+    code, summary, err = finish(start(tmp_path / "machine-b", {"forbid_training": True}))
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert {n: s["status"] for n, s in summary["stages"].items()} == {
+        "dataset": "cached", "encoder": "cached", "embeddings": "resumed", "index": "computed",
+        "evaluation": "computed"}
+    stats = summary["stages"]["embeddings"]
+    reused, total = (int(n) for n in stats["reused"].split(" ")[0].split("/"))
+    assert total == N_SHARDS and reused >= done_before
+    history = task_run_history(flow_runs_for(url)[0].id)  # machine B's flow run, the newest
+    assert history["encoder"] == [["Pending", "Running", "Cached"]]
+    assert history["dataset"] == [["Pending", "Running", "Cached"]]
