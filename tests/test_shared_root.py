@@ -142,10 +142,10 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="resume")
 
-    def start(machine: Path, faults: dict):
+    def start(machine: Path, faults: dict, *extra: str):
         env = cli_env(machine, prefect_api_url, faults, {
             "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
-        return subprocess.Popen([LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS], env=env,
+        return subprocess.Popen([LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS, *extra], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def shards_in_bucket() -> int:
@@ -157,7 +157,10 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     assert done_before < N_SHARDS
     assert not [k for k in objects(client, "lookalike/embeddings/", "resume") if k.endswith(MANIFEST)]
 
-    code, summary, err = finish(start(tmp_path / "machine-b", {"forbid_training": True}))
+    # machine B also hands its shards to a local Dask cluster: its workers fetch the inputs from
+    # the bucket into their copy and upload each shard they write
+    code, summary, err = finish(start(tmp_path / "machine-b", {"forbid_training": True},
+                                      "--set", "embeddings.dask_workers=2"))
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     assert {n: s["status"] for n, s in summary["stages"].items()} == {
@@ -166,6 +169,33 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     stats = summary["stages"]["embeddings"]
     reused, total = (int(n) for n in stats["reused"].split(" ")[0].split("/"))
     assert total == N_SHARDS and reused >= done_before
+    embeddings = find_manifest(copy_of(tmp_path / "machine-b" / "cache", url), "embeddings",
+                               summary["stages"]["embeddings"]["key"])
+    assert embeddings.stats["workers"], embeddings.stats  # the shards B computed came from the Dask workers
+    there = objects(client, f"lookalike/embeddings/{embeddings.key}/", "resume")
+    assert set(there) == {f.path for f in embeddings.files} | {MANIFEST}  # the markers were partial
     history = task_run_history(flow_runs_for(url)[0].id)  # machine B's flow run, the newest
     assert history["encoder"] == [["Pending", "Running", "Cached"]]
     assert history["dataset"] == [["Pending", "Running", "Cached"]]
+
+
+def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shared, s3_endpoint, tmp_path):
+    import subprocess
+
+    from conftest import LOOKALIKE, cli_env
+
+    from lib.data.snapshot import open_snapshot, row_positions
+
+    machine_a, summary = shared
+    dataset = read_manifest(copy_of(machine_a), "dataset", summary["stages"]["dataset"]["key"])
+    row = sorted(row_positions(open_snapshot(copy_of(machine_a), dataset)))[3]
+    machine_c = tmp_path / "machine-c"
+    env = cli_env(machine_c, extra={"LOOKALIKE_ARTIFACTS_CACHE": str(machine_c / "cache"),
+                                    "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+    out = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--json", "--alias", "latest", "--artifacts-root", URL,
+                          *sets], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["index"] == summary["stages"]["index"]["key"] and found["neighbours"][0]["row"] == row, found
+    assert find_manifest(copy_of(machine_c / "cache"), "index", found["index"]) is not None
