@@ -72,6 +72,9 @@ def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
 
 def open_store(store: Store) -> Path:
     """Create (or reuse) this machine's copy of the store, pull its aliases; the local root."""
+    from lib.storage import check_bucket
+
+    check_bucket(_client(store.endpoint_url), store.location, store.endpoint_url)
     root = working_copy(store.url, store.cache)
     root.mkdir(parents=True, exist_ok=True)
     marker = json.dumps(asdict(store), sort_keys=True).encode()

@@ -1,4 +1,5 @@
-"""S3 mirror of finished stage folders: the only module that imports boto3.
+"""S3 mirror of finished stage folders, and the object calls a shared `s3://` artifacts root
+(lib.shared_root) is made of: the only module that imports boto3.
 
 Files go up first and `manifest.json` last, so a reader that sees the manifest on S3
 sees a complete folder. Objects already present with the same size and sha256
@@ -257,6 +258,27 @@ def _download(client, location: S3Location, stage: str, key: str, name: str, tar
 
 
 # --- a shared artifacts root: single objects, listed and synced by lib.shared_root --------------
+
+def check_bucket(client, location: S3Location, endpoint_url: str | None) -> None:
+    """One clear error when the bucket is missing, forbidden or its endpoint unreachable."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = endpoint_url or "AWS (boto3's default endpoint)"
+    try:
+        client.head_bucket(Bucket=location.bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise MirrorError(f"bucket {location.bucket!r} does not exist at {where}: create it "
+                              f"(aws s3 mb s3://{location.bucket}) or fix the s3:// URL") from None
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise MirrorError(f"no access to bucket {location.bucket!r} at {where}: check the credentials boto3 "
+                              "finds (AWS_PROFILE, AWS_ACCESS_KEY_ID, mirror.credentials_secret)") from None
+        raise MirrorError(f"cannot open bucket {location.bucket!r} at {where}: {exc}") from None
+    except BotoCoreError as exc:
+        raise MirrorError(f"cannot reach S3 at {where}: {exc}; check mirror.endpoint_url (or "
+                          "AWS_ENDPOINT_URL_S3) and the network") from None
+
 
 def upload_object(client, location: S3Location, name: str, path: Path, sha256: str | None = None) -> bool:
     """Upload `path` as `<prefix>/<name>` unless an object of the same size and sha256 is there.

@@ -199,3 +199,17 @@ def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shar
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["index"] == summary["stages"]["index"]["key"] and found["neighbours"][0]["row"] == row, found
     assert find_manifest(copy_of(machine_c / "cache"), "index", found["index"]) is not None
+
+
+def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, tmp_path):
+    import subprocess
+
+    from conftest import LOOKALIKE, cli_env
+
+    env = cli_env(tmp_path, extra={"LOOKALIKE_ARTIFACTS_CACHE": str(tmp_path / "cache"),
+                                   "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
+    out = subprocess.run([LOOKALIKE, "query", "--row", "0", "--artifacts-root", "s3://no-such-bucket/x"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: bucket 'no-such-bucket' does not exist"), out.stderr
+    assert "aws s3 mb s3://no-such-bucket" in out.stderr
