@@ -1,6 +1,7 @@
 """Prefect plumbing shared by the stage tasks: cache keys and stage reports.
 
-Prefect's cache key for a stage task is the stage key (plus the artifacts root), and
+Prefect's cache key for a stage task is the stage key (plus the artifacts root, or the
+bucket of a shared `s3://` root, whose results are persisted in that bucket too), and
 results are persisted, so a re-run shows the stage as Cached. The manifest on disk
 stays the source of truth: when the stage folder is gone, `call_stage` runs the task
 with `refresh_cache=True`, which recomputes and overwrites Prefect's record instead of
