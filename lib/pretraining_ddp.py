@@ -69,13 +69,19 @@ LAST = "last.ckpt"
 
 class ShareCheckpoint(pl.Callback):
     """With a shared artifacts root, rank 0 uploads the previous epoch's `last.ckpt` as the next
-    epoch starts (ModelCheckpoint writes it after every other epoch-end hook), so a retry on
-    another machine resumes from it."""
+    epoch starts (ModelCheckpoint writes it after every other epoch-end hook) and the last one
+    at teardown, so a retry on another machine resumes from it (even one that died exporting)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._share(trainer)
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._share(trainer)
+
+    def _share(self, trainer) -> None:
         if trainer.is_global_zero and (self.folder / DDP_CHECKPOINTS / LAST).is_file():
             share_partial(self.folder, [f"{DDP_CHECKPOINTS}/{LAST}"])
 
@@ -211,7 +217,10 @@ def train_ddp(section: EncoderSettings, dataset: Manifest, root: Path, folder: P
             accelerator="gpu" if cuda else "cpu", devices=section.devices, num_nodes=section.num_nodes,
             strategy=strategy, sync_batchnorm=cuda, max_epochs=section.epochs,  # torch syncs batch norms on GPUs only
             precision="bf16-mixed" if cuda else "32-true",  # bf16 autocast on CUDA only, as the single loop
-            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1),
+            # `last.ckpt` rewritten at every epoch's end: save_last with save_top_k=0 writes it only when
+            # training ends, so a run killed in epoch 2 would start over
+            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename=LAST.removesuffix(".ckpt"), save_top_k=1,
+                                       every_n_epochs=1, enable_version_counter=False),
                        ShareCheckpoint(folder)],
             default_root_dir=ckpt_dir, logger=False, enable_progress_bar=sys.stderr.isatty(),
             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=True,

@@ -119,3 +119,58 @@ def test_scale_out_settings_are_keyed_only_under_ddp():
     ddp = load_settings({"encoder.strategy": "ddp"}).encoder
     ddp2 = load_settings({"encoder.strategy": "ddp", "encoder.devices": 2}).encoder
     assert len({encoder_key(s, dataset) for s in (single, ddp, ddp2)}) == 3
+
+
+def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_an_s3_root(s3_endpoint, tmp_path):
+    """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
+    epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
+    trains only epoch 2."""
+    import signal
+
+    from lib.shared_root import open_root
+    from lib.storage import s3_client
+
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="ddp")
+    overrides = {**TINY, "artifacts_root": "s3://ddp/run", "mirror.endpoint_url": s3_endpoint, "encoder.strategy": "ddp",
+                 "encoder.devices": 2, "encoder.epochs": 2, "encoder.lr_schedule": "constant",
+                 "dataset.limit": 160}  # 10 steps an epoch: epoch 2 lasts long enough to be killed in
+    job = tmp_path / "machine_a.py"
+    job.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from conftest import TINY
+        from lib.config import load_settings
+        from lib.data.snapshot import run_dataset_stage
+        from lib.pretraining import run_encoder_stage
+        from lib.shared_root import open_root
+        if __name__ == "__main__":
+            s = load_settings({{**{overrides!r}, "artifacts_cache": {str(tmp_path / "machine-a")!r}}})
+            root = open_root(s)
+            run_encoder_stage(s.encoder, run_dataset_stage(s.dataset, root).manifest, root)
+    """))
+    proc = subprocess.Popen([sys.executable, str(job)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def checkpoint_in_bucket() -> bool:
+        listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
+        return any(o["Key"].endswith("/ddp/last.ckpt") for o in listed)
+
+    deadline = time.monotonic() + 300
+    while not checkpoint_in_bucket():
+        assert proc.poll() is None, f"machine A ended before epoch 2: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "epoch 1's checkpoint never reached the bucket"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
+    assert not any(o["Key"].endswith(MANIFEST) for o in listed), "machine A finished before it was killed"
+
+    on_b = load_settings({**overrides, "artifacts_cache": str(tmp_path / "machine-b")})
+    root_b = open_root(on_b)
+    assert not (root_b / "encoder").exists() and not (root_b / "dataset").exists()
+    dataset = run_dataset_stage(on_b.dataset, root_b).manifest  # cached: fetched from the bucket
+    result = run_encoder_stage(on_b.encoder, dataset, root_b)
+    assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
+    assert len(result.manifest.stats["losses"]) == 2
+    load_encoder(root_b, result.manifest)
