@@ -25,7 +25,26 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 
 class MirrorError(LookalikeError, RuntimeError):
-    """The mirror could not be written; the local result is unaffected."""
+    """The mirror (or a shared s3:// root) could not be read or written; the local result is
+    unaffected. `retryable` when S3 failed transiently (5xx, throttling, the network) after
+    botocore's own retries, so a stage task's retry may still succeed."""
+
+    retryable = False
+
+
+def _failure(message: str, exc: BaseException | None) -> MirrorError:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    error = MirrorError(message)
+    while exc is not None and not isinstance(exc, (BotoCoreError, ClientError)):  # boto3 wraps upload errors
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, BotoCoreError):
+        error.retryable = True
+    elif isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = exc.response.get("Error", {}).get("Code")
+        error.retryable = status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable")
+    return error
 
 
 @dataclass(frozen=True)
@@ -95,7 +114,7 @@ def mirror_stage(section: MirrorSettings, root: Path, manifest: Manifest, client
         client.upload_file(str(folder / MANIFEST), location.bucket, location.key(manifest.stage, manifest.key, MANIFEST),
                            ExtraArgs={"ContentType": "application/json"})
     except (Boto3Error, BotoCoreError, ClientError) as exc:
-        raise MirrorError(f"mirror to {section.url} failed: {exc}") from None
+        raise _failure(f"mirror to {section.url} failed: {exc}", exc) from None
     return {
         "url": f"s3://{location.bucket}/{location.key(manifest.stage, manifest.key)}/",
         "uploaded": uploaded, "skipped": skipped, "bytes": sent,
@@ -236,9 +255,9 @@ def find_stage(client, location: S3Location, stage: str, key: str, root: Path) -
     except ClientError as exc:
         if _missing(exc):
             return None
-        raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
+        raise _failure(f"cannot read {where}{MANIFEST}: {exc}", exc) from None
     except (Boto3Error, BotoCoreError) as exc:
-        raise MirrorError(f"cannot read {where}{MANIFEST}: {exc}") from None
+        raise _failure(f"cannot read {where}{MANIFEST}: {exc}", exc) from None
     return install_stage(root, raw, lambda name, tmp: _download(client, location, stage, key, name, tmp, where),
                          where, expect=(stage, key))
 
@@ -254,7 +273,7 @@ def _download(client, location: S3Location, stage: str, key: str, name: str, tar
     try:
         client.download_file(location.bucket, location.key(stage, key, name), str(target), Config=_transfer())
     except (Boto3Error, BotoCoreError, ClientError) as exc:
-        raise MirrorError(f"cannot download {where}{name}: {exc}") from None
+        raise _failure(f"cannot download {where}{name}: {exc}", exc) from None
 
 
 # --- a shared artifacts root: single objects, listed and synced by lib.shared_root --------------
@@ -274,7 +293,7 @@ def check_bucket(client, location: S3Location, endpoint_url: str | None) -> None
         if code in ("403", "AccessDenied", "Forbidden"):
             raise MirrorError(f"no access to bucket {location.bucket!r} at {where}: check the credentials boto3 "
                               "finds (AWS_PROFILE, AWS_ACCESS_KEY_ID, mirror.credentials_secret)") from None
-        raise MirrorError(f"cannot open bucket {location.bucket!r} at {where}: {exc}") from None
+        raise _failure(f"cannot open bucket {location.bucket!r} at {where}: {exc}", exc) from None
     except BotoCoreError as exc:
         raise MirrorError(f"cannot reach S3 at {where}: {exc}; check mirror.endpoint_url (or "
                           "AWS_ENDPOINT_URL_S3) and the network") from None
@@ -294,7 +313,7 @@ def upload_object(client, location: S3Location, name: str, path: Path, sha256: s
         extra = {"Metadata": {SHA_META: sha256}} if sha256 else {}
         client.upload_file(str(path), location.bucket, key, Config=_transfer(), ExtraArgs=extra)
     except (Boto3Error, BotoCoreError, ClientError) as exc:
-        raise MirrorError(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}") from None
+        raise _failure(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}", exc) from None
     return True
 
 
@@ -308,7 +327,7 @@ def list_objects(client, location: S3Location, folder: str) -> dict[str, int]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base):
             found.update({item["Key"][len(base):]: item["Size"] for item in page.get("Contents", [])})
     except (BotoCoreError, ClientError) as exc:
-        raise MirrorError(f"cannot list s3://{location.bucket}/{base}: {exc}") from None
+        raise _failure(f"cannot list s3://{location.bucket}/{base}: {exc}", exc) from None
     return found
 
 
@@ -320,9 +339,9 @@ def object_exists(client, location: S3Location, name: str) -> bool:
     except ClientError as exc:
         if _missing(exc):
             return False
-        raise MirrorError(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}") from None
+        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
     except BotoCoreError as exc:
-        raise MirrorError(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}") from None
+        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
     return True
 
 
@@ -337,9 +356,9 @@ def download_object(client, location: S3Location, name: str, target: Path) -> bo
     except ClientError as exc:
         if _missing(exc):
             return False
-        raise MirrorError(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}") from None
+        raise _failure(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
     except (Boto3Error, BotoCoreError) as exc:
-        raise MirrorError(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}") from None
+        raise _failure(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
     return True
 
 
@@ -351,5 +370,5 @@ def delete_objects(client, location: S3Location, names: list[str]) -> None:
         try:
             client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True})
         except (BotoCoreError, ClientError) as exc:
-            raise MirrorError(f"cannot delete partial objects under s3://{location.bucket}/{location.prefix}: "
-                              f"{exc}") from None
+            raise _failure(f"cannot delete partial objects under s3://{location.bucket}/{location.prefix}: {exc}",
+                           exc) from None

@@ -99,13 +99,14 @@ def call_stage(task: Task, **kwargs: Any) -> StageReport:
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
-    """`retry_condition_fn`: retrying cannot fix bad data, settings or tampered files."""
+    """`retry_condition_fn`: retrying cannot fix bad data, settings or tampered files; it can
+    fix S3 failing transiently under a shared root (an error marked `retryable`)."""
     from lib.errors import LookalikeError
 
     try:
         state.result()
-    except LookalikeError:
-        return False
+    except LookalikeError as exc:
+        return bool(getattr(exc, "retryable", False))
     except Exception:
         return True
     return True

@@ -213,3 +213,18 @@ def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, t
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: bucket 'no-such-bucket' does not exist"), out.stderr
     assert "aws s3 mb s3://no-such-bucket" in out.stderr
+
+
+def test_a_stage_task_retries_transient_s3_failures_but_not_user_errors():
+    from prefect.states import Failed
+
+    from lib.errors import LookalikeError
+    from lib.storage import MirrorError
+    from tasks.stage import retry_unless_user_error
+
+    transient = MirrorError("cannot upload …: InternalError")
+    transient.retryable = True
+    assert retry_unless_user_error(None, None, Failed(data=transient))
+    assert not retry_unless_user_error(None, None, Failed(data=MirrorError("bucket 'x' does not exist")))
+    assert not retry_unless_user_error(None, None, Failed(data=LookalikeError("bad setting")))
+    assert retry_unless_user_error(None, None, Failed(data=OSError("connection reset")))

@@ -48,8 +48,9 @@ def test_second_mirror_uploads_only_what_is_missing(tmp_path, s3_endpoint, bucke
 
 def test_missing_bucket_is_a_mirror_error_naming_the_url(tmp_path, s3_endpoint):
     manifest = finished_folder(tmp_path)
-    with pytest.raises(MirrorError, match="s3://no-such-bucket/x"):
+    with pytest.raises(MirrorError, match="s3://no-such-bucket/x") as failed:
         mirror_stage(MirrorSettings(url="s3://no-such-bucket/x", endpoint_url=s3_endpoint), tmp_path, manifest)
+    assert not failed.value.retryable  # a retry cannot create the bucket
 
 
 def test_transient_500s_are_retried_by_botocore(tmp_path, s3_endpoint, bucket):
@@ -66,8 +67,9 @@ def test_persistent_500s_fail_the_mirror_and_the_retry_uploads_only_the_rest(tmp
     section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
     client = s3_client(s3_endpoint)
     calls = server_errors(client, "PutObject", fail=set(range(2, 100)))  # every PUT after the first
-    with pytest.raises(MirrorError, match="InternalError"):
+    with pytest.raises(MirrorError, match="InternalError") as failed:
         mirror_stage(section, tmp_path, manifest, client=client)
+    assert failed.value.retryable  # so a stage task pushing to an s3:// root is retried
     keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
     assert len(calls) == 1 + 5  # 1 try + 4 botocore retries (standard mode, backoff with jitter)
     assert keys == ["p/index/k1/index.faiss"]  # no manifest: the mirror is visibly incomplete
