@@ -14,17 +14,27 @@ with the same `<stage>/<key>/` layout, and the bucket is what they share:
   complete folder, and the partial objects the manifest does not list are deleted.
 
 The local copy names its bucket in `.store.json`, so every process handed the local root (a
-Dask worker or DDP rank on this machine) syncs the same way without being told. S3 has no
-locks: two machines building one key at the same moment both compute it and the last
-manifest wins; the per-key lock in `lib.stages` still serialises runs on one machine.
+Dask worker or DDP rank on this machine) syncs the same way without being told. Between
+machines, a build holds a lease object `<stage>/<key>/.lease`, created with S3's conditional
+write (If-None-Match) and renewed by compare-and-swap (If-Match) every LEASE_SECONDS / 3: a
+second machine waits for the manifest, or takes the lease over once it has not changed for
+LEASE_SECONDS of the waiter's own clock (no clock sync needed). The per-key lock in
+`lib.stages` serialises runs on one machine.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from lib.manifest import MANIFEST, Manifest, atomic_write_bytes, sha256_file, stage_dir
@@ -32,6 +42,8 @@ from lib.manifest import MANIFEST, Manifest, atomic_write_bytes, sha256_file, st
 STORE_FILE = ".store.json"
 DEFAULT_CACHE = "~/.cache/lookalike"
 INPUT_STAGES = {"queries": "dataset"}  # input names that are not stage names
+LEASE = ".lease"
+LEASE_SECONDS = 60.0  # a holder that stops renewing for this long (killed, partitioned) loses its lease
 SHARED_ALIASES = ("aliases/latest.json", "aliases/production.json", "aliases/history.jsonl")
 
 
@@ -144,7 +156,7 @@ def pull_partial(root: Path | str, stage: str, key: str) -> int:
     pulled = 0
     for name, size in list_objects(_client(store.endpoint_url), store.location, f"{stage}/{key}").items():
         target = folder / name
-        if name == MANIFEST or (target.is_file() and target.stat().st_size == size):
+        if name in (MANIFEST, LEASE) or (target.is_file() and target.stat().st_size == size):
             continue
         pulled += _download(store, f"{stage}/{key}/{name}", target)
     return pulled
@@ -186,7 +198,7 @@ def push_finished(root: Path | str, manifest: Manifest) -> dict | None:
     client = _client(store.endpoint_url)
     pushed = mirror_stage(MirrorSettings(url=store.url, endpoint_url=store.endpoint_url), Path(root), manifest, client)
     folder = f"{manifest.stage}/{manifest.key}"
-    listed = {entry.path for entry in manifest.files} | {MANIFEST}
+    listed = {entry.path for entry in manifest.files} | {MANIFEST, LEASE}  # the lease goes when its holder lets go
     stale = [f"{folder}/{name}" for name in list_objects(client, store.location, folder) if name not in listed]
     delete_objects(client, store.location, stale)
     return {**pushed, "deleted_partial": len(stale)}
@@ -198,6 +210,92 @@ def has_finished(root: Path | str, stage: str, key: str) -> bool:
 
     store = store_of(root)
     return store is not None and object_exists(_client(store.endpoint_url), store.location, f"{stage}/{key}/{MANIFEST}")
+
+
+@contextmanager
+def store_lease(root: Path | str, stage: str, key: str, poll: float = 1.0) -> Iterator[Manifest | None]:
+    """Hold the store's lease on one stage key while building it. Yields the manifest when
+    another machine finished the stage while this one waited (fetched, verified), else None
+    (build it). A plain local root, or a store without conditional writes (warned once), holds
+    no lease."""
+    from lib.storage import ConditionalWritesUnsupported, delete_if
+
+    store = store_of(root)
+    if store is None:
+        yield None
+        return
+    client, location, name = _client(store.endpoint_url), store.location, f"{stage}/{key}/{LEASE}"
+    try:
+        etag = _acquire(client, location, name, root, stage, key, poll)
+    except ConditionalWritesUnsupported as exc:
+        warnings.warn(f"{exc}: two machines building {stage}/{key} at once would both compute it", stacklevel=3)
+        yield None
+        return
+    if isinstance(etag, Manifest):
+        yield etag
+        return
+    holder = _Renewal(client, location, name, etag)
+    holder.start()
+    try:
+        yield None
+    finally:
+        holder.stop()
+        delete_if(client, location, name, holder.etag)
+
+
+def _lease_body() -> bytes:
+    """Who holds the lease and when it was last renewed; new bytes each time, so a renewal
+    changes the ETag waiters watch."""
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}).encode()
+
+
+def _acquire(client, location, name: str, root, stage: str, key: str, poll: float) -> str | Manifest:
+    from lib.storage import etag_of, put_if
+
+    seen, since = None, time.monotonic()
+    while True:
+        current = etag_of(client, location, name)
+        if current is None:
+            etag = put_if(client, location, name, _lease_body(), None)
+        elif current != seen:  # the holder renewed (or a new one took it): wait a full period again
+            seen, since, etag = current, time.monotonic(), None
+        elif time.monotonic() - since >= LEASE_SECONDS:  # not renewed for a whole period: take it over
+            etag = put_if(client, location, name, _lease_body(), current)
+        else:
+            etag = None
+        if etag is not None:
+            return etag
+        finished = fetch_finished(root, stage, key)
+        if finished is not None:
+            return finished
+        time.sleep(poll)
+
+
+class _Renewal(threading.Thread):
+    """Renews the lease by compare-and-swap every LEASE_SECONDS / 3 until stopped."""
+
+    def __init__(self, client, location, name: str, etag: str) -> None:
+        super().__init__(daemon=True, name=f"lease {name}")
+        self.client, self.location, self.name, self.etag = client, location, name, etag
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        from lib.storage import MirrorError, put_if
+
+        while not self._stopped.wait(LEASE_SECONDS / 3):
+            try:
+                renewed = put_if(self.client, self.location, self.name, _lease_body(), self.etag)
+            except MirrorError:
+                continue  # S3 hiccup: try again next period; the lease lasts LEASE_SECONDS
+            if renewed is None:
+                warnings.warn(f"lost the lease {self.name} to another machine (this one stalled for over "
+                              f"{LEASE_SECONDS:.0f} s); both may write the stage", stacklevel=1)
+                return
+            self.etag = renewed
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
 
 
 def _download(store: Store, name: str, target: Path) -> bool:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.errors import LookalikeError
 from lib.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
-from lib.shared_root import fetch_finished, fetch_inputs, has_finished, pull_partial, push_finished, store_of
+from lib.shared_root import (fetch_finished, fetch_inputs, has_finished, pull_partial, push_finished, store_lease,
+                             store_of)
 
 
 def _cannot_write(exc: OSError, root: Path) -> bool:
@@ -101,7 +102,7 @@ def run_stage(
     if fetched is not None:
         return StageResult(manifest=fetched, status="cached")
     try:
-        result = _build_locked(root, stage, key, code_version, settings, inputs, build)
+        return _build_locked(root, stage, key, code_version, settings, inputs, build)
     except OSError as exc:
         if _cannot_write(exc, Path(root)):
             raise ArtifactStorageError(
@@ -110,15 +111,13 @@ def run_stage(
                 "writable folder, then re-run (nothing half-written is ever used)"
             ) from None
         raise
-    if result.status != "cached":
-        push_finished(root, result.manifest)
-    return result
 
 
 def _build_locked(root: Path | str, stage: str, key: str, code_version: int, settings: dict[str, Any],
                   inputs: dict[str, str], build: Callable[[Path], Built]) -> StageResult:
-    with key_lock(root, stage, key):
-        found = find_manifest(root, stage, key)
+    # the local lock for runs on this machine, then the store's lease for the other machines
+    with key_lock(root, stage, key), store_lease(root, stage, key) as finished_elsewhere:
+        found = find_manifest(root, stage, key) or finished_elsewhere or fetch_finished(root, stage, key)
         if found is not None:  # another run finished it while we waited
             return StageResult(manifest=found, status="cached")
         folder = stage_dir(root, stage, key)
@@ -140,4 +139,5 @@ def _build_locked(root: Path | str, stage: str, key: str, code_version: int, set
             stats=built.stats,
             timings=timings,
         )
+        push_finished(root, manifest)  # under the lease: a machine waiting for it finds the manifest
     return StageResult(manifest=manifest, status="resumed" if built.resumed else "computed")

@@ -372,3 +372,49 @@ def delete_objects(client, location: S3Location, names: list[str]) -> None:
         except (BotoCoreError, ClientError) as exc:
             raise _failure(f"cannot delete partial objects under s3://{location.bucket}/{location.prefix}: {exc}",
                            exc) from None
+
+
+class ConditionalWritesUnsupported(MirrorError):
+    """The endpoint ignores or rejects S3's If-None-Match / If-Match conditions."""
+
+
+def put_if(client, location: S3Location, name: str, body: bytes, etag: str | None) -> str | None:
+    """Write `<prefix>/<name>` only if it does not exist (`etag` None) or still has `etag`
+    (compare-and-swap). Returns the new ETag, or None when the condition did not hold."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        return client.put_object(Bucket=location.bucket, Key=location.key(name), Body=body, **condition)["ETag"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return None
+        if code in ("NotImplemented", "501"):
+            raise ConditionalWritesUnsupported(f"s3://{location.bucket} does not support conditional writes") from None
+        raise _failure(f"cannot write s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
+    except BotoCoreError as exc:
+        raise _failure(f"cannot write s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
+
+
+def etag_of(client, location: S3Location, name: str) -> str | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return client.head_object(Bucket=location.bucket, Key=location.key(name))["ETag"]
+    except ClientError as exc:
+        if _missing(exc):
+            return None
+        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
+    except BotoCoreError as exc:
+        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
+
+
+def delete_if(client, location: S3Location, name: str, etag: str) -> None:
+    """Delete `<prefix>/<name>` if it still has `etag` (a lease that was taken over stays)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.delete_object(Bucket=location.bucket, Key=location.key(name), IfMatch=etag)
+    except (BotoCoreError, ClientError):
+        pass  # taken over, or gone: either way no longer ours

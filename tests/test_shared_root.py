@@ -228,3 +228,60 @@ def test_a_stage_task_retries_transient_s3_failures_but_not_user_errors():
     assert not retry_unless_user_error(None, None, Failed(data=MirrorError("bucket 'x' does not exist")))
     assert not retry_unless_user_error(None, None, Failed(data=LookalikeError("bad setting")))
     assert retry_unless_user_error(None, None, Failed(data=OSError("connection reset")))
+
+
+def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tmp_path, monkeypatch):
+    """Machines A and B start the same encoder stage together (threads, each with its own copy):
+    one takes the store's lease and trains, the other waits and fetches its result."""
+    import threading
+
+    import lib.shared_root as shared_root
+    from lib.config import load_settings
+    from lib.data.snapshot import run_dataset_stage
+    from lib.pretraining import run_encoder_stage
+    from lib.shared_root import open_root
+
+    s3_client(s3_endpoint).create_bucket(Bucket="together")
+    monkeypatch.setattr(shared_root, "LEASE_SECONDS", 3.0)  # renewed every second while the holder trains
+    overrides = {**TINY, "artifacts_root": "s3://together/x", "mirror.endpoint_url": s3_endpoint, "encoder.epochs": 2}
+    machines = {name: load_settings({**overrides, "artifacts_cache": str(tmp_path / name)}) for name in "AB"}
+    roots = {name: open_root(settings) for name, settings in machines.items()}
+    dataset = run_dataset_stage(machines["A"].dataset, roots["A"]).manifest
+    results, start = {}, threading.Barrier(2)
+
+    def build(name: str) -> None:
+        start.wait()
+        results[name] = run_encoder_stage(machines[name].encoder, dataset, roots[name])
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in "AB"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(r.status for r in results.values()) == ["cached", "computed"], results
+    assert len({r.manifest.file("encoder.pt").sha256 for r in results.values()}) == 1
+    assert len({r.manifest.created for r in results.values()}) == 1  # one manifest: nobody trained twice
+    left = objects(s3_client(s3_endpoint), "x/encoder/", "together")
+    assert not [k for k in left if k.endswith(".lease")], left
+
+
+def test_a_lease_left_by_a_killed_machine_is_taken_over_once_it_stops_changing(s3_endpoint, tmp_path, monkeypatch):
+    import time
+
+    import lib.shared_root as shared_root
+    from lib.config import load_settings
+    from lib.data.snapshot import dataset_key, run_dataset_stage
+    from lib.shared_root import LEASE, open_root
+
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="stale")
+    monkeypatch.setattr(shared_root, "LEASE_SECONDS", 2.0)
+    settings = load_settings({**TINY, "artifacts_root": "s3://stale/x", "mirror.endpoint_url": s3_endpoint,
+                              "artifacts_cache": str(tmp_path)})
+    key = dataset_key(settings.dataset)[0]
+    client.put_object(Bucket="stale", Key=f"x/dataset/{key}/{LEASE}", Body=b'{"host": "dead", "pid": 1}')
+    started = time.monotonic()
+    result = run_dataset_stage(settings.dataset, open_root(settings))
+    waited = time.monotonic() - started
+    assert result.status == "computed" and waited >= 2.0, waited
+    assert f"x/dataset/{key}/{MANIFEST}" in {o["Key"] for o in client.list_objects_v2(Bucket="stale")["Contents"]}
