@@ -332,17 +332,7 @@ def list_objects(client, location: S3Location, folder: str) -> dict[str, int]:
 
 
 def object_exists(client, location: S3Location, name: str) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        client.head_object(Bucket=location.bucket, Key=location.key(name))
-    except ClientError as exc:
-        if _missing(exc):
-            return False
-        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
-    except BotoCoreError as exc:
-        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
-    return True
+    return etag_of(client, location, name) is not None
 
 
 def download_object(client, location: S3Location, name: str, target: Path) -> bool:

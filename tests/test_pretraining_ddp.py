@@ -125,10 +125,9 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
     trains only epoch 2."""
-    import signal
-
     from lib.shared_root import open_root
     from lib.storage import s3_client
+    from test_resume import kill_when
 
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="ddp")
@@ -156,13 +155,7 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
         listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
         return any(o["Key"].endswith("/ddp/last.ckpt") for o in listed)
 
-    deadline = time.monotonic() + 300
-    while not checkpoint_in_bucket():
-        assert proc.poll() is None, f"machine A ended before epoch 2: {proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, "epoch 1's checkpoint never reached the bucket"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_when(proc, checkpoint_in_bucket)
     listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
     assert not any(o["Key"].endswith(MANIFEST) for o in listed), "machine A finished before it was killed"
 
