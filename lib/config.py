@@ -365,6 +365,10 @@ class Settings(BaseSettings):
         "~/.cache/lookalike", description="Where each machine keeps its copy of an s3:// artifacts_root "
         "(~ is the home of the machine that opens it)."
     )
+    artifacts_lease_seconds: float = Field(
+        60.0, ge=1.0, description="With an s3:// artifacts_root: how long a machine that stopped renewing its lease "
+        "on a stage it was building (killed, cut off) keeps it; a retry elsewhere waits this long after a kill."
+    )
     dataset: DatasetSettings = DatasetSettings()
     encoder: EncoderSettings = EncoderSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()

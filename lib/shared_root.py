@@ -16,9 +16,9 @@ with the same `<stage>/<key>/` layout, and the bucket is what they share:
 The local copy names its bucket in `.store.json`, so every process handed the local root (a
 Dask worker or DDP rank on this machine) syncs the same way without being told. Between
 machines, a build holds a lease object `<stage>/<key>/.lease`, created with S3's conditional
-write (If-None-Match) and renewed by compare-and-swap (If-Match) every LEASE_SECONDS / 3: a
-second machine waits for the manifest, or takes the lease over once it has not changed for
-LEASE_SECONDS of the waiter's own clock (no clock sync needed). The per-key lock in
+write (If-None-Match) and renewed by compare-and-swap (If-Match) every third of
+`Store.lease_seconds`: a second machine waits for the manifest, or takes the lease over once it
+has not changed for `lease_seconds` of the waiter's own clock (no clock sync needed). The per-key lock in
 `lib.stages` serialises runs on one machine.
 """
 
@@ -43,7 +43,6 @@ STORE_FILE = ".store.json"
 DEFAULT_CACHE = "~/.cache/lookalike"
 INPUT_STAGES = {"queries": "dataset"}  # input names that are not stage names
 LEASE = ".lease"
-LEASE_SECONDS = 60.0  # a holder that stops renewing for this long (killed, partitioned) loses its lease
 SHARED_ALIASES = ("aliases/latest.json", "aliases/production.json", "aliases/history.jsonl")
 
 
@@ -54,6 +53,7 @@ class Store:
     url: str  # s3://bucket/prefix
     endpoint_url: str | None = None
     cache: str = DEFAULT_CACHE  # expanded on the machine that opens it: each worker has its own home
+    lease_seconds: float = 60.0  # a holder that stops renewing for this long (killed, cut off) loses its lease
 
     @property
     def location(self):
@@ -66,7 +66,8 @@ def store_for(settings) -> Store | None:
     """The store a `lib.config.Settings` names (`artifacts_root=s3://...`), or None."""
     if not settings.artifacts_store:
         return None
-    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache)
+    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache,
+                 lease_seconds=settings.artifacts_lease_seconds)
 
 
 def open_root(settings) -> Path:
@@ -226,7 +227,7 @@ def store_lease(root: Path | str, stage: str, key: str, poll: float = 1.0) -> It
         return
     client, location, name = _client(store.endpoint_url), store.location, f"{stage}/{key}/{LEASE}"
     try:
-        etag = _acquire(client, location, name, root, stage, key, poll)
+        etag = _acquire(client, location, name, root, stage, key, poll, store.lease_seconds)
     except ConditionalWritesUnsupported as exc:
         warnings.warn(f"{exc}: two machines building {stage}/{key} at once would both compute it", stacklevel=3)
         yield None
@@ -234,7 +235,7 @@ def store_lease(root: Path | str, stage: str, key: str, poll: float = 1.0) -> It
     if isinstance(etag, Manifest):
         yield etag
         return
-    holder = _Renewal(client, location, name, etag)
+    holder = _Renewal(client, location, name, etag, store.lease_seconds)
     holder.start()
     try:
         yield None
@@ -249,7 +250,8 @@ def _lease_body() -> bytes:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}).encode()
 
 
-def _acquire(client, location, name: str, root, stage: str, key: str, poll: float) -> str | Manifest:
+def _acquire(client, location, name: str, root, stage: str, key: str, poll: float, lease_seconds: float
+             ) -> str | Manifest:
     from lib.storage import etag_of, put_if
 
     seen, since = None, time.monotonic()
@@ -259,7 +261,7 @@ def _acquire(client, location, name: str, root, stage: str, key: str, poll: floa
             etag = put_if(client, location, name, _lease_body(), None)
         elif current != seen:  # the holder renewed (or a new one took it): wait a full period again
             seen, since, etag = current, time.monotonic(), None
-        elif time.monotonic() - since >= LEASE_SECONDS:  # not renewed for a whole period: take it over
+        elif time.monotonic() - since >= lease_seconds:  # not renewed for a whole period: take it over
             etag = put_if(client, location, name, _lease_body(), current)
         else:
             etag = None
@@ -272,24 +274,25 @@ def _acquire(client, location, name: str, root, stage: str, key: str, poll: floa
 
 
 class _Renewal(threading.Thread):
-    """Renews the lease by compare-and-swap every LEASE_SECONDS / 3 until stopped."""
+    """Renews the lease by compare-and-swap every third of its length until stopped."""
 
-    def __init__(self, client, location, name: str, etag: str) -> None:
+    def __init__(self, client, location, name: str, etag: str, lease_seconds: float) -> None:
         super().__init__(daemon=True, name=f"lease {name}")
         self.client, self.location, self.name, self.etag = client, location, name, etag
+        self.lease_seconds = lease_seconds
         self._stopped = threading.Event()
 
     def run(self) -> None:
         from lib.storage import MirrorError, put_if
 
-        while not self._stopped.wait(LEASE_SECONDS / 3):
+        while not self._stopped.wait(self.lease_seconds / 3):
             try:
                 renewed = put_if(self.client, self.location, self.name, _lease_body(), self.etag)
             except MirrorError:
-                continue  # S3 hiccup: try again next period; the lease lasts LEASE_SECONDS
+                continue  # S3 hiccup: try again next period; the lease lasts lease_seconds
             if renewed is None:
                 warnings.warn(f"lost the lease {self.name} to another machine (this one stalled for over "
-                              f"{LEASE_SECONDS:.0f} s); both may write the stage", stacklevel=1)
+                              f"{self.lease_seconds:.0f} s); both may write the stage", stacklevel=1)
                 return
             self.etag = renewed
 

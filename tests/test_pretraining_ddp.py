@@ -133,7 +133,8 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     client.create_bucket(Bucket="ddp")
     overrides = {**TINY, "artifacts_root": "s3://ddp/run", "mirror.endpoint_url": s3_endpoint, "encoder.strategy": "ddp",
                  "encoder.devices": 2, "encoder.epochs": 2, "encoder.lr_schedule": "constant",
-                 "dataset.limit": 160}  # 10 steps an epoch: epoch 2 lasts long enough to be killed in
+                 "dataset.limit": 160,  # 10 steps an epoch: epoch 2 lasts long enough to be killed in
+                 "artifacts_lease_seconds": 3.0}  # A dies holding the encoder's lease: B waits this long for it
     job = tmp_path / "machine_a.py"
     job.write_text(textwrap.dedent(f"""
         import sys

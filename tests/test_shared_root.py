@@ -144,7 +144,8 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
 
     def start(machine: Path, faults: dict, *extra: str):
         env = cli_env(machine, prefect_api_url, faults, {
-            "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
+            "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint,
+            "LOOKALIKE_ARTIFACTS_LEASE_SECONDS": "3"})  # A dies holding the embeddings lease: B waits this long
         return subprocess.Popen([LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS, *extra], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -230,20 +231,19 @@ def test_a_stage_task_retries_transient_s3_failures_but_not_user_errors():
     assert retry_unless_user_error(None, None, Failed(data=OSError("connection reset")))
 
 
-def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tmp_path, monkeypatch):
+def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tmp_path):
     """Machines A and B start the same encoder stage together (threads, each with its own copy):
     one takes the store's lease and trains, the other waits and fetches its result."""
     import threading
 
-    import lib.shared_root as shared_root
     from lib.config import load_settings
     from lib.data.snapshot import run_dataset_stage
     from lib.pretraining import run_encoder_stage
     from lib.shared_root import open_root
 
     s3_client(s3_endpoint).create_bucket(Bucket="together")
-    monkeypatch.setattr(shared_root, "LEASE_SECONDS", 3.0)  # renewed every second while the holder trains
-    overrides = {**TINY, "artifacts_root": "s3://together/x", "mirror.endpoint_url": s3_endpoint, "encoder.epochs": 2}
+    overrides = {**TINY, "artifacts_root": "s3://together/x", "mirror.endpoint_url": s3_endpoint, "encoder.epochs": 2,
+                 "artifacts_lease_seconds": 3.0}  # renewed every second while the holder trains
     machines = {name: load_settings({**overrides, "artifacts_cache": str(tmp_path / name)}) for name in "AB"}
     roots = {name: open_root(settings) for name, settings in machines.items()}
     dataset = run_dataset_stage(machines["A"].dataset, roots["A"]).manifest
@@ -265,19 +265,17 @@ def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tm
     assert not [k for k in left if k.endswith(".lease")], left
 
 
-def test_a_lease_left_by_a_killed_machine_is_taken_over_once_it_stops_changing(s3_endpoint, tmp_path, monkeypatch):
+def test_a_lease_left_by_a_killed_machine_is_taken_over_once_it_stops_changing(s3_endpoint, tmp_path):
     import time
 
-    import lib.shared_root as shared_root
     from lib.config import load_settings
     from lib.data.snapshot import dataset_key, run_dataset_stage
     from lib.shared_root import LEASE, open_root
 
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="stale")
-    monkeypatch.setattr(shared_root, "LEASE_SECONDS", 2.0)
     settings = load_settings({**TINY, "artifacts_root": "s3://stale/x", "mirror.endpoint_url": s3_endpoint,
-                              "artifacts_cache": str(tmp_path)})
+                              "artifacts_cache": str(tmp_path), "artifacts_lease_seconds": 2.0})
     key = dataset_key(settings.dataset)[0]
     client.put_object(Bucket="stale", Key=f"x/dataset/{key}/{LEASE}", Body=b'{"host": "dead", "pid": 1}')
     started = time.monotonic()
