@@ -66,8 +66,8 @@ def store_for(settings) -> Store | None:
     """The store a `lib.config.Settings` names (`artifacts_root=s3://...`), or None."""
     if not settings.artifacts_store:
         return None
-    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url, cache=settings.artifacts_cache,
-                 lease_seconds=settings.artifacts_lease_seconds)
+    return Store(url=settings.artifacts_store, endpoint_url=settings.mirror.endpoint_url,
+                 cache=settings.artifacts_cache, lease_seconds=settings.artifacts_lease_seconds)
 
 
 def open_root(settings) -> Path:
@@ -78,7 +78,7 @@ def open_root(settings) -> Path:
 
 
 def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
-    """The local root that mirrors `url` (the same path `lib.storage.cache_root_for` gives)."""
+    """The local root that mirrors `url`: `<cache>/s3/<bucket>/<prefix>` (`lib.storage.cache_root_for` too)."""
     parsed = urlparse(url)
     return Path(cache).expanduser() / "s3" / parsed.netloc / (parsed.path.strip("/") or "_")
 
@@ -207,10 +207,12 @@ def push_finished(root: Path | str, manifest: Manifest) -> dict | None:
 
 def has_finished(root: Path | str, stage: str, key: str) -> bool:
     """Whether the store holds a manifest for this stage key (False for a plain local root)."""
-    from lib.storage import object_exists
+    from lib.storage import etag_of
 
     store = store_of(root)
-    return store is not None and object_exists(_client(store.endpoint_url), store.location, f"{stage}/{key}/{MANIFEST}")
+    if store is None:
+        return False
+    return etag_of(_client(store.endpoint_url), store.location, f"{stage}/{key}/{MANIFEST}") is not None
 
 
 @contextmanager

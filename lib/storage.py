@@ -11,6 +11,7 @@ setting or boto3's own AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL variables.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -172,7 +173,9 @@ def parse_ref_url(url: str) -> tuple[S3Location, str, str]:
 
 def cache_root_for(cache: Path, location: S3Location) -> Path:
     """A local artifacts root that mirrors one S3 prefix (same <stage>/<key>/ layout)."""
-    return cache / "s3" / location.bucket / (location.prefix or "_")
+    from lib.shared_root import working_copy  # the same copy a shared s3:// root works in
+
+    return working_copy(f"s3://{location.bucket}/{location.prefix}", cache)
 
 
 def fetch_index_chain(url: str, cache: Path, endpoint_url: str | None = None, client=None) -> tuple[Path, str]:
@@ -243,27 +246,39 @@ def fetch_stage(client, location: S3Location, stage: str, key: str, root: Path) 
 
 def find_stage(client, location: S3Location, stage: str, key: str, root: Path) -> Manifest | None:
     """`fetch_stage`, but None when the bucket holds no manifest for the stage key."""
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
-
     cached = complete_manifest(root, stage, key)
     if cached is not None:
         return cached
     where = f"s3://{location.bucket}/{location.key(stage, key)}/"
-    try:
-        raw = client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read()
-    except ClientError as exc:
-        if _missing(exc):
-            return None
-        raise _failure(f"cannot read {where}{MANIFEST}: {exc}", exc) from None
-    except (Boto3Error, BotoCoreError) as exc:
-        raise _failure(f"cannot read {where}{MANIFEST}: {exc}", exc) from None
+    raw = _s3(lambda: client.get_object(Bucket=location.bucket, Key=location.key(stage, key, MANIFEST))["Body"].read(),
+              f"read {where}{MANIFEST}", if_missing=None)
+    if raw is None:
+        return None
     return install_stage(root, raw, lambda name, tmp: _download(client, location, stage, key, name, tmp, where),
                          where, expect=(stage, key))
 
 
 def _missing(exc) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+_RAISE = object()
+
+
+def _s3(call: Callable[[], Any], what: str, if_missing: Any = _RAISE) -> Any:
+    """Run one S3 call. A missing object gives `if_missing` (when given); any other boto error
+    becomes one MirrorError `cannot <what>: ...`, retryable when S3 failed transiently."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if if_missing is not _RAISE and _missing(exc):
+            return if_missing
+        raise _failure(f"cannot {what}: {exc}", exc) from None
+    except (Boto3Error, BotoCoreError) as exc:
+        raise _failure(f"cannot {what}: {exc}", exc) from None
 
 
 def _download(client, location: S3Location, stage: str, key: str, name: str, target: Path, where: str) -> None:
@@ -302,66 +317,45 @@ def check_bucket(client, location: S3Location, endpoint_url: str | None) -> None
 def upload_object(client, location: S3Location, name: str, path: Path, sha256: str | None = None) -> bool:
     """Upload `path` as `<prefix>/<name>` unless an object of the same size and sha256 is there.
     Returns whether it was sent."""
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
-
     key = location.key(name)
-    try:
-        size = path.stat().st_size
-        if sha256 is not None and _same_object(client, location.bucket, key, size, sha256):
+
+    def send() -> bool:
+        if sha256 is not None and _same_object(client, location.bucket, key, path.stat().st_size, sha256):
             return False
         extra = {"Metadata": {SHA_META: sha256}} if sha256 else {}
         client.upload_file(str(path), location.bucket, key, Config=_transfer(), ExtraArgs=extra)
-    except (Boto3Error, BotoCoreError, ClientError) as exc:
-        raise _failure(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}", exc) from None
-    return True
+        return True
+
+    return _s3(send, f"upload {path} to s3://{location.bucket}/{key}")
 
 
 def list_objects(client, location: S3Location, folder: str) -> dict[str, int]:
     """{name relative to `<prefix>/<folder>/`: size} for every object below it."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     base = location.key(folder) + "/"
-    found = {}
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base):
-            found.update({item["Key"][len(base):]: item["Size"] for item in page.get("Contents", [])})
-    except (BotoCoreError, ClientError) as exc:
-        raise _failure(f"cannot list s3://{location.bucket}/{base}: {exc}", exc) from None
-    return found
 
+    def pages() -> dict[str, int]:
+        return {item["Key"][len(base):]: item["Size"]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base)
+                for item in page.get("Contents", [])}
 
-def object_exists(client, location: S3Location, name: str) -> bool:
-    return etag_of(client, location, name) is not None
+    return _s3(pages, f"list s3://{location.bucket}/{base}")
 
 
 def download_object(client, location: S3Location, name: str, target: Path) -> bool:
     """`<prefix>/<name>` to `target` (atomically); False when there is no such object."""
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
+    def fetch() -> bool:
         with atomic_path(target) as tmp:
             client.download_file(location.bucket, location.key(name), str(tmp), Config=_transfer())
-    except ClientError as exc:
-        if _missing(exc):
-            return False
-        raise _failure(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
-    except (Boto3Error, BotoCoreError) as exc:
-        raise _failure(f"cannot download s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
-    return True
+        return True
+
+    return _s3(fetch, f"download s3://{location.bucket}/{location.key(name)}", if_missing=False)
 
 
 def delete_objects(client, location: S3Location, names: list[str]) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
         batch = [{"Key": location.key(name)} for name in names[start:start + 1000]]
-        try:
-            client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True})
-        except (BotoCoreError, ClientError) as exc:
-            raise _failure(f"cannot delete partial objects under s3://{location.bucket}/{location.prefix}: {exc}",
-                           exc) from None
+        _s3(lambda: client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}),
+            f"delete partial objects under s3://{location.bucket}/{location.prefix}")
 
 
 class ConditionalWritesUnsupported(MirrorError):
@@ -388,16 +382,9 @@ def put_if(client, location: S3Location, name: str, body: bytes, etag: str | Non
 
 
 def etag_of(client, location: S3Location, name: str) -> str | None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return client.head_object(Bucket=location.bucket, Key=location.key(name))["ETag"]
-    except ClientError as exc:
-        if _missing(exc):
-            return None
-        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
-    except BotoCoreError as exc:
-        raise _failure(f"cannot read s3://{location.bucket}/{location.key(name)}: {exc}", exc) from None
+    """The object's ETag, or None when there is no such object."""
+    return _s3(lambda: client.head_object(Bucket=location.bucket, Key=location.key(name))["ETag"],
+               f"read s3://{location.bucket}/{location.key(name)}", if_missing=None)
 
 
 def delete_if(client, location: S3Location, name: str, etag: str) -> None:
