@@ -1,1 +1,1 @@
-"""The retrieval app: an HTTP API (FastAPI) and a Gradio UI over one lib.serving.IndexHolder."""
+"""The retrieval app: an HTTP API (FastAPI) and a Gradio UI over one lookalike.serving.holder.IndexHolder."""

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from lib.serving import MAX_K, IndexHolder, QueryError
+from lookalike.serving.holder import MAX_K, IndexHolder, QueryError
 
 MAX_UPLOAD_BYTES = 20 << 20
 
@@ -33,7 +33,7 @@ class SearchRequest(BaseModel):
     k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours.")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SearchRequest":
+    def _exactly_one(self) -> SearchRequest:
         given = [n for n in ("image_base64", "row", "vector") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of image_base64, row, vector (got {', '.join(given) or 'none'})")
@@ -51,8 +51,7 @@ def create_api(holder: IndexHolder) -> FastAPI:
     def answer(request: Request, result: tuple[str, list[dict]]) -> dict:
         base = str(request.base_url).rstrip("/")
         index, hits = result
-        return {"index": index,
-                "neighbours": [{**h, "image_url": f"{base}/api/images/{h['row']}"} for h in hits]}
+        return {"index": index, "neighbours": [{**h, "image_url": f"{base}/api/images/{h['row']}"} for h in hits]}
 
     @router.get("/index")
     def index_info() -> dict:
@@ -71,8 +70,11 @@ def create_api(holder: IndexHolder) -> FastAPI:
         return answer(request, holder.by_vector(body.vector, body.k))
 
     @router.post("/search/upload")
-    async def search_upload(request: Request, file: Annotated[UploadFile, File(description="The query image.")],
-                            k: Annotated[int, Form(ge=1, le=MAX_K)] = 5) -> dict:
+    async def search_upload(
+        request: Request,
+        file: Annotated[UploadFile, File(description="The query image.")],
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
+    ) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         # the forward pass runs in the thread pool, as sync routes do, never on the event loop
         return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), k))

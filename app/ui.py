@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from lib.serving import MAX_K, IndexHolder, QueryError, check_k
+from lookalike.serving.holder import MAX_K, IndexHolder, QueryError, check_k
 
 
 def _header(holder: IndexHolder) -> str:
@@ -12,8 +12,10 @@ def _header(holder: IndexHolder) -> str:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in info["metrics"].items() if isinstance(v, (int, float)))
     where = f"alias **{info['alias']}** → " if info["alias"] else ""
     warning = f"\n\n⚠ {info['reload_error']}" if info["reload_error"] else ""
-    return (f"### lookalike\n{where}index `{info['index']}` · {info['ntotal']} images · {info['method']} encoder "
-            f"`{info['encoder']}` · created {info['created']}\n\n{metrics}{warning}")
+    return (
+        f"### lookalike\n{where}index `{info['index']}` · {info['ntotal']} images · {info['method']} encoder "
+        f"`{info['encoder']}` · created {info['created']}\n\n{metrics}{warning}"
+    )
 
 
 def mount_ui(api, holder: IndexHolder, path: str = "/"):
@@ -37,9 +39,13 @@ def build_ui(holder: IndexHolder):
             hits = searcher.neighbours(image, check_k(int(k)))
         except QueryError as exc:
             raise gr.Error(str(exc)) from None
-        gallery = [(searcher.image_of_row(h["row"]),
-                    f"row {h['row']} · d={h['distance']:.3f}" + (f" · {h['label']}" if h["label"] else ""))
-                   for h in hits]
+        gallery = [
+            (
+                searcher.image_of_row(h["row"]),
+                f"row {h['row']} · d={h['distance']:.3f}" + (f" · {h['label']}" if h["label"] else ""),
+            )
+            for h in hits
+        ]
         return gallery, _header(holder)
 
     def random_image():
@@ -51,8 +57,14 @@ def build_ui(holder: IndexHolder):
         with gr.Row():
             with gr.Column(scale=1):
                 # png, not Gradio's default webp: a lossy round trip would move the query's embedding
-                query = gr.Image(type="pil", label="Query image", sources=["upload", "clipboard"], height=320,
-                                 format="png", elem_id="query")
+                query = gr.Image(
+                    type="pil",
+                    label="Query image",
+                    sources=["upload", "clipboard"],
+                    height=320,
+                    format="png",
+                    elem_id="query",
+                )
                 k = gr.Slider(1, min(MAX_K, 50), value=5, step=1, label="k (neighbours)", elem_id="k")
                 with gr.Row():
                     pick = gr.Button("Random dataset image", elem_id="random")

@@ -40,13 +40,18 @@ def fashion_mnist_parquet(work_dir: Path, source: Path = SOURCE) -> Path:
     from make_sample import NAMES, png, read_idx  # the sample's own reader and encoding
 
     print(f"writing {out} (70,000 PNGs, once) ...", file=sys.stderr)
-    images = np.concatenate([read_idx(source / "train-images-idx3-ubyte.gz"), read_idx(source / "t10k-images-idx3-ubyte.gz")])
-    labels = np.concatenate([read_idx(source / "train-labels-idx1-ubyte.gz"), read_idx(source / "t10k-labels-idx1-ubyte.gz")])
+    images = np.concatenate(
+        [read_idx(source / "train-images-idx3-ubyte.gz"), read_idx(source / "t10k-images-idx3-ubyte.gz")]
+    )
+    labels = np.concatenate(
+        [read_idx(source / "train-labels-idx1-ubyte.gz"), read_idx(source / "t10k-labels-idx1-ubyte.gz")]
+    )
 
     features = Features({"image": Image(), "label": ClassLabel(names=NAMES)})
     datasets.disable_progress_bars()
-    ds = Dataset.from_dict({"image": [{"bytes": png(p), "path": None} for p in images], "label": labels.tolist()},
-                           features=features)
+    ds = Dataset.from_dict(
+        {"image": [{"bytes": png(p), "path": None} for p in images], "label": labels.tolist()}, features=features
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     ds.to_parquet(tmp)
@@ -62,12 +67,11 @@ def dataset_source(name: str, work_dir: Path, source: Path = SOURCE) -> str:
 def prepare_stages(root: Path, overrides: dict[str, Any]):
     """(settings, dataset manifest, encoder manifest): the current defaults plus `overrides`
     (None values are dropped), with a random-init encoder; both stages are cached in `root`."""
-    from lib.config import load_settings
-    from lib.data.snapshot import run_dataset_stage
-    from lib.pretraining import run_encoder_stage
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
 
-    settings = load_settings({**overrides, "artifacts_root": str(root), "encoder.epochs": 0,
-                              "embeddings.reuse": False})
+    settings = load_settings({**overrides, "artifacts_root": str(root), "encoder.epochs": 0, "embeddings.reuse": False})
     dataset = run_dataset_stage(settings.dataset, root).manifest
     encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
     return settings, dataset, encoder
@@ -89,5 +93,9 @@ def add_stage_arguments(parser, work_dir_note: str) -> None:
     parser.add_argument("--width", type=float, help="encoder.width (default: the setting's)")
     parser.add_argument("--input-size", type=int, help="encoder.input_size (default: the setting's)")
     parser.add_argument("--source", type=Path, default=SOURCE, help="Fashion-MNIST IDX files")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
-                        help=f"scratch: the 70k parquet, dataset and encoder stages (kept between runs); {work_dir_note}")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK_DIR,
+        help=f"scratch: the 70k parquet, dataset and encoder stages (kept between runs); {work_dir_note}",
+    )

@@ -63,6 +63,7 @@ PROBE_ENV = "CACHED_RERUN_PROBE_OUT"  # the instrumented process writes its phas
 
 # --- the parent: run processes, check, summarise ---
 
+
 def environment(work: Path) -> dict[str, str]:
     """This environment without settings that would change the run: LOOKALIKE_*, a Prefect API
     (the CLI would use it instead of its temporary server), W&B credentials and mode (the
@@ -105,8 +106,10 @@ def lookalike_run(command: list[str], env: dict[str, str], cwd: Path, what: str,
         if not_cached or missing:
             sys.exit(f"{what}: every stage must be cached; not cached: {not_cached}, missing: {missing}")
         if summary["artifacts"]["wandb_mode"] != "offline":
-            sys.exit(f"{what}: W&B ran {summary['artifacts']['wandb_mode']!r}; this benchmark measures the "
-                     "offline default (run it where wandb finds no API key)")
+            sys.exit(
+                f"{what}: W&B ran {summary['artifacts']['wandb_mode']!r}; this benchmark measures the "
+                "offline default (run it where wandb finds no API key)"
+            )
     return {**times, "stages": stages, "wandb_mode": summary["artifacts"]["wandb_mode"]}
 
 
@@ -116,8 +119,11 @@ def baseline_run(env: dict[str, str], cwd: Path) -> dict:
     ended = time.monotonic()
     check(proc, "the baseline (empty flow) process")
     clocks = json.loads(proc.stdout.strip().splitlines()[-1])
-    phases = {"interpreter start": clocks.pop("started") - spawned, **clocks.pop("phases"),
-              "exit": ended - clocks.pop("finished")}
+    phases = {
+        "interpreter start": clocks.pop("started") - spawned,
+        **clocks.pop("phases"),
+        "exit": ended - clocks.pop("finished"),
+    }
     return {**times, "phases": {k: round(v, 2) for k, v in phases.items()}}
 
 
@@ -127,12 +133,17 @@ def probe_run(run: list[str], env: dict[str, str], work: Path) -> dict:
     out.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "_probe", *run[1:]]
     spawned = time.monotonic()
-    record = lookalike_run(command, {**env, PROBE_ENV: str(out)}, work, "the instrumented cached run",
-                           require_cached=True)
+    record = lookalike_run(
+        command, {**env, PROBE_ENV: str(out)}, work, "the instrumented cached run", require_cached=True
+    )
     ended = time.monotonic()
     events = json.loads(out.read_text())
-    return {"seconds": record["seconds"], "cpu_s": record["cpu_s"], "stages": record["stages"],
-            **phase_table(events, spawned, ended)}
+    return {
+        "seconds": record["seconds"],
+        "cpu_s": record["cpu_s"],
+        "stages": record["stages"],
+        **phase_table(events, spawned, ended),
+    }
 
 
 def phase_table(events: list[dict], spawned: float, ended: float) -> dict:
@@ -169,11 +180,14 @@ def phase_table(events: list[dict], spawned: float, ended: float) -> dict:
         f"wandb.init ({len(wandb_runs)} run{'s' * (len(wandb_runs) != 1)})": total.get("wandb.init", 0.0),
         "wandb finish": total.get("wandb.finish", 0.0),
         "flow engine end (after the last task, less wandb finish)": at("flow", "end")
-        - max(e["end"] for e in events if e["name"].startswith("task:")) - total.get("wandb.finish", 0.0),
+        - max(e["end"] for e in events if e["name"].startswith("task:"))
+        - total.get("wandb.finish", 0.0),
     }
-    return {"phases": {k: round(v, 2) for k, v in phases.items()},
-            "flow_run": {k: round(v, 2) for k, v in in_flow.items()},
-            "tasks": tasks}
+    return {
+        "phases": {k: round(v, 2) for k, v in phases.items()},
+        "flow_run": {k: round(v, 2) for k, v in in_flow.items()},
+        "tasks": tasks,
+    }
 
 
 # the instrumented run's phase -> the baseline's phase that does the same job (None: no counterpart)
@@ -217,9 +231,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="cached re-runs and baselines to time (each)")
     parser.add_argument("--workdir", type=Path, help="keep artifacts root and PREFECT_HOME here (default: a temp dir)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="passed to `lookalike run` (repeatable), e.g. encoder.epochs=0 for a quick trial; "
-                        "the recorded run uses the defaults")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="passed to `lookalike run` (repeatable), e.g. encoder.epochs=0 for a quick trial; "
+        "the recorded run uses the defaults",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON record here")
     args = parser.parse_args()
 
@@ -249,8 +269,10 @@ def main() -> None:
         "median_baseline_s": baseline_s,
         "overhead_s": round(cached_s - baseline_s, 2),
         "goal_overhead_s": 5.0,
-        "median_cpu_s": {"cached_rerun": median([r["cpu_s"] for r in cached]),
-                         "baseline": median([r["cpu_s"] for r in baseline])},
+        "median_cpu_s": {
+            "cached_rerun": median([r["cpu_s"] for r in cached]),
+            "baseline": median([r["cpu_s"] for r in baseline]),
+        },
         "median_stage_seconds": {n: median([r["stages"][n]["seconds"] for r in cached]) for n in cached[0]["stages"]},
         "median_baseline_phases": {k: median([r["phases"][k] for r in baseline]) for k in baseline[0]["phases"]},
         "instrumented_cached_rerun": probe,
@@ -275,15 +297,16 @@ def workdir(path: Path | None):
 
 # --- the baseline process: the CLI's Prefect start-up around an empty flow ---
 
+
 def baseline_process() -> None:
     """Mirrors `lookalike run` (cli/main.py, cli/orchestration.py) with an empty flow."""
     started = time.monotonic()
     clock = {}
-    import cli.main  # noqa: F401  (the entry point's imports: typer, rich, cli.render)
-    import lib.config  # noqa: F401  (what `run` imports before the server starts)
-    import lib.data.sources  # noqa: F401
-    import cli.orchestration as orchestration
-    from cli.server import TemporaryServer
+    import lookalike.cli.main  # noqa: F401  (the entry point's imports: typer, rich, lookalike.cli.render)
+    import lookalike.cli.orchestration as orchestration
+    import lookalike.core.settings  # noqa: F401  (what `run` imports before the server starts)
+    import lookalike.stages.dataset.sources  # noqa: F401
+    from lookalike.cli.server import TemporaryServer
 
     clock["import the CLI (typer, rich, settings)"] = time.monotonic() - started
     orchestration.skip_final_collections()  # the CLI's exit
@@ -292,10 +315,11 @@ def baseline_process() -> None:
     os.environ.update(server.client_env())
     try:
         mark = time.monotonic()
-        import flows.retrieval  # noqa: F401  (torch, lightly, faiss, Prefect, ...)
         from prefect import flow
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
+
+        import lookalike.flows.retrieval  # noqa: F401  (torch, lightly, faiss, Prefect, ...)
 
         clock["import pipeline (torch, lightly, prefect, ...)"] = time.monotonic() - mark
         mark = time.monotonic()
@@ -323,6 +347,7 @@ def baseline_process() -> None:
 
 # --- the instrumented cached run: the CLI with clocks around its phases ---
 
+
 def probe_process(argv: list[str]) -> None:
     """Runs `lookalike <argv>` in this process, recording (name, start, end) on time.monotonic,
     which on Linux is one clock for all processes, so the parent can compare its own."""
@@ -337,12 +362,14 @@ def probe_process(argv: list[str]) -> None:
             finally:
                 label = name(args, kwargs) if callable(name) else name
                 events.append({"name": label, "start": start, "end": time.monotonic()})
+
         return wrapper
 
     start = time.monotonic()
-    from cli.main import app
-    import cli.orchestration as orchestration
-    from cli.server import TemporaryServer
+    import lookalike.cli.orchestration as orchestration
+    from lookalike.cli.main import app
+    from lookalike.cli.server import TemporaryServer
+
     events.append({"name": "import cli", "start": start, "end": time.monotonic()})
 
     TemporaryServer.start = clocked("server.start", TemporaryServer.start)
@@ -355,19 +382,22 @@ def probe_process(argv: list[str]) -> None:
         from prefect.flows import Flow
         from prefect.tasks import Task
 
-        from lib.tracking import TrackingRun
+        from lookalike.reporting.tracking import TrackingRun
 
         Flow.__call__ = clocked("flow", Flow.__call__)
-        Task.__call__ = clocked(lambda a, k: f"task:{a[0].task_run_name if isinstance(a[0].task_run_name, str) else a[0].name}",
-                                Task.__call__)
+        Task.__call__ = clocked(
+            lambda a, k: f"task:{a[0].task_run_name if isinstance(a[0].task_run_name, str) else a[0].name}",
+            Task.__call__,
+        )
         init = TrackingRun.__init__
 
         def init_split(self, section, base_dir, **kw):
-            from lib.tracking import _contain_wandb_files
+            from lookalike.reporting.tracking import _contain_wandb_files
 
             _contain_wandb_files(base_dir)  # as __init__ does first, so wandb reads the same environment
             t = time.monotonic()
             import wandb  # noqa: F401
+
             events.append({"name": "import wandb", "start": t, "end": time.monotonic()})
             return clocked("wandb.init", init)(self, section, base_dir, **kw)
 

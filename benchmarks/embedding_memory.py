@@ -6,7 +6,7 @@ peak resident memory should barely grow with the number of images; the goal is a
 from 7k to 70k.
 
 Each measurement is a fresh child process that runs the embeddings stage alone
-(`lib.embedding.run_embeddings_stage`, reuse off, a fresh stage folder) on a snapshot and a
+(`lookalike.stages.embeddings.stage.run_embeddings_stage`, reuse off, a fresh stage folder) on a snapshot and a
 random-init encoder made beforehand by this script (`encoder.epochs=0`; the weights do not
 change memory). Its peak RSS is the child's `ru_maxrss` from `os.wait4`: everything the child
 touched, including imports (torch, datasets) and the snapshot pages it read through the
@@ -16,7 +16,7 @@ the floor every run starts from, so the stage's own growth can be read off.
 Datasets: the 70,000 Fashion-MNIST images (train + test) from Debian's `dataset-fashion-mnist`,
 written once as a parquet file under `--work-dir` and ingested by the real dataset stage; the
 7,000 are a seeded random subset of them (`dataset.limit`). The encoder is the current default
-(`lib.config.load_settings()`), or `--backbone/--width/--input-size`.
+(`lookalike.core.settings.load_settings()`), or `--backbone/--width/--input-size`.
 
 Usage:
     .venv/bin/python benchmarks/embedding_memory.py [--sizes 7000 70000] [--batch-size N]
@@ -49,10 +49,10 @@ def child(job: dict) -> None:
     """Run inside the measured process: the embeddings stage alone (or, for the floor, only its imports)."""
     import torch
 
-    from lib.config import EmbeddingsSettings
-    from lib.embedding import run_embeddings_stage
-    from lib.encoder import load_encoder
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.core.settings import EmbeddingsSettings
+    from lookalike.stages.embeddings.stage import run_embeddings_stage
+    from lookalike.stages.encoder.checkpoint import load_encoder
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -66,8 +66,16 @@ def child(job: dict) -> None:
     started = time.perf_counter()
     result = run_embeddings_stage(EmbeddingsSettings(**job["embeddings"]), dataset, encoder, root)
     stats = result.manifest.stats
-    print(json.dumps({"status": result.status, "seconds": round(time.perf_counter() - started, 2),
-                      "images_embedded": stats["images_embedded"], "n_shards": stats["n_shards"]}))
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "seconds": round(time.perf_counter() - started, 2),
+                "images_embedded": stats["images_embedded"],
+                "n_shards": stats["n_shards"],
+            }
+        )
+    )
 
 
 def peak_rss(job: dict) -> tuple[int, dict]:
@@ -97,40 +105,58 @@ def main() -> None:
     source = dataset_source("fashion-mnist", args.work_dir, args.source)
     runs = []
     for size in args.sizes:
-        settings, dataset, encoder = prepare_stages(root, {
-            "dataset.source": source,
-            "dataset.limit": size if size < FASHION_MNIST_IMAGES else None,
-            "encoder.backbone": args.backbone,
-            "encoder.width": args.width,
-            "encoder.input_size": args.input_size,
-            "embeddings.batch_size": args.batch_size,
-            "embeddings.num_workers": args.num_workers,
-        })
-        job = {"root": str(root), "dataset": dataset.key, "encoder": encoder.key, "threads": args.threads,
-               "embeddings": settings.embeddings.model_dump(mode="json")}
+        settings, dataset, encoder = prepare_stages(
+            root,
+            {
+                "dataset.source": source,
+                "dataset.limit": size if size < FASHION_MNIST_IMAGES else None,
+                "encoder.backbone": args.backbone,
+                "encoder.width": args.width,
+                "encoder.input_size": args.input_size,
+                "embeddings.batch_size": args.batch_size,
+                "embeddings.num_workers": args.num_workers,
+            },
+        )
+        job = {
+            "root": str(root),
+            "dataset": dataset.key,
+            "encoder": encoder.key,
+            "threads": args.threads,
+            "embeddings": settings.embeddings.model_dump(mode="json"),
+        }
         if not runs:
             floor, _ = peak_rss({**job, "floor": True})
         shutil.rmtree(root / "embeddings", ignore_errors=True)
         print(f"embedding {dataset.stats['n_images']} images in a child process ...", file=sys.stderr)
         rss, report = peak_rss(job)
-        runs.append({"n_images": dataset.stats["n_images"], "peak_rss_bytes": rss,
-                     "peak_rss_mib": round(rss / 2**20, 1), "above_floor_mib": round((rss - floor) / 2**20, 1),
-                     "snapshot_mib": round(sum(f.bytes for f in dataset.files) / 2**20, 1), **report})
+        runs.append(
+            {
+                "n_images": dataset.stats["n_images"],
+                "peak_rss_bytes": rss,
+                "peak_rss_mib": round(rss / 2**20, 1),
+                "above_floor_mib": round((rss - floor) / 2**20, 1),
+                "snapshot_mib": round(sum(f.bytes for f in dataset.files) / 2**20, 1),
+                **report,
+            }
+        )
         print(runs[-1], file=sys.stderr)
 
-    emit({
-        "benchmark": "embedding_memory",
-        "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": _versions(),
-        "model": describe_model(encoder),
-        "embeddings": settings.embeddings.model_dump(mode="json"),
-        "torch_threads": args.threads or "torch's default",
-        "floor_rss_mib": round(floor / 2**20, 1),
-        "runs": runs,
-        "ratio_largest_to_smallest": round(runs[-1]["peak_rss_bytes"] / runs[0]["peak_rss_bytes"], 3),
-        "goal": "ratio <= 1.2",
-    }, args.out)
+    emit(
+        {
+            "benchmark": "embedding_memory",
+            "date": date.today().isoformat(),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "versions": _versions(),
+            "model": describe_model(encoder),
+            "embeddings": settings.embeddings.model_dump(mode="json"),
+            "torch_threads": args.threads or "torch's default",
+            "floor_rss_mib": round(floor / 2**20, 1),
+            "runs": runs,
+            "ratio_largest_to_smallest": round(runs[-1]["peak_rss_bytes"] / runs[0]["peak_rss_bytes"], 3),
+            "goal": "ratio <= 1.2",
+        },
+        args.out,
+    )
 
 
 def _versions() -> dict:

@@ -2,7 +2,7 @@
 
 Three measurements of the same encoder on the same device, in one process, images/s each:
 
-(a) pipeline: the real embeddings stage (`lib.embedding.run_embeddings_stage`, reuse off, a fresh
+(a) pipeline: the real embeddings stage (`lookalike.stages.embeddings.stage.run_embeddings_stage`, reuse off, a fresh
     stage folder every repeat) end to end: encoder and snapshot loaded and verified, decode,
     resize, uint8 batches, batched normalisation, forward (channels_last, inference mode, AMP
     on CUDA), shard files and their markers written. images/s = rows / stage seconds.
@@ -23,7 +23,7 @@ kernels, the DataLoader's worker start-up and the page cache.
 Datasets: `sample` is the bundled 3,000-image sample (`dataset.source=sample`); `fashion-mnist`
 is the 70,000 Fashion-MNIST images (train + test) from Debian's `dataset-fashion-mnist`,
 written once as a parquet file under `--work-dir` and ingested by the real dataset stage.
-The encoder is the current default (`lib.config.load_settings()`, plus the
+The encoder is the current default (`lookalike.core.settings.load_settings()`, plus the
 `--backbone/--width/--input-size` overrides) with random weights (`encoder.epochs=0`):
 throughput does not depend on the weights.
 
@@ -80,19 +80,12 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from lib.data.images import decode_rgb  # noqa: E402
-from lib.data.snapshot import open_snapshot  # noqa: E402
-from lib.data.torchdata import ResizeToTensor  # noqa: E402
-from lib.embedding import (  # noqa: E402
-    embed_batch,
-    inference_model,
-    load_embeddings,
-    normalize_batch,
-    plan_shards,
-    run_embeddings_stage,
-    shard_batches,
-)
-from lib.encoder import load_encoder  # noqa: E402
+from lookalike.stages.dataset.images import decode_rgb  # noqa: E402
+from lookalike.stages.dataset.stage import open_snapshot  # noqa: E402
+from lookalike.stages.dataset.torch_data import ResizeToTensor  # noqa: E402
+from lookalike.stages.embeddings.stage import load_embeddings, plan_shards, run_embeddings_stage, shard_batches
+from lookalike.stages.encoder.checkpoint import load_encoder  # noqa: E402
+from lookalike.stages.inference import embed_batch, inference_model, normalize_batch
 
 
 def sync(device: torch.device) -> None:
@@ -129,7 +122,7 @@ class ForwardOnly:
         resize, first = ResizeToTensor(spec.input_size), self.sizes[0]  # no batch is larger than the first
         self.pool = []
         for start in range(0, n - first + 1, first)[:POOL_BATCHES]:
-            rows = snapshot[start:start + first]["image"]
+            rows = snapshot[start : start + first]["image"]
             batch = torch.stack([resize(decode_rgb(image["bytes"], NO_PIXEL_LIMIT)) for image in rows])
             self.pool.append(normalize_batch(batch, spec, device).contiguous(memory_format=layout))
         sync(device)
@@ -164,14 +157,19 @@ def run_naive(section, dataset, encoder, root: Path, device: torch.device, out: 
     started = time.perf_counter()
     model, spec = load_encoder(root, encoder)
     model = model.to(device).eval()
-    transform = transforms.Compose([
-        transforms.Resize(spec.input_size),
-        transforms.CenterCrop(spec.input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
-    loader = DataLoader(NaiveImages(open_snapshot(root, dataset), transform), batch_size=section.batch_size,
-                        num_workers=section.num_workers)
+    transform = transforms.Compose(
+        [
+            transforms.Resize(spec.input_size),
+            transforms.CenterCrop(spec.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
+    loader = DataLoader(
+        NaiveImages(open_snapshot(root, dataset), transform),
+        batch_size=section.batch_size,
+        num_workers=section.num_workers,
+    )
     vectors = []
     with torch.no_grad():
         for x in loader:
@@ -211,8 +209,11 @@ def measure(name: str, device: torch.device) -> dict:
         seconds["pipeline"].append(pipeline_seconds)
         seconds["forward_only"].append(forward.run())
         seconds["naive"].append(run_naive(section, dataset, encoder, root, device, naive_out))
-        print(f"{name}: repeat {repeat + 1}/{ARGS.repeats}: "
-              + ", ".join(f"{k} {n / v[-1]:,.0f} img/s" for k, v in seconds.items()), file=sys.stderr)
+        print(
+            f"{name}: repeat {repeat + 1}/{ARGS.repeats}: "
+            + ", ".join(f"{k} {n / v[-1]:,.0f} img/s" for k, v in seconds.items()),
+            file=sys.stderr,
+        )
 
     stored, _ = load_embeddings(root, manifest)
     naive = np.load(naive_out)
@@ -245,19 +246,26 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = ["sample", "fashion-mnist"] if ARGS.dataset == "both" else [ARGS.dataset]
     results = [measure(name, device) for name in names]
-    emit({
-        "benchmark": "embedding_throughput",
-        "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        "device": device.type,
-        "torch_threads": torch.get_num_threads(),
-        "amp": device.type == "cuda",
-        "repeats": ARGS.repeats,
-        "goals": {"pipeline_vs_forward_only": ">= 0.8", "pipeline_vs_naive": ">= 1.6"},
-        "results": results,
-    }, ARGS.out)
+    emit(
+        {
+            "benchmark": "embedding_throughput",
+            "date": date.today().isoformat(),
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            },
+            "versions": {"torch": torch.__version__, "numpy": np.__version__},
+            "device": device.type,
+            "torch_threads": torch.get_num_threads(),
+            "amp": device.type == "cuda",
+            "repeats": ARGS.repeats,
+            "goals": {"pipeline_vs_forward_only": ">= 0.8", "pipeline_vs_naive": ">= 1.6"},
+            "results": results,
+        },
+        ARGS.out,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ is built exactly as the `index` stage builds it (`plan_factory`, `build_index`, 
   or `flat-ip` for the inner-product presets);
 - kNN@10: majority label of the 10 nearest training images (ties to the nearest) vs the truth.
 
-Then `auto` twice, as the index stage runs it (`lib.autoindex.choose_index`): with no memory
+Then `auto` twice, as the index stage runs it (`lookalike.stages.index.auto.choose_index`): with no memory
 budget, and with a budget of 1/8 of the flat index's bytes. Its build seconds include every
 candidate it trained; its row adds the choice, the reason and its held-out recall.
 
@@ -35,17 +35,23 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from _record import emit
-
 import faiss
 import numpy as np
+from _record import emit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lib.autoindex import choose_index  # noqa: E402
-from lib.config import load_settings  # noqa: E402
-from lib.indexing import PRESETS, apply_search_params, build_index, plan_factory, prepare_vectors, search_params_for  # noqa: E402
+from lookalike.core.settings import load_settings  # noqa: E402
+from lookalike.stages.index.auto import choose_index  # noqa: E402
+from lookalike.stages.index.factory import (  # noqa: E402
+    PRESETS,
+    apply_search_params,
+    build_index,
+    plan_factory,
+    prepare_vectors,
+    search_params_for,
+)
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 K = 10
@@ -55,7 +61,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -63,8 +69,12 @@ def load(source: Path):
     def images(name):
         return read_idx(source / name).reshape(-1, 784).astype(np.float32) / 255.0
 
-    return (images("train-images-idx3-ubyte.gz"), read_idx(source / "train-labels-idx1-ubyte.gz"),
-            images("t10k-images-idx3-ubyte.gz"), read_idx(source / "t10k-labels-idx1-ubyte.gz"))
+    return (
+        images("train-images-idx3-ubyte.gz"),
+        read_idx(source / "train-labels-idx1-ubyte.gz"),
+        images("t10k-images-idx3-ubyte.gz"),
+        read_idx(source / "t10k-labels-idx1-ubyte.gz"),
+    )
 
 
 def knn_accuracy(found: np.ndarray, db_labels: np.ndarray, truth: np.ndarray) -> float:
@@ -91,7 +101,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not (args.source / "train-images-idx3-ubyte.gz").is_file():
-        sys.exit(f"error: no Fashion-MNIST under {args.source}: apt-get install dataset-fashion-mnist, or pass --source")
+        sys.exit(
+            f"error: no Fashion-MNIST under {args.source}: apt-get install dataset-fashion-mnist, or pass --source"
+        )
 
     db, db_labels, queries, truth = load(args.source)
     ids = np.arange(len(db), dtype=np.int64)
@@ -107,10 +119,19 @@ def main() -> None:
             timings.append(time.perf_counter() - started)
         if kind.exact and name in PRESETS:
             exact[kind.metric] = found
-        rows.append({"preset": name, "factory": kind.factory, "search_params": params,
-                     "build_seconds": round(build_seconds, 2), "bytes": int(faiss.serialize_index(index).size),
-                     "batch_qps": round(len(qs) / min(timings)), f"recall_at_{K}": round(recall(found, exact[kind.metric]), 4),
-                     f"knn_at_{K}": round(float(knn_accuracy(found, db_labels, truth)), 4), **extra})
+        rows.append(
+            {
+                "preset": name,
+                "factory": kind.factory,
+                "search_params": params,
+                "build_seconds": round(build_seconds, 2),
+                "bytes": int(faiss.serialize_index(index).size),
+                "batch_qps": round(len(qs) / min(timings)),
+                f"recall_at_{K}": round(recall(found, exact[kind.metric]), 4),
+                f"knn_at_{K}": round(float(knn_accuracy(found, db_labels, truth)), 4),
+                **extra,
+            }
+        )
         print(rows[-1], file=sys.stderr)
 
     for name in ["flat-l2", *[p for p in PRESETS if p != "flat-l2"]]:
@@ -123,25 +144,48 @@ def main() -> None:
 
     flat_bytes = rows[0]["bytes"]
     for label, budget in (("auto", None), ("auto, 1/8 of flat-l2's bytes", flat_bytes // 8)):
-        section = load_settings({"index.type": "auto", "index.memory_budget": budget, "index.nprobe": args.nprobe,
-                                 "index.ef_search": args.ef_search, "index.refine_k_factor": args.k_factor}).index
+        section = load_settings(
+            {
+                "index.type": "auto",
+                "index.memory_budget": budget,
+                "index.nprobe": args.nprobe,
+                "index.ef_search": args.ef_search,
+                "index.refine_k_factor": args.k_factor,
+            }
+        ).index
         started = time.perf_counter()
         choice = choose_index(prepare_vectors(db, "l2"), ids, section)
         build_seconds = time.perf_counter() - started
         report = choice.report
-        measure(label, choice.kind, choice.index, choice.search_params, build_seconds, memory_budget=budget,
-                chosen=report["chosen"], reason=report["reason"], heldout_recall_at_10=report["heldout_recall_at_10"])
+        measure(
+            label,
+            choice.kind,
+            choice.index,
+            choice.search_params,
+            build_seconds,
+            memory_budget=budget,
+            chosen=report["chosen"],
+            reason=report["reason"],
+            heldout_recall_at_10=report["heldout_recall_at_10"],
+        )
     flat_qps = rows[0]["batch_qps"]
     for row in rows:
         row["qps_vs_flat_l2"] = round(row["batch_qps"] / flat_qps, 1)
-    emit({
-        "benchmark": "index_presets",
-        "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "cpus": faiss.omp_get_max_threads(), "python": platform.python_version()},
-        "faiss": faiss.__version__,
-        "data": {"database": "Fashion-MNIST train, 60000 x 784 pixels", "queries": "Fashion-MNIST test, 10000"},
-        "presets": rows,
-    }, args.out)
+    emit(
+        {
+            "benchmark": "index_presets",
+            "date": date.today().isoformat(),
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": faiss.omp_get_max_threads(),
+                "python": platform.python_version(),
+            },
+            "faiss": faiss.__version__,
+            "data": {"database": "Fashion-MNIST train, 60000 x 784 pixels", "queries": "Fashion-MNIST test, 10000"},
+            "presets": rows,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pretraining: images/s per method, and how good a CPU recipe gets on Fashion-MNIST in 30 minutes.
 
-Two parts, both through the product's own `encoder` stage (`lib.pretraining.run_encoder_stage`):
+Two parts, both through the product's own `encoder` stage (`lookalike.stages.encoder.stage.run_encoder_stage`):
 
 1. `throughput`: every method (dino, simclr, byol) for `--throughput-epochs` epochs on the bundled
    sample with the default settings (only the method changes). images/s is the stage's own
@@ -47,12 +47,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lib.config import METHOD_NAMES, load_settings  # noqa: E402
-from lib.data.snapshot import run_dataset_stage  # noqa: E402
-from lib.data.torchdata import ResizeToTensor  # noqa: E402
-from lib.embedding import embed_batch, normalize_batch  # noqa: E402
-from lib.encoder import EncoderSpec  # noqa: E402
-from lib.pretraining import run_encoder_stage  # noqa: E402
+from lookalike.core.settings import METHOD_NAMES, load_settings  # noqa: E402
+from lookalike.stages.dataset.stage import run_dataset_stage  # noqa: E402
+from lookalike.stages.dataset.torch_data import ResizeToTensor  # noqa: E402
+from lookalike.stages.encoder.checkpoint import EncoderSpec  # noqa: E402
+from lookalike.stages.encoder.stage import run_encoder_stage  # noqa: E402
+from lookalike.stages.inference import embed_batch, normalize_batch
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 K = 10
@@ -61,10 +61,17 @@ K = 10
 def machine() -> dict:
     import lightly
 
-    return {"date": date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "lightly": lightly.__version__,
-            "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "date": date.today().isoformat(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightly": lightly.__version__,
+        "faiss": faiss.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -80,15 +87,20 @@ def throughput(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for method in METHOD_NAMES:
-            settings = load_settings({**parse_sets(args.set), "encoder.method": method,
-                                      "encoder.epochs": args.throughput_epochs})
+            settings = load_settings(
+                {**parse_sets(args.set), "encoder.method": method, "encoder.epochs": args.throughput_epochs}
+            )
             dataset = run_dataset_stage(settings.dataset, root).manifest
             started = time.perf_counter()
             result = run_encoder_stage(settings.encoder, dataset, root)
             stats = result.manifest.stats
-            rows[method] = {"images_per_second": stats["images_per_second"], "epoch_seconds": stats["epoch_seconds"],
-                            "n_images": stats["n_images"], "stage_seconds": round(time.perf_counter() - started, 1),
-                            "encoder": settings.encoder.model_dump(mode="json")}
+            rows[method] = {
+                "images_per_second": stats["images_per_second"],
+                "epoch_seconds": stats["epoch_seconds"],
+                "n_images": stats["n_images"],
+                "stage_seconds": round(time.perf_counter() - started, 1),
+                "encoder": settings.encoder.model_dump(mode="json"),
+            }
             print(method, rows[method]["images_per_second"], "img/s", flush=True)
     return {"benchmark": "pretraining-throughput", **machine(), "methods": rows}
 
@@ -100,8 +112,21 @@ def fashion_mnist(work: Path) -> Path:
     """The whole of Fashion-MNIST in the HF parquet layout, written once by data/make_sample.py."""
     folder = work / "fashion-mnist-full"
     if not (folder / "data").is_dir():
-        subprocess.run([sys.executable, str(REPO / "data" / "make_sample.py"), "--source", str(SOURCE),
-                        "--out", str(folder), "--train-per-class", "6000", "--test-per-class", "1000"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "data" / "make_sample.py"),
+                "--source",
+                str(SOURCE),
+                "--out",
+                str(folder),
+                "--train-per-class",
+                "6000",
+                "--test-per-class",
+                "1000",
+            ],
+            check=True,
+        )
     return folder
 
 
@@ -112,13 +137,15 @@ def decoded(snapshot) -> tuple[list[Image.Image], np.ndarray]:
     return images, np.asarray(snapshot["label"])
 
 
-def embed_images(model: torch.nn.Module, spec: EncoderSpec, images: list[Image.Image], batch_size: int = 512) -> np.ndarray:
+def embed_images(
+    model: torch.nn.Module, spec: EncoderSpec, images: list[Image.Image], batch_size: int = 512
+) -> np.ndarray:
     device = next(model.parameters()).device
     fit = ResizeToTensor(spec.input_size)
     model = model.to(memory_format=torch.channels_last).eval()
     out = []
     for i in range(0, len(images), batch_size):
-        batch = torch.stack([fit(im) for im in images[i:i + batch_size]])
+        batch = torch.stack([fit(im) for im in images[i : i + batch_size]])
         x = normalize_batch(batch, spec, device).contiguous(memory_format=torch.channels_last)
         out.append(embed_batch(model, x, device))
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
@@ -139,9 +166,11 @@ def knn_accuracy(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, tru
 def scores(model, spec, train, test) -> dict:
     started = time.perf_counter()
     db, q = embed_images(model, spec, train[0]), embed_images(model, spec, test[0])
-    return {"knn_at_10_l2": knn_accuracy(db, train[1], q, test[1], cosine=False),
-            "knn_at_10_cosine": knn_accuracy(db, train[1], q, test[1], cosine=True),
-            "probe_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "knn_at_10_l2": knn_accuracy(db, train[1], q, test[1], cosine=False),
+        "knn_at_10_cosine": knn_accuracy(db, train[1], q, test[1], cosine=True),
+        "probe_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def recipe(args) -> dict:
@@ -151,7 +180,7 @@ def recipe(args) -> dict:
     sets = {"dataset.source": str(source), **parse_sets(args.set)}
     settings = load_settings({**sets, "dataset.split": "train"})
     test_settings = load_settings({**sets, "dataset.split": "test"})
-    from lib.data.snapshot import open_snapshot
+    from lookalike.stages.dataset.stage import open_snapshot
 
     train_manifest = run_dataset_stage(settings.dataset, root).manifest
     test_manifest = run_dataset_stage(test_settings.dataset, root).manifest
@@ -160,17 +189,24 @@ def recipe(args) -> dict:
 
     pixels = lambda split: np.stack([np.asarray(im.convert("L"), dtype=np.float32).ravel() / 255 for im in split[0]])  # noqa: E731
     db, queries = pixels(train), pixels(test)
-    raw = {"knn_at_10_l2": knn_accuracy(db, train[1], queries, test[1], cosine=False),
-           "knn_at_10_cosine": knn_accuracy(db, train[1], queries, test[1], cosine=True)}
+    raw = {
+        "knn_at_10_l2": knn_accuracy(db, train[1], queries, test[1], cosine=False),
+        "knn_at_10_cosine": knn_accuracy(db, train[1], queries, test[1], cosine=True),
+    }
     print("raw pixels", raw, flush=True)
 
-    from lib.encoder import load_encoder
+    from lookalike.stages.encoder.checkpoint import load_encoder
 
     def random_init(overrides: dict) -> tuple[dict, EncoderSpec]:
         section = load_settings({**sets, **overrides, "encoder.epochs": 0}).encoder
         model, spec = load_encoder(root, run_encoder_stage(section, train_manifest, root).manifest)
-        row = {"backbone": section.backbone, "width": section.width, "input_size": section.input_size,
-               "feature_dim": spec.feature_dim, **scores(model, spec, train, test)}
+        row = {
+            "backbone": section.backbone,
+            "width": section.width,
+            "input_size": section.input_size,
+            "feature_dim": spec.feature_dim,
+            **scores(model, spec, train, test),
+        }
         print("random init", row, flush=True)
         return row, spec
 
@@ -178,8 +214,9 @@ def recipe(args) -> dict:
     baselines = {"raw_pixels": raw, "random_init": own}
     for extra in args.random_baseline:
         name, _, size = extra.partition("@")
-        baselines[f"random_init {extra}"] = random_init({"encoder.backbone": name, "encoder.width": 1.0,
-                                                          "encoder.input_size": int(size or 32)})[0]
+        baselines[f"random_init {extra}"] = random_init(
+            {"encoder.backbone": name, "encoder.width": 1.0, "encoder.input_size": int(size or 32)}
+        )[0]
 
     section = settings.encoder
     curve, minutes = [], [0.0]
@@ -202,25 +239,47 @@ def recipe(args) -> dict:
     stats = result.manifest.stats
     best = max(curve, key=lambda r: max(r["knn_at_10_l2"], r["knn_at_10_cosine"])) if curve else None
     return {
-        "benchmark": "pretraining-recipe", **machine(), "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
-        "n_train": len(train[0]), "n_test": len(test[0]), "encoder": section.model_dump(mode="json"),
-        "pretrain_minutes": round(sum(stats["epoch_seconds"]) / 60, 2), "images_per_second": stats["images_per_second"],
-        "stage_seconds_with_probes": round(time.perf_counter() - started, 1), "losses": stats["losses"],
-        "baselines": baselines, "curve": curve, "final": curve[-1] if curve else None, "best": best,
+        "benchmark": "pretraining-recipe",
+        **machine(),
+        "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+        "n_train": len(train[0]),
+        "n_test": len(test[0]),
+        "encoder": section.model_dump(mode="json"),
+        "pretrain_minutes": round(sum(stats["epoch_seconds"]) / 60, 2),
+        "images_per_second": stats["images_per_second"],
+        "stage_seconds_with_probes": round(time.perf_counter() - started, 1),
+        "losses": stats["losses"],
+        "baselines": baselines,
+        "curve": curve,
+        "final": curve[-1] if curve else None,
+        "best": best,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=["throughput", "recipe"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="settings overrides, e.g. encoder.epochs=9 (a bare key means encoder.KEY)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings overrides, e.g. encoder.epochs=9 (a bare key means encoder.KEY)",
+    )
     parser.add_argument("--throughput-epochs", type=int, default=1)
     parser.add_argument("--probe-every", type=int, default=1, help="probe kNN@10 every N epochs (and after the last)")
-    parser.add_argument("--random-baseline", nargs="*", default=["resnet18@32"], metavar="BACKBONE@SIZE",
-                        help="extra random-init baselines (torchvision backbones)")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lookalike-bench-pretraining"),
-                        help="where the Fashion-MNIST parquet and the artifacts go (kept between runs)")
+    parser.add_argument(
+        "--random-baseline",
+        nargs="*",
+        default=["resnet18@32"],
+        metavar="BACKBONE@SIZE",
+        help="extra random-init baselines (torchvision backbones)",
+    )
+    parser.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "lookalike-bench-pretraining"),
+        help="where the Fashion-MNIST parquet and the artifacts go (kept between runs)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")

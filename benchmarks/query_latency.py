@@ -30,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _record import emit
-
 import numpy as np
+from _record import emit
 
 REPO = Path(__file__).resolve().parents[1]
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
@@ -40,17 +39,21 @@ LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 
 def stats(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1000
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p95_ms": round(float(np.percentile(ms, 95)), 2), "mean_ms": round(float(ms.mean()), 2),
-            "min_ms": round(float(ms.min()), 2), "max_ms": round(float(ms.max()), 2)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "min_ms": round(float(ms.min()), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
 
 
 def ensure_index(root: Path, env: dict) -> None:
     if (root / "aliases" / "production.json").is_file():
         return
     print(f"no production index under {root}: building the sample index (lookalike run) ...", file=sys.stderr)
-    subprocess.run([LOOKALIKE, "run", "--artifacts-root", str(root)], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([LOOKALIKE, "run", "--artifacts-root", str(root)], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def query_images(holder, count: int) -> list[bytes]:
@@ -82,8 +85,12 @@ def over_http(root: Path, images: list[bytes], k: int, warmup: int, env: dict) -
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.perf_counter()
-    server = subprocess.Popen([LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -93,13 +100,14 @@ def over_http(root: Path, images: list[bytes], k: int, warmup: int, env: dict) -
                         break
                 except httpx.HTTPError:
                     if server.poll() is not None:
-                        raise SystemExit("lookalike serve exited; run it by hand to see why")
+                        raise SystemExit("lookalike serve exited; run it by hand to see why") from None
                     time.sleep(0.1)
             ready = time.perf_counter() - started
 
             def ask(data: bytes) -> None:
-                response = client.post("/api/search/upload", files={"file": ("q.png", data, "image/png")},
-                                       data={"k": str(k)})
+                response = client.post(
+                    "/api/search/upload", files={"file": ("q.png", data, "image/png")}, data={"k": str(k)}
+                )
                 response.raise_for_status()
 
             for data in images[:warmup]:
@@ -126,7 +134,7 @@ def main() -> None:
 
     import torch
 
-    from lib.serving import IndexHolder
+    from lookalike.serving.holder import IndexHolder
 
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOOKALIKE_", "PREFECT_API_URL"))}
     with tempfile.TemporaryDirectory() as home:
@@ -141,8 +149,13 @@ def main() -> None:
         record = {
             "benchmark": "query_latency",
             "recorded": time.strftime("%Y-%m-%d"),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+            },
             "index": {key: info[key] for key in ("index", "encoder", "method", "ntotal", "dim", "metric")},
             "k": args.k,
             "load_s": round(load_s, 2),

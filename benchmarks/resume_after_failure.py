@@ -46,8 +46,9 @@ def timed_run(root: Path, home: Path, faults: dict | None = None) -> dict:
     record = {"seconds": round(seconds, 2), "exit_code": proc.returncode}
     if proc.returncode == 0:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
-        record["stages"] = {name: {k: s[k] for k in ("status", "seconds", "reused")}
-                            for name, s in summary["stages"].items()}
+        record["stages"] = {
+            name: {k: s[k] for k in ("status", "seconds", "reused")} for name, s in summary["stages"].items()
+        }
     else:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         record["error"] = errors[-1] if errors else proc.stderr.strip()[-300:]
@@ -56,8 +57,9 @@ def timed_run(root: Path, home: Path, faults: dict | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fail-at-batch", type=int, default=6,
-                        help="embedding batch (1-based) that raises in the failing run")
+    parser.add_argument(
+        "--fail-at-batch", type=int, default=6, help="embedding batch (1-based) that raises in the failing run"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON record here")
     args = parser.parse_args()
 

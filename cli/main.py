@@ -1,10 +1,10 @@
 """`lookalike`: the command line, a shell over the same lib calls as the Prefect flow.
 
-  lookalike run      build (or reuse) the index for the current settings and summarise it
-  lookalike reindex index new images with the production encoder (no pretraining)
-  lookalike query    image or dataset row in, top-k most similar rows out
-  lookalike promote  point production at an index by hand; `rollback` moves it back
-  lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
+lookalike run      build (or reuse) the index for the current settings and summarise it
+lookalike reindex index new images with the production encoder (no pretraining)
+lookalike query    image or dataset row in, top-k most similar rows out
+lookalike promote  point production at an index by hand; `rollback` moves it back
+lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from cli.render import print_neighbours, print_summary
+from lookalike.cli.render import print_neighbours, print_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Turn an image collection into a searchable retrieval index, then query it.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Turn an image collection into a searchable retrieval index, then query it.",
+)
 err = Console(stderr=True)
 
 
@@ -31,19 +35,44 @@ class MethodChoice(str, Enum):
     byol = "byol"
 
 
-Dataset = Annotated[Optional[str], typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.")]
+Dataset = Annotated[
+    Optional[str],
+    typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder."),
+]
 Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
 Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
-IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.")]
-QueryIndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded into <artifacts root>/remote and sha256-checked first.")]
-Root = Annotated[Optional[str], typer.Option(
-    help="Artifacts root: a folder, or s3://bucket/prefix shared between machines (default ./artifacts or "
-    "LOOKALIKE_ARTIFACTS_ROOT).")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable).")]
+IndexOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--index",
+        help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.",
+    ),
+]
+QueryIndexOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--index",
+        help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded into <artifacts root>/remote and sha256-checked first.",
+    ),
+]
+Root = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Artifacts root: a folder, or s3://bucket/prefix shared between machines (default ./artifacts or "
+        "LOOKALIKE_ARTIFACTS_ROOT)."
+    ),
+]
+Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable)."),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
 Mirror = Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")]
-Promote = Annotated[bool, typer.Option("--promote/--no-promote", help="Move the 'production' alias to this run's index when it completes.")]
+Promote = Annotated[
+    bool,
+    typer.Option("--promote/--no-promote", help="Move the 'production' alias to this run's index when it completes."),
+]
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
@@ -61,11 +90,16 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 def _settings(dataset, split, method, epochs, index, root, mirror, sets):
     """(settings, named run parameters, --set overrides); invalid settings exit 2."""
-    from lib.config import SettingsError, settings_for_run
+    from lookalike.core.settings import SettingsError, settings_for_run
 
     named = {
-        "dataset": dataset, "split": split, "method": method.value if method else None, "epochs": epochs,
-        "index": index, "artifacts_root": str(root) if root else None, "mirror": mirror,
+        "dataset": dataset,
+        "split": split,
+        "method": method.value if method else None,
+        "epochs": epochs,
+        "index": index,
+        "artifacts_root": str(root) if root else None,
+        "mirror": mirror,
     }
     overrides = _parse_sets(sets)
     try:
@@ -74,10 +108,12 @@ def _settings(dataset, split, method, epochs, index, root, mirror, sets):
         _fail(str(exc), code=2)
 
 
-def _flow_arguments(settings, overrides: dict[str, Any], drop: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+def _flow_arguments(
+    settings, overrides: dict[str, Any], drop: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(named flow parameters, overrides) reproducing `settings`: every named parameter is
     passed explicitly, so the flow's defaults never shadow the environment read here."""
-    from lib.config import RUN_PARAMETERS, run_parameters
+    from lookalike.core.settings import RUN_PARAMETERS, run_parameters
 
     named = {k: v for k, v in run_parameters(settings).items() if k not in drop}
     owned = set(RUN_PARAMETERS.values())
@@ -85,22 +121,24 @@ def _flow_arguments(settings, overrides: dict[str, Any], drop: tuple[str, ...] =
 
 
 def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
-    from lib.data.sources import check_source
-    from lib.errors import LookalikeError
+    from lookalike.core.errors import LookalikeError
+    from lookalike.stages.dataset.sources import check_source
 
     try:  # mistakes visible without loading anything fail before a server starts or torch imports
         check_source(settings.dataset)
     except LookalikeError as exc:
         _fail(str(exc))
-    from cli.orchestration import run_pipeline
+    from lookalike.cli.orchestration import run_pipeline
 
     try:
         summary = run_pipeline(named, overrides, flow_name)
     except LookalikeError as exc:
         _fail(str(exc))
     except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
-        _fail(f"the run failed ({type(exc).__name__}: {exc}). Finished stages, epochs and shards are kept: "
-              "run the same command again to resume from where it stopped.")
+        _fail(
+            f"the run failed ({type(exc).__name__}: {exc}). Finished stages, epochs and shards are kept: "
+            "run the same command again to resume from where it stopped."
+        )
     if json_out:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
     else:
@@ -151,13 +189,15 @@ def reindex(
 
 @app.command()
 def promote(
-    index_key: Annotated[str, typer.Argument(help="The index stage key to make production (a folder name under index/).")],
+    index_key: Annotated[
+        str, typer.Argument(help="The index stage key to make production (a folder name under index/).")
+    ],
     artifacts_root: Root = None,
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
 ) -> None:
     """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
-    from lib.aliases import chain_for_index, set_alias
-    from lib.errors import LookalikeError
+    from lookalike.artifacts.aliases import chain_for_index, set_alias
+    from lookalike.core.errors import LookalikeError
 
     root = _root(artifacts_root)
     try:
@@ -173,8 +213,8 @@ def rollback(
     alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
 ) -> None:
     """Move an alias (production) back to the index it pointed at before its current one."""
-    from lib.aliases import previous_position, read_alias, set_alias
-    from lib.errors import LookalikeError
+    from lookalike.artifacts.aliases import previous_position, read_alias, set_alias
+    from lookalike.core.errors import LookalikeError
 
     root = _root(artifacts_root)
     try:
@@ -187,7 +227,7 @@ def rollback(
 
 
 def _root(artifacts_root: str | None) -> Path:
-    from lib.config import SettingsError, load_settings
+    from lookalike.core.settings import SettingsError, load_settings
 
     try:
         return _open_root(load_settings({"artifacts_root": artifacts_root}))
@@ -197,8 +237,8 @@ def _root(artifacts_root: str | None) -> Path:
 
 def _open_root(settings) -> Path:
     """The local root; for an s3:// root, this machine's copy with the bucket's aliases pulled."""
-    from lib.errors import LookalikeError
-    from lib.shared_root import open_root
+    from lookalike.artifacts.shared_root import open_root
+    from lookalike.core.errors import LookalikeError
 
     try:
         return open_root(settings)
@@ -211,8 +251,15 @@ def query(
     image: Annotated[Optional[Path], typer.Argument(help="Query image file.", show_default=False)] = None,
     row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 3,
-    alias: Annotated[Optional[str], typer.Option(help="Query the index an alias points at (e.g. production) instead of the one built for these settings.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")] = None,
+    alias: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Query the index an alias points at (e.g. production) instead of the one built for these settings."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")
+    ] = None,
     dataset: Dataset = None,
     split: Split = None,
     method: MethodOpt = None,
@@ -229,17 +276,19 @@ def query(
     if index and _is_reference(index):
         ref, index = index, None
         if alias:
-            _fail("give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2)
+            _fail(
+                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
+            )
     settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
     _open_root(settings)
-    from lib.data.images import decode_rgb
-    from lib.errors import LookalikeError
-    from lib.pictures import save_image
-    from lib.query import Searcher, chain_from_alias, resolve_chain
+    from lookalike.core.errors import LookalikeError
+    from lookalike.serving.query import Searcher, chain_from_alias, resolve_chain
+    from lookalike.stages.dataset.images import decode_rgb
+    from lookalike.stages.pictures import save_image
 
     try:
         if ref:
-            from lib.serving import localize, resolve_ref
+            from lookalike.serving.holder import localize, resolve_ref
 
             root, local_ref = localize(settings.artifacts_root, ref, settings.mirror.endpoint_url)
             searcher = Searcher(root, resolve_ref(root, local_ref)[0])
@@ -268,18 +317,26 @@ def query(
 
 def _is_reference(index: str) -> bool:
     """An --index that names a built index (not a preset or factory string to build)."""
-    from lib.tracking import parse_wandb_ref
+    from lookalike.reporting.tracking import parse_wandb_ref
 
-    return index.startswith("s3://") or (Path(index).expanduser() / "manifest.json").is_file() or bool(
-        parse_wandb_ref(index))
+    return (
+        index.startswith("s3://")
+        or (Path(index).expanduser() / "manifest.json").is_file()
+        or bool(parse_wandb_ref(index))
+    )
 
 
 @app.command()
 def serve(
-    index: Annotated[str, typer.Option(
-        "--index", help="What to serve: an alias (followed when it moves), an index stage key, an index folder "
-        "(<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
-        "or a W&B artifact path entity/project/<method>-embeddings:<alias> (downloaded and sha256-checked first).")] = "production",
+    index: Annotated[
+        str,
+        typer.Option(
+            "--index",
+            help="What to serve: an alias (followed when it moves), an index stage key, an index folder "
+            "(<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
+            "or a W&B artifact path entity/project/<method>-embeddings:<alias> (downloaded and sha256-checked first).",
+        ),
+    ] = "production",
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
     artifacts_root: Root = None,
@@ -290,21 +347,24 @@ def serve(
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
     _open_root(settings)
-    from app.server import create_app
-    from lib.errors import LookalikeError
+    from lookalike.app.server import create_app
+    from lookalike.core.errors import LookalikeError
 
     try:
-        application = create_app(settings.artifacts_root, index, poll_seconds=poll_seconds,
-                                 endpoint_url=settings.mirror.endpoint_url)
+        application = create_app(
+            settings.artifacts_root, index, poll_seconds=poll_seconds, endpoint_url=settings.mirror.endpoint_url
+        )
     except LookalikeError as exc:
         _fail(str(exc))
     import uvicorn
 
     info = application.state.holder.info()
     via = f"alias {info['alias']} → " if info["alias"] else ""
-    err.print(f"serving {via}index {info['index']} ({info['ntotal']} images) from {application.state.holder.root}\n"
-              f"  UI http://{host}:{port}/   API http://{host}:{port}/api   docs http://{host}:{port}/docs   (Ctrl-C stops)",
-              soft_wrap=True)
+    err.print(
+        f"serving {via}index {info['index']} ({info['ntotal']} images) from {application.state.holder.root}\n"
+        f"  UI http://{host}:{port}/   API http://{host}:{port}/api   docs http://{host}:{port}/docs   (Ctrl-C stops)",
+        soft_wrap=True,
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

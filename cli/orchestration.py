@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from lib.errors import LookalikeError
+from lookalike.core.errors import LookalikeError
 
 
 class _DropUserErrorTracebacks(logging.Filter):
@@ -71,7 +71,8 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
         while time.monotonic() < deadline:
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200,
+                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                limit=200,
             )
             snapshot = sorted((str(r.id), r.state_type) for r in runs)
             if snapshot and snapshot == last and all(r.state and r.state.is_final() for r in runs):
@@ -86,16 +87,16 @@ def run_pipeline(named: dict[str, Any], overrides: dict[str, Any], flow_name: st
     skip_final_collections()
     server = None
     if _uses_temporary_server():
-        from cli.server import TemporaryServer
+        from lookalike.cli.server import TemporaryServer
 
         _quiet_temporary_server()
         server = TemporaryServer().start()  # boots while the pipeline's modules import
         os.environ.update(server.client_env())
     try:
         if flow_name == "reindex":
-            from flows.reindex import reindex as pipeline
+            from lookalike.flows.reindex import reindex as pipeline
         else:
-            from flows.retrieval import retrieval_pipeline as pipeline
+            from lookalike.flows.retrieval import retrieval_pipeline as pipeline
 
         user_errors = _DropUserErrorTracebacks()
         for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers

@@ -7,21 +7,22 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lib.promotion import knn_not_compared, refused
+from lookalike.artifacts.promotion import knn_not_compared, refused
 
 STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    from lib.summary import embedding_counts_line  # imports torch and faiss: only once there is a summary
+    from lookalike.reporting.summary import (
+        embedding_counts_line,  # imports torch and faiss: only once there is a summary
+    )
 
     stages = Table(title="stages", title_justify="left")
     for column in ("stage", "key", "status", "reused", "seconds"):
         stages.add_column(column, justify="right" if column == "seconds" else "left")
     for name, s in summary["stages"].items():
         style = STATUS_STYLE.get(s["status"], "")
-        stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", s.get("reused") or "",
-                       f"{s['seconds']:.1f}")
+        stages.add_row(name, s["key"], f"[{style}]{s['status']}[/]", s.get("reused") or "", f"{s['seconds']:.1f}")
     console.print(stages)
     if counts := embedding_counts_line(summary):
         console.print(counts, highlight=False)
@@ -46,8 +47,10 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if summary.get("aliases"):
         console.print(f"[bold]aliases[/] moved here: {', '.join(summary['aliases'])}")
     if refused(summary):
-        console.print(f"[bold yellow]not promoted[/]: {'; '.join(summary['promotion']['reasons'])}; "
-                      "production is unchanged", soft_wrap=True)
+        console.print(
+            f"[bold yellow]not promoted[/]: {'; '.join(summary['promotion']['reasons'])}; production is unchanged",
+            soft_wrap=True,
+        )
     if knn_not_compared(summary):
         console.print(f"kNN accuracy was {knn_not_compared(summary)}", soft_wrap=True, highlight=False)
     console.print("[bold]artifacts[/]")

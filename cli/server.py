@@ -45,8 +45,13 @@ class TemporaryServer:
     STARTUP_FAILED, RESTARTS = 3, 5
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.env = {**os.environ, **(env or {}), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                    "PREFECT__SERVER_FINAL": "1"}
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.restarts = 0
@@ -61,7 +66,7 @@ class TemporaryServer:
         # It serves no UI and is gone after the run: no "View at" links.
         return {"PREFECT_API_URL": self.api_url, "PREFECT_UI_URL": ""}
 
-    def start(self) -> "TemporaryServer":
+    def start(self) -> TemporaryServer:
         """Launch the server (does not wait for it)."""
         self.port = _free_port()
         self._launch()
@@ -70,10 +75,27 @@ class TemporaryServer:
     def _launch(self) -> None:
         prefect_dir = Path(find_spec("prefect").origin).parent
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(prefect_dir.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
             preexec_fn=_die_with_parent,
         )
 

@@ -25,18 +25,29 @@ def deployments_from_yaml(names: list[str]) -> list:
     chosen = [d for d in spec["deployments"] if not names or d["name"] in names]
     unknown = set(names) - {d["name"] for d in chosen}
     if unknown:
-        sys.exit(f"error: no deployment named {', '.join(sorted(unknown))} in prefect.yaml "
-                 f"(it has: {', '.join(d['name'] for d in spec['deployments'])})")
+        sys.exit(
+            f"error: no deployment named {', '.join(sorted(unknown))} in prefect.yaml "
+            f"(it has: {', '.join(d['name'] for d in spec['deployments'])})"
+        )
     out = []
     for d in chosen:
         module, _, attr = d["entrypoint"].partition(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         limit = d.get("concurrency_limit")
-        out.append(flow.to_deployment(
-            name=d["name"], description=d.get("description"), tags=d.get("tags"), parameters=d.get("parameters"),
-            schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in d.get("schedules") or [] if s.get("active", True)],
-            concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
-        ))
+        out.append(
+            flow.to_deployment(
+                name=d["name"],
+                description=d.get("description"),
+                tags=d.get("tags"),
+                parameters=d.get("parameters"),
+                schedules=[
+                    Cron(s["cron"], timezone=s.get("timezone"))
+                    for s in d.get("schedules") or []
+                    if s.get("active", True)
+                ],
+                concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+            )
+        )
     return out
 
 

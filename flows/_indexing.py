@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from lib.config import Settings
-from lib.stages import StageReport
-from lib.summary import build_summary
-from tasks.aliases import check_promotion, promote_chain
-from tasks.embeddings import embed_images
-from tasks.dataset import snapshot_dataset
-from tasks.evaluation import choose_query_split, evaluate_index
-from tasks.index import build_index
-from tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
-from tasks.report import publish_report
-from tasks.stage import call_stage
-from tasks.tracking import publish_to_wandb, track_stage
+from lookalike.artifacts.stage_runner import StageReport
+from lookalike.core.settings import Settings
+from lookalike.reporting.summary import build_summary
+from lookalike.tasks.aliases import check_promotion, promote_chain
+from lookalike.tasks.dataset import snapshot_dataset
+from lookalike.tasks.embeddings import embed_images
+from lookalike.tasks.evaluation import choose_query_split, evaluate_index
+from lookalike.tasks.index import build_index
+from lookalike.tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
+from lookalike.tasks.report import publish_report
+from lookalike.tasks.stage import call_stage
+from lookalike.tasks.tracking import publish_to_wandb, track_stage
 
 
 def snapshot_queries(settings: Settings) -> StageReport | None:
@@ -29,27 +29,42 @@ def snapshot_queries(settings: Settings) -> StageReport | None:
     section = choose_query_split(settings.dataset, settings.evaluation, settings.artifacts_root)
     if section is None:
         return None
-    return call_stage(snapshot_dataset.with_options(task_run_name="dataset-queries"), section=section,
-                      root=settings.artifacts_root)
+    return call_stage(
+        snapshot_dataset.with_options(task_run_name="dataset-queries"), section=section, root=settings.artifacts_root
+    )
 
 
-def index_and_publish(settings: Settings, reports: dict[str, StageReport], tracking: dict[str, Any],
-                      promote: bool, queries: StageReport | None = None) -> dict[str, Any]:
+def index_and_publish(
+    settings: Settings,
+    reports: dict[str, StageReport],
+    tracking: dict[str, Any],
+    promote: bool,
+    queries: StageReport | None = None,
+) -> dict[str, Any]:
     """Run embeddings → index → evaluation (+ mirror), then promote and report; the run summary.
 
     `queries` is the held-out split's snapshot (`snapshot_queries`); None evaluates leave-one-out.
     """
     root = settings.artifacts_root
     reports["embeddings"] = call_stage(
-        embed_images.with_options(retries=settings.embeddings.retries), section=settings.embeddings,
-        dataset=reports["dataset"].manifest, encoder=reports["encoder"].manifest, root=root,
+        embed_images.with_options(retries=settings.embeddings.retries),
+        section=settings.embeddings,
+        dataset=reports["dataset"].manifest,
+        encoder=reports["encoder"].manifest,
+        root=root,
     )
     track_stage(settings, tracking, reports, "embeddings")
-    reports["index"] = call_stage(build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root)
+    reports["index"] = call_stage(
+        build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root
+    )
     track_stage(settings, tracking, reports, "index")
     reports["evaluation"] = call_stage(
-        evaluate_index, section=settings.evaluation, dataset=reports["dataset"].manifest,
-        embeddings=reports["embeddings"].manifest, index=reports["index"].manifest, root=root,
+        evaluate_index,
+        section=settings.evaluation,
+        dataset=reports["dataset"].manifest,
+        embeddings=reports["embeddings"].manifest,
+        index=reports["index"].manifest,
+        root=root,
         queries=queries.manifest if queries is not None else None,
     )
 

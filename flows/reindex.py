@@ -11,16 +11,16 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows._indexing import index_and_publish, snapshot_queries
-from flows.retrieval import TRACKING_HOOKS, _default
-from lib.aliases import PRODUCTION
-from lib.config import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
-from tasks.artifacts import open_artifacts_root
-from tasks.dataset import snapshot_dataset
-from tasks.encoder import use_aliased_encoder
-from tasks.secrets import load_secret_blocks
-from tasks.stage import call_stage
-from tasks.tracking import start_tracking, track_stage
+from lookalike.artifacts.aliases import PRODUCTION
+from lookalike.core.settings import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
+from lookalike.flows._indexing import index_and_publish, snapshot_queries
+from lookalike.flows.retrieval import TRACKING_HOOKS, _default
+from lookalike.tasks.artifacts import open_artifacts_root
+from lookalike.tasks.dataset import snapshot_dataset
+from lookalike.tasks.encoder import use_aliased_encoder
+from lookalike.tasks.secrets import load_secret_blocks
+from lookalike.tasks.stage import call_stage
+from lookalike.tasks.tracking import start_tracking, track_stage
 
 
 @flow(name="reindex", **TRACKING_HOOKS)
@@ -51,8 +51,14 @@ def reindex(
         promote: Move the 'production' alias to the new index when the run completes.
         overrides: Any other setting by dotted name, e.g. {"embeddings.batch_size": 512}.
     """
-    named = dict(dataset=dataset, split=split, index=index, index_factory=index_factory,
-                 artifacts_root=artifacts_root, mirror=mirror)
+    named = dict(
+        dataset=dataset,
+        split=split,
+        index=index,
+        index_factory=index_factory,
+        artifacts_root=artifacts_root,
+        mirror=mirror,
+    )
     check_overrides(overrides, **named)
     settings = settings_for_run(overrides, **named)
     load_secret_blocks(settings)

@@ -13,17 +13,29 @@ from typing import Any, Optional
 from prefect import flow
 from pydantic import NonNegativeInt
 
-from flows._indexing import index_and_publish, snapshot_queries
-from lib.config import DatasetSettings, EncoderSettings, IndexPreset, IndexSettings, Method, check_overrides, settings_for_run
-from tasks.artifacts import open_artifacts_root
-from tasks.dataset import snapshot_dataset
-from tasks.encoder import pretrain_encoder
-from tasks.secrets import load_secret_blocks
-from tasks.stage import call_stage
-from tasks.tracking import finish_tracking_run, start_tracking, track_stage
+from lookalike.core.settings import (
+    DatasetSettings,
+    EncoderSettings,
+    IndexPreset,
+    IndexSettings,
+    Method,
+    check_overrides,
+    settings_for_run,
+)
+from lookalike.flows._indexing import index_and_publish, snapshot_queries
+from lookalike.tasks.artifacts import open_artifacts_root
+from lookalike.tasks.dataset import snapshot_dataset
+from lookalike.tasks.encoder import pretrain_encoder
+from lookalike.tasks.secrets import load_secret_blocks
+from lookalike.tasks.stage import call_stage
+from lookalike.tasks.tracking import finish_tracking_run, start_tracking, track_stage
 
-TRACKING_HOOKS = {"on_completion": [finish_tracking_run], "on_failure": [finish_tracking_run],
-                  "on_crashed": [finish_tracking_run], "on_cancellation": [finish_tracking_run]}
+TRACKING_HOOKS = {
+    "on_completion": [finish_tracking_run],
+    "on_failure": [finish_tracking_run],
+    "on_crashed": [finish_tracking_run],
+    "on_cancellation": [finish_tracking_run],
+}
 
 
 def _default(section: type, field: str) -> Any:
@@ -60,8 +72,16 @@ def retrieval_pipeline(
         promote: Move the 'production' alias to this run's index (and encoder) when it completes.
         overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001, "dataset.limit": 1000}.
     """
-    named = dict(dataset=dataset, split=split, method=method, epochs=epochs, index=index,
-                 index_factory=index_factory, artifacts_root=artifacts_root, mirror=mirror)
+    named = dict(
+        dataset=dataset,
+        split=split,
+        method=method,
+        epochs=epochs,
+        index=index,
+        index_factory=index_factory,
+        artifacts_root=artifacts_root,
+        mirror=mirror,
+    )
     check_overrides(overrides, **named)
     settings = settings_for_run(overrides, **named)
     load_secret_blocks(settings)
@@ -72,6 +92,8 @@ def retrieval_pipeline(
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
     track_stage(settings, tracking, reports, "dataset")
     queries = snapshot_queries(settings)
-    reports["encoder"] = call_stage(pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root)
+    reports["encoder"] = call_stage(
+        pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root
+    )
     track_stage(settings, tracking, reports, "encoder")
     return index_and_publish(settings, reports, tracking, promote, queries)

@@ -8,10 +8,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from lib.aliases import PRODUCTION, set_alias
-from lib.config import PromotionSettings
-from lib.promotion import promotion_decision
-from lib.stages import StageReport
+from lookalike.artifacts.aliases import PRODUCTION, set_alias
+from lookalike.artifacts.promotion import promotion_decision
+from lookalike.artifacts.stage_runner import StageReport
+from lookalike.core.settings import PromotionSettings
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE)
@@ -27,8 +27,12 @@ def check_promotion(section: PromotionSettings, root: Path, reports: dict[str, S
 def promote_chain(root: Path, reports: dict[str, StageReport], promote: bool) -> list[str]:
     """Point the aliases at this run's stage keys; the alias names moved."""
     stages = {name: r.manifest.key for name, r in reports.items()}
-    source = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
-              "flow": flow_run.flow_name, "deployment": deployment.name}
+    source = {
+        "flow_run_id": str(flow_run.id),
+        "flow_run_name": flow_run.name,
+        "flow": flow_run.flow_name,
+        "deployment": deployment.name,
+    }
     names = ["latest", PRODUCTION] if promote else ["latest"]
     for name in names:
         set_alias(root, name, stages, source)

@@ -1,5 +1,5 @@
 """Task: open the artifacts root, which is either a folder or this machine's copy of a shared
-S3 store (`artifacts_root=s3://bucket/prefix`, see lib.shared_root)."""
+S3 store (`artifacts_root=s3://bucket/prefix`, see lookalike.artifacts.shared_root)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.config import Settings
-from lib.shared_root import open_store, store_for
-from tasks.stage import save_result_storage
+from lookalike.artifacts.shared_root import open_store, store_for
+from lookalike.core.settings import Settings
+from lookalike.tasks.stage import save_result_storage
 
 
 @task(name="artifacts-root", cache_policy=NO_CACHE, persist_result=False)
@@ -22,6 +22,7 @@ def open_artifacts_root(settings: Settings) -> Path:
         return settings.artifacts_root
     root = open_store(store)
     block = save_result_storage(store)
-    get_run_logger().info("artifacts shared through %s (Prefect results: block %s); this machine's copy: %s",
-                          store.url, block, root)
+    get_run_logger().info(
+        "artifacts shared through %s (Prefect results: block %s); this machine's copy: %s", store.url, block, root
+    )
     return root

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from lib.config import DatasetSettings
-from lib.data.snapshot import dataset_key, run_dataset_stage
-from lib.stages import StageResult
-from tasks.stage import stage_options
+from lookalike.artifacts.stage_runner import StageResult
+from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset.stage import dataset_key, run_dataset_stage
+from lookalike.tasks.stage import stage_options
 
 
 @task(**stage_options("dataset", lambda section, root: dataset_key(section)[0]), retries=1, retry_delay_seconds=5)
@@ -15,6 +15,10 @@ def snapshot_dataset(section: DatasetSettings, root: Path) -> StageResult:
     result = run_dataset_stage(section, root)
     stats = result.manifest.stats
     get_run_logger().info(
-        "dataset %s: %d images, %d skipped (%s)", result.manifest.key, stats["n_images"], stats["n_skipped"], result.status
+        "dataset %s: %d images, %d skipped (%s)",
+        result.manifest.key,
+        stats["n_images"],
+        stats["n_skipped"],
+        result.status,
     )
     return result

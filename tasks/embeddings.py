@@ -23,21 +23,30 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from lib.config import EmbeddingsSettings
-from lib.embedding import embed_shards, embeddings_key, run_embeddings_stage
-from lib.manifest import Manifest
-from lib.shared_root import Store, open_stage_copy, store_of
-from lib.stages import StageResult
-from tasks.stage import stage_options
+from lookalike.artifacts.shared_root import Store, open_stage_copy, store_of
+from lookalike.artifacts.stage_runner import StageResult
+from lookalike.core.manifest import Manifest
+from lookalike.core.settings import EmbeddingsSettings
+from lookalike.stages.embeddings.stage import embed_shards, embeddings_key, run_embeddings_stage
+from lookalike.tasks.stage import stage_options
 
 
 @task(name="embed-shards", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def embed_shard_group(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path,
-                      folder: Path, shards: list[int], store: Store | None = None) -> dict[str, Any]:
+def embed_shard_group(
+    section: EmbeddingsSettings,
+    dataset: Manifest,
+    encoder: Manifest,
+    root: Path,
+    folder: Path,
+    shards: list[int],
+    store: Store | None = None,
+) -> dict[str, Any]:
     """One Dask task: embed and write these shards of the stage folder. With a shared store the
     worker, wherever it runs, works in its own copy of it and uploads each shard it writes."""
     if store is not None:
-        root, folder = open_stage_copy(store, "embeddings", folder.name, {"dataset": dataset.key, "encoder": encoder.key})
+        root, folder = open_stage_copy(
+            store, "embeddings", folder.name, {"dataset": dataset.key, "encoder": encoder.key}
+        )
     return embed_shards(section, dataset, encoder, root, folder, shards)
 
 
@@ -48,19 +57,37 @@ def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manif
     if section.dask_address:
         runner = DaskTaskRunner(address=section.dask_address)
     else:
-        runner = DaskTaskRunner(cluster_kwargs={
-            "n_workers": section.dask_workers, "threads_per_worker": 1, "processes": True,
-            "dashboard_address": None,
-        })
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": section.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
 
     def dispatch(folder: Path, groups: list[list[int]]) -> list[dict[str, Any]]:
-        get_run_logger().info("embeddings: %d shard groups to %s", len(groups),
-                              section.dask_address or f"a local Dask cluster of {section.dask_workers} workers")
+        get_run_logger().info(
+            "embeddings: %d shard groups to %s",
+            len(groups),
+            section.dask_address or f"a local Dask cluster of {section.dask_workers} workers",
+        )
         with runner:
-            futures = [runner.submit(embed_shard_group.with_options(task_run_name=f"embed-shards-{group[0]:05d}"),
-                                     {"section": section, "dataset": dataset, "encoder": encoder, "root": root,
-                                      "folder": folder, "shards": group, "store": store_of(root)})
-                       for group in groups]
+            futures = [
+                runner.submit(
+                    embed_shard_group.with_options(task_run_name=f"embed-shards-{group[0]:05d}"),
+                    {
+                        "section": section,
+                        "dataset": dataset,
+                        "encoder": encoder,
+                        "root": root,
+                        "folder": folder,
+                        "shards": group,
+                        "store": store_of(root),
+                    },
+                )
+                for group in groups
+            ]
             return [future.result() for future in futures]
 
     return dispatch
@@ -69,7 +96,8 @@ def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manif
 @task(
     **stage_options("embeddings", lambda section, dataset, encoder, root: embeddings_key(section, dataset, encoder)),
     retries=EmbeddingsSettings.model_fields["retries"].default,  # the flow sets the configured count
-    retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
 )
 def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path) -> StageResult:
     distributed = section.dask_workers or section.dask_address
@@ -79,11 +107,18 @@ def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manife
     get_run_logger().info(
         "embeddings %s: %d vectors of dim %d, %d/%d shards reused, %d images embedded (%s images/s), "
         "%d reused by content hash from %s",
-        result.manifest.key, stats["n_vectors"], stats["dim"], stats["shards_reused"], stats["n_shards"],
-        stats["images_embedded"], stats["images_per_second"], stats.get("images_reused", 0),
+        result.manifest.key,
+        stats["n_vectors"],
+        stats["dim"],
+        stats["shards_reused"],
+        stats["n_shards"],
+        stats["images_embedded"],
+        stats["images_per_second"],
+        stats.get("images_reused", 0),
         ", ".join(stats.get("reused_from", [])) or "no earlier stage",
     )
     for rejected in stats.get("reuse_rejected", []) if result.status != "cached" else []:
-        get_run_logger().warning("embeddings %s: not reusing %s: %s", result.manifest.key, rejected["key"],
-                                 rejected["reason"])
+        get_run_logger().warning(
+            "embeddings %s: not reusing %s: %s", result.manifest.key, rejected["key"], rejected["reason"]
+        )
     return result

@@ -10,14 +10,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.aliases import alias_manifest
-from lib.config import EncoderSettings
-from lib.encoder import ENCODER_FILE
-from lib.manifest import Manifest, verified_path
-from lib.pretraining import encoder_key, run_encoder_stage
-from lib.stages import StageReport, StageResult
-from tasks.stage import stage_options
-from tasks.tracking import active_run
+from lookalike.artifacts.aliases import alias_manifest
+from lookalike.artifacts.stage_runner import StageReport, StageResult
+from lookalike.core.manifest import Manifest, verified_path
+from lookalike.core.settings import EncoderSettings
+from lookalike.stages.encoder.checkpoint import ENCODER_FILE
+from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
+from lookalike.tasks.stage import stage_options
+from lookalike.tasks.tracking import active_run
 
 
 @task(**stage_options("encoder", lambda section, dataset, root: encoder_key(section, dataset)))

@@ -9,24 +9,33 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.config import DatasetSettings, EvaluationSettings
-from lib.evaluation import evaluation_key, query_dataset_section, run_evaluation_stage
-from lib.manifest import Manifest
-from lib.stages import StageResult
-from tasks.stage import retry_unless_user_error, stage_options
+from lookalike.artifacts.stage_runner import StageResult
+from lookalike.core.manifest import Manifest
+from lookalike.core.settings import DatasetSettings, EvaluationSettings
+from lookalike.stages.evaluation.stage import evaluation_key, query_dataset_section, run_evaluation_stage
+from lookalike.tasks.stage import retry_unless_user_error, stage_options
 
 
-@task(name="query-split", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_unless_user_error)
-def choose_query_split(dataset: DatasetSettings, evaluation: EvaluationSettings, root: Path) -> Optional[DatasetSettings]:
+@task(
+    name="query-split",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_user_error,
+)
+def choose_query_split(
+    dataset: DatasetSettings, evaluation: EvaluationSettings, root: Path
+) -> Optional[DatasetSettings]:
     """The dataset section of the held-out query split, or None for leave-one-out."""
     section = query_dataset_section(dataset, evaluation, root)
     if section is None:
-        get_run_logger().info("evaluation queries: leave-one-out over the indexed images (query_split=%s)",
-                              evaluation.query_split)
+        get_run_logger().info(
+            "evaluation queries: leave-one-out over the indexed images (query_split=%s)", evaluation.query_split
+        )
     else:
-        get_run_logger().info("evaluation queries: held-out split %r (at most %s images)", section.split,
-                              section.limit or "all")
+        get_run_logger().info(
+            "evaluation queries: held-out split %r (at most %s images)", section.split, section.limit or "all"
+        )
     return section
 
 
@@ -35,10 +44,22 @@ def _key(section, dataset, embeddings, index, root, queries=None) -> str:
 
 
 @task(**stage_options("evaluation", _key))
-def evaluate_index(section: EvaluationSettings, dataset: Manifest, embeddings: Manifest, index: Manifest, root: Path,
-                   queries: Optional[Manifest] = None) -> StageResult:
+def evaluate_index(
+    section: EvaluationSettings,
+    dataset: Manifest,
+    embeddings: Manifest,
+    index: Manifest,
+    root: Path,
+    queries: Optional[Manifest] = None,
+) -> StageResult:
     result = run_evaluation_stage(section, dataset, embeddings, index, root, queries)
     stats = result.manifest.stats
-    get_run_logger().info("evaluation %s (%s, %d queries): kNN@%d accuracy %s", result.manifest.key,
-                          stats["protocol"], stats["n_queries"], stats["k"], stats["knn_accuracy"])
+    get_run_logger().info(
+        "evaluation %s (%s, %d queries): kNN@%d accuracy %s",
+        result.manifest.key,
+        stats["protocol"],
+        stats["n_queries"],
+        stats["k"],
+        stats["knn_accuracy"],
+    )
     return result

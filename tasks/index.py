@@ -4,11 +4,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from lib.config import IndexSettings
-from lib.indexing import index_key, run_index_stage
-from lib.manifest import Manifest
-from lib.stages import StageResult
-from tasks.stage import stage_options
+from lookalike.artifacts.stage_runner import StageResult
+from lookalike.core.manifest import Manifest
+from lookalike.core.settings import IndexSettings
+from lookalike.stages.index.stage import index_key, run_index_stage
+from lookalike.tasks.stage import stage_options
 
 
 @task(**stage_options("index", lambda section, embeddings, root: index_key(section, embeddings)))
@@ -17,6 +17,10 @@ def build_index(section: IndexSettings, embeddings: Manifest, root: Path) -> Sta
     stats = result.manifest.stats
     get_run_logger().info(
         "index %s: %s, %d vectors, %d bytes, self-retrieval@1 %.4f",
-        result.manifest.key, stats["factory"], stats["ntotal"], stats["bytes"], stats["self_retrieval_at_1"],
+        result.manifest.key,
+        stats["factory"],
+        stats["ntotal"],
+        stats["bytes"],
+        stats["self_retrieval_at_1"],
     )
     return result

@@ -15,19 +15,28 @@ from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lib.pictures import png_data_url
-from lib.summary import summary_markdown
+from lookalike.reporting.summary import summary_markdown
+from lookalike.stages.pictures import png_data_url
 
 MAX_INLINE_BYTES = 2 << 20  # a bigger picture is linked by path instead of inlined
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def publish_report(summary: dict[str, Any]) -> None:
-    create_markdown_artifact(summary_markdown(summary), key="retrieval-summary",
-                             description="Stages (key, status, seconds), metrics and artifact locations")
-    create_table_artifact([{"metric": k, "value": v} for k, v in summary["metrics"].items()],
-                          key="retrieval-metrics", description="Retrieval metrics of this run")
+    create_markdown_artifact(
+        summary_markdown(summary),
+        key="retrieval-summary",
+        description="Stages (key, status, seconds), metrics and artifact locations",
+    )
+    create_table_artifact(
+        [{"metric": k, "value": v} for k, v in summary["metrics"].items()],
+        key="retrieval-metrics",
+        description="Retrieval metrics of this run",
+    )
     grid = summary["artifacts"].get("retrieval_grid")
     if grid:
-        create_image_artifact(png_data_url(Path(grid), MAX_INLINE_BYTES), key="retrieval-grid",
-                              description=f"Queries (left) and their nearest neighbours; file: {grid}")
+        create_image_artifact(
+            png_data_url(Path(grid), MAX_INLINE_BYTES),
+            key="retrieval-grid",
+            description=f"Queries (left) and their nearest neighbours; file: {grid}",
+        )

@@ -14,11 +14,14 @@ from prefect import get_run_logger, task
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 
-from lib.config import Settings
-from lib.errors import LookalikeError
+from lookalike.core.errors import LookalikeError
+from lookalike.core.settings import Settings
 
-_AWS_KEYS = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-             "aws_session_token": "AWS_SESSION_TOKEN"}
+_AWS_KEYS = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+}
 
 
 class SecretBlockError(LookalikeError, LookupError):
@@ -40,16 +43,20 @@ def export_secret_blocks(settings: Settings) -> list[str]:
     if settings.tracking.api_key_secret:
         value = _load("tracking.api_key_secret", settings.tracking.api_key_secret)
         if not isinstance(value, str) or not value:
-            raise SecretBlockError(f"tracking.api_key_secret: Secret block {settings.tracking.api_key_secret!r} "
-                                   "must hold the W&B API key as a plain string")
+            raise SecretBlockError(
+                f"tracking.api_key_secret: Secret block {settings.tracking.api_key_secret!r} "
+                "must hold the W&B API key as a plain string"
+            )
         exported["WANDB_API_KEY"] = value
     if settings.mirror.credentials_secret:
         name = settings.mirror.credentials_secret
         value = _load("mirror.credentials_secret", name)
         missing = {"aws_access_key_id", "aws_secret_access_key"} - set(value if isinstance(value, dict) else {})
         if missing:
-            raise SecretBlockError(f"mirror.credentials_secret: Secret block {name!r} must hold JSON with "
-                                   f"{', '.join(sorted(_AWS_KEYS)[:2])} (missing: {', '.join(sorted(missing))})")
+            raise SecretBlockError(
+                f"mirror.credentials_secret: Secret block {name!r} must hold JSON with "
+                f"{', '.join(sorted(_AWS_KEYS)[:2])} (missing: {', '.join(sorted(missing))})"
+            )
         exported.update({env: str(value[key]) for key, env in _AWS_KEYS.items() if value.get(key)})
     os.environ.update(exported)
     return sorted(exported)

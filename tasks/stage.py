@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from prefect import Task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from lib.manifest import find_manifest, read_manifest
-from lib.shared_root import Store, has_finished, store_of
-from lib.stages import StageReport, StageResult
+from lookalike.artifacts.shared_root import Store, has_finished, read_manifest, store_of
+from lookalike.artifacts.stage_runner import StageReport, StageResult
+from lookalike.core.manifest import find_manifest
 
 
 @dataclass
@@ -31,7 +32,9 @@ class StageCache(CachePolicy):
     stage: str = ""
     key_fn: Callable[..., str] | None = None
 
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         return cache_key(self.stage, self.key_fn(**inputs), inputs["root"])
 
 
@@ -60,7 +63,8 @@ def save_result_storage(store: Store) -> str:
 
     settings = {"client_kwargs": {"endpoint_url": store.endpoint_url}} if store.endpoint_url else {}
     RemoteFileSystem(basepath=f"{store.url}/prefect-results", settings=settings).save(
-        results_block_name(store), overwrite=True)
+        results_block_name(store), overwrite=True
+    )
     return result_storage(store)
 
 
@@ -101,7 +105,7 @@ def call_stage(task: Task, **kwargs: Any) -> StageReport:
 def retry_unless_user_error(task, task_run, state) -> bool:
     """`retry_condition_fn`: retrying cannot fix bad data, settings or tampered files; it can
     fix S3 failing transiently under a shared root (an error marked `retryable`)."""
-    from lib.errors import LookalikeError
+    from lookalike.core.errors import LookalikeError
 
     try:
         state.result()

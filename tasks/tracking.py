@@ -18,13 +18,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from lib.config import Settings
-from lib.encoder import ENCODER_FILE
-from lib.evaluation import retrieval_table
-from lib.lineage import INPUTS, JOB_TYPES, LINEAGE_STAGES, stage_artifact
-from lib.manifest import Manifest
-from lib.stages import StageReport
-from lib.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
+from lookalike.artifacts.stage_runner import StageReport
+from lookalike.core.manifest import Manifest
+from lookalike.core.settings import Settings
+from lookalike.reporting.lineage import JOB_TYPES, LINEAGE_STAGES, lineage_inputs, stage_artifact
+from lookalike.reporting.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
+from lookalike.stages.encoder.checkpoint import ENCODER_FILE
+from lookalike.stages.evaluation.stage import retrieval_table
 
 _ACTIVE: dict[str, TrackingRun] = {}
 
@@ -36,8 +36,12 @@ def active_run() -> TrackingRun | None:
 @task(name="open-wandb-run", cache_policy=NO_CACHE)
 def open_tracking_run(settings: Settings) -> dict[str, Any]:
     run = TrackingRun(
-        settings.tracking, wandb_dir(settings.artifacts_root), name=flow_run.name, job_type=FLOW_JOB_TYPE,
-        group=flow_run.name, config={**settings.model_dump(mode="json"), "prefect_flow_run_id": str(flow_run.id)},
+        settings.tracking,
+        wandb_dir(settings.artifacts_root),
+        name=flow_run.name,
+        job_type=FLOW_JOB_TYPE,
+        group=flow_run.name,
+        config={**settings.model_dump(mode="json"), "prefect_flow_run_id": str(flow_run.id)},
     )
     _ACTIVE[str(flow_run.id)] = run
     get_run_logger().info("W&B run (%s mode): %s", run.mode, run.url or run.run_dir)
@@ -59,13 +63,22 @@ def log_stage_run(settings: Settings, stage: str, manifests: dict[str, Manifest]
     root = settings.artifacts_root
     manifest = manifests[stage]
     run = TrackingRun(
-        settings.tracking, wandb_dir(root), name=f"{flow_run.name}-{JOB_TYPES[stage]}", job_type=JOB_TYPES[stage],
-        group=flow_run.name, config={"stage": stage, "key": manifest.key, "settings": manifest.settings,
-                                     "inputs": manifest.inputs, "prefect_flow_run_id": str(flow_run.id)},
+        settings.tracking,
+        wandb_dir(root),
+        name=f"{flow_run.name}-{JOB_TYPES[stage]}",
+        job_type=JOB_TYPES[stage],
+        group=flow_run.name,
+        config={
+            "stage": stage,
+            "key": manifest.key,
+            "settings": manifest.settings,
+            "inputs": manifest.inputs,
+            "prefect_flow_run_id": str(flow_run.id),
+        },
     )
     exit_code = 1
     try:
-        for upstream in INPUTS[stage]:
+        for upstream in lineage_inputs(stage):
             run.use_artifact(stage_artifact(root, upstream, manifests))
         if stage == "encoder":
             for epoch, loss in enumerate(manifest.stats.get("losses", []), start=1):
@@ -83,15 +96,19 @@ def log_stage_run(settings: Settings, stage: str, manifests: dict[str, Manifest]
 def track_stage(settings: Settings, tracking: dict[str, Any], reports: dict[str, StageReport], stage: str) -> None:
     """Call right after a stage: when this flow run computed it (not cached), its W&B run logs it,
     and `tracking["stage_runs"][stage]` records where (run folder offline, URL online)."""
-    if (stage not in LINEAGE_STAGES or reports[stage].status == "cached"
-            or tracking.get("mode") in ("disabled", "failed")):
+    if (
+        stage not in LINEAGE_STAGES
+        or reports[stage].status == "cached"
+        or tracking.get("mode") in ("disabled", "failed")
+    ):
         return
     state = log_stage_run(settings, stage, {s: r.manifest for s, r in reports.items()}, return_state=True)
     if state.is_completed():
         tracking.setdefault("stage_runs", {})[stage] = state.result()
     else:
-        get_run_logger().warning("W&B lineage for %s not logged (the local result is unaffected): %s",
-                                 stage, state.message)
+        get_run_logger().warning(
+            "W&B lineage for %s not logged (the local result is unaffected): %s", stage, state.message
+        )
 
 
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
@@ -109,10 +126,21 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
             run.log({"pretrain/loss": loss, "pretrain/epoch": epoch})
     run.set_summary(summary["metrics"])
     if summary["skipped"]:  # every unreadable image, with why (capped as in the manifest)
-        run.log_table("dataset/skipped", ["row_id", "path", "reason"],
-                      [[s["row_id"], s["path"], s["reason"]] for s in summary["skipped"]])
-    run.log_images({k: Path(v) for k, v in (("retrieval_grid", summary["artifacts"]["retrieval_grid"]),
-                                              ("pretrain/loss_curve", summary["artifacts"]["loss_curve"])) if v})
+        run.log_table(
+            "dataset/skipped",
+            ["row_id", "path", "reason"],
+            [[s["row_id"], s["path"], s["reason"]] for s in summary["skipped"]],
+        )
+    run.log_images(
+        {
+            k: Path(v)
+            for k, v in (
+                ("retrieval_grid", summary["artifacts"]["retrieval_grid"]),
+                ("pretrain/loss_curve", summary["artifacts"]["loss_curve"]),
+            )
+            if v
+        }
+    )
     table = retrieval_table(root, reports["evaluation"].manifest) if run.mode != "disabled" else None
     if table is not None:  # the grid's queries and neighbours, with thumbnails
         run.log_table("retrieval", *table)
@@ -129,8 +157,9 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
     }
     manifests = {name: r.manifest for name, r in reports.items()}
     promoted = ["production"] if "production" in summary["aliases"] else []  # the gate passed
-    run.use_artifact(stage_artifact(root, "index", manifests, extra=metadata),
-                     aliases=["latest", index.manifest.key, *promoted])
+    run.use_artifact(
+        stage_artifact(root, "index", manifests, extra=metadata), aliases=["latest", index.manifest.key, *promoted]
+    )
     if promoted:
         run.use_artifact(stage_artifact(root, "encoder", manifests), aliases=promoted)
 

@@ -45,8 +45,8 @@ TINY = {
 def default_encoder() -> tuple[str, str, int]:
     """(method, backbone, feature_dim) of the default encoder, so tests follow the defaults
     instead of restating them."""
-    from lib.backbones import build_backbone
-    from lib.config import load_settings
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.encoder.backbones import build_backbone
 
     section = load_settings().encoder
     return section.method, section.backbone, build_backbone(section.backbone, section.input_size, section.width)[1]
@@ -57,7 +57,7 @@ def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     (encoder.epochs -> epochs) become parameters, the rest go to `overrides`."""
     from typing import get_args
 
-    from lib.config import RUN_PARAMETERS, IndexPreset
+    from lookalike.core.settings import RUN_PARAMETERS, IndexPreset
 
     owner = {dotted: name for name, dotted in RUN_PARAMETERS.items() if name != "index_factory"}
     named, overrides = {}, {}
@@ -80,8 +80,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_env(home: Path, api_url: str | None = None, faults: dict | None = None,
-            extra: dict[str, str] | None = None) -> dict[str, str]:
+def cli_env(
+    home: Path, api_url: str | None = None, faults: dict | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """Environment for a `lookalike` subprocess: its own PREFECT_HOME, the temporary server
     unless `api_url` is given, and faults from tests/faults when asked for."""
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), **(extra or {})}
@@ -102,7 +103,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny(root: Path):
-    from lib.config import load_settings
+    from lookalike.core.settings import load_settings
 
     return load_settings({**TINY, "artifacts_root": str(root)})
 

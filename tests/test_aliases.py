@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A finished TINY run (not promoted): its summary and root."""
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     root = tmp_path_factory.mktemp("aliases") / "artifacts"
     summary = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}), promote=False)
@@ -25,7 +25,7 @@ def built(tmp_path_factory):
 
 
 def test_a_run_moves_latest_and_promotes_only_when_asked(built):
-    from lib.aliases import read_alias
+    from lookalike.artifacts.aliases import read_alias
 
     root, summary = built
     assert summary["aliases"] == ["latest"]
@@ -36,7 +36,7 @@ def test_a_run_moves_latest_and_promotes_only_when_asked(built):
 
 
 def test_reindex_without_a_production_alias_fails_saying_how_to_make_one(built):
-    from flows.reindex import reindex
+    from lookalike.flows.reindex import reindex
 
     root, _ = built
     state = reindex(**flow_arguments({"artifacts_root": str(root), "dataset.limit": 16}), return_state=True)
@@ -46,8 +46,8 @@ def test_reindex_without_a_production_alias_fails_saying_how_to_make_one(built):
 
 
 def test_set_alias_checks_folders_logs_history_and_rejects_bad_names(built):
-    from lib.aliases import AliasError, alias_manifest, read_alias, set_alias
-    from lib.manifest import IntegrityError
+    from lookalike.artifacts.aliases import AliasError, alias_manifest, read_alias, set_alias
+    from lookalike.core.manifest import IntegrityError
 
     root, summary = built
     stages = {name: s["key"] for name, s in summary["stages"].items()}
@@ -66,26 +66,37 @@ def test_set_alias_checks_folders_logs_history_and_rejects_bad_names(built):
 
 
 def test_reindex_reuses_the_aliased_encoder_and_promotes_the_new_index(built, tmp_path):
-    from flows.reindex import reindex
-    from lib.aliases import read_alias, set_alias
+    from lookalike.artifacts.aliases import read_alias, set_alias
+    from lookalike.flows.reindex import reindex
 
     root, summary = built
     shutil.copytree(root, tmp_path / "artifacts")
     root = tmp_path / "artifacts"
     set_alias(root, "production", {name: s["key"] for name, s in summary["stages"].items()})
     # kNN accuracy on a 32-image subset is not comparable with 48 images': the gate has its own tests
-    again = reindex(**flow_arguments({"artifacts_root": str(root), "dataset.limit": 32, "evaluation.grid_queries": 2,
-                                      "promotion.max_knn_drop": 1.0}))
-    assert again["stages"]["encoder"] == {**summary["stages"]["encoder"], "status": "cached",
-                                          "seconds": again["stages"]["encoder"]["seconds"]}
+    again = reindex(
+        **flow_arguments(
+            {
+                "artifacts_root": str(root),
+                "dataset.limit": 32,
+                "evaluation.grid_queries": 2,
+                "promotion.max_knn_drop": 1.0,
+            }
+        )
+    )
+    assert again["stages"]["encoder"] == {
+        **summary["stages"]["encoder"],
+        "status": "cached",
+        "seconds": again["stages"]["encoder"]["seconds"],
+    }
     assert {again["stages"][s]["status"] for s in ("dataset", "embeddings", "index")} == {"computed"}
     assert again["metrics"]["n_images"] == 32 and again["aliases"] == ["latest", "production"]
     assert read_alias(root, "production").stages["index"] == again["stages"]["index"]["key"]
 
 
 def test_overrides_naming_a_parameter_are_rejected_naming_both(built):
-    from flows.retrieval import retrieval_pipeline
-    from lib.config import SettingsError
+    from lookalike.core.settings import SettingsError
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     root, _ = built
     with pytest.raises(SettingsError, match=r"overrides\['encoder.epochs'\]: .* parameter `epochs`"):
@@ -102,14 +113,16 @@ def clean_secret_env(monkeypatch):
 def test_secret_blocks_reach_wandb_and_boto3_through_their_own_variables(clean_secret_env, tiny):
     from prefect.blocks.system import Secret
 
-    from tasks.secrets import export_secret_blocks
+    from lookalike.tasks.secrets import export_secret_blocks
 
     Secret(value="wandb-key-123").save("test-wandb-key", overwrite=True)
     Secret(value={"aws_access_key_id": "AKIATEST", "aws_secret_access_key": "s3cr3t"}).save("test-aws", overwrite=True)
-    settings = tiny.model_copy(update={
-        "tracking": tiny.tracking.model_copy(update={"api_key_secret": "test-wandb-key"}),
-        "mirror": tiny.mirror.model_copy(update={"credentials_secret": "test-aws"}),
-    })
+    settings = tiny.model_copy(
+        update={
+            "tracking": tiny.tracking.model_copy(update={"api_key_secret": "test-wandb-key"}),
+            "mirror": tiny.mirror.model_copy(update={"credentials_secret": "test-aws"}),
+        }
+    )
     exported = export_secret_blocks(settings)
     assert exported == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"]
     assert (os.environ["WANDB_API_KEY"], os.environ["AWS_ACCESS_KEY_ID"]) == ("wandb-key-123", "AKIATEST")
@@ -122,7 +135,7 @@ def test_secret_blocks_reach_wandb_and_boto3_through_their_own_variables(clean_s
 def test_a_missing_or_misshapen_secret_block_names_the_setting(clean_secret_env, tiny):
     from prefect.blocks.system import Secret
 
-    from tasks.secrets import SecretBlockError, export_secret_blocks
+    from lookalike.tasks.secrets import SecretBlockError, export_secret_blocks
 
     missing = tiny.model_copy(update={"tracking": tiny.tracking.model_copy(update={"api_key_secret": "nope"})})
     with pytest.raises(SecretBlockError, match="tracking.api_key_secret: no Prefect Secret block named 'nope'"):
@@ -148,22 +161,22 @@ class Collapsed:
 
 
 def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(built, tmp_path, monkeypatch):
-    import lib.embedding
-    from flows.retrieval import retrieval_pipeline
-    from lib.aliases import read_alias, set_alias
+    import lookalike.stages.embeddings.stage
+    from lookalike.artifacts.aliases import read_alias, set_alias
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     root, summary = built
     shutil.copytree(root, tmp_path / "artifacts")
     root = tmp_path / "artifacts"
     good = {name: s["key"] for name, s in summary["stages"].items()}
     set_alias(root, "production", good)
-    real = lib.embedding.load_encoder
+    real = lookalike.stages.embeddings.stage.load_encoder
 
     def collapsed(r, m):
         spec = real(r, m)[1]
         return Collapsed(spec.feature_dim), spec
 
-    monkeypatch.setattr(lib.embedding, "load_encoder", collapsed)
+    monkeypatch.setattr(lookalike.stages.embeddings.stage, "load_encoder", collapsed)
     # another shard size: a new embeddings key, so the degraded vectors are really computed
     bad = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, "embeddings.shard_size": 8}))
     assert bad["stages"]["embeddings"]["status"] == "computed"
@@ -177,8 +190,8 @@ def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(
 
 def production_copy(built, tmp_path):
     """A copy of the built root whose `production` is the built run; (root, its evaluation manifest)."""
-    from lib.aliases import set_alias
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.aliases import set_alias
+    from lookalike.artifacts.shared_root import read_manifest
 
     root, summary = built
     shutil.copytree(root, tmp_path / "artifacts")
@@ -190,8 +203,8 @@ def production_copy(built, tmp_path):
 def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
     from types import SimpleNamespace
 
-    from lib.config import PromotionSettings
-    from lib.promotion import promotion_decision
+    from lookalike.artifacts.promotion import promotion_decision
+    from lookalike.core.settings import PromotionSettings
 
     root, production = production_copy(built, tmp_path)
     knn = production.stats["knn_accuracy"]
@@ -202,7 +215,9 @@ def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
     index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 0.95})
     gate = PromotionSettings(max_knn_drop=0.05)
     worse = promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.06))
-    assert not worse["promoted"] and "below production's" in worse["reasons"][0] and "max_knn_drop" in worse["reasons"][0]
+    assert (
+        not worse["promoted"] and "below production's" in worse["reasons"][0] and "max_knn_drop" in worse["reasons"][0]
+    )
     assert promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.04))["promoted"]
     low_recall = promotion_decision(PromotionSettings(min_recall_at_10=0.99), root, index, evaluated())
     assert low_recall["reasons"] == ["recall_at_10 0.9500 vs exact search < promotion.min_recall_at_10 0.99"]
@@ -212,19 +227,26 @@ def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
 def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path):
     from types import SimpleNamespace
 
-    from lib.config import PromotionSettings
-    from lib.promotion import promotion_decision
-    from lib.summary import summary_markdown
+    from lookalike.artifacts.promotion import promotion_decision
+    from lookalike.core.settings import PromotionSettings
+    from lookalike.reporting.summary import summary_markdown
 
     root, production = production_copy(built, tmp_path)
     assert production.stats["protocol"] == "held-out:test"
     index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 1.0})
     # far worse, but measured leave-one-out on another dataset: not a fall in quality
-    other = production.model_copy(update={
-        "inputs": {"dataset": "d" * 16, "index": index.key},
-        "stats": {**production.stats, "protocol": "leave-one-out", "query_dataset": None, "n_queries": 32,
-                  "knn_accuracy": production.stats["knn_accuracy"] - 0.5},
-    })
+    other = production.model_copy(
+        update={
+            "inputs": {"dataset": "d" * 16, "index": index.key},
+            "stats": {
+                **production.stats,
+                "protocol": "leave-one-out",
+                "query_dataset": None,
+                "n_queries": 32,
+                "knn_accuracy": production.stats["knn_accuracy"] - 0.5,
+            },
+        }
+    )
     decision = promotion_decision(PromotionSettings(max_knn_drop=0.02), root, index, other)
     assert decision["promoted"] and decision["reasons"] == []
     note = decision["checks"]["knn_accuracy"]
@@ -233,15 +255,17 @@ def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path
     assert f"kNN accuracy was {note}." in summary_markdown({**built[1], "promotion": decision})
     # the same held-out queries with another k are not comparable either
     other_k = production.model_copy(update={"stats": {**production.stats, "k": 5, "knn_accuracy": 0.0}})
-    assert promotion_decision(PromotionSettings(), root, index, other_k)["checks"]["knn_accuracy"] == \
-        "not compared with production's: k 10 vs 5"
+    assert (
+        promotion_decision(PromotionSettings(), root, index, other_k)["checks"]["knn_accuracy"]
+        == "not compared with production's: k 10 vs 5"
+    )
 
 
 def test_promote_and_rollback_commands_move_production_by_hand(built, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
-    from lib.aliases import read_alias
+    from lookalike.artifacts.aliases import read_alias
+    from lookalike.cli.main import app
 
     root, summary = built
     shutil.copytree(root, tmp_path / "artifacts")
@@ -257,9 +281,9 @@ def test_promote_and_rollback_commands_move_production_by_hand(built, tmp_path):
     result = runner.invoke(app, ["rollback", "--artifacts-root", str(root)])
     assert result.exit_code == 1 and "nothing to roll back to" in result.output
 
-    from lib.config import IndexSettings
-    from lib.indexing import run_index_stage
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.core.settings import IndexSettings
+    from lookalike.stages.index.stage import run_index_stage
 
     embeddings = read_manifest(root, "embeddings", summary["stages"]["embeddings"]["key"])
     other = run_index_stage(IndexSettings(type="flat-ip"), embeddings, root).manifest.key

@@ -27,12 +27,13 @@ SCREENSHOTS = REPO / "test-output" / "app"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Two finished chains under one root: production (flat-l2) and a flat-ip index beside it."""
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     root = tmp_path_factory.mktemp("app") / "artifacts"
     first = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}))
-    second = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, "index.type": "flat-ip"}),
-                                promote=False)
+    second = retrieval_pipeline(
+        **flow_arguments({"artifacts_root": str(root), **TINY, "index.type": "flat-ip"}), promote=False
+    )
     chains = [{name: s["key"] for name, s in run["stages"].items()} for run in (first, second)]
     return root, chains
 
@@ -41,9 +42,9 @@ def built(tmp_path_factory):
 def client(built):
     from fastapi.testclient import TestClient
 
-    from app.api import create_api
-    from lib.aliases import set_alias
-    from lib.serving import IndexHolder
+    from lookalike.app.api import create_api
+    from lookalike.artifacts.aliases import set_alias
+    from lookalike.serving.holder import IndexHolder
 
     root, chains = built
     set_alias(root, "production", chains[0])
@@ -92,22 +93,26 @@ def test_the_three_query_kinds_agree_and_find_the_query_first(client):
     assert by_vector["index"] == c.get("/api/index").json()["index"]
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"vector": [0.5] * 3, "k": 3}, 422, f"vector has 3 values; index .* takes {DIM}"),
-    ({"vector": [float("nan")] * DIM, "k": 3}, 422, "NaN"),
-    ({"row": 10_000, "k": 3}, 404, "row 10000 is not in index"),
-    ({"image_base64": "not base64!", "k": 3}, 400, "not valid base64"),
-    ({"image_base64": base64.b64encode(b"GIF89a-but-not-really").decode(), "k": 3}, 400, "not a usable image"),
-    ({"image_base64": base64.b64encode(png_bytes(size=200)).decode(), "k": 3}, 413, "over the 10000 limit"),
-    ({"row": 0, "k": 0}, 422, "greater than or equal to 1"),
-    ({"row": 0, "vector": [1.0], "k": 2}, 422, "exactly one of image_base64, row, vector"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"vector": [0.5] * 3, "k": 3}, 422, f"vector has 3 values; index .* takes {DIM}"),
+        ({"vector": [float("nan")] * DIM, "k": 3}, 422, "NaN"),
+        ({"row": 10_000, "k": 3}, 404, "row 10000 is not in index"),
+        ({"image_base64": "not base64!", "k": 3}, 400, "not valid base64"),
+        ({"image_base64": base64.b64encode(b"GIF89a-but-not-really").decode(), "k": 3}, 400, "not a usable image"),
+        ({"image_base64": base64.b64encode(png_bytes(size=200)).decode(), "k": 3}, 413, "over the 10000 limit"),
+        ({"row": 0, "k": 0}, 422, "greater than or equal to 1"),
+        ({"row": 0, "vector": [1.0], "k": 2}, 422, "exactly one of image_base64, row, vector"),
+    ],
+)
 def test_bad_queries_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(client, body, status, says):
     import re
 
     c, holder = client
-    response = c.post("/api/search", content=json.dumps(body, allow_nan=True),
-                      headers={"content-type": "application/json"})
+    response = c.post(
+        "/api/search", content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"}
+    )
     assert response.status_code == status and re.search(says, response.text), response.text
     assert c.post("/api/search", json={"row": rows(holder)[0], "k": 1}).status_code == 200
 
@@ -121,7 +126,7 @@ def test_oversized_and_non_image_uploads_are_refused(client):
 
 
 def test_moving_production_is_picked_up_without_restart_and_never_half_loaded(client, built):
-    from lib.aliases import set_alias
+    from lookalike.artifacts.aliases import set_alias
 
     c, holder = client
     root, chains = built
@@ -153,7 +158,7 @@ def test_moving_production_is_picked_up_without_restart_and_never_half_loaded(cl
 def test_a_broken_new_index_keeps_the_old_one_serving_and_says_why(client, built, tmp_path):
     import shutil
 
-    from lib.aliases import set_alias
+    from lookalike.artifacts.aliases import set_alias
 
     c, holder = client
     root, chains = built
@@ -177,14 +182,18 @@ def test_a_broken_new_index_keeps_the_old_one_serving_and_says_why(client, built
 def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from lib.aliases import set_alias
+    from lookalike.artifacts.aliases import set_alias
 
     root, chains = built
     set_alias(root, "production", chains[0])
     port = free_port()
-    server = subprocess.Popen([LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
-                              env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -201,8 +210,9 @@ def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
         query.write_bytes(httpx.get(f"{url}/api/images/{row}").content)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                        args=["--no-sandbox", "--disable-dev-shm-usage"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(url)
@@ -250,8 +260,13 @@ def test_serve_on_a_port_in_use_says_so_before_loading_anything(built, tmp_path)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
-                                env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [LOOKALIKE, "serve", "--artifacts-root", str(root), "--port", str(port)],
+            env=cli_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr, result.stderr
     assert "serving" not in result.stderr

@@ -6,10 +6,10 @@ import faiss
 import numpy as np
 import pytest
 
-import lib.autoindex as autoindex
-from lib.autoindex import candidates, choose_index
-from lib.config import load_settings
-from lib.indexing import IndexBuildError, build_index
+import lookalike.stages.index.auto as autoindex
+from lookalike.core.settings import load_settings
+from lookalike.stages.index.auto import candidates, choose_index
+from lookalike.stages.index.factory import IndexBuildError, build_index
 
 
 @pytest.fixture(scope="module")

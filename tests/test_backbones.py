@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from lib.backbones import SMALL_IMAGE_RESNETS, build_backbone, check_backbone_name
-from lib.config import SettingsError, load_settings
-from lib.encoder import EncoderSpec, load_encoder_file, save_encoder
-from lib.methods import build_method
+from lookalike.core.names import SMALL_IMAGE_RESNETS, check_backbone_name
+from lookalike.core.settings import SettingsError, load_settings
+from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.checkpoint import EncoderSpec, load_encoder_file, save_encoder
+from lookalike.stages.encoder.methods import build_method
 
 
 @pytest.mark.parametrize("size", [8, 14, 28, 32])
@@ -25,7 +26,9 @@ def test_small_image_resnet_keeps_lightlys_layers_and_stem_activation():
     torch.manual_seed(0)
     ours, _ = build_backbone("resnet-9", 32, width=0.25)
     theirs = ResNetGenerator("resnet-9", width=0.25).eval()
-    theirs.load_state_dict({**ours.state_dict(), **{k: v for k, v in theirs.state_dict().items() if k.startswith("linear")}})
+    theirs.load_state_dict(
+        {**ours.state_dict(), **{k: v for k, v in theirs.state_dict().items() if k.startswith("linear")}}
+    )
     theirs.linear = torch.nn.Identity()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -42,8 +45,15 @@ def test_width_on_a_torchvision_backbone_is_one_clear_settings_error():
 
 def test_checkpoint_records_width_and_rebuilds_the_same_encoder(tmp_path):
     model, dim = build_backbone("resnet-18", 28, width=0.125)
-    spec = EncoderSpec(architecture="resnet-18", width=0.125, feature_dim=dim, input_size=28,
-                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), method="simclr")
+    spec = EncoderSpec(
+        architecture="resnet-18",
+        width=0.125,
+        feature_dim=dim,
+        input_size=28,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        method="simclr",
+    )
     save_encoder(tmp_path / "encoder.pt", model, spec)
     loaded, loaded_spec = load_encoder_file(tmp_path / "encoder.pt")
     assert loaded_spec.width == 0.125
@@ -53,8 +63,17 @@ def test_checkpoint_records_width_and_rebuilds_the_same_encoder(tmp_path):
 
 
 def test_checkpoints_from_before_width_load_as_width_one():
-    spec = EncoderSpec.model_validate({"architecture": "resnet18", "feature_dim": 512, "input_size": 32,
-                                       "mean": (0, 0, 0), "std": (1, 1, 1), "method": "dino", "format": 1})
+    spec = EncoderSpec.model_validate(
+        {
+            "architecture": "resnet18",
+            "feature_dim": 512,
+            "input_size": 32,
+            "mean": (0, 0, 0),
+            "std": (1, 1, 1),
+            "method": "dino",
+            "format": 1,
+        }
+    )
     assert spec.width == 1.0
 
 

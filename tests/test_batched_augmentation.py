@@ -10,13 +10,13 @@ from lightly.transforms.torchvision_v2_compatibility import ToTensor
 from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
 from PIL import Image
 
-from lib.backbones import build_backbone
-from lib.config import SettingsError, load_settings
-from lib.data.torchdata import ResizeToTensor
-from lib.errors import LookalikeError
-from lib.methods import build_method
-from lib.methods.batched import BatchedViews, kornia_op
-from lib.methods.normalize import IMAGENET_NORMALIZE
+from lookalike.core.errors import LookalikeError
+from lookalike.core.settings import SettingsError, load_settings
+from lookalike.stages.dataset.torch_data import ResizeToTensor
+from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.methods import build_method
+from lookalike.stages.encoder.methods.batched import BatchedViews, kornia_op
+from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
 
 def method(name: str, size: int = 28, crop_min_scale=None):
@@ -53,15 +53,17 @@ def test_crop_scale_and_jitter_ranges_are_read_from_lightly_not_restated():
 
 def test_identity_view_equals_lightlys_tensor_and_normalisation():
     """With every random op made an identity, kornia's view is lightly's ToTensor + Normalize."""
-    view = T.Compose([
-        T.RandomResizedCrop(size=28, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
-        T.RandomHorizontalFlip(p=0.0),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.0),
-        T.RandomGrayscale(p=0.0),
-        RandomSolarization(prob=0.0),
-        ToTensor(),
-        T.Normalize(mean=IMAGENET_NORMALIZE["mean"], std=IMAGENET_NORMALIZE["std"]),
-    ])
+    view = T.Compose(
+        [
+            T.RandomResizedCrop(size=28, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
+            T.RandomHorizontalFlip(p=0.0),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.0),
+            T.RandomGrayscale(p=0.0),
+            RandomSolarization(prob=0.0),
+            ToTensor(),
+            T.Normalize(mean=IMAGENET_NORMALIZE["mean"], std=IMAGENET_NORMALIZE["std"]),
+        ]
+    )
     transform = MultiViewTransform([view])
     images = [image(i) for i in range(4)]
     expected = torch.stack([transform(im)[0] for im in images])

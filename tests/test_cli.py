@@ -13,8 +13,9 @@ SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}"
 
 def lookalike(*args, env_extra=None, home):
     # no PREFECT_API_URL: the CLI must manage its own temporary server
-    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True,
-                          env=cli_env(home, extra=env_extra), timeout=600)
+    return subprocess.run(
+        [LOOKALIKE, *args], capture_output=True, text=True, env=cli_env(home, extra=env_extra), timeout=600
+    )
 
 
 def last_json(stdout: str) -> dict:
@@ -52,14 +53,26 @@ def test_rerun_reports_every_stage_cached(built):
 
 def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
     home, root, first = built
-    from lib.config import load_settings
-    from lib.query import Searcher, resolve_chain
+    from lookalike.core.settings import load_settings
+    from lookalike.serving.query import Searcher, resolve_chain
 
     settings = load_settings({**TINY, "artifacts_root": str(root)})
     row = int(sorted(Searcher(root, resolve_chain(settings)).position)[0])
     picture = home / "q.png"
-    result = lookalike("query", "--row", str(row), "--top-k", "3", "--out", str(picture), "--json",
-                       "--artifacts-root", str(root), *SETS, home=home)
+    result = lookalike(
+        "query",
+        "--row",
+        str(row),
+        "--top-k",
+        "3",
+        "--out",
+        str(picture),
+        "--json",
+        "--artifacts-root",
+        str(root),
+        *SETS,
+        home=home,
+    )
     assert result.returncode == 0, result.stderr
     neighbours = last_json(result.stdout)["neighbours"]
     assert neighbours[0]["row"] == row and neighbours[0]["distance"] == pytest.approx(0.0, abs=1e-4)
@@ -78,8 +91,15 @@ def test_query_by_image_file(built, tmp_path):
 
 
 def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_path):
-    result = lookalike("run", "--epochs", "-1", "--artifacts-root", str(tmp_path / "a"), home=tmp_path,
-                       env_extra={"LOOKALIKE_INDEX__TYPO": "x"})
+    result = lookalike(
+        "run",
+        "--epochs",
+        "-1",
+        "--artifacts-root",
+        str(tmp_path / "a"),
+        home=tmp_path,
+        env_extra={"LOOKALIKE_INDEX__TYPO": "x"},
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "encoder.epochs: Input should be greater than or equal to 0" in result.stderr
@@ -88,8 +108,9 @@ def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_
 
 
 def test_dataset_error_is_one_line_without_traceback(tmp_path):
-    result = lookalike("run", "--set", "dataset.image_column=img", "--artifacts-root", str(tmp_path / "a"),
-                       home=tmp_path)
+    result = lookalike(
+        "run", "--set", "dataset.image_column=img", "--artifacts-root", str(tmp_path / "a"), home=tmp_path
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "error: sample" not in result.stderr
@@ -104,7 +125,7 @@ def test_query_before_any_run_says_what_to_do(tmp_path):
 
 def test_temporary_servers_started_together_on_a_fresh_database_all_come_up(tmp_path):
     """They race on the database migrations; a loser restarts instead of failing the run."""
-    from cli.server import TemporaryServer
+    from lookalike.cli.server import TemporaryServer
 
     servers = [TemporaryServer(env={"PREFECT_HOME": str(tmp_path / "prefect")}).start() for _ in range(4)]
     try:

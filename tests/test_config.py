@@ -1,6 +1,6 @@
 import pytest
 
-from lib.config import EncoderSettings, SettingsError, load_settings
+from lookalike.core.settings import EncoderSettings, SettingsError, load_settings
 
 
 def test_defaults_run_the_bundled_sample_with_the_cpu_recipe_and_flat_l2():
@@ -60,7 +60,7 @@ def test_settings_that_cannot_change_output_are_not_in_the_key():
 
 
 def test_named_run_parameters_win_and_none_means_not_given():
-    from lib.config import settings_for_run
+    from lookalike.core.settings import settings_for_run
 
     settings = settings_for_run({"encoder.epochs": 1, "index.type": "hnsw"}, epochs=None, index="flat-ip")
     assert settings.encoder.epochs == 1  # None did not erase the override

@@ -3,9 +3,9 @@ import os
 import pytest
 
 from conftest import make_png
-from lib.config import DatasetSettings
-from lib.data.snapshot import dataset_key, open_snapshot, run_dataset_stage
-from lib.data.sources import DatasetError
+from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset.sources import DatasetError
+from lookalike.stages.dataset.stage import dataset_key, open_snapshot, run_dataset_stage
 
 
 def folder_dataset(tmp_path):
@@ -42,7 +42,7 @@ def test_flat_folder_without_labels_is_indexed_unlabelled(tmp_path, root):
 def test_parquet_file_and_save_to_disk_folder_load_the_same_images(tmp_path, root):
     from datasets import load_dataset
 
-    from lib.data.sources import SAMPLE_DIR
+    from lookalike.stages.dataset.sources import SAMPLE_DIR
 
     ds = load_dataset(str(SAMPLE_DIR), split="test", cache_dir=str(tmp_path / "hf"))
     ds.select(range(12)).to_parquet(str(tmp_path / "x.parquet"))

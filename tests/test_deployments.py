@@ -31,8 +31,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -51,15 +52,19 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("deployments")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = cli_env(home, api_url=f"{url}/api", extra={
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "0",
-        # SQLite under a worker, a scheduler and the tests on 2 busy cores: wait for locks longer
-        # than the 10 s default before answering 503
-        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
-    })
+    env = cli_env(
+        home,
+        api_url=f"{url}/api",
+        extra={
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+            # SQLite under a worker, a scheduler and the tests on 2 busy cores: wait for locks longer
+            # than the 10 s default before answering 503
+            "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+        },
+    )
     server = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
     worker = None
     try:
@@ -82,8 +87,7 @@ def stack(tmp_path_factory):
         # Prefect's own HTTP client: it retries 502/503/429 with backoff as every Prefect client
         # does, since SQLite under a worker, the scheduler and these tests answers 503 on a lock.
         with PrefectHttpxSyncClient(base_url=f"{url}/api", timeout=30, raise_on_all_errors=False) as client:
-            yield {"url": url, "api": f"{url}/api", "env": env, "home": home, "artifacts": artifacts,
-                   "client": client}
+            yield {"url": url, "api": f"{url}/api", "env": env, "home": home, "artifacts": artifacts, "client": client}
     finally:
         for proc in (worker, server):
             if proc is not None:
@@ -113,8 +117,10 @@ def wait_for(stack, flow_run_id: str, timeout: float = 300) -> dict:
         if run["state_type"] in TERMINAL:
             return run
         time.sleep(1)
-    raise AssertionError(f"flow run {flow_run_id} not finished after {timeout} s: {run['state_name']}\n"
-                         + (stack["home"] / "worker.log").read_text()[-4000:])
+    raise AssertionError(
+        f"flow run {flow_run_id} not finished after {timeout} s: {run['state_name']}\n"
+        + (stack["home"] / "worker.log").read_text()[-4000:]
+    )
 
 
 def artifacts_of(stack, flow_run_id: str) -> dict[str, dict]:
@@ -131,7 +137,12 @@ def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parame
     reindex = deployment(stack, "reindex", flow="reindex")
     assert reindex["global_concurrency_limit"]["limit"] == 1 and reindex["parameters"]["encoder_alias"] == "production"
     smoke = deployment(stack, "smoke")
-    assert smoke["parameters"] == {"dataset": "sample", "epochs": 1, "promote": False, "overrides": {"dataset.limit": 512}}
+    assert smoke["parameters"] == {
+        "dataset": "sample",
+        "epochs": 1,
+        "promote": False,
+        "overrides": {"dataset.limit": 512},
+    }
     schema = smoke["parameter_openapi_schema"]["properties"]
     assert schema["method"]["enum"] == ["dino", "simclr", "byol"] and schema["method"]["default"] == "simclr"
     assert "flat-l2" in schema["index"]["enum"] and schema["epochs"]["minimum"] == 0
@@ -141,14 +152,20 @@ def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parame
 
 def test_an_invalid_parameter_is_rejected_naming_the_field(stack):
     smoke = deployment(stack, "smoke")
-    response = stack["client"].post(f"/deployments/{smoke['id']}/create_flow_run",
-                                    json={"parameters": {**smoke["parameters"], "method": "mae"}})
+    response = stack["client"].post(
+        f"/deployments/{smoke['id']}/create_flow_run", json={"parameters": {**smoke["parameters"], "method": "mae"}}
+    )
     assert response.status_code == 409 and "method" in response.text and "mae" in response.text
 
 
 def test_weekly_schedule_is_visible_and_its_next_runs_are_mondays_3am_berlin(stack):
-    shown = subprocess.run([PREFECT, "deployment", "inspect", f"{FLOW}/retrain-weekly"], env=stack["env"],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [PREFECT, "deployment", "inspect", f"{FLOW}/retrain-weekly"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0 and "'cron': '0 3 * * 1'" in shown.stdout and "Europe/Berlin" in shown.stdout
 
     berlin = ZoneInfo("Europe/Berlin")
@@ -161,9 +178,17 @@ def test_weekly_schedule_is_visible_and_its_next_runs_are_mondays_3am_berlin(sta
     weekly = deployment(stack, "retrain-weekly")["id"]
     deadline = time.monotonic() + 60
     while True:  # the server's scheduler service creates the upcoming runs
-        runs = api(stack, "POST", "/flow_runs/filter", json={
-            "deployments": {"id": {"any_": [weekly]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-            "sort": "EXPECTED_START_TIME_ASC", "limit": 3})
+        runs = api(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            json={
+                "deployments": {"id": {"any_": [weekly]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": 3,
+            },
+        )
         if len(runs) == 3 or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -198,7 +223,9 @@ def test_two_runs_of_one_deployment_never_overlap(stack, two_smoke_runs):
     assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
     spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
     assert spans[0][1] <= spans[1][0], f"runs overlapped: {spans}"
-    history = {r["id"]: [s["name"] for s in api(stack, "GET", f"/flow_run_states/?flow_run_id={r['id']}")] for r in runs}
+    history = {
+        r["id"]: [s["name"] for s in api(stack, "GET", f"/flow_run_states/?flow_run_id={r['id']}")] for r in runs
+    }
     assert any("AwaitingConcurrencySlot" in names for names in history.values()), history
 
 
@@ -211,7 +238,7 @@ def test_quick_run_from_the_prefect_ui_in_chromium_completes(stack):
 
 
 def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, two_smoke_runs, tmp_path):
-    from lib.aliases import read_alias, set_alias
+    from lookalike.artifacts.aliases import read_alias, set_alias
 
     # promote the smoke runs' chain by hand, as a person would after looking at it
     set_alias(stack["artifacts"], "production", read_alias(stack["artifacts"], "latest").stages)
@@ -232,9 +259,22 @@ def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, t
     assert '"ntotal": 20' in index_manifest.read_text()
 
     image = folder / "new-07.png"
-    found = subprocess.run([LOOKALIKE, "query", str(image), "--alias", "production", "--json",
-                            "--artifacts-root", str(stack["artifacts"])],
-                           env=cli_env(stack["home"]), capture_output=True, text=True, timeout=300)
+    found = subprocess.run(
+        [
+            LOOKALIKE,
+            "query",
+            str(image),
+            "--alias",
+            "production",
+            "--json",
+            "--artifacts-root",
+            str(stack["artifacts"]),
+        ],
+        env=cli_env(stack["home"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert found.returncode == 0, found.stderr[-3000:]
     answer = json.loads(found.stdout.strip().splitlines()[-1])
     assert answer["index"] == moved["index"] and answer["neighbours"][0]["path"] == str(image)

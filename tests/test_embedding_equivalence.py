@@ -18,14 +18,13 @@ from torch import nn
 from torchvision import transforms
 
 from conftest import TINY
-
-from lib.backbones import build_backbone
-from lib.data.snapshot import open_snapshot, run_dataset_stage
-from lib.data.torchdata import SnapshotImages
-from lib.data.torchdata import ResizeToTensor
-from lib.embedding import fold_batch_norms, inference_model, load_embeddings, run_embeddings_stage
-from lib.encoder import load_encoder
-from lib.pretraining import run_encoder_stage
+from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
+from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
+from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage
+from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.checkpoint import load_encoder
+from lookalike.stages.encoder.stage import run_encoder_stage
+from lookalike.stages.inference import fold_batch_norms, inference_model
 
 TOLERANCE = 1e-4
 
@@ -34,7 +33,7 @@ TOLERANCE = 1e-4
 def stages(tmp_path_factory):
     """dataset and a random-init encoder (pretraining would triple the time; the folding tests
     below give the batch norms trained-looking statistics)."""
-    from lib.config import load_settings
+    from lookalike.core.settings import load_settings
 
     root = tmp_path_factory.mktemp("equivalence") / "artifacts"
     settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.epochs": 0, "embeddings.reuse": False})
@@ -56,12 +55,14 @@ def embed_one_by_one(stages) -> np.ndarray:
     _, root, dataset, encoder = stages
     model, spec = load_encoder(root, encoder)
     model.eval()
-    transform = transforms.Compose([
-        transforms.Resize(spec.input_size),
-        transforms.CenterCrop(spec.input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(spec.input_size),
+            transforms.CenterCrop(spec.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
     vectors = []
     with torch.no_grad():
         for row in open_snapshot(root, dataset):
@@ -109,7 +110,7 @@ def _with_running_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def _backbones():
     """The default encoder in both layouts, and a torchvision family with other blocks (SE, hardswish)."""
-    from lib.config import load_settings
+    from lookalike.core.settings import load_settings
 
     default = load_settings().encoder
     width = getattr(default, "width", 1.0)

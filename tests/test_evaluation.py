@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import make_png
-from lib.config import DatasetSettings, EvaluationSettings
-from lib.data.sources import SAMPLE_DIR, DatasetError, list_splits
-from lib.evaluation import query_dataset_section
+from lookalike.core.settings import DatasetSettings, EvaluationSettings
+from lookalike.stages.dataset.sources import SAMPLE_DIR, DatasetError, list_splits
+from lookalike.stages.evaluation.stage import query_dataset_section
 
 
 def chosen(root, dataset: DatasetSettings, **evaluation):
@@ -24,8 +24,11 @@ def test_auto_falls_back_to_leave_one_out_without_another_split(root):
 
 
 def test_a_named_split_must_exist_and_differ_from_the_indexed_one(root):
-    with pytest.raises(DatasetError, match=r"query_split 'validation': .* no such split; its splits are: train, test "
-                                           r"\(or use 'auto' or 'none'\)$"):
+    with pytest.raises(
+        DatasetError,
+        match=r"query_split 'validation': .* no such split; its splits are: train, test "
+        r"\(or use 'auto' or 'none'\)$",
+    ):
         chosen(root, DatasetSettings(), query_split="validation")
     with pytest.raises(DatasetError, match=r"query_split 'train' is the split being indexed"):
         chosen(root, DatasetSettings(), query_split="train")

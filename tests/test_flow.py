@@ -3,17 +3,17 @@
 from pathlib import Path
 
 import pytest
+from wandb_offline import read_offline_run
 
 from conftest import TINY, default_encoder, flow_arguments
 
 METHOD, _, DIM = default_encoder()
-from lib.tracking import read_offline_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def run_flow(root, **overrides):
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     return retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, **overrides}))
 
@@ -54,14 +54,15 @@ def test_prefect_task_runs_show_the_cached_stages(first):
     from prefect.client.schemas.sorting import TaskRunSort
 
     root, _ = first
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     state = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}), return_state=True)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run.name])),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=50,
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=50,
         )
     by_name = {r.name: r.state.name for r in runs}
     for stage in ("dataset", "encoder", "embeddings", "index", "evaluation"):
@@ -71,15 +72,25 @@ def test_prefect_task_runs_show_the_cached_stages(first):
 def test_changing_only_the_index_type_recomputes_only_the_index(first):
     root, _ = first
     summary = run_flow(root, **{"index.type": "flat-ip"})
-    assert statuses(summary) == {"dataset": "cached", "encoder": "cached", "embeddings": "cached",
-                                 "index": "computed", "evaluation": "computed"}
+    assert statuses(summary) == {
+        "dataset": "cached",
+        "encoder": "cached",
+        "embeddings": "cached",
+        "index": "computed",
+        "evaluation": "computed",
+    }
 
 
 def test_changing_epochs_recomputes_encoder_embeddings_and_index(first):
     root, _ = first
     summary = run_flow(root, **{"encoder.epochs": 2})
-    assert statuses(summary) == {"dataset": "cached", "encoder": "computed", "embeddings": "computed",
-                                 "index": "computed", "evaluation": "computed"}
+    assert statuses(summary) == {
+        "dataset": "cached",
+        "encoder": "computed",
+        "embeddings": "computed",
+        "index": "computed",
+        "evaluation": "computed",
+    }
 
 
 def test_deleted_stage_folder_is_rebuilt_even_though_prefect_cached_it(first):
@@ -99,7 +110,7 @@ def test_torn_prefect_result_records_fall_back_to_the_stage_manifests(first):
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
-    from tasks.stage import cache_key
+    from lookalike.tasks.stage import cache_key
 
     root, summary = first
     names = {cache_key(stage, s["key"], root) for stage, s in summary["stages"].items()}
@@ -137,7 +148,7 @@ def offline_runs_of(root, group):
 def test_wandb_lineage_chain_dataset_model_embeddings_index(first):
     """Each stage's artifact is logged by the run that made it and declared as input by the run
     that consumed it, with the same content digest (one version once synced)."""
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.shared_root import read_manifest
 
     root, summary = first
     main = read_offline_run(summary["artifacts"]["wandb_run_dir"])
@@ -146,10 +157,12 @@ def test_wandb_lineage_chain_dataset_model_embeddings_index(first):
     stage_runs = summary["artifacts"]["wandb_stage_runs"]  # what the summary tells `wandb sync`
     assert {read_offline_run(d)["job_type"] for d in stage_runs.values()} == set(runs) - {"upload-embeddings"}
     made = {}
-    for job, stage, kind, name in [("dataset", "dataset", "dataset", "sample-train"),
-                                    ("pretrain", "encoder", "model", f"{METHOD}-encoder"),
-                                    ("embed", "embeddings", "embeddings", f"{METHOD}-vectors"),
-                                    ("build-index", "index", "faiss-embeddings", f"{METHOD}-embeddings")]:
+    for job, stage, kind, name in [
+        ("dataset", "dataset", "dataset", "sample-train"),
+        ("pretrain", "encoder", "model", f"{METHOD}-encoder"),
+        ("embed", "embeddings", "embeddings", f"{METHOD}-vectors"),
+        ("build-index", "index", "faiss-embeddings", f"{METHOD}-embeddings"),
+    ]:
         key = summary["stages"][stage]["key"]
         (logged,) = [a for a in runs[job]["artifacts"] if a["type"] == kind]
         assert logged["name"] == name and {"latest", key} <= set(logged["aliases"])
@@ -174,12 +187,13 @@ def test_wandb_lineage_chain_dataset_model_embeddings_index(first):
     assert set(made["model"]["files"]) == {"encoder.pt", "loss.png", "manifest.json"}
     assert made["model"]["metadata"]["input_artifacts"] == {"dataset": f"sample-train:{dataset.key}"}
     assert [row["pretrain/loss"] for row in runs["pretrain"]["history"]] == read_manifest(
-        root, "encoder", summary["stages"]["encoder"]["key"]).stats["losses"]
+        root, "encoder", summary["stages"]["encoder"]["key"]
+    ).stats["losses"]
 
 
 def test_a_cached_rerun_logs_no_stage_runs_and_declares_the_same_index(first):
-    from flows.retrieval import retrieval_pipeline
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     root, _ = first
     again = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}))
@@ -201,9 +215,9 @@ def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
     import numpy as np
     from PIL import Image
 
-    from lib.data.images import decode_rgb
-    from lib.data.snapshot import open_snapshot, row_positions
-    from lib.manifest import read_manifest
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.stages.dataset.images import decode_rgb
+    from lookalike.stages.dataset.stage import open_snapshot, row_positions
 
     root, summary = first
     offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
@@ -212,7 +226,8 @@ def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
     (artifact,) = [a for a in offline["artifacts"] if a["type"] == "run_table" and a["name"].endswith("-retrieval")]
     table = json.loads(Path(artifact["files"]["retrieval.table.json"]["local_path"]).read_text())
     assert table["columns"] == ["query", "query_row", "query_label"] + [
-        f"{name}_{i}" for i in (1, 2, 3) for name in ("neighbour", "row", "label", "distance")]
+        f"{name}_{i}" for i in (1, 2, 3) for name in ("neighbour", "row", "label", "distance")
+    ]
     evaluation = root / "evaluation" / summary["stages"]["evaluation"]["key"]
     recorded = json.loads((evaluation / "neighbours.json").read_text())
     inputs = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"]).inputs
@@ -233,15 +248,18 @@ def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
 
 
 def test_unreachable_mirror_fails_the_mirror_not_the_local_result(tmp_path):
-    summary = run_flow(tmp_path / "artifacts", **{"mirror.url": "s3://b/p", "mirror.endpoint_url": "http://127.0.0.1:9",
-                                                  "mirror.retries": 0})
+    summary = run_flow(
+        tmp_path / "artifacts",
+        **{"mirror.url": "s3://b/p", "mirror.endpoint_url": "http://127.0.0.1:9", "mirror.retries": 0},
+    )
     assert "failed" in summary["artifacts"]["mirror"]
     assert summary["metrics"]["self_retrieval_at_1"] == 1.0
 
 
 def wandb_load(root, tmp_path, ref=f"team/lookalike/{METHOD}-embeddings:production", api=None):
-    from lib.wandb_chain import fetch_wandb_chain
     from wandb_fake import FakeApi
+
+    from lookalike.reporting.wandb_chain import fetch_wandb_chain
 
     api = api or FakeApi("team", "lookalike", root / "wandb")
     return fetch_wandb_chain(ref, tmp_path / "cache", api=api), api
@@ -251,15 +269,19 @@ def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_q
     """W&B artifact path in --index: the chain follows the logged lineage, every file verified."""
     import numpy as np
 
-    from lib.query import Searcher
-    from lib.serving import chain_from_index_key, resolve_ref
+    from lookalike.serving.holder import chain_from_index_key, resolve_ref
+    from lookalike.serving.query import Searcher
 
     root, summary = first
     (cache_root, key), api = wandb_load(root, tmp_path)
     assert key == summary["stages"]["index"]["key"]
     keys = {s: summary["stages"][s]["key"] for s in ("embeddings", "encoder", "dataset")}
-    assert api.requests == [f"team/lookalike/{METHOD}-embeddings:production", f"team/lookalike/{METHOD}-vectors:{keys['embeddings']}",
-                            f"team/lookalike/{METHOD}-encoder:{keys['encoder']}", f"team/lookalike/sample-train:{keys['dataset']}"]
+    assert api.requests == [
+        f"team/lookalike/{METHOD}-embeddings:production",
+        f"team/lookalike/{METHOD}-vectors:{keys['embeddings']}",
+        f"team/lookalike/{METHOD}-encoder:{keys['encoder']}",
+        f"team/lookalike/sample-train:{keys['dataset']}",
+    ]
     remote = Searcher(cache_root, resolve_ref(cache_root, key)[0])
     local = Searcher(root, chain_from_index_key(root, key))
     image = local.image_of_row(int(local.snapshot[3]["row_id"]))
@@ -271,8 +293,9 @@ def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_q
 
 
 def test_a_tampered_wandb_file_is_refused_and_not_kept(first, tmp_path):
-    from lib.manifest import IntegrityError
     from wandb_fake import FakeApi
+
+    from lookalike.core.manifest import IntegrityError
 
     root, summary = first
     api = FakeApi("team", "lookalike", root / "wandb")
@@ -284,7 +307,9 @@ def test_a_tampered_wandb_file_is_refused_and_not_kept(first, tmp_path):
     for version in api.versions.values():
         if version is record or version["digest"] == record["digest"]:
             version["files"]["encoder.pt"] = {**version["files"]["encoder.pt"], "local_path": str(bad)}
-    with pytest.raises(IntegrityError, match=rf"W&B artifact team/lookalike/{METHOD}-encoder:\w+: encoder.pt does not match"):
+    with pytest.raises(
+        IntegrityError, match=rf"W&B artifact team/lookalike/{METHOD}-encoder:\w+: encoder.pt does not match"
+    ):
         wandb_load(root, tmp_path, api=api)
     assert not list((tmp_path / "cache").rglob("encoder.pt"))
 
@@ -293,8 +318,9 @@ def test_a_wandb_dataset_whose_source_changed_is_refused(first, tmp_path):
     """The dataset artifact is a reference; a source that no longer has that content is refused."""
     import json
 
-    from lib.manifest import IntegrityError
     from wandb_fake import FakeApi
+
+    from lookalike.core.manifest import IntegrityError
 
     root, summary = first
     api = FakeApi("team", "lookalike", root / "wandb")
@@ -303,17 +329,23 @@ def test_a_wandb_dataset_whose_source_changed_is_refused(first, tmp_path):
     changed = json.loads(Path(record["files"]["manifest.json"]["local_path"]).read_text())
     changed["settings"]["limit"] = 47  # what the source gives here no longer matches the recorded key
     (tmp_path / "manifest.json").write_text(json.dumps(changed))
-    record["files"]["manifest.json"] = {**record["files"]["manifest.json"], "local_path": str(tmp_path / "manifest.json")}
+    record["files"]["manifest.json"] = {
+        **record["files"]["manifest.json"],
+        "local_path": str(tmp_path / "manifest.json"),
+    }
     with pytest.raises(IntegrityError, match="the images changed or are not on this machine"):
         wandb_load(root, tmp_path, api=api)
 
 
-@pytest.mark.parametrize("ref, error", [
-    (f"team/lookalike/{METHOD}-embeddings:v9", f"cannot read W&B artifact team/lookalike/{METHOD}-embeddings:v9"),
-    (f"team/lookalike/{METHOD}-vectors:latest", "type faiss-embeddings"),
-])
+@pytest.mark.parametrize(
+    "ref, error",
+    [
+        (f"team/lookalike/{METHOD}-embeddings:v9", f"cannot read W&B artifact team/lookalike/{METHOD}-embeddings:v9"),
+        (f"team/lookalike/{METHOD}-vectors:latest", "type faiss-embeddings"),
+    ],
+)
 def test_a_wandb_path_that_names_no_index_is_one_clear_error(first, tmp_path, ref, error):
-    from lib.tracking import WandbLoadError
+    from lookalike.reporting.tracking import WandbLoadError
 
     root, _ = first
     with pytest.raises(WandbLoadError, match=error):
@@ -321,8 +353,8 @@ def test_a_wandb_path_that_names_no_index_is_one_clear_error(first, tmp_path, re
 
 
 def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, monkeypatch):
-    from lib.serving import localize
-    from lib.tracking import WandbLoadError
+    from lookalike.reporting.tracking import WandbLoadError
+    from lookalike.serving.holder import localize
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -332,8 +364,8 @@ def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, m
 
 
 def test_a_wandb_failure_is_reported_and_never_fails_the_run(first, monkeypatch):
-    from flows.retrieval import retrieval_pipeline
-    from lib.tracking import TrackingRun
+    from lookalike.flows.retrieval import retrieval_pipeline
+    from lookalike.reporting.tracking import TrackingRun
 
     root, summary = first
 

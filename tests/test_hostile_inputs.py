@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import LOOKALIKE, TINY, cli_env, make_png
-from lib.manifest import find_manifest, sha256_file
+from lookalike.core.manifest import find_manifest, sha256_file
 
 SETS = [arg for key, value in TINY.items() if key != "dataset.limit" for arg in ("--set", f"{key}={value}")]
 
@@ -33,8 +33,13 @@ def shared_server(prefect_api_url):
 
 
 def lookalike(*args, home: Path, env_extra=None, faults=None):
-    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True, timeout=600,
-                          env=cli_env(home, api_url=SERVER["api_url"], faults=faults, extra=env_extra))
+    return subprocess.run(
+        [LOOKALIKE, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_env(home, api_url=SERVER["api_url"], faults=faults, extra=env_extra),
+    )
 
 
 def one_line_error(proc, code: int = 1) -> str:
@@ -54,6 +59,7 @@ def summary_of(proc) -> dict:
 
 # --- images -----------------------------------------------------------------------------------
 
+
 def jpeg_bytes(mode="RGB", size=(24, 16), **save) -> bytes:
     rng = np.random.default_rng(size[0] * 31 + size[1])
     img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB").convert(mode)
@@ -71,7 +77,12 @@ def bomb_png(side: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def odd_but_valid(folder: Path) -> list[str]:
@@ -119,8 +130,9 @@ def messy(tmp_path_factory):
         make_png(folder / f"good-{i:03d}.png", i, size=20 + i % 7)
     expected = broken(folder)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = lookalike("run", "--json", "--dataset", str(folder), "--artifacts-root", str(home / "artifacts"),
-                     *SETS, home=home)
+    proc = lookalike(
+        "run", "--json", "--dataset", str(folder), "--artifacts-root", str(home / "artifacts"), *SETS, home=home
+    )
     peak_kib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return home, proc, expected, peak_kib
 
@@ -158,8 +170,9 @@ def test_decompression_bombs_cost_no_memory(messy):
 
 def test_human_output_lists_the_skipped_files(messy, tmp_path):
     home, _, _, _ = messy
-    again = lookalike("run", "--dataset", str(home / "photos"), "--artifacts-root", str(home / "artifacts"),
-                      *SETS, home=home)
+    again = lookalike(
+        "run", "--dataset", str(home / "photos"), "--artifacts-root", str(home / "artifacts"), *SETS, home=home
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "skipped 10 unreadable image(s)" in again.stdout
     assert "bomb-1.png: decompression bomb" in again.stdout
@@ -171,8 +184,9 @@ def test_too_many_unreadable_images_stop_early_naming_the_fraction_and_examples(
         make_png(folder / f"ok-{i}.png", i)
     for i in range(4):
         (folder / f"bad-{i}.jpg").write_bytes(b"nope")
-    line = one_line_error(lookalike("run", "--dataset", str(folder), "--artifacts-root", str(tmp_path / "a"),
-                                    *SETS, home=tmp_path))
+    line = one_line_error(
+        lookalike("run", "--dataset", str(folder), "--artifacts-root", str(tmp_path / "a"), *SETS, home=tmp_path)
+    )
     assert "more than 10% of 12 images are unreadable" in line and "bad-0.jpg" in line
     assert "max_unreadable_fraction" in line.replace("MAX_UNREADABLE_FRACTION", "max_unreadable_fraction")
     assert not list((tmp_path / "a").glob("dataset/*/manifest.json"))
@@ -180,28 +194,62 @@ def test_too_many_unreadable_images_stop_early_naming_the_fraction_and_examples(
 
 def test_empty_folder_names_the_minimum(tmp_path):
     (tmp_path / "empty").mkdir()
-    line = one_line_error(lookalike("run", "--dataset", str(tmp_path / "empty"), "--artifacts-root",
-                                    str(tmp_path / "a"), *SETS, home=tmp_path))
+    line = one_line_error(
+        lookalike(
+            "run", "--dataset", str(tmp_path / "empty"), "--artifacts-root", str(tmp_path / "a"), *SETS, home=tmp_path
+        )
+    )
     assert "contains no image files" in line and "at least 1 readable image" in line
     assert not (tmp_path / "a").exists(), "found before anything ran: nothing is created"
 
 
 def test_too_few_images_for_an_ivf_index_names_the_minimum(tmp_path):
-    line = one_line_error(lookalike("run", "--index", "IVF64,Flat", "--set", "dataset.limit=48",
-                                    "--artifacts-root", str(tmp_path / "a"), *SETS, home=tmp_path))
+    line = one_line_error(
+        lookalike(
+            "run",
+            "--index",
+            "IVF64,Flat",
+            "--set",
+            "dataset.limit=48",
+            "--artifacts-root",
+            str(tmp_path / "a"),
+            *SETS,
+            home=tmp_path,
+        )
+    )
     assert "cannot be trained on 48 vectors" in line and "at least as large as number of clusters (64)" in line
 
 
 def test_hub_dataset_while_offline_says_how_to_use_local_data(tmp_path):
-    line = one_line_error(lookalike("run", "--dataset", "someone/photos", "--artifacts-root", str(tmp_path / "a"),
-                                    *SETS, home=tmp_path, env_extra={"HF_HUB_OFFLINE": "1"}))
+    line = one_line_error(
+        lookalike(
+            "run",
+            "--dataset",
+            "someone/photos",
+            "--artifacts-root",
+            str(tmp_path / "a"),
+            *SETS,
+            home=tmp_path,
+            env_extra={"HF_HUB_OFFLINE": "1"},
+        )
+    )
     assert "hub" in line and "local image folder" in line
 
 
 def test_invalid_settings_are_one_line_each_exit_2_and_start_nothing(tmp_path):
-    proc = lookalike("run", "--epochs", "-1", "--set", "encoder.method=mae", "--index", "NoSuchIndex",
-                     "--artifacts-root", str(tmp_path / "a"), home=tmp_path,
-                     env_extra={"LOOKALIKE_ENCODR__EPOCHS": "2"})
+    proc = lookalike(
+        "run",
+        "--epochs",
+        "-1",
+        "--set",
+        "encoder.method=mae",
+        "--index",
+        "NoSuchIndex",
+        "--artifacts-root",
+        str(tmp_path / "a"),
+        home=tmp_path,
+        env_extra={"LOOKALIKE_ENCODR__EPOCHS": "2"},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     text = proc.stderr
     for needle in ("encoder.epochs", "encoder.method", "index.type", "LOOKALIKE_ENCODR__EPOCHS"):
@@ -213,8 +261,9 @@ def test_invalid_settings_are_one_line_each_exit_2_and_start_nothing(tmp_path):
 def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("built")
     root = home / "artifacts"
-    summary = summary_of(lookalike("run", "--json", "--set", "dataset.limit=48", "--artifacts-root", str(root),
-                                   *SETS, home=home))
+    summary = summary_of(
+        lookalike("run", "--json", "--set", "dataset.limit=48", "--artifacts-root", str(root), *SETS, home=home)
+    )
     return home, root, summary
 
 
@@ -224,10 +273,13 @@ def copy_of(built, tmp_path) -> tuple[Path, Path, dict]:
     return tmp_path, tmp_path / "artifacts", summary
 
 
-@pytest.mark.parametrize("stage,name,command", [
-    ("encoder", "encoder.pt", "run"),
-    ("index", "index.faiss", "query"),
-])
+@pytest.mark.parametrize(
+    "stage,name,command",
+    [
+        ("encoder", "encoder.pt", "run"),
+        ("index", "index.faiss", "query"),
+    ],
+)
 def test_a_tampered_stage_file_is_refused_before_loading(built, tmp_path, stage, name, command):
     home, root, summary = copy_of(built, tmp_path)
     if command == "run":  # make the run need the encoder: its downstream stages are gone
@@ -262,8 +314,11 @@ def test_a_pickle_in_place_of_a_checkpoint_is_never_executed(built, tmp_path):
             entry["sha256"], entry["bytes"] = sha256_file(folder / "encoder.pt"), (folder / "encoder.pt").stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest))
     query_image = make_png(tmp_path / "query.png", 99)  # a query image needs the encoder loaded
-    line = one_line_error(lookalike("query", str(query_image), "--set", "dataset.limit=48", "--artifacts-root",
-                                    str(root), *SETS, home=home))
+    line = one_line_error(
+        lookalike(
+            "query", str(query_image), "--set", "dataset.limit=48", "--artifacts-root", str(root), *SETS, home=home
+        )
+    )
     assert "weights-only" in line and "refusing" in line
     assert not marker.exists()  # the pickle's os.system call never ran
 
@@ -274,20 +329,37 @@ def test_duplicate_images_are_all_indexed_and_each_finds_itself(tmp_path):
         make_png(folder / f"img-{i}.png", i)
     for i in range(3):
         (folder / f"copy-{i}.png").write_bytes((folder / f"img-{i}.png").read_bytes())
-    summary = summary_of(lookalike("run", "--json", "--dataset", str(folder), "--artifacts-root",
-                                   str(tmp_path / "a"), *SETS, home=tmp_path))
+    summary = summary_of(
+        lookalike(
+            "run", "--json", "--dataset", str(folder), "--artifacts-root", str(tmp_path / "a"), *SETS, home=tmp_path
+        )
+    )
     assert summary["metrics"]["n_images"] == 9 and summary["metrics"]["n_skipped"] == 0
     assert summary["metrics"]["self_retrieval_at_1"] == 1.0
 
 
 def test_secrets_in_the_environment_never_reach_any_output(tmp_path, s3_endpoint):
-    from lib.storage import s3_client
+    from lookalike.artifacts.s3 import s3_client
 
     secrets = {"WANDB_API_KEY": "wandb-secret-" + "7" * 28, "AWS_SECRET_ACCESS_KEY": "aws-secret-Kq9ZpXw3vT"}
     s3_client(s3_endpoint).create_bucket(Bucket="secrets")
-    proc = lookalike("run", "--json", "--set", "dataset.limit=48", "--set", "tracking.mode=offline",
-                     "--mirror", "s3://secrets/x", "--set", f"mirror.endpoint_url={s3_endpoint}",
-                     "--artifacts-root", str(tmp_path / "a"), *SETS, home=tmp_path, env_extra=secrets)
+    proc = lookalike(
+        "run",
+        "--json",
+        "--set",
+        "dataset.limit=48",
+        "--set",
+        "tracking.mode=offline",
+        "--mirror",
+        "s3://secrets/x",
+        "--set",
+        f"mirror.endpoint_url={s3_endpoint}",
+        "--artifacts-root",
+        str(tmp_path / "a"),
+        *SETS,
+        home=tmp_path,
+        env_extra=secrets,
+    )
     summary = summary_of(proc)
     assert summary["artifacts"]["mirror"][0]["uploaded"] >= 1  # the AWS secret was really used
     for value in secrets.values():
@@ -311,6 +383,16 @@ def test_disk_full_while_embedding_is_one_line_and_the_next_run_resumes(built, t
 
 
 def test_read_only_artifacts_root_is_one_line(tmp_path):
-    line = one_line_error(lookalike("run", "--set", "dataset.limit=48", "--artifacts-root", str(tmp_path / "a"),
-                                    *SETS, home=tmp_path, faults={"read_only_root": True}))
+    line = one_line_error(
+        lookalike(
+            "run",
+            "--set",
+            "dataset.limit=48",
+            "--artifacts-root",
+            str(tmp_path / "a"),
+            *SETS,
+            home=tmp_path,
+            faults={"read_only_root": True},
+        )
+    )
     assert "Read-only file system" in line and "writable folder" in line

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.data.images import UnreadableImage, decode_rgb
+from lookalike.stages.dataset.images import UnreadableImage, decode_rgb
 
 LIMIT = 10_000_000
 

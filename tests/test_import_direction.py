@@ -12,9 +12,15 @@ FORBIDDEN = {
     "flows": {"cli", "app"},
     "app": {"prefect", "tasks", "flows", "cli"},  # the server answers queries; it never runs the pipeline
 }
-ADAPTERS = {"wandb": "lib/tracking.py", "boto3": "lib/storage.py", "botocore": "lib/storage.py",
-            "gradio": "app/ui.py", "lightning": "lib/pretraining_ddp.py", "pytorch_lightning": "lib/pretraining_ddp.py",
-            "lightning_fabric": "lib/pretraining_ddp.py"}
+ADAPTERS = {
+    "wandb": "lib/reporting/tracking.py",
+    "boto3": "lib/artifacts/s3.py",
+    "botocore": "lib/artifacts/s3.py",
+    "gradio": "app/ui.py",
+    "lightning": "lib/stages/encoder/ddp.py",
+    "pytorch_lightning": "lib/stages/encoder/ddp.py",
+    "lightning_fabric": "lib/stages/encoder/ddp.py",
+}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -38,8 +44,12 @@ def test_packages_import_only_downwards(package):
 
 def test_heavy_optional_dependencies_live_in_one_adapter_each():
     for module, owner in ADAPTERS.items():
-        users = sorted(str(p.relative_to(REPO)) for package in ("lib", "app") for p in (REPO / package).rglob("*.py")
-                       if module in imported_roots(p))
+        users = sorted(
+            str(p.relative_to(REPO))
+            for package in ("lib", "app")
+            for p in (REPO / package).rglob("*.py")
+            if module in imported_roots(p)
+        )
         assert users in ([], [owner]), f"{module} imported outside {owner}: {users}"
 
 

@@ -13,22 +13,30 @@ import numpy as np
 import pytest
 
 from conftest import make_png
-from lib.config import load_settings
-from lib.data.snapshot import open_snapshot, run_dataset_stage
-from lib.embedding import load_embeddings, reuse_candidates, run_embeddings_stage, shard_name
-from lib.manifest import MANIFEST, stage_dir
-from lib.pretraining import run_encoder_stage
+from lookalike.core.manifest import MANIFEST, stage_dir
+from lookalike.core.settings import load_settings
+from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
+from lookalike.stages.embeddings.stage import load_embeddings, reuse_candidates, run_embeddings_stage, shard_name
+from lookalike.stages.encoder.stage import run_encoder_stage
 
 N, ADDED = 30, 3  # 10% new images
 SHARD = 8
 
 
 def settings_for(images: Path, root: Path, **overrides):
-    return load_settings({
-        "dataset.source": str(images), "encoder.epochs": 0, "encoder.input_size": 16,
-        "embeddings.shard_size": SHARD, "embeddings.batch_size": 4, "evaluation.grid_queries": 2,
-        "evaluation.grid_neighbours": 2, "artifacts_root": str(root), **overrides,
-    })
+    return load_settings(
+        {
+            "dataset.source": str(images),
+            "encoder.epochs": 0,
+            "encoder.input_size": 16,
+            "embeddings.shard_size": SHARD,
+            "embeddings.batch_size": 4,
+            "evaluation.grid_queries": 2,
+            "evaluation.grid_neighbours": 2,
+            "artifacts_root": str(root),
+            **overrides,
+        }
+    )
 
 
 def vectors_by_sha(root: Path, dataset, embeddings) -> dict[str, np.ndarray]:
@@ -63,9 +71,18 @@ def grown(tmp_path_factory):
     settings = settings_for(images, root)
     dataset2 = run_dataset_stage(settings.dataset, root).manifest
     result = run_embeddings_stage(settings.embeddings, dataset2, encoder, root)
-    return SimpleNamespace(base=base, images=images, root=root, settings=settings, encoder=encoder,
-                           dataset1=dataset1, embeddings1=embeddings1, dataset2=dataset2, result=result,
-                           deleted_sha=hashlib.sha256(deleted).hexdigest())
+    return SimpleNamespace(
+        base=base,
+        images=images,
+        root=root,
+        settings=settings,
+        encoder=encoder,
+        dataset1=dataset1,
+        embeddings1=embeddings1,
+        dataset2=dataset2,
+        result=result,
+        deleted_sha=hashlib.sha256(deleted).hexdigest(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +111,8 @@ def test_grown_dataset_embeds_only_new_images_and_reuses_the_rest(grown):
 
 
 def test_a_deleted_image_is_in_neither_the_embeddings_nor_the_index(grown):
-    from lib.indexing import load_index, run_index_stage, search
+    from lookalike.stages.index.factory import load_index, search
+    from lookalike.stages.index.stage import run_index_stage
 
     after = vectors_by_sha(grown.root, grown.dataset2, grown.result.manifest)
     assert grown.deleted_sha not in after
@@ -175,28 +193,31 @@ def test_an_earlier_stage_whose_dataset_is_gone_is_not_reused(grown, tmp_path):
     stats = run_embeddings_stage(grown.settings.embeddings, grown.dataset2, grown.encoder, root).manifest.stats
     assert (stats["images_embedded"], stats["images_reused"]) == (N + ADDED - 1, 0)
     assert stats["reuse_rejected"] == [
-        {"key": grown.embeddings1.key, "reason": f"its dataset snapshot {grown.dataset1.key} is gone"}]
+        {"key": grown.embeddings1.key, "reason": f"its dataset snapshot {grown.dataset1.key} is gone"}
+    ]
 
 
 def test_the_summary_reports_images_embedded_and_reused(grown):
     from rich.console import Console
 
-    from cli.render import print_summary
-    from lib.evaluation import run_evaluation_stage
-    from lib.indexing import run_index_stage
-    from lib.stages import StageReport
-    from lib.summary import build_summary, summary_markdown
+    from lookalike.artifacts.stage_runner import StageReport
+    from lookalike.cli.render import print_summary
+    from lookalike.reporting.summary import build_summary, summary_markdown
+    from lookalike.stages.evaluation.stage import run_evaluation_stage
+    from lookalike.stages.index.stage import run_index_stage
 
     s, root = grown.settings, grown.root
     index = run_index_stage(s.index, grown.result.manifest, root).manifest
     evaluation = run_evaluation_stage(s.evaluation, grown.dataset2, grown.result.manifest, index, root).manifest
 
     def summary(embeddings_status: str) -> dict:
-        reports = {"dataset": StageReport(grown.dataset2, "computed", 1.0),
-                   "encoder": StageReport(grown.encoder, "cached", 0.1),
-                   "embeddings": StageReport(grown.result.manifest, embeddings_status, 1.0),
-                   "index": StageReport(index, "computed", 0.1),
-                   "evaluation": StageReport(evaluation, "computed", 0.1)}
+        reports = {
+            "dataset": StageReport(grown.dataset2, "computed", 1.0),
+            "encoder": StageReport(grown.encoder, "cached", 0.1),
+            "embeddings": StageReport(grown.result.manifest, embeddings_status, 1.0),
+            "index": StageReport(index, "computed", 0.1),
+            "evaluation": StageReport(evaluation, "computed", 0.1),
+        }
         return build_summary(root, reports)
 
     computed = summary("computed")

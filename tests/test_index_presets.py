@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from lib.indexing import (
+from lookalike.stages.index.factory import (
     PRESETS,
     IndexBuildError,
     IndexType,
@@ -94,14 +94,15 @@ SAMPLE_IMAGES = 700  # enough to train every preset (4-bit PQ needs 624), second
 @pytest.fixture(scope="module")
 def sample_embeddings(tmp_path_factory):
     """Embeddings of 700 bundled sample images (random-init encoder: no training needed)."""
-    from lib.config import load_settings
-    from lib.data.snapshot import run_dataset_stage
-    from lib.embedding import run_embeddings_stage
-    from lib.pretraining import run_encoder_stage
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.embeddings.stage import run_embeddings_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
 
     root = tmp_path_factory.mktemp("sample") / "artifacts"
-    settings = load_settings({"dataset.limit": SAMPLE_IMAGES, "encoder.epochs": 0, "encoder.input_size": 16,
-                              "artifacts_root": str(root)})
+    settings = load_settings(
+        {"dataset.limit": SAMPLE_IMAGES, "encoder.epochs": 0, "encoder.input_size": 16, "artifacts_root": str(root)}
+    )
     dataset = run_dataset_stage(settings.dataset, root).manifest
     encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
     return settings, root, run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
@@ -109,8 +110,9 @@ def sample_embeddings(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_on_the_sample_returns_row_ids_and_finds_itself(sample_embeddings, name):
-    from lib.embedding import load_embeddings
-    from lib.indexing import load_index, run_index_stage, search
+    from lookalike.stages.embeddings.stage import load_embeddings
+    from lookalike.stages.index.factory import load_index, search
+    from lookalike.stages.index.stage import run_index_stage
 
     settings, root, embeddings = sample_embeddings
     stats = run_index_stage(settings.index.model_copy(update={"type": name}), embeddings, root).manifest

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, make_png
-from lib.config import Settings, load_settings
-from lib.data.snapshot import dataset_key
-from lib.data.sources import list_splits, resolve_source
-from lib.embedding import embeddings_key
-from lib.evaluation import choose_query_split, evaluation_key
-from lib.indexing import index_key
-from lib.pretraining import encoder_key
+from lookalike.core.settings import Settings, load_settings
+from lookalike.stages.dataset.sources import list_splits, resolve_source
+from lookalike.stages.dataset.stage import dataset_key
+from lookalike.stages.embeddings.stage import embeddings_key
+from lookalike.stages.encoder.stage import encoder_key
+from lookalike.stages.evaluation.stage import choose_query_split, evaluation_key
+from lookalike.stages.index.stage import index_key
 
 STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
 SHA_A, SHA_B = "a" * 40, "b" * 40
@@ -87,24 +87,35 @@ CHANGES = {
 
 
 def all_settings() -> set[str]:
-    return {f"{section}.{name}" for section, field in Settings.model_fields.items()
-            if hasattr(field.annotation, "model_fields") for name in field.annotation.model_fields}
+    return {
+        f"{section}.{name}"
+        for section, field in Settings.model_fields.items()
+        if hasattr(field.annotation, "model_fields")
+        for name in field.annotation.model_fields
+    }
 
 
 def readme_table() -> dict[str, set[str]]:
     """setting -> stages it invalidates, from the README table (wildcards expanded)."""
     text = (REPO / "README.md").read_text()
-    table = text[text.index("| setting | default | stages it invalidates |"):].split("\n\n")[0]
+    table = text[text.index("| setting | default | stages it invalidates |") :].split("\n\n")[0]
     out: dict[str, set[str]] = {}
     for row in table.splitlines()[2:]:
         names_cell, _, stages_cell = [c.strip() for c in row.strip("|").split("|")][:3]
-        stages = set(STAGES) if stages_cell == "all" else set() if stages_cell == "none" else {
-            s.strip() for s in stages_cell.split(",")}
+        stages = (
+            set(STAGES)
+            if stages_cell == "all"
+            else set()
+            if stages_cell == "none"
+            else {s.strip() for s in stages_cell.split(",")}
+        )
         section = None
         for name in re.findall(r"`([^`]+)`", names_cell):
             if "." in name:
                 section, name = name.split(".", 1)
-            names = [n.split(".", 1)[1] for n in all_settings() if n.startswith(f"{section}.")] if name == "*" else [name]
+            names = (
+                [n.split(".", 1)[1] for n in all_settings() if n.startswith(f"{section}.")] if name == "*" else [name]
+            )
             for n in names:
                 out[f"{section}.{n}"] = stages
     return out
@@ -121,8 +132,9 @@ def keys(settings: Settings, cache_dir) -> dict[str, str]:
     hub = resolve_source(settings.dataset).kind == "hub"
     splits = [settings.dataset.split] if hub else list_splits(settings.dataset, cache_dir)
     queries = choose_query_split(settings.dataset, settings.evaluation, splits)
-    evaluation = evaluation_key(settings.evaluation, m(key=dataset), m(key=index),
-                                m(key=dataset_key(queries)[0]) if queries else None)
+    evaluation = evaluation_key(
+        settings.evaluation, m(key=dataset), m(key=index), m(key=dataset_key(queries)[0]) if queries else None
+    )
     return dict(zip(STAGES, (dataset, encoder, embeddings, index, evaluation)))
 
 
@@ -150,8 +162,9 @@ def test_the_same_content_elsewhere_is_the_same_dataset_key(tmp_path):
     for folder in ("a", "b"):
         for i in range(3):
             make_png(tmp_path / folder / f"{i}.png", i)
-    assert keys(load_settings({"dataset.source": str(tmp_path / "a")}), tmp_path / "hf") == \
-        keys(load_settings({"dataset.source": str(tmp_path / "b")}), tmp_path / "hf")
+    assert keys(load_settings({"dataset.source": str(tmp_path / "a")}), tmp_path / "hf") == keys(
+        load_settings({"dataset.source": str(tmp_path / "b")}), tmp_path / "hf"
+    )
 
 
 def test_query_split_auto_and_the_split_it_picks_share_an_evaluation_key(tmp_path):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lib.manifest import IntegrityError, find_manifest, stage_dir, stage_key, verified_path, write_manifest
-from lib.stages import Built, run_stage
+from lookalike.artifacts.stage_runner import Built, run_stage
+from lookalike.core.manifest import IntegrityError, find_manifest, stage_dir, stage_key, verified_path, write_manifest
 
 
 def test_stage_key_changes_with_settings_inputs_and_code_version():
@@ -25,8 +25,17 @@ def test_manifest_lists_sha256_and_verification_refuses_tampering(tmp_path):
     folder = stage_dir(tmp_path, "index", "k1")
     folder.mkdir(parents=True)
     (folder / "data.bin").write_bytes(b"0123456789")
-    manifest = write_manifest(folder, stage="index", key="k1", code_version=1, settings={}, inputs={},
-                              files=["data.bin"], stats={}, timings={})
+    manifest = write_manifest(
+        folder,
+        stage="index",
+        key="k1",
+        code_version=1,
+        settings={},
+        inputs={},
+        files=["data.bin"],
+        stats={},
+        timings={},
+    )
     assert json.loads((folder / "manifest.json").read_text())["files"][0]["bytes"] == 10
     assert verified_path(tmp_path, manifest, "data.bin") == folder / "data.bin"
     (folder / "data.bin").write_bytes(b"0123456780")
@@ -42,8 +51,8 @@ def test_run_stage_builds_once_then_reports_cached(tmp_path):
         (folder / "out.txt").write_text("x")
         return Built(files=["out.txt"], stats={"n": 1})
 
-    first = run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
-    second = run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
+    first = run_stage(tmp_path, "dataset", "k", settings={}, inputs={}, build=build)
+    second = run_stage(tmp_path, "dataset", "k", settings={}, inputs={}, build=build)
     assert (first.status, second.status) == ("computed", "cached")
     assert len(calls) == 1
     assert second.manifest == first.manifest
@@ -55,5 +64,5 @@ def test_failed_build_leaves_no_manifest(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        run_stage(tmp_path, "dataset", "k", code_version=1, settings={}, inputs={}, build=build)
+        run_stage(tmp_path, "dataset", "k", settings={}, inputs={}, build=build)
     assert find_manifest(tmp_path, "dataset", "k") is None

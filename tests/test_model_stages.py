@@ -8,20 +8,22 @@ import pytest
 import torch
 
 from conftest import TINY, default_encoder
-
-from lib.data.snapshot import open_snapshot, run_dataset_stage
-from lib.embedding import embed_snapshot, load_embeddings, run_embeddings_stage, shard_name
-from lib.encoder import EncoderLoadError, load_encoder, load_encoder_file
-from lib.evaluation import choose_query_split, held_out_metrics, label_metrics, run_evaluation_stage
-from lib.indexing import PRESETS, IndexBuildError, load_index, run_index_stage, search
-from lib.manifest import IntegrityError, MANIFEST, stage_dir
-from lib.pretraining import TRAIN_STATE, run_encoder_stage
+from lookalike.core.manifest import MANIFEST, IntegrityError, stage_dir
+from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
+from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage, shard_name
+from lookalike.stages.encoder.checkpoint import EncoderLoadError, load_encoder, load_encoder_file
+from lookalike.stages.encoder.single import TRAIN_STATE
+from lookalike.stages.encoder.stage import run_encoder_stage
+from lookalike.stages.evaluation.stage import choose_query_split, held_out_metrics, label_metrics, run_evaluation_stage
+from lookalike.stages.index.factory import PRESETS, IndexBuildError, load_index, search
+from lookalike.stages.index.stage import run_index_stage
+from lookalike.stages.inference import Embedder
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """dataset → encoder → embeddings built once for the module; each test copies the stages it asks for."""
-    from lib.config import load_settings
+    from lookalike.core.settings import load_settings
 
     root = tmp_path_factory.mktemp("template") / "artifacts"
     settings = load_settings({**TINY, "artifacts_root": str(root)})
@@ -55,9 +57,16 @@ def embeddings(tiny, dataset, encoder, root, template):
     return run_embeddings_stage(tiny.embeddings, dataset, encoder, root).manifest
 
 
-@pytest.mark.parametrize("method, augmentation", [
-    ("dino", "per-image"), ("simclr", "per-image"), ("byol", "per-image"), ("dino", "batched"), ("byol", "batched"),
-])
+@pytest.mark.parametrize(
+    "method, augmentation",
+    [
+        ("dino", "per-image"),
+        ("simclr", "per-image"),
+        ("byol", "per-image"),
+        ("dino", "batched"),
+        ("byol", "batched"),
+    ],
+)
 def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset, root, method, augmentation):
     section = tiny.encoder.model_copy(update={"method": method, "augmentation": augmentation})
     result = run_encoder_stage(section, dataset, root)
@@ -131,7 +140,12 @@ def test_embedding_batch_size_does_not_change_the_key(tiny, dataset, encoder, em
     assert run_embeddings_stage(other, dataset, encoder, root).status == "cached"
 
 
-TRAINED = {"ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat"}  # need more than the 48 tiny vectors: see test_index_presets.py
+TRAINED = {
+    "ivf-flat",
+    "ivf-sq8",
+    "ivf-pq",
+    "ivf-pqfs-rflat",
+}  # need more than the 48 tiny vectors: see test_index_presets.py
 
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - TRAINED))
@@ -140,7 +154,13 @@ def test_each_preset_round_trips_and_returns_row_ids(tiny, embeddings, root, pre
     manifest = run_index_stage(section, embeddings, root).manifest
     index = load_index(root, manifest)
     vectors, row_ids = load_embeddings(root, embeddings)
-    _, found = search(index, vectors[:5] if manifest.stats["metric"] == "l2" else vectors[:5] / np.linalg.norm(vectors[:5], axis=1, keepdims=True), 3)
+    _, found = search(
+        index,
+        vectors[:5]
+        if manifest.stats["metric"] == "l2"
+        else vectors[:5] / np.linalg.norm(vectors[:5], axis=1, keepdims=True),
+        3,
+    )
     assert set(found.ravel()) <= set(row_ids.tolist())
     assert manifest.stats["ntotal"] == 48
     expected = 1.0 if manifest.stats["exact"] else 0.9
@@ -228,7 +248,7 @@ def test_held_out_metrics_keep_every_neighbour_and_count_all_indexed_images_as_r
 
 def test_query_images_are_embedded_exactly_as_the_embeddings_stage_did(tiny, dataset, encoder, embeddings, root):
     stored, _ = load_embeddings(root, embeddings)
-    fresh = embed_snapshot(root, encoder, open_snapshot(root, dataset), batch_size=tiny.embeddings.batch_size)
+    fresh = Embedder(root, encoder).embed_snapshot(open_snapshot(root, dataset), batch_size=tiny.embeddings.batch_size)
     np.testing.assert_allclose(fresh, stored, rtol=1e-5, atol=1e-5)
 
 
@@ -243,8 +263,9 @@ def _brute_force_knn_accuracy(queries, labels_q, vectors, labels, k):
 
 
 def test_held_out_evaluation_scores_the_test_split_against_the_index(tiny, dataset, encoder, embeddings, root):
-    queries_section = choose_query_split(tiny.dataset, tiny.evaluation.model_copy(update={"max_queries": 24}),
-                                         ["train", "test"])
+    queries_section = choose_query_split(
+        tiny.dataset, tiny.evaluation.model_copy(update={"max_queries": 24}), ["train", "test"]
+    )
     queries = run_dataset_stage(queries_section, root).manifest
     index = run_index_stage(tiny.index, embeddings, root).manifest
     result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root, queries)
@@ -257,9 +278,14 @@ def test_held_out_evaluation_scores_the_test_split_against_the_index(tiny, datas
     query_snapshot, indexed = open_snapshot(root, queries), open_snapshot(root, dataset)
     names = dataset.stats["label_names"]
     vectors, _ = load_embeddings(root, embeddings)
-    query_vectors = embed_snapshot(root, encoder, query_snapshot)
-    expected = _brute_force_knn_accuracy(query_vectors, [names[v] for v in query_snapshot["label"]], vectors,
-                                         [names[v] for v in indexed["label"]], tiny.evaluation.k)
+    query_vectors = Embedder(root, encoder).embed_snapshot(query_snapshot)
+    expected = _brute_force_knn_accuracy(
+        query_vectors,
+        [names[v] for v in query_snapshot["label"]],
+        vectors,
+        [names[v] for v in indexed["label"]],
+        tiny.evaluation.k,
+    )
     assert stats["knn_accuracy"] == pytest.approx(expected, abs=1e-6)
     assert 0 <= stats["precision_at_10"] <= 1 and 0 <= stats["map_at_10"] <= 1
     assert set(stats["per_class"]) <= set(names)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import types
 
-import cli.orchestration as orchestration
+import lookalike.cli.orchestration as orchestration
 
 
 def test_a_flow_run_from_the_cli_exits_without_the_final_garbage_collections(monkeypatch):
@@ -14,9 +14,9 @@ def test_a_flow_run_from_the_cli_exits_without_the_final_garbage_collections(mon
     monkeypatch.setattr(orchestration.atexit, "register", registered.append)
     monkeypatch.setattr(orchestration, "_final_collections_skipped", False)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server
-    flow_module = types.ModuleType("flows.retrieval")
+    flow_module = types.ModuleType("lookalike.flows.retrieval")
     flow_module.retrieval_pipeline = lambda **_: types.SimpleNamespace(result=lambda: {"stages": {}})
-    monkeypatch.setitem(sys.modules, "flows.retrieval", flow_module)
+    monkeypatch.setitem(sys.modules, "lookalike.flows.retrieval", flow_module)
 
     assert orchestration.run_pipeline({}, {}) == {"stages": {}}
     assert orchestration.run_pipeline({}, {}) == {"stages": {}}

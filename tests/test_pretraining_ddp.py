@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, free_port
-
-from lib.config import SettingsError, load_settings
-from lib.data.snapshot import run_dataset_stage
-from lib.embedding import load_embeddings, run_embeddings_stage
-from lib.encoder import load_encoder
-from lib.manifest import MANIFEST, stage_dir
-from lib.pretraining import DDP_CHECKPOINTS, encoder_key, run_encoder_stage
-from lib.pretraining_ddp import train_ddp
+from lookalike.core.manifest import MANIFEST, stage_dir
+from lookalike.core.settings import SettingsError, load_settings
+from lookalike.stages.dataset.stage import run_dataset_stage
+from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage
+from lookalike.stages.encoder.checkpoint import load_encoder
+from lookalike.stages.encoder.ddp import train_ddp
+from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
+from lookalike.stages.encoder.training import DDP_CHECKPOINTS
 
 
 def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_stage(root):
@@ -45,8 +45,16 @@ def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_st
 @pytest.mark.parametrize("method, augmentation", [("dino", "batched"), ("byol", "per-image")])
 def test_the_momentum_methods_train_under_ddp(root, method, augmentation):
     """dino's weight-normed head cannot cross a process boundary: each process builds the method itself."""
-    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
-                              "encoder.method": method, "encoder.augmentation": augmentation})
+    settings = load_settings(
+        {
+            **TINY,
+            "artifacts_root": str(root),
+            "encoder.strategy": "ddp",
+            "encoder.devices": 2,
+            "encoder.method": method,
+            "encoder.augmentation": augmentation,
+        }
+    )
     result = run_encoder_stage(settings.encoder, run_dataset_stage(settings.dataset, root).manifest, root)
     assert result.manifest.stats["world_size"] == 2 and np.isfinite(result.manifest.stats["losses"]).all()
     model, spec = load_encoder(root, result.manifest)
@@ -54,8 +62,16 @@ def test_the_momentum_methods_train_under_ddp(root, method, augmentation):
 
 
 def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
-    settings = load_settings({**TINY, "artifacts_root": str(root), "encoder.strategy": "ddp", "encoder.devices": 2,
-                              "encoder.epochs": 2, "encoder.lr_schedule": "constant"})
+    settings = load_settings(
+        {
+            **TINY,
+            "artifacts_root": str(root),
+            "encoder.strategy": "ddp",
+            "encoder.devices": 2,
+            "encoder.epochs": 2,
+            "encoder.lr_schedule": "constant",
+        }
+    )
     dataset = run_dataset_stage(settings.dataset, root).manifest
     folder = stage_dir(root, "encoder", encoder_key(settings.encoder, dataset))
     folder.mkdir(parents=True)
@@ -72,24 +88,29 @@ def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_i
     """torchrun starts both processes, each running the whole pipeline: Lightning joins them instead of
     spawning, rank 0 (holding the stage lock) exports, rank 1 trains alongside it and then finds the manifest."""
     job = tmp_path / "job.py"
-    job.write_text(textwrap.dedent(f"""
+    job.write_text(
+        textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from conftest import TINY
-        from lib.config import load_settings
-        from lib.data.snapshot import run_dataset_stage
-        from lib.pretraining import run_encoder_stage
+        from lookalike.core.settings import load_settings
+        from lookalike.stages.dataset.stage import run_dataset_stage
+        from lookalike.stages.encoder.stage import run_encoder_stage
         root = {str(tmp_path / "artifacts")!r}
         s = load_settings({{**TINY, "artifacts_root": root, "encoder.strategy": "ddp", "encoder.devices": 2}})
         r = run_encoder_stage(s.encoder, run_dataset_stage(s.dataset, root).manifest, root)
         line = f"rank {{os.environ['RANK']}} {{r.status}} {{r.manifest.stats['world_size']}} {{r.manifest.file('encoder.pt').sha256}}"
         with open(os.path.join({str(tmp_path)!r}, "rank-" + os.environ["RANK"]), "w") as fh:  # stdout interleaves
             fh.write(line)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(job)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [(tmp_path / f"rank-{rank}").read_text().split() for rank in (0, 1)]
@@ -125,32 +146,48 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
     trains only epoch 2."""
-    from lib.shared_root import open_root
-    from lib.storage import s3_client
     from test_resume import kill_when
+
+    from lookalike.artifacts.s3 import s3_client
+    from lookalike.artifacts.shared_root import open_root
 
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="ddp")
-    overrides = {**TINY, "artifacts_root": "s3://ddp/run", "mirror.endpoint_url": s3_endpoint, "encoder.strategy": "ddp",
-                 "encoder.devices": 2, "encoder.epochs": 2, "encoder.lr_schedule": "constant",
-                 "dataset.limit": 160,  # 10 steps an epoch: epoch 2 lasts long enough to be killed in
-                 "artifacts_lease_seconds": 3.0}  # A dies holding the encoder's lease: B waits this long for it
+    overrides = {
+        **TINY,
+        "artifacts_root": "s3://ddp/run",
+        "mirror.endpoint_url": s3_endpoint,
+        "encoder.strategy": "ddp",
+        "encoder.devices": 2,
+        "encoder.epochs": 2,
+        "encoder.lr_schedule": "constant",
+        "dataset.limit": 160,  # 10 steps an epoch: epoch 2 lasts long enough to be killed in
+        "artifacts_lease_seconds": 3.0,
+    }  # A dies holding the encoder's lease: B waits this long for it
     job = tmp_path / "machine_a.py"
-    job.write_text(textwrap.dedent(f"""
+    job.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from conftest import TINY
-        from lib.config import load_settings
-        from lib.data.snapshot import run_dataset_stage
-        from lib.pretraining import run_encoder_stage
-        from lib.shared_root import open_root
+        from lookalike.core.settings import load_settings
+        from lookalike.stages.dataset.stage import run_dataset_stage
+        from lookalike.stages.encoder.stage import run_encoder_stage
+        from lookalike.artifacts.shared_root import open_root
         if __name__ == "__main__":
             s = load_settings({{**{overrides!r}, "artifacts_cache": {str(tmp_path / "machine-a")!r}}})
             root = open_root(s)
             run_encoder_stage(s.encoder, run_dataset_stage(s.dataset, root).manifest, root)
-    """))
-    proc = subprocess.Popen([sys.executable, str(job)], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(job)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def checkpoint_in_bucket() -> bool:
         listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])

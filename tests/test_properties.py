@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from lib.config import SettingsError, load_settings
-from lib.errors import LookalikeError
+from lookalike.core.errors import LookalikeError
+from lookalike.core.settings import SettingsError, load_settings
 
 FIELDS = {
     "encoder.epochs": st.one_of(st.integers(-3, 3), st.text(max_size=4)),
@@ -56,7 +57,7 @@ def image_file(draw) -> tuple[bytes, str]:
     img = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), "RGB")
     img = img.convert("I;16") if mode == "I;16" else img.convert(mode)
     data = None
-    for fmt, ext in ((fmt, ext), ("PNG", "png"), ("TIFF", "tiff")):  # a format that holds this mode
+    for fmt, ext in ((fmt, ext), ("PNG", "png"), ("TIFF", "tiff")):  # noqa: B007, B020 (the first format that holds this mode)
         buf = io.BytesIO()
         try:
             img.save(buf, fmt)
@@ -81,21 +82,27 @@ def workdir(tmp_path_factory) -> Path:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(images=st.lists(image_file(), min_size=0, max_size=7))
 def test_any_small_image_set_indexes_with_perfect_self_retrieval_or_fails_clearly(images, workdir):
-    from lib.data.snapshot import run_dataset_stage
-    from lib.embedding import run_embeddings_stage
-    from lib.indexing import run_index_stage
-    from lib.pretraining import run_encoder_stage
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.embeddings.stage import run_embeddings_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
+    from lookalike.stages.index.stage import run_index_stage
 
     case = workdir / uuid.uuid4().hex[:8]
     folder = case / "images"
     folder.mkdir(parents=True)
     for i, (data, ext) in enumerate(images):
         (folder / f"{i}.{ext}").write_bytes(data)
-    cfg = load_settings({
-        "dataset.source": str(folder), "dataset.max_unreadable_fraction": 1.0, "encoder.epochs": 0,
-        "encoder.input_size": 16, "embeddings.shard_size": 3, "embeddings.batch_size": 2,
-        "artifacts_root": str(case / "artifacts"),
-    })
+    cfg = load_settings(
+        {
+            "dataset.source": str(folder),
+            "dataset.max_unreadable_fraction": 1.0,
+            "encoder.epochs": 0,
+            "encoder.input_size": 16,
+            "embeddings.shard_size": 3,
+            "embeddings.batch_size": 2,
+            "artifacts_root": str(case / "artifacts"),
+        }
+    )
     root = cfg.artifacts_root
     try:
         dataset = run_dataset_stage(cfg.dataset, root).manifest

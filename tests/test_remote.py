@@ -9,8 +9,10 @@ import subprocess
 import pytest
 
 from conftest import LOOKALIKE, TINY, cli_env, flow_arguments, server_errors
-from lib.manifest import IntegrityError, MANIFEST, read_manifest, sha256_file, stage_dir
-from lib.storage import MirrorError, fetch_index_chain, s3_client
+from lookalike.artifacts.mirror import fetch_index_chain
+from lookalike.artifacts.s3 import MirrorError, s3_client
+from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.manifest import MANIFEST, IntegrityError, sha256_file, stage_dir
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 CHAIN = ("dataset", "encoder", "embeddings", "index")
@@ -19,13 +21,21 @@ CHAIN = ("dataset", "encoder", "embeddings", "index")
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory, s3_endpoint):
     """A TINY run mirrored to S3 with the default `mirror.stages`: the whole chain."""
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
     s3_client(s3_endpoint).create_bucket(Bucket="remote")
     root = tmp_path_factory.mktemp("remote") / "artifacts"
-    summary = retrieval_pipeline(**flow_arguments({
-        "artifacts_root": str(root), **TINY, "mirror.url": "s3://remote/team/lookalike",
-        "mirror.endpoint_url": s3_endpoint}), promote=False)
+    summary = retrieval_pipeline(
+        **flow_arguments(
+            {
+                "artifacts_root": str(root),
+                **TINY,
+                "mirror.url": "s3://remote/team/lookalike",
+                "mirror.endpoint_url": s3_endpoint,
+            }
+        ),
+        promote=False,
+    )
     mirrored = [m["url"].split("/")[-3] for m in summary["artifacts"]["mirror"]]
     assert mirrored == ["dataset", "encoder", "embeddings", "index", "evaluation"], summary["artifacts"]["mirror"]
     keys = {stage: summary["stages"][stage]["key"] for stage in CHAIN}
@@ -47,8 +57,8 @@ class CountingClient:
 
 
 def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_queries(mirrored, tmp_path, s3_endpoint):
-    from lib.query import Searcher
-    from lib.serving import chain_from_index_key
+    from lookalike.serving.holder import chain_from_index_key
+    from lookalike.serving.query import Searcher
 
     root, keys, url = mirrored
     client = CountingClient(s3_client(s3_endpoint))
@@ -72,7 +82,7 @@ def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_q
 
 
 def test_the_app_serves_an_s3_reference(mirrored, tmp_path, s3_endpoint):
-    from lib.serving import IndexHolder
+    from lookalike.serving.holder import IndexHolder
 
     _, keys, url = mirrored
     holder = IndexHolder(tmp_path / "artifacts", url, endpoint_url=s3_endpoint)
@@ -83,12 +93,13 @@ def test_the_app_serves_an_s3_reference(mirrored, tmp_path, s3_endpoint):
 
 
 def test_the_run_mirrors_its_aliases_and_an_alias_url_loads_that_chain(mirrored, tmp_path, s3_endpoint):
-    from lib.serving import IndexHolder
+    from lookalike.serving.holder import IndexHolder
 
     _, keys, url = mirrored
     alias_url = "s3://remote/team/lookalike/aliases/latest"
-    stored = json.loads(s3_client(s3_endpoint).get_object(Bucket="remote", Key="team/lookalike/aliases/latest.json")
-                        ["Body"].read())
+    stored = json.loads(
+        s3_client(s3_endpoint).get_object(Bucket="remote", Key="team/lookalike/aliases/latest.json")["Body"].read()
+    )
     assert {stage: stored["stages"][stage] for stage in CHAIN} == keys
     holder = IndexHolder(tmp_path / "artifacts", alias_url, endpoint_url=s3_endpoint)
     info = holder.info()
@@ -98,7 +109,7 @@ def test_the_run_mirrors_its_aliases_and_an_alias_url_loads_that_chain(mirrored,
 
 
 def test_an_index_folder_path_loads_from_the_root_it_sits_in(mirrored, tmp_path):
-    from lib.serving import IndexHolder, QueryError
+    from lookalike.serving.holder import IndexHolder, QueryError
 
     root, keys, _ = mirrored
     holder = IndexHolder(tmp_path / "elsewhere", str(root / "index" / keys["index"]))
@@ -122,7 +133,9 @@ def test_a_tampered_object_is_refused_and_never_left_in_the_cache(mirrored, tmp_
     bucket, prefix = "remote", "team/lookalike"
     copy = f"{prefix}-tampered"
     for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]:
-        client.copy_object(Bucket=bucket, Key=copy + obj["Key"][len(prefix):], CopySource={"Bucket": bucket, "Key": obj["Key"]})
+        client.copy_object(
+            Bucket=bucket, Key=copy + obj["Key"][len(prefix) :], CopySource={"Bucket": bucket, "Key": obj["Key"]}
+        )
     weights = f"{copy}/encoder/{keys['encoder']}/encoder.pt"
     data = bytearray(client.get_object(Bucket=bucket, Key=weights)["Body"].read())
     data[len(data) // 2] ^= 0xFF
@@ -139,15 +152,26 @@ def test_a_stage_that_was_not_mirrored_says_which_setting_mirrors_it(mirrored, t
     _, keys, url = mirrored
     client = s3_client(s3_endpoint)
     only_index = "team/index-only"
-    for obj in client.list_objects_v2(Bucket="remote", Prefix=f"team/lookalike/index/")["Contents"]:
-        client.copy_object(Bucket="remote", Key=obj["Key"].replace("team/lookalike", only_index),
-                           CopySource={"Bucket": "remote", "Key": obj["Key"]})
+    for obj in client.list_objects_v2(Bucket="remote", Prefix="team/lookalike/index/")["Contents"]:
+        client.copy_object(
+            Bucket="remote",
+            Key=obj["Key"].replace("team/lookalike", only_index),
+            CopySource={"Bucket": "remote", "Key": obj["Key"]},
+        )
     with pytest.raises(MirrorError, match=r"embeddings/.*is not in the mirror.*mirror.stages"):
         fetch_index_chain(url.replace("team/lookalike", only_index), tmp_path / "cache", client=client)
 
 
-@pytest.mark.parametrize("url", ["s3://remote/team/lookalike", "s3://remote/index/", "s3://remote/x/index/a/b",
-                                 "s3://remote/xindex/abc", "https://remote/index/abc"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://remote/team/lookalike",
+        "s3://remote/index/",
+        "s3://remote/x/index/a/b",
+        "s3://remote/xindex/abc",
+        "https://remote/index/abc",
+    ],
+)
 def test_a_url_that_names_no_index_is_one_clear_error(url, tmp_path):
     with pytest.raises(MirrorError, match="s3://bucket/prefix"):
         fetch_index_chain(url, tmp_path, client=object())
@@ -155,16 +179,32 @@ def test_a_url_that_names_no_index_is_one_clear_error(url, tmp_path):
 
 
 def test_lookalike_query_by_s3_reference_on_a_machine_without_the_artifacts(mirrored, tmp_path, s3_endpoint):
-    from lib.data.snapshot import open_snapshot, row_positions
+    from lookalike.stages.dataset.stage import open_snapshot, row_positions
 
     root, keys, url = mirrored
     row = sorted(row_positions(open_snapshot(root, read_manifest(root, "dataset", keys["dataset"]))))[3]
     env = cli_env(tmp_path, extra={"AWS_ENDPOINT_URL_S3": s3_endpoint})  # boto3's own variable
     for n, ref in enumerate([url, "s3://remote/team/lookalike/aliases/latest"]):
         empty_root = tmp_path / f"elsewhere-{n}"
-        done = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--index", ref, "--json", "--top-k", "3",
-                               "--artifacts-root", str(empty_root)], env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [
+                LOOKALIKE,
+                "query",
+                "--row",
+                str(row),
+                "--index",
+                ref,
+                "--json",
+                "--top-k",
+                "3",
+                "--artifacts-root",
+                str(empty_root),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         answer = json.loads(done.stdout.strip().splitlines()[-1])
         assert answer["index"] == keys["index"] and answer["neighbours"][0]["row"] == row
@@ -174,16 +214,26 @@ def test_lookalike_query_by_s3_reference_on_a_machine_without_the_artifacts(mirr
 
 def test_a_server_on_an_s3_alias_follows_it_when_a_later_run_moves_it(mirrored, tmp_path, s3_endpoint):
     """Runs last in this module: it moves `latest` on S3 to a new index."""
-    from flows.retrieval import retrieval_pipeline
-    from lib.serving import IndexHolder
+    from lookalike.flows.retrieval import retrieval_pipeline
+    from lookalike.serving.holder import IndexHolder
 
     root, keys, _ = mirrored
-    holder = IndexHolder(tmp_path / "artifacts", "s3://remote/team/lookalike/aliases/latest", poll_seconds=0.1,
-                         endpoint_url=s3_endpoint)
+    holder = IndexHolder(
+        tmp_path / "artifacts", "s3://remote/team/lookalike/aliases/latest", poll_seconds=0.1, endpoint_url=s3_endpoint
+    )
     assert holder.info()["index"] == keys["index"] and holder.reload() is False  # nothing moved yet
-    moved = retrieval_pipeline(**flow_arguments({
-        "artifacts_root": str(root), **TINY, "index.type": "hnsw", "mirror.url": "s3://remote/team/lookalike",
-        "mirror.endpoint_url": s3_endpoint}), promote=False)
+    moved = retrieval_pipeline(
+        **flow_arguments(
+            {
+                "artifacts_root": str(root),
+                **TINY,
+                "index.type": "hnsw",
+                "mirror.url": "s3://remote/team/lookalike",
+                "mirror.endpoint_url": s3_endpoint,
+            }
+        ),
+        promote=False,
+    )
     new = moved["stages"]["index"]["key"]
     assert new != keys["index"] and moved["stages"]["embeddings"]["status"] == "cached"
     assert holder.reload() is True

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LOOKALIKE, REPO, TINY, cli_env
-from lib.manifest import MANIFEST, find_manifest, verified_path
+from lookalike.core.manifest import MANIFEST, find_manifest, verified_path
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -33,8 +33,11 @@ def start(root: Path, api_url: str | None, faults: dict | None = None, *extra: s
     """`lookalike run --json` in its own process group (so a kill takes any children too)."""
     return subprocess.Popen(
         [LOOKALIKE, "run", "--json", "--artifacts-root", str(root), *SETS, *extra],
-        env=cli_env(root.parent, api_url, faults), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        env=cli_env(root.parent, api_url, faults),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -74,7 +77,8 @@ def task_run_history(flow_run_id) -> dict[str, list[list[str]]]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=100,
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=100,
         )
         for task_run in reversed(runs):
             history.setdefault(task_run.name, []).append([s.name for s in client.read_task_run_states(task_run.id)])
@@ -128,8 +132,13 @@ def test_killed_during_embedding_resumes_shards_without_training(reference, pref
     assert not list(root.glob(f"embeddings/*/{MANIFEST}")), "a killed stage must not look finished"
 
     again = run(root, prefect_api_url, {"forbid_training": True})  # any training step would raise
-    assert statuses(again) == {"dataset": "cached", "encoder": "cached", "embeddings": "resumed",
-                               "index": "computed", "evaluation": "computed"}
+    assert statuses(again) == {
+        "dataset": "cached",
+        "encoder": "cached",
+        "embeddings": "resumed",
+        "index": "computed",
+        "evaluation": "computed",
+    }
     stats = find_manifest(root, "embeddings", again["stages"]["embeddings"]["key"]).stats
     assert stats["shards_reused"] >= done_before >= 1
     assert stats["shards_reused"] + stats["shards_computed"] == N_SHARDS
@@ -165,8 +174,13 @@ def test_killed_while_writing_the_index_never_serves_a_torn_file(reference, pref
     assert any(p.stat().st_size > 0 for p in folder.iterdir() if p.name.startswith(".")), "the torn temp file"
     assert not (folder / MANIFEST).exists() and not (folder / "index.faiss").exists()
 
-    query = subprocess.run([LOOKALIKE, "query", "--row", "0", "--artifacts-root", str(root), *SETS],
-                           env=cli_env(tmp_path, prefect_api_url), capture_output=True, text=True, timeout=300)
+    query = subprocess.run(
+        [LOOKALIKE, "query", "--row", "0", "--artifacts-root", str(root), *SETS],
+        env=cli_env(tmp_path, prefect_api_url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert query.returncode != 0 and "lookalike run" in query.stderr and "Traceback" not in query.stderr
 
     again = run(root, prefect_api_url)
@@ -175,15 +189,21 @@ def test_killed_while_writing_the_index_never_serves_a_torn_file(reference, pref
 
 
 def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_api_url, tmp_path, s3_endpoint):
-    from lib.storage import s3_client
+    from lookalike.artifacts.s3 import s3_client
 
     ref_root, ref = reference
     root = tmp_path / "artifacts"
     copy_stages(ref_root, root, "dataset", "encoder", "embeddings", "index", "evaluation")
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="resume")
-    mirror = ["--mirror", "s3://resume/runs", "--set", f"mirror.endpoint_url={s3_endpoint}",
-              "--set", 'mirror.stages=["embeddings", "index"]']
+    mirror = [
+        "--mirror",
+        "s3://resume/runs",
+        "--set",
+        f"mirror.endpoint_url={s3_endpoint}",
+        "--set",
+        'mirror.stages=["embeddings", "index"]',
+    ]
     code, _, _ = finish(start(root, prefect_api_url, {"kill_after_uploads": 4}, *mirror))
     assert code == -signal.SIGKILL
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="resume").get("Contents", [])}
@@ -206,7 +226,7 @@ def test_two_concurrent_runs_both_succeed_with_one_verified_output(reference, tm
     root = tmp_path / "artifacts"
     procs = [start(root, None) for _ in range(2)]
     results = [finish(p) for p in procs]
-    for code, summary, err in results:
+    for code, _summary, err in results:
         assert code == 0, err[-3000:]
         assert "Traceback" not in err
     summaries = [summary for _, summary, _ in results]
@@ -236,7 +256,11 @@ def test_flow_run_failed_on_embedding_is_retried_through_the_api(prefect_api_url
 
     retry = subprocess.run(
         [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows/retrieval.py:retrieval_pipeline"],
-        cwd=REPO, env=cli_env(tmp_path, prefect_api_url), capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=cli_env(tmp_path, prefect_api_url),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
 

@@ -7,12 +7,10 @@ retry) embeds the shards it left unwritten.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from lib.manifest import find_manifest
 from test_resume import N_SHARDS, flow_runs_for, run, stage_files, task_run_history
+
+from lookalike.core.manifest import find_manifest
 
 DASK = ("--set", "embeddings.dask_workers=2")
 

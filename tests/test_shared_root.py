@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, flow_arguments
-from lib.manifest import MANIFEST, find_manifest, read_manifest, verified_path
-from lib.storage import s3_client
+from lookalike.artifacts.s3 import s3_client
+from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.manifest import MANIFEST, find_manifest, verified_path
 
 BUCKET, PREFIX = "shared", "team/lookalike"
 URL = f"s3://{BUCKET}/{PREFIX}"
@@ -23,22 +24,31 @@ STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
 
 
 def run_on(machine: Path, endpoint: str, url: str = URL, return_state: bool = False, **extra):
-    from flows.retrieval import retrieval_pipeline
+    from lookalike.flows.retrieval import retrieval_pipeline
 
-    return retrieval_pipeline(**flow_arguments({
-        **TINY, "artifacts_root": url, "artifacts_cache": str(machine), "mirror.endpoint_url": endpoint, **extra,
-    }), return_state=return_state)
+    return retrieval_pipeline(
+        **flow_arguments(
+            {
+                **TINY,
+                "artifacts_root": url,
+                "artifacts_cache": str(machine),
+                "mirror.endpoint_url": endpoint,
+                **extra,
+            }
+        ),
+        return_state=return_state,
+    )
 
 
 def objects(client, prefix: str, bucket: str = BUCKET) -> dict[str, dict]:
     found = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found.update({o["Key"][len(prefix):]: o for o in page.get("Contents", [])})
+        found.update({o["Key"][len(prefix) :]: o for o in page.get("Contents", [])})
     return found
 
 
 def copy_of(machine: Path, url: str = URL) -> Path:
-    from lib.shared_root import working_copy
+    from lookalike.core.settings import working_copy
 
     return working_copy(url, machine)
 
@@ -53,7 +63,7 @@ def shared(tmp_path_factory, s3_endpoint):
 
 
 def test_settings_turn_an_s3_root_into_a_store_and_a_local_copy(tmp_path):
-    from lib.config import SettingsError, load_settings, run_parameters
+    from lookalike.core.settings import SettingsError, load_settings, run_parameters
 
     settings = load_settings({"artifacts_root": "s3://bucket/some/prefix/", "artifacts_cache": str(tmp_path)})
     assert settings.artifacts_store == "s3://bucket/some/prefix"
@@ -102,8 +112,9 @@ def test_a_run_on_another_machine_is_cached_from_the_bucket_with_verified_copies
     again = state.result()
     assert {n: s["status"] for n, s in again["stages"].items()} == dict.fromkeys(STAGES, "cached")
     with get_client(sync_client=True) as client:  # Prefect found each stage's result in the bucket
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
-            any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     by_name = {r.name: r.state.name for r in runs}
     assert all(by_name[stage] == "Cached" for stage in STAGES), by_name
     for stage in STAGES:  # and machine B's copy holds every file, each matching its manifest
@@ -115,8 +126,8 @@ def test_a_run_on_another_machine_is_cached_from_the_bucket_with_verified_copies
 
 
 def test_a_stage_finished_only_in_the_bucket_is_fetched_when_read(shared, s3_endpoint, tmp_path):
-    from lib.config import load_settings
-    from lib.shared_root import Store, open_store
+    from lookalike.artifacts.shared_root import Store, open_store
+    from lookalike.core.settings import load_settings
 
     _, summary = shared
     settings = load_settings({"artifacts_root": URL, "artifacts_cache": str(tmp_path)})
@@ -135,19 +146,33 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     shards from the bucket, trains nothing and embeds only the shards A did not finish."""
     import subprocess
 
+    from test_resume import N_SHARDS, SETS, finish, flow_runs_for, kill_when, task_run_history
+
     from conftest import LOOKALIKE, cli_env
-    from test_resume import SETS, N_SHARDS, finish, flow_runs_for, kill_when, task_run_history
 
     url = "s3://resume/lookalike"
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="resume")
 
     def start(machine: Path, faults: dict, *extra: str):
-        env = cli_env(machine, prefect_api_url, faults, {
-            "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint,
-            "LOOKALIKE_ARTIFACTS_LEASE_SECONDS": "3"})  # A dies holding the embeddings lease: B waits this long
-        return subprocess.Popen([LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS, *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        env = cli_env(
+            machine,
+            prefect_api_url,
+            faults,
+            {
+                "LOOKALIKE_ARTIFACTS_CACHE": str(machine / "cache"),
+                "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint,
+                "LOOKALIKE_ARTIFACTS_LEASE_SECONDS": "3",
+            },
+        )  # A dies holding the embeddings lease: B waits this long
+        return subprocess.Popen(
+            [LOOKALIKE, "run", "--json", "--artifacts-root", url, *SETS, *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def shards_in_bucket() -> int:
         return sum(name.endswith(".json") for name in objects(client, "lookalike/embeddings/", "resume"))
@@ -160,18 +185,24 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
 
     # machine B also hands its shards to a local Dask cluster: its workers fetch the inputs from
     # the bucket into their copy and upload each shard they write
-    code, summary, err = finish(start(tmp_path / "machine-b", {"forbid_training": True},
-                                      "--set", "embeddings.dask_workers=2"))
+    code, summary, err = finish(
+        start(tmp_path / "machine-b", {"forbid_training": True}, "--set", "embeddings.dask_workers=2")
+    )
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     assert {n: s["status"] for n, s in summary["stages"].items()} == {
-        "dataset": "cached", "encoder": "cached", "embeddings": "resumed", "index": "computed",
-        "evaluation": "computed"}
+        "dataset": "cached",
+        "encoder": "cached",
+        "embeddings": "resumed",
+        "index": "computed",
+        "evaluation": "computed",
+    }
     stats = summary["stages"]["embeddings"]
     reused, total = (int(n) for n in stats["reused"].split(" ")[0].split("/"))
     assert total == N_SHARDS and reused >= done_before
-    embeddings = find_manifest(copy_of(tmp_path / "machine-b" / "cache", url), "embeddings",
-                               summary["stages"]["embeddings"]["key"])
+    embeddings = find_manifest(
+        copy_of(tmp_path / "machine-b" / "cache", url), "embeddings", summary["stages"]["embeddings"]["key"]
+    )
     assert embeddings.stats["workers"], embeddings.stats  # the shards B computed came from the Dask workers
     there = objects(client, f"lookalike/embeddings/{embeddings.key}/", "resume")
     assert set(there) == {f.path for f in embeddings.files} | {MANIFEST}  # the markers were partial
@@ -184,18 +215,24 @@ def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shar
     import subprocess
 
     from conftest import LOOKALIKE, cli_env
-
-    from lib.data.snapshot import open_snapshot, row_positions
+    from lookalike.stages.dataset.stage import open_snapshot, row_positions
 
     machine_a, summary = shared
     dataset = read_manifest(copy_of(machine_a), "dataset", summary["stages"]["dataset"]["key"])
     row = sorted(row_positions(open_snapshot(copy_of(machine_a), dataset)))[3]
     machine_c = tmp_path / "machine-c"
-    env = cli_env(machine_c, extra={"LOOKALIKE_ARTIFACTS_CACHE": str(machine_c / "cache"),
-                                    "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
+    env = cli_env(
+        machine_c,
+        extra={"LOOKALIKE_ARTIFACTS_CACHE": str(machine_c / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint},
+    )
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
-    out = subprocess.run([LOOKALIKE, "query", "--row", str(row), "--json", "--alias", "latest", "--artifacts-root", URL,
-                          *sets], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [LOOKALIKE, "query", "--row", str(row), "--json", "--alias", "latest", "--artifacts-root", URL, *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["index"] == summary["stages"]["index"]["key"] and found["neighbours"][0]["row"] == row, found
@@ -207,10 +244,17 @@ def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, t
 
     from conftest import LOOKALIKE, cli_env
 
-    env = cli_env(tmp_path, extra={"LOOKALIKE_ARTIFACTS_CACHE": str(tmp_path / "cache"),
-                                   "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint})
-    out = subprocess.run([LOOKALIKE, "query", "--row", "0", "--artifacts-root", "s3://no-such-bucket/x"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = cli_env(
+        tmp_path,
+        extra={"LOOKALIKE_ARTIFACTS_CACHE": str(tmp_path / "cache"), "LOOKALIKE_MIRROR__ENDPOINT_URL": s3_endpoint},
+    )
+    out = subprocess.run(
+        [LOOKALIKE, "query", "--row", "0", "--artifacts-root", "s3://no-such-bucket/x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: bucket 'no-such-bucket' does not exist"), out.stderr
     assert "aws s3 mb s3://no-such-bucket" in out.stderr
@@ -219,9 +263,9 @@ def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, t
 def test_a_stage_task_retries_transient_s3_failures_but_not_user_errors():
     from prefect.states import Failed
 
-    from lib.errors import LookalikeError
-    from lib.storage import MirrorError
-    from tasks.stage import retry_unless_user_error
+    from lookalike.artifacts.s3 import MirrorError
+    from lookalike.core.errors import LookalikeError
+    from lookalike.tasks.stage import retry_unless_user_error
 
     transient = MirrorError("cannot upload …: InternalError")
     transient.retryable = True
@@ -236,14 +280,19 @@ def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tm
     one takes the store's lease and trains, the other waits and fetches its result."""
     import threading
 
-    from lib.config import load_settings
-    from lib.data.snapshot import run_dataset_stage
-    from lib.pretraining import run_encoder_stage
-    from lib.shared_root import open_root
+    from lookalike.artifacts.shared_root import open_root
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
 
     s3_client(s3_endpoint).create_bucket(Bucket="together")
-    overrides = {**TINY, "artifacts_root": "s3://together/x", "mirror.endpoint_url": s3_endpoint, "encoder.epochs": 2,
-                 "artifacts_lease_seconds": 3.0}  # renewed every second while the holder trains
+    overrides = {
+        **TINY,
+        "artifacts_root": "s3://together/x",
+        "mirror.endpoint_url": s3_endpoint,
+        "encoder.epochs": 2,
+        "artifacts_lease_seconds": 3.0,
+    }  # renewed every second while the holder trains
     machines = {name: load_settings({**overrides, "artifacts_cache": str(tmp_path / name)}) for name in "AB"}
     roots = {name: open_root(settings) for name, settings in machines.items()}
     dataset = run_dataset_stage(machines["A"].dataset, roots["A"]).manifest
@@ -268,14 +317,21 @@ def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tm
 def test_a_lease_left_by_a_killed_machine_is_taken_over_once_it_stops_changing(s3_endpoint, tmp_path):
     import time
 
-    from lib.config import load_settings
-    from lib.data.snapshot import dataset_key, run_dataset_stage
-    from lib.shared_root import LEASE, open_root
+    from lookalike.artifacts.shared_root import LEASE, open_root
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import dataset_key, run_dataset_stage
 
     client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="stale")
-    settings = load_settings({**TINY, "artifacts_root": "s3://stale/x", "mirror.endpoint_url": s3_endpoint,
-                              "artifacts_cache": str(tmp_path), "artifacts_lease_seconds": 2.0})
+    settings = load_settings(
+        {
+            **TINY,
+            "artifacts_root": "s3://stale/x",
+            "mirror.endpoint_url": s3_endpoint,
+            "artifacts_cache": str(tmp_path),
+            "artifacts_lease_seconds": 2.0,
+        }
+    )
     key = dataset_key(settings.dataset)[0]
     client.put_object(Bucket="stale", Key=f"x/dataset/{key}/{LEASE}", Body=b'{"host": "dead", "pid": 1}')
     started = time.monotonic()

@@ -3,10 +3,10 @@
 import pytest
 
 from conftest import server_errors
-
-from lib.config import MirrorSettings
-from lib.manifest import write_manifest
-from lib.storage import MirrorError, mirror_stage, s3_client
+from lookalike.artifacts.mirror import mirror_stage
+from lookalike.artifacts.s3 import MirrorError, s3_client
+from lookalike.core.manifest import write_manifest
+from lookalike.core.settings import MirrorSettings
 
 
 @pytest.fixture
@@ -21,8 +21,17 @@ def finished_folder(root, stage="index", key="k1"):
     folder.mkdir(parents=True)
     (folder / "index.faiss").write_bytes(b"x" * 1000)
     (folder / "notes.txt").write_text("hello")
-    return write_manifest(folder, stage=stage, key=key, code_version=1, settings={}, inputs={},
-                          files=["index.faiss", "notes.txt"], stats={}, timings={})
+    return write_manifest(
+        folder,
+        stage=stage,
+        key=key,
+        code_version=1,
+        settings={},
+        inputs={},
+        files=["index.faiss", "notes.txt"],
+        stats={},
+        timings={},
+    )
 
 
 def test_mirror_uploads_files_with_sha256_then_manifest(tmp_path, s3_endpoint, bucket):
@@ -82,15 +91,24 @@ def test_large_files_go_up_in_parts_and_come_back_verified_by_sha256(tmp_path, s
     content hash, so the loader checks the manifest's sha256 instead."""
     import os
 
-    import lib.storage as storage
-    from lib.storage import S3Location, fetch_stage
+    import lookalike.artifacts.s3 as storage
+    from lookalike.artifacts.s3 import S3Location, fetch_stage
 
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)  # S3's smallest part size
     folder = tmp_path / "root" / "embeddings" / "k2"
     folder.mkdir(parents=True)
     (folder / "shard-00000.npy").write_bytes(os.urandom(11 * 1024 * 1024))
-    manifest = write_manifest(folder, stage="embeddings", key="k2", code_version=1, settings={}, inputs={},
-                              files=["shard-00000.npy"], stats={}, timings={})
+    manifest = write_manifest(
+        folder,
+        stage="embeddings",
+        key="k2",
+        code_version=1,
+        settings={},
+        inputs={},
+        files=["shard-00000.npy"],
+        stats={},
+        timings={},
+    )
     section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
     assert mirror_stage(section, tmp_path / "root", manifest)["uploaded"] == 1
     client = s3_client(s3_endpoint)

@@ -1,15 +1,24 @@
 """W&B in offline mode writes real run files; read them back (not `disabled`, which proves nothing)."""
 
 import pytest
+from wandb_offline import read_offline_run
 
-from lib.config import TrackingSettings
-from lib.lineage import ArtifactSpec
-from lib.tracking import TrackingRun, read_offline_run, resolve_mode
+from lookalike.core.settings import TrackingSettings
+from lookalike.reporting.lineage import ArtifactSpec
+from lookalike.reporting.tracking import TrackingRun, resolve_mode
 
 
 def spec(folder, name, type, files, metadata=None, references=None):
-    return ArtifactSpec(stage="index", key="k1", name=name, type=type, folder=folder, files=tuple(files),
-                        metadata=metadata or {}, references=references or {})
+    return ArtifactSpec(
+        stage="index",
+        key="k1",
+        name=name,
+        type=type,
+        folder=folder,
+        files=tuple(files),
+        metadata=metadata or {},
+        references=references or {},
+    )
 
 
 def test_auto_mode_is_offline_without_an_api_key(tmp_path, monkeypatch):
@@ -22,11 +31,18 @@ def test_offline_run_holds_metrics_and_artifact_with_metadata(tmp_path):
     folder = tmp_path / "index"
     folder.mkdir()
     (folder / "index.faiss").write_bytes(b"abc")
-    run = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="t", job_type="upload-embeddings",
-                      group=None, config={"encoder": {"epochs": 1}})
+    run = TrackingRun(
+        TrackingSettings(mode="offline"),
+        tmp_path,
+        name="t",
+        job_type="upload-embeddings",
+        group=None,
+        config={"encoder": {"epochs": 1}},
+    )
     run.log({"pretrain/loss": 1.5})
-    run.log_artifact(spec(folder, "dino-embeddings", "faiss-embeddings", ["index.faiss"], {"dim": 512}),
-                     aliases=["latest", "k1"])
+    run.log_artifact(
+        spec(folder, "dino-embeddings", "faiss-embeddings", ["index.faiss"], {"dim": 512}), aliases=["latest", "k1"]
+    )
     run_dir = run.run_dir
     run.finish()
     offline = read_offline_run(run_dir)
@@ -62,7 +78,9 @@ def test_an_input_declared_offline_is_recorded_for_sync_with_the_producers_diges
     folder.mkdir()
     (folder / "encoder.pt").write_bytes(b"weights")
     model = spec(folder, "dino-encoder", "model", ["encoder.pt"])
-    producer = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="p", job_type="pretrain", group="g", config={})
+    producer = TrackingRun(
+        TrackingSettings(mode="offline"), tmp_path, name="p", job_type="pretrain", group="g", config={}
+    )
     producer.log_artifact(model, aliases=["latest", "k1"])
     consumer = TrackingRun(TrackingSettings(mode="offline"), tmp_path, name="c", job_type="embed", group="g", config={})
     consumer.use_artifact(model, aliases=["production"])
@@ -80,17 +98,26 @@ def test_an_input_declared_offline_is_recorded_for_sync_with_the_producers_diges
     assert [a["type"] for a in used["artifacts"]] == []
 
 
-@pytest.mark.parametrize("source, resolved, name", [
-    ("sample", "folder:/opt/lookalike/data/fashion-mnist-sample", "sample-train"),
-    ("/data/my photos/", "folder:/data/my photos", "my-photos-train"),  # a path: its name, not its layout
-    ("ethz/food101", "hub:ethz/food101", "ethz-food101-train"),
-])
+@pytest.mark.parametrize(
+    "source, resolved, name",
+    [
+        ("sample", "folder:/opt/lookalike/data/fashion-mnist-sample", "sample-train"),
+        ("/data/my photos/", "folder:/data/my photos", "my-photos-train"),  # a path: its name, not its layout
+        ("ethz/food101", "hub:ethz/food101", "ethz-food101-train"),
+    ],
+)
 def test_dataset_artifact_names_do_not_depend_on_the_machine(source, resolved, name):
-    from lib.lineage import artifact_name, source_reference
-    from lib.manifest import Manifest
+    from lookalike.core.manifest import Manifest
+    from lookalike.reporting.lineage import artifact_name, source_reference
 
-    dataset = Manifest(stage="dataset", key="k", code_version=1, created="t", files=[],
-                       settings={"source": source, "split": "train", "resolved": resolved, "content": "hub@abc123"})
+    dataset = Manifest(
+        stage="dataset",
+        key="k",
+        code_version=1,
+        created="t",
+        files=[],
+        settings={"source": source, "split": "train", "resolved": resolved, "content": "hub@abc123"},
+    )
     assert artifact_name("dataset", {"dataset": dataset}) == name
     assert source_reference(dataset) == ({"source": "hf://datasets/ethz/food101@abc123"} if "hub" in resolved else {})
 
@@ -99,7 +126,7 @@ def test_wandb_unreachable_or_refusing_the_key_is_one_clear_error(monkeypatch):
     import wandb
     from wandb.errors import AuthenticationError
 
-    from lib.tracking import WandbLoadError, open_artifact, public_api
+    from lookalike.reporting.tracking import WandbLoadError, open_artifact, public_api
 
     def refuse(*args, **kwargs):
         raise AuthenticationError("Failed to verify credentials with https://api.wandb.ai")

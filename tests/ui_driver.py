@@ -43,7 +43,9 @@ def _wait_terminal(page: Page, run_id: str, timeout_s: float) -> str:
         except AssertionError:
             if time.monotonic() >= deadline:
                 shown = badge.inner_text().strip() if badge.count() else "no state badge"
-                raise AssertionError(f"flow run {run_id} not finished after {timeout_s:.0f}s; UI shows {shown!r}") from None
+                raise AssertionError(
+                    f"flow run {run_id} not finished after {timeout_s:.0f}s; UI shows {shown!r}"
+                ) from None
             page.reload()
 
 
@@ -67,12 +69,16 @@ def _press_quick_run(page: Page, run_button, attempts: int = 3) -> str:
     was created), so the button is pressed again, as a person would; any other error fails."""
     for attempt in range(1, attempts + 1):
         run_button.click()
-        with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as created:
+        with page.expect_response(
+            lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST"
+        ) as created:
             page.get_by_role("button", name="Quick run", exact=True).click()
         response = created.value
         if response.ok:
             return response.json()["id"]
-        assert response.status == 503 and attempt < attempts, f"create_flow_run -> HTTP {response.status}: {response.text()}"
+        assert response.status == 503 and attempt < attempts, (
+            f"create_flow_run -> HTTP {response.status}: {response.text()}"
+        )
         page.keyboard.press("Escape")
         time.sleep(2)
     raise AssertionError("unreachable")

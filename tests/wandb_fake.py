@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 from wandb.errors import CommError
-
-from lib.tracking import read_offline_run
+from wandb_offline import read_offline_run
 
 
 class FakeEntry:

@@ -43,13 +43,8 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _patch_embedding(module) -> None:
-    original_embed, original_run = module.embed_batch, module._embed
-
-    def _embed(*args, **kwargs):
-        _counts["embed_attempts"] += 1
-        _counts["embed_batches"] = 0
-        return original_run(*args, **kwargs)
+def _patch_inference(module) -> None:
+    original_embed = module.embed_batch
 
     def embed_batch(*args, **kwargs):
         _counts["embed_batches"] += 1
@@ -61,12 +56,24 @@ def _patch_embedding(module) -> None:
                 pass
             else:
                 _kill_self()
-        if (_counts["embed_batches"] == FAULTS.get("embed_fail_at_batch")
-                and _counts["embed_attempts"] <= FAULTS.get("embed_fail_attempts", 1)):
+        if _counts["embed_batches"] == FAULTS.get("embed_fail_at_batch") and _counts["embed_attempts"] <= FAULTS.get(
+            "embed_fail_attempts", 1
+        ):
             raise InjectedFault(f"injected embedding failure at batch {_counts['embed_batches']}")
         return original_embed(*args, **kwargs)
 
-    module._embed, module.embed_batch = _embed, embed_batch
+    module.embed_batch = embed_batch
+
+
+def _patch_embedding(module) -> None:
+    original_run = module._embed
+
+    def _embed(*args, **kwargs):
+        _counts["embed_attempts"] += 1
+        _counts["embed_batches"] = 0
+        return original_run(*args, **kwargs)
+
+    module._embed = _embed
     original_write = module._write_shard
 
     def _write_shard(folder, i, *args, **kwargs):
@@ -119,8 +126,11 @@ def _patch_indexing(module) -> None:
             _kill_self()
         return original(index, path)
 
-    module.faiss = type("FaultyFaiss", (), {"__getattr__": lambda self, name: getattr(faiss, name),
-                                            "write_index": staticmethod(write_index)})()
+    module.faiss = type(
+        "FaultyFaiss",
+        (),
+        {"__getattr__": lambda self, name: getattr(faiss, name), "write_index": staticmethod(write_index)},
+    )()
 
 
 def _patch_storage(module) -> None:
@@ -144,11 +154,12 @@ def _patch_storage(module) -> None:
 
 
 PATCHES = {
-    "lib.embedding": _patch_embedding,
-    "lib.stages": _patch_stages,
-    "lib.pretraining": _patch_pretraining,
-    "lib.indexing": _patch_indexing,
-    "lib.storage": _patch_storage,
+    "lookalike.stages.embeddings.stage": _patch_embedding,
+    "lookalike.stages.inference": _patch_inference,
+    "lookalike.artifacts.stage_runner": _patch_stages,
+    "lookalike.stages.encoder.training": _patch_pretraining,
+    "lookalike.stages.index.stage": _patch_indexing,
+    "lookalike.artifacts.s3": _patch_storage,
 }
 
 

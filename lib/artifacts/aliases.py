@@ -1,0 +1,130 @@
+"""Named pointers to a finished chain of stage folders (`production`, `latest`).
+
+`<root>/aliases/<name>.json` holds the stage keys of one run (dataset, encoder, embeddings,
+index, evaluation) and where they came from; it is replaced atomically, so a reader sees
+the old chain or the new one, never half of each. Every move is appended to
+`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike.artifacts.shared_root import read_manifest, share_files
+from lookalike.core.errors import LookalikeError
+from lookalike.core.graph import CHAIN, walk_chain
+from lookalike.core.manifest import Manifest, atomic_write_bytes
+
+ALIASES = "aliases"
+HISTORY = "history.jsonl"
+PRODUCTION = "production"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class AliasError(LookalikeError, LookupError):
+    """An alias is missing, malformed or points at stage folders that no longer exist."""
+
+
+class Alias(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    stages: dict[str, str] = Field(description="stage -> key")
+    set_at: str
+    source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
+
+    def manifest(self, root: Path | str, stage: str) -> Manifest:
+        """The finished manifest this alias points at for `stage`."""
+        if stage not in self.stages:
+            raise AliasError(f"alias {self.name!r} has no {stage} stage (it has: {', '.join(self.stages)})")
+        return read_manifest(root, stage, self.stages[stage])
+
+
+def alias_path(root: Path | str, name: str) -> Path:
+    if not _NAME.match(name):
+        raise AliasError(f"invalid alias name {name!r}: use lowercase letters, digits, '-' or '_'")
+    return Path(root) / ALIASES / f"{name}.json"
+
+
+def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[str, Any] | None = None) -> Alias:
+    """Point `name` at these stage keys (each must be a finished folder) and log the move."""
+    for stage, key in stages.items():
+        read_manifest(root, stage, key)
+    alias = Alias(
+        name=name,
+        stages=dict(stages),
+        source=source or {},
+        set_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = alias_path(root, name)
+    atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
+    with open(path.parent / HISTORY, "a") as fh:
+        fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
+    share_files(root, [f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
+    return alias
+
+
+def read_alias(root: Path | str, name: str) -> Alias:
+    path = alias_path(root, name)
+    if not path.is_file():
+        raise AliasError(
+            f"no {name!r} alias under {root}: build and promote an index first "
+            "(`lookalike run`, or the retrain-weekly deployment)"
+        )
+    try:
+        return Alias.model_validate_json(path.read_bytes())
+    except ValueError as exc:
+        raise AliasError(
+            f"{path} is not a valid alias file ({exc.__class__.__name__}); "
+            "delete it and re-run `lookalike run` to set it again"
+        ) from None
+
+
+def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
+    """The finished manifest that alias `name` points at for `stage`."""
+    return read_alias(root, name).manifest(root, stage)
+
+
+def alias_history(root: Path | str, name: str) -> list[Alias]:
+    """Every position `name` has had, oldest first."""
+    path = Path(root) / ALIASES / HISTORY
+    if not path.is_file():
+        return []
+    moves = (Alias.model_validate_json(line) for line in path.read_text().splitlines() if line.strip())
+    return [a for a in moves if a.name == name]
+
+
+def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
+    """The stage keys of the run that built index `index_key`: from the alias history when a
+    run recorded it (evaluation included), else followed backwards through the manifests."""
+    for name in ("latest", PRODUCTION):
+        for alias in reversed(alias_history(root, name)):
+            if alias.stages.get("index") == index_key:
+                return dict(alias.stages)
+    chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key)
+    stages = {stage: chain[stage].key for stage in CHAIN}
+    evaluations = sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(evaluations):
+        evaluation = read_manifest(root, "evaluation", path.parent.name)
+        if evaluation.inputs.get("index") == index_key:
+            stages["evaluation"] = evaluation.key
+            break
+    return stages
+
+
+def previous_position(root: Path | str, name: str) -> Alias:
+    """Where `name` pointed before its current index (for a rollback)."""
+    history = alias_history(root, name)
+    current = read_alias(root, name).stages.get("index")
+    for alias in reversed(history):
+        if alias.stages.get("index") != current:
+            return alias
+    raise AliasError(
+        f"{name!r} has pointed at no other index than {current} "
+        f"(see {Path(root) / ALIASES / HISTORY}); nothing to roll back to"
+    )

@@ -1,0 +1,112 @@
+"""The promotion gate: may a finished run's index become `production`?
+
+A run asks to be promoted (`promote=True`, the default); the gate then checks its measured
+quality against `PromotionSettings`: self-retrieval@1 and recall@10 vs exact search from the
+index stage, and its kNN accuracy against the current `production` index's, when both were
+evaluated on labels with the same queries: the same protocol (held-out or leave-one-out), k
+and query set. Otherwise the two numbers measure different things; `checks.knn_accuracy`
+then says why they were not compared, and the gate does not refuse on them. A refused run
+still completes and moves `latest`; `production` stays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lookalike.artifacts.aliases import PRODUCTION, AliasError, read_alias
+from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.manifest import Manifest
+from lookalike.core.settings import PromotionSettings
+
+
+def promotion_decision(
+    section: PromotionSettings, root: Path, index: Manifest, evaluation: Manifest, requested: bool = True
+) -> dict[str, Any]:
+    """{"requested", "promoted", "reasons" (why not, one line each), "production" (the index
+    key production pointed at before), "checks" (what was compared)}."""
+    decision: dict[str, Any] = {
+        "requested": requested,
+        "promoted": False,
+        "reasons": [],
+        "production": None,
+        "checks": {},
+    }
+    if not requested:
+        return decision
+    reasons = decision["reasons"]
+    self_at_1 = index.stats.get("self_retrieval_at_1")
+    recall = index.stats.get("recall_at_10")
+    decision["checks"] = {
+        "self_retrieval_at_1": [self_at_1, section.min_self_retrieval_at_1],
+        "recall_at_10": [recall, section.min_recall_at_10],
+    }
+    if self_at_1 is not None and self_at_1 < section.min_self_retrieval_at_1:
+        reasons.append(
+            f"self_retrieval_at_1 {self_at_1:.4f} < promotion.min_self_retrieval_at_1 {section.min_self_retrieval_at_1}"
+        )
+    if recall is not None and recall < section.min_recall_at_10:
+        reasons.append(
+            f"recall_at_10 {recall:.4f} vs exact search < promotion.min_recall_at_10 {section.min_recall_at_10}"
+        )
+
+    current = _production_evaluation(root)
+    if current is not None:
+        decision["production"] = current.inputs.get("index")
+        before, after = current.stats.get("knn_accuracy"), evaluation.stats.get("knn_accuracy")
+        if before is not None and after is not None and decision["production"] != index.key:
+            apart = query_set_difference(current, evaluation)
+            if apart:  # other queries: the two numbers measure different things
+                decision["checks"]["knn_accuracy"] = f"not compared with production's: {apart}"
+            else:
+                decision["checks"]["knn_accuracy"] = [after, before, section.max_knn_drop]
+                if before - after > section.max_knn_drop:
+                    reasons.append(
+                        f"knn_accuracy {after:.4f} is {before - after:.4f} below production's "
+                        f"{before:.4f} (index {decision['production']}); promotion.max_knn_drop is "
+                        f"{section.max_knn_drop}"
+                    )
+    decision["promoted"] = not reasons
+    return decision
+
+
+def query_set(evaluation: Manifest) -> dict[str, Any]:
+    """What an evaluation's scores were measured on: protocol, k, the dataset key of the
+    queries (the held-out snapshot, or the indexed dataset for leave-one-out) and their number."""
+    protocol = evaluation.stats.get("protocol", "leave-one-out")
+    queries = evaluation.inputs.get("dataset") if protocol == "leave-one-out" else evaluation.inputs.get("queries")
+    return {
+        "protocol": protocol,
+        "k": evaluation.stats.get("k"),
+        "queries": queries,
+        "n_queries": evaluation.stats.get("n_queries"),
+    }
+
+
+def query_set_difference(before: Manifest, after: Manifest) -> str | None:
+    """None when two evaluations used the same queries, else what differs, e.g.
+    'protocol held-out:test vs leave-one-out; queries 3f2a.. vs 9c0d..'."""
+    a, b = query_set(before), query_set(after)
+    differ = [f"{name} {a[name]} vs {b[name]}" for name in a if a[name] != b[name]]
+    return "; ".join(differ) or None
+
+
+def knn_not_compared(summary: dict[str, Any]) -> str | None:
+    """Why the gate did not compare this run's kNN accuracy with production's, if it did not."""
+    check = ((summary.get("promotion") or {}).get("checks") or {}).get("knn_accuracy")
+    return check if isinstance(check, str) else None
+
+
+def refused(summary: dict[str, Any]) -> bool:
+    """The run summary says the run asked to be promoted and the gate said no."""
+    promotion = summary.get("promotion") or {}
+    return bool(promotion.get("requested")) and not promotion.get("promoted")
+
+
+def _production_evaluation(root: Path) -> Manifest | None:
+    try:
+        alias = read_alias(root, PRODUCTION)
+    except AliasError:
+        return None
+    key = alias.stages.get("evaluation")
+    return read_manifest(root, "evaluation", key) if key else None

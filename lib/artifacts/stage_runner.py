@@ -1,0 +1,157 @@
+"""The one place that decides whether a stage computes, resumes or is already done.
+
+Every `run_<stage>_stage` goes through `run_stage`: a finished folder (manifest present)
+is returned as `cached`; otherwise the stage's `build` function fills the folder while an
+exclusive lock on the key is held, so two runs with the same key never write the same
+folder at once (the second waits, then finds the manifest and reuses it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from lookalike.artifacts.shared_root import (
+    fetch_finished,
+    fetch_inputs,
+    has_finished,
+    pull_partial,
+    push_finished,
+    store_lease,
+    store_of,
+)
+from lookalike.core.errors import LookalikeError
+from lookalike.core.graph import STAGES
+from lookalike.core.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
+
+
+def _cannot_write(exc: OSError, root: Path) -> bool:
+    """Disk full, quota, read-only filesystem, or no permission under the root: the user's
+    to fix, not a retry's. (Permission errors elsewhere, e.g. on source images, are not.)"""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    inside = exc.filename is not None and Path(exc.filename).resolve().is_relative_to(root.resolve())
+    return exc.errno in (errno.EACCES, errno.EPERM) and inside
+
+
+class ArtifactStorageError(LookalikeError, OSError):
+    """The artifacts root cannot be written; says what to free or change."""
+
+
+class StageResult(BaseModel):
+    """What a stage hands to the next one (small and JSON-serialisable)."""
+
+    model_config = ConfigDict(frozen=True)
+    manifest: Manifest
+    status: Status
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """How a stage went in this run, as users see it."""
+
+    manifest: Manifest
+    status: Status
+    seconds: float
+
+
+@dataclass
+class Built:
+    """What a stage's build function reports back for its manifest."""
+
+    files: list[str]
+    stats: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@contextmanager
+def key_lock(root: Path | str, stage: str, key: str) -> Iterator[None]:
+    """Exclusive advisory lock for one stage key (released when the process dies)."""
+    lock_path = Path(root) / stage / f".{key}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_stage(
+    root: Path | str,
+    stage: str,
+    key: str,
+    *,
+    settings: dict[str, Any],
+    inputs: dict[str, str],
+    build: Callable[[Path], Built],
+) -> StageResult:
+    """Return the finished stage folder for `key`, building it first if needed.
+
+    When `root` is a copy of a shared store (`lookalike.artifacts.shared_root`), a folder finished there is
+    fetched instead of built, a build starts from the store's inputs and partial files, and
+    the finished folder goes back up (manifest last).
+    """
+    found = find_manifest(root, stage, key)
+    if found is not None:
+        if store_of(root) is not None and not has_finished(root, stage, key):
+            push_finished(root, found)  # finished here before the bucket had it (or it was emptied)
+        return StageResult(manifest=found, status="cached")
+    fetched = fetch_finished(root, stage, key)
+    if fetched is not None:
+        return StageResult(manifest=fetched, status="cached")
+    try:
+        return _build_locked(root, stage, key, settings, inputs, build)
+    except OSError as exc:
+        if _cannot_write(exc, Path(root)):
+            raise ArtifactStorageError(
+                f"cannot write the {stage} stage under {root}: {exc.strerror or exc} "
+                f"({exc.filename or 'while writing'}); free disk space or point --artifacts-root at a "
+                "writable folder, then re-run (nothing half-written is ever used)"
+            ) from None
+        raise
+
+
+def _build_locked(
+    root: Path | str,
+    stage: str,
+    key: str,
+    settings: dict[str, Any],
+    inputs: dict[str, str],
+    build: Callable[[Path], Built],
+) -> StageResult:
+    # the local lock for runs on this machine, then the store's lease for the other machines
+    with key_lock(root, stage, key), store_lease(root, stage, key) as finished_elsewhere:
+        found = find_manifest(root, stage, key) or finished_elsewhere or fetch_finished(root, stage, key)
+        if found is not None:  # another run finished it while we waited
+            return StageResult(manifest=found, status="cached")
+        folder = stage_dir(root, stage, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        if store_of(root) is not None:
+            fetch_inputs(root, inputs)
+            pull_partial(root, stage, key)
+        started = time.perf_counter()
+        built = build(folder)
+        timings = {"build_seconds": time.perf_counter() - started, **built.timings}
+        manifest = write_manifest(
+            folder,
+            stage=stage,
+            key=key,
+            code_version=STAGES[stage].code_version,
+            settings=settings,
+            inputs=inputs,
+            files=built.files,
+            stats=built.stats,
+            timings=timings,
+        )
+        push_finished(root, manifest)  # under the lease: a machine waiting for it finds the manifest
+    return StageResult(manifest=manifest, status="resumed" if built.resumed else "computed")

@@ -1,0 +1,228 @@
+"""Stage folders, stage keys and manifests: the hand-off contract between stages.
+
+Every stage writes into `<root>/<stage>/<key>/`. `manifest.json` is written last and
+atomically; a folder without one is unfinished and is never read as a result.
+Readers verify sha256 of the files they load before loading them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike.core.errors import LookalikeError
+
+MANIFEST = "manifest.json"
+Status = Literal["computed", "cached", "resumed"]
+
+
+class IntegrityError(LookalikeError, RuntimeError):
+    """A stage file does not match its manifest (tampered, truncated or missing)."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    """What a finished stage folder holds and how it was made."""
+
+    model_config = ConfigDict(frozen=True)
+    stage: str
+    key: str
+    code_version: int
+    created: str
+    settings: dict[str, Any]
+    inputs: dict[str, str] = Field(default_factory=dict, description="input stage -> key")
+    files: list[FileEntry]
+    stats: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    def file(self, name: str) -> FileEntry:
+        for entry in self.files:
+            if entry.path == name:
+                return entry
+        raise IntegrityError(f"{self.stage}/{self.key}: manifest lists no file {name!r}")
+
+
+def stage_key(stage: str, settings: dict[str, Any], inputs: dict[str, str], code_version: int) -> str:
+    """Hash of everything that can change a stage's output; 16 hex chars."""
+    payload = json.dumps(
+        {"stage": stage, "settings": settings, "inputs": inputs, "code_version": code_version},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def stage_dir(root: Path | str, stage: str, key: str) -> Path:
+    return Path(root) / stage / key
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(folder: Path, name: str) -> FileEntry:
+    path = folder / name
+    return FileEntry(path=name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_path(path: Path) -> _AtomicPath:
+    """Context manager yielding a temp path that is renamed onto `path` on success.
+
+    For writers that need a filename (faiss.write_index, torch.save, parquet).
+    """
+    return _AtomicPath(path)
+
+
+class _AtomicPath:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            with open(self.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    stage: str,
+    key: str,
+    code_version: int,
+    settings: dict[str, Any],
+    inputs: dict[str, str],
+    files: Iterable[str],
+    stats: dict[str, Any],
+    timings: dict[str, float],
+) -> Manifest:
+    """Hash the listed files and write `manifest.json` last, atomically."""
+    manifest = Manifest(
+        stage=stage,
+        key=key,
+        code_version=code_version,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings=settings,
+        inputs=inputs,
+        files=[file_entry(folder, name) for name in sorted(files)],
+        stats=stats,
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )
+    atomic_write_bytes(folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
+    return manifest
+
+
+def find_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
+    """The manifest of a finished stage folder, or None when it is absent or unfinished."""
+    path = stage_dir(root, stage, key) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValueError:
+        return None
+
+
+def verified_path(root: Path | str, manifest: Manifest, name: str) -> Path:
+    """Path of a manifest-listed file after checking its size and sha256."""
+    entry = manifest.file(name)
+    path = stage_dir(root, manifest.stage, manifest.key) / name
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; delete {path.parent} and re-run to rebuild it")
+    if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+        raise IntegrityError(
+            f"{path} does not match its manifest (sha256 differs): it was modified after it was "
+            f"written; delete {path.parent} and re-run to rebuild it"
+        )
+    return path
+
+
+def install_stage(
+    root: Path | str, raw_manifest: bytes, fetch: Callable[[str, Path], None], where: str, expect: tuple[str, str]
+) -> Manifest:
+    """Copy a stage folder from elsewhere (S3, W&B) into `root/<stage>/<key>/`, verified.
+
+    `fetch(name, target)` writes one listed file to `target`. Each file is checked against
+    the manifest's size and sha256 before it is kept (a mismatch is refused and never left in
+    `root`); files already there with the right sha256 are not fetched again; the manifest is
+    written last, so the folder counts as finished only when all of it verified. `where` names
+    the origin in errors; `expect` is the (stage, key) the caller asked for.
+    """
+    try:
+        manifest = Manifest.model_validate_json(raw_manifest)
+    except ValueError:
+        raise IntegrityError(f"{where}{MANIFEST} is not a lookalike manifest") from None
+    if (manifest.stage, manifest.key) != expect:
+        raise IntegrityError(f"{where}{MANIFEST} describes {manifest.stage}/{manifest.key}, not {'/'.join(expect)}")
+    folder = stage_dir(root, manifest.stage, manifest.key)
+    for entry in manifest.files:
+        target = folder / entry.path
+        if matches_entry(target, entry):
+            continue
+        with atomic_path(target) as tmp:
+            fetch(entry.path, tmp)
+            if not matches_entry(tmp, entry):
+                raise IntegrityError(
+                    f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
+                    "was published; refusing to load it. Publish the stage again from a good copy."
+                )
+    atomic_write_bytes(folder / MANIFEST, raw_manifest)
+    return manifest
+
+
+def complete_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
+    """The manifest of a finished folder whose listed files are all present at their sizes (a
+    cache that needs no download; loaders still check every sha256 before reading), else None."""
+    manifest = find_manifest(root, stage, key)
+    folder = stage_dir(root, stage, key)
+    if manifest is None or not all(has_size(folder / f.path, f.bytes) for f in manifest.files):
+        return None
+    return manifest
+
+
+def has_size(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
+
+
+def matches_entry(path: Path, entry: FileEntry) -> bool:
+    return has_size(path, entry.bytes) and sha256_file(path) == entry.sha256

@@ -1,0 +1,567 @@
+"""Settings: one pydantic-settings root with a frozen section per stage.
+
+Precedence: defaults < `.env` < environment (`LOOKALIKE_` prefix, `__` nesting)
+< explicit per-run overrides. Sections reject unknown keys so a typo fails loudly.
+Secrets (W&B key, AWS credentials) are deliberately not fields here: wandb and
+boto3 read them from their usual places, or from Prefect Secret blocks whose *names*
+(`tracking.api_key_secret`, `mirror.credentials_secret`) are settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
+from urllib.parse import urlparse
+
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lookalike.core.errors import LookalikeError
+from lookalike.core.graph import STAGE_NAMES, StageName
+from lookalike.core.names import (
+    METHOD_NAMES,
+    SMALL_IMAGE_RESNETS,
+    IndexPreset,
+    Method,
+    check_backbone_name,
+    check_index_type,
+)
+
+__all__ = ["METHOD_NAMES", "SMALL_IMAGE_RESNETS", "IndexPreset", "Method"]  # re-exported for the Prefect form and tests
+DEFAULT_CACHE = "~/.cache/lookalike"
+
+
+class Section(BaseModel):
+    """A frozen settings section; `NOT_IN_KEY` names fields that cannot change output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that can change this stage's output, for its stage key."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.NOT_IN_KEY}
+
+
+class DatasetSettings(Section):
+    """Where the images come from."""
+
+    source: str = Field(
+        "sample",
+        description="'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101', "
+        "an image folder, a .parquet file, or a save_to_disk folder.",
+    )
+    split: str = Field("train", description="Which split to index.")
+    config_name: str | None = Field(None, description="Hub dataset configuration (subset), if any.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    image_column: str = Field("image", description="Column holding the images.")
+    label_column: str | None = Field("label", description="Column holding labels; missing is fine.")
+    limit: PositiveInt | None = Field(None, description="Index a seeded random subset of this size.")
+    seed: int = Field(0, description="Seed for the subset draw.")
+    max_unreadable_fraction: float = Field(
+        0.1, ge=0, le=1, description="Fail when more than this fraction of images cannot be decoded."
+    )
+    max_image_pixels: PositiveInt = Field(
+        89_478_485, description="Images declaring more pixels are skipped as decompression bombs."
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction"})
+
+
+class EncoderSettings(Section):
+    """Self-supervised pretraining (the `encoder` stage)."""
+
+    method: Method = Field("simclr", description="SSL method from lightly: simclr, dino or byol.")
+    backbone: str = Field(
+        "resnet-9",
+        description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
+        "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool, built for images under ~64 px).",
+    )
+    width: PositiveFloat = Field(
+        0.25,
+        description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels).",
+    )
+    input_size: PositiveInt = Field(28, ge=16, description="Square input side in pixels.")
+    epochs: NonNegativeInt = Field(15, description="Pretraining epochs; 0 keeps random weights.")
+    batch_size: PositiveInt = Field(256, ge=2, description="Pretraining batch size.")
+    lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine",
+        description="constant: lr throughout; cosine: lightly's CosineWarmupScheduler per step (linear warm-up over "
+        "the first epoch, at most a tenth of the steps, then cosine decay to lr/1000).",
+    )
+    weight_decay: float = Field(0.04, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for initialisation, augmentations and shuffling.")
+    num_workers: NonNegativeInt = Field(
+        0, description="DataLoader worker processes (0 on a 2-core CPU: a worker would take a core from training)."
+    )
+    channels_last: bool = Field(
+        True, description="Train in channels_last memory format (faster on CPU); in the key: it changes float rounding."
+    )
+    augmentation: Literal["per-image", "batched"] = Field(
+        "batched",
+        description="per-image: the method's lightly transform on each PIL image in the DataLoader; batched: the same "
+        "ops read from that transform, run by kornia on whole batches on the training device (images are first "
+        "fitted to input_size).",
+    )
+    crop_min_scale: float | None = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Smallest random-resized-crop area as a fraction of the image (dino: of its global crops; its "
+        "local crops then span 0.05 to this); empty keeps the method's own default (simclr/byol 0.08, dino 0.4).",
+    )
+    strategy: Literal["single", "ddp"] = Field(
+        "single",
+        description="single: one process (the plain training loop); ddp: PyTorch Lightning's DDP strategy, "
+        "devices x num_nodes processes (gloo on CPU, nccl on GPU), batch_size split among them, SimCLR's "
+        "negatives gathered from every process, batch norms synchronised on GPUs. Keyed only when ddp: each process "
+        "draws its own shuffle and augmentations, so the weights differ from a single run's.",
+    )
+    devices: PositiveInt = Field(
+        1, description="strategy=ddp: processes (GPUs on a GPU machine) per node; in the key with ddp."
+    )
+    num_nodes: PositiveInt = Field(
+        1, description="strategy=ddp: machines (nodes) taking part, launched by torchrun or SLURM; in the key with ddp."
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
+    DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
+
+    def key_fields(self) -> dict[str, Any]:
+        """The scale-out settings are keyed only under ddp, so single-process keys stay as they were."""
+        fields = super().key_fields()
+        if self.strategy == "single":
+            for name in self.DDP_ONLY:
+                fields.pop(name)
+        return fields
+
+    @model_validator(mode="after")
+    def _several_processes_need_ddp(self) -> EncoderSettings:
+        if self.strategy == "single" and (self.devices > 1 or self.num_nodes > 1):
+            raise ValueError(
+                f"devices={self.devices}, num_nodes={self.num_nodes} need several processes, but strategy is "
+                "'single' (one process): set encoder.strategy=ddp, or leave devices and num_nodes at 1"
+            )
+        if self.strategy == "ddp" and self.batch_size < 2 * self.devices * self.num_nodes:
+            raise ValueError(
+                f"batch_size={self.batch_size} is split among devices x num_nodes = "
+                f"{self.devices * self.num_nodes} ddp processes, leaving fewer than 2 images each: "
+                "raise encoder.batch_size or lower encoder.devices"
+            )
+        return self
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        return check_backbone_name(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torchvision_backbones_are_width_one(cls, data: Any) -> Any:
+        """`--set encoder.backbone=resnet50` alone means resnet50 as torchvision builds it, not
+        an error about the small-image default's width."""
+        if (
+            isinstance(data, dict)
+            and "width" not in data
+            and data.get("backbone", cls.model_fields["backbone"].default) not in SMALL_IMAGE_RESNETS
+        ):
+            return {**data, "width": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _width_fits_backbone(self) -> EncoderSettings:
+        if self.width != 1.0 and self.backbone not in SMALL_IMAGE_RESNETS:
+            raise ValueError(
+                f"width={self.width} scales lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}); "
+                f"torchvision's {self.backbone!r} has a fixed width: leave width at 1 or pick one of those"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dino_local_crops_fit(self) -> EncoderSettings:
+        if self.method == "dino" and self.crop_min_scale is not None and self.crop_min_scale <= 0.05:
+            raise ValueError(
+                f"crop_min_scale={self.crop_min_scale} leaves dino's local crops (0.05 to crop_min_scale) empty: "
+                "use a value above 0.05"
+            )
+        return self
+
+
+class EmbeddingsSettings(Section):
+    """Batched inference into shards (the `embeddings` stage)."""
+
+    shard_size: PositiveInt = Field(1024, description="Rows per shard: the unit of resume.")
+    batch_size: PositiveInt = Field(256, description="Inference batch size (not part of the key).")
+    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes.")
+    channels_last: bool = Field(True, description="Use channels_last memory format (faster on CPU).")
+    retries: NonNegativeInt = Field(
+        2, description="Task retries (exponential backoff with jitter); each retry embeds only missing shards."
+    )
+    reuse: bool = Field(
+        True,
+        description="Incremental add: take the vector of an image an earlier embeddings stage already embedded "
+        "with the same encoder and shard_size, matched by content sha256 (renamed files included), so only new "
+        "images are embedded; its files are verified first. Off embeds every image.",
+    )
+    dask_workers: NonNegativeInt = Field(
+        0,
+        description="Embed the missing shards on a local Dask cluster of this many single-threaded worker "
+        "processes (prefect-dask's DaskTaskRunner); 0 = in the stage task's own process.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Embed the missing shards on the running Dask cluster whose scheduler listens here "
+        "(tcp://host:8786); its workers need this code and the same artifacts root.",
+    )
+    shards_per_task: PositiveInt = Field(
+        1,
+        description="Shards one Dask task embeds (each task loads the encoder once).",
+    )
+    # reuse is out of the key: a stored vector equals a recomputed one up to float rounding.
+    # Where shards are embedded is out of it too: a shard is the same batches wherever it runs.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
+        {
+            "batch_size",
+            "num_workers",
+            "channels_last",
+            "retries",
+            "reuse",
+            "dask_workers",
+            "dask_address",
+            "shards_per_task",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> EmbeddingsSettings:
+        if self.dask_workers and self.dask_address:
+            raise ValueError(
+                f"embeddings.dask_workers={self.dask_workers} starts a local cluster and embeddings.dask_address="
+                f"{self.dask_address} names a running one: set only one of them"
+            )
+        return self
+
+
+class IndexSettings(Section):
+    """The FAISS index (the `index` stage)."""
+
+    type: str = Field(
+        "flat-l2",
+        description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), "
+        "auto (chosen for memory_budget and recall_target) or a raw FAISS factory string.",
+    )
+    nlist: PositiveInt | None = Field(
+        None, description="IVF lists for the ivf-* presets; empty = min(4*sqrt(N), N/39)."
+    )
+    nprobe: PositiveInt = Field(16, description="IVF lists visited per query (search time; recorded in the manifest).")
+    ef_search: PositiveInt = Field(64, description="HNSW efSearch (search time; recorded in the manifest).")
+    refine_k_factor: PositiveInt = Field(
+        4,
+        description="Refine indexes (ivf-pqfs-rflat): candidates re-ranked exactly per result wanted (search time; recorded).",
+    )
+    memory_budget: ByteSize | None = Field(
+        None, description="type=auto: the most bytes the index may take, e.g. 2GB or 500MiB; empty = no limit."
+    )
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="type=auto: recall@10 vs exact search the choice must reach on held-out queries."
+    )
+    AUTO_ONLY: ClassVar[frozenset[str]] = frozenset({"memory_budget", "recall_target"})
+
+    def key_fields(self) -> dict[str, Any]:
+        """The auto-selection inputs change the result only when type is auto."""
+        fields = super().key_fields()
+        if self.type != "auto":
+            for name in self.AUTO_ONLY:
+                fields.pop(name)
+        return fields
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        return check_index_type(value)
+
+
+class EvaluationSettings(Section):
+    """Retrieval quality measured on the built index (the `evaluation` stage)."""
+
+    k: PositiveInt = Field(10, description="Neighbours considered for kNN accuracy and precision@k.")
+    grid_queries: NonNegativeInt = Field(8, description="Query rows drawn in the retrieval grid.")
+    grid_neighbours: PositiveInt = Field(5, description="Neighbours per query in the grid.")
+    query_split: str = Field(
+        "auto",
+        min_length=1,
+        description="Where the queries come from: 'auto' (the source's 'test' split, else 'validation', when it "
+        "exists and is not the indexed split; else leave-one-out), a split name, or 'none' (leave-one-out "
+        "over the indexed images).",
+    )
+    max_queries: PositiveInt | None = Field(
+        10_000,
+        description="Most queries: a seeded sample of the held-out split (dataset.seed) or of the "
+        "indexed images (leave-one-out); empty = all.",
+    )
+    # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
+    # of the evaluation key, so 'auto' and the split it picks name the same result.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split"})
+
+
+class PromotionSettings(Section):
+    """The gate a run's index must pass to become `production` (no stage depends on it)."""
+
+    min_self_retrieval_at_1: float = Field(
+        0.99, ge=0, le=1, description="Lowest fraction of indexed images that must find themselves first."
+    )
+    min_recall_at_10: float = Field(
+        0.9, ge=0, le=1, description="Lowest recall@10 against exact search (1.0 for exact indexes)."
+    )
+    max_knn_drop: float = Field(
+        0.02, ge=0, le=1, description="Largest fall in kNN accuracy allowed against the current production index."
+    )
+
+
+class TrackingSettings(Section):
+    """Weights & Biases. The API key is read by wandb from its usual places, never from here."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto = online when a W&B API key is configured, else offline."
+    )
+    project: str = Field("lookalike", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+    api_key_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the W&B API key (else WANDB_API_KEY / netrc)."
+    )
+
+
+class MirrorSettings(Section):
+    """Optional S3 mirror of finished stage folders. Credentials come from boto3's chain."""
+
+    url: str | None = Field(None, description="s3://bucket/prefix to mirror to; empty = off.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...).")
+    stages: tuple[StageName, ...] = Field(
+        STAGE_NAMES,
+        description="Which stage folders to mirror; the default is the whole chain a query on another machine needs.",
+    )
+    retries: NonNegativeInt = Field(
+        3, description="Task retries (exponential backoff) before the mirror is reported failed."
+    )
+    credentials_secret: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding JSON {aws_access_key_id, aws_secret_access_key"
+        "[, aws_session_token]} (else boto3's own chain: environment, ~/.aws, instance role).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith("s3://"):
+            raise ValueError("must look like s3://bucket/prefix")
+        return value or None
+
+
+class Settings(BaseSettings):
+    """The root: everything a run needs, one section per stage."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    artifacts_root: Path = Field(
+        Path("artifacts"),
+        description="Where every stage folder goes: a folder, or s3://bucket/prefix to share "
+        "stage folders (and Prefect's cached results) between machines, each working in a copy under "
+        "artifacts_cache.",
+    )
+    artifacts_store: str | None = Field(
+        None,
+        description="Set from an s3:// artifacts_root (not by hand): the bucket every stage folder is shared "
+        "through; artifacts_root is then this machine's copy of it.",
+    )
+    artifacts_cache: str = Field(
+        DEFAULT_CACHE,
+        description="Where each machine keeps its copy of an s3:// artifacts_root "
+        "(~ is the home of the machine that opens it).",
+    )
+    artifacts_lease_seconds: float = Field(
+        60.0,
+        ge=1.0,
+        description="With an s3:// artifacts_root: how long a machine that stopped renewing its lease "
+        "on a stage it was building (killed, cut off) keeps it; a retry elsewhere waits this long after a kill.",
+    )
+    dataset: DatasetSettings = DatasetSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    embeddings: EmbeddingsSettings = EmbeddingsSettings()
+    index: IndexSettings = IndexSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    mirror: MirrorSettings = MirrorSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_root(cls, data: Any) -> Any:
+        """`artifacts_root=s3://bucket/prefix` -> artifacts_store = that URL and artifacts_root
+        = this machine's copy of it (`working_copy`)."""
+        if not isinstance(data, dict):
+            return data
+        root, store = data.get("artifacts_root"), data.get("artifacts_store")
+        url = url_of(root)
+        if store and url and store.rstrip("/") != url.rstrip("/"):
+            raise ValueError(f"artifacts_store {store!r} and artifacts_root {url!r} differ: set artifacts_root only")
+        url = url or store
+        if not url:
+            return data
+        if not url.startswith("s3://") or len(url) <= len("s3://") or url[len("s3://")] == "/":
+            raise ValueError(f"artifacts_root {url!r}: a shared root must look like s3://bucket/prefix")
+        copy = working_copy(url, data.get("artifacts_cache") or cls.model_fields["artifacts_cache"].default)
+        if root and not url_of(root) and Path(root) != copy:
+            raise ValueError(
+                f"artifacts_store is set from artifacts_root=s3://...; also setting artifacts_root={root} "
+                "is ambiguous: set artifacts_root to the s3:// URL only"
+            )
+        return {**data, "artifacts_root": copy, "artifacts_store": url.rstrip("/")}
+
+
+def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
+    """The local root that mirrors a shared `url`: `<cache>/s3/<bucket>/<prefix>`; the one place
+    a machine's copy of a bucket (a shared root, an S3 mirror read back) is worked out."""
+    parsed = urlparse(url)
+    return Path(cache).expanduser() / "s3" / parsed.netloc / (parsed.path.strip("/") or "_")
+
+
+def url_of(root: Any) -> str | None:
+    return str(root) if isinstance(root, str) and root.startswith("s3://") else None
+
+
+class SettingsError(LookalikeError, ValueError):
+    """Invalid settings, already formatted one line per field."""
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Read settings from defaults, `.env` and the environment, then apply overrides.
+
+    Args:
+        overrides: dotted keys (`"encoder.epochs"`) or nested dicts; `None` values are
+            ignored so optional CLI flags can be passed straight through.
+
+    Raises:
+        SettingsError: one line per invalid field, naming it and why.
+    """
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    unknown = _unknown_environment_names()
+    try:
+        # Init kwargs are pydantic-settings' highest-priority source and are deep-merged
+        # with .env and the environment, so every invalid field is reported at once.
+        settings = Settings(**nested)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc, unknown)) from None
+    if unknown:
+        raise SettingsError(format_validation_error(None, unknown))
+    return settings
+
+
+def _unknown_environment_names() -> list[str]:
+    """LOOKALIKE_* variables naming no section or top-level setting.
+
+    pydantic-settings rejects an unknown field inside a known section, but silently ignores
+    a misspelt section (LOOKALIKE_ENCODR__EPOCHS), which would run with the default.
+    """
+    known = set(Settings.model_fields)
+    lines = []
+    for name in sorted(os.environ):
+        if name.upper().startswith("LOOKALIKE_"):
+            head = name[len("LOOKALIKE_") :].split("__", 1)[0].lower()
+            if head not in known:
+                lines.append(
+                    f"{name}: unknown setting; the environment takes LOOKALIKE_<SECTION>__<FIELD> "
+                    f"with a section in: {', '.join(sorted(known))}"
+                )
+    return lines
+
+
+# The flow's (and CLI's) named run parameters and the settings they set.
+RUN_PARAMETERS = {
+    "dataset": "dataset.source",
+    "split": "dataset.split",
+    "method": "encoder.method",
+    "epochs": "encoder.epochs",
+    "index": "index.type",
+    "index_factory": "index.type",  # a raw FAISS factory string; wins over `index`
+    "artifacts_root": "artifacts_root",
+    "mirror": "mirror.url",
+}
+
+
+def settings_for_run(overrides: dict[str, Any] | None = None, **named: Any) -> Settings:
+    """Settings for one run: named parameters (None = not given) win over `overrides`,
+    which win over the environment, `.env` and defaults."""
+    unknown = set(named) - set(RUN_PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown run parameters: {sorted(unknown)}")
+    ordered = sorted(named.items(), key=lambda item: item[0] == "index_factory")  # factory last: it wins
+    dotted = {RUN_PARAMETERS[name]: value for name, value in ordered if value is not None}
+    return load_settings({**(overrides or {}), **dotted})
+
+
+def check_overrides(overrides: dict[str, Any] | None, **named: Any) -> None:
+    """A flow's `overrides` must not name a setting that has its own (given) parameter:
+    the parameter would silently win."""
+    owned = {RUN_PARAMETERS[name]: name for name, value in named.items() if value is not None}
+    clashes = [
+        f"overrides[{key!r}]: this setting has its own parameter `{owned[key]}`; set that instead"
+        for key in (overrides or {})
+        if key in owned
+    ]
+    if clashes:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(clashes))
+
+
+def run_parameters(settings: Settings) -> dict[str, Any]:
+    """The named flow parameters that reproduce `settings` (the CLI passes these, so the
+    flow's own defaults never shadow the environment the CLI read)."""
+
+    def value(dotted: str) -> Any:
+        node: Any = settings
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    values = {name: value(dotted) for name, dotted in RUN_PARAMETERS.items()}
+    values["artifacts_root"] = settings.artifacts_store or str(settings.artifacts_root)
+    preset = settings.index.type in get_args(IndexPreset)
+    values["index"], values["index_factory"] = (settings.index.type, None) if preset else (None, settings.index.type)
+    return values
+
+
+def format_validation_error(exc: ValidationError | None, extra_lines: list[str] = ()) -> str:
+    """One line per field: `encoder.epochs: Input should be >= 0 (got -1)`."""
+    lines = list(extra_lines)
+    for err in exc.errors() if exc else []:
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; LOOKALIKE_SECTION__FIELD in the environment)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"{where}: {msg}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,173 @@
+"""The run summary: one dict shared by the CLI (`--json`), Prefect artifacts and W&B.
+
+Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
+`metrics`, `artifacts`, `skipped`, `aliases` (the alias names this run moved to its
+chain, e.g. ['latest', 'production']), `promotion` (the gate's decision), `index` (what
+was built and, for `index.type=auto`, why). Extend, never rename. A `resumed` stage says what it reused
+(`reused`: '3/10 shards', '2/3 epochs'). The `embeddings` stage also says how many images
+this run sent through the encoder (`images_embedded`) and how many it took from earlier
+embeddings stages by content hash (`images_reused`, the incremental add); both are 0 when
+the stage was cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lookalike.artifacts.promotion import knn_not_compared, refused
+from lookalike.artifacts.stage_runner import StageReport
+from lookalike.core.manifest import stage_dir
+from lookalike.stages.encoder.checkpoint import ENCODER_FILE
+from lookalike.stages.encoder.training import LOSS_CURVE
+from lookalike.stages.evaluation.stage import GRID
+from lookalike.stages.index.factory import INDEX_FILE
+
+
+def build_summary(
+    root: Path,
+    reports: dict[str, StageReport],
+    tracking: dict[str, Any] | None = None,
+    mirror: dict[str, Any] | None = None,
+    aliases: list[str] | None = None,
+    promotion: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    dataset, index, evaluation = (reports[s].manifest for s in ("dataset", "index", "evaluation"))
+    k = evaluation.stats.get("k", 10)
+    metrics = {
+        "self_retrieval_at_1": index.stats["self_retrieval_at_1"],
+        "recall_at_10": index.stats.get("recall_at_10"),
+        "knn_accuracy": evaluation.stats.get("knn_accuracy"),
+        f"precision_at_{k}": evaluation.stats.get(f"precision_at_{k}"),
+        f"map_at_{k}": evaluation.stats.get(f"map_at_{k}"),
+        # what the three above were measured on: "held-out:<split>" or "leave-one-out"
+        "evaluation_protocol": evaluation.stats.get("protocol"),
+        "n_images": dataset.stats["n_images"],
+        "n_skipped": dataset.stats["n_skipped"],
+        "dim": index.stats["dim"],
+        "index_bytes": index.stats["bytes"],
+    }
+
+    def path(stage: str, name: str) -> str | None:
+        file = stage_dir(root, stage, reports[stage].manifest.key) / name
+        return str(file) if any(f.path == name for f in reports[stage].manifest.files) else None
+
+    artifacts = {
+        "root": str(root),
+        "encoder": path("encoder", ENCODER_FILE),
+        "index": path("index", INDEX_FILE),
+        "retrieval_grid": path("evaluation", GRID),
+        "loss_curve": path("encoder", LOSS_CURVE),
+        "wandb_run_dir": (tracking or {}).get("run_dir"),
+        "wandb_mode": (tracking or {}).get("mode"),
+        "wandb_url": (tracking or {}).get("url"),
+        # the runs that logged this flow run's stage artifacts (lineage), by stage
+        "wandb_stage_runs": (tracking or {}).get("stage_runs"),
+        "mirror": mirror,
+    }
+    stages = {
+        name: {"key": r.manifest.key, "status": r.status, "seconds": r.seconds, "reused": reused(r)}
+        for name, r in reports.items()
+    }
+    if "embeddings" in stages:
+        stages["embeddings"].update(embedding_counts(reports["embeddings"]))
+    # Unreadable images the dataset stage skipped (row_id, path, reason); the manifest lists
+    # the same (up to its cap) and `metrics.n_skipped` counts them all.
+    skipped = list(dataset.stats.get("skipped", []))
+    return {
+        "stages": stages,
+        "metrics": metrics,
+        "artifacts": artifacts,
+        "skipped": skipped,
+        "aliases": list(aliases or []),
+        "promotion": promotion,
+        "index": index_choice(index.stats),
+    }
+
+
+def index_choice(stats: dict[str, Any]) -> dict[str, Any]:
+    """What was built and, for `auto`, why: `type` (as configured), `chosen` (the preset),
+    `factory`, `search_params`, and `reason` / `target_met` / `heldout_recall_at_10` for auto."""
+    auto = stats.get("auto") or {}
+    return {
+        "type": stats.get("type"),
+        "chosen": stats.get("chosen", stats.get("type")),
+        "factory": stats.get("factory"),
+        "search_params": stats.get("search_params", {}),
+        "reason": auto.get("reason"),
+        "target_met": auto.get("target_met"),
+        "heldout_recall_at_10": auto.get("heldout_recall_at_10"),
+    }
+
+
+def reused(report: StageReport) -> str | None:
+    """What a `resumed` stage took over from an interrupted attempt, e.g. '3/10 shards'."""
+    if report.status != "resumed":
+        return None
+    stats = report.manifest.stats
+    if "shards_reused" in stats:
+        return f"{stats['shards_reused']}/{stats['n_shards']} shards"
+    if "resumed_from_epoch" in stats:
+        return f"{stats['resumed_from_epoch']}/{len(stats['losses'])} epochs"
+    return None
+
+
+def embedding_counts(report: StageReport) -> dict[str, int]:
+    """Images this run embedded and took over by content hash (0 and 0 when cached: none of either ran)."""
+    if report.status == "cached":
+        return {"images_embedded": 0, "images_reused": 0}
+    stats = report.manifest.stats
+    return {"images_embedded": stats.get("images_embedded", 0), "images_reused": stats.get("images_reused", 0)}
+
+
+def embedding_counts_line(summary: dict[str, Any]) -> str | None:
+    """'embeddings: 3 images embedded, 29 reused by content hash', or None when nothing ran."""
+    stage = summary["stages"].get("embeddings", {})
+    if stage.get("status") in (None, "cached"):
+        return None
+    return (
+        f"embeddings: {stage.get('images_embedded', 0)} images embedded, "
+        f"{stage.get('images_reused', 0)} reused by content hash"
+    )
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a markdown report (Prefect UI artifact)."""
+    lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
+    for name, s in summary["stages"].items():
+        lines.append(f"| {name} | `{s['key']}` | {s['status']} | {s.get('reused') or ''} | {s['seconds']:.1f} |")
+    if counts := embedding_counts_line(summary):
+        lines += ["", counts]
+    lines += ["", "| metric | value |", "|---|---|"]
+    for name, value in summary["metrics"].items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    if summary.get("aliases"):
+        lines += ["", f"Aliases moved to this index: {', '.join(summary['aliases'])}"]
+    if refused(summary):
+        lines += ["", f"**Not promoted**: {'; '.join(summary['promotion']['reasons'])}. `production` is unchanged."]
+    if knn_not_compared(summary):
+        lines += ["", f"kNN accuracy was {knn_not_compared(summary)}."]
+    choice = summary.get("index") or {}
+    if choice.get("reason"):
+        lines += ["", f"**Index** ({choice['type']}): {choice['reason']}."]
+    lines += ["", "## Artifacts", ""]
+    for name, value in summary["artifacts"].items():
+        if value:
+            lines.append(f"- **{name}**: `{value}`")
+    if summary.get("skipped"):
+        lines += [
+            "",
+            f"## Skipped images ({summary['metrics']['n_skipped']})",
+            "",
+            "| row | path | reason |",
+            "|---|---|---|",
+        ]
+        for s in summary["skipped"]:
+            lines.append(f"| {s['row_id']} | `{s['path'] or ''}` | {s['reason']} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "—" if value is None else str(value)

@@ -1,0 +1,254 @@
+"""Serving queries from a built index: one loaded Searcher, swapped whole when an alias moves.
+
+`IndexHolder` resolves a reference (an alias such as `production`, an index stage key, an
+index mirrored to `s3://bucket/prefix/index/<key>`, or a W&B artifact path
+`entity/project/<method>-embeddings:production`, fetched and verified first),
+loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
+alias, requests trigger a re-read of the small alias file (from S3 for an S3 alias URL) at most
+every `poll_seconds`, in a background thread; when the alias points somewhere new, the new chain
+is loaded completely *beside* the old one and only then swapped in, so a request never sees a half-loaded index
+and never waits for one to load. A chain that fails to load leaves
+the old one serving and is reported in `info()`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.artifacts.aliases import ALIASES, Alias, alias_path, read_alias
+from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
+from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.errors import LookalikeError
+from lookalike.core.graph import CHAIN, walk_chain
+from lookalike.core.manifest import MANIFEST, find_manifest
+from lookalike.reporting.tracking import parse_wandb_ref
+from lookalike.serving.query import Chain, Searcher, alias_chain
+from lookalike.stages.dataset.images import decode_rgb
+
+MAX_K = 100
+_STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
+
+
+class QueryError(LookalikeError, ValueError):
+    """A query the server cannot answer; `status` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def chain_from_index_key(root: Path | str, key: str) -> Chain:
+    """dataset → encoder → embeddings → index, followed backwards from an index stage key."""
+    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key)
+    return Chain(*(chain[stage] for stage in CHAIN))
+
+
+def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tuple[Path, str]:
+    """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` (or `/aliases/<name>`)
+    reference is first fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and
+    verified there; an index folder path `<other root>/index/<key>` is loaded from that root;
+    a W&B artifact path `entity/project/<name>:<alias>` is fetched the same way from W&B (online);
+    anything else (an alias or a stage key) is a reference under `root` itself."""
+    if ref.startswith("s3://"):
+        return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
+    folder = Path(ref).expanduser()
+    if (ref.startswith((".", "/", "~")) or "/" in ref) and folder.is_dir():  # <some root>/index/<key>
+        if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
+            raise QueryError(
+                f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})", status=404
+            )
+        return folder.resolve().parents[1], folder.name
+    if parse_wandb_ref(ref):
+        from lookalike.reporting.wandb_chain import fetch_wandb_chain
+
+        return fetch_wandb_chain(ref, Path(root) / "remote")
+    return Path(root), ref
+
+
+def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
+    """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
+    if _STAGE_KEY.match(ref) and find_manifest(root, "index", ref) is not None:
+        return chain_from_index_key(root, ref), None
+    try:
+        path = alias_path(root, ref)
+    except LookalikeError:
+        path = None
+    if path is None or not path.is_file():
+        raise QueryError(
+            f"no index {ref!r} under {root}: give an alias (production, latest) or an index "
+            "stage key (a folder name under index/)",
+            status=404,
+        )
+    alias = read_alias(root, ref)
+    return alias_chain(root, alias), alias
+
+
+@dataclass(frozen=True)
+class Loaded:
+    searcher: Searcher
+    alias: str | None
+    loaded_at: float
+    metrics: dict[str, Any]
+
+
+class IndexHolder:
+    """The index being served, reloaded when its alias moves."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        ref: str = "production",
+        poll_seconds: float = 2.0,
+        max_image_pixels: int = 40_000_000,
+        endpoint_url: str | None = None,
+    ) -> None:
+        self.ref, self.poll_seconds, self.max_image_pixels = ref, poll_seconds, max_image_pixels
+        self.root, local_ref = localize(root, ref, endpoint_url)
+        # An S3 alias URL is re-read from S3 on each check, so the server follows it as it moves.
+        self._remote_alias = ref.startswith("s3://") and parse_ref_url(ref)[1] == ALIASES
+        self._endpoint_url, self._cache = endpoint_url, Path(root) / "remote"
+        self._lock = threading.Lock()
+        self._loaded = self._load(*resolve_ref(self.root, local_ref))
+        self._checked = time.monotonic()
+        self.reload_error: str | None = None
+        self._failed_key: str | None = None
+
+    def _load(self, chain: Chain, alias: Alias | None) -> Loaded:
+        metrics = {
+            "self_retrieval_at_1": chain.index.stats.get("self_retrieval_at_1"),
+            "recall_at_10": chain.index.stats.get("recall_at_10"),
+        }
+        evaluation_key = alias.stages.get("evaluation") if alias else None
+        evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
+        if evaluation is not None:
+            metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
+        return Loaded(Searcher(self.root, chain), alias.name if alias else None, time.time(), metrics)
+
+    @property
+    def searcher(self) -> Searcher:
+        """The current searcher. When a check for a moved alias is due, it runs in a background
+        thread: no request waits for a new index to load, they keep the current one meanwhile."""
+        if self._loaded.alias and time.monotonic() - self._checked >= self.poll_seconds:
+            if self._lock.acquire(blocking=False):  # one check at a time; released by the thread
+                self._checked = time.monotonic()
+                threading.Thread(target=self._reload_and_release, name="lookalike-reload", daemon=True).start()
+        return self._loaded.searcher
+
+    def _reload_and_release(self) -> None:
+        try:
+            self._reload_locked()
+        finally:
+            self._lock.release()
+
+    def reload(self) -> bool:
+        """Re-resolve the alias now; swap in its chain if it moved (retrying one refused before,
+        in case its files were repaired). True when swapped."""
+        with self._lock:
+            self._failed_key = None
+            return self._reload_locked()
+
+    def _reload_locked(self) -> bool:
+        self._checked = time.monotonic()
+        if not self._loaded.alias:
+            return False
+        serving = self._loaded.searcher.chain.index.key
+        try:
+            if self._remote_alias:  # the alias from S3, and the chain it names (fetched, verified)
+                fetch_index_chain(self.ref, self._cache, self._endpoint_url)
+            chain, alias = resolve_ref(self.root, self._loaded.alias)
+        except (LookalikeError, OSError) as exc:
+            self.reload_error = f"still serving {serving}: {exc}"
+            return False
+        if chain.index.key == serving:
+            self.reload_error = self._failed_key = None
+            return False
+        if chain.index.key == self._failed_key:
+            return False  # refused once already; checked again when the alias moves
+        try:
+            self._loaded = self._load(chain, alias)  # fully built before it replaces the old one
+        except (LookalikeError, OSError) as exc:
+            self._failed_key = chain.index.key
+            self.reload_error = f"still serving {serving}: {exc}"
+            return False
+        self.reload_error = self._failed_key = None
+        return True
+
+    def info(self) -> dict[str, Any]:
+        self.searcher  # noqa: B018 - asking what is served is a reason to check the alias too
+        loaded = self._loaded
+        chain = loaded.searcher.chain
+        return {
+            "ref": self.ref,
+            "alias": loaded.alias,
+            "index": chain.index.key,
+            "encoder": chain.encoder.key,
+            "dataset": chain.dataset.key,
+            "created": chain.index.created,
+            "ntotal": chain.index.stats.get("ntotal"),
+            "dim": chain.index.stats.get("dim"),
+            "metric": chain.index.stats.get("metric"),
+            "method": chain.encoder.settings.get("method"),
+            "metrics": loaded.metrics,
+            "loaded_at": loaded.loaded_at,
+            "reload_error": self.reload_error,
+        }
+
+    # --- the three kinds of query -------------------------------------------------------------
+
+    # Each returns (index key, hits) from one searcher, so the key is the index that answered even
+    # when the alias moves during the request.
+
+    def by_image_bytes(self, data: bytes, k: int) -> tuple[str, list[dict]]:
+        try:
+            image = decode_rgb(data, self.max_image_pixels)
+        except LookalikeError as exc:
+            status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
+            raise QueryError(f"not a usable image: {exc}", status=status) from None
+        return self.by_image(image, k)
+
+    def by_image(self, image: Image.Image, k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        return searcher.chain.index.key, searcher.neighbours(image, check_k(k))
+
+    def by_row(self, row: int, k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        return searcher.chain.index.key, searcher.neighbours(row_image(searcher, row), check_k(k))
+
+    def image_of_row(self, row: int) -> Image.Image:
+        """A dataset image of the served index (404-shaped QueryError for a row it lacks)."""
+        return row_image(self.searcher, row)
+
+    def by_vector(self, vector: list[float], k: int) -> tuple[str, list[dict]]:
+        searcher = self.searcher
+        dim = searcher.index.d
+        array = np.asarray(vector, dtype=np.float32)
+        if array.ndim != 1 or array.shape[0] != dim:
+            raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
+        if not np.isfinite(array).all():
+            raise QueryError("vector contains NaN or infinity")
+        return searcher.chain.index.key, searcher.neighbours_of_vector(array, check_k(k))
+
+
+def row_image(searcher: Searcher, row: int) -> Image.Image:
+    if row not in searcher.position:
+        raise QueryError(
+            f"row {row} is not in index {searcher.chain.index.key} "
+            f"({searcher.chain.index.stats.get('ntotal')} rows; ids are dataset row ids)",
+            status=404,
+        )
+    return searcher.image_of_row(row)
+
+
+def check_k(k: int) -> int:
+    """k itself, or a QueryError saying the allowed range."""
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K} (got {k})")
+    return k

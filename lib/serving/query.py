@@ -1,0 +1,127 @@
+"""Query a built index: image (or dataset row) in, top-k most similar rows out.
+
+`resolve_chain` finds the finished stage folders for the current settings by
+recomputing their keys, exactly as the pipeline does, so `lookalike query` with the
+same options as `lookalike run` loads what that run built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lookalike.artifacts.aliases import Alias, read_alias
+from lookalike.core.errors import LookalikeError
+from lookalike.core.graph import CHAIN
+from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
+from lookalike.core.settings import Settings
+from lookalike.stages.dataset.images import decode_rgb
+from lookalike.stages.dataset.stage import dataset_key, open_snapshot, row_positions
+from lookalike.stages.embeddings.stage import embeddings_key
+from lookalike.stages.encoder.stage import encoder_key
+from lookalike.stages.index.factory import load_index, prepare_vectors, search
+from lookalike.stages.index.stage import index_key
+from lookalike.stages.inference import Embedder
+from lookalike.stages.pictures import retrieval_grid
+
+
+class NotBuiltError(LookalikeError, LookupError):
+    """No finished index exists for these settings."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    dataset: Manifest
+    encoder: Manifest
+    embeddings: Manifest
+    index: Manifest
+
+
+def chain_from_alias(root: Path | str, name: str) -> Chain:
+    """The finished dataset → encoder → embeddings → index folders an alias points at."""
+    return alias_chain(root, read_alias(root, name))
+
+
+def alias_chain(root: Path | str, alias: Alias) -> Chain:
+    """The chain of one read of an alias (read once, so a concurrent move cannot mix two chains)."""
+    return Chain(*(alias.manifest(root, stage) for stage in CHAIN))
+
+
+def resolve_chain(settings: Settings) -> Chain:
+    """The finished dataset → encoder → embeddings → index folders for these settings."""
+    root = settings.artifacts_root
+
+    def need(stage: str, key: str) -> Manifest:
+        manifest = find_manifest(root, stage, key)
+        if manifest is None:
+            raise NotBuiltError(
+                f"no finished {stage} stage for these settings in {root} (key {key}); "
+                "run `lookalike run` with the same options first"
+            )
+        return manifest
+
+    dataset = need("dataset", dataset_key(settings.dataset)[0])
+    encoder = need("encoder", encoder_key(settings.encoder, dataset))
+    embeddings = need("embeddings", embeddings_key(settings.embeddings, dataset, encoder))
+    index = need("index", index_key(settings.index, embeddings))
+    return Chain(dataset, encoder, embeddings, index)
+
+
+class Searcher:
+    """Encoder, index and snapshot loaded once (after sha256 checks), queried many times."""
+
+    def __init__(self, root: Path, chain: Chain) -> None:
+        self.chain = chain
+        # the embeddings stage's own inference path and layout, so a query vector is the stored one
+        self.embedder = Embedder(
+            root, chain.encoder, channels_last=chain.embeddings.settings.get("channels_last", True)
+        )
+        self.index = load_index(root, chain.index)
+        self.metric = chain.index.stats["metric"]
+        self.snapshot = open_snapshot(root, chain.dataset)
+        self.names = chain.dataset.stats.get("label_names")
+        self.position = row_positions(self.snapshot)
+
+    @property
+    def spec(self):
+        return self.embedder.spec
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        """(1, dim) float32: the vector the embeddings stage stores for this image."""
+        return self.embedder.embed_images([image])
+
+    def image_of_row(self, row_id: int) -> Image.Image:
+        return decode_rgb(self._item(row_id)["image"]["bytes"], 1 << 62)
+
+    def _item(self, row_id: int) -> dict:
+        if row_id not in self.position:
+            raise IntegrityError(f"row {row_id} is not in the index (rows are dataset row ids; see `n_images`)")
+        return self.snapshot[self.position[row_id]]
+
+    def neighbours(self, image: Image.Image, k: int) -> list[dict]:
+        """Top-k rows for an image: [{row, distance, label, path}], nearest first."""
+        return self.neighbours_of_vector(self.embed(image)[0], k)
+
+    def neighbours_of_vector(self, vector: np.ndarray, k: int) -> list[dict]:
+        """Top-k rows for one raw embedding (normalised here when the index's metric needs it)."""
+        distances, ids = search(self.index, prepare_vectors(vector[None], self.metric), k)
+        return [self.describe(int(row), float(d)) for d, row in zip(distances[0], ids[0]) if row >= 0]
+
+    def describe(self, row: int, distance: float) -> dict:
+        """One search hit as users see it: {row, distance, label, path}."""
+        item = self._item(row)
+        return {
+            "row": row,
+            "distance": round(distance, 6),
+            "label": self.names[item["label"]] if self.names and item.get("label") is not None else None,
+            "path": item["image"].get("path"),
+        }
+
+    def picture(self, query: Image.Image, caption: str, found: list[dict]) -> Image.Image:
+        cells = [
+            (self.image_of_row(n["row"]), f"row {n['row']} d={n['distance']:.3f}\n{n['label'] or ''}") for n in found
+        ]
+        return retrieval_grid([(query, caption, cells)])

@@ -1,0 +1,68 @@
+"""Decoding images safely: every failure becomes a reason string, never an exception."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lookalike.core.errors import LookalikeError
+
+
+class UnreadableImage(LookalikeError, ValueError):
+    """An image that cannot be decoded; the message is the reason shown to users."""
+
+
+def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode encoded image bytes into an RGB PIL image.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images
+    become RGB (alpha composited on white). Images declaring more than `max_pixels`
+    are refused before their pixels are decoded, so a decompression bomb costs nothing.
+
+    Raises:
+        UnreadableImage: with a short reason (empty, not an image, truncated, too large).
+    """
+    if not data:
+        raise UnreadableImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise UnreadableImage(
+                    f"declares {width}x{height} pixels, over the {max_pixels} limit (possible decompression bomb)"
+                )
+            img.load()
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot decode: {exc}") from None
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() or 1.0
+        img = Image.fromarray((arr * (255.0 / hi)).astype("uint8"), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,268 @@
+"""Opening an image collection through Hugging Face `datasets`, and keying it by content.
+
+Four kinds of source, one code path: a hub dataset name (`food101`), a local folder
+(the HF parquet layout, like the bundled sample, or an `imagefolder` with class
+subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lookalike.core.errors import LookalikeError
+from lookalike.core.manifest import sha256_file
+from lookalike.core.settings import DatasetSettings
+
+# Package data of `lookalike.data`: the same folder in a checkout and in an installed wheel.
+SAMPLE_DIR = Path(str(importlib.resources.files("lookalike.data").joinpath("fashion-mnist-sample")))
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+MINIMUM = "lookalike needs at least 1 readable image to index (2 to pretrain)"
+
+
+class DatasetError(LookalikeError, ValueError):
+    """A problem with the dataset the user pointed at; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: Literal["hub", "folder", "parquet", "disk"]
+    location: str
+    revision: str | None = None  # hub only: the commit sha the key was made from
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+def resolve_source(section: DatasetSettings) -> Source:
+    """Decide what kind of source `section.source` names. Local paths win over hub names."""
+    if section.source == "sample":
+        return Source("folder", str(SAMPLE_DIR))
+    path = Path(section.source).expanduser()
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DatasetError(
+                f"{path} is a file but not .parquet; point --dataset at a folder of images, "
+                "a .parquet file, a save_to_disk folder or a hub dataset name"
+            )
+        return Source("parquet", str(path.resolve()))
+    if path.is_dir():
+        saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+        return Source("disk" if saved else "folder", str(path.resolve()))
+    if section.source.startswith((".", "/", "~")) or os.sep + os.sep in section.source:
+        raise DatasetError(f"no such file or folder: {path}")
+    return Source("hub", section.source)
+
+
+def check_source(section: DatasetSettings) -> Source:
+    """What can be known about the source without loading it, raised as DatasetError: the path
+    exists, a folder holds at least one file, a hub name resolves to a commit (cached per process).
+
+    The CLI calls this before it starts a Prefect server or imports torch, so these mistakes cost
+    well under a second; the dataset task meets the same checks when a deployment runs.
+    """
+    source = resolve_source(section)
+    if source.kind == "hub":
+        resolve_hub_revision(source.location, section.revision)
+    elif source.kind == "folder" and not any(p.is_file() for p in Path(source.location).rglob("*")):
+        raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
+    return source
+
+
+def pin_source(source: Source, section: DatasetSettings) -> tuple[Source, str]:
+    """(source pinned to what was keyed, content key): file hashes locally, the commit sha on the hub.
+
+    `datasets`' own fingerprint is path/mtime based, so it is not used here. A hub source is
+    pinned to the resolved commit so the data loaded is the data that was keyed, even if the
+    branch moves during the run.
+    """
+    if source.kind == "hub":
+        sha = resolve_hub_revision(source.location, section.revision)
+        return Source(source.kind, source.location, sha), "hub@" + sha
+    return source, "sha256@" + _tree_digest(source.location)
+
+
+@lru_cache(maxsize=64)  # one network round trip per process, however often the key is computed
+def resolve_hub_revision(name: str, revision: str | None) -> str:
+    """The commit sha a hub dataset revision points at (a full sha needs no network)."""
+    if revision and _COMMIT_SHA.match(revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(name, revision=revision, timeout=10).sha
+    except Exception as exc:  # connection, offline mode, missing repo: one message for users
+        reason = type(exc).__name__
+        if "RepositoryNotFound" in reason or "404" in str(exc):
+            raise DatasetError(f"{name!r} is neither a local path nor a dataset on the Hugging Face hub") from None
+        raise DatasetError(
+            f"cannot reach the Hugging Face hub to resolve dataset {name!r} ({reason}); "
+            "when offline, point --dataset at a local image folder, a .parquet file or a "
+            "save_to_disk folder, or pin --set dataset.revision=<full commit sha> already in your HF cache"
+        ) from None
+
+
+def _tree_digest(location: str) -> str:
+    root = Path(location)
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        rel = path.name if root.is_file() else path.relative_to(root).as_posix()
+        digest.update(f"{rel}\0{_file_sha(str(path), stat.st_size, stat.st_mtime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=65536)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime only memoise the content hash within a process; they are not the key.
+    return sha256_file(Path(path))
+
+
+def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
+    """Open the split as a `datasets.Dataset` with undecoded images.
+
+    Returns:
+        (dataset, row_ids): the (possibly subset) dataset and each row's position in the
+        full split, which is its stable row id.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if source.kind == "disk":
+            loaded = datasets.load_from_disk(source.location)
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = _pick_split(loaded, section.split, source)
+        elif source.kind == "parquet":
+            loaded = datasets.load_dataset(
+                "parquet", data_files=source.location, split="train", cache_dir=str(cache_dir)
+            )
+        else:
+            loaded = datasets.load_dataset(
+                source.location,
+                name=section.config_name,
+                revision=source.revision,
+                cache_dir=str(cache_dir),
+            )
+            loaded = _pick_split(loaded, section.split, source)
+    except DatasetError:
+        raise
+    except FileNotFoundError as exc:
+        if "doesn't contain any data files" in str(exc):
+            raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}") from None
+        raise DatasetError(f"cannot load {source.describe()}: {exc}") from None
+    except ValueError as exc:
+        raise DatasetError(f"cannot load {source.describe()}: {str(exc).splitlines()[0]}") from None
+
+    loaded = _with_undecoded_images(loaded, section.image_column, source)
+    row_ids = np.arange(len(loaded), dtype=np.int64)
+    if section.limit is not None and section.limit < len(loaded):
+        rng = np.random.default_rng(section.seed)
+        row_ids = np.sort(rng.choice(len(loaded), size=section.limit, replace=False))
+        loaded = loaded.select(row_ids, keep_in_memory=True)
+    return loaded, row_ids
+
+
+def _pick_split(loaded: Any, split: str, source: Source):
+    if split not in loaded:
+        raise DatasetError(f"{source.describe()} has no split {split!r}; splits are: {', '.join(loaded)} (set --split)")
+    return loaded[split]
+
+
+def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
+    """The named splits the source offers, read from its layout or metadata, not its data.
+
+    [] for a single table (a .parquet file, a save_to_disk `Dataset`), which is indexed
+    whatever `split` says. A hub dataset is listed at the commit its revision resolves to.
+
+    Raises:
+        DatasetError: the source cannot be read or the hub cannot be reached.
+    """
+    source = resolve_source(section)
+    if source.kind == "parquet":
+        return []
+    if source.kind == "disk":
+        listing = Path(source.location) / "dataset_dict.json"
+        return [str(s) for s in json.loads(listing.read_text())["splits"]] if listing.is_file() else []
+    if source.kind == "hub":
+        return list(
+            _hub_splits(
+                source.location,
+                section.config_name,
+                resolve_hub_revision(source.location, section.revision),
+                str(cache_dir),
+            )
+        )
+    return _builder_splits(source, section.config_name, None, str(cache_dir))
+
+
+@lru_cache(maxsize=64)  # a commit never changes: one round trip per process
+def _hub_splits(name: str, config_name: str | None, sha: str, cache_dir: str) -> tuple[str, ...]:
+    return tuple(_builder_splits(Source("hub", name, sha), config_name, sha, cache_dir))
+
+
+def _builder_splits(source: Source, config_name: str | None, revision: str | None, cache_dir: str) -> list[str]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        builder = datasets.load_dataset_builder(
+            source.location, name=config_name, revision=revision, cache_dir=cache_dir
+        )
+    except (ValueError, OSError) as exc:  # missing files or config, unreachable hub
+        if "doesn't contain any data files" in str(exc):
+            raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DatasetError(f"cannot list the splits of {source.describe()}: {reason}") from None
+    if builder.info.splits:  # declared in the dataset card
+        return [str(s) for s in builder.info.splits]
+    return [str(s) for s in builder.config.data_files or {}]
+
+
+def _with_undecoded_images(ds, column: str, source: Source):
+    from datasets import Image
+
+    if column not in ds.column_names:
+        raise DatasetError(
+            f"{source.describe()} has no image column {column!r}; columns are: "
+            f"{', '.join(ds.column_names)} (use --set dataset.image_column=NAME or LOOKALIKE_DATASET__IMAGE_COLUMN)"
+        )
+    try:
+        return ds.cast_column(column, Image(decode=False))
+    except Exception as exc:
+        raise DatasetError(
+            f"column {column!r} of {source.describe()} does not hold images ({ds.features[column]}): {exc}"
+        ) from None
+
+
+def label_names(ds, column: str | None) -> list[str] | None:
+    """Class names for the label column, or None when the dataset has no usable labels."""
+    from datasets import ClassLabel
+
+    if not column or column not in ds.column_names:
+        return None
+    feature = ds.features[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = sorted({str(v) for v in ds[column]})
+    return values

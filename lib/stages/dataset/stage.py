@@ -1,0 +1,175 @@
+"""The `dataset` stage: an immutable, verified snapshot of the images to index.
+
+Each readable image is copied (still encoded) into `images.arrow`, a memory-mapped
+Arrow file written by `datasets`' own ArrowWriter, with its stable row id, label and
+content sha256. Unreadable images are skipped, counted and listed with a reason.
+Downstream stages read only this snapshot, so what was hashed is what gets embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
+from lookalike.core.graph import key_for
+from lookalike.core.manifest import Manifest, verified_path
+from lookalike.core.progress import progress
+from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset.images import UnreadableImage, decode_rgb
+from lookalike.stages.dataset.sources import (
+    MINIMUM,
+    DatasetError,
+    Source,
+    label_names,
+    open_source,
+    pin_source,
+    resolve_source,
+)
+
+STAGE = "dataset"
+SNAPSHOT = "images.arrow"
+LISTED_SKIPS = 200
+_BATCH = 512
+
+
+def dataset_key(section: DatasetSettings) -> tuple[str, Source, str]:
+    """(stage key, resolved source, content fingerprint) for a dataset section."""
+    source, fingerprint = pin_source(resolve_source(section), section)
+    settings = {**_key_settings(section), "content": fingerprint}
+    return key_for(STAGE, settings, {}), source, fingerprint
+
+
+def _key_settings(section: DatasetSettings) -> dict[str, Any]:
+    fields = section.key_fields()
+    # The content fingerprint (file hashes, or the hub commit a revision resolves to)
+    # identifies the data; the path it came from and the revision's name do not.
+    fields.pop("source")
+    fields.pop("revision")
+    return fields
+
+
+def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
+    """Snapshot the configured split into `<root>/dataset/<key>/`.
+
+    Raises:
+        DatasetError: empty dataset, missing column or split, unreachable hub, or more
+            unreadable images than `section.max_unreadable_fraction` allows.
+    """
+    key, source, fingerprint = dataset_key(section)
+    settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
+
+    def build(folder: Path) -> Built:
+        return _snapshot(section, source, folder, hf_cache_dir(root))
+
+    return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
+
+
+def hf_cache_dir(root: Path) -> Path:
+    # Keep datasets' Arrow cache under the artifacts root unless the user chose one.
+    env = os.environ.get("HF_DATASETS_CACHE") or (
+        os.environ.get("HF_HOME") and str(Path(os.environ["HF_HOME"]) / "datasets")
+    )
+    return Path(env) if env else Path(root) / "cache" / "huggingface"
+
+
+def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir: Path) -> Built:
+    from datasets import ClassLabel, Features, Image, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    ds, row_ids = open_source(source, section, cache_dir)
+    total = len(ds)
+    if total == 0:
+        raise DatasetError(f"{source.describe()} split {section.split!r} has no rows; {MINIMUM}")
+    names = label_names(ds, section.label_column)
+    label_index = {name: i for i, name in enumerate(names)} if names else None
+    columns = {"row_id": Value("int64"), "image": Image(decode=False), "sha256": Value("string")}
+    if names:
+        columns["label"] = ClassLabel(names=names)
+    max_skips = int(section.max_unreadable_fraction * total)
+    skipped: list[dict[str, Any]] = []
+    n_kept = 0
+    out = folder / SNAPSHOT
+    tmp = folder / f".{SNAPSHOT}.tmp"
+    writer = ArrowWriter(features=Features(columns), path=str(tmp))
+    try:
+        with progress(total, "dataset: checking images", unit="img") as bar:
+            for start in range(0, total, _BATCH):
+                batch = ds[start : start + _BATCH]
+                kept: dict[str, list] = {name: [] for name in columns}
+                for offset, image in enumerate(batch[section.image_column]):
+                    row_id = int(row_ids[start + offset])
+                    data, path, reason = _image_bytes(image)
+                    if reason is None:
+                        try:
+                            decode_rgb(data, section.max_image_pixels)
+                        except UnreadableImage as exc:
+                            reason = str(exc)
+                    if reason is not None:
+                        skipped.append({"row_id": row_id, "path": path, "reason": reason})
+                        if len(skipped) > max_skips:
+                            raise DatasetError(_too_many_unreadable(skipped, total, section))
+                        continue
+                    kept["row_id"].append(row_id)
+                    kept["image"].append({"bytes": data, "path": path})
+                    kept["sha256"].append(hashlib.sha256(data).hexdigest())
+                    if names:
+                        value = batch[section.label_column][offset]
+                        kept["label"].append(value if isinstance(value, int) else label_index[str(value)])
+                n_kept += len(kept["row_id"])
+                if kept["row_id"]:
+                    writer.write_batch(kept)
+                bar.update(len(batch[section.image_column]))
+        writer.finalize()
+    finally:
+        writer.close()
+    if n_kept == 0:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
+    os.replace(tmp, out)
+    stats = {
+        "source": source.describe(),
+        "n_source_rows": total,
+        "n_images": n_kept,
+        "n_skipped": len(skipped),
+        "skipped": skipped[:LISTED_SKIPS],
+        "label_names": names,
+        "image_column": section.image_column,
+    }
+    return Built(files=[SNAPSHOT], stats=stats)
+
+
+def _image_bytes(image: dict[str, Any] | None) -> tuple[bytes, str | None, str | None]:
+    """(encoded bytes, original path, skip reason) for an undecoded `datasets` image."""
+    if image is None:
+        return b"", None, "missing image (null)"
+    data, path = image.get("bytes"), image.get("path")
+    if data is None and path:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return b"", path, f"cannot read file: {exc.strerror or exc}"
+    return data or b"", path, None if data else "empty file (0 bytes)"
+
+
+def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: DatasetSettings) -> str:
+    examples = "; ".join(f"{s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}" for s in skipped[:3])
+    return (
+        f"more than {section.max_unreadable_fraction:.0%} of {total} images are unreadable "
+        f"({len(skipped)} so far, e.g. {examples}); fix the files or raise "
+        "LOOKALIKE_DATASET__MAX_UNREADABLE_FRACTION"
+    )
+
+
+def row_positions(snapshot) -> dict[int, int]:
+    """Row id -> position in the snapshot (row ids have gaps where images were skipped)."""
+    return {int(r): i for i, r in enumerate(snapshot["row_id"])}
+
+
+def open_snapshot(root: Path, manifest: Manifest):
+    """The snapshot as a memory-mapped `datasets.Dataset`, after verifying its sha256."""
+    from datasets import Dataset
+
+    return Dataset.from_file(str(verified_path(root, manifest, SNAPSHOT)), in_memory=False)

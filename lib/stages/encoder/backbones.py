@@ -1,0 +1,91 @@
+"""Backbones with their classifier removed, so they output features.
+
+Two families:
+  - torchvision classification models by name (`resnet18`, `resnet50`, `mobilenet_v3_small`,
+    ...): ImageNet stems that downsample 4x at once, the right choice from ~64 px up;
+  - lightly's CIFAR-style ResNets (`resnet-9`, `resnet-18`, ... from `ResNetGenerator`):
+    a 3x3 stride-1 stem with no max-pool, so 28-32 px images keep their detail, and a
+    `width` multiplier on every layer: what lightly's own small-image benchmarks train.
+    Whether one beats ResNet-18 within a CPU budget is what `benchmarks/pretraining.py`
+    measures (not yet: see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from lookalike.core.settings import SMALL_IMAGE_RESNETS
+
+
+@lru_cache(maxsize=1)
+def _classification_models() -> tuple[str, ...]:
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+class SmallImageResNet(nn.Module):
+    """lightly's CIFAR-style ResNet as a feature extractor.
+
+    lightly's own forward ends in `avg_pool2d(out, 4)`, which assumes 32 px inputs; this one
+    pools adaptively, so any input size (and DINO's half-size local crops) works.
+    """
+
+    def __init__(self, name: str, width: float) -> None:
+        super().__init__()
+        from lightly.models import ResNetGenerator
+
+        net = ResNetGenerator(name, width=width)
+        self.conv1, self.bn1 = net.conv1, net.bn1
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+
+
+def check_backbone_name(name: str) -> str:
+    """Validate a backbone name: a torchvision classification model or a lightly small-image ResNet."""
+    if name in SMALL_IMAGE_RESNETS:
+        return name
+    known = _classification_models()
+    if name not in known:
+        close = [m for m in known if m.startswith(name[:4])][:8]
+        close += [m for m in SMALL_IMAGE_RESNETS if m.startswith(name[:4])][:2]
+        hint = f"; similar: {', '.join(close)}" if close else "; e.g. resnet-9, resnet18, resnet50, mobilenet_v3_small"
+        raise ValueError(f"unknown torchvision backbone {name!r}{hint}")
+    return name
+
+
+def build_backbone(name: str, input_size: int = 64, width: float = 1.0) -> tuple[nn.Module, int]:
+    """A randomly initialised backbone whose forward returns (N, feature_dim) features.
+
+    torchvision models get their classifier (`fc`, `classifier` or `heads`) replaced by
+    Identity; `width` scales lightly's small-image ResNets only. The feature dimension is
+    measured with one dummy forward rather than looked up per family.
+    """
+    if check_backbone_name(name) in SMALL_IMAGE_RESNETS:
+        model: nn.Module = SmallImageResNet(name, width)
+    elif width != 1.0:
+        raise ValueError(
+            f"width scales lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}); "
+            f"torchvision's {name!r} has a fixed width, so leave width at 1"
+        )
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        for head in ("fc", "classifier", "heads", "head"):
+            if hasattr(model, head):
+                setattr(model, head, nn.Identity())
+                break
+        else:
+            raise ValueError(f"backbone {name!r} has no classifier attribute to strip")
+    model.eval()
+    with torch.no_grad():
+        dim = model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1]
+    return model, int(dim)

@@ -1,0 +1,68 @@
+"""The self-describing encoder checkpoint: backbone weights plus what rebuilds them.
+
+`encoder.pt` holds only tensors and plain values, so it loads with
+`torch.load(weights_only=True)`; nothing in it can execute code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from lookalike.core.errors import LookalikeError
+from lookalike.core.manifest import Manifest, atomic_path, verified_path
+from lookalike.stages.encoder.backbones import build_backbone
+
+ENCODER_FILE = "encoder.pt"
+FORMAT = 1
+
+
+class EncoderSpec(BaseModel):
+    """Everything embedding and serving need to rebuild and feed the encoder."""
+
+    model_config = ConfigDict(frozen=True)
+    architecture: str
+    width: float = 1.0  # lightly small-image ResNets only; checkpoints from before it are width 1
+    feature_dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    method: str
+    format: int = FORMAT
+
+
+class EncoderLoadError(LookalikeError, RuntimeError):
+    """The checkpoint is not a lookalike encoder (or not weights-only)."""
+
+
+def save_encoder(path: Path, backbone: nn.Module, spec: EncoderSpec) -> None:
+    state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    # Saved through a file object: torch names the zip records after a path's stem, and
+    # the temp file's name would make identical weights hash differently.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"spec": spec.model_dump(), "state_dict": state}, fh)
+
+
+def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
+    """Rebuild the backbone from a checkpoint file, refusing anything but weights."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EncoderLoadError(
+            f"{path} is not a weights-only encoder checkpoint ({type(exc).__name__}); "
+            "refusing to load it. Rebuild it with `lookalike run`."
+        ) from None
+    if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
+        raise EncoderLoadError(f"{path} is not a lookalike encoder checkpoint (missing spec/state_dict)")
+    spec = EncoderSpec.model_validate(payload["spec"])
+    backbone, _ = build_backbone(spec.architecture, spec.input_size, spec.width)
+    backbone.load_state_dict(payload["state_dict"])
+    return backbone.eval(), spec
+
+
+def load_encoder(root: Path, manifest: Manifest) -> tuple[nn.Module, EncoderSpec]:
+    """Load a finished encoder stage's checkpoint after verifying its sha256."""
+    return load_encoder_file(verified_path(root, manifest, ENCODER_FILE))

@@ -1,0 +1,111 @@
+"""What both encoder trainers share: the method built from settings, the optimizer and schedule,
+the training images and views, the exported checkpoint and the stats the manifest records.
+
+The single-process loop (`lookalike.stages.encoder.single`) and Lightning's DDP
+(`lookalike.stages.encoder.ddp`) both build on this module, so they train the same method the
+same way and export the one checkpoint format every later stage reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightly.utils.scheduler import CosineWarmupScheduler
+
+from lookalike.core.errors import LookalikeError
+from lookalike.core.settings import EncoderSettings
+from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages, seed_everything
+from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
+from lookalike.stages.encoder.methods import build_method
+from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
+from lookalike.stages.pictures import save_loss_curve
+
+LOSS_CURVE = "loss.png"
+DDP_CHECKPOINTS = "ddp"  # lookalike.stages.encoder.ddp's Lightning checkpoints
+
+# on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
+EpochCallback = Callable[[int, int, float, float], None]
+# probe(epoch (1-based), the encoder as it would be exported now): e.g. a kNN curve; its time is not the epoch's
+EncoderProbe = Callable[[int, torch.nn.Module], None]
+
+
+def build_training_method(section: EncoderSettings) -> tuple[torch.nn.Module, int]:
+    """The method (backbone and heads) freshly initialised from `section.seed`, and its feature dim."""
+    seed_everything(section.seed)
+    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
+    return build_method(section.method, backbone, dim, section.input_size, section.epochs, section.crop_min_scale), dim
+
+
+def check_trainable(section: EncoderSettings, n: int) -> None:
+    if section.epochs and n < 2:
+        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --epochs 0")
+
+
+def make_optimizer(method: torch.nn.Module, section: EncoderSettings, steps_per_epoch: int, total_steps: int):
+    """AdamW over the trainable parameters and, under lr_schedule=cosine, lightly's per-step
+    CosineWarmupScheduler (warm-up over one epoch, at most a tenth of the steps)."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+    scheduler = (
+        CosineWarmupScheduler(optimizer, warmup_epochs=min(steps_per_epoch, total_steps // 10), max_epochs=total_steps)
+        if section.lr_schedule == "cosine" and total_steps
+        else None
+    )
+    return optimizer, scheduler
+
+
+def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module):
+    """(dataset, make_views): batched augmentation sends fitted uint8 images through the loader
+    and `make_views` (kornia, to be moved to the training device) makes the views; per-image
+    makes each image's views in the loader with lightly's transform (make_views None)."""
+    if section.augmentation == "batched":
+        from lookalike.stages.encoder.methods.batched import BatchedViews
+
+        return SnapshotImages(snapshot, ResizeToTensor(section.input_size)), BatchedViews(method.transform)
+    return SnapshotImages(snapshot, method.transform), None
+
+
+def export_encoder(
+    section: EncoderSettings, method: torch.nn.Module, dim: int, folder: Path, root: Path, losses: list[float]
+) -> tuple[EncoderSpec, list[str]]:
+    """Write encoder.pt (and the loss curve): the one checkpoint format every later stage reads."""
+    spec = EncoderSpec(
+        architecture=section.backbone,
+        width=section.width,
+        feature_dim=dim,
+        input_size=section.input_size,
+        mean=tuple(IMAGENET_NORMALIZE["mean"]),
+        std=tuple(IMAGENET_NORMALIZE["std"]),
+        method=section.method,
+    )
+    save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
+    files = [ENCODER_FILE]
+    if losses:
+        save_loss_curve(
+            folder / LOSS_CURVE,
+            losses,
+            title=f"{section.method} pretraining loss",
+            cache_dir=Path(root) / "cache" / "matplotlib",
+        )
+        files.append(LOSS_CURVE)
+    return spec, files
+
+
+def training_stats(
+    spec: EncoderSpec, losses: list[float], epoch_seconds: list[float], n: int, steps: int, start_epoch: int
+) -> dict:
+    """What the encoder manifest records of a training run, whichever trainer ran it."""
+    return {
+        "spec": spec.model_dump(),
+        "losses": losses,
+        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "n_images": n,
+        "steps": steps,
+        "resumed_from_epoch": start_epoch,
+        "images_per_second": round(n * max(len(epoch_seconds), 1) / max(sum(epoch_seconds), 1e-9), 1)
+        if epoch_seconds
+        else None,
+    }

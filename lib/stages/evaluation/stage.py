@@ -1,0 +1,364 @@
+"""The `evaluation` stage: retrieval quality on labelled data, the retrieval grid and its table.
+
+Two protocols. Held-out: the images of another split of the source (Fashion-MNIST's
+`test` when `train` is indexed) query the index. The dataset stage snapshots that split
+like any dataset, and this stage embeds it with the run's encoder; all k neighbours
+count. Leave-one-out (no such split, or `evaluation.query_split=none`): a seeded sample
+of the indexed images queries the index, and each query's own row is dropped from its
+results.
+
+kNN@k accuracy is the fraction of queries whose neighbours' majority label (ties to the
+nearest) is right; precision@k the mean fraction of same-label neighbours; mAP@k the mean
+over queries of AP@k = sum_i P@i * rel_i / min(k, R), R being how many indexed images
+share the query's label (not counting the query itself, leave-one-out). Labels are
+compared by name, so two splits whose label lists differ still score correctly.
+
+`neighbours.json` records the grid's queries and their neighbours (row ids, distances,
+labels): the grid PNG is drawn from it, and the W&B table is built from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.artifacts.shared_root import read_manifest
+from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
+from lookalike.core.graph import key_for
+from lookalike.core.manifest import Manifest, atomic_write_bytes, verified_path
+from lookalike.core.settings import DatasetSettings, EvaluationSettings
+from lookalike.stages.dataset.images import decode_rgb
+from lookalike.stages.dataset.sources import DatasetError, list_splits
+from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
+from lookalike.stages.embeddings.stage import load_embeddings
+from lookalike.stages.index.factory import load_index, prepare_vectors, search
+from lookalike.stages.inference import Embedder
+from lookalike.stages.pictures import retrieval_grid, save_image
+
+STAGE = "evaluation"
+GRID = "retrieval-grid.png"
+NEIGHBOURS = "neighbours.json"
+LEAVE_ONE_OUT = "leave-one-out"
+HELD_OUT_SPLITS = ("test", "validation")  # what `query_split=auto` looks for, in this order
+THUMBNAIL = 128  # longest side of a table thumbnail; smaller images keep their size
+_NO_LIMIT = 1 << 62  # snapshot images already decoded once within the dataset's limit
+
+
+def choose_query_split(
+    dataset: DatasetSettings, section: EvaluationSettings, splits: list[str]
+) -> DatasetSettings | None:
+    """The dataset section of the held-out queries, or None for leave-one-out.
+
+    Args:
+        splits: the splits the source offers (`lookalike.stages.dataset.sources.list_splits`).
+
+    Raises:
+        DatasetError: `query_split` names the indexed split or a split the source lacks.
+    """
+    choice = section.query_split
+    if choice == "none":
+        return None
+    if choice == "auto":
+        choice = next((s for s in HELD_OUT_SPLITS if s in splits and s != dataset.split), None)
+        if choice is None:
+            return None
+    elif choice == dataset.split:
+        raise DatasetError(
+            f"evaluation.query_split {choice!r} is the split being indexed; name another split, "
+            "or 'none' for leave-one-out"
+        )
+    elif choice not in splits:
+        offered = f"its splits are: {', '.join(splits)}" if splits else "it is a single table without named splits"
+        raise DatasetError(
+            f"evaluation.query_split {choice!r}: dataset {dataset.source!r} has no such split; "
+            f"{offered} (or use 'auto' or 'none')"
+        )
+    return dataset.model_copy(update={"split": choice, "limit": section.max_queries})
+
+
+def query_dataset_section(dataset: DatasetSettings, section: EvaluationSettings, root: Path) -> DatasetSettings | None:
+    """`choose_query_split` over the splits the source offers (listed only when needed)."""
+    if section.query_split == "none":
+        return None
+    return choose_query_split(dataset, section, list_splits(dataset, hf_cache_dir(Path(root))))
+
+
+def evaluation_key(
+    section: EvaluationSettings, dataset: Manifest, index: Manifest, queries: Manifest | None = None
+) -> str:
+    return key_for(STAGE, section.key_fields(), _inputs(dataset, index, queries))
+
+
+def _inputs(dataset: Manifest, index: Manifest, queries: Manifest | None) -> dict[str, str]:
+    inputs = {"dataset": dataset.key, "index": index.key}
+    if queries is not None:
+        inputs["queries"] = queries.key
+    return inputs
+
+
+def run_evaluation_stage(
+    section: EvaluationSettings,
+    dataset: Manifest,
+    embeddings: Manifest,
+    index: Manifest,
+    root: Path,
+    queries: Manifest | None = None,
+) -> StageResult:
+    """Score the index and draw its grid, with held-out `queries` (a dataset manifest of
+    another split) when given, else leave-one-out over the indexed images."""
+    key = evaluation_key(section, dataset, index, queries)
+
+    def build(folder: Path) -> Built:
+        return _evaluate(section, dataset, embeddings, index, queries, root, folder)
+
+    return run_stage(
+        root,
+        STAGE,
+        key,
+        settings=section.model_dump(mode="json"),
+        inputs=_inputs(dataset, index, queries),
+        build=build,
+    )
+
+
+@dataclass
+class Queries:
+    """The query side of an evaluation: rows of one snapshot with their vectors."""
+
+    protocol: str  # "leave-one-out" or "held-out:<split>"
+    source: str  # the evaluation input the query rows come from: "dataset" or "queries"
+    snapshot: Any
+    row_ids: np.ndarray
+    vectors: np.ndarray  # row order, prepared for the index's metric
+    labels: list[str | None] | None  # label name per row (None: unlabelled row), None without labels
+
+    @property
+    def leave_one_out(self) -> bool:
+        return self.protocol == LEAVE_ONE_OUT
+
+
+def _evaluate(
+    section: EvaluationSettings,
+    dataset: Manifest,
+    embeddings: Manifest,
+    index_manifest: Manifest,
+    queries: Manifest | None,
+    root: Path,
+    folder: Path,
+) -> Built:
+    snapshot = open_snapshot(root, dataset)
+    index = load_index(root, index_manifest)
+    metric = index_manifest.stats["metric"]
+    indexed_labels = _label_names(snapshot, dataset)
+    label_of = dict(zip(map(int, snapshot["row_id"]), indexed_labels)) if indexed_labels else None
+    if queries is None:
+        raw, row_ids = load_embeddings(root, embeddings)
+        asked = Queries(LEAVE_ONE_OUT, "dataset", snapshot, row_ids, prepare_vectors(raw, metric), indexed_labels)
+        picks = _sample(len(row_ids), section.max_queries)
+    else:
+        query_snapshot = open_snapshot(root, queries)
+        encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+        embedder = Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
+        raw = embedder.embed_snapshot(
+            query_snapshot, batch_size=embeddings.settings.get("batch_size", 256), desc="evaluation: queries"
+        )
+        asked = Queries(
+            f"held-out:{queries.settings['split']}",
+            "queries",
+            query_snapshot,
+            np.asarray(query_snapshot["row_id"], dtype=np.int64),
+            prepare_vectors(raw, metric),
+            _label_names(query_snapshot, queries),
+        )
+        picks = np.arange(len(raw))  # the snapshot is already the sample (limit = max_queries)
+
+    stats: dict[str, Any] = {
+        "protocol": asked.protocol,
+        "n_queries": int(len(picks)),
+        "k": section.k,
+        "query_dataset": queries.key if queries is not None else None,
+    }
+    if label_of is not None and asked.labels is not None and len(picks) and len(asked.row_ids) > asked.leave_one_out:
+        _, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
+        truths = [asked.labels[p] for p in picks]
+        stats.update(_scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
+    else:
+        stats.update(
+            {"knn_accuracy": None, f"precision_at_{section.k}": None, f"map_at_{section.k}": None, "per_class": None}
+        )
+
+    files = []
+    if section.grid_queries and len(asked.row_ids):
+        rows = _grid_rows(section, index, asked, label_of)
+        record = {"protocol": asked.protocol, "queries_from": asked.source, "metric": metric, "rows": rows}
+        atomic_write_bytes(folder / NEIGHBOURS, json.dumps(record, indent=1).encode())
+        save_image(folder / GRID, _draw_grid(record, asked.snapshot, snapshot))
+        files += [NEIGHBOURS, GRID]
+    return Built(files=files, stats=stats)
+
+
+def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
+    """Each row's label name (None for a row without one, e.g. -1), or None for unlabelled data."""
+    names = manifest.stats.get("label_names")
+    if not names or "label" not in snapshot.column_names:
+        return None
+    return [names[v] if v is not None and 0 <= v < len(names) else None for v in snapshot["label"]]
+
+
+def _sample(n: int, cap: int | None) -> np.ndarray:
+    """Positions of the leave-one-out queries: all, or a seeded sample of `cap`."""
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, cap, replace=False))
+
+
+def label_metrics(
+    ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray, position: dict[int, int], k: int, names: list[str]
+) -> dict:
+    """Leave-one-out scores: the queries are indexed rows `query_ids`, `ids` their search
+    results (k + 1 wide, the query's own row among them); `labels[position[row]]` indexes `names`."""
+    label_of = {row: names[labels[i]] for row, i in position.items()}
+    return _scores(ids, query_ids, [label_of[int(q)] for q in query_ids], label_of, k, leave_one_out=True)
+
+
+def held_out_metrics(ids: np.ndarray, query_labels: list[str | None], label_of: dict[int, str | None], k: int) -> dict:
+    """Held-out scores: `ids` are the k nearest indexed rows of each query, none of them the
+    query itself (its row id may still equal an indexed one: the numbering is per split)."""
+    return _scores(ids, np.full(len(ids), -1), query_labels, label_of, k, leave_one_out=False)
+
+
+def _scores(
+    ids: np.ndarray,
+    query_ids: np.ndarray,
+    truths: list[str | None],
+    label_of: dict[int, str | None],
+    k: int,
+    leave_one_out: bool,
+) -> dict:
+    """kNN accuracy, precision@k, mAP@k and per-class kNN accuracy; unlabelled queries are skipped."""
+    counts = Counter(label_of.values())
+    correct, precision, average_precision, per_class = [], [], [], {}
+    for qid, truth, found in zip(query_ids, truths, ids):
+        if truth is None:
+            continue
+        own = int(qid) if leave_one_out else None
+        neighbours = [label_of.get(int(r)) for r in found if r >= 0 and int(r) != own][:k]
+        if not neighbours:
+            continue
+        votes = Counter(neighbours)
+        best = max(votes.values())
+        predicted = next(lab for lab in neighbours if votes[lab] == best)  # ties go to the nearest
+        correct.append(predicted == truth)
+        precision.append(sum(lab == truth for lab in neighbours) / len(neighbours))
+        relevant = counts[truth] - (1 if leave_one_out else 0)
+        average_precision.append(_average_precision([lab == truth for lab in neighbours], relevant, k))
+        per_class.setdefault(truth, []).append(predicted == truth)
+    if not correct:
+        return {"knn_accuracy": None, f"precision_at_{k}": None, f"map_at_{k}": None, "per_class": None}
+    return {
+        "knn_accuracy": round(float(np.mean(correct)), 6),
+        f"precision_at_{k}": round(float(np.mean(precision)), 6),
+        f"map_at_{k}": round(float(np.mean(average_precision)), 6),
+        "per_class": {name: round(float(np.mean(v)), 4) for name, v in sorted(per_class.items())},
+    }
+
+
+def _average_precision(relevant: list[bool], n_relevant: int, k: int) -> float:
+    """AP@k of one ranked list: the precision at each relevant hit, over min(k, R)."""
+    if n_relevant <= 0:
+        return 0.0
+    hits, total = 0, 0.0
+    for rank, rel in enumerate(relevant[:k], start=1):
+        if rel:
+            hits += 1
+            total += hits / rank
+    return total / min(k, n_relevant)
+
+
+def _grid_rows(section: EvaluationSettings, index, asked: Queries, label_of: dict | None) -> list[dict]:
+    """The grid's seeded queries with their nearest indexed rows (own row left out, leave-one-out)."""
+    n = len(asked.row_ids)
+    picks = np.sort(np.random.default_rng(0).choice(n, size=min(section.grid_queries, n), replace=False))
+    distances, found = search(index, asked.vectors[picks], section.grid_neighbours + asked.leave_one_out)
+    rows = []
+    for p, dist, ids in zip(picks, distances, found):
+        own = int(asked.row_ids[p]) if asked.leave_one_out else None
+        neighbours = [
+            {"row_id": int(r), "distance": round(float(d), 6), "label": (label_of or {}).get(int(r))}
+            for d, r in zip(dist, ids)
+            if r >= 0 and int(r) != own
+        ]
+        rows.append(
+            {
+                "row_id": int(asked.row_ids[p]),
+                "label": asked.labels[p] if asked.labels else None,
+                "neighbours": neighbours[: section.grid_neighbours],
+            }
+        )
+    return rows
+
+
+def _draw_grid(record: dict, query_snapshot, indexed_snapshot):
+    split = "" if record["protocol"] == LEAVE_ONE_OUT else record["protocol"].split(":", 1)[1] + " "
+    indexed_at = row_positions(indexed_snapshot)
+    query_at = indexed_at if query_snapshot is indexed_snapshot else row_positions(query_snapshot)
+    rows = []
+    for row in record["rows"]:
+        neighbours = [
+            (
+                _image(indexed_snapshot, indexed_at, n["row_id"]),
+                f"row {n['row_id']} d={n['distance']:.3f}\n{n['label'] or ''}",
+            )
+            for n in row["neighbours"]
+        ]
+        rows.append(
+            (
+                _image(query_snapshot, query_at, row["row_id"]),
+                f"query {split}row {row['row_id']}\n{row['label'] or ''}",
+                neighbours,
+            )
+        )
+    return retrieval_grid(rows)
+
+
+def _image(snapshot, position: dict[int, int], row_id: int):
+    return decode_rgb(snapshot[position[row_id]]["image"]["bytes"], _NO_LIMIT)
+
+
+def retrieval_table(root: Path, evaluation: Manifest) -> tuple[list[str], list[list[Any]]] | None:
+    """The grid as table rows, from `neighbours.json`: the query's thumbnail, row id and label,
+    then per neighbour its thumbnail, row id, label and distance. Thumbnails are PIL images.
+    None when the stage drew no grid."""
+    if not any(f.path == NEIGHBOURS for f in evaluation.files):
+        return None
+    record = json.loads(verified_path(root, evaluation, NEIGHBOURS).read_bytes())
+    indexed = open_snapshot(root, read_manifest(root, "dataset", evaluation.inputs["dataset"]))
+    asked = (
+        indexed
+        if record["queries_from"] == "dataset"
+        else open_snapshot(root, read_manifest(root, "dataset", evaluation.inputs[record["queries_from"]]))
+    )
+    indexed_at = row_positions(indexed)
+    asked_at = indexed_at if asked is indexed else row_positions(asked)
+    width = max((len(row["neighbours"]) for row in record["rows"]), default=0)
+    columns = ["query", "query_row", "query_label"]
+    for i in range(1, width + 1):
+        columns += [f"neighbour_{i}", f"row_{i}", f"label_{i}", f"distance_{i}"]
+    rows = []
+    for row in record["rows"]:
+        cells = [_thumbnail(asked, asked_at, row["row_id"]), row["row_id"], row["label"]]
+        for n in row["neighbours"]:
+            cells += [_thumbnail(indexed, indexed_at, n["row_id"]), n["row_id"], n["label"], n["distance"]]
+        rows.append(cells + [None] * (len(columns) - len(cells)))
+    return columns, rows
+
+
+def _thumbnail(snapshot, position: dict[int, int], row_id: int):
+    image = _image(snapshot, position, row_id)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image

@@ -1,0 +1,235 @@
+"""The `index` stage: a FAISS index built from a factory string, ids = dataset row ids.
+
+Index types are named presets over FAISS factory strings (`PRESETS`), `auto` (chosen for
+a memory budget and a recall target, see `lookalike.stages.index.auto`), or a raw factory string for
+experts (prefix `ip:` for inner-product metric, e.g. `ip:HNSW32`). Searches return row
+ids, never positions. IVF presets choose their number of lists from N (FAISS guidance:
+4·√N to 16·√N lists, at least 39 training points per centroid) and train on a seeded
+sample. Search-time knobs (`nprobe`, `efSearch`, the refine `k_factor`) are recorded in
+the manifest and applied whenever the index is loaded. Stats include self-retrieval@1 and recall@k against
+exact search on a sample of the stored vectors, each query's own row left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from lookalike.core.errors import LookalikeError
+from lookalike.core.manifest import Manifest, verified_path
+from lookalike.core.names import INDEX_PRESETS, split_metric
+
+INDEX_FILE = "index.faiss"
+EVAL_QUERIES = 10_000
+RECALL_K = 10
+POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per centroid
+MIN_LISTS = 4
+TRAIN_SAMPLE = 100_000  # IVF/PQ train on at most this many vectors (seeded sample)
+
+
+@dataclass(frozen=True)
+class IndexType:
+    factory: str  # presets may hold {nlist}, {m}, {nbits}: filled from N and dim by `plan_factory`
+    metric: str  # "l2" or "ip" (inner product on L2-normalised vectors = cosine)
+    exact: bool
+
+    @property
+    def faiss_metric(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+
+
+PRESETS: dict[str, IndexType] = {
+    name: IndexType(spec.factory, spec.metric, spec.exact) for name, spec in INDEX_PRESETS.items()
+}
+
+
+class IndexBuildError(LookalikeError, ValueError):
+    """The index cannot be built from these vectors with this type; says why."""
+
+
+def resolve_index_type(name: str) -> IndexType:
+    if name in PRESETS:
+        return PRESETS[name]
+    metric, factory = split_metric(name)
+    return IndexType(factory, metric, exact=factory.strip() == "Flat")
+
+
+def choose_nlist(n: int, preset: str = "ivf-flat") -> int:
+    """IVF lists for N vectors: 4·√N, capped so every centroid trains on >= 39 points."""
+    nlist = min(int(4 * math.sqrt(n)), n // POINTS_PER_CENTROID)
+    if nlist < MIN_LISTS:
+        raise IndexBuildError(
+            f"{preset} needs at least {MIN_LISTS * POINTS_PER_CENTROID} vectors "
+            f"({POINTS_PER_CENTROID} per list x {MIN_LISTS} lists), got {n}; "
+            "use flat-l2, flat-ip or hnsw for a collection this small"
+        )
+    return nlist
+
+
+def choose_pq(n: int, dim: int, dims_per_code: int = 4) -> tuple[int, int]:
+    """(sub-quantizers m, bits each) for PQ: m = the largest divisor of dim <= dim/4 (a 16x
+    smaller code than float32 at 8 bits), bits = 8 unless N is too small to train 256
+    centroids per sub-quantizer with 39 points each."""
+    m = max(d for d in range(1, max(1, dim // dims_per_code) + 1) if dim % d == 0)
+    nbits = min(8, int(math.log2(max(1, n // POINTS_PER_CENTROID))))
+    if nbits < 4:
+        raise IndexBuildError(
+            f"ivf-pq needs at least {16 * POINTS_PER_CENTROID} vectors to train its codebooks, got {n}; "
+            "use flat-l2, sq8 or hnsw for a collection this small"
+        )
+    return m, nbits
+
+
+def plan_factory(kind: IndexType, n: int, dim: int, nlist: int | None = None, preset: str = "") -> IndexType:
+    """`kind` made concrete for N vectors of `dim` (factory placeholders filled)."""
+    fields: dict[str, int] = {}
+    if "{nlist}" in kind.factory:
+        fields["nlist"] = nlist or choose_nlist(n, preset or kind.factory)
+        if fields["nlist"] > n:
+            raise IndexBuildError(f"index.nlist={fields['nlist']} is more lists than vectors ({n}); lower it")
+    if "{m}" in kind.factory:
+        fields["m"], fields["nbits"] = choose_pq(n, dim)
+    return IndexType(kind.factory.format(**fields), kind.metric, kind.exact)
+
+
+def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """float32, C-contiguous, L2-normalised for the inner-product metric (cosine)."""
+    out = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if metric == "ip":
+        faiss.normalize_L2(out)
+    return out
+
+
+def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> faiss.Index:
+    """Train (on a seeded sample of at most TRAIN_SAMPLE vectors) and fill an index whose
+    ids are `row_ids`; `kind.factory` must be concrete (see `plan_factory`)."""
+    index = trained_index(vectors, kind)
+    index.add_with_ids(vectors, row_ids.astype(np.int64))
+    return index
+
+
+def trained_index(vectors: np.ndarray, kind: IndexType) -> faiss.Index:
+    """An empty index of `kind` that takes row ids, trained on (a sample of) `vectors`."""
+    n, dim = vectors.shape
+    try:
+        index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {_first_line(exc)}") from None
+    if not _stores_ids(index):
+        index = faiss.IndexIDMap2(index)
+    if not index.is_trained:
+        sample = (
+            vectors
+            if n <= TRAIN_SAMPLE
+            else vectors[np.sort(np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))]
+        )
+        try:
+            index.train(sample)
+        except RuntimeError as exc:
+            raise IndexBuildError(
+                f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
+                "index more images or use a preset that needs no training (flat-l2, flat-ip, hnsw)"
+            ) from None
+    return index
+
+
+def _stores_ids(index: faiss.Index) -> bool:
+    """IVF indexes keep the ids they are given (also under a pre-transform); a refine
+    wrapper or any other index needs an IndexIDMap2 around it."""
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def search_params_for(index: faiss.Index, nprobe: int, ef_search: int, k_factor: int = 4) -> dict[str, int]:
+    """The search-time knobs that apply to this index type, by their `faiss.ParameterSpace`
+    names (none for flat/SQ indexes)."""
+    params = {}
+    ivf = _ivf(index)
+    if ivf is not None:
+        params["nprobe"] = min(nprobe, ivf.nlist)
+    if _hnsw(index) is not None:
+        params["efSearch"] = ef_search
+    if isinstance(_unwrapped(index), faiss.IndexRefine):
+        params["k_factor_rf"] = k_factor
+    return params
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def _unwrapped(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
+def _hnsw(index: faiss.Index):
+    inner = _unwrapped(index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def _first_line(exc: Exception) -> str:
+    """FAISS errors carry C++ locations; keep the sentence a user can act on."""
+    text = " ".join(str(exc).split())
+    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
+
+
+def _ivf(index: faiss.Index):
+    """The IVF index inside `index`, or None when it is not one."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def sample_queries(n: int) -> np.ndarray:
+    """Positions of the stored vectors used as queries: all of them, or a seeded 10k sample."""
+    if n <= EVAL_QUERIES:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, EVAL_QUERIES, replace=False))
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, row ids), each (n_queries, k); missing neighbours have id -1."""
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+
+
+def self_retrieval_at_1(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, k: int = 10) -> float:
+    """Fraction of stored vectors that find themselves first.
+
+    Exact duplicates tie at the same distance, and FAISS orders ties arbitrarily, so a
+    query counts as found when its own id is among the results tied with the first.
+    """
+    distances, ids = search(index, queries, k)
+    tied = np.isclose(distances, distances[:, :1], rtol=1e-5, atol=1e-6)
+    hits = ((ids == query_ids[:, None]) & tied).any(axis=1)
+    return round(float(hits.mean()), 6)
+
+
+def recall_vs_exact(index, vectors, row_ids, queries, kind: IndexType, k: int) -> float:
+    """Mean overlap of the index's top-k neighbours with exact search's, each query's own
+    row left out of both (so a query finding itself cannot inflate the figure)."""
+    exact = faiss.IndexIDMap2(faiss.IndexFlat(vectors.shape[1], kind.faiss_metric))
+    exact.add_with_ids(vectors, row_ids)
+    _, truth = search(exact, vectors[queries], k + 1)
+    _, got = search(index, vectors[queries], k + 1)
+    overlap = []
+    for own, t, g in zip(row_ids[queries], truth, got):
+        t = [r for r in t if r != own and r >= 0][:k]
+        g = {r for r in g if r != own and r >= 0}
+        if t:
+            overlap.append(len(g.intersection(t)) / len(t))
+    return round(float(np.mean(overlap)), 6) if overlap else 1.0
+
+
+def load_index(root: Path, manifest: Manifest) -> faiss.Index:
+    """Read a finished index after verifying its sha256, with its recorded search knobs."""
+    index = faiss.read_index(str(verified_path(root, manifest, INDEX_FILE)))
+    apply_search_params(index, manifest.stats.get("search_params", {}))
+    return index

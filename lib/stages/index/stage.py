@@ -1,0 +1,104 @@
+"""The `index` stage: a FAISS index over a finished embeddings stage, ids = dataset row ids.
+
+What an index type means and how it is built, searched and measured is `lookalike.stages.index.factory`;
+`index.type=auto` is chosen by `lookalike.stages.index.auto`. This module keys the stage and writes
+its folder: `index.faiss` with the search knobs and quality stats in the manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import faiss
+
+from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
+from lookalike.core.graph import key_for
+from lookalike.core.manifest import Manifest, atomic_path
+from lookalike.core.names import AUTO
+from lookalike.core.settings import IndexSettings
+from lookalike.stages.embeddings.stage import load_embeddings
+from lookalike.stages.index.auto import choose_index
+from lookalike.stages.index.factory import (
+    INDEX_FILE,
+    RECALL_K,
+    IndexBuildError,
+    apply_search_params,
+    build_index,
+    plan_factory,
+    prepare_vectors,
+    recall_vs_exact,
+    resolve_index_type,
+    sample_queries,
+    search_params_for,
+    self_retrieval_at_1,
+)
+
+STAGE = "index"
+
+
+def index_key(section: IndexSettings, embeddings: Manifest) -> str:
+    return key_for(STAGE, section.key_fields(), {"embeddings": embeddings.key})
+
+
+def run_index_stage(section: IndexSettings, embeddings: Manifest, root: Path) -> StageResult:
+    """Build, measure and write the index for a finished embeddings stage."""
+    key = index_key(section, embeddings)
+
+    def build(folder: Path) -> Built:
+        return _build(section, embeddings, root, folder)
+
+    return run_stage(
+        root,
+        STAGE,
+        key,
+        settings=section.model_dump(mode="json"),
+        inputs={
+            "embeddings": embeddings.key,
+            "dataset": embeddings.inputs["dataset"],
+            "encoder": embeddings.inputs["encoder"],
+        },
+        build=build,
+    )
+
+
+def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Path) -> Built:
+    raw, row_ids = load_embeddings(root, embeddings)
+    if len(raw) == 0:
+        raise IndexBuildError("no vectors to index")
+    started = time.perf_counter()
+    auto = None
+    if section.type == AUTO:
+        vectors = prepare_vectors(raw, "l2")
+        choice = choose_index(vectors, row_ids, section)
+        kind, index, params, auto = choice.kind, choice.index, choice.search_params, choice.report
+    else:
+        kind = plan_factory(resolve_index_type(section.type), len(raw), raw.shape[1], section.nlist, section.type)
+        vectors = prepare_vectors(raw, kind.metric)
+        index = build_index(vectors, row_ids, kind)
+        params = search_params_for(index, section.nprobe, section.ef_search, section.refine_k_factor)
+    apply_search_params(index, params)
+    build_seconds = time.perf_counter() - started
+    with atomic_path(folder / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    queries = sample_queries(len(vectors))
+    self_at_1 = self_retrieval_at_1(index, vectors[queries], row_ids[queries])
+    recall = 1.0 if kind.exact else recall_vs_exact(index, vectors, row_ids, queries, kind, RECALL_K)
+    stats = {
+        "type": section.type,
+        "chosen": auto["chosen"] if auto else section.type,
+        "factory": kind.factory,
+        "search_params": params,
+        "metric": kind.metric,
+        "normalized": kind.metric == "ip",
+        "exact": kind.exact,
+        "ntotal": int(index.ntotal),
+        "dim": int(vectors.shape[1]),
+        "bytes": (folder / INDEX_FILE).stat().st_size,
+        "self_retrieval_at_1": self_at_1,
+        f"recall_at_{RECALL_K}": recall,
+        "eval_queries": len(queries),
+    }
+    if auto:
+        stats["auto"] = auto
+    return Built(files=[INDEX_FILE], stats=stats, timings={"faiss_build_seconds": build_seconds})
