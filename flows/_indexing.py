@@ -14,8 +14,8 @@ from lookalike.reporting.summary import build_summary
 from lookalike.tasks.aliases import check_promotion, promote_chain
 from lookalike.tasks.dataset import snapshot_dataset
 from lookalike.tasks.embeddings import embed_images
-from lookalike.tasks.evaluation import choose_query_split, evaluate_index
-from lookalike.tasks.index import build_index
+from lookalike.tasks.evaluation import evaluate_index, resolve_query_split
+from lookalike.tasks.index import index_embeddings
 from lookalike.tasks.mirror import mirror_aliases_to_s3, mirror_to_s3
 from lookalike.tasks.report import publish_report
 from lookalike.tasks.stage import call_stage
@@ -26,7 +26,7 @@ def snapshot_queries(settings: Settings) -> StageReport | None:
     """The evaluation's held-out query split, snapshotted by the dataset stage (task run
     `dataset-queries`), or None for leave-one-out. Run before pretraining, so a wrong split
     name fails the run in seconds."""
-    section = choose_query_split(settings.dataset, settings.evaluation, settings.artifacts_root)
+    section = resolve_query_split(settings.dataset, settings.evaluation, settings.artifacts_root)
     if section is None:
         return None
     return call_stage(
@@ -55,7 +55,7 @@ def index_and_publish(
     )
     track_stage(settings, tracking, reports, "embeddings")
     reports["index"] = call_stage(
-        build_index, section=settings.index, embeddings=reports["embeddings"].manifest, root=root
+        index_embeddings, section=settings.index, embeddings=reports["embeddings"].manifest, root=root
     )
     track_stage(settings, tracking, reports, "index")
     reports["evaluation"] = call_stage(

@@ -23,7 +23,7 @@ from lookalike.tasks.stage import retry_unless_user_error, stage_options
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_user_error,
 )
-def choose_query_split(
+def resolve_query_split(
     dataset: DatasetSettings, evaluation: EvaluationSettings, root: Path
 ) -> Optional[DatasetSettings]:
     """The dataset section of the held-out query split, or None for leave-one-out."""

@@ -12,7 +12,7 @@ from lookalike.tasks.stage import stage_options
 
 
 @task(**stage_options("index", lambda section, embeddings, root: index_key(section, embeddings)))
-def build_index(section: IndexSettings, embeddings: Manifest, root: Path) -> StageResult:
+def index_embeddings(section: IndexSettings, embeddings: Manifest, root: Path) -> StageResult:
     result = run_index_stage(section, embeddings, root)
     stats = result.manifest.stats
     get_run_logger().info(

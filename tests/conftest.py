@@ -96,6 +96,17 @@ def cli_env(
     return env
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests under tests/e2e (the CLI, flows, deployments, resume, shared roots) are marked `e2e`,
+    so `pytest -m "not e2e"` runs the unit tests alone in about two minutes."""
+    for item in items:
+        if E2E in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"
@@ -106,6 +117,25 @@ def tiny(root: Path):
     from lookalike.core.settings import load_settings
 
     return load_settings({**TINY, "artifacts_root": str(root)})
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory) -> Path:
+    """A TINY dataset → encoder → embeddings → index chain, built once per test run through the
+    stage runners (no Prefect). Read-only: a test that changes files copies the root first."""
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.embeddings.stage import run_embeddings_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
+    from lookalike.stages.index.stage import run_index_stage
+
+    root = tmp_path_factory.mktemp("tiny-chain") / "artifacts"
+    settings = load_settings({**TINY, "artifacts_root": str(root)})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
+    embeddings = run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
+    run_index_stage(settings.index, embeddings, root)
+    return root
 
 
 @pytest.fixture(scope="session")

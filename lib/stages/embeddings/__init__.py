@@ -1,0 +1,1 @@
+"""The `embeddings` stage: vectors in resumable shards, reusing vectors earlier stages stored."""

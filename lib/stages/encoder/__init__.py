@@ -1,0 +1,1 @@
+"""The `encoder` stage: SSL methods (one module each), backbones, the two trainers and the checkpoint format."""

@@ -1,0 +1,1 @@
+"""The `evaluation` stage: retrieval quality on held-out or leave-one-out queries, and the grid."""

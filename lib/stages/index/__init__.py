@@ -1,0 +1,1 @@
+"""The `index` stage: FAISS presets and factory strings (`factory`), `auto` selection (`auto`), the stage."""

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from lookalike.core.settings import EncoderSettings, SettingsError, load_settings
@@ -65,3 +68,23 @@ def test_named_run_parameters_win_and_none_means_not_given():
     settings = settings_for_run({"encoder.epochs": 1, "index.type": "hnsw"}, epochs=None, index="flat-ip")
     assert settings.encoder.epochs == 1  # None did not erase the override
     assert settings.index.type == "flat-ip"
+
+
+def test_loading_settings_imports_nothing_heavy_even_to_refuse_bad_names():
+    """A typo is reported before torch, FAISS, boto3, wandb or Prefect load (a fresh interpreter)."""
+    script = """
+import sys
+from lookalike.core.settings import SettingsError, load_settings
+load_settings({"index.type": "hnsw", "encoder.backbone": "resnet50", "artifacts_root": "s3://bucket/prefix"})
+try:
+    load_settings({"index.type": "flat-l3", "encoder.backbone": "resnet-7"})
+except SettingsError as exc:
+    assert "index.type" in str(exc) and "encoder.backbone" in str(exc), exc
+else:
+    raise AssertionError("bad names were accepted")
+heavy = {"torch", "torchvision", "faiss", "boto3", "botocore", "wandb", "prefect", "lightly", "datasets"}
+print(sorted(heavy & {name.split(".")[0] for name in sys.modules}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

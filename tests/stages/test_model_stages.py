@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, default_encoder
+from conftest import default_encoder
 from lookalike.core.manifest import MANIFEST, IntegrityError, stage_dir
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage, shard_name
@@ -21,16 +21,9 @@ from lookalike.stages.inference import Embedder
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """dataset → encoder → embeddings built once for the module; each test copies the stages it asks for."""
-    from lookalike.core.settings import load_settings
-
-    root = tmp_path_factory.mktemp("template") / "artifacts"
-    settings = load_settings({**TINY, "artifacts_root": str(root)})
-    dataset = run_dataset_stage(settings.dataset, root).manifest
-    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
-    run_embeddings_stage(settings.embeddings, dataset, encoder, root)
-    return root
+def template(tiny_chain):
+    """The session's TINY dataset → encoder → embeddings; each test copies the stages it asks for."""
+    return tiny_chain
 
 
 def _copied(template, root, stage: str) -> None:
