@@ -33,6 +33,8 @@ $(CHROMIUM):
 	fi
 
 test: $(VENV)/.installed $(CHROMIUM)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean-artifacts:

@@ -23,7 +23,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from lookalike.artifacts.shared_root import Store, open_stage_copy, store_of
+from lookalike.artifacts.shared_root import Store, open_stage_copy, store_at
 from lookalike.artifacts.stage_runner import StageResult
 from lookalike.core.manifest import Manifest
 from lookalike.core.settings import EmbeddingsSettings
@@ -83,7 +83,7 @@ def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manif
                         "root": root,
                         "folder": folder,
                         "shards": group,
-                        "store": store_of(root),
+                        "store": store_at(root).config,
                     },
                 )
                 for group in groups

@@ -20,7 +20,7 @@ from prefect import Task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from lookalike.artifacts.shared_root import Store, has_finished, read_manifest, store_of
+from lookalike.artifacts.shared_root import Store, read_manifest, store_at
 from lookalike.artifacts.stage_runner import StageReport, StageResult
 from lookalike.core.manifest import find_manifest
 
@@ -41,8 +41,7 @@ class StageCache(CachePolicy):
 def cache_key(stage: str, key: str, root: Any) -> str:
     """A shared store's copy is keyed by the store's URL, so a retry on another machine (its copy
     elsewhere) finds the cached result."""
-    store = store_of(root)
-    root_digest = hashlib.sha256((store.url if store else str(root)).encode()).hexdigest()[:8]
+    root_digest = hashlib.sha256((store_at(root).url or str(root)).encode()).hexdigest()[:8]
     return f"{stage}-{key}-{root_digest}"
 
 
@@ -88,14 +87,15 @@ def call_stage(task: Task, **kwargs: Any) -> StageReport:
     """
     stage, root = task.name, kwargs["root"]
     key = task.cache_policy.key_fn(**kwargs)
-    store = store_of(root)
-    on_disk = find_manifest(root, stage, key) is not None or has_finished(root, stage, key)
-    options = {"refresh_cache": not on_disk, **({"result_storage": result_storage(store)} if store else {})}
+    store = store_at(root)
+    on_disk = find_manifest(root, stage, key) is not None or store.has_finished(stage, key)
+    shared = store.config is not None  # Prefect's results then live beside the stage folders in the bucket
+    options = {"refresh_cache": not on_disk, **({"result_storage": result_storage(store.config)} if shared else {})}
     started = time.perf_counter()
     state = task.with_options(**options)(**kwargs, return_state=True)
     result = state.result()  # re-raises the task's exception on failure
     result = result if isinstance(result, StageResult) else StageResult.model_validate(result)
-    if store is not None:  # a result cached by another machine: its folder comes down from the store
+    if shared:  # a result cached by another machine: its folder comes down from the store
         read_manifest(root, stage, result.manifest.key)
     seconds = time.perf_counter() - started
     status = "cached" if state.name == "Cached" else result.status

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lookalike.artifacts.shared_root import read_manifest, share_files
+from lookalike.artifacts.shared_root import read_manifest, store_at
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN, walk_chain
 from lookalike.core.manifest import Manifest, atomic_write_bytes
@@ -65,7 +65,7 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
     atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
     with open(path.parent / HISTORY, "a") as fh:
         fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
-    share_files(root, [f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
+    store_at(root).share_files([f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
     return alias
 
 

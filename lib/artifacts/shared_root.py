@@ -13,7 +13,9 @@ with the same `<stage>/<key>/` layout, and the bucket is what they share:
   folder's files go up, then its manifest last, so a reader that sees the manifest sees a
   complete folder, and the partial objects the manifest does not list are deleted.
 
-The local copy names its bucket in `.store.json`, so every process handed the local root (a
+Callers never ask whether a root is shared: `store_at(root)` gives a `FolderStore` for a plain
+folder (every sync is a no-op) or a `BucketStore` for a bucket's copy, with the same methods. The
+local copy names its bucket in `.store.json`, so every process handed the local root (a
 Dask worker or DDP rank on this machine) syncs the same way without being told. Between
 machines, a build holds a lease object `<stage>/<key>/.lease`, created with S3's conditional
 write (If-None-Match) and renewed by compare-and-swap (If-Match) every third of
@@ -120,34 +122,146 @@ def open_stage_copy(store: Store, stage: str, key: str, inputs: dict[str, str]) 
     """For a worker on any machine: its copy of the store with the stage's inputs fetched;
     (local root, the stage's folder in it)."""
     root = open_store(store)
-    fetch_inputs(root, inputs)
+    BucketStore(root, store).fetch_inputs(inputs)
     folder = stage_dir(root, stage, key)
     folder.mkdir(parents=True, exist_ok=True)
     return root, folder
 
 
-def store_of(root: Path | str) -> Store | None:
-    """The store a local root is a copy of, or None for a plain local root."""
+class FolderStore:
+    """A plain artifacts folder: its stage folders live here and nowhere else, so there is nothing
+    to fetch, share or lease. The interface every caller uses, whatever the root is."""
+
+    config: Store | None = None  # what a worker needs to open its own copy (None: the folder itself)
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def url(self) -> str | None:
+        """The shared store's URL, or None for a plain folder."""
+        return self.config.url if self.config else None
+
+    def fetch_finished(self, stage: str, key: str) -> Manifest | None:
+        """The finished stage folder from the store into the root (verified), or None if it has none."""
+        return None
+
+    def has_finished(self, stage: str, key: str) -> bool:
+        """Whether the store holds a manifest for this stage key."""
+        return False
+
+    def fetch_inputs(self, inputs: dict[str, str]) -> None:
+        """Every stage folder a build can read (its inputs, and theirs), from the store when the root lacks it."""
+
+    def pull_partial(self, stage: str, key: str) -> int:
+        """Download what an earlier attempt (any machine) left of an unfinished stage folder; how many files."""
+        return 0
+
+    def share_files(self, names: list[str]) -> None:
+        """Upload these files (relative to the root) to the same names in the store."""
+
+    def push_finished(self, manifest: Manifest) -> dict | None:
+        """Upload a finished stage folder (files, then manifest last) and delete the partial objects it does
+        not list."""
+        return None
+
+    @contextmanager
+    def lease(self, stage: str, key: str, poll: float = 1.0) -> Iterator[Manifest | None]:
+        """Hold the store's lease on one stage key while building it. Yields the manifest when another machine
+        finished the stage meanwhile (fetched, verified), else None (build it)."""
+        yield None
+
+
+class BucketStore(FolderStore):
+    """This machine's copy of a shared `s3://` root: finished folders come down verified, partial and
+    finished files go up, and a lease object keeps two machines from building one key at once."""
+
+    def __init__(self, root: Path | str, config: Store) -> None:
+        super().__init__(root)
+        self.config = config
+        self.client = _client(config.endpoint_url)
+        self.location = config.location
+
+    def fetch_finished(self, stage: str, key: str) -> Manifest | None:
+        return find_stage(self.client, self.location, stage, key, self.root)
+
+    def has_finished(self, stage: str, key: str) -> bool:
+        return etag_of(self.client, self.location, f"{stage}/{key}/{MANIFEST}") is not None
+
+    def fetch_inputs(self, inputs: dict[str, str]) -> None:
+        # `queries` (evaluation's held-out split) is a dataset stage: the graph says so
+        def fetch(stage: str, key: str) -> Manifest:
+            manifest = self.fetch_finished(stage, key)
+            if manifest is None:
+                raise LookalikeError(
+                    f"input stage {stage}/{key} is neither in {self.root} nor in the store "
+                    f"{self.url}: re-run the flow from its first stage"
+                )
+            return manifest
+
+        for name, key in inputs.items():
+            walk_chain(fetch, stage_of(name), key)
+
+    def pull_partial(self, stage: str, key: str) -> int:
+        folder = stage_dir(self.root, stage, key)
+        pulled = 0
+        for name, size in list_objects(self.client, self.location, f"{stage}/{key}").items():
+            target = folder / name
+            if name in (MANIFEST, LEASE) or (target.is_file() and target.stat().st_size == size):
+                continue
+            pulled += _download(self.config, f"{stage}/{key}/{name}", target)
+        return pulled
+
+    def share_files(self, names: list[str]) -> None:
+        for name in names:
+            path = self.root / name
+            if path.is_file():
+                upload_object(self.client, self.location, name, path, sha256_file(path))
+
+    def push_finished(self, manifest: Manifest) -> dict | None:
+        pushed = upload_stage(self.client, self.location, self.root, manifest)
+        folder = f"{manifest.stage}/{manifest.key}"
+        listed = {entry.path for entry in manifest.files} | {MANIFEST, LEASE}  # the lease goes when its holder lets go
+        objects = list_objects(self.client, self.location, folder)
+        stale = [f"{folder}/{name}" for name in objects if name not in listed]
+        delete_objects(self.client, self.location, stale)
+        return {**pushed, "deleted_partial": len(stale)}
+
+    @contextmanager
+    def lease(self, stage: str, key: str, poll: float = 1.0) -> Iterator[Manifest | None]:
+        """A store without conditional writes (warned) holds no lease."""
+        client, location, name = self.client, self.location, f"{stage}/{key}/{LEASE}"
+        try:
+            etag = _acquire(client, location, name, self.root, self.config, stage, key, poll, self.config.lease_seconds)
+        except ConditionalWritesUnsupported as exc:
+            warnings.warn(f"{exc}: two machines building {stage}/{key} at once would both compute it", stacklevel=3)
+            yield None
+            return
+        if isinstance(etag, Manifest):
+            yield etag
+            return
+        holder = _Renewal(client, location, name, etag, self.config.lease_seconds)
+        holder.start()
+        try:
+            yield None
+        finally:
+            holder.stop()
+            delete_if(client, location, name, holder.etag)
+
+
+def store_at(root: Path | str) -> FolderStore:
+    """The store behind a local root: a `BucketStore` when it is a copy of a shared store
+    (`.store.json` names it), else a `FolderStore`."""
     path = Path(root) / STORE_FILE
     if not path.is_file():
-        return None
-    return Store(**json.loads(path.read_text()))
-
-
-def fetch_finished(root: Path | str, stage: str, key: str) -> Manifest | None:
-    """The finished stage folder from the store into `root` (verified), or None if it has none."""
-    store = store_of(root)
-    if store is None:
-        return None
-    return find_stage(_client(store.endpoint_url), store.location, stage, key, Path(root))
+        return FolderStore(root)
+    return BucketStore(root, Store(**json.loads(path.read_text())))
 
 
 def read_manifest(root: Path | str, stage: str, key: str) -> Manifest:
     """Like `find_manifest` but a missing manifest is an error. When `root` is a copy of a
     shared store, a folder finished only in the store is fetched (verified) first."""
-    manifest = find_manifest(root, stage, key)
-    if manifest is None:
-        manifest = fetch_finished(root, stage, key)
+    manifest = find_manifest(root, stage, key) or store_at(root).fetch_finished(stage, key)
     if manifest is None:
         raise IntegrityError(
             f"{stage}/{key} is not finished (no {MANIFEST} in {stage_dir(root, stage, key)}); "
@@ -156,111 +270,12 @@ def read_manifest(root: Path | str, stage: str, key: str) -> Manifest:
     return manifest
 
 
-def fetch_inputs(root: Path | str, inputs: dict[str, str]) -> None:
-    """Every stage folder a build can read (its inputs, and theirs), from the store when this
-    copy lacks it. `queries` (evaluation's held-out split) is a dataset stage."""
-
-    def fetch(stage: str, key: str) -> Manifest:
-        manifest = fetch_finished(root, stage, key)
-        if manifest is None:
-            raise LookalikeError(
-                f"input stage {stage}/{key} is neither in {root} nor in the store "
-                f"{store_of(root).url}: re-run the flow from its first stage"
-            )
-        return manifest
-
-    for name, key in inputs.items():
-        walk_chain(fetch, stage_of(name), key)
-
-
-def pull_partial(root: Path | str, stage: str, key: str) -> int:
-    """Download what an earlier attempt (any machine) left of an unfinished stage folder: the
-    objects under `<stage>/<key>/` missing here or of another size. Returns how many."""
-    store = store_of(root)
-    if store is None:
-        return 0
-    folder = stage_dir(root, stage, key)
-    pulled = 0
-    for name, size in list_objects(_client(store.endpoint_url), store.location, f"{stage}/{key}").items():
-        target = folder / name
-        if name in (MANIFEST, LEASE) or (target.is_file() and target.stat().st_size == size):
-            continue
-        pulled += _download(store, f"{stage}/{key}/{name}", target)
-    return pulled
-
-
 def share_partial(folder: Path, names: list[str]) -> None:
     """Upload files of an unfinished stage folder (`<root>/<stage>/<key>/`) as soon as they
-    are durable, so a retry elsewhere can resume from them. A no-op for a plain local root."""
+    are durable, so a retry elsewhere can resume from them. A no-op for a plain folder."""
     root = folder.parents[1]
-    store = store_of(root)
-    if store is None:
-        return
     prefix = folder.relative_to(root).as_posix()
-    share_files(root, [f"{prefix}/{name}" for name in names], store)
-
-
-def share_files(root: Path | str, names: list[str], store: Store | None = None) -> None:
-    """Upload these files (relative to `root`) to the same names in the store, when there is one."""
-    store = store or store_of(root)
-    if store is None:
-        return
-    for name in names:
-        path = Path(root) / name
-        if path.is_file():
-            upload_object(_client(store.endpoint_url), store.location, name, path, sha256_file(path))
-
-
-def push_finished(root: Path | str, manifest: Manifest) -> dict | None:
-    """Upload a finished stage folder (files, then manifest last) and delete the partial
-    objects it does not list. None for a plain local root."""
-    store = store_of(root)
-    if store is None:
-        return None
-    client = _client(store.endpoint_url)
-    pushed = upload_stage(client, store.location, Path(root), manifest)
-    folder = f"{manifest.stage}/{manifest.key}"
-    listed = {entry.path for entry in manifest.files} | {MANIFEST, LEASE}  # the lease goes when its holder lets go
-    stale = [f"{folder}/{name}" for name in list_objects(client, store.location, folder) if name not in listed]
-    delete_objects(client, store.location, stale)
-    return {**pushed, "deleted_partial": len(stale)}
-
-
-def has_finished(root: Path | str, stage: str, key: str) -> bool:
-    """Whether the store holds a manifest for this stage key (False for a plain local root)."""
-    store = store_of(root)
-    if store is None:
-        return False
-    return etag_of(_client(store.endpoint_url), store.location, f"{stage}/{key}/{MANIFEST}") is not None
-
-
-@contextmanager
-def store_lease(root: Path | str, stage: str, key: str, poll: float = 1.0) -> Iterator[Manifest | None]:
-    """Hold the store's lease on one stage key while building it. Yields the manifest when
-    another machine finished the stage while this one waited (fetched, verified), else None
-    (build it). A plain local root, or a store without conditional writes (warned once), holds
-    no lease."""
-    store = store_of(root)
-    if store is None:
-        yield None
-        return
-    client, location, name = _client(store.endpoint_url), store.location, f"{stage}/{key}/{LEASE}"
-    try:
-        etag = _acquire(client, location, name, root, stage, key, poll, store.lease_seconds)
-    except ConditionalWritesUnsupported as exc:
-        warnings.warn(f"{exc}: two machines building {stage}/{key} at once would both compute it", stacklevel=3)
-        yield None
-        return
-    if isinstance(etag, Manifest):
-        yield etag
-        return
-    holder = _Renewal(client, location, name, etag, store.lease_seconds)
-    holder.start()
-    try:
-        yield None
-    finally:
-        holder.stop()
-        delete_if(client, location, name, holder.etag)
+    store_at(root).share_files([f"{prefix}/{name}" for name in names])
 
 
 def _lease_body() -> bytes:
@@ -270,7 +285,7 @@ def _lease_body() -> bytes:
 
 
 def _acquire(
-    client, location, name: str, root, stage: str, key: str, poll: float, lease_seconds: float
+    client, location, name: str, root: Path, store: Store, stage: str, key: str, poll: float, lease_seconds: float
 ) -> str | Manifest:
     seen, since = None, time.monotonic()
     while True:
@@ -285,7 +300,7 @@ def _acquire(
             etag = None
         if etag is not None:
             return etag
-        finished = fetch_finished(root, stage, key)
+        finished = BucketStore(root, store).fetch_finished(stage, key)
         if finished is not None:
             return finished
         time.sleep(poll)

@@ -19,15 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lookalike.artifacts.shared_root import (
-    fetch_finished,
-    fetch_inputs,
-    has_finished,
-    pull_partial,
-    push_finished,
-    store_lease,
-    store_of,
-)
+from lookalike.artifacts.shared_root import store_at
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import STAGES
 from lookalike.core.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
@@ -103,10 +95,11 @@ def run_stage(
     """
     found = find_manifest(root, stage, key)
     if found is not None:
-        if store_of(root) is not None and not has_finished(root, stage, key):
-            push_finished(root, found)  # finished here before the bucket had it (or it was emptied)
+        store = store_at(root)
+        if not store.has_finished(stage, key):
+            store.push_finished(found)  # finished here before the bucket had it (or it was emptied)
         return StageResult(manifest=found, status="cached")
-    fetched = fetch_finished(root, stage, key)
+    fetched = store_at(root).fetch_finished(stage, key)
     if fetched is not None:
         return StageResult(manifest=fetched, status="cached")
     try:
@@ -130,15 +123,15 @@ def _build_locked(
     build: Callable[[Path], Built],
 ) -> StageResult:
     # the local lock for runs on this machine, then the store's lease for the other machines
-    with key_lock(root, stage, key), store_lease(root, stage, key) as finished_elsewhere:
-        found = find_manifest(root, stage, key) or finished_elsewhere or fetch_finished(root, stage, key)
+    store = store_at(root)
+    with key_lock(root, stage, key), store.lease(stage, key) as finished_elsewhere:
+        found = find_manifest(root, stage, key) or finished_elsewhere or store.fetch_finished(stage, key)
         if found is not None:  # another run finished it while we waited
             return StageResult(manifest=found, status="cached")
         folder = stage_dir(root, stage, key)
         folder.mkdir(parents=True, exist_ok=True)
-        if store_of(root) is not None:
-            fetch_inputs(root, inputs)
-            pull_partial(root, stage, key)
+        store.fetch_inputs(inputs)  # each a no-op for a plain folder
+        store.pull_partial(stage, key)
         started = time.perf_counter()
         built = build(folder)
         timings = {"build_seconds": time.perf_counter() - started, **built.timings}
@@ -153,5 +146,5 @@ def _build_locked(
             stats=built.stats,
             timings=timings,
         )
-        push_finished(root, manifest)  # under the lease: a machine waiting for it finds the manifest
+        store.push_finished(manifest)  # under the lease: a machine waiting for it finds the manifest
     return StageResult(manifest=manifest, status="resumed" if built.resumed else "computed")

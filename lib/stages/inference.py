@@ -3,12 +3,14 @@
 The embeddings stage (`lookalike.stages.embeddings`), the evaluation's held-out queries and served
 queries (`lookalike.serving.query`) all embed through `Embedder`: the same device choice, resize,
 normalisation, batch-norm folding and memory layout, so a served query vector equals the stored
-vector of the same image up to float rounding (tests/stages/test_inference.py).
+vector of the same image up to float rounding (tests/serving/test_query.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +124,58 @@ def fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
 
     if model.training:
         raise ValueError("batch norms fold only in eval mode: in training they normalise with each batch's statistics")
-    try:
-        return fuse(model, inplace=True)
-    except Exception:  # tracing fails in many ways (TraceError, TypeError, ...); unfolded is still right
-        return model
+    with _TRACING.exclusive():
+        try:
+            return fuse(model, inplace=True)
+        except Exception:  # tracing fails in many ways (TraceError, TypeError, ...); unfolded is still right
+            return model
 
 
 def embed_batch(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
-    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+    with _TRACING.shared(), torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
         return model(x).flatten(1).float().cpu().numpy()
+
+
+class _TraceGuard:
+    """Keeps forward passes and torch.fx tracing apart, process-wide.
+
+    While fx traces a model it replaces `torch.nn.Module.__call__` for the whole process, so a
+    forward pass in another thread (a server answering queries while it loads the index an alias
+    moved to) fails inside fx ("module is not installed as a submodule"). Forward passes share
+    the guard; a trace waits for those running to end and holds new ones back until it is done.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._forwards = 0
+        self._traces_waiting = 0
+        self._tracing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._tracing and not self._traces_waiting)
+            self._forwards += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._forwards -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._changed:
+            self._traces_waiting += 1
+            self._changed.wait_for(lambda: not self._tracing and not self._forwards)
+            self._traces_waiting -= 1
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._tracing = False
+                self._changed.notify_all()
+
+
+_TRACING = _TraceGuard()

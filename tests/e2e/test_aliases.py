@@ -161,7 +161,7 @@ class Collapsed:
 
 
 def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(built, tmp_path, monkeypatch):
-    import lookalike.stages.embeddings.stage
+    import lookalike.stages.inference
     from lookalike.artifacts.aliases import read_alias, set_alias
     from lookalike.flows.retrieval import retrieval_pipeline
 
@@ -170,13 +170,13 @@ def test_the_gate_refuses_an_index_from_a_degraded_encoder_and_keeps_production(
     root = tmp_path / "artifacts"
     good = {name: s["key"] for name, s in summary["stages"].items()}
     set_alias(root, "production", good)
-    real = lookalike.stages.embeddings.stage.load_encoder
+    real = lookalike.stages.inference.load_encoder
 
     def collapsed(r, m):
         spec = real(r, m)[1]
         return Collapsed(spec.feature_dim), spec
 
-    monkeypatch.setattr(lookalike.stages.embeddings.stage, "load_encoder", collapsed)
+    monkeypatch.setattr(lookalike.stages.inference, "load_encoder", collapsed)
     # another shard size: a new embeddings key, so the degraded vectors are really computed
     bad = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY, "embeddings.shard_size": 8}))
     assert bad["stages"]["embeddings"]["status"] == "computed"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lookalike.artifacts.shared_root import pull_partial, share_partial
+from lookalike.artifacts.shared_root import share_partial, store_at
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.graph import STAGES, key_for
 from lookalike.core.manifest import (
@@ -116,7 +116,7 @@ def _embed(
     else:
         parts = [embed_shards(section, dataset, encoder, root, folder, missing)]
     if dispatch is not None:  # workers on other machines wrote theirs to the shared store
-        pull_partial(root, STAGE, folder.name)
+        store_at(root).pull_partial(STAGE, folder.name)
     absent = [i for i in missing if not _shard_is_complete(folder, i)] if dispatch is not None else []
     if absent:  # a worker returned without its shards: a retry embeds just these
         raise RuntimeError(f"embedding shards {absent[:10]} are missing after the workers finished")
