@@ -83,7 +83,8 @@ from torchvision import transforms  # noqa: E402
 from lookalike.stages.dataset.images import decode_rgb  # noqa: E402
 from lookalike.stages.dataset.stage import open_snapshot  # noqa: E402
 from lookalike.stages.dataset.torch_data import ResizeToTensor  # noqa: E402
-from lookalike.stages.embeddings.stage import load_embeddings, plan_shards, run_embeddings_stage, shard_batches
+from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.embeddings.stage import plan_shards, run_embeddings_stage, shard_batches
 from lookalike.stages.encoder.checkpoint import load_encoder  # noqa: E402
 from lookalike.stages.inference import embed_batch, inference_model, normalize_batch
 

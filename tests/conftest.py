@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,18 @@ def prefect_api_url(prefect_server) -> str:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL the run's process group as soon as `ready()` holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"run ended before the kill point: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def make_png(path: Path, value: int, size: int = 20, mode: str = "L") -> Path:

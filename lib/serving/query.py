@@ -18,7 +18,7 @@ from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN
 from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
 from lookalike.core.settings import Settings
-from lookalike.stages.dataset.images import decode_rgb
+from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.stage import dataset_key, open_snapshot, row_positions
 from lookalike.stages.embeddings.stage import embeddings_key
 from lookalike.stages.encoder.stage import encoder_key
@@ -94,7 +94,7 @@ class Searcher:
         return self.embedder.embed_images([image])
 
     def image_of_row(self, row_id: int) -> Image.Image:
-        return decode_rgb(self._item(row_id)["image"]["bytes"], 1 << 62)
+        return decode_snapshot_image(self._item(row_id)["image"]["bytes"])
 
     def _item(self, row_id: int) -> dict:
         if row_id not in self.position:

@@ -22,6 +22,8 @@ import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
 from conftest import LOOKALIKE, REPO, cli_env, free_port, make_png
+from lookalike.core.graph import STAGE_NAMES
+from lookalike.core.names import METHOD_NAMES
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "lookalike-process"
@@ -144,7 +146,7 @@ def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parame
         "overrides": {"dataset.limit": 512},
     }
     schema = smoke["parameter_openapi_schema"]["properties"]
-    assert schema["method"]["enum"] == ["dino", "simclr", "byol"] and schema["method"]["default"] == "simclr"
+    assert schema["method"]["enum"] == list(METHOD_NAMES) and schema["method"]["default"] == "simclr"
     assert "flat-l2" in schema["index"]["enum"] and schema["epochs"]["minimum"] == 0
     assert all(p.get("description") for p in schema.values()), "every parameter needs a docstring description"
     assert not any("key" in name or "secret" in name or "password" in name for name in schema)
@@ -210,7 +212,7 @@ def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack, two_
     found = artifacts_of(stack, run["id"])
     assert {"retrieval-summary", "retrieval-metrics", "retrieval-grid"} <= set(found)
     summary = found["retrieval-summary"]["data"]
-    for stage in ("dataset", "encoder", "embeddings", "index", "evaluation"):
+    for stage in STAGE_NAMES:
         assert f"| {stage} |" in summary
     metrics = {row["metric"]: row["value"] for row in _table(found["retrieval-metrics"]["data"])}
     assert metrics["self_retrieval_at_1"] == 1.0 and metrics["n_images"] == 512

@@ -6,6 +6,7 @@ import pytest
 from wandb_offline import read_offline_run
 
 from conftest import TINY, default_encoder, flow_arguments
+from lookalike.core.graph import STAGE_NAMES
 
 METHOD, _, DIM = default_encoder()
 
@@ -31,7 +32,7 @@ def first(tmp_path_factory):
 def test_first_run_computes_every_stage_and_reports_contract_keys(first):
     _, summary = first
     assert set(statuses(summary).values()) == {"computed"}
-    assert list(summary["stages"]) == ["dataset", "encoder", "embeddings", "index", "evaluation"]
+    assert list(summary["stages"]) == list(STAGE_NAMES)
     metrics = summary["metrics"]
     assert metrics["self_retrieval_at_1"] == 1.0
     assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["precision_at_10"] <= 1
@@ -65,7 +66,7 @@ def test_prefect_task_runs_show_the_cached_stages(first):
             limit=50,
         )
     by_name = {r.name: r.state.name for r in runs}
-    for stage in ("dataset", "encoder", "embeddings", "index", "evaluation"):
+    for stage in STAGE_NAMES:
         assert by_name[stage] == "Cached", by_name
 
 

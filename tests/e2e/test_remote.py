@@ -12,10 +12,10 @@ from conftest import LOOKALIKE, TINY, cli_env, flow_arguments, server_errors
 from lookalike.artifacts.mirror import fetch_index_chain
 from lookalike.artifacts.s3 import MirrorError, s3_client
 from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.graph import CHAIN, STAGE_NAMES
 from lookalike.core.manifest import MANIFEST, IntegrityError, sha256_file, stage_dir
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-CHAIN = ("dataset", "encoder", "embeddings", "index")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def mirrored(tmp_path_factory, s3_endpoint):
         promote=False,
     )
     mirrored = [m["url"].split("/")[-3] for m in summary["artifacts"]["mirror"]]
-    assert mirrored == ["dataset", "encoder", "embeddings", "index", "evaluation"], summary["artifacts"]["mirror"]
+    assert mirrored == list(STAGE_NAMES), summary["artifacts"]["mirror"]
     keys = {stage: summary["stages"][stage]["key"] for stage in CHAIN}
     return root, keys, f"s3://remote/team/lookalike/index/{keys['index']}"
 

@@ -8,7 +8,6 @@ the session's Prefect server, so flow runs and task-run states can be inspected.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOKALIKE, REPO, TINY, cli_env
+from conftest import LOOKALIKE, REPO, TINY, cli_env, kill_when
 from lookalike.core.manifest import MANIFEST, find_manifest, verified_path
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -53,18 +52,6 @@ def run(root: Path, api_url: str | None, faults: dict | None = None, *extra: str
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     return summary
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL the run's process group as soon as `ready()` holds."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"run ended before the kill point: {proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, "kill point never reached"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
 
 
 def task_run_history(flow_run_id) -> dict[str, list[list[str]]]:

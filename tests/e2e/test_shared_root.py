@@ -16,11 +16,12 @@ import pytest
 from conftest import TINY, flow_arguments
 from lookalike.artifacts.s3 import s3_client
 from lookalike.artifacts.shared_root import read_manifest
+from lookalike.core.graph import STAGE_NAMES
 from lookalike.core.manifest import MANIFEST, find_manifest, verified_path
 
 BUCKET, PREFIX = "shared", "team/lookalike"
 URL = f"s3://{BUCKET}/{PREFIX}"
-STAGES = ("dataset", "encoder", "embeddings", "index", "evaluation")
+STAGES = STAGE_NAMES
 
 
 def run_on(machine: Path, endpoint: str, url: str = URL, return_state: bool = False, **extra):
@@ -146,9 +147,9 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     shards from the bucket, trains nothing and embeds only the shards A did not finish."""
     import subprocess
 
-    from test_resume import N_SHARDS, SETS, finish, flow_runs_for, kill_when, task_run_history
+    from test_resume import N_SHARDS, SETS, finish, flow_runs_for, task_run_history
 
-    from conftest import LOOKALIKE, cli_env
+    from conftest import LOOKALIKE, cli_env, kill_when
 
     url = "s3://resume/lookalike"
     client = s3_client(s3_endpoint)

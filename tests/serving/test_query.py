@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from lookalike.app.api import create_api
 from lookalike.core.manifest import find_manifest
 from lookalike.serving.holder import IndexHolder
-from lookalike.stages.embeddings.stage import load_embeddings
+from lookalike.stages.embeddings.shards import load_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from lightly.transforms.torchvision_v2_compatibility import torchvision_transfor
 from PIL import Image
 
 from lookalike.core.errors import LookalikeError
+from lookalike.core.names import METHOD_NAMES
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.torch_data import ResizeToTensor
 from lookalike.stages.encoder.backbones import build_backbone
@@ -29,7 +30,7 @@ def image(seed: int = 0, size: int = 28) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-@pytest.mark.parametrize("name", ["simclr", "dino", "byol"])
+@pytest.mark.parametrize("name", METHOD_NAMES)
 def test_batched_views_have_the_shapes_and_count_of_lightlys_views(name):
     m = method(name, 32)
     per_image = m.transform(image(size=32))

@@ -20,7 +20,8 @@ from torchvision import transforms
 from conftest import TINY
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
-from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage
+from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.checkpoint import load_encoder
 from lookalike.stages.encoder.stage import run_encoder_stage

@@ -16,7 +16,9 @@ from conftest import make_png
 from lookalike.core.manifest import MANIFEST, stage_dir
 from lookalike.core.settings import load_settings
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
-from lookalike.stages.embeddings.stage import load_embeddings, reuse_candidates, run_embeddings_stage, shard_name
+from lookalike.stages.embeddings.reuse import reuse_candidates
+from lookalike.stages.embeddings.shards import load_embeddings, shard_name
+from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.stage import run_encoder_stage
 
 N, ADDED = 30, 3  # 10% new images

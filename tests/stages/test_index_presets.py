@@ -110,7 +110,7 @@ def sample_embeddings(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_on_the_sample_returns_row_ids_and_finds_itself(sample_embeddings, name):
-    from lookalike.stages.embeddings.stage import load_embeddings
+    from lookalike.stages.embeddings.shards import load_embeddings
     from lookalike.stages.index.factory import load_index, search
     from lookalike.stages.index.stage import run_index_stage
 

@@ -10,7 +10,8 @@ import torch
 from conftest import default_encoder
 from lookalike.core.manifest import MANIFEST, IntegrityError, stage_dir
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
-from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage, shard_name
+from lookalike.stages.embeddings.shards import load_embeddings, shard_name
+from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import EncoderLoadError, load_encoder, load_encoder_file
 from lookalike.stages.encoder.single import TRAIN_STATE
 from lookalike.stages.encoder.stage import run_encoder_stage

@@ -14,7 +14,8 @@ from conftest import REPO, TINY, free_port
 from lookalike.core.manifest import MANIFEST, stage_dir
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.stage import run_dataset_stage
-from lookalike.stages.embeddings.stage import load_embeddings, run_embeddings_stage
+from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import load_encoder
 from lookalike.stages.encoder.ddp import train_ddp
 from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
@@ -146,8 +147,7 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
     trains only epoch 2."""
-    from test_resume import kill_when
-
+    from conftest import kill_when
     from lookalike.artifacts.s3 import s3_client
     from lookalike.artifacts.shared_root import open_root
 

@@ -10,10 +10,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from lookalike.stages.dataset.images import decode_rgb
-
-# The snapshot only holds images that already decoded once, so the limit here is moot.
-_NO_LIMIT = 1 << 62
+from lookalike.stages.dataset.images import decode_snapshot_image
 
 
 class SnapshotImages(Dataset):
@@ -33,7 +30,7 @@ class SnapshotImages(Dataset):
         """A DataLoader batch's samples, in order, from one Arrow read: reading rows one by
         one costs more than decoding them (about 100 of 280 us per image in embedding)."""
         images = self.snapshot[[int(i) for i in indices]]["image"]
-        return [self.transform(decode_rgb(image["bytes"], _NO_LIMIT)) for image in images]
+        return [self.transform(decode_snapshot_image(image["bytes"])) for image in images]
 
 
 class ResizeToTensor:

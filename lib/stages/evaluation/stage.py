@@ -32,13 +32,14 @@ from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, atomic_write_bytes, verified_path
 from lookalike.core.settings import DatasetSettings, EvaluationSettings
-from lookalike.stages.dataset.images import decode_rgb
+from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
-from lookalike.stages.embeddings.stage import load_embeddings
+from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.inference import Embedder
 from lookalike.stages.pictures import retrieval_grid, save_image
+from lookalike.stages.sampling import seeded_sample
 
 STAGE = "evaluation"
 GRID = "retrieval-grid.png"
@@ -46,7 +47,6 @@ NEIGHBOURS = "neighbours.json"
 LEAVE_ONE_OUT = "leave-one-out"
 HELD_OUT_SPLITS = ("test", "validation")  # what `query_split=auto` looks for, in this order
 THUMBNAIL = 128  # longest side of a table thumbnail; smaller images keep their size
-_NO_LIMIT = 1 << 62  # snapshot images already decoded once within the dataset's limit
 
 
 def choose_query_split(
@@ -212,9 +212,7 @@ def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
 
 def _sample(n: int, cap: int | None) -> np.ndarray:
     """Positions of the leave-one-out queries: all, or a seeded sample of `cap`."""
-    if cap is None or n <= cap:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, cap, replace=False))
+    return seeded_sample(n, cap)
 
 
 def label_metrics(
@@ -283,7 +281,7 @@ def _average_precision(relevant: list[bool], n_relevant: int, k: int) -> float:
 def _grid_rows(section: EvaluationSettings, index, asked: Queries, label_of: dict | None) -> list[dict]:
     """The grid's seeded queries with their nearest indexed rows (own row left out, leave-one-out)."""
     n = len(asked.row_ids)
-    picks = np.sort(np.random.default_rng(0).choice(n, size=min(section.grid_queries, n), replace=False))
+    picks = seeded_sample(n, section.grid_queries)
     distances, found = search(index, asked.vectors[picks], section.grid_neighbours + asked.leave_one_out)
     rows = []
     for p, dist, ids in zip(picks, distances, found):
@@ -327,7 +325,7 @@ def _draw_grid(record: dict, query_snapshot, indexed_snapshot):
 
 
 def _image(snapshot, position: dict[int, int], row_id: int):
-    return decode_rgb(snapshot[position[row_id]]["image"]["bytes"], _NO_LIMIT)
+    return decode_snapshot_image(snapshot[position[row_id]]["image"]["bytes"])
 
 
 def retrieval_table(root: Path, evaluation: Manifest) -> tuple[list[str], list[list[Any]]] | None:

@@ -39,6 +39,7 @@ from lookalike.stages.index.factory import (
     search_params_for,
     trained_index,
 )
+from lookalike.stages.sampling import seeded_sample
 
 EXACT_BELOW = 10_000  # exact search over this many vectors takes a few ms per query: no need to approximate
 HOLDOUT_MAX = 2_000
@@ -194,7 +195,7 @@ def choose_index(vectors: np.ndarray, row_ids: np.ndarray, section: IndexSetting
 def _holdout(n: int) -> np.ndarray:
     """Seeded positions kept out of the trial index and used as its queries."""
     size = min(HOLDOUT_MAX, max(1, int(n * HOLDOUT_FRACTION)))
-    return np.sort(np.random.default_rng(1).choice(n, size, replace=False))
+    return seeded_sample(n, size, seed=1)
 
 
 def _exact_neighbours(base: np.ndarray, queries: np.ndarray) -> np.ndarray:

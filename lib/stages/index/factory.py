@@ -22,6 +22,7 @@ import numpy as np
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.names import INDEX_PRESETS, split_metric
+from lookalike.stages.sampling import seeded_sample
 
 INDEX_FILE = "index.faiss"
 EVAL_QUERIES = 10_000
@@ -122,11 +123,7 @@ def trained_index(vectors: np.ndarray, kind: IndexType) -> faiss.Index:
     if not _stores_ids(index):
         index = faiss.IndexIDMap2(index)
     if not index.is_trained:
-        sample = (
-            vectors
-            if n <= TRAIN_SAMPLE
-            else vectors[np.sort(np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))]
-        )
+        sample = vectors if n <= TRAIN_SAMPLE else vectors[seeded_sample(n, TRAIN_SAMPLE)]
         try:
             index.train(sample)
         except RuntimeError as exc:
@@ -190,9 +187,7 @@ def _ivf(index: faiss.Index):
 
 def sample_queries(n: int) -> np.ndarray:
     """Positions of the stored vectors used as queries: all of them, or a seeded 10k sample."""
-    if n <= EVAL_QUERIES:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, EVAL_QUERIES, replace=False))
+    return seeded_sample(n, EVAL_QUERIES)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, atomic_path
 from lookalike.core.names import AUTO
 from lookalike.core.settings import IndexSettings
-from lookalike.stages.embeddings.stage import load_embeddings
+from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.index.auto import choose_index
 from lookalike.stages.index.factory import (
     INDEX_FILE,
