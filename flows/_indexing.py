@@ -40,11 +40,14 @@ def index_and_publish(
     tracking: dict[str, Any],
     promote: bool,
     queries: StageReport | None = None,
+    stage_runs: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Run embeddings → index → evaluation (+ mirror), then promote and report; the run summary.
 
     `queries` is the held-out split's snapshot (`snapshot_queries`); None evaluates leave-one-out.
+    `stage_runs` holds where the W&B runs of the stages already done logged them (`track_stage`).
     """
+    stage_runs = dict(stage_runs or {})
     root = settings.artifacts_root
     reports["embeddings"] = call_stage(
         embed_images.with_options(retries=settings.embeddings.retries),
@@ -53,11 +56,11 @@ def index_and_publish(
         encoder=reports["encoder"].manifest,
         root=root,
     )
-    track_stage(settings, tracking, reports, "embeddings")
+    stage_runs["embeddings"] = track_stage(settings, tracking, reports, "embeddings")
     reports["index"] = call_stage(
         index_embeddings, section=settings.index, embeddings=reports["embeddings"].manifest, root=root
     )
-    track_stage(settings, tracking, reports, "index")
+    stage_runs["index"] = track_stage(settings, tracking, reports, "index")
     reports["evaluation"] = call_stage(
         evaluate_index,
         section=settings.evaluation,
@@ -83,7 +86,8 @@ def index_and_publish(
         alias_state = alias_task(settings.mirror, root, aliases, return_state=True)
         if not alias_state.is_completed():
             mirrored = [*mirrored, {"failed": str(alias_state.message)}]
-    summary = build_summary(root, reports, tracking, mirrored, aliases, promotion)
+    logged = {stage: where for stage, where in stage_runs.items() if where}
+    summary = build_summary(root, reports, {**tracking, "stage_runs": logged or None}, mirrored, aliases, promotion)
     published = publish_to_wandb(settings, reports, summary, return_state=True)
     if not published.is_completed():  # W&B never costs the local result
         summary["artifacts"]["wandb_error"] = str(published.message)

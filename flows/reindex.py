@@ -65,9 +65,9 @@ def reindex(
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)
 
-    reports = {}
+    reports, stage_runs = {}, {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
-    track_stage(settings, tracking, reports, "dataset")
+    stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
     queries = snapshot_queries(settings)
     reports["encoder"] = use_aliased_encoder(root, encoder_alias)
-    return index_and_publish(settings, reports, tracking, promote, queries)
+    return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)

@@ -88,12 +88,12 @@ def retrieval_pipeline(
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)
 
-    reports = {}
+    reports, stage_runs = {}, {}
     reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
-    track_stage(settings, tracking, reports, "dataset")
+    stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
     queries = snapshot_queries(settings)
     reports["encoder"] = call_stage(
         pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root
     )
-    track_stage(settings, tracking, reports, "encoder")
-    return index_and_publish(settings, reports, tracking, promote, queries)
+    stage_runs["encoder"] = track_stage(settings, tracking, reports, "encoder")
+    return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)

@@ -93,22 +93,22 @@ def log_stage_run(settings: Settings, stage: str, manifests: dict[str, Manifest]
     return where
 
 
-def track_stage(settings: Settings, tracking: dict[str, Any], reports: dict[str, StageReport], stage: str) -> None:
-    """Call right after a stage: when this flow run computed it (not cached), its W&B run logs it,
-    and `tracking["stage_runs"][stage]` records where (run folder offline, URL online)."""
+def track_stage(
+    settings: Settings, tracking: dict[str, Any], reports: dict[str, StageReport], stage: str
+) -> str | None:
+    """Call right after a stage: when this flow run computed it (not cached), its W&B run logs it.
+    Returns where (the run folder offline, its URL online), or None when nothing was logged."""
     if (
         stage not in LINEAGE_STAGES
         or reports[stage].status == "cached"
         or tracking.get("mode") in ("disabled", "failed")
     ):
-        return
+        return None
     state = log_stage_run(settings, stage, {s: r.manifest for s, r in reports.items()}, return_state=True)
     if state.is_completed():
-        tracking.setdefault("stage_runs", {})[stage] = state.result()
-    else:
-        get_run_logger().warning(
-            "W&B lineage for %s not logged (the local result is unaffected): %s", stage, state.message
-        )
+        return state.result()
+    get_run_logger().warning("W&B lineage for %s not logged (the local result is unaffected): %s", stage, state.message)
+    return None
 
 
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
