@@ -13,8 +13,10 @@ STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    from lookalike.reporting.summary import (
-        embedding_counts_line,  # imports torch and faiss: only once there is a summary
+    from lookalike.reporting.summary import (  # imports torch and faiss: only once there is a summary
+        baseline_rows,
+        baselines_line,
+        embedding_counts_line,
     )
 
     stages = Table(title="stages", title_justify="left")
@@ -33,6 +35,26 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for name, value in summary["metrics"].items():
         metrics.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(metrics)
+    if table := baseline_rows(summary):
+        header, rows = table
+        against = Table(title="against baselines", title_justify="left")
+        for column in header:
+            against.add_column(column, justify="left" if column == "score" else "right")
+        for row in rows:
+            against.add_row(
+                *(
+                    f"{v:+.4f}"
+                    if isinstance(v, float) and c.startswith("gain")
+                    else f"{v:.4f}"
+                    if isinstance(v, float)
+                    else "—"
+                    if v is None
+                    else str(v)
+                    for c, v in zip(header, row)
+                )
+            )
+        console.print(against)
+        console.print(baselines_line(summary), highlight=False, soft_wrap=True)
 
     skipped = summary.get("skipped") or []
     if skipped:

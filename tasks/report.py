@@ -28,8 +28,15 @@ def publish_report(summary: dict[str, Any]) -> None:
         key="retrieval-summary",
         description="Stages (key, status, seconds), metrics and artifact locations",
     )
+    baselines = summary.get("baselines") or {}
     create_table_artifact(
-        [{"metric": k, "value": v} for k, v in summary["metrics"].items()],
+        [{"metric": k, "value": v} for k, v in summary["metrics"].items()]
+        + [{"metric": f"{name}/{k}", "value": v} for name, scores in baselines.items() for k, v in scores.items()]
+        + [
+            {"metric": f"gain over {name}/{k}", "value": v}
+            for name, g in (summary.get("gain") or {}).items()
+            for k, v in g.items()
+        ],
         key="retrieval-metrics",
         description="Retrieval metrics of this run",
     )

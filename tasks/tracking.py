@@ -22,6 +22,7 @@ from lookalike.artifacts.stage_runner import StageReport
 from lookalike.core.manifest import Manifest
 from lookalike.core.settings import Settings
 from lookalike.reporting.lineage import JOB_TYPES, LINEAGE_STAGES, lineage_inputs, stage_artifact
+from lookalike.reporting.summary import baseline_rows
 from lookalike.reporting.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.evaluation.stage import retrieval_table
@@ -125,6 +126,10 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         for epoch, loss in enumerate(encoder.manifest.stats["losses"], start=1):
             run.log({"pretrain/loss": loss, "pretrain/epoch": epoch})
     run.set_summary(summary["metrics"])
+    if table := baseline_rows(summary):  # the run beside raw pixels and its untrained encoder, same queries
+        header, rows = table
+        run.set_summary({f"{column}/{row[0]}": value for row in rows for column, value in zip(header[1:], row[1:])})
+        run.log_table("evaluation/baselines", header, rows)
     if summary["skipped"]:  # every unreadable image, with why (capped as in the manifest)
         run.log_table(
             "dataset/skipped",
@@ -153,6 +158,8 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "index_choice": summary.get("index"),  # for index.type=auto: the preset chosen and why
         "stage_keys": {name: r.manifest.key for name, r in reports.items()},
         "metrics": summary["metrics"],
+        "baselines": summary.get("baselines"),
+        "gain": summary.get("gain"),
         "encoder_sha256": encoder.manifest.file(ENCODER_FILE).sha256,
     }
     manifests = {name: r.manifest for name, r in reports.items()}

@@ -74,7 +74,8 @@ def read_alias(root: Path | str, name: str) -> Alias:
     if not path.is_file():
         raise AliasError(
             f"no {name!r} alias under {root}: build and promote an index first "
-            "(`lookalike run`, or the retrain-weekly deployment)"
+            "(`lookalike run`, or the retrain-weekly deployment; a run the promotion gate refused is promoted by "
+            "hand with `lookalike promote <index key>`, and `--index latest` names the last run)"
         )
     try:
         return Alias.model_validate_json(path.read_bytes())

@@ -2,7 +2,8 @@
 
 A run asks to be promoted (`promote=True`, the default); the gate then checks its measured
 quality against `PromotionSettings`: self-retrieval@1 and recall@10 vs exact search from the
-index stage, and its kNN accuracy against the current `production` index's, when both were
+index stage, its precision@k against the evaluation's baselines (raw pixels and the untrained
+encoder, on the same queries: an encoder that learned nothing is not promoted), and its kNN accuracy against the current `production` index's, when both were
 evaluated on labels with the same queries: the same protocol (held-out or leave-one-out), k
 and query set. Otherwise the two numbers measure different things; `checks.knn_accuracy`
 then says why they were not compared, and the gate does not refuse on them. A refused run
@@ -50,6 +51,8 @@ def promotion_decision(
             f"recall_at_10 {recall:.4f} vs exact search < promotion.min_recall_at_10 {section.min_recall_at_10}"
         )
 
+    reasons += _baseline_reasons(section, evaluation, decision["checks"])
+
     current = _production_evaluation(root)
     if current is not None:
         decision["production"] = current.inputs.get("index")
@@ -68,6 +71,34 @@ def promotion_decision(
                     )
     decision["promoted"] = not reasons
     return decision
+
+
+BASELINE_MARGINS = {"pixels": "min_gain_over_pixels", "init": "min_gain_over_init"}
+
+
+def _baseline_reasons(section: PromotionSettings, evaluation: Manifest, checks: dict[str, Any]) -> list[str]:
+    """The encoder against its baselines on precision@k (the same queries): one reason line per
+    baseline it does not beat by the configured margin. `checks` records each comparison."""
+    k = evaluation.stats.get("k", 10)
+    score = f"precision_at_{k}"
+    run = evaluation.stats.get(score)
+    reasons = []
+    for baseline, setting in BASELINE_MARGINS.items():
+        measured = (evaluation.stats.get("baselines") or {}).get(baseline) or {}
+        margin = getattr(section, setting)
+        if run is None or measured.get(score) is None:
+            checks[f"gain_over_{baseline}"] = (
+                "not measured (no labelled queries, or evaluation.baselines leaves it out)"
+            )
+            continue
+        gain = run - measured[score]
+        checks[f"gain_over_{baseline}"] = [round(gain, 6), margin]
+        if gain < margin:
+            reasons.append(
+                f"{score} {run:.4f} is {gain:+.4f} over the {baseline} baseline's {measured[score]:.4f} "
+                f"({measured.get('what', baseline)}); promotion.{setting} is {margin}"
+            )
+    return reasons
 
 
 def query_set(evaluation: Manifest) -> dict[str, Any]:

@@ -309,6 +309,11 @@ class EvaluationSettings(Section):
         description="Most queries: a seeded sample of the held-out split (dataset.seed) or of the "
         "indexed images (leave-one-out); empty = all.",
     )
+    baselines: tuple[Literal["pixels", "init"], ...] = Field(
+        ("pixels", "init"),
+        description="Measured beside the run on the same queries (exact search): pixels = the images fitted to at "
+        "most 32 px and flattened; init = the encoder at its starting point, before training. Empty = none.",
+    )
     # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
     # of the evaluation key, so 'auto' and the split it picks name the same result.
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split"})
@@ -325,6 +330,20 @@ class PromotionSettings(Section):
     )
     max_knn_drop: float = Field(
         0.02, ge=0, le=1, description="Largest fall in kNN accuracy allowed against the current production index."
+    )
+    min_gain_over_pixels: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Least precision@k the encoder must add over the raw-pixel baseline on the same queries "
+        "(0: must not be worse; negative: may be worse by this much).",
+    )
+    min_gain_over_init: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Least precision@k the encoder must add over its own starting point (the untrained encoder) "
+        "on the same queries (0: training must not have made it worse).",
     )
 
 

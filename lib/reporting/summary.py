@@ -82,6 +82,9 @@ def build_summary(
         "aliases": list(aliases or []),
         "promotion": promotion,
         "index": index_choice(index.stats),
+        # the same scores for raw pixels and the untrained encoder on the same queries, and the run's gain over each
+        "baselines": evaluation.stats.get("baselines"),
+        "gain": evaluation.stats.get("gain"),
     }
 
 
@@ -131,6 +134,37 @@ def embedding_counts_line(summary: dict[str, Any]) -> str | None:
     )
 
 
+def baseline_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]] | None:
+    """(header, rows): each score of the run beside every baseline's and the gain over it; None
+    when no baseline was measured."""
+    measured = summary.get("baselines") or {}
+    if not measured:
+        return None
+    names = list(measured)
+    header = ["score", "this run", *names, *(f"gain over {n}" for n in names)]
+    scores = [s for s in next(iter(measured.values())) if s != "what"]
+    rows = [
+        [
+            score,
+            summary["metrics"].get(score),
+            *(measured[n].get(score) for n in names),
+            *((summary.get("gain") or {}).get(n, {}).get(score) for n in names),
+        ]
+        for score in scores
+    ]
+    return header, rows
+
+
+def baselines_line(summary: dict[str, Any]) -> str | None:
+    """'baselines (same queries, exact search): pixels = pixels 28x28; init = ...'."""
+    measured = summary.get("baselines") or {}
+    if not measured:
+        return None
+    return "baselines (same queries, exact search): " + "; ".join(
+        f"{n} = {m.get('what', n)}" for n, m in measured.items()
+    )
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown report (Prefect UI artifact)."""
     lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
@@ -141,6 +175,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| metric | value |", "|---|---|"]
     for name, value in summary["metrics"].items():
         lines.append(f"| {name} | {_fmt(value)} |")
+    if table := baseline_rows(summary):
+        header, rows = table
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+        lines += ["", baselines_line(summary)]
     if summary.get("aliases"):
         lines += ["", f"Aliases moved to this index: {', '.join(summary['aliases'])}"]
     if refused(summary):

@@ -38,11 +38,31 @@ class Embedder:
     def __init__(
         self, root: Path | str, encoder: Manifest, *, channels_last: bool = True, device: torch.device | None = None
     ) -> None:
-        model, self.spec = load_encoder(Path(root), encoder)
+        model, spec = load_encoder(Path(root), encoder)
+        self._take(model, spec, channels_last, device)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        spec: EncoderSpec,
+        *,
+        channels_last: bool = True,
+        device: torch.device | None = None,
+    ) -> Embedder:
+        """An encoder that is not a finished stage (an evaluation baseline), run the same way. Takes over `model`."""
+        embedder = cls.__new__(cls)
+        embedder._take(model, spec, channels_last, device)
+        return embedder
+
+    def _take(
+        self, model: torch.nn.Module, spec: EncoderSpec, channels_last: bool, device: torch.device | None
+    ) -> None:
+        self.spec = spec
         self.device = device or default_device()
         self.channels_last = channels_last
         self.model = inference_model(model, self.device, channels_last)
-        self.resize = ResizeToTensor(self.spec.input_size)
+        self.resize = ResizeToTensor(spec.input_size)
 
     @property
     def dim(self) -> int:

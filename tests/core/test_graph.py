@@ -18,7 +18,14 @@ from lookalike.stages.encoder.stage import encoder_key
 from lookalike.stages.evaluation.stage import evaluation_key, query_dataset_section
 from lookalike.stages.index.stage import index_key
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "stage_keys_before_the_package_move.json").read_text())
+DATA = Path(__file__).parent / "data"
+# Every stage key of these runs, as they are now. A change that moves a key must be deliberate:
+# regenerate the file and say in the commit which keys moved and why.
+RECORDED = json.loads((DATA / "stage_keys.json").read_text())
+# The keys before the package was reorganised into floors (issue 24), which moved none of them.
+# Since then, on purpose: every evaluation key (evaluation.baselines is keyed: issue 25).
+BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
+MOVED_SINCE = {"evaluation"}
 RUNS = {  # name -> (settings, whose encoder a reindex reuses)
     "default": ({}, None),
     "hnsw": ({"index.type": "hnsw"}, None),
@@ -58,10 +65,16 @@ def planned_keys(overrides: dict, encoder: str | None = None) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
-def test_stage_keys_are_the_ones_recorded_before_the_package_move(run):
+def test_stage_keys_are_the_recorded_ones(run):
     settings, reused = RUNS[run]
     encoder = RECORDED[reused]["encoder"] if reused else None
     assert planned_keys(settings, encoder) == RECORDED[run]
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_only_the_keys_changed_on_purpose_moved_since_the_package_move(run):
+    kept = {stage: key for stage, key in RECORDED[run].items() if stage not in MOVED_SINCE}
+    assert kept == {stage: key for stage, key in BEFORE_THE_MOVE[run].items() if stage not in MOVED_SINCE}
 
 
 def test_key_for_is_stage_key_with_the_graphs_code_version():

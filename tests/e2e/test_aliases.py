@@ -213,13 +213,13 @@ def test_the_gate_compares_knn_accuracy_with_production(built, tmp_path):
         return production.model_copy(update={"stats": {**production.stats, **stats}})
 
     index = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 0.95})
-    gate = PromotionSettings(max_knn_drop=0.05)
+    gate = PromotionSettings(max_knn_drop=0.05, min_gain_over_pixels=-1, min_gain_over_init=-1)
     worse = promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.06))
     assert (
         not worse["promoted"] and "below production's" in worse["reasons"][0] and "max_knn_drop" in worse["reasons"][0]
     )
     assert promotion_decision(gate, root, index, evaluated(knn_accuracy=knn - 0.04))["promoted"]
-    low_recall = promotion_decision(PromotionSettings(min_recall_at_10=0.99), root, index, evaluated())
+    low_recall = promotion_decision(gate.model_copy(update={"min_recall_at_10": 0.99}), root, index, evaluated())
     assert low_recall["reasons"] == ["recall_at_10 0.9500 vs exact search < promotion.min_recall_at_10 0.99"]
     assert promotion_decision(gate, root, index, evaluated(), requested=False)["reasons"] == []
 
@@ -247,7 +247,9 @@ def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path
             },
         }
     )
-    decision = promotion_decision(PromotionSettings(max_knn_drop=0.02), root, index, other)
+    decision = promotion_decision(
+        PromotionSettings(max_knn_drop=0.02, min_gain_over_pixels=-1, min_gain_over_init=-1), root, index, other
+    )
     assert decision["promoted"] and decision["reasons"] == []
     note = decision["checks"]["knn_accuracy"]
     assert note.startswith("not compared with production's: protocol held-out:test vs leave-one-out; queries ")
@@ -256,7 +258,9 @@ def test_the_gate_compares_knn_accuracy_only_on_the_same_queries(built, tmp_path
     # the same held-out queries with another k are not comparable either
     other_k = production.model_copy(update={"stats": {**production.stats, "k": 5, "knn_accuracy": 0.0}})
     assert (
-        promotion_decision(PromotionSettings(), root, index, other_k)["checks"]["knn_accuracy"]
+        promotion_decision(PromotionSettings(min_gain_over_pixels=-1, min_gain_over_init=-1), root, index, other_k)[
+            "checks"
+        ]["knn_accuracy"]
         == "not compared with production's: k 10 vs 5"
     )
 

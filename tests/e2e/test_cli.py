@@ -41,6 +41,21 @@ def test_run_prints_the_json_summary_and_no_traceback(built):
     assert {"knn_accuracy", "precision_at_10", "n_images", "dim"} <= set(summary["metrics"])
     assert Path(summary["artifacts"]["index"]).is_file() and Path(summary["artifacts"]["encoder"]).is_file()
     assert Path(summary["artifacts"]["wandb_run_dir"]).is_dir()
+    assert set(summary["baselines"]) == {"pixels", "init"} and set(summary["gain"]) == {"pixels", "init"}
+
+
+def test_the_summary_table_shows_each_score_beside_its_baselines(built):
+    from rich.console import Console
+
+    from lookalike.cli.render import print_summary
+
+    summary = last_json(built[2].stdout)
+    console = Console(record=True, width=160)
+    print_summary(console, summary)
+    text = console.export_text()
+    assert "against baselines" in text and "gain over pixels" in text and "gain over init" in text
+    precision = summary["baselines"]["pixels"]["precision_at_10"]
+    assert f"{precision:.4f}" in text and summary["baselines"]["pixels"]["what"] in text
 
 
 def test_rerun_reports_every_stage_cached(built):

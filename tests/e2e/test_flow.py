@@ -40,6 +40,13 @@ def test_first_run_computes_every_stage_and_reports_contract_keys(first):
     assert metrics["evaluation_protocol"] == "held-out:test"
     for name in ("encoder", "index", "wandb_run_dir"):
         assert summary["artifacts"][name]
+    # every quality figure beside its baselines, on the same queries
+    assert set(summary["baselines"]) == {"pixels", "init"}
+    for name, scores in summary["baselines"].items():
+        assert 0 <= scores["precision_at_10"] <= 1 and scores["what"]
+        assert summary["gain"][name]["precision_at_10"] == pytest.approx(
+            metrics["precision_at_10"] - scores["precision_at_10"], abs=1e-6
+        )
 
 
 def test_second_run_is_cached_everywhere_and_trains_nothing(first):
@@ -377,3 +384,15 @@ def test_a_wandb_failure_is_reported_and_never_fails_the_run(first, monkeypatch)
     again = retrieval_pipeline(**flow_arguments({"artifacts_root": str(root), **TINY}))
     assert "api.wandb.ai unreachable" in again["artifacts"]["wandb_error"]
     assert again["metrics"] == summary["metrics"] and "latest" in again["aliases"]
+
+
+def test_a_real_run_computes_the_stage_keys_recorded_for_its_settings(first):
+    """tests/core/test_graph.py checks planned keys against recorded ones; this checks that a run
+    really writes the folders those keys name."""
+    import json
+
+    recorded = json.loads((Path(__file__).parents[1] / "core" / "data" / "stage_keys.json").read_text())["tiny"]
+    _, summary = first
+    assert {stage: s["key"] for stage, s in summary["stages"].items()} == {
+        stage: key for stage, key in recorded.items() if stage != "queries"
+    }

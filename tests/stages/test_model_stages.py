@@ -15,7 +15,8 @@ from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import EncoderLoadError, load_encoder, load_encoder_file
 from lookalike.stages.encoder.single import TRAIN_STATE
 from lookalike.stages.encoder.stage import run_encoder_stage
-from lookalike.stages.evaluation.stage import choose_query_split, held_out_metrics, label_metrics, run_evaluation_stage
+from lookalike.stages.evaluation.metrics import held_out_metrics, label_metrics
+from lookalike.stages.evaluation.stage import choose_query_split, run_evaluation_stage
 from lookalike.stages.index.factory import PRESETS, IndexBuildError, load_index, search
 from lookalike.stages.index.stage import run_index_stage
 from lookalike.stages.inference import Embedder

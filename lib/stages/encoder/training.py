@@ -15,6 +15,7 @@ import torch
 from lightly.utils.scheduler import CosineWarmupScheduler
 
 from lookalike.core.errors import LookalikeError
+from lookalike.core.manifest import Manifest
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages, seed_everything
 from lookalike.stages.encoder.backbones import build_backbone
@@ -68,11 +69,9 @@ def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module)
     return SnapshotImages(snapshot, method.transform), None
 
 
-def export_encoder(
-    section: EncoderSettings, method: torch.nn.Module, dim: int, folder: Path, root: Path, losses: list[float]
-) -> tuple[EncoderSpec, list[str]]:
-    """Write encoder.pt (and the loss curve): the one checkpoint format every later stage reads."""
-    spec = EncoderSpec(
+def encoder_spec(section: EncoderSettings, dim: int) -> EncoderSpec:
+    """What rebuilds and feeds an encoder trained with these settings."""
+    return EncoderSpec(
         architecture=section.backbone,
         width=section.width,
         feature_dim=dim,
@@ -81,6 +80,24 @@ def export_encoder(
         std=tuple(IMAGENET_NORMALIZE["std"]),
         method=section.method,
     )
+
+
+def starting_point(encoder: Manifest) -> tuple[torch.nn.Module, EncoderSpec]:
+    """The backbone a finished encoder stage started training from, rebuilt from its recorded
+    settings: seeded exactly as `build_training_method` seeds it, so its weights are the ones
+    training began with (the evaluation's "what did training add" baseline)."""
+    fields = {name: value for name, value in encoder.settings.items() if name in EncoderSettings.model_fields}
+    section = EncoderSettings.model_validate(fields)
+    seed_everything(section.seed)
+    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
+    return backbone.eval(), encoder_spec(section, dim)
+
+
+def export_encoder(
+    section: EncoderSettings, method: torch.nn.Module, dim: int, folder: Path, root: Path, losses: list[float]
+) -> tuple[EncoderSpec, list[str]]:
+    """Write encoder.pt (and the loss curve): the one checkpoint format every later stage reads."""
+    spec = encoder_spec(section, dim)
     save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
     files = [ENCODER_FILE]
     if losses:

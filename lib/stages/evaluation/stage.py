@@ -7,11 +7,7 @@ count. Leave-one-out (no such split, or `evaluation.query_split=none`): a seeded
 of the indexed images queries the index, and each query's own row is dropped from its
 results.
 
-kNN@k accuracy is the fraction of queries whose neighbours' majority label (ties to the
-nearest) is right; precision@k the mean fraction of same-label neighbours; mAP@k the mean
-over queries of AP@k = sum_i P@i * rel_i / min(k, R), R being how many indexed images
-share the query's label (not counting the query itself, leave-one-out). Labels are
-compared by name, so two splits whose label lists differ still score correctly.
+The scores (kNN@k accuracy, precision@k, mAP@k) are `lookalike.stages.evaluation.metrics`'s.
 
 `neighbours.json` records the grid's queries and their neighbours (row ids, distances,
 labels): the grid PNG is drawn from it, and the W&B table is built from it.
@@ -20,7 +16,6 @@ labels): the grid PNG is drawn from it, and the W&B table is built from it.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +31,8 @@ from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
 from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.evaluation.baselines import baselines, exact_neighbours, gains
+from lookalike.stages.evaluation.metrics import scores
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.inference import Embedder
 from lookalike.stages.pictures import retrieval_grid, save_image
@@ -186,7 +183,14 @@ def _evaluate(
     if label_of is not None and asked.labels is not None and len(picks) and len(asked.row_ids) > asked.leave_one_out:
         _, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
         truths = [asked.labels[p] for p in picks]
-        stats.update(_scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
+        stats.update(scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
+        if section.baselines:
+            encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+            measured = _measure_baselines(
+                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, metric
+            )
+            stats["baselines"] = measured
+            stats["gain"] = gains(stats, measured, section.k)
     else:
         stats.update(
             {"knn_accuracy": None, f"precision_at_{section.k}": None, f"map_at_{section.k}": None, "per_class": None}
@@ -202,6 +206,36 @@ def _evaluate(
     return Built(files=files, stats=stats)
 
 
+def _measure_baselines(
+    section: EvaluationSettings,
+    encoder: Manifest,
+    embeddings: Manifest,
+    snapshot,
+    asked: Queries,
+    picks: np.ndarray,
+    truths: list[str | None],
+    label_of: dict[int, str | None],
+    metric: str,
+) -> dict[str, dict[str, Any]]:
+    """Each baseline's scores on exactly the run's queries: the same rows, protocol and k."""
+    indexed_ids = np.asarray(snapshot["row_id"], dtype=np.int64)  # snapshot order: the order vectors are stored in
+    measured = {}
+    kinds = baselines(
+        section.baselines,
+        encoder,
+        channels_last=embeddings.settings.get("channels_last", True),
+        batch_size=embeddings.settings.get("batch_size", 256),
+    )
+    for baseline in kinds:
+        indexed = baseline.vectors(snapshot)
+        queries = indexed if asked.leave_one_out else baseline.vectors(asked.snapshot)
+        ids = exact_neighbours(indexed, indexed_ids, queries[picks], metric, section.k + asked.leave_one_out)
+        found = scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out)
+        found.pop("per_class")
+        measured[baseline.name] = {"what": baseline.describe, **found}
+    return measured
+
+
 def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
     """Each row's label name (None for a row without one, e.g. -1), or None for unlabelled data."""
     names = manifest.stats.get("label_names")
@@ -213,69 +247,6 @@ def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
 def _sample(n: int, cap: int | None) -> np.ndarray:
     """Positions of the leave-one-out queries: all, or a seeded sample of `cap`."""
     return seeded_sample(n, cap)
-
-
-def label_metrics(
-    ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray, position: dict[int, int], k: int, names: list[str]
-) -> dict:
-    """Leave-one-out scores: the queries are indexed rows `query_ids`, `ids` their search
-    results (k + 1 wide, the query's own row among them); `labels[position[row]]` indexes `names`."""
-    label_of = {row: names[labels[i]] for row, i in position.items()}
-    return _scores(ids, query_ids, [label_of[int(q)] for q in query_ids], label_of, k, leave_one_out=True)
-
-
-def held_out_metrics(ids: np.ndarray, query_labels: list[str | None], label_of: dict[int, str | None], k: int) -> dict:
-    """Held-out scores: `ids` are the k nearest indexed rows of each query, none of them the
-    query itself (its row id may still equal an indexed one: the numbering is per split)."""
-    return _scores(ids, np.full(len(ids), -1), query_labels, label_of, k, leave_one_out=False)
-
-
-def _scores(
-    ids: np.ndarray,
-    query_ids: np.ndarray,
-    truths: list[str | None],
-    label_of: dict[int, str | None],
-    k: int,
-    leave_one_out: bool,
-) -> dict:
-    """kNN accuracy, precision@k, mAP@k and per-class kNN accuracy; unlabelled queries are skipped."""
-    counts = Counter(label_of.values())
-    correct, precision, average_precision, per_class = [], [], [], {}
-    for qid, truth, found in zip(query_ids, truths, ids):
-        if truth is None:
-            continue
-        own = int(qid) if leave_one_out else None
-        neighbours = [label_of.get(int(r)) for r in found if r >= 0 and int(r) != own][:k]
-        if not neighbours:
-            continue
-        votes = Counter(neighbours)
-        best = max(votes.values())
-        predicted = next(lab for lab in neighbours if votes[lab] == best)  # ties go to the nearest
-        correct.append(predicted == truth)
-        precision.append(sum(lab == truth for lab in neighbours) / len(neighbours))
-        relevant = counts[truth] - (1 if leave_one_out else 0)
-        average_precision.append(_average_precision([lab == truth for lab in neighbours], relevant, k))
-        per_class.setdefault(truth, []).append(predicted == truth)
-    if not correct:
-        return {"knn_accuracy": None, f"precision_at_{k}": None, f"map_at_{k}": None, "per_class": None}
-    return {
-        "knn_accuracy": round(float(np.mean(correct)), 6),
-        f"precision_at_{k}": round(float(np.mean(precision)), 6),
-        f"map_at_{k}": round(float(np.mean(average_precision)), 6),
-        "per_class": {name: round(float(np.mean(v)), 4) for name, v in sorted(per_class.items())},
-    }
-
-
-def _average_precision(relevant: list[bool], n_relevant: int, k: int) -> float:
-    """AP@k of one ranked list: the precision at each relevant hit, over min(k, R)."""
-    if n_relevant <= 0:
-        return 0.0
-    hits, total = 0, 0.0
-    for rank, rel in enumerate(relevant[:k], start=1):
-        if rel:
-            hits += 1
-            total += hits / rank
-    return total / min(k, n_relevant)
 
 
 def _grid_rows(section: EvaluationSettings, index, asked: Queries, label_of: dict | None) -> list[dict]:

@@ -1,0 +1,74 @@
+"""Every evaluation measures raw pixels and the encoder's starting point on its own queries."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from lookalike.core.settings import load_settings
+from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
+from lookalike.stages.embeddings.stage import run_embeddings_stage
+from lookalike.stages.encoder.checkpoint import load_encoder
+from lookalike.stages.encoder.stage import run_encoder_stage
+from lookalike.stages.encoder.training import starting_point
+from lookalike.stages.evaluation.baselines import pixel_vectors
+from lookalike.stages.evaluation.stage import query_dataset_section, run_evaluation_stage
+from lookalike.stages.index.stage import run_index_stage
+
+
+def evaluate(root, **changes):
+    settings = load_settings({**TINY, **changes, "artifacts_root": str(root)})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    queries = run_dataset_stage(query_dataset_section(settings.dataset, settings.evaluation, root), root).manifest
+    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
+    embeddings = run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
+    index = run_index_stage(settings.index, embeddings, root).manifest
+    return encoder, run_evaluation_stage(settings.evaluation, dataset, embeddings, index, root, queries).manifest
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory, tiny_chain):
+    root = tmp_path_factory.mktemp("baselines") / "artifacts"
+    shutil.copytree(tiny_chain / "dataset", root / "dataset")
+    return root, *evaluate(root, **{"encoder.epochs": 0})
+
+
+def test_the_starting_point_is_the_weights_training_began_with(untrained):
+    root, encoder, _ = untrained
+    exported, _ = load_encoder(root, encoder)  # epochs 0: exported as initialised
+    rebuilt, spec = starting_point(encoder)
+    assert spec.feature_dim == encoder.stats["spec"]["feature_dim"]
+    for (name, a), b in zip(exported.state_dict().items(), rebuilt.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_an_untrained_encoder_scores_exactly_its_init_baseline(untrained):
+    _, _, evaluation = untrained
+    stats = evaluation.stats
+    assert set(stats["baselines"]) == {"pixels", "init"}
+    assert stats["gain"]["init"] == {"knn_accuracy": 0.0, "precision_at_10": 0.0, "map_at_10": 0.0}
+    assert stats["baselines"]["pixels"]["what"] == "pixels 16x16"  # the encoder's input size, at most 32
+    assert stats["gain"]["pixels"]["precision_at_10"] == pytest.approx(
+        stats["precision_at_10"] - stats["baselines"]["pixels"]["precision_at_10"], abs=1e-6
+    )
+
+
+def test_pixel_vectors_are_the_fitted_images_flattened(tiny_chain):
+    (folder,) = (tiny_chain / "dataset").glob("*/manifest.json")
+    from lookalike.core.manifest import find_manifest
+
+    snapshot = open_snapshot(tiny_chain, find_manifest(tiny_chain, "dataset", folder.parent.name))
+    vectors = pixel_vectors(snapshot, 8)
+    assert vectors.shape == (len(snapshot), 8 * 8 * 3) and vectors.dtype == np.float32
+    assert 0 <= vectors.min() and vectors.max() <= 1
+
+
+def test_baselines_can_be_turned_off(tmp_path, tiny_chain):
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_chain, root, ignore=shutil.ignore_patterns(".*.lock"))
+    _, evaluation = evaluate(root, **{"evaluation.baselines": []})
+    assert "baselines" not in evaluation.stats and "gain" not in evaluation.stats
