@@ -18,6 +18,7 @@ from typing import Any
 from lookalike.artifacts.promotion import knn_not_compared, refused
 from lookalike.artifacts.stage_runner import StageReport
 from lookalike.core.manifest import stage_dir
+from lookalike.stages.dataset.profile import describe_profile
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.encoder.training import LOSS_CURVE
 from lookalike.stages.evaluation.stage import GRID
@@ -44,6 +45,8 @@ def build_summary(
         "evaluation_protocol": evaluation.stats.get("protocol"),
         "n_images": dataset.stats["n_images"],
         "n_skipped": dataset.stats["n_skipped"],
+        # what the images are like: sizes (min, median, max) and grayscale or colour
+        "images": describe_profile(dataset.stats.get("profile")),
         "dim": index.stats["dim"],
         "index_bytes": index.stats["bytes"],
     }

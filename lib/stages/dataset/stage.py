@@ -19,6 +19,7 @@ from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.progress import progress
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.images import UnreadableImage, decode_rgb
+from lookalike.stages.dataset.profile import profile_images
 from lookalike.stages.dataset.sources import (
     MINIMUM,
     DatasetError,
@@ -129,6 +130,8 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
         tmp.unlink(missing_ok=True)
         raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
     os.replace(tmp, out)
+    from datasets import Dataset
+
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -137,6 +140,8 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
         "skipped": skipped[:LISTED_SKIPS],
         "label_names": names,
         "image_column": section.image_column,
+        # sizes and colour of what was kept: what a recipe for these images has to suit
+        "profile": profile_images(Dataset.from_file(str(out))),
     }
     return Built(files=[SNAPSHOT], stats=stats)
 
