@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,9 +53,22 @@ def _iter_records(path: str) -> Iterator[Any]:
         yield record
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def read_offline_run(run_dir: str | Path, wait: float = 30.0) -> dict[str, Any]:
     """What an offline run folder holds: run info, config, history, summary, the artifacts it
-    logged (`artifacts`) and the ones it declared as inputs (`inputs`)."""
+    logged (`artifacts`) and the ones it declared as inputs (`inputs`).
+
+    wandb-core writes the file from its own process and may still be flushing it when `finish()`
+    has returned (seen on a loaded 2-core machine: a file without its run record yet), so the
+    read is repeated, for up to `wait` seconds, until the file holds the run record."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = _read_offline_run(run_dir)
+        if "run_id" in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     (path,) = glob.glob(os.path.join(str(run_dir), "run-*.wandb"))
     out: dict[str, Any] = {"artifacts": [], "inputs": [], "history": [], "config": {}, "summary": {}}
 
