@@ -66,11 +66,6 @@ def key_for(stage: str, settings: dict[str, Any], inputs: dict[str, str]) -> str
     return stage_key(stage, settings, inputs, spec.code_version)
 
 
-def manifest_inputs(stage: str, inputs: dict[str, str], recorded: dict[str, str] | None = None) -> dict[str, str]:
-    """What a stage's manifest records as its inputs: the keyed ones, then the recorded-only ones."""
-    return {**inputs, **(recorded or {})}
-
-
 def walk_chain(read: Callable[[str, str], Manifest], stage: str, key: str) -> dict[str, Manifest]:
     """Every stage folder `stage/key` was made from, itself included, by following each
     manifest's recorded inputs: {input name: manifest}. `read(stage, key)` returns a finished
