@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lookalike.artifacts.shared_root import store_at
+from lookalike.artifacts.shared_root import FolderStore, store_at
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import STAGES
 from lookalike.core.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
@@ -93,17 +93,17 @@ def run_stage(
     fetched instead of built, a build starts from the store's inputs and partial files, and
     the finished folder goes back up (manifest last).
     """
+    store = store_at(root)
     found = find_manifest(root, stage, key)
     if found is not None:
-        store = store_at(root)
         if not store.has_finished(stage, key):
             store.push_finished(found)  # finished here before the bucket had it (or it was emptied)
         return StageResult(manifest=found, status="cached")
-    fetched = store_at(root).fetch_finished(stage, key)
+    fetched = store.fetch_finished(stage, key)
     if fetched is not None:
         return StageResult(manifest=fetched, status="cached")
     try:
-        return _build_locked(root, stage, key, settings, inputs, build)
+        return _build_locked(store, stage, key, settings, inputs, build)
     except OSError as exc:
         if _cannot_write(exc, Path(root)):
             raise ArtifactStorageError(
@@ -115,7 +115,7 @@ def run_stage(
 
 
 def _build_locked(
-    root: Path | str,
+    store: FolderStore,
     stage: str,
     key: str,
     settings: dict[str, Any],
@@ -123,7 +123,7 @@ def _build_locked(
     build: Callable[[Path], Built],
 ) -> StageResult:
     # the local lock for runs on this machine, then the store's lease for the other machines
-    store = store_at(root)
+    root = store.root
     with key_lock(root, stage, key), store.lease(stage, key) as finished_elsewhere:
         found = find_manifest(root, stage, key) or finished_elsewhere or store.fetch_finished(stage, key)
         if found is not None:  # another run finished it while we waited
