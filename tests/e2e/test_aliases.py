@@ -81,6 +81,8 @@ def test_reindex_reuses_the_aliased_encoder_and_promotes_the_new_index(built, tm
                 "dataset.limit": 32,
                 "evaluation.grid_queries": 2,
                 "promotion.max_knn_drop": 1.0,
+                "promotion.min_gain_over_pixels": -1.0,
+                "promotion.min_gain_over_init": -1.0,
             }
         )
     )
