@@ -3,13 +3,20 @@
 `<root>/aliases/<name>.json` holds the stage keys of one run (dataset, encoder, embeddings,
 index, evaluation) and where they came from; it is replaced atomically, so a reader sees
 the old chain or the new one, never half of each. Every move is appended to
-`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand.
+`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand. The history
+is rewritten whole and renamed into place under a lock, never appended to in place, so a crash
+cannot leave half a line that a later move would be glued onto; a torn line written by an older
+version (or by hand) is skipped and reported (`HistoryWarning`), never fatal.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 class AliasError(LookalikeError, LookupError):
     """An alias is missing, malformed or points at stage folders that no longer exist."""
+
+
+class HistoryWarning(UserWarning):
+    """A line of `aliases/history.jsonl` that is not a whole alias entry was skipped."""
 
 
 class Alias(BaseModel):
@@ -63,8 +74,7 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
     )
     path = alias_path(root, name)
     atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
-    with open(path.parent / HISTORY, "a") as fh:
-        fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
+    _append_history(root, alias)
     store_at(root).share_files([f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
     return alias
 
@@ -92,12 +102,56 @@ def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
 
 
 def alias_history(root: Path | str, name: str) -> list[Alias]:
-    """Every position `name` has had, oldest first."""
-    path = Path(root) / ALIASES / HISTORY
+    """Every position `name` has had, oldest first. Lines that are not whole entries are skipped,
+    each reported as a `HistoryWarning` (the CLI prints them as `warning:` lines)."""
+    return [a for a in _read_history(Path(root) / ALIASES / HISTORY) if a.name == name]
+
+
+def _read_history(path: Path) -> list[Alias]:
     if not path.is_file():
         return []
-    moves = (Alias.model_validate_json(line) for line in path.read_text().splitlines() if line.strip())
-    return [a for a in moves if a.name == name]
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    moves = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            moves.append(Alias.model_validate_json(line))
+        except ValueError as exc:
+            torn = number == len(lines) and not raw.endswith(b"\n")  # no newline: an append cut short
+            why = "a torn last line (an interrupted append)" if torn else f"not an alias entry ({_first_error(exc)})"
+            warnings.warn(f"{path}:{number}: skipped {why}; the other entries are used", HistoryWarning, stacklevel=3)
+    return moves
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    return errors()[0]["msg"] if callable(errors) else str(exc)
+
+
+def _append_history(root: Path | str, alias: Alias) -> None:
+    """Add one entry to the history: the whole file (its readable entries plus this one) is written
+    to a temp file and renamed over it, under a lock, so a crash leaves the old history or the new one."""
+    path = Path(root) / ALIASES / HISTORY
+    with _history_lock(path):
+        with warnings.catch_warnings():  # already reported by the reads that led to this move
+            warnings.simplefilter("ignore", HistoryWarning)
+            entries = _read_history(path)
+        lines = [json.dumps(a.model_dump(mode="json")) for a in [*entries, alias]]
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+@contextmanager
+def _history_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the history between processes on this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:

@@ -1,0 +1,89 @@
+"""Integrity holes of issue 27 in what the artifacts root holds: the alias history, alias values
+and CLI keys, and manifests edited after they were written. Everything through `lookalike`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import LOOKALIKE, cli_env
+
+HISTORY = Path("aliases") / "history.jsonl"
+
+
+@pytest.fixture(scope="module")
+def two_indexes(tiny_chain, tmp_path_factory) -> tuple[Path, str, str]:
+    """A copy of the TINY chain with a second (flat-ip) index over the same embeddings:
+    (root, the first index key, the second)."""
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.core.settings import IndexSettings
+    from lookalike.stages.index.stage import run_index_stage
+
+    root = tmp_path_factory.mktemp("hardening") / "artifacts"
+    shutil.copytree(tiny_chain, root)
+    first = next(p.name for p in (root / "index").iterdir() if p.is_dir())
+    embeddings = read_manifest(root, "embeddings", read_manifest(root, "index", first).inputs["embeddings"])
+    second = run_index_stage(IndexSettings(type="flat-ip"), embeddings, root).manifest.key
+    return root, first, second
+
+
+@pytest.fixture
+def root(two_indexes, tmp_path) -> tuple[Path, str, str]:
+    """A private copy of `two_indexes` (tests edit and move what is in it)."""
+    built, first, second = two_indexes
+    shutil.copytree(built, tmp_path / "artifacts")
+    return tmp_path / "artifacts", first, second
+
+
+def lookalike(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [LOOKALIKE, *args, "--artifacts-root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(root.parent),
+    )
+
+
+def succeeded(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    return proc.stderr
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The command failed and said why in one `error:` line, without a traceback."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def production(root: Path) -> dict:
+    return json.loads((root / "aliases" / "production.json").read_text())
+
+
+# --- row 3: a torn line in aliases/history.jsonl ------------------------------------------------
+
+
+def test_a_torn_last_history_line_is_skipped_and_reported_and_later_moves_stay_readable(root):
+    root, first, second = root
+    succeeded(lookalike(root, "promote", first))
+    history = root / HISTORY
+    # what a crash in the middle of an append leaves: half a line, no newline
+    history.write_bytes(history.read_bytes() + b'{"name": "production", "stages": {"dataset": "3f2a')
+
+    reported = succeeded(lookalike(root, "promote", second))
+    assert f"{history}" in reported and "torn" in reported
+    assert production(root)["stages"]["index"] == second
+    # the move made after the torn line is one the rollback depends on
+    moved_back = succeeded(lookalike(root, "rollback"))
+    assert f"was {second}" in moved_back
+    assert production(root)["stages"]["index"] == first
+    for line in history.read_text().splitlines():  # every line on disk is whole again
+        json.loads(line)
