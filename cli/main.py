@@ -206,21 +206,34 @@ def reindex(
 @app.command()
 def promote(
     index_key: Annotated[
-        str, typer.Argument(help="The index stage key to make production (a folder name under index/).")
+        str,
+        typer.Argument(
+            help="The index stage key to make production (a folder name under index/), or an index folder "
+            "of another root (<root>/index/<key>), which is copied in with its chain first."
+        ),
     ],
     artifacts_root: Root = None,
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
 ) -> None:
     """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
-    from lookalike.artifacts.aliases import chain_for_index, set_alias
+    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, set_alias
     from lookalike.core.errors import LookalikeError
+    from lookalike.core.manifest import is_stage_key, not_a_key
 
     root = _root(artifacts_root)
     try:
         with _warnings_as_lines():
-            moved = set_alias(
-                root, alias, chain_for_index(root, index_key), {"command": f"lookalike promote {index_key}"}
-            )
+            key, source = index_key, {"command": f"lookalike promote {index_key}"}
+            if not is_stage_key(index_key):  # checked before it is joined onto any path
+                folder = Path(index_key).expanduser()
+                if not (folder / "manifest.json").is_file():
+                    _fail(
+                        f"{not_a_key(index_key, 'index')} nor a finished index folder (<root>/index/<key>): "
+                        f"give a folder name under {root / 'index'}"
+                    )
+                key = copy_index_chain(root, folder)
+                source["copied_from"] = str(folder.resolve())
+            moved = set_alias(root, alias, chain_for_index(root, key), source)
     except LookalikeError as exc:
         _fail(str(exc))
     err.print(f"{alias} -> index {moved.stages['index']} (encoder {moved.stages['encoder']})", highlight=False)

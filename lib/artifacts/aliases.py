@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lookalike.artifacts.shared_root import read_manifest, store_at
 from lookalike.core.errors import LookalikeError
-from lookalike.core.graph import CHAIN, walk_chain
-from lookalike.core.manifest import Manifest, atomic_write_bytes
+from lookalike.core.graph import CHAIN, STAGES, walk_chain
+from lookalike.core.manifest import MANIFEST, Manifest, atomic_write_bytes, install_stage, is_stage_key, not_a_key
 
 ALIASES = "aliases"
 HISTORY = "history.jsonl"
@@ -48,6 +49,17 @@ class Alias(BaseModel):
     stages: dict[str, str] = Field(description="stage -> key")
     set_at: str
     source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_keys_only(cls, stages: dict[str, str]) -> dict[str, str]:
+        # readers join these onto the root: a path or `..` here would read outside it
+        for stage, key in stages.items():
+            if stage not in STAGES:
+                raise ValueError(f"{stage!r} is not a stage ({', '.join(STAGES)})")
+            if not is_stage_key(key):
+                raise ValueError(not_a_key(key, stage))
+        return stages
 
     def manifest(self, root: Path | str, stage: str) -> Manifest:
         """The finished manifest this alias points at for `stage`."""
@@ -91,8 +103,8 @@ def read_alias(root: Path | str, name: str) -> Alias:
         return Alias.model_validate_json(path.read_bytes())
     except ValueError as exc:
         raise AliasError(
-            f"{path} is not a valid alias file ({exc.__class__.__name__}); "
-            "delete it and re-run `lookalike run` to set it again"
+            f"{path} is not a valid alias file ({_first_error(exc)}); nothing it names was read. "
+            "Point it at an index again with `lookalike promote <index key>` (or delete it and re-run `lookalike run`)"
         ) from None
 
 
@@ -126,8 +138,9 @@ def _read_history(path: Path) -> list[Alias]:
 
 
 def _first_error(exc: ValueError) -> str:
+    """The first reason pydantic gives, without its input echo and documentation link."""
     errors = getattr(exc, "errors", None)
-    return errors()[0]["msg"] if callable(errors) else str(exc)
+    return str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors) else str(exc)
 
 
 def _append_history(root: Path | str, alias: Alias) -> None:
@@ -170,6 +183,33 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
             stages["evaluation"] = evaluation.key
             break
     return stages
+
+
+def copy_index_chain(root: Path | str, folder: Path) -> str:
+    """Copy a finished index folder of another root (`<other root>/index/<key>`), with everything
+    it was built from and its evaluation, into `root`, each file verified against its manifest;
+    the index key. An alias names keys under its own root only, never a path."""
+    folder = folder.expanduser().resolve()
+    if folder.parent.name != "index" or not is_stage_key(folder.name) or not (folder / MANIFEST).is_file():
+        raise AliasError(f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})")
+    source, key = folder.parents[1], folder.name
+    if source == Path(root).resolve():
+        return key
+    copied: set[tuple[str, str]] = set()
+    for stage, stage_key in chain_for_index(source, key).items():
+        for manifest in walk_chain(lambda s, k: read_manifest(source, s, k), stage, stage_key).values():
+            if (manifest.stage, manifest.key) in copied:
+                continue
+            copied.add((manifest.stage, manifest.key))
+            origin = source / manifest.stage / manifest.key
+            install_stage(
+                root,
+                (origin / MANIFEST).read_bytes(),  # the same bytes: what consumers recorded of it still holds
+                lambda name, tmp, origin=origin: shutil.copyfile(origin / name, tmp),
+                f"{origin}/",
+                expect=(manifest.stage, manifest.key),
+            )
+    return key
 
 
 def previous_position(root: Path | str, name: str) -> Alias:

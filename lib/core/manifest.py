@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -22,6 +23,9 @@ from lookalike.core.errors import LookalikeError
 
 MANIFEST = "manifest.json"
 Status = Literal["computed", "cached", "resumed"]
+# What `stage_key` makes: the only folder names a stage may have, so a key read from an alias, its
+# history or the command line is checked against it before it becomes part of a path.
+STAGE_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class IntegrityError(LookalikeError, RuntimeError):
@@ -64,6 +68,17 @@ def stage_key(stage: str, settings: dict[str, Any], inputs: dict[str, str], code
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def is_stage_key(value: object) -> bool:
+    """Whether `value` has the form of a stage key (16 lowercase hex characters)."""
+    return isinstance(value, str) and STAGE_KEY.fullmatch(value) is not None
+
+
+def not_a_key(value: object, stage: str) -> str:
+    """The message for a value that should be a `stage` key and is not (too long ones shortened)."""
+    shown = repr(value) if len(repr(value)) <= 200 else f"{repr(value)[:200]}..."
+    return f"{stage} {shown} is not a stage key (16 lowercase hex characters, a folder name under {stage}/)"
 
 
 def stage_dir(root: Path | str, stage: str, key: str) -> Path:

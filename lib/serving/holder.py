@@ -13,7 +13,6 @@ the old one serving and is reported in `info()`.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN, walk_chain
-from lookalike.core.manifest import MANIFEST, find_manifest
+from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
 from lookalike.reporting.tracking import parse_wandb_ref
 from lookalike.serving.query import Chain, Searcher, alias_chain
 from lookalike.stages.dataset.images import decode_rgb
 
 MAX_K = 100
-_STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 class QueryError(LookalikeError, ValueError):
@@ -75,7 +73,7 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
 
 def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
     """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
-    if _STAGE_KEY.match(ref) and find_manifest(root, "index", ref) is not None:
+    if is_stage_key(ref) and find_manifest(root, "index", ref) is not None:
         return chain_from_index_key(root, ref), None
     try:
         path = alias_path(root, ref)

@@ -87,3 +87,53 @@ def test_a_torn_last_history_line_is_skipped_and_reported_and_later_moves_stay_r
     assert production(root)["stages"]["index"] == first
     for line in history.read_text().splitlines():  # every line on disk is whole again
         json.loads(line)
+
+
+# --- row 4: alias values, history entries and CLI keys are stage keys -----------------------------
+
+
+def test_promote_refuses_a_key_that_is_not_a_stage_key_naming_it(root):
+    root, first, _ = root
+    for bad in ("../../etc", "/etc", first.upper(), first[:15], f"{first}/.."):
+        line = one_line_error(lookalike(root, "promote", bad))
+        assert repr(bad) in line and "16 lowercase hex" in line
+    assert not (root / "aliases" / "production.json").exists()
+
+
+def test_promote_copies_an_index_folder_from_another_root_and_stores_only_stage_keys(root, tmp_path):
+    from lookalike.serving.query import chain_from_alias
+
+    other, first, _ = root
+    here = tmp_path / "here"
+    succeeded(lookalike(here, "promote", str(other / "index" / first)))
+    stages = production(here)["stages"]
+    assert stages["index"] == first and all(len(k) == 16 and "/" not in k for k in stages.values())
+    assert chain_from_alias(here, "production").index.key == first  # read from `here`, not from `other`
+    assert (here / "index" / first / "manifest.json").is_file()
+    shutil.rmtree(other)  # nothing here depends on the other root
+    assert chain_from_alias(here, "production").dataset.key == stages["dataset"]
+
+
+def test_an_alias_value_that_is_a_path_is_refused_before_anything_is_read(root, tmp_path):
+    root, first, _ = root
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    succeeded(lookalike(root, "promote", first))
+    alias = production(root)
+    alias["stages"]["index"] = str(other / "index" / first)  # a finished index, outside the root
+    (root / "aliases" / "production.json").write_text(json.dumps(alias))
+    line = one_line_error(lookalike(root, "query", "--alias", "production", "--row", "0"))
+    assert "production.json" in line and str(other) in line and "16 lowercase hex" in line
+
+
+def test_rollback_skips_a_history_entry_whose_value_is_a_path(root, tmp_path):
+    root, first, second = root
+    succeeded(lookalike(root, "promote", first))
+    succeeded(lookalike(root, "promote", second))
+    history = root / HISTORY
+    evil = json.loads(history.read_text().splitlines()[0])
+    evil["stages"]["index"] = "../../../../../../etc"  # the newest entry: what a rollback would pick
+    history.write_text(history.read_text() + json.dumps(evil) + "\n")
+    reported = succeeded(lookalike(root, "rollback"))
+    assert f"{history}:3" in reported and "'../../../../../../etc' is not a stage key" in reported
+    assert production(root)["stages"]["index"] == first
