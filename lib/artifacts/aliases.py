@@ -27,7 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lookalike.artifacts.shared_root import read_manifest, store_at
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN, STAGES, walk_chain
-from lookalike.core.manifest import MANIFEST, Manifest, atomic_write_bytes, install_stage, is_stage_key, not_a_key
+from lookalike.core.manifest import (
+    MANIFEST,
+    Manifest,
+    atomic_write_bytes,
+    check_manifest_sha256,
+    install_stage,
+    is_stage_key,
+    manifest_sha256,
+    not_a_key,
+)
 
 ALIASES = "aliases"
 HISTORY = "history.jsonl"
@@ -49,6 +58,10 @@ class Alias(BaseModel):
     stages: dict[str, str] = Field(description="stage -> key")
     set_at: str
     source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
+    manifest_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="stage -> sha256 of the manifest.json it names, when set (empty: set before the hash chain)",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -65,7 +78,12 @@ class Alias(BaseModel):
         """The finished manifest this alias points at for `stage`."""
         if stage not in self.stages:
             raise AliasError(f"alias {self.name!r} has no {stage} stage (it has: {', '.join(self.stages)})")
-        return read_manifest(root, stage, self.stages[stage])
+        manifest = read_manifest(root, stage, self.stages[stage])
+        # the alias is the last link of the hash chain: the manifests it names, as they were
+        check_manifest_sha256(
+            root, stage, manifest.key, self.manifest_sha256.get(stage), f"alias {self.name!r} ({self.name}.json)"
+        )
+        return manifest
 
 
 def alias_path(root: Path | str, name: str) -> Path:
@@ -75,7 +93,9 @@ def alias_path(root: Path | str, name: str) -> Path:
 
 
 def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[str, Any] | None = None) -> Alias:
-    """Point `name` at these stage keys (each must be a finished folder) and log the move."""
+    """Point `name` at these stage keys (each must be a finished folder) and log the move. The alias
+    records the sha256 of each manifest it names (the last link of the hash chain)."""
+    Alias(name=name, stages=dict(stages), set_at="")  # the keys are checked before any path is built
     for stage, key in stages.items():
         read_manifest(root, stage, key)
     alias = Alias(
@@ -83,6 +103,7 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
         stages=dict(stages),
         source=source or {},
         set_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        manifest_sha256={stage: manifest_sha256(root, stage, key) for stage, key in stages.items()},
     )
     path = alias_path(root, name)
     atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
@@ -174,7 +195,7 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
         for alias in reversed(alias_history(root, name)):
             if alias.stages.get("index") == index_key:
                 return dict(alias.stages)
-    chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key)
+    chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key, root)
     stages = {stage: chain[stage].key for stage in CHAIN}
     evaluations = sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     for path in reversed(evaluations):
@@ -197,7 +218,7 @@ def copy_index_chain(root: Path | str, folder: Path) -> str:
         return key
     copied: set[tuple[str, str]] = set()
     for stage, stage_key in chain_for_index(source, key).items():
-        for manifest in walk_chain(lambda s, k: read_manifest(source, s, k), stage, stage_key).values():
+        for manifest in walk_chain(lambda s, k: read_manifest(source, s, k), stage, stage_key, source).values():
             if (manifest.stage, manifest.key) in copied:
                 continue
             copied.add((manifest.stage, manifest.key))

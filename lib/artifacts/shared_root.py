@@ -202,7 +202,7 @@ class BucketStore(FolderStore):
             return manifest
 
         for name, key in inputs.items():
-            walk_chain(fetch, stage_of(name), key)
+            walk_chain(fetch, stage_of(name), key, self.root)
 
     def pull_partial(self, stage: str, key: str) -> int:
         folder = stage_dir(self.root, stage, key)

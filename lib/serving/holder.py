@@ -45,7 +45,7 @@ class QueryError(LookalikeError, ValueError):
 
 def chain_from_index_key(root: Path | str, key: str) -> Chain:
     """dataset → encoder → embeddings → index, followed backwards from an index stage key."""
-    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key)
+    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key, root)
     return Chain(*(chain[stage] for stage in CHAIN))
 
 
@@ -125,7 +125,9 @@ class IndexHolder:
             "recall_at_10": chain.index.stats.get("recall_at_10"),
         }
         evaluation_key = alias.stages.get("evaluation") if alias else None
-        evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
+        evaluation = None
+        if evaluation_key and find_manifest(self.root, "evaluation", evaluation_key) is not None:
+            evaluation = alias.manifest(self.root, "evaluation")  # its metrics, checked against the alias
         if evaluation is not None:
             metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
         return Loaded(Searcher(self.root, chain), alias.name if alias else None, time.time(), metrics)

@@ -137,3 +137,47 @@ def test_rollback_skips_a_history_entry_whose_value_is_a_path(root, tmp_path):
     reported = succeeded(lookalike(root, "rollback"))
     assert f"{history}:3" in reported and "'../../../../../../etc' is not a stage key" in reported
     assert production(root)["stages"]["index"] == first
+
+
+# --- row 6: manifests are protected by a hash chain ---------------------------------------------
+
+
+def edit_stats(folder: Path, **stats) -> Path:
+    """Change a manifest's stats by hand, leaving every file hash in it as it was."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["stats"].update(stats)
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def test_an_upstream_manifest_edited_by_hand_is_refused_naming_it(root):
+    root, first, _ = root
+    embeddings = json.loads((root / "index" / first / "manifest.json").read_text())["inputs"]["embeddings"]
+    edited = edit_stats(root / "embeddings" / embeddings, n_vectors=999)
+    line = one_line_error(lookalike(root, "promote", first))
+    assert str(edited) in line and "sha256" in line
+    assert not (root / "aliases" / "production.json").exists()
+
+
+def test_a_manifest_an_alias_names_edited_by_hand_is_refused_naming_it(root):
+    root, first, _ = root
+    succeeded(lookalike(root, "promote", first))
+    edited = edit_stats(root / "index" / first, ntotal=999)
+    line = one_line_error(lookalike(root, "query", "--alias", "production", "--row", "0"))
+    assert str(edited) in line and "production" in line and "sha256" in line
+
+
+def test_folders_and_aliases_written_before_the_hash_chain_still_load(root):
+    from lookalike.serving.query import chain_from_alias
+
+    root, first, _ = root
+    for path in root.glob("*/*/manifest.json"):  # as an older lookalike wrote them
+        manifest = json.loads(path.read_text())
+        manifest.pop("input_sha256", None)
+        path.write_text(json.dumps(manifest, indent=2))
+    succeeded(lookalike(root, "promote", first))
+    alias = production(root)
+    alias.pop("manifest_sha256", None)
+    (root / "aliases" / "production.json").write_text(json.dumps(alias))
+    assert chain_from_alias(root, "production").index.key == first
