@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -145,6 +148,19 @@ def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[s
         print_summary(Console(), summary)
 
 
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print the warnings raised inside (e.g. a skipped torn line of the alias history) as one
+    `warning:` line each, instead of Python's two-line format with a source location."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -190,18 +206,34 @@ def reindex(
 @app.command()
 def promote(
     index_key: Annotated[
-        str, typer.Argument(help="The index stage key to make production (a folder name under index/).")
+        str,
+        typer.Argument(
+            help="The index stage key to make production (a folder name under index/), or an index folder "
+            "of another root (<root>/index/<key>), which is copied in with its chain first."
+        ),
     ],
     artifacts_root: Root = None,
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
 ) -> None:
     """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
-    from lookalike.artifacts.aliases import chain_for_index, set_alias
+    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, set_alias
     from lookalike.core.errors import LookalikeError
+    from lookalike.core.manifest import is_stage_key, not_a_key
 
     root = _root(artifacts_root)
     try:
-        moved = set_alias(root, alias, chain_for_index(root, index_key), {"command": f"lookalike promote {index_key}"})
+        with _warnings_as_lines():
+            key, source = index_key, {"command": f"lookalike promote {index_key}"}
+            if not is_stage_key(index_key):  # checked before it is joined onto any path
+                folder = Path(index_key).expanduser()
+                if not (folder / "manifest.json").is_file():
+                    _fail(
+                        f"{not_a_key(index_key, 'index')} nor a finished index folder (<root>/index/<key>): "
+                        f"give a folder name under {root / 'index'}"
+                    )
+                key = copy_index_chain(root, folder)
+                source["copied_from"] = str(folder.resolve())
+            moved = set_alias(root, alias, chain_for_index(root, key), source)
     except LookalikeError as exc:
         _fail(str(exc))
     err.print(f"{alias} -> index {moved.stages['index']} (encoder {moved.stages['encoder']})", highlight=False)
@@ -218,9 +250,10 @@ def rollback(
 
     root = _root(artifacts_root)
     try:
-        current = read_alias(root, alias).stages["index"]
-        before = previous_position(root, alias)
-        set_alias(root, alias, before.stages, {"command": "lookalike rollback", "rolled_back_from": current})
+        with _warnings_as_lines():
+            current = read_alias(root, alias).stages["index"]
+            before = previous_position(root, alias)
+            set_alias(root, alias, before.stages, {"command": "lookalike rollback", "rolled_back_from": current})
     except LookalikeError as exc:
         _fail(str(exc))
     err.print(f"{alias} -> index {before.stages['index']} (was {current}; set {before.set_at})", highlight=False)

@@ -3,23 +3,40 @@
 `<root>/aliases/<name>.json` holds the stage keys of one run (dataset, encoder, embeddings,
 index, evaluation) and where they came from; it is replaced atomically, so a reader sees
 the old chain or the new one, never half of each. Every move is appended to
-`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand.
+`<root>/aliases/history.jsonl`, so an alias can be traced (and rolled back) by hand. The history
+is rewritten whole and renamed into place under a lock, never appended to in place, so a crash
+cannot leave half a line that a later move would be glued onto; a torn line written by an older
+version (or by hand) is skipped and reported (`HistoryWarning`), never fatal.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lookalike.artifacts.shared_root import read_manifest, store_at
 from lookalike.core.errors import LookalikeError
-from lookalike.core.graph import CHAIN, walk_chain
-from lookalike.core.manifest import Manifest, atomic_write_bytes
+from lookalike.core.graph import CHAIN, STAGES, walk_chain
+from lookalike.core.manifest import (
+    MANIFEST,
+    Manifest,
+    atomic_write_bytes,
+    check_manifest_sha256,
+    install_stage,
+    is_stage_key,
+    manifest_sha256,
+    not_a_key,
+)
 
 ALIASES = "aliases"
 HISTORY = "history.jsonl"
@@ -31,18 +48,42 @@ class AliasError(LookalikeError, LookupError):
     """An alias is missing, malformed or points at stage folders that no longer exist."""
 
 
+class HistoryWarning(UserWarning):
+    """A line of `aliases/history.jsonl` that is not a whole alias entry was skipped."""
+
+
 class Alias(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
     stages: dict[str, str] = Field(description="stage -> key")
     set_at: str
     source: dict[str, Any] = Field(default_factory=dict, description="who moved it (flow run id, command)")
+    manifest_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="stage -> sha256 of the manifest.json it names, when set (empty: set before the hash chain)",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_keys_only(cls, stages: dict[str, str]) -> dict[str, str]:
+        # readers join these onto the root: a path or `..` here would read outside it
+        for stage, key in stages.items():
+            if stage not in STAGES:
+                raise ValueError(f"{stage!r} is not a stage ({', '.join(STAGES)})")
+            if not is_stage_key(key):
+                raise ValueError(not_a_key(key, stage))
+        return stages
 
     def manifest(self, root: Path | str, stage: str) -> Manifest:
         """The finished manifest this alias points at for `stage`."""
         if stage not in self.stages:
             raise AliasError(f"alias {self.name!r} has no {stage} stage (it has: {', '.join(self.stages)})")
-        return read_manifest(root, stage, self.stages[stage])
+        manifest = read_manifest(root, stage, self.stages[stage])
+        # the alias is the last link of the hash chain: the manifests it names, as they were
+        check_manifest_sha256(
+            root, stage, manifest.key, self.manifest_sha256.get(stage), f"alias {self.name!r} ({self.name}.json)"
+        )
+        return manifest
 
 
 def alias_path(root: Path | str, name: str) -> Path:
@@ -52,7 +93,9 @@ def alias_path(root: Path | str, name: str) -> Path:
 
 
 def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[str, Any] | None = None) -> Alias:
-    """Point `name` at these stage keys (each must be a finished folder) and log the move."""
+    """Point `name` at these stage keys (each must be a finished folder) and log the move. The alias
+    records the sha256 of each manifest it names (the last link of the hash chain)."""
+    Alias(name=name, stages=dict(stages), set_at="")  # the keys are checked before any path is built
     for stage, key in stages.items():
         read_manifest(root, stage, key)
     alias = Alias(
@@ -60,11 +103,11 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
         stages=dict(stages),
         source=source or {},
         set_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        manifest_sha256={stage: manifest_sha256(root, stage, key) for stage, key in stages.items()},
     )
     path = alias_path(root, name)
     atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
-    with open(path.parent / HISTORY, "a") as fh:
-        fh.write(json.dumps(alias.model_dump(mode="json")) + "\n")
+    _append_history(root, alias)
     store_at(root).share_files([f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
     return alias
 
@@ -81,8 +124,8 @@ def read_alias(root: Path | str, name: str) -> Alias:
         return Alias.model_validate_json(path.read_bytes())
     except ValueError as exc:
         raise AliasError(
-            f"{path} is not a valid alias file ({exc.__class__.__name__}); "
-            "delete it and re-run `lookalike run` to set it again"
+            f"{path} is not a valid alias file ({_first_error(exc)}); nothing it names was read. "
+            "Point it at an index again with `lookalike promote <index key>` (or delete it and re-run `lookalike run`)"
         ) from None
 
 
@@ -92,12 +135,57 @@ def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
 
 
 def alias_history(root: Path | str, name: str) -> list[Alias]:
-    """Every position `name` has had, oldest first."""
-    path = Path(root) / ALIASES / HISTORY
+    """Every position `name` has had, oldest first. Lines that are not whole entries are skipped,
+    each reported as a `HistoryWarning` (the CLI prints them as `warning:` lines)."""
+    return [a for a in _read_history(Path(root) / ALIASES / HISTORY) if a.name == name]
+
+
+def _read_history(path: Path) -> list[Alias]:
     if not path.is_file():
         return []
-    moves = (Alias.model_validate_json(line) for line in path.read_text().splitlines() if line.strip())
-    return [a for a in moves if a.name == name]
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    moves = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            moves.append(Alias.model_validate_json(line))
+        except ValueError as exc:
+            torn = number == len(lines) and not raw.endswith(b"\n")  # no newline: an append cut short
+            why = "a torn last line (an interrupted append)" if torn else f"not an alias entry ({_first_error(exc)})"
+            warnings.warn(f"{path}:{number}: skipped {why}; the other entries are used", HistoryWarning, stacklevel=3)
+    return moves
+
+
+def _first_error(exc: ValueError) -> str:
+    """The first reason pydantic gives, without its input echo and documentation link."""
+    errors = getattr(exc, "errors", None)
+    return str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors) else str(exc)
+
+
+def _append_history(root: Path | str, alias: Alias) -> None:
+    """Add one entry to the history: the whole file (its readable entries plus this one) is written
+    to a temp file and renamed over it, under a lock, so a crash leaves the old history or the new one."""
+    path = Path(root) / ALIASES / HISTORY
+    with _history_lock(path):
+        with warnings.catch_warnings():  # already reported by the reads that led to this move
+            warnings.simplefilter("ignore", HistoryWarning)
+            entries = _read_history(path)
+        lines = [json.dumps(a.model_dump(mode="json")) for a in [*entries, alias]]
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+@contextmanager
+def _history_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the history between processes on this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
@@ -107,7 +195,7 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
         for alias in reversed(alias_history(root, name)):
             if alias.stages.get("index") == index_key:
                 return dict(alias.stages)
-    chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key)
+    chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key, root)
     stages = {stage: chain[stage].key for stage in CHAIN}
     evaluations = sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     for path in reversed(evaluations):
@@ -116,6 +204,33 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
             stages["evaluation"] = evaluation.key
             break
     return stages
+
+
+def copy_index_chain(root: Path | str, folder: Path) -> str:
+    """Copy a finished index folder of another root (`<other root>/index/<key>`), with everything
+    it was built from and its evaluation, into `root`, each file verified against its manifest;
+    the index key. An alias names keys under its own root only, never a path."""
+    folder = folder.expanduser().resolve()
+    if folder.parent.name != "index" or not is_stage_key(folder.name) or not (folder / MANIFEST).is_file():
+        raise AliasError(f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})")
+    source, key = folder.parents[1], folder.name
+    if source == Path(root).resolve():
+        return key
+    copied: set[tuple[str, str]] = set()
+    for stage, stage_key in chain_for_index(source, key).items():
+        for manifest in walk_chain(lambda s, k: read_manifest(source, s, k), stage, stage_key, source).values():
+            if (manifest.stage, manifest.key) in copied:
+                continue
+            copied.add((manifest.stage, manifest.key))
+            origin = source / manifest.stage / manifest.key
+            install_stage(
+                root,
+                (origin / MANIFEST).read_bytes(),  # the same bytes: what consumers recorded of it still holds
+                lambda name, tmp, origin=origin: shutil.copyfile(origin / name, tmp),
+                f"{origin}/",
+                expect=(manifest.stage, manifest.key),
+            )
+    return key
 
 
 def previous_position(root: Path | str, name: str) -> Alias:

@@ -77,7 +77,7 @@ def fetch_index_chain(url: str, cache: Path, endpoint_url: str | None = None, cl
     client = client or s3_client(endpoint_url)
     alias = _fetch_alias(client, location, name) if kind == ALIASES else None
     index_key = alias.stages.get("index", "") if alias else name
-    chain = walk_chain(lambda stage, key: fetch_stage(client, location, stage, key, root), "index", index_key)
+    chain = walk_chain(lambda stage, key: fetch_stage(client, location, stage, key, root), "index", index_key, root)
     if alias is None:
         return root, name
     if any(alias.stages.get(stage) != chain[stage].key for stage in CHAIN):

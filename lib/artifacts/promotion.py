@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.artifacts.aliases import PRODUCTION, AliasError, read_alias
-from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.manifest import Manifest
 from lookalike.core.settings import PromotionSettings
 
@@ -139,5 +138,5 @@ def _production_evaluation(root: Path) -> Manifest | None:
         alias = read_alias(root, PRODUCTION)
     except AliasError:
         return None
-    key = alias.stages.get("evaluation")
-    return read_manifest(root, "evaluation", key) if key else None
+    # through the alias: production's metrics are checked against the sha256 it recorded
+    return alias.manifest(root, "evaluation") if "evaluation" in alias.stages else None

@@ -55,13 +55,15 @@ from lookalike.artifacts.s3 import (
     upload_stage,
 )
 from lookalike.core.errors import LookalikeError
-from lookalike.core.graph import stage_of, walk_chain
+from lookalike.core.graph import STAGES, stage_of, walk_chain
 from lookalike.core.manifest import (
     MANIFEST,
     IntegrityError,
     Manifest,
     atomic_write_bytes,
     find_manifest,
+    is_stage_key,
+    not_a_key,
     sha256_file,
     stage_dir,
 )
@@ -200,7 +202,7 @@ class BucketStore(FolderStore):
             return manifest
 
         for name, key in inputs.items():
-            walk_chain(fetch, stage_of(name), key)
+            walk_chain(fetch, stage_of(name), key, self.root)
 
     def pull_partial(self, stage: str, key: str) -> int:
         folder = stage_dir(self.root, stage, key)
@@ -260,7 +262,10 @@ def store_at(root: Path | str) -> FolderStore:
 
 def read_manifest(root: Path | str, stage: str, key: str) -> Manifest:
     """Like `find_manifest` but a missing manifest is an error. When `root` is a copy of a
-    shared store, a folder finished only in the store is fetched (verified) first."""
+    shared store, a folder finished only in the store is fetched (verified) first. A stage or key
+    that is not one (a path, `..`) is refused before it is joined onto the root."""
+    if stage not in STAGES or not is_stage_key(key):
+        raise IntegrityError(f"{not_a_key(key, stage)}; nothing was read")
     manifest = find_manifest(root, stage, key) or store_at(root).fetch_finished(stage, key)
     if manifest is None:
         raise IntegrityError(

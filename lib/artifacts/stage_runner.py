@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lookalike.artifacts.shared_root import FolderStore, store_at
 from lookalike.core.errors import LookalikeError
-from lookalike.core.graph import STAGES
+from lookalike.core.graph import STAGES, input_manifest_sha256
 from lookalike.core.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
 
 
@@ -131,6 +131,8 @@ def _build_locked(
         folder = stage_dir(root, stage, key)
         folder.mkdir(parents=True, exist_ok=True)
         store.fetch_inputs(inputs)  # each a no-op for a plain folder
+        # the hash chain: what the inputs' manifests were when this stage was built from them
+        input_sha256 = input_manifest_sha256(root, inputs)
         store.pull_partial(stage, key)
         started = time.perf_counter()
         built = build(folder)
@@ -145,6 +147,7 @@ def _build_locked(
             files=built.files,
             stats=built.stats,
             timings=timings,
+            input_sha256=input_sha256,
         )
         store.push_finished(manifest)  # under the lease: a machine waiting for it finds the manifest
     return StageResult(manifest=manifest, status="resumed" if built.resumed else "computed")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from lookalike.core.manifest import Manifest, stage_key
+from lookalike.core.manifest import Manifest, check_manifest_sha256, manifest_sha256, stage_key
 
 StageName = Literal["dataset", "encoder", "embeddings", "index", "evaluation"]
 
@@ -66,21 +67,50 @@ def key_for(stage: str, settings: dict[str, Any], inputs: dict[str, str]) -> str
     return stage_key(stage, settings, inputs, spec.code_version)
 
 
-def walk_chain(read: Callable[[str, str], Manifest], stage: str, key: str) -> dict[str, Manifest]:
+def input_manifest_sha256(root: Path | str, inputs: dict[str, str]) -> dict[str, str]:
+    """sha256 of each input's `manifest.json` under `root` (input name -> hex): what a stage records
+    of the manifests it was built from, the links of the hash chain."""
+    return {name: manifest_sha256(root, stage_of(name), key) for name, key in inputs.items()}
+
+
+def check_inputs(root: Path | str, manifest: Manifest) -> None:
+    """Refuse when an input manifest under `root` is not the one `manifest` recorded (edited since)."""
+    for name, key in manifest.inputs.items():
+        recorded = manifest.input_sha256.get(name)
+        check_manifest_sha256(root, stage_of(name), key, recorded, f"{manifest.stage}/{manifest.key}")
+
+
+def walk_chain(
+    read: Callable[[str, str], Manifest], stage: str, key: str, root: Path | str | None = None
+) -> dict[str, Manifest]:
     """Every stage folder `stage/key` was made from, itself included, by following each
     manifest's recorded inputs: {input name: manifest}. `read(stage, key)` returns a finished
-    manifest (from a local root, a bucket or W&B) or raises; each folder is read once."""
+    manifest (from a local root, a bucket or W&B) or raises; each folder is read once. With
+    `root` (where `read` leaves the manifests it returns), each input's manifest is checked
+    against the sha256 its consumer recorded, so a manifest edited by hand is refused."""
     found: dict[str, Manifest] = {}
     seen: set[tuple[str, str]] = set()
-    wanted = [(stage, stage, key)]
+    # (input name, stage, key, the sha256 its consumer recorded, the consumer)
+    wanted: list[tuple[str, str, str, str | None, str]] = [(stage, stage, key, None, "")]
     while wanted:
-        name, stage_name, stage_key_ = wanted.pop(0)
+        name, stage_name, stage_key_, recorded, consumer = wanted.pop(0)
         if (stage_name, stage_key_) in seen:
+            if root is not None:  # read already, but another consumer recorded it too
+                check_manifest_sha256(root, stage_name, stage_key_, recorded, consumer)
             continue
         seen.add((stage_name, stage_key_))
         manifest = read(stage_name, stage_key_)
+        if root is not None:
+            check_manifest_sha256(root, stage_name, stage_key_, recorded, consumer)
         found.setdefault(name, manifest)
         wanted.extend(
-            (upstream, stage_of(upstream), upstream_key) for upstream, upstream_key in manifest.inputs.items()
+            (
+                upstream,
+                stage_of(upstream),
+                upstream_key,
+                manifest.input_sha256.get(upstream),
+                f"{manifest.stage}/{manifest.key}",
+            )
+            for upstream, upstream_key in manifest.inputs.items()
         )
     return found

@@ -3,6 +3,12 @@
 Every stage writes into `<root>/<stage>/<key>/`. `manifest.json` is written last and
 atomically; a folder without one is unfinished and is never read as a result.
 Readers verify sha256 of the files they load before loading them.
+
+Manifests are protected by a hash chain: a stage records the sha256 of each input's
+`manifest.json` as it was when the stage was built (`input_sha256`), and an alias records
+those of the manifests it names, so a manifest edited afterwards (its stats feed the promotion
+gate and the app) is refused by whatever reads it through them. A folder written before the
+chain records nothing, and nothing is checked for it.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -22,6 +29,9 @@ from lookalike.core.errors import LookalikeError
 
 MANIFEST = "manifest.json"
 Status = Literal["computed", "cached", "resumed"]
+# What `stage_key` makes: the only folder names a stage may have, so a key read from an alias, its
+# history or the command line is checked against it before it becomes part of a path.
+STAGE_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class IntegrityError(LookalikeError, RuntimeError):
@@ -45,6 +55,11 @@ class Manifest(BaseModel):
     created: str
     settings: dict[str, Any]
     inputs: dict[str, str] = Field(default_factory=dict, description="input stage -> key")
+    input_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="input name -> sha256 of its manifest.json when this stage was built (empty: written before "
+        "the hash chain, not checked)",
+    )
     files: list[FileEntry]
     stats: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
@@ -66,6 +81,17 @@ def stage_key(stage: str, settings: dict[str, Any], inputs: dict[str, str], code
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def is_stage_key(value: object) -> bool:
+    """Whether `value` has the form of a stage key (16 lowercase hex characters)."""
+    return isinstance(value, str) and STAGE_KEY.fullmatch(value) is not None
+
+
+def not_a_key(value: object, stage: str) -> str:
+    """The message for a value that should be a `stage` key and is not (too long ones shortened)."""
+    shown = repr(value) if len(repr(value)) <= 200 else f"{repr(value)[:200]}..."
+    return f"{stage} {shown} is not a stage key (16 lowercase hex characters, a folder name under {stage}/)"
+
+
 def stage_dir(root: Path | str, stage: str, key: str) -> Path:
     return Path(root) / stage / key
 
@@ -81,6 +107,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def file_entry(folder: Path, name: str) -> FileEntry:
     path = folder / name
     return FileEntry(path=name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def manifest_sha256(root: Path | str, stage: str, key: str) -> str:
+    """sha256 of a finished folder's `manifest.json` as it is on disk (what the hash chain records)."""
+    return sha256_file(stage_dir(root, stage, key) / MANIFEST)
+
+
+def check_manifest_sha256(root: Path | str, stage: str, key: str, recorded: str | None, recorded_by: str) -> None:
+    """Refuse `stage/key`'s manifest when it is not the one `recorded_by` recorded (its sha256 differs).
+    `recorded` None: nothing was recorded (written before the hash chain), nothing to check."""
+    if recorded is None:
+        return
+    path = stage_dir(root, stage, key) / MANIFEST
+    if manifest_sha256(root, stage, key) != recorded:
+        raise IntegrityError(
+            f"{path} does not match the sha256 {recorded_by} recorded of it: it changed since (edited by hand, "
+            f"or the folder was rebuilt), so its stats are not trusted; restore it, or delete {path.parent} and "
+            "the folders built from it, re-run and promote again"
+        )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -135,8 +180,10 @@ def write_manifest(
     files: Iterable[str],
     stats: dict[str, Any],
     timings: dict[str, float],
+    input_sha256: dict[str, str] | None = None,
 ) -> Manifest:
-    """Hash the listed files and write `manifest.json` last, atomically."""
+    """Hash the listed files and write `manifest.json` last, atomically. `input_sha256` is the
+    sha256 of each input's manifest (input name -> hex), recorded for the hash chain."""
     manifest = Manifest(
         stage=stage,
         key=key,
@@ -144,6 +191,7 @@ def write_manifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings=settings,
         inputs=inputs,
+        input_sha256=input_sha256 or {},
         files=[file_entry(folder, name) for name in sorted(files)],
         stats=stats,
         timings={k: round(v, 3) for k, v in timings.items()},

@@ -13,7 +13,6 @@ the old one serving and is reported in `info()`.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN, walk_chain
-from lookalike.core.manifest import MANIFEST, find_manifest
+from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
 from lookalike.reporting.tracking import parse_wandb_ref
 from lookalike.serving.query import Chain, Searcher, alias_chain
 from lookalike.stages.dataset.images import decode_rgb
 
 MAX_K = 100
-_STAGE_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 class QueryError(LookalikeError, ValueError):
@@ -47,7 +45,7 @@ class QueryError(LookalikeError, ValueError):
 
 def chain_from_index_key(root: Path | str, key: str) -> Chain:
     """dataset → encoder → embeddings → index, followed backwards from an index stage key."""
-    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key)
+    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key, root)
     return Chain(*(chain[stage] for stage in CHAIN))
 
 
@@ -75,7 +73,7 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
 
 def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
     """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
-    if _STAGE_KEY.match(ref) and find_manifest(root, "index", ref) is not None:
+    if is_stage_key(ref) and find_manifest(root, "index", ref) is not None:
         return chain_from_index_key(root, ref), None
     try:
         path = alias_path(root, ref)
@@ -127,7 +125,9 @@ class IndexHolder:
             "recall_at_10": chain.index.stats.get("recall_at_10"),
         }
         evaluation_key = alias.stages.get("evaluation") if alias else None
-        evaluation = find_manifest(self.root, "evaluation", evaluation_key) if evaluation_key else None
+        evaluation = None
+        if evaluation_key and find_manifest(self.root, "evaluation", evaluation_key) is not None:
+            evaluation = alias.manifest(self.root, "evaluation")  # its metrics, checked against the alias
         if evaluation is not None:
             metrics.update({k: v for k, v in evaluation.stats.items() if isinstance(v, float)})
         return Loaded(Searcher(self.root, chain), alias.name if alias else None, time.time(), metrics)

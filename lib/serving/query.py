@@ -15,7 +15,7 @@ from PIL import Image
 
 from lookalike.artifacts.aliases import Alias, read_alias
 from lookalike.core.errors import LookalikeError
-from lookalike.core.graph import CHAIN
+from lookalike.core.graph import CHAIN, check_inputs
 from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
 from lookalike.core.settings import Settings
 from lookalike.stages.dataset.images import decode_snapshot_image
@@ -67,6 +67,8 @@ def resolve_chain(settings: Settings) -> Chain:
     encoder = need("encoder", encoder_key(settings.encoder, dataset))
     embeddings = need("embeddings", embeddings_key(settings.embeddings, dataset, encoder))
     index = need("index", index_key(settings.index, embeddings))
+    for manifest in (encoder, embeddings, index):  # the hash chain: no input manifest edited since
+        check_inputs(root, manifest)
     return Chain(dataset, encoder, embeddings, index)
 
 
