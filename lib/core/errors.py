@@ -30,3 +30,12 @@ def one_line(text: str) -> str:
     """`text` with control characters (a newline in a file name) escaped, so a message or a
     listing of file names stays one line per item."""
     return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters and saying how long it was, so one bad value
+    (a 5,000-character string) cannot flood an error line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value) if isinstance(value, (str, bytes)) else len(text)} characters)"
