@@ -452,6 +452,21 @@ class Settings(BaseSettings):
             )
         return {**data, "artifacts_root": copy, "artifacts_store": url.rstrip("/")}
 
+    @field_validator("artifacts_root")
+    @classmethod
+    def _root_is_a_folder(cls, value: Path) -> Path:
+        """A root that is a file (or lies below one) would fail only once a stage writes, as a
+        crash that a re-run repeats; it is refused here, before anything runs."""
+        for path in (value.expanduser(), *value.expanduser().parents):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    raise ValueError(
+                        f"{path} is a file, not a folder: point --artifacts-root (LOOKALIKE_ARTIFACTS_ROOT) "
+                        "at a folder, which is created if missing"
+                    )
+                break
+        return value
+
 
 def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
     """The local root that mirrors a shared `url`: `<cache>/s3/<bucket>/<prefix>`; the one place

@@ -185,3 +185,17 @@ def test_a_5000_character_bad_value_is_cut_short_in_the_detail_line(served):
     url, _ = served
     detail = one_detail_line(post_raw(url, json.dumps({"row": "x" * 5000, "k": 2})))
     assert "row: Input should be a valid integer" in detail and "5000 characters" in detail
+
+
+# --- row 5: an artifacts root that is a file ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["run", *SAMPLE], ["query", "--row", "0"], ["promote", "0" * 16], ["serve"]])
+@pytest.mark.parametrize("where", ["root.txt", "root.txt/below"])
+def test_an_artifacts_root_that_is_a_file_is_refused_before_anything_runs(tmp_path, command, where):
+    (tmp_path / "root.txt").write_text("not a folder")
+    proc = lookalike(command[0], "--artifacts-root", str(tmp_path / where), *command[1:], home=tmp_path)
+    text = "\n".join(error_lines(proc, 2))
+    assert f"{tmp_path / 'root.txt'} is a file, not a folder" in text and "--artifacts-root" in text, text
+    assert "run the same command again" not in text and not (tmp_path / "prefect").exists()
+    assert (tmp_path / "root.txt").read_text() == "not a folder"
