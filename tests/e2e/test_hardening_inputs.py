@@ -199,3 +199,24 @@ def test_an_artifacts_root_that_is_a_file_is_refused_before_anything_runs(tmp_pa
     assert f"{tmp_path / 'root.txt'} is a file, not a folder" in text and "--artifacts-root" in text, text
     assert "run the same command again" not in text and not (tmp_path / "prefect").exists()
     assert (tmp_path / "root.txt").read_text() == "not a folder"
+
+
+# --- row 7: every source is validated, even one a higher-precedence source overrides ------------
+
+
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--epochs", "1"], {"LOOKALIKE_ENCODER__EPOCHS": "abc"}, ["LOOKALIKE_ENCODER__EPOCHS", "'abc'"]),
+        (["--set", "encoder.epochs=-1", "--epochs", "1"], {}, ["--set encoder.epochs", "-1", "--epochs"]),
+        (["--index", "flat-l2"], {"LOOKALIKE_INDEX__TYPE": "NoSuchIndex"}, ["LOOKALIKE_INDEX__TYPE", "NoSuchIndex"]),
+        (["--set", "encoder.lr=0.01"], {"LOOKALIKE_ENCODER__LR": "-5"}, ["LOOKALIKE_ENCODER__LR", "'-5'"]),
+    ],
+)
+def test_an_invalid_value_is_reported_even_when_a_higher_precedence_source_overrides_it(tmp_path, args, env, says):
+    # TINY, so that before the fix (when the bad value went unnoticed) the run was quick, not a full one
+    proc = lookalike("run", "--artifacts-root", str(tmp_path / "a"), *SAMPLE, *args, home=tmp_path, env_extra=env)
+    lines = error_lines(proc, 2)
+    assert lines[0] == "error: invalid settings:" and len(lines) == 2, lines
+    assert all(word in lines[1] for word in says) and "overridden" in lines[1], lines
+    assert not (tmp_path / "a").exists() and not (tmp_path / "prefect").exists()
