@@ -220,3 +220,61 @@ def test_an_invalid_value_is_reported_even_when_a_higher_precedence_source_overr
     assert lines[0] == "error: invalid settings:" and len(lines) == 2, lines
     assert all(word in lines[1] for word in says) and "overridden" in lines[1], lines
     assert not (tmp_path / "a").exists() and not (tmp_path / "prefect").exists()
+
+
+# --- row 8: polish --------------------------------------------------------------------------------
+
+
+def test_the_temporary_prefect_server_is_gone_within_a_second_of_a_sigkilled_run(tmp_path):
+    """Even while a client is mid-request: a graceful shutdown would wait for that request."""
+    import socket
+
+    root = tmp_path / "artifacts"
+    proc = subprocess.Popen(
+        [LOOKALIKE, "run", "--json", "--artifacts-root", str(root), *SAMPLE],
+        env=cli_env(tmp_path, faults={"train_slow_seconds": 1.0}),  # no PREFECT_API_URL: its own server
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    held = None
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob("encoder/*")):  # the flow is running, so its server is up
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.1)
+        [server] = [pid for pid in _children(proc.pid) if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_text()]
+        args = Path(f"/proc/{server}/cmdline").read_text().split("\0")
+        port = args[args.index("--port") + 1]
+        held = socket.create_connection(("127.0.0.1", int(port)))
+        held.sendall(b"POST /api/flows/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # 99 to go
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)  # the run only, not its process group
+        proc.wait(timeout=30)
+        killed = time.monotonic()
+        while _alive(server):
+            assert time.monotonic() - killed < 1.0, "the temporary server outlived its run by over a second"
+            time.sleep(0.02)
+    finally:
+        if held:
+            held.close()
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, server included
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
