@@ -672,6 +672,6 @@ def format_validation_error(exc: ValidationError | None, extra_lines: list[str] 
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; LOOKALIKE_SECTION__FIELD in the environment)"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or got is None else f" (got {brief(got)})"
         lines.append(f"{where}: {msg}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -278,3 +278,26 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "encoder.method=" + "m" * 5000],
+        ["--index", "i" * 5000],
+        ["--set", "s" * 5000],
+        ["--epochs", "1"],  # with LOOKALIKE_ENCODER__LR set to the long value below
+    ],
+)
+def test_a_5000_character_bad_value_is_cut_short_in_the_error_line(tmp_path, args):
+    proc = lookalike(
+        "run",
+        "--artifacts-root",
+        str(tmp_path / "a"),
+        *args,
+        home=tmp_path,
+        env_extra={"LOOKALIKE_ENCODER__LR": "9" * 4999 + "x"},
+    )
+    lines = error_lines(proc, 2)
+    assert all(len(line) < 400 for line in lines), [len(line) for line in lines]
+    assert any("5000 characters" in line for line in lines), lines
