@@ -301,3 +301,22 @@ def test_a_5000_character_bad_value_is_cut_short_in_the_error_line(tmp_path, arg
     lines = error_lines(proc, 2)
     assert all(len(line) < 400 for line in lines), [len(line) for line in lines]
     assert any("5000 characters" in line for line in lines), lines
+
+
+def test_a_manifest_that_is_not_json_is_named_as_such_not_as_missing(built, tmp_path):
+    import shutil
+
+    home, root, summary = built
+    shutil.copytree(root, tmp_path / "artifacts", ignore=shutil.ignore_patterns("wandb", "cache", ".*.lock"))
+    manifest = tmp_path / "artifacts" / "encoder" / summary["stages"]["encoder"]["key"] / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])  # cut short, as a bad copy leaves it
+    index = summary["stages"]["index"]["key"]
+    for args in (
+        ["query", "--row", "0", *SAMPLE],
+        ["promote", index],
+        ["serve", "--index", index, "--port", str(free_port())],
+    ):
+        proc = lookalike(*args, "--artifacts-root", str(tmp_path / "artifacts"), home=tmp_path)
+        [line] = [line for line in error_lines(proc, 1) if line.startswith("error:")]
+        assert f"{manifest} is not valid JSON:" in line and "no manifest" not in line, line
+        assert "delete" in line, line
