@@ -7,6 +7,8 @@
     POST /api/reload             re-read the alias now (it is also polled)
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
+JSON bodies must hold finite numbers: NaN, Infinity and numbers beyond float range are refused
+as they are parsed.
 """
 
 from __future__ import annotations
@@ -14,19 +16,92 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Annotated, Optional
+import json
+import math
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, model_validator
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from lookalike.core.errors import brief, one_line
 from lookalike.serving.holder import MAX_K, IndexHolder, QueryError
 
 MAX_UPLOAD_BYTES = 20 << 20
 
 
+class _NotFinite(ValueError):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf without ever naming it
+        raise _NotFinite(text)
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotFinite(name)  # NaN, Infinity, -Infinity: Python's json accepts them, JSON does not
+
+
+class _FiniteJSONRequest(Request):
+    """A request whose JSON body may hold only finite numbers.
+
+    A NaN that reaches validation fails there, and FastAPI's 422 then cannot serialise the
+    NaN it echoes back (a 500 with a traceback); refused while parsing, it never gets that far.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body, parse_float=_finite_float, parse_constant=_refuse_constant)
+            except _NotFinite as exc:
+                doc = body.decode("utf-8", "replace")
+                # FastAPI turns a JSONDecodeError into a 422 (json_invalid), like any malformed body
+                raise json.JSONDecodeError(
+                    f"{exc.text} is not a finite number (JSON numbers must be finite)", doc, max(doc.find(exc.text), 0)
+                ) from None
+        return self._json
+
+
+class _FiniteJSONRoute(APIRoute):
+    """Routes that read their body through `_FiniteJSONRequest` (FastAPI's custom request class hook)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def finite_json_handler(request: Request) -> Response:
+            return await handler(_FiniteJSONRequest(request.scope, request.receive))
+
+        return finite_json_handler
+
+
+def validation_detail(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's error list as the one `detail` line the API promises:
+    `k: Input should be greater than or equal to 1 (got 0)`, several joined with `; `."""
+    parts = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        where = ".".join(loc[1:] if loc[:1] == ["body"] and len(loc) > 1 else loc) or "body"
+        if error.get("type") == "json_invalid":
+            parts.append(f"body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
+            continue
+        got = error.get("input")
+        shown = f" (got {brief(got)})" if isinstance(got, (str, int, float, bool)) else ""
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}")
+    return one_line("; ".join(parts))
+
+
 class SearchRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # also when built in process, not parsed from JSON
     image_base64: Optional[str] = Field(None, description="An encoded image (PNG, JPEG, ...), base64.")
     row: Optional[int] = Field(None, description="A dataset row id already in the index.")
     vector: Optional[list[float]] = Field(None, description="A raw embedding of the index's dimension.")
@@ -42,11 +117,15 @@ class SearchRequest(BaseModel):
 
 def create_api(holder: IndexHolder) -> FastAPI:
     api = FastAPI(title="lookalike", description="Image in, top-k most similar images out.")
-    router = APIRouter(prefix="/api")
+    router = APIRouter(prefix="/api", route_class=_FiniteJSONRoute)
 
     @api.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
 
     def answer(request: Request, result: tuple[str, list[dict]]) -> dict:
         base = str(request.base_url).rstrip("/")

@@ -79,11 +79,13 @@ Promote = Annotated[
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    from lookalike.core.errors import brief
+
     out: dict[str, Any] = {}
     for item in sets or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            _fail(f"--set {item!r}: expected section.field=value, e.g. encoder.lr=0.001", code=2)
+            _fail(f"--set {brief(item)}: expected section.field=value, e.g. encoder.lr=0.001", code=2)
         try:
             out[name.strip()] = json.loads(value)
         except ValueError:

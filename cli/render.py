@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lookalike.artifacts.promotion import knn_not_compared, refused
+from lookalike.core.errors import one_line
 
 STATUS_STYLE = {"computed": "yellow", "cached": "green", "resumed": "cyan"}
 
@@ -60,7 +61,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if skipped:
         console.print(f"[bold yellow]skipped {summary['metrics']['n_skipped']} unreadable image(s)[/]")
         for s in skipped[:10]:
-            console.print(f"  {s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}", highlight=False, soft_wrap=True)
+            where = one_line(s["path"]) if s["path"] else f"row {s['row_id']}"
+            console.print(f"  {where}: {s['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
     choice = summary.get("index") or {}

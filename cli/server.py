@@ -5,8 +5,9 @@ uvicorn app and ephemeral-mode environment. It differs in two ways:
 
 - It starts before the pipeline's imports (torch, lightly, wandb: about 5 s), so the
   server's own ~4 s start overlaps them instead of following them.
-- It dies with the CLI process (Linux `PR_SET_PDEATHSIG`), so a run killed with SIGKILL
-  leaves no orphaned server holding the SQLite database.
+- It dies with the CLI process (Linux `PR_SET_PDEATHSIG`, with SIGKILL), so a run killed with
+  SIGKILL leaves no orphaned server holding the SQLite database, not even for the time a
+  graceful shutdown takes (which waits for any request in flight, however long).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # SIGKILL, not SIGTERM: its run is gone, so nothing is left to shut down gracefully for, and
+        # uvicorn's graceful shutdown waits for every request in flight. SQLite survives a kill.
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:

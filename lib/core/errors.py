@@ -1,8 +1,41 @@
-"""The base of every error that is the user's to fix (bad data, settings, tampered files).
+"""The base of every error that is the user's to fix (bad data, settings, tampered files), and
+the text helpers that keep such messages one readable line.
 
 The CLI prints these as one line without a traceback; Prefect does not retry them.
 """
 
+from __future__ import annotations
+
+import os
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class LookalikeError(Exception):
     """An error whose message tells the user what is wrong and how to fix it."""
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """A file name as text that UTF-8 (Arrow, JSON, W&B) can store: bytes that are not UTF-8
+    become `\\xNN`.
+
+    POSIX file names are bytes; Python smuggles undecodable ones through `str` as lone
+    surrogates, which every UTF-8 writer refuses. Valid names come back unchanged.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (a newline in a file name) escaped, so a message or a
+    listing of file names stays one line per item."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters and saying how long it was, so one bad value
+    (a 5,000-character string) cannot flood an error line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value) if isinstance(value, (str, bytes)) else len(text)} characters)"

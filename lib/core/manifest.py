@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lookalike.core.errors import LookalikeError
 
@@ -201,14 +201,26 @@ def write_manifest(
 
 
 def find_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
-    """The manifest of a finished stage folder, or None when it is absent or unfinished."""
+    """The manifest of a finished stage folder, or None when it is absent or unfinished.
+
+    Raises:
+        IntegrityError: a manifest is there but unreadable. It is written atomically, so it
+            was damaged afterwards; "not finished" would send the user looking for the wrong cause.
+    """
     path = stage_dir(root, stage, key) / MANIFEST
     if not path.is_file():
         return None
+    fix = f"delete {path.parent} and re-run to rebuild it"
     try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except ValueError:
-        return None
+        data = json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text at all
+        raise IntegrityError(f"{path} is not valid JSON: {exc}; {fix}") from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "manifest"
+        raise IntegrityError(f"{path} is not a lookalike manifest ({where}: {first['msg']}); {fix}") from None
 
 
 def verified_path(root: Path | str, manifest: Manifest, name: str) -> Path:
@@ -261,7 +273,10 @@ def install_stage(
 def complete_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
     """The manifest of a finished folder whose listed files are all present at their sizes (a
     cache that needs no download; loaders still check every sha256 before reading), else None."""
-    manifest = find_manifest(root, stage, key)
+    try:
+        manifest = find_manifest(root, stage, key)
+    except IntegrityError:  # a damaged copy in a cache: fetched again, the manifest last
+        return None
     folder = stage_dir(root, stage, key)
     if manifest is None or not all(has_size(folder / f.path, f.bytes) for f in manifest.files):
         return None

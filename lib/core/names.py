@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Literal, get_args
 
+from lookalike.core.errors import brief
+
 Method = Literal["dino", "simclr", "byol"]
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
@@ -180,14 +182,14 @@ def check_backbone_name(name: str) -> str:
     close += [m for m in SMALL_IMAGE_RESNETS if m.startswith(name[:4])][:2]
     close = close or get_close_matches(name, known, n=4)
     hint = f"; similar: {', '.join(close)}" if close else "; e.g. resnet-9, resnet18, resnet50, mobilenet_v3_small"
-    raise ValueError(f"unknown torchvision backbone {name!r}{hint}")
+    raise ValueError(f"unknown torchvision backbone {brief(name)}{hint}")
 
 
 def split_metric(name: str) -> tuple[str, str]:
     """`ip:HNSW32` -> ("ip", "HNSW32"); no prefix means l2."""
     metric, _, factory = name.rpartition(":")
     if metric not in ("", "ip", "l2"):
-        raise ValueError(f"unknown metric prefix {metric!r} in {name!r}; use ip: or l2:")
+        raise ValueError(f"unknown metric prefix {brief(metric)} in {brief(name)}; use ip: or l2:")
     return metric or "l2", factory
 
 
@@ -205,7 +207,7 @@ def check_index_type(name: str) -> str:
         close = get_close_matches(name, [*INDEX_PRESETS, AUTO], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown index type {name!r}: not a preset ({', '.join(INDEX_PRESETS)}), not {AUTO} "
+            f"unknown index type {brief(name)}: not a preset ({', '.join(INDEX_PRESETS)}), not {AUTO} "
             f"and not a FAISS factory string that FAISS accepts{hint}"
         )
     return name

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.graph import STAGE_NAMES, StageName
 from lookalike.core.names import (
     METHOD_NAMES,
@@ -452,6 +452,29 @@ class Settings(BaseSettings):
             )
         return {**data, "artifacts_root": copy, "artifacts_store": url.rstrip("/")}
 
+    @field_validator("artifacts_root")
+    @classmethod
+    def _root_is_a_folder(cls, value: Path) -> Path:
+        """A root that is a file (or lies below one) would fail only once a stage writes, as a
+        crash that a re-run repeats; it is refused here, before anything runs."""
+        for path in (value.expanduser(), *value.expanduser().parents):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    raise ValueError(
+                        f"{path} is a file, not a folder: point --artifacts-root (LOOKALIKE_ARTIFACTS_ROOT) "
+                        "at a folder, which is created if missing"
+                    )
+                break
+        return value
+
+
+# The settings tree's sections (encoder, index, ...), as opposed to its top-level fields.
+SECTIONS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+)
+
 
 def working_copy(url: str, cache: str | Path = DEFAULT_CACHE) -> Path:
     """The local root that mirrors a shared `url`: `<cache>/s3/<bucket>/<prefix>`; the one place
@@ -468,12 +491,18 @@ class SettingsError(LookalikeError, ValueError):
     """Invalid settings, already formatted one line per field."""
 
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(overrides: dict[str, Any] | None = None, *, shadowed: list[str] = ()) -> Settings:
     """Read settings from defaults, `.env` and the environment, then apply overrides.
+
+    Every source is validated: a value in `.env` or the environment that a higher-precedence
+    source overrides is still reported when it is invalid (it would fail the day the override
+    goes away).
 
     Args:
         overrides: dotted keys (`"encoder.epochs"`) or nested dicts; `None` values are
             ignored so optional CLI flags can be passed straight through.
+        shadowed: lines for invalid values the caller found overridden among its own sources
+            (`settings_for_run`: a --set value that a named parameter overrides), reported with these.
 
     Raises:
         SettingsError: one line per invalid field, naming it and why.
@@ -487,16 +516,66 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    unknown = _unknown_environment_names()
+    lines = [*_unknown_environment_names(), *shadowed, *_shadowed_environment(_leaves(nested))]
     try:
         # Init kwargs are pydantic-settings' highest-priority source and are deep-merged
         # with .env and the environment, so every invalid field is reported at once.
         settings = Settings(**nested)
     except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc, unknown)) from None
-    if unknown:
-        raise SettingsError(format_validation_error(None, unknown))
+        raise SettingsError(format_validation_error(exc, lines)) from None
+    if lines:
+        raise SettingsError(format_validation_error(None, lines))
     return settings
+
+
+def _leaves(nested: dict[str, Any]) -> dict[str, Any]:
+    """{"encoder": {"epochs": 1}} -> {"encoder.epochs": 1}, for the sections of the settings tree."""
+    out = {}
+    for name, value in nested.items():
+        if isinstance(value, dict) and name in SECTIONS:
+            out.update({f"{name}.{field}": v for field, v in value.items()})
+        else:
+            out[name] = value
+    return out
+
+
+def _shadowed_environment(explicit: dict[str, Any]) -> list[str]:
+    """Lines for invalid `.env` and environment values that a higher-precedence source hides."""
+    try:
+        from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
+
+        environment = _leaves(EnvSettingsSource(Settings)())
+        dotenv = _leaves(DotEnvSettingsSource(Settings)())
+    except Exception:  # a value the source cannot even decode: the merged validation reports it
+        return []
+    lines = []
+    for where, values, above in (("", environment, explicit), (" in .env", dotenv, {**environment, **explicit})):
+        for dotted, value in values.items():
+            if dotted in above:
+                name = f"{Settings.model_config['env_prefix']}{dotted.upper().replace('.', '__')}{where}"
+                by = "an explicit setting" if dotted in explicit else "the environment"
+                lines += _field_errors(dotted, value, name, f"overridden by {by}")
+    return lines
+
+
+def _field_errors(dotted: str, value: Any, name: str, note: str) -> list[str]:
+    """The errors of one value on its own (cross-field rules are left to the merged settings,
+    where they hold or fail for the values actually used)."""
+    *parents, leaf = dotted.split(".")
+    data: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        data = {part: data}
+    try:
+        Settings(**data)
+    except ValidationError as exc:
+        return [
+            f"{name}: {error['msg'].removeprefix('Value error, ')} (got {brief(value)}; {note}, but invalid all the same)"
+            for error in exc.errors()
+            if [str(part) for part in error["loc"]] == dotted.split(".")
+        ]
+    except Exception:  # the environment itself cannot be read: the merged validation says why
+        return []
+    return []
 
 
 def _unknown_environment_names() -> list[str]:
@@ -539,7 +618,19 @@ def settings_for_run(overrides: dict[str, Any] | None = None, **named: Any) -> S
         raise TypeError(f"unknown run parameters: {sorted(unknown)}")
     ordered = sorted(named.items(), key=lambda item: item[0] == "index_factory")  # factory last: it wins
     dotted = {RUN_PARAMETERS[name]: value for name, value in ordered if value is not None}
-    return load_settings({**(overrides or {}), **dotted})
+    owner = {RUN_PARAMETERS[name]: name for name, value in ordered if value is not None}
+    shadowed = [
+        line
+        for key, value in (overrides or {}).items()
+        if key in dotted and value is not None
+        for line in _field_errors(key, value, f"--set {key}", f"overridden by --{_flag(owner[key])}")
+    ]
+    return load_settings({**(overrides or {}), **dotted}, shadowed=shadowed)
+
+
+def _flag(parameter: str) -> str:
+    """The CLI option of a named run parameter (index_factory is --index given a factory string)."""
+    return "index" if parameter == "index_factory" else parameter.replace("_", "-")
 
 
 def check_overrides(overrides: dict[str, Any] | None, **named: Any) -> None:
@@ -581,6 +672,6 @@ def format_validation_error(exc: ValidationError | None, extra_lines: list[str] 
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; LOOKALIKE_SECTION__FIELD in the environment)"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or got is None else f" (got {brief(got)})"
         lines.append(f"{where}: {msg}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -17,6 +17,7 @@ from typing import Any
 
 from lookalike.artifacts.promotion import knn_not_compared, refused
 from lookalike.artifacts.stage_runner import StageReport
+from lookalike.core.errors import one_line
 from lookalike.core.manifest import stage_dir
 from lookalike.stages.dataset.profile import describe_profile
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
@@ -205,7 +206,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         for s in summary["skipped"]:
-            lines.append(f"| {s['row_id']} | `{s['path'] or ''}` | {s['reason']} |")
+            lines.append(f"| {s['row_id']} | `{one_line(s['path'] or '')}` | {s['reason']} |")
     return "\n".join(lines)
 
 

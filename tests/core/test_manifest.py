@@ -66,3 +66,19 @@ def test_failed_build_leaves_no_manifest(tmp_path):
     with pytest.raises(RuntimeError):
         run_stage(tmp_path, "dataset", "k", settings={}, inputs={}, build=build)
     assert find_manifest(tmp_path, "dataset", "k") is None
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b'{"stage": "index", "key": "k1", "files": [', "is not valid JSON: Expecting value"),
+        (b"\xff\xfe not text", "is not valid JSON"),
+        (json.dumps({"stage": "index"}).encode(), "is not a lookalike manifest (key: Field required)"),
+    ],
+)
+def test_a_damaged_manifest_is_named_as_damaged_not_as_missing(tmp_path, content, says):
+    folder = stage_dir(tmp_path, "index", "k1")
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_bytes(content)
+    with pytest.raises(IntegrityError, match="manifest.json " + says.replace("(", r"\(").replace(")", r"\)")):
+        find_manifest(tmp_path, "index", "k1")

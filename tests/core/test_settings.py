@@ -88,3 +88,19 @@ print(sorted(heavy & {name.split(".")[0] for name in sys.modules}))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_an_invalid_dotenv_value_is_reported_even_when_the_environment_overrides_it(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("LOOKALIKE_ENCODER__EPOCHS=abc\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOOKALIKE_ENCODER__EPOCHS", "3")
+    with pytest.raises(
+        SettingsError, match=r"LOOKALIKE_ENCODER__EPOCHS in \.env: .*'abc'; overridden by the environment"
+    ):
+        load_settings()
+
+
+def test_an_overridden_value_that_is_valid_on_its_own_is_not_reported(monkeypatch):
+    """devices=2 needs strategy=ddp, but as a field it is valid; the override decides what runs."""
+    monkeypatch.setenv("LOOKALIKE_ENCODER__DEVICES", "2")
+    assert load_settings({"encoder.devices": 1}).encoder.devices == 1

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,18 @@ def test_flat_folder_without_labels_is_indexed_unlabelled(tmp_path, root):
     result = run_dataset_stage(DatasetSettings(source=str(tmp_path / "flat")), root)
     assert result.manifest.stats["label_names"] is None
     assert result.manifest.stats["n_images"] == 3
+
+
+def test_file_names_datasets_cannot_list_are_indexed_with_the_class_of_their_folder(tmp_path, root):
+    folder = folder_dataset(tmp_path)
+    make_png(folder / "dogs" / "new\nline.png", 40)
+    make_png(Path(os.fsdecode(os.fsencode(folder / "cats") + b"/latin-\xe9.png")), 41)
+    result = run_dataset_stage(DatasetSettings(source=str(folder)), root)
+    assert result.manifest.stats["n_images"] == 10
+    snapshot = open_snapshot(root, result.manifest)
+    names = result.manifest.stats["label_names"]
+    labels = {Path(image["path"]).name: names[label] for image, label in zip(snapshot["image"], snapshot["label"])}
+    assert (labels["new\nline.png"], labels["latin-\\xe9.png"]) == ("dogs", "cats")
 
 
 def test_parquet_file_and_save_to_disk_folder_load_the_same_images(tmp_path, root):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, path_text
 from lookalike.core.manifest import sha256_file
 from lookalike.core.settings import DatasetSettings
 
@@ -128,7 +128,8 @@ def _tree_digest(location: str) -> str:
     for path in files:
         stat = path.stat()
         rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-        digest.update(f"{rel}\0{_file_sha(str(path), stat.st_size, stat.st_mtime_ns)}\n".encode())
+        # names are bytes: one that is not UTF-8 hashes as its bytes (a UTF-8 name as before)
+        digest.update(os.fsencode(rel) + f"\0{_file_sha(str(path), stat.st_size, stat.st_mtime_ns)}\n".encode())
     return digest.hexdigest()
 
 
@@ -157,6 +158,8 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
             loaded = datasets.load_dataset(
                 "parquet", data_files=source.location, split="train", cache_dir=str(cache_dir)
             )
+        elif source.kind == "folder":
+            loaded = _open_folder(source, section, cache_dir)
         else:
             loaded = datasets.load_dataset(
                 source.location,
@@ -181,6 +184,60 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
         row_ids = np.sort(rng.choice(len(loaded), size=section.limit, replace=False))
         loaded = loaded.select(row_ids, keep_in_memory=True)
     return loaded, row_ids
+
+
+def _open_folder(source: Source, section: DatasetSettings, cache_dir: Path):
+    """A local folder's split, with the files `datasets` cannot take by name added back.
+
+    `datasets` lists a folder's files itself, and drops a name with a newline without a word
+    (its extension filter is a regex whose `.` stops at a newline) and fails on a name that is
+    not UTF-8 (Arrow stores text). Such files are left out of its listing and appended after
+    the rows it loads, read here, so each is indexed or skipped with a reason like any other.
+    A folder without such names loads exactly as `datasets` loads it.
+    """
+    import datasets
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    listed = DataFilesDict.from_patterns(get_data_patterns(source.location), base_path=source.location)
+    odd = {str(split): [f for f in files if not _storable_name(f)] for split, files in listed.items()}
+    if not any(odd.values()):
+        loaded = datasets.load_dataset(
+            source.location, name=section.config_name, revision=source.revision, cache_dir=str(cache_dir)
+        )
+        return _pick_split(loaded, section.split, source)
+    plain = {str(split): [f for f in files if _storable_name(f)] for split, files in listed.items()}
+    loaded = datasets.load_dataset(
+        source.location,
+        data_files={split: files for split, files in plain.items() if files},
+        cache_dir=str(cache_dir),
+    )
+    return _append_files(_pick_split(loaded, section.split, source), odd.get(section.split, []), section.image_column)
+
+
+def _storable_name(path: str) -> bool:
+    """Whether `datasets` can list and store this file name (see `_open_folder`)."""
+    return "\n" not in path and path_text(path) == path
+
+
+def _append_files(loaded, paths: list[str], column: str):
+    """`loaded` with one row per file in `paths`: the image read now (its name may not be
+    storable text), the label from its class folder as `imagefolder` assigns it, other columns empty."""
+    from datasets import ClassLabel, Dataset, concatenate_datasets
+
+    rows: dict[str, list] = {name: [] for name in loaded.column_names}
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = None  # the snapshot reads it again and records why it failed
+        for name in rows:
+            rows[name].append(None)
+        rows[column][-1] = {"bytes": data, "path": path_text(path)}
+        for name, feature in loaded.features.items():
+            folder = Path(path).parent.name
+            if isinstance(feature, ClassLabel) and folder in feature.names:
+                rows[name][-1] = feature.str2int(folder)
+    return concatenate_datasets([loaded, Dataset.from_dict(rows, features=loaded.features)])
 
 
 def _pick_split(loaded: Any, split: str, source: Source):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
+from lookalike.core.errors import one_line
 from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.progress import progress
@@ -103,6 +104,9 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
                 for offset, image in enumerate(batch[section.image_column]):
                     row_id = int(row_ids[start + offset])
                     data, path, reason = _image_bytes(image)
+                    label = batch[section.label_column][offset] if names else None
+                    if names and label is None:  # e.g. a file whose class folder datasets could not name
+                        reason = "no label: its class folder or label value is missing"
                     if reason is None:
                         try:
                             decode_rgb(data, section.max_image_pixels)
@@ -117,8 +121,7 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
                     kept["image"].append({"bytes": data, "path": path})
                     kept["sha256"].append(hashlib.sha256(data).hexdigest())
                     if names:
-                        value = batch[section.label_column][offset]
-                        kept["label"].append(value if isinstance(value, int) else label_index[str(value)])
+                        kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
                 n_kept += len(kept["row_id"])
                 if kept["row_id"]:
                     writer.write_batch(kept)
@@ -160,7 +163,7 @@ def _image_bytes(image: dict[str, Any] | None) -> tuple[bytes, str | None, str |
 
 
 def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: DatasetSettings) -> str:
-    examples = "; ".join(f"{s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}" for s in skipped[:3])
+    examples = "; ".join(one_line(f"{s['path'] or 'row ' + str(s['row_id'])}: {s['reason']}") for s in skipped[:3])
     return (
         f"more than {section.max_unreadable_fraction:.0%} of {total} images are unreadable "
         f"({len(skipped)} so far, e.g. {examples}); fix the files or raise "

@@ -68,7 +68,10 @@ def reuse_candidates(section: EmbeddingsSettings, encoder: Manifest, root: Path)
     settings = section.key_fields()
     found = []
     for path in (Path(root) / STAGE).glob(f"*/{MANIFEST}"):
-        manifest = find_manifest(root, STAGE, path.parent.name)
+        try:
+            manifest = find_manifest(root, STAGE, path.parent.name)
+        except IntegrityError:  # a damaged earlier stage is no candidate; it does not stop this one
+            continue
         if (
             manifest is not None
             and manifest.stage == STAGE
