@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.artifacts.aliases import PRODUCTION, AliasError, read_alias
-from lookalike.core.manifest import Manifest
+from lookalike.core.manifest import IntegrityError, Manifest
 from lookalike.core.settings import PromotionSettings
 
 
@@ -52,7 +52,14 @@ def promotion_decision(
 
     reasons += _baseline_reasons(section, evaluation, decision["checks"])
 
-    current = _production_evaluation(root)
+    try:
+        current = _production_evaluation(root)
+    except IntegrityError as exc:
+        # production's own numbers cannot be trusted (edited, or its folder rebuilt since it was promoted):
+        # nothing to compare with, which must not stop a good run from replacing it
+        current = None
+        decision["production"] = read_alias(root, PRODUCTION).stages.get("index")
+        decision["checks"]["knn_accuracy"] = f"not compared with production's: {exc}"
     if current is not None:
         decision["production"] = current.inputs.get("index")
         before, after = current.stats.get("knn_accuracy"), evaluation.stats.get("knn_accuracy")

@@ -295,6 +295,22 @@ def test_a_tampered_stage_file_is_refused_before_loading(built, tmp_path, stage,
     assert name in line and "sha256" in line and "delete" in line
 
 
+def forge_hash_chain(root: Path, summary: dict, from_stage: str) -> None:
+    """Rewrite the sha256 every stage after `from_stage` recorded of its inputs' manifests, as a forger
+    with write access to the whole root would, so that only the checks below the hash chain remain."""
+    from lookalike.core.manifest import manifest_sha256
+
+    stages = list(summary["stages"])
+    for stage in stages[stages.index(from_stage) + 1 :]:
+        path = root / stage / summary["stages"][stage]["key"] / "manifest.json"
+        manifest = json.loads(path.read_text())
+        for name, key in manifest["inputs"].items():
+            if name in manifest.get("input_sha256", {}):
+                upstream = "dataset" if name == "queries" else name
+                manifest["input_sha256"][name] = manifest_sha256(root, upstream, key)
+        path.write_text(json.dumps(manifest))
+
+
 def test_a_pickle_in_place_of_a_checkpoint_is_never_executed(built, tmp_path):
     """Even with the manifest rewritten to match, torch.load(weights_only=True) refuses it."""
     home, root, summary = copy_of(built, tmp_path)
@@ -313,6 +329,7 @@ def test_a_pickle_in_place_of_a_checkpoint_is_never_executed(built, tmp_path):
         if entry["path"] == "encoder.pt":
             entry["sha256"], entry["bytes"] = sha256_file(folder / "encoder.pt"), (folder / "encoder.pt").stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    forge_hash_chain(root, summary, from_stage="encoder")  # a forger who rewrites every recorded sha256 too
     query_image = make_png(tmp_path / "query.png", 99)  # a query image needs the encoder loaded
     line = one_line_error(
         lookalike(
