@@ -58,3 +58,38 @@ def test_baselines_that_were_not_measured_are_reported_not_held_against_the_run(
     decision = promotion_decision(PromotionSettings(), tmp_path, INDEX, evaluation(0.40, pixels, init))
     assert decision["checks"]["gain_over_init"].startswith("not measured")
     assert decision["promoted"] == (pixels is None)
+
+
+def test_production_numbers_that_fail_their_hash_are_not_compared_and_do_not_stop_a_good_run(tmp_path, tiny_chain):
+    """Production's evaluation edited (or its folder rebuilt) since it was promoted: the gate says it did
+    not compare with it, instead of failing the run that would replace it."""
+    import json
+    import shutil
+
+    from conftest import TINY
+    from lookalike.artifacts.aliases import set_alias
+    from lookalike.core.manifest import find_manifest
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.evaluation.stage import run_evaluation_stage
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_chain, root, ignore=shutil.ignore_patterns(".*.lock"))
+    keys = {
+        stage: next((root / stage).glob("*/manifest.json")).parent.name
+        for stage in ("dataset", "encoder", "embeddings", "index")
+    }
+    manifests = {stage: find_manifest(root, stage, key) for stage, key in keys.items()}
+    settings = load_settings({**TINY, "evaluation.query_split": "none", "artifacts_root": str(root)})
+    evaluation = run_evaluation_stage(
+        settings.evaluation, manifests["dataset"], manifests["embeddings"], manifests["index"], root
+    ).manifest
+    set_alias(root, "production", {**keys, "evaluation": evaluation.key})
+    path = root / "evaluation" / evaluation.key / "manifest.json"
+    edited = json.loads(path.read_text())
+    edited["stats"]["knn_accuracy"] = 1.0  # would make any new run look worse
+    path.write_text(json.dumps(edited))
+
+    decision = promotion_decision(settings.promotion, root, manifests["index"], evaluation)
+    assert decision["checks"]["knn_accuracy"].startswith("not compared with production's: ")
+    assert "does not match the sha256" in decision["checks"]["knn_accuracy"]
+    assert decision["production"] == keys["index"] and decision["promoted"]
