@@ -39,8 +39,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if table := baseline_rows(summary):
         header, rows = table
         against = Table(title="against baselines", title_justify="left")
-        for column in header:
-            against.add_column(column, justify="left" if column == "score" else "right")
+        for column in header:  # the score names stay whole; the numbers share what width is left
+            against.add_column(column, justify="left" if column == "score" else "right", no_wrap=column == "score")
         for row in rows:
             against.add_row(
                 *(
