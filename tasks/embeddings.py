@@ -16,6 +16,7 @@ the shards still missing.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def embed_shard_group(
 def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path):
     """A `ShardDispatch` that maps `embed_shard_group` over a Dask cluster."""
     from prefect_dask import DaskTaskRunner
+
+    # distributed logs "Batched Comm Closed" at INFO *with its traceback* when a worker's comm closes
+    # as the cluster shuts down (or a killed worker's nanny restarts it): routine, yet it printed a
+    # Traceback at the end of a successful run. Its warnings and errors still show.
+    logging.getLogger("distributed.batched").setLevel(logging.WARNING)
 
     if section.dask_address:
         runner = DaskTaskRunner(address=section.dask_address)
