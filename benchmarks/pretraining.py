@@ -51,7 +51,7 @@ from lookalike.core.settings import METHOD_NAMES, load_settings  # noqa: E402
 from lookalike.stages.dataset.stage import run_dataset_stage  # noqa: E402
 from lookalike.stages.dataset.torch_data import ResizeToTensor  # noqa: E402
 from lookalike.stages.encoder.checkpoint import EncoderSpec  # noqa: E402
-from lookalike.stages.encoder.stage import run_encoder_stage  # noqa: E402
+from lookalike.stages.encoder.stage import resolve, run_encoder_stage  # noqa: E402
 from lookalike.stages.inference import embed_batch, normalize_batch
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -198,7 +198,8 @@ def recipe(args) -> dict:
     from lookalike.stages.encoder.checkpoint import load_encoder
 
     def random_init(overrides: dict) -> tuple[dict, EncoderSpec]:
-        section = load_settings({**sets, **overrides, "encoder.epochs": 0}).encoder
+        length = {k: v for k, v in {**sets, **overrides}.items() if k not in ("encoder.epochs", "encoder.steps")}
+        section = load_settings({**length, "encoder.steps": 0}).encoder
         model, spec = load_encoder(root, run_encoder_stage(section, train_manifest, root).manifest)
         row = {
             "backbone": section.backbone,
@@ -218,7 +219,8 @@ def recipe(args) -> dict:
             {"encoder.backbone": name, "encoder.width": 1.0, "encoder.input_size": int(size or 32)}
         )[0]
 
-    section = settings.encoder
+    section, why, plan = resolve(settings.encoder, train_manifest)  # auto settings and the step budget, resolved
+    print(f"recipe: {plan.steps} steps ({plan.why}); {why}", flush=True)
     curve, minutes = [], [0.0]
 
     def on_epoch(epoch: int, epochs: int, loss: float, seconds: float) -> None:
@@ -226,7 +228,7 @@ def recipe(args) -> dict:
         print(f"epoch {epoch}/{epochs}: loss {loss:.4f}, {seconds:.1f} s", flush=True)
 
     def probe(epoch: int, encoder: torch.nn.Module) -> None:
-        if epoch % args.probe_every and epoch != section.epochs:
+        if epoch % args.probe_every and epoch != plan.epochs:
             return
         row = {"epoch": epoch, "pretrain_minutes": round(minutes[-1], 2), **scores(encoder, spec, train, test)}
         curve.append(row)
@@ -245,6 +247,8 @@ def recipe(args) -> dict:
         "n_train": len(train[0]),
         "n_test": len(test[0]),
         "encoder": section.model_dump(mode="json"),
+        "recipe": why,
+        "steps": plan.steps,
         "pretrain_minutes": round(sum(stats["epoch_seconds"]) / 60, 2),
         "images_per_second": stats["images_per_second"],
         "stage_seconds_with_probes": round(time.perf_counter() - started, 1),

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from lookalike.core.settings import load_settings
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.device import default_device
+from lookalike.stages.encoder.stage import resolve
 from lookalike.stages.encoder.training import build_training_method, make_optimizer, training_images
 
 PHASES = ("load", "augment", "forward", "backward", "optimiser")
@@ -53,7 +54,8 @@ def main() -> None:
     snapshot = open_snapshot(root, dataset)
     device = default_device()
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
-    method, _ = build_training_method(section)
+    section, _, plan = resolve(section, dataset)
+    method, _ = build_training_method(section, plan)
     method = method.to(device, memory_format=layout).train()
     batch_size = min(section.batch_size, len(snapshot))
     total = args.steps + args.warmup

@@ -44,7 +44,16 @@ Dataset = Annotated[
 ]
 Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
 MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
-Epochs = Annotated[Optional[int], typer.Option(help="Pretraining epochs.")]
+Epochs = Annotated[
+    Optional[int], typer.Option(help="Pretraining length in passes over the collection (instead of --steps).")
+]
+Steps = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Pretraining optimizer steps, or auto (default): a budget from the collection's size and the "
+        "backbone's cost; 0 keeps the random initialisation."
+    ),
+]
 IndexOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -93,7 +102,7 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _settings(dataset, split, method, epochs, index, root, mirror, sets):
+def _settings(dataset, split, method, epochs, index, root, mirror, sets, steps=None):
     """(settings, named run parameters, --set overrides); invalid settings exit 2."""
     from lookalike.core.settings import SettingsError, settings_for_run
 
@@ -101,6 +110,7 @@ def _settings(dataset, split, method, epochs, index, root, mirror, sets):
         "dataset": dataset,
         "split": split,
         "method": method.value if method else None,
+        "steps": steps,
         "epochs": epochs,
         "index": index,
         "artifacts_root": str(root) if root else None,
@@ -173,6 +183,7 @@ def run(
     dataset: Dataset = None,
     split: Split = None,
     method: MethodOpt = None,
+    steps: Steps = None,
     epochs: Epochs = None,
     index: IndexOpt = None,
     artifacts_root: Root = None,
@@ -182,7 +193,7 @@ def run(
     json_out: JsonOut = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
-    settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_)
+    settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_, steps)
     named, overrides = _flow_arguments(settings, overrides)
     _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out)
 
@@ -201,7 +212,7 @@ def reindex(
 ) -> None:
     """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
     settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
-    named, overrides = _flow_arguments(settings, overrides, drop=("method", "epochs"))
+    named, overrides = _flow_arguments(settings, overrides, drop=("method", "steps", "epochs"))
     _run_flow("reindex", settings, {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
 
 
@@ -298,6 +309,7 @@ def query(
     dataset: Dataset = None,
     split: Split = None,
     method: MethodOpt = None,
+    steps: Steps = None,
     epochs: Epochs = None,
     index: QueryIndexOpt = None,
     artifacts_root: Root = None,
@@ -314,7 +326,7 @@ def query(
             _fail(
                 "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
             )
-    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_)
+    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
     _open_root(settings)
     from lookalike.core.errors import LookalikeError
     from lookalike.serving.query import Searcher, chain_from_alias, resolve_chain

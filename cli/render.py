@@ -18,6 +18,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         baseline_rows,
         baselines_line,
         embedding_counts_line,
+        recipe_lines,
     )
 
     stages = Table(title="stages", title_justify="left")
@@ -65,6 +66,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  {where}: {s['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
+    for line in recipe_lines(summary):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
     choice = summary.get("index") or {}
     if choice.get("reason"):
         console.print(f"[bold]index[/] {choice['type']}: {choice['reason']}", highlight=False, soft_wrap=True)

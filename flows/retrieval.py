@@ -8,7 +8,7 @@ descriptions below.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 from prefect import flow
 from pydantic import NonNegativeInt
@@ -47,7 +47,8 @@ def retrieval_pipeline(
     dataset: str = _default(DatasetSettings, "source"),
     split: str = _default(DatasetSettings, "split"),
     method: Method = _default(EncoderSettings, "method"),
-    epochs: NonNegativeInt = _default(EncoderSettings, "epochs"),
+    steps: Union[NonNegativeInt, Literal["auto"]] = _default(EncoderSettings, "steps"),
+    epochs: Optional[NonNegativeInt] = _default(EncoderSettings, "epochs"),
     index: IndexPreset = _default(IndexSettings, "type"),
     index_factory: Optional[str] = None,
     artifacts_root: Optional[str] = None,
@@ -62,7 +63,9 @@ def retrieval_pipeline(
             on the worker: an image folder, a .parquet file or a save_to_disk folder.
         split: Dataset split to index, e.g. 'train'.
         method: Self-supervised pretraining method from LightlySSL.
-        epochs: Pretraining epochs (0 keeps the random initialisation).
+        steps: Pretraining optimizer steps (0 keeps the random initialisation); auto: a budget from the
+            collection's size and the backbone's cost, recorded with its reason in the encoder manifest.
+        epochs: Pretraining length in passes over the collection instead (empty: use steps).
         index: FAISS index preset, or auto: the fastest that fits overrides["index.memory_budget"] and reaches
             overrides["index.recall_target"] (measured on held-out queries).
         index_factory: Expert: a raw FAISS factory string (prefix 'ip:' for inner product); replaces index.
@@ -76,6 +79,7 @@ def retrieval_pipeline(
         dataset=dataset,
         split=split,
         method=method,
+        steps=steps,
         epochs=epochs,
         index=index,
         index_factory=index_factory,

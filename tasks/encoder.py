@@ -1,7 +1,7 @@
 """Tasks: self-supervised pretraining (the `encoder` stage), or reuse of an aliased encoder.
 
-No task retries here: a retry would repeat finished epochs. An interrupted pretraining
-resumes from its last epoch checkpoint on the next attempt instead.
+No task retries here: a retry would repeat finished passes. An interrupted pretraining
+resumes from its last pass checkpoint on the next attempt instead.
 """
 
 import time
@@ -19,20 +19,27 @@ from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
 from lookalike.tasks.stage import stage_options
 from lookalike.tasks.tracking import active_run
 
+LOG_EVERY_S = 10.0
+
 
 @task(**stage_options("encoder", lambda section, dataset, root: encoder_key(section, dataset)))
 def pretrain_encoder(section: EncoderSettings, dataset: Manifest, root: Path) -> StageResult:
     logger = get_run_logger()
     tracking = active_run()
 
+    logged = [0.0]
+
     def on_epoch(epoch: int, epochs: int, loss: float, seconds: float) -> None:
-        logger.info("%s epoch %d/%d: loss %.4f (%.1f s)", section.method, epoch, epochs, loss, seconds)
+        # a small collection makes a pass every second or two: log about every 10 s, and the last pass
+        if epoch == epochs or time.monotonic() - logged[0] >= LOG_EVERY_S:
+            logged[0] = time.monotonic()
+            logger.info("%s pass %d/%d: loss %.4f (%.1f s)", section.method, epoch, epochs, loss, seconds)
         if tracking:
             tracking.log({"pretrain/loss": loss, "pretrain/epoch": epoch, "pretrain/epoch_seconds": seconds})
 
     result = run_encoder_stage(section, dataset, root, on_epoch=on_epoch)
     if result.status == "resumed":
-        logger.info("resumed pretraining from epoch %d", result.manifest.stats["resumed_from_epoch"])
+        logger.info("resumed pretraining from pass %d", result.manifest.stats["resumed_from_epoch"])
     return result
 
 

@@ -156,6 +156,7 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "index_type": index.manifest.stats["type"],
         "factory": index.manifest.stats["factory"],
         "index_choice": summary.get("index"),  # for index.type=auto: the preset chosen and why
+        "encoder_recipe": summary.get("encoder"),  # steps trained and the settings chosen from the data, with why
         "stage_keys": {name: r.manifest.key for name, r in reports.items()},
         "metrics": summary["metrics"],
         "baselines": summary.get("baselines"),

@@ -48,15 +48,23 @@ TINY = {
     "promotion.min_gain_over_init": -1.0,
 }
 
+# What the dataset stage records of the bundled sample's train split, as far as the encoder's recipe reads it
+SAMPLE_STATS = {
+    "n_images": 3000,
+    "profile": {"width": {"median": 28}, "height": {"median": 28}, "colour": "grayscale"},
+}
+
 
 def default_encoder() -> tuple[str, str, int]:
     """(method, backbone, feature_dim) of the default encoder, so tests follow the defaults
     instead of restating them."""
+    from lookalike.core import recipe
     from lookalike.core.settings import load_settings
     from lookalike.stages.encoder.backbones import build_backbone
 
     section = load_settings().encoder
-    return section.method, section.backbone, build_backbone(section.backbone, section.input_size, section.width)[1]
+    width = recipe.WIDTH if section.width == recipe.AUTO else section.width  # what auto gives a small-image ResNet
+    return section.method, section.backbone, build_backbone(section.backbone, 32, width)[1]
 
 
 def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -38,9 +38,11 @@ from lookalike.core.names import (
     check_backbone_name,
     check_index_type,
 )
+from lookalike.core.recipe import AUTO
 
 __all__ = ["METHOD_NAMES", "SMALL_IMAGE_RESNETS", "IndexPreset", "Method"]  # re-exported for the Prefect form and tests
 DEFAULT_CACHE = "~/.cache/lookalike"
+Auto = Literal["auto"]  # chosen from the data (lookalike.core.recipe)
 
 
 class Section(BaseModel):
@@ -87,13 +89,34 @@ class EncoderSettings(Section):
         description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
         "ResNets (resnet-9, resnet-18, ...: 3x3 stem, no max-pool, built for images under ~64 px).",
     )
-    width: PositiveFloat = Field(
-        0.25,
-        description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels).",
+    width: PositiveFloat | Auto = Field(
+        "auto",
+        description="Channel-width multiplier of lightly's small-image ResNets (0.25 = a quarter of the channels); "
+        "auto: chosen from the data (the recipe, recorded in the encoder manifest).",
     )
-    input_size: PositiveInt = Field(28, ge=16, description="Square input side in pixels.")
-    epochs: NonNegativeInt = Field(15, description="Pretraining epochs; 0 keeps random weights.")
-    batch_size: PositiveInt = Field(256, ge=2, description="Pretraining batch size.")
+    input_size: Annotated[int, Field(ge=16)] | Auto = Field(
+        "auto",
+        description="Square input side in pixels; auto: the images' own size up to 32 px, larger images fitted to 32.",
+    )
+    steps: NonNegativeInt | Auto = Field(
+        "auto",
+        description="Optimizer steps to pretrain for; 0 keeps random weights. auto: a budget from the collection's "
+        "size and the backbone's cost (100 passes, at least 300 steps, bounded by compute for large collections).",
+    )
+    epochs: NonNegativeInt | None = Field(
+        None,
+        description="Pretraining length in passes over the collection instead of steps (wins over steps = auto; "
+        "epochs x steps-per-pass is what is trained and keyed); 0 keeps random weights.",
+    )
+    batch_size: Annotated[int, Field(ge=2)] | Auto = Field(
+        "auto", description="Pretraining batch size; auto: 256, or the whole collection when it is smaller."
+    )
+    colour_jitter: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5,
+        description="Colour-jitter strength of the views (lightly's cj_strength; 0 turns colour jitter and random "
+        "grayscale off). Keep it on grayscale images too: its brightness and contrast jitter is what stops a "
+        "shortcut (without it, Fashion-MNIST fell below the untrained encoder).",
+    )
     lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine",
@@ -101,6 +124,11 @@ class EncoderSettings(Section):
         "the first epoch, at most a tenth of the steps, then cosine decay to lr/1000).",
     )
     weight_decay: float = Field(0.04, ge=0, description="AdamW weight decay.")
+    temperature: PositiveFloat = Field(
+        0.2,
+        description="simclr: NT-Xent temperature (lightly's default 0.5 learned half as fast per step on photo "
+        "copies); keyed only for simclr.",
+    )
     seed: int = Field(0, description="Seed for initialisation, augmentations and shuffling.")
     num_workers: NonNegativeInt = Field(
         0, description="DataLoader worker processes (0 on a 2-core CPU: a worker would take a core from training)."
@@ -136,14 +164,28 @@ class EncoderSettings(Section):
     )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
+    SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
 
     def key_fields(self) -> dict[str, Any]:
-        """The scale-out settings are keyed only under ddp, so single-process keys stay as they were."""
+        """The scale-out settings are keyed only under ddp, the temperature only for simclr. Keys are
+        made from resolved settings (`lookalike.core.recipe.resolve_encoder`): what is trained, not `auto`."""
         fields = super().key_fields()
         if self.strategy == "single":
             for name in self.DDP_ONLY:
                 fields.pop(name)
+        if self.method != "simclr":
+            for name in self.SIMCLR_ONLY:
+                fields.pop(name)
         return fields
+
+    @model_validator(mode="after")
+    def _one_length(self) -> EncoderSettings:
+        if self.epochs is not None and self.steps != AUTO:
+            raise ValueError(
+                f"steps={self.steps} and epochs={self.epochs} both set the training length: keep one "
+                "(encoder.steps counts optimizer steps, encoder.epochs passes over the collection)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _several_processes_need_ddp(self) -> EncoderSettings:
@@ -152,7 +194,7 @@ class EncoderSettings(Section):
                 f"devices={self.devices}, num_nodes={self.num_nodes} need several processes, but strategy is "
                 "'single' (one process): set encoder.strategy=ddp, or leave devices and num_nodes at 1"
             )
-        if self.strategy == "ddp" and self.batch_size < 2 * self.devices * self.num_nodes:
+        if self.strategy == "ddp" and self.batch_size != AUTO and self.batch_size < 2 * self.devices * self.num_nodes:
             raise ValueError(
                 f"batch_size={self.batch_size} is split among devices x num_nodes = "
                 f"{self.devices * self.num_nodes} ddp processes, leaving fewer than 2 images each: "
@@ -602,6 +644,7 @@ RUN_PARAMETERS = {
     "dataset": "dataset.source",
     "split": "dataset.split",
     "method": "encoder.method",
+    "steps": "encoder.steps",
     "epochs": "encoder.epochs",
     "index": "index.type",
     "index_factory": "index.type",  # a raw FAISS factory string; wins over `index`

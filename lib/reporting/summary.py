@@ -18,7 +18,7 @@ from typing import Any
 from lookalike.artifacts.promotion import knn_not_compared, refused
 from lookalike.artifacts.stage_runner import StageReport
 from lookalike.core.errors import one_line
-from lookalike.core.manifest import stage_dir
+from lookalike.core.manifest import Manifest, stage_dir
 from lookalike.stages.dataset.profile import describe_profile
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.encoder.training import LOSS_CURVE
@@ -86,10 +86,36 @@ def build_summary(
         "aliases": list(aliases or []),
         "promotion": promotion,
         "index": index_choice(index.stats),
+        "encoder": encoder_recipe(reports["encoder"].manifest) if "encoder" in reports else None,
         # the same scores for raw pixels and the untrained encoder on the same queries, and the run's gain over each
         "baselines": evaluation.stats.get("baselines"),
         "gain": evaluation.stats.get("gain"),
     }
+
+
+def encoder_recipe(encoder: Manifest) -> dict[str, Any]:
+    """How the encoder was trained and why: `steps` (and `steps_why`: the budget's reason),
+    `pretrain_seconds`, and `recipe`: each setting chosen from the data (`auto`) with its value and reason."""
+    stats, settings = encoder.stats, encoder.settings
+    why = dict(stats.get("recipe") or {})
+    steps_why = why.pop("steps", stats.get("steps_why"))
+    return {
+        "steps": stats.get("steps"),
+        "steps_why": steps_why,
+        "pretrain_seconds": stats.get("pretrain_seconds"),
+        "recipe": {name: {"value": settings.get(name), "why": reason} for name, reason in why.items()},
+    }
+
+
+def recipe_lines(summary: dict[str, Any]) -> list[str]:
+    """'encoder: 700 steps (100 passes of 7 steps), 213 s' and one 'input_size 32: why' line per auto setting."""
+    encoder = summary.get("encoder") or {}
+    if encoder.get("steps") is None:
+        return []
+    seconds = f", {encoder['pretrain_seconds']:.0f} s of pretraining" if encoder.get("pretrain_seconds") else ""
+    lines = [f"encoder: {encoder['steps']} steps ({encoder['steps_why']}){seconds}"]
+    lines += [f"  {name} {v['value']}: {v['why']}" for name, v in encoder.get("recipe", {}).items()]
+    return lines
 
 
 def index_choice(stats: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +216,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"**Not promoted**: {'; '.join(summary['promotion']['reasons'])}. `production` is unchanged."]
     if knn_not_compared(summary):
         lines += ["", f"kNN accuracy was {knn_not_compared(summary)}."]
+    if recipe := recipe_lines(summary):
+        lines += ["", f"**Encoder**: {recipe[0].removeprefix('encoder: ')}", ""]
+        lines += [f"- `{line.strip().split(' ', 1)[0]}` {line.strip().split(' ', 1)[1]}" for line in recipe[1:]]
     choice = summary.get("index") or {}
     if choice.get("reason"):
         lines += ["", f"**Index** ({choice['type']}): {choice['reason']}."]

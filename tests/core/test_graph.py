@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import SAMPLE_STATS, TINY
 from lookalike.core.graph import CHAIN, STAGE_NAMES, STAGES, key_for, stage_of, walk_chain
 from lookalike.core.manifest import Manifest, stage_key
 from lookalike.core.settings import MirrorSettings, load_settings
@@ -23,9 +23,11 @@ DATA = Path(__file__).parent / "data"
 # regenerate the file and say in the commit which keys moved and why.
 RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # The keys before the package was reorganised into floors (issue 24), which moved none of them.
-# Since then, on purpose: every evaluation key (evaluation.baselines is keyed: issue 25).
+# Since then, on purpose (issue 25): every evaluation key (evaluation.baselines is keyed), and every
+# encoder key with what depends on it (the encoder is keyed by its resolved recipe and step budget).
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
-MOVED_SINCE = {"evaluation"}
+MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
+
 RUNS = {  # name -> (settings, whose encoder a reindex reuses)
     "default": ({}, None),
     "hnsw": ({"index.type": "hnsw"}, None),
@@ -35,7 +37,7 @@ RUNS = {  # name -> (settings, whose encoder a reindex reuses)
 }
 
 
-def _manifest(stage: str, key: str, inputs: dict[str, str] | None = None) -> Manifest:
+def _manifest(stage: str, key: str, inputs: dict[str, str] | None = None, stats: dict | None = None) -> Manifest:
     return Manifest(
         stage=stage,
         key=key,
@@ -44,6 +46,7 @@ def _manifest(stage: str, key: str, inputs: dict[str, str] | None = None) -> Man
         settings={},
         inputs=inputs or {},
         files=[],
+        stats=stats or {},
     )
 
 
@@ -54,7 +57,9 @@ def planned_keys(overrides: dict, encoder: str | None = None) -> dict[str, str]:
     queries = query_dataset_section(settings.dataset, settings.evaluation, settings.artifacts_root)
     if queries is not None:
         keys["queries"] = dataset_key(queries)[0]
-    made = {name: _manifest(stage_of(name), key) for name, key in keys.items()}
+    limit = settings.dataset.limit
+    stats = {**SAMPLE_STATS, "n_images": min(limit or 3000, 3000)}
+    made = {name: _manifest(stage_of(name), key, stats=stats) for name, key in keys.items()}
     keys["encoder"] = encoder or encoder_key(settings.encoder, made["dataset"])
     keys["embeddings"] = embeddings_key(settings.embeddings, made["dataset"], _manifest("encoder", keys["encoder"]))
     keys["index"] = index_key(settings.index, _manifest("embeddings", keys["embeddings"]))

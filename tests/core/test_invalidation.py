@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, make_png
+from conftest import REPO, SAMPLE_STATS, make_png
 from lookalike.core.settings import Settings, load_settings
 from lookalike.stages.dataset.sources import list_splits, resolve_source
 from lookalike.stages.dataset.stage import dataset_key
@@ -38,7 +38,10 @@ CHANGES = {
     "encoder.width": ({"encoder.backbone": "resnet-9"}, 0.5),
     "encoder.input_size": 64,
     "encoder.epochs": 1,
+    "encoder.steps": 500,
     "encoder.batch_size": 64,
+    "encoder.colour_jitter": 0.3,
+    "encoder.temperature": 0.1,
     "encoder.lr": 0.01,
     "encoder.lr_schedule": "constant",
     "encoder.weight_decay": 0.1,
@@ -127,7 +130,7 @@ def readme_table() -> dict[str, set[str]]:
 def keys(settings: Settings, cache_dir) -> dict[str, str]:
     m = SimpleNamespace
     dataset = dataset_key(settings.dataset)[0]
-    encoder = encoder_key(settings.encoder, m(key=dataset))
+    encoder = encoder_key(settings.encoder, m(key=dataset, stats=SAMPLE_STATS))
     embeddings = embeddings_key(settings.embeddings, m(key=dataset), m(key=encoder))
     index = index_key(settings.index, m(key=embeddings))
     # the held-out query split the flow would snapshot (listing a hub dataset's splits needs the

@@ -7,11 +7,14 @@ from lookalike.core.settings import EncoderSettings, SettingsError, load_setting
 
 
 def test_defaults_run_the_bundled_sample_with_the_cpu_recipe_and_flat_l2():
-    """The defaults are the CPU recipe benchmarks/pretraining.py recorded (benchmarks/README.md)."""
+    """The defaults are the CPU recipe the benchmarks recorded (benchmarks/README.md), its sizes and
+    length chosen from the data (`auto`, tests/core/test_recipe.py)."""
     settings = load_settings()
     assert settings.dataset.source == "sample"
     encoder = settings.encoder
-    assert (encoder.method, encoder.backbone, encoder.width, encoder.input_size) == ("simclr", "resnet-9", 0.25, 28)
+    assert (encoder.method, encoder.backbone, encoder.temperature) == ("simclr", "resnet-9", 0.2)
+    auto = (encoder.width, encoder.input_size, encoder.batch_size, encoder.steps)
+    assert auto == ("auto",) * 4 and encoder.epochs is None and encoder.colour_jitter == 0.5
     assert (encoder.augmentation, encoder.lr_schedule, encoder.crop_min_scale) == ("batched", "cosine", 0.25)
     assert settings.index.type == "flat-l2"
 

@@ -101,8 +101,8 @@ def test_overrides_naming_a_parameter_are_rejected_naming_both(built):
     from lookalike.flows.retrieval import retrieval_pipeline
 
     root, _ = built
-    with pytest.raises(SettingsError, match=r"overrides\['encoder.epochs'\]: .* parameter `epochs`"):
-        retrieval_pipeline(artifacts_root=str(root), overrides={"encoder.epochs": 2})
+    with pytest.raises(SettingsError, match=r"overrides\['encoder.steps'\]: .* parameter `steps`"):
+        retrieval_pipeline(artifacts_root=str(root), overrides={"encoder.steps": 2})
 
 
 @pytest.fixture

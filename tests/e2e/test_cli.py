@@ -42,6 +42,11 @@ def test_run_prints_the_json_summary_and_no_traceback(built):
     assert Path(summary["artifacts"]["index"]).is_file() and Path(summary["artifacts"]["encoder"]).is_file()
     assert Path(summary["artifacts"]["wandb_run_dir"]).is_dir()
     assert set(summary["baselines"]) == {"pixels", "init"} and set(summary["gain"]) == {"pixels", "init"}
+    # how long the encoder trained and what the recipe chose from the data
+    encoder = summary["encoder"]
+    assert encoder["steps"] == 3 and encoder["steps_why"] == "encoder.epochs=1 x 3 steps per pass"
+    assert encoder["recipe"]["width"] == {"value": 0.25, "why": "0.25 of the channels: the cheapest width that learned"}
+    assert "input_size" not in encoder["recipe"]  # TINY sets it: explicit settings are not the recipe's
 
 
 def test_the_summary_table_shows_each_score_beside_its_baselines(built):
@@ -54,6 +59,8 @@ def test_the_summary_table_shows_each_score_beside_its_baselines(built):
     print_summary(console, summary)
     text = console.export_text()
     assert "against baselines" in text and "gain over pixels" in text and "gain over init" in text
+    assert "encoder: 3 steps (encoder.epochs=1 x 3 steps per pass)" in text
+    assert "width 0.25: 0.25 of the channels: the cheapest width that learned" in text
     precision = summary["baselines"]["pixels"]["precision_at_10"]
     assert f"{precision:.4f}" in text and summary["baselines"]["pixels"]["what"] in text
 

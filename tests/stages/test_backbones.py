@@ -7,7 +7,7 @@ from lookalike.core.names import SMALL_IMAGE_RESNETS, check_backbone_name
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.checkpoint import EncoderSpec, load_encoder_file, save_encoder
-from lookalike.stages.encoder.methods import build_method
+from lookalike.stages.encoder.methods import MethodOptions, build_method
 
 
 @pytest.mark.parametrize("size", [8, 14, 28, 32])
@@ -84,7 +84,7 @@ def test_channels_last_training_step_matches_contiguous(method):
     for layout in (torch.contiguous_format, torch.channels_last):
         torch.manual_seed(0)
         backbone, dim = build_backbone("resnet-9", 16, width=0.125)
-        model = build_method(method, backbone, dim, 16, epochs=1).to(memory_format=layout).train()
+        model = build_method(method, backbone, dim, MethodOptions(16, epochs=1)).to(memory_format=layout).train()
         torch.manual_seed(1)
         views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
         if method == "dino":

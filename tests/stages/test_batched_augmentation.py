@@ -15,14 +15,14 @@ from lookalike.core.names import METHOD_NAMES
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.torch_data import ResizeToTensor
 from lookalike.stages.encoder.backbones import build_backbone
-from lookalike.stages.encoder.methods import build_method
+from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.batched import BatchedViews, kornia_op
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
 
 def method(name: str, size: int = 28, crop_min_scale=None):
     backbone, dim = build_backbone("resnet-9", size, 0.25)
-    return build_method(name, backbone, dim, size, epochs=2, crop_min_scale=crop_min_scale)
+    return build_method(name, backbone, dim, MethodOptions(size, epochs=2, crop_min_scale=crop_min_scale))
 
 
 def image(seed: int = 0, size: int = 28) -> Image.Image:
@@ -108,3 +108,22 @@ def test_dino_crop_min_scale_must_leave_room_for_local_crops():
     with pytest.raises(SettingsError, match="crop_min_scale=0.05 leaves dino's local crops"):
         load_settings({"encoder.method": "dino", "encoder.crop_min_scale": 0.05})
     assert load_settings({"encoder.method": "simclr", "encoder.crop_min_scale": 0.05}).encoder.crop_min_scale == 0.05
+
+
+@pytest.mark.parametrize("name", ["simclr", "dino", "byol"])
+def test_no_colour_jitter_drops_the_colour_ops_of_every_method(name):
+    """colour_jitter=0 (the recipe's choice for grayscale collections) leaves no colour jitter and no
+    random grayscale in any view; the colour default keeps both."""
+    backbone, dim = build_backbone("resnet-9", 28, 0.25)
+
+    def colour_ops(strength: float) -> set[str]:
+        views = BatchedViews(build_method(name, backbone, dim, MethodOptions(28, 2, colour_jitter=strength)).transform)
+        return {
+            type(op).__name__
+            for view in views.views
+            for op in view
+            if "Jiggle" in type(op).__name__ or "Gray" in type(op).__name__
+        }
+
+    assert colour_ops(0.0) == set()
+    assert colour_ops(0.5) == {"ColorJiggle", "RandomGrayscale"}

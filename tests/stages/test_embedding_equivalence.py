@@ -111,10 +111,11 @@ def _with_running_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def _backbones():
     """The default encoder in both layouts, and a torchvision family with other blocks (SE, hardswish)."""
+    from lookalike.core import recipe
     from lookalike.core.settings import load_settings
 
     default = load_settings().encoder
-    width = getattr(default, "width", 1.0)
+    width = recipe.WIDTH if default.width == recipe.AUTO else default.width  # what auto gives a small-image ResNet
     return [(default.backbone, width, True), (default.backbone, width, False), ("mobilenet_v3_small", 1.0, True)]
 
 

@@ -10,15 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, free_port
+from conftest import REPO, SAMPLE_STATS, TINY, free_port
 from lookalike.core.manifest import MANIFEST, stage_dir
+from lookalike.core.recipe import Plan
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.stage import run_dataset_stage
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import load_encoder
 from lookalike.stages.encoder.ddp import train_ddp
-from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
+from lookalike.stages.encoder.stage import encoder_key, resolve, run_encoder_stage
 from lookalike.stages.encoder.training import DDP_CHECKPOINTS
 
 
@@ -63,26 +64,31 @@ def test_the_momentum_methods_train_under_ddp(root, method, augmentation):
 
 
 def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
+    """4 steps of 3 a pass (24 images a process, 8 a batch): the second pass stops after one step."""
+    overrides = {k: v for k, v in TINY.items() if k != "encoder.epochs"}
     settings = load_settings(
         {
-            **TINY,
+            **overrides,
             "artifacts_root": str(root),
             "encoder.strategy": "ddp",
             "encoder.devices": 2,
-            "encoder.epochs": 2,
+            "encoder.steps": 4,
             "encoder.lr_schedule": "constant",
         }
     )
     dataset = run_dataset_stage(settings.dataset, root).manifest
+    section, _, plan = resolve(settings.encoder, dataset)
+    assert (plan.steps_per_epoch, plan.epochs) == (3, 2)
     folder = stage_dir(root, "encoder", encoder_key(settings.encoder, dataset))
     folder.mkdir(parents=True)
-    # as if the 2-epoch run was killed after its first epoch: a 1-epoch run leaves the same last.ckpt
-    train_ddp(settings.encoder.model_copy(update={"epochs": 1}), dataset, root, folder, None, None)
+    # as if the run was killed after its first pass: a one-pass run leaves the same last.ckpt
+    train_ddp(section, Plan(3, 3, "one pass"), dataset, root, folder, None, None)
     assert (folder / DDP_CHECKPOINTS / "last.ckpt").is_file() and not (folder / MANIFEST).exists()
     seen = []
     result = run_encoder_stage(settings.encoder, dataset, root, on_epoch=lambda *a: seen.append(a[0]))
     assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
-    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # epoch 1 was not trained again
+    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # pass 1 was not trained again
+    assert result.manifest.stats["steps"] == 4
 
 
 def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_it_then_reuses_it(tmp_path):
@@ -135,7 +141,7 @@ def test_a_ddp_batch_too_small_to_split_is_refused():
 def test_scale_out_settings_are_keyed_only_under_ddp():
     from types import SimpleNamespace
 
-    dataset = SimpleNamespace(key="d" * 16)
+    dataset = SimpleNamespace(key="d" * 16, stats=SAMPLE_STATS)
     single = load_settings({}).encoder
     assert not {"strategy", "devices", "num_nodes"} & set(single.key_fields())  # single-run keys are unchanged
     ddp = load_settings({"encoder.strategy": "ddp"}).encoder

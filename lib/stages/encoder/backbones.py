@@ -89,3 +89,16 @@ def build_backbone(name: str, input_size: int = 64, width: float = 1.0) -> tuple
     with torch.no_grad():
         dim = model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1]
     return model, int(dim)
+
+
+@lru_cache(maxsize=32)
+def forward_flops(name: str, width: float, input_size: int) -> float:
+    """FLOPs of one image's forward pass (torch's FlopCounterMode): the backbone's cost the
+    step budget scales by. Exact and deterministic for a given torch; leaves the RNG as it was."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[]):
+        model, _ = build_backbone(name, input_size, width)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, input_size, input_size))
+    return float(counter.get_total_flops())

@@ -25,7 +25,6 @@ engine and the benchmarks have one). After fit the parent exports exactly the ch
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ from lookalike.artifacts.shared_root import share_partial
 from lookalike.artifacts.stage_runner import Built
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
+from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.dataset.torch_data import seed_everything, worker_context
@@ -106,9 +106,15 @@ def per_process_batch(section: EncoderSettings, n: int) -> int:
 class PretrainingModule(pl.LightningModule):
     """A lookalike.stages.encoder.methods method as a LightningModule: same loss, optimizer, schedule and hooks."""
 
-    def __init__(self, section: EncoderSettings, root: Path, dataset: Manifest, batch_size: int) -> None:
+    def __init__(self, section: EncoderSettings, plan: Plan, root: Path, dataset: Manifest, batch_size: int) -> None:
         super().__init__()
-        self.section, self.root, self.dataset, self.batch_size = section, Path(root), dataset, batch_size
+        self.section, self.plan, self.root, self.dataset, self.batch_size = (
+            section,
+            plan,
+            Path(root),
+            dataset,
+            batch_size,
+        )
         # built in each process (configure_model), not pickled across: dino's weight-normed head cannot be
         self.method: torch.nn.Module | None = None
         self.make_views: torch.nn.Module | None = None
@@ -120,7 +126,7 @@ class PretrainingModule(pl.LightningModule):
     def configure_model(self) -> None:
         """The same seeded initialisation in every process (and in the parent, for export)."""
         if self.method is None:
-            self.method, _ = build_training_method(self.section)
+            self.method, _ = build_training_method(self.section, self.plan)
             gather_distributed_losses(self.method)
             _, self.make_views = training_images(self.section, None, self.method)
 
@@ -148,9 +154,7 @@ class PretrainingModule(pl.LightningModule):
 
     def configure_optimizers(self):
         total_steps = int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = make_optimizer(
-            self.method, self.section, max(total_steps // self.section.epochs, 1), total_steps
-        )
+        optimizer, scheduler = make_optimizer(self.method, self.section, self.plan.steps_per_epoch, total_steps)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -199,6 +203,7 @@ def gather_distributed_losses(method: torch.nn.Module) -> None:
 
 def train_ddp(
     section: EncoderSettings,
+    plan: Plan,
     dataset: Manifest,
     root: Path,
     folder: Path,
@@ -207,19 +212,17 @@ def train_ddp(
 ) -> Built | None:
     """Train on every process; rank 0 (the parent, when spawned) exports and returns what the
     manifest records, the other ranks of a torchrun/SLURM launch return None."""
-    method, dim = build_training_method(section)
+    method, dim = build_training_method(section, plan)
     n = len(open_snapshot(root, dataset))
     check_trainable(section, n)
     world_size = section.devices * section.num_nodes
     batch_size = per_process_batch(section, n)
-    images_per_process = math.ceil(n / world_size)
-    steps = max(images_per_process // batch_size, 1) * section.epochs
     ckpt_dir = folder / DDP_CHECKPOINTS
     last = ckpt_dir / LAST
     start_epoch, losses, epoch_seconds = 0, [], []
-    if section.epochs:
+    if plan.steps:
         pl.seed_everything(section.seed, verbose=False)  # PL_GLOBAL_SEED seeds the DistributedSampler in every process
-        module = PretrainingModule(section, root, dataset, batch_size)
+        module = PretrainingModule(section, plan, root, dataset, batch_size)
         if last.is_file():
             start_epoch = len(_load_checkpoint(last).get("lookalike", {}).get("losses", []))
         cuda = torch.cuda.is_available()
@@ -233,7 +236,8 @@ def train_ddp(
             num_nodes=section.num_nodes,
             strategy=strategy,
             sync_batchnorm=cuda,
-            max_epochs=section.epochs,  # torch syncs batch norms on GPUs only
+            max_epochs=plan.epochs,  # torch syncs batch norms on GPUs only
+            max_steps=plan.steps,  # the last pass stops when the steps are done
             precision="bf16-mixed" if cuda else "32-true",  # bf16 autocast on CUDA only, as the single loop
             # `last.ckpt` rewritten at every epoch's end: save_last with save_top_k=0 writes it only when
             # training ends, so a run killed in epoch 2 would start over
@@ -262,20 +266,20 @@ def train_ddp(
         module.load_state_dict(checkpoint["state_dict"])
         history = checkpoint.get("lookalike", {})
         losses, epoch_seconds = list(history.get("losses", [])), list(history.get("epoch_seconds", []))
-        if len(losses) != section.epochs:  # never export a stale last.ckpt as the finished encoder
+        if len(losses) != plan.epochs:  # never export a stale last.ckpt as the finished encoder
             raise LookalikeError(
-                f"encoder.strategy=ddp: {last} holds {len(losses)} of {section.epochs} epochs after training; "
+                f"encoder.strategy=ddp: {last} holds {len(losses)} of {plan.epochs} passes after training; "
                 f"delete {ckpt_dir} and re-run"
             )
         method = module.method
         for epoch in range(start_epoch, len(losses)):  # the processes ran elsewhere: report their epochs now
             if on_epoch:
-                on_epoch(epoch + 1, section.epochs, losses[epoch], epoch_seconds[epoch])
+                on_epoch(epoch + 1, plan.epochs, losses[epoch], epoch_seconds[epoch])
         if probe and len(losses) > start_epoch:  # only the final encoder comes back from the processes
             probe(len(losses), method.encoder())
     spec, files = export_encoder(section, method.cpu().eval(), dim, folder, root, losses)
     stats = {
-        **training_stats(spec, losses, epoch_seconds, n, steps, start_epoch),
+        **training_stats(spec, losses, epoch_seconds, n, plan, start_epoch, batch_size * world_size),
         "strategy": "ddp",
         "world_size": world_size,
         "batch_size_per_process": batch_size,

@@ -1,9 +1,9 @@
 """The single-process training loop of the `encoder` stage (`encoder.strategy=single`).
 
-Checkpoints the whole training state after every epoch; an interrupted run (killed,
-preempted) resumes from its last finished epoch instead of starting over. Each epoch
-reseeds from (seed, epoch), so a resumed run sees the same augmentations and order
-as an uninterrupted one.
+Trains for the plan's optimizer steps, in passes over the collection (the last pass cut short).
+Checkpoints the whole training state after every pass; an interrupted run (killed, preempted)
+resumes from its last finished pass instead of starting over. Each pass reseeds from
+(seed, pass), so a resumed run sees the same augmentations and order as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lookalike.artifacts.shared_root import share_partial
 from lookalike.artifacts.stage_runner import Built
 from lookalike.core.manifest import Manifest, atomic_path
 from lookalike.core.progress import progress
+from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.dataset.torch_data import seed_everything, worker_context
@@ -38,14 +39,16 @@ TRAIN_STATE = "train-state.pt"
 
 def train_single(
     section: EncoderSettings,
+    plan: Plan,
     dataset: Manifest,
     root: Path,
     folder: Path,
     on_epoch: EpochCallback | None,
     probe: EncoderProbe | None,
 ) -> Built:
-    """Pretrain in this process (resuming from `folder`'s train state) and export the encoder."""
-    method, dim = build_training_method(section)
+    """Pretrain for `plan.steps` steps in this process (resuming from `folder`'s train state) and export
+    the encoder. `section` is resolved; the last pass stops when the steps are done."""
+    method, dim = build_training_method(section, plan)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = default_device()
     method = method.to(device, memory_format=layout)
@@ -53,8 +56,7 @@ def train_single(
     n = len(snapshot)
     check_trainable(section, n)
     batch_size = min(section.batch_size, n)
-    steps_per_epoch = max(n // batch_size, 1)
-    total_steps = steps_per_epoch * section.epochs
+    steps_per_epoch, total_steps, epochs = plan.steps_per_epoch, plan.steps, plan.epochs
     optimizer, scheduler = make_optimizer(method, section, steps_per_epoch, total_steps)
 
     state_path = folder / TRAIN_STATE
@@ -70,23 +72,26 @@ def train_single(
     images, make_views = training_images(section, snapshot, method)
     make_views = make_views.to(device) if make_views is not None else None
     method.train()
-    for epoch in range(start_epoch, section.epochs):
-        started = time.perf_counter()
-        generator = seed_everything(section.seed * 1_000_003 + epoch)
-        loader = DataLoader(
-            images,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=generator,
-            num_workers=section.num_workers,
-            persistent_workers=False,
-            multiprocessing_context=worker_context(section.num_workers),
-            pin_memory=device.type == "cuda",
-        )
-        running = 0.0
-        with progress(steps_per_epoch, f"encoder: epoch {epoch + 1}/{section.epochs}", unit="batch") as bar:
-            for step, batch in enumerate(loader):
+    with progress(total_steps, "encoder: pretraining", unit="step") as bar:
+        bar.update(min(start_epoch * steps_per_epoch, total_steps))
+        for epoch in range(start_epoch, epochs):
+            this_epoch = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            started = time.perf_counter()
+            generator = seed_everything(section.seed * 1_000_003 + epoch)
+            loader = DataLoader(
+                images,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=True,
+                generator=generator,
+                num_workers=section.num_workers,
+                persistent_workers=False,
+                multiprocessing_context=worker_context(section.num_workers),
+                pin_memory=device.type == "cuda",
+            )
+            running = 0.0
+            bar.set_description(f"encoder: pass {epoch + 1}/{epochs}")
+            for step, batch in zip(range(this_epoch), loader):
                 views = make_views(batch.to(device, non_blocking=True)) if make_views else batch
                 views = [v.to(device, non_blocking=True).contiguous(memory_format=layout) for v in views]
                 # bf16 autocast on CUDA only: it needs no loss scaling; on this CPU it is ~30x slower
@@ -103,27 +108,27 @@ def train_single(
                 running += value
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
-        losses.append(running / steps_per_epoch)
-        epoch_seconds.append(time.perf_counter() - started)
-        with atomic_path(state_path) as tmp:
-            torch.save(
-                {
-                    "model": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "losses": losses,
-                    "epoch_seconds": epoch_seconds,
-                },
-                tmp,
-            )
-        share_partial(folder, [TRAIN_STATE])  # a retry on another machine resumes from this epoch
-        if on_epoch:
-            on_epoch(epoch + 1, section.epochs, losses[-1], epoch_seconds[-1])
-        if probe:
-            probe(epoch + 1, method.encoder())
-            method.train()
+            losses.append(running / this_epoch)
+            epoch_seconds.append(time.perf_counter() - started)
+            with atomic_path(state_path) as tmp:
+                torch.save(
+                    {
+                        "model": method.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "losses": losses,
+                        "epoch_seconds": epoch_seconds,
+                    },
+                    tmp,
+                )
+            share_partial(folder, [TRAIN_STATE])  # a retry on another machine resumes from this epoch
+            if on_epoch:
+                on_epoch(epoch + 1, epochs, losses[-1], epoch_seconds[-1])
+            if probe:
+                probe(epoch + 1, method.encoder())
+                method.train()
 
     spec, files = export_encoder(section, method, dim, folder, root, losses)
-    stats = training_stats(spec, losses, epoch_seconds, n, total_steps, start_epoch)
+    stats = training_stats(spec, losses, epoch_seconds, n, plan, start_epoch, batch_size)
     return Built(files=files, stats=stats, resumed=start_epoch > 0)

@@ -16,11 +16,12 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
+from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
-from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages, seed_everything
+from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
 from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
-from lookalike.stages.encoder.methods import build_method
+from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 from lookalike.stages.pictures import save_loss_curve
 
@@ -33,21 +34,29 @@ EpochCallback = Callable[[int, int, float, float], None]
 EncoderProbe = Callable[[int, torch.nn.Module], None]
 
 
-def build_training_method(section: EncoderSettings) -> tuple[torch.nn.Module, int]:
-    """The method (backbone and heads) freshly initialised from `section.seed`, and its feature dim."""
+def build_training_method(section: EncoderSettings, plan: Plan) -> tuple[torch.nn.Module, int]:
+    """The method (backbone and heads) freshly initialised from `section.seed`, and its feature dim.
+    `section` is resolved (`lookalike.core.recipe.resolve_encoder`): no `auto` left."""
     seed_everything(section.seed)
     backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
-    return build_method(section.method, backbone, dim, section.input_size, section.epochs, section.crop_min_scale), dim
+    options = MethodOptions(
+        input_size=section.input_size,
+        epochs=plan.epochs,
+        crop_min_scale=section.crop_min_scale,
+        colour_jitter=section.colour_jitter,
+        temperature=section.temperature,
+    )
+    return build_method(section.method, backbone, dim, options), dim
 
 
 def check_trainable(section: EncoderSettings, n: int) -> None:
-    if section.epochs and n < 2:
-        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --epochs 0")
+    if section.steps and n < 2:
+        raise LookalikeError(f"pretraining needs at least 2 images, the dataset has {n}; add images or set --steps 0")
 
 
 def make_optimizer(method: torch.nn.Module, section: EncoderSettings, steps_per_epoch: int, total_steps: int):
     """AdamW over the trainable parameters and, under lr_schedule=cosine, lightly's per-step
-    CosineWarmupScheduler (warm-up over one epoch, at most a tenth of the steps)."""
+    CosineWarmupScheduler (warm-up over one pass, at most a tenth of the steps)."""
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
     scheduler = (
@@ -61,11 +70,15 @@ def make_optimizer(method: torch.nn.Module, section: EncoderSettings, steps_per_
 def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module):
     """(dataset, make_views): batched augmentation sends fitted uint8 images through the loader
     and `make_views` (kornia, to be moved to the training device) makes the views; per-image
-    makes each image's views in the loader with lightly's transform (make_views None)."""
+    makes each image's views in the loader with lightly's transform (make_views None).
+    Batched images are decoded once and kept in memory when they fit (`FittedImages`)."""
     if section.augmentation == "batched":
         from lookalike.stages.encoder.methods.batched import BatchedViews
 
-        return SnapshotImages(snapshot, ResizeToTensor(section.input_size)), BatchedViews(method.transform)
+        views = BatchedViews(method.transform)
+        if snapshot is not None and FittedImages.fits(len(snapshot), section.input_size):
+            return FittedImages(snapshot, section.input_size, desc="encoder: decoding images once"), views
+        return SnapshotImages(snapshot, ResizeToTensor(section.input_size)), views
     return SnapshotImages(snapshot, method.transform), None
 
 
@@ -112,17 +125,27 @@ def export_encoder(
 
 
 def training_stats(
-    spec: EncoderSpec, losses: list[float], epoch_seconds: list[float], n: int, steps: int, start_epoch: int
+    spec: EncoderSpec,
+    losses: list[float],
+    epoch_seconds: list[float],
+    n: int,
+    plan: Plan,
+    start_epoch: int,
+    batch_size: int,
 ) -> dict:
-    """What the encoder manifest records of a training run, whichever trainer ran it."""
+    """What the encoder manifest records of a training run, whichever trainer ran it
+    (`batch_size`: images per step, all processes together)."""
+    images = plan.steps * batch_size
     return {
         "spec": spec.model_dump(),
         "losses": losses,
         "epoch_seconds": [round(s, 2) for s in epoch_seconds],
         "n_images": n,
-        "steps": steps,
+        "steps": plan.steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": plan.epochs,
+        "steps_why": plan.why,
+        "pretrain_seconds": round(sum(epoch_seconds), 1),
         "resumed_from_epoch": start_epoch,
-        "images_per_second": round(n * max(len(epoch_seconds), 1) / max(sum(epoch_seconds), 1e-9), 1)
-        if epoch_seconds
-        else None,
+        "images_per_second": round(images / max(sum(epoch_seconds), 1e-9), 1) if epoch_seconds else None,
     }

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lookalike.stages.encoder.methods import byol, dino, simclr
+from lookalike.stages.encoder.methods.options import MethodOptions
 
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "dino": dino.DINO,
@@ -24,13 +25,9 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_method(
-    name: str, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int, crop_min_scale: float | None = None
-) -> nn.Module:
+def build_method(name: str, backbone: nn.Module, feature_dim: int, options: MethodOptions) -> nn.Module:
     try:
         factory = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-    return factory(
-        backbone=backbone, feature_dim=feature_dim, input_size=input_size, epochs=epochs, crop_min_scale=crop_min_scale
-    )
+    return factory(backbone=backbone, feature_dim=feature_dim, options=options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from lightly.loss import NegativeCosineSimilarity
@@ -14,11 +15,12 @@ from torch import nn
 
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
+if TYPE_CHECKING:
+    from lookalike.stages.encoder.methods.options import MethodOptions
+
 
 class BYOL(nn.Module):
-    def __init__(
-        self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int, crop_min_scale: float | None = None
-    ) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, options: MethodOptions) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection_head = BYOLProjectionHead(feature_dim, 1024, 256)
@@ -28,13 +30,14 @@ class BYOL(nn.Module):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         self.criterion = NegativeCosineSimilarity()
-        crop = {"min_scale": crop_min_scale} if crop_min_scale else {}
+        crop = {"min_scale": options.crop_min_scale} if options.crop_min_scale else {}
+        crop.update(options.jitter())
         self.transform = BYOLTransform(
             view_1_transform=BYOLView1Transform(
-                input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
+                input_size=options.input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
             ),
             view_2_transform=BYOLView2Transform(
-                input_size=input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
+                input_size=options.input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
             ),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from lightly.loss import DINOLoss
@@ -15,15 +16,16 @@ from torch import nn
 
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
+if TYPE_CHECKING:
+    from lookalike.stages.encoder.methods.options import MethodOptions
+
 # Head sizes from lightly's CPU-sized examples: the paper's 65536-way output is far too
 # slow without a GPU and gives no benefit on small datasets.
 HIDDEN, BOTTLENECK, OUTPUT = 512, 64, 2048
 
 
 class DINO(nn.Module):
-    def __init__(
-        self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int, crop_min_scale: float | None = None
-    ) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, options: MethodOptions) -> None:
         super().__init__()
         self.student_backbone = backbone
         with warnings.catch_warnings():  # lightly's head still uses torch's deprecated weight_norm
@@ -33,18 +35,19 @@ class DINO(nn.Module):
         self.teacher_backbone = copy.deepcopy(backbone)
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
-        self.criterion = DINOLoss(output_dim=OUTPUT, warmup_teacher_temp_epochs=min(5, max(epochs, 1)))
+        self.criterion = DINOLoss(output_dim=OUTPUT, warmup_teacher_temp_epochs=min(5, max(options.epochs, 1)))
         self.transform = DINOTransform(
-            global_crop_size=input_size,
-            local_crop_size=max(input_size // 2, 8),
+            global_crop_size=options.input_size,
+            local_crop_size=max(options.input_size // 2, 8),
             n_local_views=2,
             gaussian_blur=(0.0, 0.0, 0.0),  # blur destroys small images' detail
             **(
-                {"global_crop_scale": (crop_min_scale, 1.0), "local_crop_scale": (0.05, crop_min_scale)}
-                if crop_min_scale
+                {"global_crop_scale": (options.crop_min_scale, 1.0), "local_crop_scale": (0.05, options.crop_min_scale)}
+                if options.crop_min_scale
                 else {}
             ),
             normalize=IMAGENET_NORMALIZE,
+            **options.jitter(),
         )
 
     def training_loss(self, views: list[torch.Tensor], epoch: int, progress: float) -> torch.Tensor:

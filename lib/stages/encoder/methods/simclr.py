@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
@@ -10,21 +12,22 @@ from torch import nn
 
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
+if TYPE_CHECKING:
+    from lookalike.stages.encoder.methods.options import MethodOptions
+
 
 class SimCLR(nn.Module):
-    def __init__(
-        self, backbone: nn.Module, feature_dim: int, input_size: int, epochs: int, crop_min_scale: float | None = None
-    ) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, options: MethodOptions) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(feature_dim, 512, 128)
-        self.criterion = NTXentLoss(temperature=0.5)
+        self.criterion = NTXentLoss(temperature=options.temperature)
         self.transform = SimCLRTransform(
-            input_size=input_size,
+            input_size=options.input_size,
             gaussian_blur=0.0,
-            cj_strength=0.5,
             normalize=IMAGENET_NORMALIZE,
-            **({"min_scale": crop_min_scale} if crop_min_scale else {}),
+            **options.jitter(),
+            **({"min_scale": options.crop_min_scale} if options.crop_min_scale else {}),
         )
 
     def training_loss(self, views: list[torch.Tensor], epoch: int, progress: float) -> torch.Tensor:

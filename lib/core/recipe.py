@@ -1,0 +1,164 @@
+"""The encoder recipe read from the data: `auto` encoder settings resolved against the collection.
+
+The dataset stage records what it saw (image count, size distribution, grayscale or colour:
+`lookalike.stages.dataset.profile`). Every encoder setting left at `auto` is chosen from that
+record here, with one line saying why; a setting given explicitly is kept as given. The choice
+is a pure function of the dataset manifest's stats and the backbone's cost, so it is
+deterministic and the resolved values (not the word `auto`) make the encoder's stage key: an
+`auto` run and a run that spells out the same values share one cached encoder.
+
+Training length is counted in optimizer steps. An epoch on a 900-image collection is 3 steps at
+batch 256; on 60,000 images it is 234, so "15 epochs" means 45 steps to one and 3,500 to the
+other. The step budget gives small collections enough steps to learn and bounds large ones by
+compute: see `step_budget`. The numbers behind each rule are in benchmarks/README.md
+("Quality against baselines" and "Recipe probes").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lookalike.core.names import SMALL_IMAGE_RESNETS
+
+AUTO = "auto"
+
+# input size: collections whose images are this small or smaller train at their own size
+SMALL_IMAGE_SIDE = 32
+PHOTO_INPUT_SIZE = 32  # larger images are fitted to this (64 px: no gain at the same steps, ~5x the time)
+MIN_INPUT_SIZE = 16
+IMAGENET_STEM_MIN, IMAGENET_INPUT_SIZE = 64, 224  # torchvision backbones: their stem needs room
+WIDTH = 0.25  # lightly's small-image ResNets at a quarter of the channels
+BATCH_SIZE = 256
+
+# step budget (see `step_budget`)
+PASSES = 100  # passes over a small collection
+MIN_STEPS = 300
+REFERENCE_STEPS = 1_500  # the most steps at the reference cost: resnet-9 x0.25 at 28 px, batch 256
+REFERENCE = ("resnet-9", 0.25, 28)
+REFERENCE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Collection:
+    """What the dataset stage saw, as far as the recipe needs it."""
+
+    n_images: int
+    side: int | None  # median of each image's shorter side, px
+    colour: str | None  # "grayscale", "colour", "mixed" or None (not profiled)
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any]) -> Collection:
+        profile = stats.get("profile") or {}
+        width, height = profile.get("width") or {}, profile.get("height") or {}
+        side = min(width["median"], height["median"]) if "median" in width and "median" in height else None
+        return cls(int(stats.get("n_images", 0)), side, profile.get("colour"))
+
+    def describe(self) -> str:
+        size = f"{self.side} px" if self.side else "unknown size"
+        return f"{self.n_images:,} images, {size}, {self.colour or 'colour unknown'}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long training runs: `steps` optimizer steps of `steps_per_epoch` each pass."""
+
+    steps: int
+    steps_per_epoch: int
+    why: str
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the collection, the last one cut short when steps is not a multiple."""
+        return math.ceil(self.steps / self.steps_per_epoch) if self.steps else 0
+
+
+# backbone cost per image (forward FLOPs) for (backbone, width, input_size); stages supply it (it needs torch)
+CostOf = Callable[[str, float, int], float]
+
+
+def steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one pass: each of world_size processes takes ceil(n / world) images in
+    batches of its share of batch_size (the last partial batch dropped), at least one."""
+    per_process = math.ceil(n_images / world_size)
+    batch = max(min(batch_size, n_images) // world_size, 1)
+    return max(per_process // batch, 1)
+
+
+def step_budget(n_images: int, batch_size: int, relative_cost: float, world_size: int = 1) -> tuple[int, str]:
+    """The default training length: PASSES passes over the collection, at least MIN_STEPS, at most
+    REFERENCE_STEPS / relative_cost (a step of `relative_cost` times the reference step's compute).
+
+    Small collections get enough steps to learn (a pass is a few steps); large ones are bounded
+    by compute, the bound shrinking with a costlier backbone, input or batch.
+    """
+    per_epoch = steps_per_epoch(n_images, batch_size, world_size)
+    wanted = max(PASSES * per_epoch, MIN_STEPS)
+    ceiling = max(round(REFERENCE_STEPS / relative_cost), 1)
+    if wanted <= ceiling:
+        why = (
+            f"{PASSES} passes of {per_epoch} steps"
+            if wanted > MIN_STEPS
+            else f"at least {MIN_STEPS} steps ({PASSES} passes would be {PASSES * per_epoch})"
+        )
+        return wanted, why
+    return ceiling, (
+        f"bounded by compute: {REFERENCE_STEPS} reference steps / {relative_cost:.2g}x the reference step's cost "
+        f"({PASSES} passes would be {PASSES * per_epoch})"
+    )
+
+
+def resolve_encoder(section, stats: dict[str, Any], cost_of: CostOf, world_size: int = 1):
+    """(the section with every `auto` resolved, {field: why}, Plan) for a collection's dataset stats.
+
+    `section` is an `EncoderSettings`; explicit values are kept, `encoder.epochs` (when given) is
+    turned into the steps it means, so the key depends on what is trained, not how it was asked.
+    """
+    collection = Collection.from_stats(stats)
+    chosen: dict[str, Any] = {}
+    why: dict[str, str] = {}
+
+    small_resnet = section.backbone in SMALL_IMAGE_RESNETS
+    if section.input_size == AUTO and not small_resnet:
+        side = collection.side or IMAGENET_INPUT_SIZE
+        chosen["input_size"] = min(max(side, IMAGENET_STEM_MIN), IMAGENET_INPUT_SIZE)
+        why["input_size"] = (
+            f"torchvision's {section.backbone} has an ImageNet stem (downsamples 4x at once): "
+            f"{IMAGENET_STEM_MIN}-{IMAGENET_INPUT_SIZE} px"
+        )
+    elif section.input_size == AUTO:
+        if collection.side is None:
+            chosen["input_size"], why["input_size"] = PHOTO_INPUT_SIZE, "no size profile: the photo default"
+        elif collection.side <= SMALL_IMAGE_SIDE:
+            chosen["input_size"] = max(collection.side, MIN_INPUT_SIZE)
+            why["input_size"] = f"the images' own size ({collection.side} px median shorter side)"
+        else:
+            chosen["input_size"] = PHOTO_INPUT_SIZE
+            why["input_size"] = (
+                f"images of {collection.side} px fitted to {PHOTO_INPUT_SIZE} px: larger inputs gave no gain at "
+                "the same steps and cost several times more per step on a CPU"
+            )
+    if section.width == AUTO and not small_resnet:
+        chosen["width"], why["width"] = 1.0, f"torchvision's {section.backbone} has a fixed width"
+    elif section.width == AUTO:
+        chosen["width"], why["width"] = WIDTH, f"{WIDTH:g} of the channels: the cheapest width that learned"
+    if section.batch_size == AUTO:
+        batch = max(min(BATCH_SIZE, collection.n_images), 2)
+        chosen["batch_size"] = batch
+        why["batch_size"] = "the default batch" if batch == BATCH_SIZE else "the whole collection in one batch"
+
+    resolved = section.model_copy(update=chosen)
+    per_epoch = steps_per_epoch(collection.n_images, resolved.batch_size, world_size)
+    if section.epochs is not None:
+        steps, reason = section.epochs * per_epoch, f"encoder.epochs={section.epochs} x {per_epoch} steps per pass"
+    elif section.steps != AUTO:
+        steps, reason = section.steps, f"encoder.steps={section.steps}"
+    else:
+        cost = cost_of(resolved.backbone, resolved.width, resolved.input_size) / cost_of(*REFERENCE)
+        cost *= resolved.batch_size / REFERENCE_BATCH
+        steps, reason = step_budget(collection.n_images, resolved.batch_size, cost, world_size)
+    resolved = resolved.model_copy(update={"steps": steps, "epochs": None})
+    why["steps"] = reason
+    return resolved, why, Plan(steps, per_epoch, reason)

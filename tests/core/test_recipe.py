@@ -1,0 +1,95 @@
+"""The encoder recipe read from the data: the step budget and the `auto` choices, and that they are keyed."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SAMPLE_STATS
+from lookalike.core import recipe
+from lookalike.core.settings import SettingsError, load_settings
+from lookalike.stages.encoder.backbones import forward_flops
+from lookalike.stages.encoder.stage import encoder_key, resolve
+
+GRAYSCALE_28 = SAMPLE_STATS["profile"]
+PHOTOS = {"width": {"median": 640}, "height": {"median": 480}, "colour": "colour"}
+
+
+class Dataset:  # what resolve and encoder_key read of a dataset manifest
+    def __init__(self, n: int, profile: dict, key: str = "d" * 16) -> None:
+        self.stats, self.key = {"n_images": n, "profile": profile}, key
+
+
+def resolved(n: int, profile: dict, **sets):
+    return resolve(load_settings({f"encoder.{k}": v for k, v in sets.items()}).encoder, Dataset(n, profile))
+
+
+def test_a_small_collection_gets_enough_steps_and_a_large_one_is_bounded_by_compute():
+    small, _, small_plan = resolved(300, GRAYSCALE_28)
+    assert small_plan.steps_per_epoch == 1  # 300 images at batch 256: one step a pass
+    assert small.steps == small_plan.steps == recipe.MIN_STEPS  # not 15 steps, as 15 epochs would be
+    assert "at least" in small_plan.why
+
+    large, _, large_plan = resolved(60_000, GRAYSCALE_28)
+    assert large_plan.steps_per_epoch == 234
+    assert large.steps == recipe.REFERENCE_STEPS < recipe.PASSES * 234  # the reference cost: the bound itself
+    assert large_plan.why.startswith("bounded by compute")
+    assert large_plan.epochs == -(-large.steps // 234)  # the last pass is cut short
+
+
+def test_a_costlier_backbone_gets_fewer_steps():
+    cheap = resolved(60_000, GRAYSCALE_28)[0].steps
+    wide = resolved(60_000, GRAYSCALE_28, width=0.5)[0].steps
+    cost = forward_flops("resnet-9", 0.5, 28) / forward_flops("resnet-9", 0.25, 28)
+    assert cost > 3 and wide == round(recipe.REFERENCE_STEPS / cost) < cheap
+
+
+def test_the_budget_is_deterministic_and_keyed():
+    first = encoder_key(load_settings().encoder, Dataset(300, GRAYSCALE_28))
+    assert first == encoder_key(load_settings().encoder, Dataset(300, GRAYSCALE_28))
+    assert first != encoder_key(load_settings().encoder, Dataset(60_000, GRAYSCALE_28))  # another budget
+    # the key is made from what is trained: auto and the steps it chose spelled out share it
+    assert first == encoder_key(load_settings({"encoder.steps": recipe.MIN_STEPS}).encoder, Dataset(300, GRAYSCALE_28))
+    # epochs are turned into the steps they mean
+    assert encoder_key(load_settings({"encoder.epochs": 300}).encoder, Dataset(300, GRAYSCALE_28)) == first
+
+
+def test_explicit_length_wins_and_both_at_once_is_refused():
+    assert resolved(60_000, GRAYSCALE_28, steps=40)[0].steps == 40
+    assert resolved(60_000, GRAYSCALE_28, epochs=2)[0].steps == 2 * 234
+    assert resolved(60_000, GRAYSCALE_28, epochs=0)[0].steps == 0
+    with pytest.raises(SettingsError, match="keep one"):
+        load_settings({"encoder.steps": 10, "encoder.epochs": 2})
+
+
+def test_grayscale_28px_trains_at_its_own_size():
+    section, why, _ = resolved(10_000, GRAYSCALE_28)
+    assert (section.input_size, section.width, section.batch_size) == (28, 0.25, 256)
+    assert "28 px" in why["input_size"]
+
+
+def test_rgb_photos_are_fitted_down():
+    section, why, _ = resolved(1_872, PHOTOS)
+    assert section.input_size == recipe.PHOTO_INPUT_SIZE
+    assert "480 px" in why["input_size"]
+
+
+def test_a_small_collection_trains_in_one_batch():
+    section, why, _ = resolved(100, PHOTOS)
+    assert section.batch_size == 100 and "whole collection" in why["batch_size"]
+
+
+def test_explicit_settings_win_over_the_recipe():
+    section, why, _ = resolved(1_872, PHOTOS, input_size=64, width=0.5, batch_size=64)
+    assert (section.input_size, section.width, section.batch_size) == (64, 0.5, 64)
+    assert set(why) == {"steps"}  # only the length was chosen
+
+
+def test_a_torchvision_backbone_keeps_its_width_and_an_imagenet_input():
+    section, _, _ = resolved(1_872, PHOTOS, backbone="resnet18")
+    assert section.width == 1.0 and section.input_size == 224
+    assert resolved(1_872, GRAYSCALE_28, backbone="resnet18")[0].input_size == 64
+
+
+def test_a_collection_the_dataset_stage_did_not_profile_gets_the_photo_defaults():
+    section, why, _ = resolve(load_settings().encoder, type("D", (), {"stats": {"n_images": 500}, "key": "d"})())
+    assert section.input_size == recipe.PHOTO_INPUT_SIZE and "no size profile" in why["input_size"]
