@@ -707,14 +707,19 @@ def run_parameters(settings: Settings) -> dict[str, Any]:
 
 
 def format_validation_error(exc: ValidationError | None, extra_lines: list[str] = ()) -> str:
-    """One line per field: `encoder.epochs: Input should be >= 0 (got -1)`."""
-    lines = list(extra_lines)
+    """One line per field: `encoder.epochs: Input should be >= 0 (got -1)`. A field that takes a number
+    or `auto` fails both ways at once; its two messages share one line."""
+    fields: dict[str, tuple[list[str], str]] = {}
     for err in exc.errors() if exc else []:
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = list(err["loc"])
+        if len(loc) > 1 and isinstance(loc[-1], str) and not loc[-1].isidentifier():  # a union branch's tag
+            loc.pop()  # e.g. encoder.steps.constrained-int and encoder.steps.literal['auto']
+        where = ".".join(str(p) for p in loc) or "settings"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; LOOKALIKE_SECTION__FIELD in the environment)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {brief(got)})"
-        lines.append(f"{where}: {msg}{shown}")
+        fields.setdefault(where, ([], shown))[0].append(msg)
+    lines = list(extra_lines) + [f"{where}: {', or '.join(msgs)}{shown}" for where, (msgs, shown) in fields.items()]
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -107,3 +107,11 @@ def test_an_overridden_value_that_is_valid_on_its_own_is_not_reported(monkeypatc
     """devices=2 needs strategy=ddp, but as a field it is valid; the override decides what runs."""
     monkeypatch.setenv("LOOKALIKE_ENCODER__DEVICES", "2")
     assert load_settings({"encoder.devices": 1}).encoder.devices == 1
+
+
+def test_a_number_or_auto_field_fails_on_one_line_naming_both():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"encoder.steps": "abc"})
+    lines = str(caught.value).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith("  encoder.steps: Input should be a valid integer")
+    assert "or Input should be 'auto' (got 'abc')" in lines[0]
