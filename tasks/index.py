@@ -16,9 +16,10 @@ def index_embeddings(section: IndexSettings, embeddings: Manifest, root: Path) -
     result = run_index_stage(section, embeddings, root)
     stats = result.manifest.stats
     get_run_logger().info(
-        "index %s: %s, %d vectors, %d bytes, self-retrieval@1 %.4f",
+        "index %s: %s, whitening %s, %d vectors, %d bytes, self-retrieval@1 %.4f",
         result.manifest.key,
         stats["factory"],
+        (stats.get("whitening") or {}).get("why", "none"),
         stats["ntotal"],
         stats["bytes"],
         stats["self_retrieval_at_1"],

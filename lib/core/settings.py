@@ -302,6 +302,13 @@ class IndexSettings(Section):
         description="A preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), "
         "auto (chosen for memory_budget and recall_target) or a raw FAISS factory string.",
     )
+    whitening: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="PCA whitening learned from the indexed vectors, then cosine ranking: 0 = off, "
+        "0.5 = square root (measured best), 1 = full. Inside the index, so queries get it too.",
+    )
     nlist: PositiveInt | None = Field(
         None, description="IVF lists for the ivf-* presets; empty = min(4*sqrt(N), N/39)."
     )

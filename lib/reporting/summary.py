@@ -108,25 +108,29 @@ def encoder_recipe(encoder: Manifest) -> dict[str, Any]:
 
 
 def recipe_lines(summary: dict[str, Any]) -> list[str]:
-    """'encoder: 700 steps (100 passes of 7 steps), 213 s' and one 'input_size 32: why' line per auto setting."""
+    """'encoder: 700 steps (100 passes of 7 steps), 213 s', one 'input_size 32: why' line per auto
+    setting, and the index's whitening."""
     encoder = summary.get("encoder") or {}
+    whitening = (summary.get("index") or {}).get("whitening")
+    tail = [f"index whitening: {whitening['why']}"] if whitening else []
     if encoder.get("steps") is None:
-        return []
+        return tail
     seconds = f", {encoder['pretrain_seconds']:.0f} s of pretraining" if encoder.get("pretrain_seconds") else ""
     lines = [f"encoder: {encoder['steps']} steps ({encoder['steps_why']}){seconds}"]
     lines += [f"  {name} {v['value']}: {v['why']}" for name, v in encoder.get("recipe", {}).items()]
-    return lines
+    return lines + tail
 
 
 def index_choice(stats: dict[str, Any]) -> dict[str, Any]:
     """What was built and, for `auto`, why: `type` (as configured), `chosen` (the preset),
-    `factory`, `search_params`, and `reason` / `target_met` / `heldout_recall_at_10` for auto."""
+    `factory`, `search_params`, `whitening` (power, applied, dim, why), and `reason` / `target_met` / `heldout_recall_at_10` for auto."""
     auto = stats.get("auto") or {}
     return {
         "type": stats.get("type"),
         "chosen": stats.get("chosen", stats.get("type")),
         "factory": stats.get("factory"),
         "search_params": stats.get("search_params", {}),
+        "whitening": stats.get("whitening"),
         "reason": auto.get("reason"),
         "target_met": auto.get("target_met"),
         "heldout_recall_at_10": auto.get("heldout_recall_at_10"),

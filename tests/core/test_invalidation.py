@@ -63,6 +63,7 @@ CHANGES = {
     "embeddings.dask_address": "tcp://scheduler:8786",
     "embeddings.shards_per_task": 4,
     "index.type": "hnsw",
+    "index.whitening": 0,
     "index.nlist": 8,
     "index.nprobe": 4,
     "index.ef_search": 32,

@@ -5,8 +5,9 @@
 - `init`: the encoder as training found it (its seeded starting point, `starting_point`), embedded
   through the one inference path. What pretraining added.
 
-Both search exactly (a flat index in the run index's metric) over every indexed image, so a gain
-over them is the encoder's, not the index type's. The run's own numbers come from its index.
+Both search exactly (a flat index in the run index's metric, whitened like the run's index by the
+same rule on their own vectors) over every indexed image, so a gain over them is the encoder's, not
+the index type's or the whitening's. The run's own numbers come from its index.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lookalike.core.progress import progress
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
 from lookalike.stages.encoder.training import starting_point
 from lookalike.stages.index.factory import prepare_vectors, search
+from lookalike.stages.index.whitening import fit_whitening
 from lookalike.stages.inference import Embedder
 
 PIXEL_SIDE = 32
@@ -81,14 +83,19 @@ def baselines(names: tuple[str, ...], encoder: Manifest, channels_last: bool, ba
     return out
 
 
-def exact_neighbours(indexed: np.ndarray, row_ids: np.ndarray, queries: np.ndarray, metric: str, k: int) -> np.ndarray:
-    """Row ids of the k nearest indexed vectors of each query, by exact search in `metric`."""
+def exact_neighbours(
+    indexed: np.ndarray, row_ids: np.ndarray, queries: np.ndarray, metric: str, k: int, whitening: float = 0.0
+) -> np.ndarray:
+    """Row ids of the k nearest indexed vectors of each query, by exact search in `metric`, after
+    the run index's whitening learned from these indexed vectors (`fit_whitening`, same rule)."""
     base = prepare_vectors(indexed, metric)
+    whiten = fit_whitening(base, whitening)
+    base = whiten.apply(base)
     index = faiss.IndexIDMap2(
         faiss.IndexFlat(base.shape[1], faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     )
     index.add_with_ids(base, row_ids.astype(np.int64))
-    return search(index, prepare_vectors(queries, metric), k)[1]
+    return search(index, whiten.apply(prepare_vectors(queries, metric)), k)[1]
 
 
 def gains(run: dict, measured: dict[str, dict], k: int) -> dict[str, dict[str, float | None]]:

@@ -187,7 +187,7 @@ def _evaluate(
         if section.baselines:
             encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
             measured = _measure_baselines(
-                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, metric
+                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest
             )
             stats["baselines"] = measured
             stats["gain"] = gains(stats, measured, section.k)
@@ -215,9 +215,11 @@ def _measure_baselines(
     picks: np.ndarray,
     truths: list[str | None],
     label_of: dict[int, str | None],
-    metric: str,
+    index_manifest: Manifest,
 ) -> dict[str, dict[str, Any]]:
-    """Each baseline's scores on exactly the run's queries: the same rows, protocol and k."""
+    """Each baseline's scores on exactly the run's queries: the same rows, protocol, k, metric and whitening."""
+    metric = index_manifest.stats["metric"]
+    whitening = index_manifest.stats.get("whitening", {}).get("power", 0.0)  # indexes built before it: none
     indexed_ids = np.asarray(snapshot["row_id"], dtype=np.int64)  # snapshot order: the order vectors are stored in
     measured = {}
     kinds = baselines(
@@ -229,7 +231,7 @@ def _measure_baselines(
     for baseline in kinds:
         indexed = baseline.vectors(snapshot)
         queries = indexed if asked.leave_one_out else baseline.vectors(asked.snapshot)
-        ids = exact_neighbours(indexed, indexed_ids, queries[picks], metric, section.k + asked.leave_one_out)
+        ids = exact_neighbours(indexed, indexed_ids, queries[picks], metric, section.k + asked.leave_one_out, whitening)
         found = scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out)
         found.pop("per_class")
         measured[baseline.name] = {"what": baseline.describe, **found}

@@ -1,7 +1,8 @@
 """The `index` stage: a FAISS index over a finished embeddings stage, ids = dataset row ids.
 
 What an index type means and how it is built, searched and measured is `lookalike.stages.index.factory`;
-`index.type=auto` is chosen by `lookalike.stages.index.auto`. This module keys the stage and writes
+`index.type=auto` is chosen by `lookalike.stages.index.auto`; the vectors are whitened first
+(`lookalike.stages.index.whitening`, inside the written index). This module keys the stage and writes
 its folder: `index.faiss` with the search knobs and quality stats in the manifest.
 """
 
@@ -33,6 +34,7 @@ from lookalike.stages.index.factory import (
     search_params_for,
     self_retrieval_at_1,
 )
+from lookalike.stages.index.whitening import fit_whitening
 
 STAGE = "index"
 
@@ -68,19 +70,23 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
         raise IndexBuildError("no vectors to index")
     started = time.perf_counter()
     auto = None
-    if section.type == AUTO:
-        vectors = prepare_vectors(raw, "l2")
+    # the index is built over whitened vectors and written behind the whitening, so it takes raw ones
+    kind = None if section.type == AUTO else resolve_index_type(section.type)
+    prepared = prepare_vectors(raw, kind.metric if kind else "l2")
+    whitening = fit_whitening(prepared, section.whitening)
+    vectors = whitening.apply(prepared)
+    del prepared
+    if kind is None:
         choice = choose_index(vectors, row_ids, section)
         kind, index, params, auto = choice.kind, choice.index, choice.search_params, choice.report
     else:
-        kind = plan_factory(resolve_index_type(section.type), len(raw), raw.shape[1], section.nlist, section.type)
-        vectors = prepare_vectors(raw, kind.metric)
+        kind = plan_factory(kind, len(vectors), vectors.shape[1], section.nlist, section.type)
         index = build_index(vectors, row_ids, kind)
         params = search_params_for(index, section.nprobe, section.ef_search, section.refine_k_factor)
     apply_search_params(index, params)
     build_seconds = time.perf_counter() - started
     with atomic_path(folder / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
+        faiss.write_index(whitening.wrap(index), str(tmp))
     queries = sample_queries(len(vectors))
     self_at_1 = self_retrieval_at_1(index, vectors[queries], row_ids[queries])
     recall = 1.0 if kind.exact else recall_vs_exact(index, vectors, row_ids, queries, kind, RECALL_K)
@@ -90,10 +96,11 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
         "factory": kind.factory,
         "search_params": params,
         "metric": kind.metric,
-        "normalized": kind.metric == "ip",
+        "normalized": kind.metric == "ip" or whitening.applied,  # whitened vectors are unit length: cosine ranking
         "exact": kind.exact,
         "ntotal": int(index.ntotal),
-        "dim": int(vectors.shape[1]),
+        "dim": int(raw.shape[1]),
+        "whitening": whitening.stats(),
         "bytes": (folder / INDEX_FILE).stat().st_size,
         "self_retrieval_at_1": self_at_1,
         f"recall_at_{RECALL_K}": recall,
