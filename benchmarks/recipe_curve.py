@@ -4,7 +4,8 @@ Trains the product's own `encoder` stage (`run_encoder_stage`) on `--dataset` wi
 settings or `--set` overrides, and every `--probe-every` epochs (and after the last) embeds the
 whole collection with the encoder as it would be exported (`Embedder`, the one inference path) and
 scores leave-one-out retrieval exactly as the `evaluation` stage does (`label_metrics`: kNN@10,
-precision@10, mAP@10) under L2 (the default `flat-l2` index) and cosine (`flat-ip`). Probe time is
+precision@10, mAP@10) under L2 and cosine (`flat-ip`) on the raw vectors, and as the default index
+searches them (`whitened`: `flat-l2` behind `index.whitening`). Probe time is
 not pretraining time. The raw-pixel and starting-point baselines are scored on the same queries
 first. Each probe is appended to `--curve` as it happens, so a stopped run keeps what it measured.
 
@@ -55,8 +56,10 @@ def fitted(snapshot, side: int) -> torch.Tensor:
     return torch.cat(list(loader))
 
 
-def leave_one_out(vectors: np.ndarray, row_ids: np.ndarray, truths: list, label_of: dict, metric: str) -> dict:
-    ids = exact_neighbours(vectors, row_ids, vectors, metric, K + 1)  # normalises for ip itself
+def leave_one_out(
+    vectors: np.ndarray, row_ids: np.ndarray, truths: list, label_of: dict, metric: str, whitening: float = 0.0
+) -> dict:
+    ids = exact_neighbours(vectors, row_ids, vectors, metric, K + 1, whitening)  # normalises for ip itself
     found = scores(ids, row_ids, truths, label_of, K, leave_one_out=True)
     return {m: found[m] for m in ("knn_accuracy", f"precision_at_{K}", f"map_at_{K}")}
 
@@ -103,10 +106,13 @@ def main() -> None:
         return np.concatenate([embedder.embed_pixels(images[i : i + 512]) for i in range(0, len(images), 512)])
 
     method, dim = build_training_method(resolved, plan)
-    baselines = {
-        f"pixels {side}x{side}": {m: leave_one_out(pixels, row_ids, truths, label_of, m) for m in ("l2", "ip")},
-        "init": {m: leave_one_out(embed(method.encoder()), row_ids, truths, label_of, m) for m in ("l2", "ip")},
-    }
+    whitening = settings.index.whitening
+
+    def measured(vectors: np.ndarray) -> dict:
+        out = {m: leave_one_out(vectors, row_ids, truths, label_of, m) for m in ("l2", "ip")}
+        return {**out, "whitened": leave_one_out(vectors, row_ids, truths, label_of, "l2", whitening)}
+
+    baselines = {f"pixels {side}x{side}": measured(pixels), "init": measured(embed(method.encoder()))}
     del method
     print("baselines", json.dumps(baselines), flush=True)
 
@@ -126,8 +132,7 @@ def main() -> None:
             "epoch": epoch,
             "steps": steps[-1],
             "pretrain_seconds": round(seconds[-1], 1),
-            "l2": leave_one_out(vectors, row_ids, truths, label_of, "l2"),
-            "ip": leave_one_out(vectors, row_ids, truths, label_of, "ip"),
+            **measured(vectors),
         }
         curve.append(row)
         print("probe", json.dumps(row), flush=True)
@@ -148,6 +153,7 @@ def main() -> None:
             "n_images": len(row_ids),
             "sets": args.set,
             "note": args.note,
+            "whitening": whitening,
             "encoder": resolved.model_dump(mode="json"),
             "recipe": why,
             "steps": stats.get("steps"),

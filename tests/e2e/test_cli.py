@@ -47,6 +47,10 @@ def test_run_prints_the_json_summary_and_no_traceback(built):
     assert encoder["steps"] == 3 and encoder["steps_why"] == "encoder.epochs=1 x 3 steps per pass"
     assert encoder["recipe"]["width"] == {"value": 0.25, "why": "0.25 of the channels: the cheapest width that learned"}
     assert "input_size" not in encoder["recipe"]  # TINY sets it: explicit settings are not the recipe's
+    # the index's whitening, and why a collection of 48 images is left unwhitened
+    whitening = summary["index"]["whitening"]
+    assert whitening["power"] == 0.5 and whitening["applied"] is False
+    assert whitening["why"] == "skipped: 48 vectors are too few to estimate a covariance (< 100)"
 
 
 def test_the_summary_table_shows_each_score_beside_its_baselines(built):
@@ -61,6 +65,7 @@ def test_the_summary_table_shows_each_score_beside_its_baselines(built):
     assert "against baselines" in text and "gain over pixels" in text and "gain over init" in text
     assert "encoder: 3 steps (encoder.epochs=1 x 3 steps per pass)" in text
     assert "width 0.25: 0.25 of the channels: the cheapest width that learned" in text
+    assert "index whitening: skipped: 48 vectors are too few" in text
     precision = summary["baselines"]["pixels"]["precision_at_10"]
     assert f"{precision:.4f}" in text and summary["baselines"]["pixels"]["what"] in text
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.settings import load_settings
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.embeddings.stage import run_embeddings_stage
@@ -55,6 +56,16 @@ def test_an_untrained_encoder_scores_exactly_its_init_baseline(untrained):
     assert stats["gain"]["pixels"]["precision_at_10"] == pytest.approx(
         stats["precision_at_10"] - stats["baselines"]["pixels"]["precision_at_10"], abs=1e-6
     )
+
+
+def test_the_baselines_are_whitened_like_the_index(tmp_path):
+    """Over 100 images the index is whitened; an untrained encoder still scores exactly its init
+    baseline, so the baseline went through the same whitening, learned the same way."""
+    root = tmp_path / "artifacts"
+    _, evaluation = evaluate(root, **{"encoder.epochs": 0, "dataset.limit": 160})
+    index = read_manifest(root, "index", evaluation.inputs["index"])
+    assert index.stats["whitening"]["applied"] is True
+    assert evaluation.stats["gain"]["init"] == {"knn_accuracy": 0.0, "precision_at_10": 0.0, "map_at_10": 0.0}
 
 
 def test_pixel_vectors_are_the_fitted_images_flattened(tiny_chain):
