@@ -94,7 +94,7 @@ def main() -> None:
     label_of = dict(zip(map(int, row_ids), names))
     truths = [label_of[int(r)] for r in row_ids]
     section = settings.encoder
-    resolved, why, plan = resolve(section, dataset)  # what the stage trains: auto settings chosen from the data
+    resolved, why, plan = resolve(section, dataset, root)  # what the stage trains: auto settings chosen from the data
     print(f"{args.dataset}: {len(row_ids)} images; encoder {resolved.model_dump(mode='json')}", flush=True)
 
     side = pixel_side(resolved.input_size)
@@ -105,7 +105,7 @@ def main() -> None:
         embedder = Embedder.from_model(copy.deepcopy(model), encoder_spec(resolved, dim))
         return np.concatenate([embedder.embed_pixels(images[i : i + 512]) for i in range(0, len(images), 512)])
 
-    method, dim = build_training_method(resolved, plan)
+    method, dim = build_training_method(resolved, plan, root)
     whitening = settings.index.whitening
 
     def measured(vectors: np.ndarray) -> dict:

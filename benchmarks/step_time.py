@@ -54,8 +54,8 @@ def main() -> None:
     snapshot = open_snapshot(root, dataset)
     device = default_device()
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
-    section, _, plan = resolve(section, dataset)
-    method, _ = build_training_method(section, plan)
+    section, _, plan = resolve(section, dataset, root)
+    method, _ = build_training_method(section, plan, root)
     method = method.to(device, memory_format=layout).train()
     batch_size = min(section.batch_size, len(snapshot))
     total = args.steps + args.warmup

@@ -22,7 +22,7 @@ from lookalike.tasks.tracking import active_run
 LOG_EVERY_S = 10.0
 
 
-@task(**stage_options("encoder", lambda section, dataset, root: encoder_key(section, dataset)))
+@task(**stage_options("encoder", lambda section, dataset, root: encoder_key(section, dataset, root)))
 def pretrain_encoder(section: EncoderSettings, dataset: Manifest, root: Path) -> StageResult:
     logger = get_run_logger()
     tracking = active_run()

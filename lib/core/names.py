@@ -15,8 +15,15 @@ from typing import Literal, get_args
 
 from lookalike.core.errors import brief
 
-Method = Literal["dino", "simclr", "byol"]
+Method = Literal["dino", "simclr", "byol", "distill"]
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
+
+# Backbone families named by a prefix: `timm:<model name>` (any timm model, its classifier removed) and
+# `hf:<model_type>` (a transformers vision model, rebuilt from the config its init recorded).
+BACKBONE_PREFIXES = ("timm:", "hf:")
+# Where `encoder.init` and `encoder.teacher` can start from (`lookalike.stages.encoder.pretrained`):
+# these prefixes, or else a local weights file or `save_pretrained` folder.
+INIT_PREFIXES = ("lookalike:", "torchvision:", "timm:", "hf:")
 
 # lightly.models.ResNetGenerator's names: a 3x3 stem with no max-pool, for images under ~64 px.
 SMALL_IMAGE_RESNETS = ("resnet-9", "resnet-18", "resnet-34", "resnet-50", "resnet-101", "resnet-152")
@@ -174,8 +181,12 @@ _FACTORY = re.compile(r"^(" + "|".join(FAISS_FACTORY_WORDS) + r")[A-Za-z0-9_]*(\
 
 
 def check_backbone_name(name: str) -> str:
-    """Validate a backbone name: a torchvision classification model or a lightly small-image ResNet."""
+    """Validate a backbone name: a torchvision classification model, a lightly small-image ResNet,
+    or `timm:<name>` / `hf:<model_type>` (their libraries judge the rest when the backbone is built)."""
     if name in SMALL_IMAGE_RESNETS or name in TORCHVISION_MODELS:
+        return name
+    prefix = next((p for p in BACKBONE_PREFIXES if name.startswith(p)), None)
+    if prefix and re.fullmatch(r"[A-Za-z0-9_.\-/]+", name[len(prefix) :]):
         return name
     known = TORCHVISION_MODELS + SMALL_IMAGE_RESNETS
     close = [m for m in TORCHVISION_MODELS if m.startswith(name[:4])][:8]
@@ -183,6 +194,17 @@ def check_backbone_name(name: str) -> str:
     close = close or get_close_matches(name, known, n=4)
     hint = f"; similar: {', '.join(close)}" if close else "; e.g. resnet-9, resnet18, resnet50, mobilenet_v3_small"
     raise ValueError(f"unknown torchvision backbone {brief(name)}{hint}")
+
+
+def check_init_reference(reference: str) -> str:
+    """Validate the shape of an `encoder.init` / `encoder.teacher` reference (no loading here)."""
+    reference = reference.strip()
+    if not reference:
+        raise ValueError("an empty init reference: leave encoder.init unset to start from random weights")
+    prefix = next((p for p in INIT_PREFIXES if reference.startswith(p)), None)
+    if prefix is not None and not reference[len(prefix) :].strip():
+        raise ValueError(f"{brief(reference)} names no model after {prefix!r}")
+    return reference
 
 
 def split_metric(name: str) -> tuple[str, str]:

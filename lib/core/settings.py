@@ -37,6 +37,7 @@ from lookalike.core.names import (
     Method,
     check_backbone_name,
     check_index_type,
+    check_init_reference,
 )
 from lookalike.core.recipe import AUTO
 
@@ -83,7 +84,11 @@ class DatasetSettings(Section):
 class EncoderSettings(Section):
     """Self-supervised pretraining (the `encoder` stage)."""
 
-    method: Method = Field("simclr", description="SSL method from lightly: simclr, dino or byol.")
+    method: Method = Field(
+        "simclr",
+        description="SSL method from lightly: simclr, dino or byol; or distill: the backbone learns encoder.teacher's "
+        "embedding space on these images.",
+    )
     backbone: str = Field(
         "resnet-9",
         description="torchvision architecture name (resnet18, resnet50, ...) or one of lightly's small-image "
@@ -130,6 +135,31 @@ class EncoderSettings(Section):
         "copies); keyed only for simclr.",
     )
     seed: int = Field(0, description="Seed for initialisation, augmentations and shuffling.")
+    init: str | None = Field(
+        None,
+        description="Where pretraining starts (empty: random weights from seed). A weights file (.pt, .pth, .bin, "
+        ".safetensors: a state dict for backbone, or a lookalike encoder.pt), a save_pretrained folder, "
+        "lookalike:<alias or encoder stage key> (an earlier encoder in this artifacts root), "
+        "torchvision:<weights> (e.g. ResNet18_Weights.IMAGENET1K_V1), timm:<model> or hf:<model id>. Its weights "
+        "decide the backbone; steps 0 uses it as it is. Keyed by its content (init_sha256), not by where it lives.",
+    )
+    init_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The init's content hash (its tensors' names, dtypes, shapes and values, with its architecture): "
+        "filled in when the init is read and recorded in the encoder manifest; set it to refuse an init whose "
+        "weights changed.",
+    )
+    teacher: str | None = Field(
+        None,
+        description="method=distill: the model whose embedding space the backbone learns; the same references "
+        "as init. Keyed by its content (teacher_sha256).",
+    )
+    teacher_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The teacher's content hash, like init_sha256: filled in when it is read; set it to pin it.",
+    )
     num_workers: NonNegativeInt = Field(
         0, description="DataLoader worker processes (0 on a 2-core CPU: a worker would take a core from training)."
     )
@@ -162,7 +192,9 @@ class EncoderSettings(Section):
     num_nodes: PositiveInt = Field(
         1, description="strategy=ddp: machines (nodes) taking part, launched by torchrun or SLURM; in the key with ddp."
     )
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers"})
+    # where an init or teacher lives is not what it is: their content hashes are keyed instead
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers", "init", "teacher"})
+    UNSET_NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"init_sha256", "teacher_sha256"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
     SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
 
@@ -176,7 +208,29 @@ class EncoderSettings(Section):
         if self.method != "simclr":
             for name in self.SIMCLR_ONLY:
                 fields.pop(name)
+        for name in self.UNSET_NOT_IN_KEY:  # keys from before inits existed stay as they were
+            if fields.get(name) is None:
+                fields.pop(name)
         return fields
+
+    @field_validator("init", "teacher")
+    @classmethod
+    def _init_reference(cls, value: str | None) -> str | None:
+        return None if value is None or value == "" else check_init_reference(value)
+
+    @model_validator(mode="after")
+    def _teacher_for_distill(self) -> EncoderSettings:
+        if self.method == "distill" and not self.teacher:
+            raise ValueError(
+                "method=distill learns a teacher's embedding space: name it with encoder.teacher "
+                "(e.g. lookalike:production, a weights file, timm:<model> or hf:<model id>)"
+            )
+        if self.method != "distill" and (self.teacher or self.teacher_sha256):
+            raise ValueError(
+                f"encoder.teacher is read by method=distill only (method is {self.method}): set --method distill "
+                "or leave encoder.teacher unset"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_length(self) -> EncoderSettings:

@@ -41,7 +41,7 @@ def untrained(tmp_path_factory, tiny_chain):
 def test_the_starting_point_is_the_weights_training_began_with(untrained):
     root, encoder, _ = untrained
     exported, _ = load_encoder(root, encoder)  # epochs 0: exported as initialised
-    rebuilt, spec = starting_point(encoder)
+    rebuilt, spec = starting_point(encoder, root)
     assert spec.feature_dim == encoder.stats["spec"]["feature_dim"]
     for (name, a), b in zip(exported.state_dict().items(), rebuilt.state_dict().values()):
         assert torch.equal(a, b), name

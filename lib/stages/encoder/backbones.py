@@ -12,6 +12,7 @@ Two families:
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import torch
@@ -49,8 +50,9 @@ class SmallImageResNet(nn.Module):
 
 
 def check_backbone_name(name: str) -> str:
-    """Validate a backbone name: a torchvision classification model or a lightly small-image ResNet."""
-    if name in SMALL_IMAGE_RESNETS:
+    """Validate a backbone name: a torchvision classification model, a lightly small-image ResNet,
+    or a `timm:` / `hf:` model (their libraries judge those names when building)."""
+    if name in SMALL_IMAGE_RESNETS or name.startswith(("timm:", "hf:")):
         return name
     known = _classification_models()
     if name not in known:
@@ -61,20 +63,71 @@ def check_backbone_name(name: str) -> str:
     return name
 
 
-def build_backbone(name: str, input_size: int = 64, width: float = 1.0) -> tuple[nn.Module, int]:
+class Projected(nn.Module):
+    """A backbone followed by a linear projection: a distilled student mapped into its teacher's space."""
+
+    def __init__(self, backbone: nn.Module, projection: nn.Linear) -> None:
+        super().__init__()
+        self.backbone, self.projection = backbone, projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(torch.flatten(self.backbone(x), 1))
+
+
+class HFBackbone(nn.Module):
+    """A transformers vision model as a feature extractor: its pooled output (DINOv2: the normalised
+    CLS token; CNNs: the pooled map), else the first token of its last hidden state."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        fields = {k: v for k, v in config.items() if k != "model_type"}
+        self.model = AutoModel.from_config(AutoConfig.for_model(config["model_type"], **fields))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x)
+        pooled = getattr(out, "pooler_output", None)
+        return torch.flatten(pooled if pooled is not None else out.last_hidden_state[:, 0], 1)
+
+
+def _timm_backbone(name: str, input_size: int) -> nn.Module:
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # an unknown tag: create_model below says what is wrong
+        cfg = None
+    fixed = bool(cfg and getattr(cfg, "fixed_input_size", False))
+    try:  # fixed-size models (ViTs) are built for input_size; timm resamples position embeddings when loading
+        return timm.create_model(name, pretrained=False, num_classes=0, **({"img_size": input_size} if fixed else {}))
+    except RuntimeError as exc:
+        raise ValueError(f"timm cannot build {name!r}: {exc}") from None
+
+
+def build_backbone(
+    name: str, input_size: int = 64, width: float = 1.0, config: dict | None = None
+) -> tuple[nn.Module, int]:
     """A randomly initialised backbone whose forward returns (N, feature_dim) features.
 
     torchvision models get their classifier (`fc`, `classifier` or `heads`) replaced by
-    Identity; `width` scales lightly's small-image ResNets only. The feature dimension is
-    measured with one dummy forward rather than looked up per family.
+    Identity; `width` scales lightly's small-image ResNets only; `timm:<name>` is built with
+    `num_classes=0`; `hf:<model_type>` from the transformers `config` its init recorded. The feature
+    dimension is measured with one dummy forward rather than looked up per family.
     """
     if check_backbone_name(name) in SMALL_IMAGE_RESNETS:
         model: nn.Module = SmallImageResNet(name, width)
     elif width != 1.0:
         raise ValueError(
             f"width scales lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}); "
-            f"torchvision's {name!r} has a fixed width, so leave width at 1"
+            f"{name!r} has a fixed width, so leave width at 1"
         )
+    elif name.startswith("timm:"):
+        model = _timm_backbone(name.removeprefix("timm:"), input_size)
+    elif name.startswith("hf:"):
+        if not config:
+            raise ValueError(f"{name!r} is built from the config of a Hugging Face model: set encoder.init=hf:<model>")
+        model = HFBackbone(config)
     else:
         import torchvision
 
@@ -92,13 +145,14 @@ def build_backbone(name: str, input_size: int = 64, width: float = 1.0) -> tuple
 
 
 @lru_cache(maxsize=32)
-def forward_flops(name: str, width: float, input_size: int) -> float:
+def forward_flops(name: str, width: float, input_size: int, config_json: str | None = None) -> float:
     """FLOPs of one image's forward pass (torch's FlopCounterMode): the backbone's cost the
-    step budget scales by. Exact and deterministic for a given torch; leaves the RNG as it was."""
+    step budget scales by. Exact and deterministic for a given torch; leaves the RNG as it was.
+    `config_json`: an `hf:` backbone's config as JSON (hashable, for the cache)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.random.fork_rng(devices=[]):
-        model, _ = build_backbone(name, input_size, width)
+        model, _ = build_backbone(name, input_size, width, json.loads(config_json) if config_json else None)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, input_size, input_size))
     return float(counter.get_total_flops())

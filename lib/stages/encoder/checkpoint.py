@@ -14,7 +14,7 @@ from torch import nn
 
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest, atomic_path, verified_path
-from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.backbones import Projected, build_backbone
 
 ENCODER_FILE = "encoder.pt"
 FORMAT = 1
@@ -32,6 +32,9 @@ class EncoderSpec(BaseModel):
     std: tuple[float, float, float]
     method: str
     format: int = FORMAT
+    config: dict | None = None  # hf: backbones: the transformers config that rebuilds them (plain values)
+    init_sha256: str | None = None  # what training started from (`lookalike.stages.encoder.pretrained`)
+    projection: int | None = None  # a distilled student: a linear map from the backbone's features to this dim
 
 
 class EncoderLoadError(LookalikeError, RuntimeError):
@@ -43,7 +46,7 @@ def save_encoder(path: Path, backbone: nn.Module, spec: EncoderSpec) -> None:
     # Saved through a file object: torch names the zip records after a path's stem, and
     # the temp file's name would make identical weights hash differently.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save({"spec": spec.model_dump(), "state_dict": state}, fh)
+        torch.save({"spec": spec.model_dump(exclude_none=True), "state_dict": state}, fh)
 
 
 def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
@@ -58,7 +61,9 @@ def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise EncoderLoadError(f"{path} is not a lookalike encoder checkpoint (missing spec/state_dict)")
     spec = EncoderSpec.model_validate(payload["spec"])
-    backbone, _ = build_backbone(spec.architecture, spec.input_size, spec.width)
+    backbone, dim = build_backbone(spec.architecture, spec.input_size, spec.width, spec.config)
+    if spec.projection:
+        backbone = Projected(backbone, nn.Linear(dim, spec.projection))
     backbone.load_state_dict(payload["state_dict"])
     return backbone.eval(), spec
 

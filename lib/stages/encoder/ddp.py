@@ -126,7 +126,7 @@ class PretrainingModule(pl.LightningModule):
     def configure_model(self) -> None:
         """The same seeded initialisation in every process (and in the parent, for export)."""
         if self.method is None:
-            self.method, _ = build_training_method(self.section, self.plan)
+            self.method, _ = build_training_method(self.section, self.plan, self.root)
             gather_distributed_losses(self.method)
             _, self.make_views = training_images(self.section, None, self.method)
 
@@ -212,7 +212,7 @@ def train_ddp(
 ) -> Built | None:
     """Train on every process; rank 0 (the parent, when spawned) exports and returns what the
     manifest records, the other ranks of a torchrun/SLURM launch return None."""
-    method, dim = build_training_method(section, plan)
+    method, dim = build_training_method(section, plan, root)
     n = len(open_snapshot(root, dataset))
     check_trainable(section, n)
     world_size = section.devices * section.num_nodes

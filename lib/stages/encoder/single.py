@@ -48,7 +48,7 @@ def train_single(
 ) -> Built:
     """Pretrain for `plan.steps` steps in this process (resuming from `folder`'s train state) and export
     the encoder. `section` is resolved; the last pass stops when the steps are done."""
-    method, dim = build_training_method(section, plan)
+    method, dim = build_training_method(section, plan, root)
     layout = torch.channels_last if section.channels_last else torch.contiguous_format
     device = default_device()
     method = method.to(device, memory_format=layout)

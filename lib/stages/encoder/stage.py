@@ -10,6 +10,7 @@ and the manifest's `recipe` stat says why each was chosen.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,24 +19,80 @@ from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, find_manifest, stage_dir
-from lookalike.core.recipe import Plan, resolve_encoder
+from lookalike.core.recipe import AUTO, Plan, resolve_encoder
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.encoder.backbones import forward_flops
+from lookalike.stages.encoder.pretrained import Init, InitError, check_fit, read_init_cached
 from lookalike.stages.encoder.single import TRAIN_STATE, train_single
 from lookalike.stages.encoder.training import DDP_CHECKPOINTS, EncoderProbe, EpochCallback
 
 STAGE = "encoder"
 
 
-def resolve(section: EncoderSettings, dataset: Manifest) -> tuple[EncoderSettings, dict[str, str], Plan]:
-    """The settings with every `auto` chosen from the dataset's stats, why, and the training plan."""
+def resolve(
+    section: EncoderSettings, dataset: Manifest, root: Path | str | None = None
+) -> tuple[EncoderSettings, dict[str, str], Plan]:
+    """The settings with every `auto` chosen from the dataset's stats (and the init's weights), why,
+    and the training plan. `root` finds `lookalike:` inits and teachers (their encoder stages)."""
+    why: dict[str, str] = {}
+    init = read_init_cached(section.init, root or ".", section.backbone, section.width) if section.init else None
+    if init is not None and init.carries_architecture:
+        section, why = _take_architecture(section, init)
     world = section.devices * section.num_nodes if section.strategy == "ddp" else 1
-    return resolve_encoder(section, dataset.stats, forward_flops, world)
+    config_json = json.dumps(init.config, sort_keys=True, default=str) if init is not None and init.config else None
+
+    def cost_of(name: str, width: float, input_size: int) -> float:
+        return forward_flops(name, width, input_size, config_json if name.startswith("hf:") else None)
+
+    resolved, recipe_why, plan = resolve_encoder(section, dataset.stats, cost_of, world)
+    updates: dict[str, str] = {}
+    if init is not None:
+        updates["init_sha256"] = _pinned(section.init_sha256, init.sha256(resolved.backbone, resolved.width), "init")
+        check_fit(init, resolved.backbone, resolved.width, resolved.input_size)
+        why["init"] = f"{init.describe} (sha256 {updates['init_sha256'][:12]})"
+    if resolved.method == "distill":
+        teacher = read_init_cached(resolved.teacher, root or ".", resolved.backbone, resolved.width)
+        if not teacher.carries_architecture:
+            raise InitError(
+                f"teacher {resolved.teacher!r} is a bare state dict: name a model that carries its architecture "
+                "(a lookalike encoder, torchvision:, timm:, hf: or a save_pretrained folder)"
+            )
+        updates["teacher_sha256"] = _pinned(resolved.teacher_sha256, teacher.sha256(), "teacher")
+        check_fit(teacher, teacher.architecture, teacher.width, teacher.native_size or resolved.input_size)
+        why["teacher"] = f"{teacher.describe} (sha256 {updates['teacher_sha256'][:12]})"
+    return resolved.model_copy(update=updates), {**recipe_why, **why}, plan
 
 
-def encoder_key(section: EncoderSettings, dataset: Manifest) -> str:
+def _take_architecture(section: EncoderSettings, init: Init) -> tuple[EncoderSettings, dict[str, str]]:
+    """An init that carries its architecture decides the backbone (and, left at auto, the input size)."""
+    explicit = section.model_fields_set
+    for name, value in (("backbone", init.architecture), ("width", init.width)):
+        if name in explicit and getattr(section, name) not in (value, AUTO):
+            raise InitError(
+                f"encoder.init={section.init} is {init.architecture}"
+                + (f" x{init.width:g}" if init.width != 1.0 else "")
+                + f", but encoder.{name}={getattr(section, name)} asks for another architecture: drop one of them"
+            )
+    updates: dict = {"backbone": init.architecture, "width": init.width}
+    why = {"backbone": f"the init's architecture ({init.describe})"}
+    if section.input_size == AUTO and init.native_size:
+        updates["input_size"] = init.native_size
+        why["input_size"] = f"the size the init was trained at ({init.native_size} px)"
+    return section.model_copy(update=updates), why
+
+
+def _pinned(pin: str | None, actual: str, what: str) -> str:
+    if pin is not None and pin != actual:
+        raise InitError(
+            f"the {what}'s weights changed: their sha256 is {actual}, encoder.{what}_sha256 pins {pin}; point "
+            f"encoder.{what} at the weights you pinned, or update the pin if the change is intended"
+        )
+    return actual
+
+
+def encoder_key(section: EncoderSettings, dataset: Manifest, root: Path | str | None = None) -> str:
     """The stage key: made from the resolved settings, so `auto` and the values it chose share a key."""
-    resolved, _, _ = resolve(section, dataset)
+    resolved, _, _ = resolve(section, dataset, root)
     return key_for(STAGE, resolved.key_fields(), {"dataset": dataset.key})
 
 
@@ -47,7 +104,7 @@ def run_encoder_stage(
     probe: EncoderProbe | None = None,
 ) -> StageResult:
     """Pretrain (or resume pretraining) and export a self-describing encoder checkpoint."""
-    section, why, plan = resolve(section, dataset)
+    section, why, plan = resolve(section, dataset, root)
     key = key_for(STAGE, section.key_fields(), {"dataset": dataset.key})
     if section.strategy == "ddp" and find_manifest(root, STAGE, key) is None:
         from lookalike.stages.encoder.ddp import launched_rank, train_ddp

@@ -23,6 +23,7 @@ from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
+from lookalike.stages.encoder.pretrained import Init, fitted_backbone, starting_weights
 from lookalike.stages.pictures import save_loss_curve
 
 LOSS_CURVE = "loss.png"
@@ -34,19 +35,39 @@ EpochCallback = Callable[[int, int, float, float], None]
 EncoderProbe = Callable[[int, torch.nn.Module], None]
 
 
-def build_training_method(section: EncoderSettings, plan: Plan) -> tuple[torch.nn.Module, int]:
-    """The method (backbone and heads) freshly initialised from `section.seed`, and its feature dim.
-    `section` is resolved (`lookalike.core.recipe.resolve_encoder`): no `auto` left."""
+def build_training_method(section: EncoderSettings, plan: Plan, root: Path | str) -> tuple[torch.nn.Module, int]:
+    """The method (backbone and heads) freshly initialised from `section.seed` (the backbone from
+    `encoder.init` when set), and its feature dim. `section` is resolved
+    (`lookalike.stages.encoder.stage.resolve`): no `auto` left, the init's sha256 filled in."""
     seed_everything(section.seed)
-    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
+    init, teacher = starting_weights(section, root)
+    backbone, dim = _starting_backbone(section, init)
     options = MethodOptions(
         input_size=section.input_size,
         epochs=plan.epochs,
         crop_min_scale=section.crop_min_scale,
         colour_jitter=section.colour_jitter,
         temperature=section.temperature,
+        normalize=normalization(init),
+        teacher=teacher,
     )
     return build_method(section.method, backbone, dim, options), dim
+
+
+def _starting_backbone(section: EncoderSettings, init: Init | None) -> tuple[torch.nn.Module, int]:
+    if init is None:
+        return build_backbone(section.backbone, section.input_size, section.width)
+    model = fitted_backbone(init, section.backbone, section.width, section.input_size)
+    with torch.no_grad():
+        dim = model(torch.zeros(2, 3, section.input_size, section.input_size)).flatten(1).shape[1]
+    return model, int(dim)
+
+
+def normalization(init: Init | None) -> dict[str, list[float]]:
+    """The mean and std images are normalised with: the init's own, else ImageNet's (lightly's default)."""
+    if init is None or not init.carries_architecture:
+        return {"mean": list(IMAGENET_NORMALIZE["mean"]), "std": list(IMAGENET_NORMALIZE["std"])}
+    return {"mean": list(init.mean), "std": list(init.std)}
 
 
 def check_trainable(section: EncoderSettings, n: int) -> None:
@@ -82,35 +103,70 @@ def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module)
     return SnapshotImages(snapshot, method.transform), None
 
 
-def encoder_spec(section: EncoderSettings, dim: int) -> EncoderSpec:
-    """What rebuilds and feeds an encoder trained with these settings."""
+def encoder_spec(section: EncoderSettings, dim: int, init: Init | None = None) -> EncoderSpec:
+    """What rebuilds and feeds an encoder trained with these settings (from `init`, when it had one)."""
+    norm = normalization(init)
     return EncoderSpec(
         architecture=section.backbone,
         width=section.width,
         feature_dim=dim,
         input_size=section.input_size,
-        mean=tuple(IMAGENET_NORMALIZE["mean"]),
-        std=tuple(IMAGENET_NORMALIZE["std"]),
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
         method=section.method,
+        config=init.config if init is not None else None,
+        init_sha256=section.init_sha256,
     )
 
 
-def starting_point(encoder: Manifest) -> tuple[torch.nn.Module, EncoderSpec]:
-    """The backbone a finished encoder stage started training from, rebuilt from its recorded
-    settings: seeded exactly as `build_training_method` seeds it, so its weights are the ones
-    training began with (the evaluation's "what did training add" baseline)."""
+def recorded_settings(encoder: Manifest) -> EncoderSettings:
+    """The resolved settings a finished encoder stage recorded."""
     fields = {name: value for name, value in encoder.settings.items() if name in EncoderSettings.model_fields}
-    section = EncoderSettings.model_validate(fields)
+    return EncoderSettings.model_validate(fields)
+
+
+def starting_point(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module, EncoderSpec]:
+    """The backbone a finished encoder stage started training from, rebuilt from its recorded
+    settings: seeded exactly as `build_training_method` seeds it, or its init read again and checked
+    against the recorded sha256, so its weights are the ones training began with (the evaluation's
+    "what did training add" baseline)."""
+    section = recorded_settings(encoder)
     seed_everything(section.seed)
-    backbone, dim = build_backbone(section.backbone, section.input_size, section.width)
-    return backbone.eval(), encoder_spec(section, dim)
+    init, _ = starting_weights(section, root)
+    backbone, dim = _starting_backbone(section, init)
+    return backbone.eval(), encoder_spec(section, dim, init)
+
+
+def teacher_model(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module, EncoderSpec] | None:
+    """A distilled encoder's teacher as it embeds (its own input size and normalisation); None otherwise."""
+    section = recorded_settings(encoder)
+    if section.method != "distill":
+        return None
+    _, teacher = starting_weights(section, root)
+    size = teacher.native_size or section.input_size
+    model = teacher.backbone(size)
+    with torch.no_grad():
+        dim = model(torch.zeros(2, 3, size, size)).flatten(1).shape[1]
+    spec = EncoderSpec(
+        architecture=teacher.architecture,
+        width=teacher.width,
+        feature_dim=int(dim),
+        input_size=size,
+        mean=teacher.mean,
+        std=teacher.std,
+        method="teacher",
+        config=teacher.config,
+    )
+    return model, spec
 
 
 def export_encoder(
     section: EncoderSettings, method: torch.nn.Module, dim: int, folder: Path, root: Path, losses: list[float]
 ) -> tuple[EncoderSpec, list[str]]:
     """Write encoder.pt (and the loss curve): the one checkpoint format every later stage reads."""
-    spec = encoder_spec(section, dim)
+    init, _ = starting_weights(section, root)
+    projection = getattr(method, "projection_dim", None)  # distill: the student speaks the teacher's dim
+    spec = encoder_spec(section, projection or dim, init).model_copy(update={"projection": projection})
     save_encoder(folder / ENCODER_FILE, method.encoder().to(memory_format=torch.contiguous_format), spec)
     files = [ENCODER_FILE]
     if losses:
@@ -137,7 +193,7 @@ def training_stats(
     (`batch_size`: images per step, all processes together)."""
     images = plan.steps * batch_size
     return {
-        "spec": spec.model_dump(),
+        "spec": spec.model_dump(exclude_none=True),
         "losses": losses,
         "epoch_seconds": [round(s, 2) for s in epoch_seconds],
         "n_images": n,

@@ -2,8 +2,10 @@
 
 - `pixels`: the images themselves, fitted to a square of at most `PIXEL_SIDE` pixels (the encoder's
   input size when smaller) and flattened. What any encoder must beat to have learned anything.
-- `init`: the encoder as training found it (its seeded starting point, `starting_point`), embedded
-  through the one inference path. What pretraining added.
+- `init`: the encoder as training found it (its seeded starting point, or the `encoder.init` it
+  continued from: `starting_point`), embedded through the one inference path. What pretraining added.
+- `teacher`: a distilled encoder's teacher (`method=distill`), always measured for one: the student's
+  scores are reported as fractions of it (`distillation`), with both models' embedding speed.
 
 Both search exactly (a flat index in the run index's metric, whitened like the run's index by the
 same rule on their own vectors) over every indexed image, so a gain over them is the encoder's, not
@@ -12,8 +14,10 @@ the index type's or the whitening's. The run's own numbers come from its index.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -23,12 +27,13 @@ from torch.utils.data import DataLoader
 from lookalike.core.manifest import Manifest
 from lookalike.core.progress import progress
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
-from lookalike.stages.encoder.training import starting_point
+from lookalike.stages.encoder.training import starting_point, teacher_model
 from lookalike.stages.index.factory import prepare_vectors, search
 from lookalike.stages.index.whitening import fit_whitening
 from lookalike.stages.inference import Embedder
 
 PIXEL_SIDE = 32
+SPEED_SAMPLE = 512  # images each model embeds for the distillation's speed comparison
 BASELINE_METRICS = ("knn_accuracy", "precision_at_{k}", "map_at_{k}")
 
 # vectors(snapshot) -> (n, dim) float32 in snapshot row order
@@ -57,10 +62,14 @@ def pixel_vectors(snapshot, side: int, batch_size: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, side * side * 3), np.float32)
 
 
-def baselines(names: tuple[str, ...], encoder: Manifest, channels_last: bool, batch_size: int) -> list[Baseline]:
-    """The baselines asked for, ready to turn a snapshot into vectors."""
+def baselines(
+    names: tuple[str, ...], encoder: Manifest, root: Path, channels_last: bool, batch_size: int
+) -> list[Baseline]:
+    """The baselines asked for (and a distilled encoder's teacher), ready to turn a snapshot into vectors."""
     spec = encoder.stats["spec"]
     out = []
+    if encoder.settings.get("method") == "distill" and "teacher" not in names:
+        names = (*names, "teacher")
     for name in names:
         if name == "pixels":
             side = pixel_side(spec["input_size"])
@@ -71,16 +80,60 @@ def baselines(names: tuple[str, ...], encoder: Manifest, channels_last: bool, ba
             settings = encoder.settings
             width = f" x{settings['width']:g}" if settings.get("width", 1.0) != 1.0 else ""
             describe = f"{settings['backbone']}{width} at its starting point (seed {settings.get('seed', 0)})"
+            if settings.get("init"):
+                describe = f"{settings['backbone']}{width} as its init {settings['init']} left it"
 
             def init_vectors(snapshot) -> np.ndarray:
-                model, init_spec = starting_point(encoder)
+                model, init_spec = starting_point(encoder, root)
                 embedder = Embedder.from_model(model, init_spec, channels_last=channels_last)
                 return embedder.embed_snapshot(snapshot, batch_size=batch_size, desc="evaluation: init baseline")
 
             out.append(Baseline(name, describe, init_vectors))
+        elif name == "teacher":
+
+            def teacher_vectors(snapshot) -> np.ndarray:
+                model, teacher_spec = teacher_model(encoder, root)
+                embedder = Embedder.from_model(model, teacher_spec, channels_last=channels_last)
+                return embedder.embed_snapshot(snapshot, batch_size=batch_size, desc="evaluation: the teacher")
+
+            out.append(Baseline(name, f"the teacher {encoder.settings.get('teacher')}", teacher_vectors))
         else:
             raise ValueError(f"unknown baseline {name!r}")
     return out
+
+
+def images_per_second(embedder: Embedder, snapshot, n: int = SPEED_SAMPLE, batch_size: int = 256) -> float:
+    """How fast `embedder` turns decoded images into vectors: the same first `n` rows for every model,
+    decoded and fitted once beforehand, after one warm-up batch (this process, its threads)."""
+    rows = snapshot.select(range(min(n, len(snapshot))))
+    batches = list(embedder.loader(rows, batch_size=batch_size))
+    if not batches:
+        return 0.0
+    embedder.embed_pixels(batches[0])
+    started = time.perf_counter()
+    for batch in batches:
+        embedder.embed_pixels(batch)
+    return round(sum(len(b) for b in batches) / (time.perf_counter() - started), 1)
+
+
+def distillation_report(
+    root: Path, encoder: Manifest, run: dict, teacher: dict, snapshot, channels_last: bool, k: int
+) -> dict:
+    """The student as a fraction of its teacher on the same queries, and how much faster it embeds."""
+    names = [m.format(k=k) for m in BASELINE_METRICS]
+    student = Embedder(root, encoder, channels_last=channels_last)
+    model, spec = teacher_model(encoder, root)
+    speed = {"student": images_per_second(student, snapshot)}
+    speed["teacher"] = images_per_second(Embedder.from_model(model, spec, channels_last=channels_last), snapshot)
+    return {
+        "teacher": encoder.settings.get("teacher"),
+        "fraction": {
+            m: round(run[m] / teacher[m], 4) if run.get(m) is not None and teacher.get(m) else None for m in names
+        },
+        "images_per_second": speed,
+        "speedup": round(speed["student"] / speed["teacher"], 2) if speed["teacher"] else None,
+        "speed_images": min(SPEED_SAMPLE, len(snapshot)),
+    }
 
 
 def exact_neighbours(

@@ -31,7 +31,7 @@ from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
 from lookalike.stages.embeddings.shards import load_embeddings
-from lookalike.stages.evaluation.baselines import baselines, exact_neighbours, gains
+from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
 from lookalike.stages.evaluation.metrics import scores
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.inference import Embedder
@@ -184,13 +184,23 @@ def _evaluate(
         _, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
         truths = [asked.labels[p] for p in picks]
         stats.update(scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
-        if section.baselines:
-            encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+        encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+        if section.baselines or encoder.settings.get("method") == "distill":
             measured = _measure_baselines(
-                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest
+                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest, root
             )
             stats["baselines"] = measured
             stats["gain"] = gains(stats, measured, section.k)
+            if "teacher" in measured:
+                stats["distillation"] = distillation_report(
+                    root,
+                    encoder,
+                    stats,
+                    measured["teacher"],
+                    snapshot,
+                    embeddings.settings.get("channels_last", True),
+                    section.k,
+                )
     else:
         stats.update(
             {"knn_accuracy": None, f"precision_at_{section.k}": None, f"map_at_{section.k}": None, "per_class": None}
@@ -216,6 +226,7 @@ def _measure_baselines(
     truths: list[str | None],
     label_of: dict[int, str | None],
     index_manifest: Manifest,
+    root: Path,
 ) -> dict[str, dict[str, Any]]:
     """Each baseline's scores on exactly the run's queries: the same rows, protocol, k, metric and whitening."""
     metric = index_manifest.stats["metric"]
@@ -225,6 +236,7 @@ def _measure_baselines(
     kinds = baselines(
         section.baselines,
         encoder,
+        root,
         channels_last=embeddings.settings.get("channels_last", True),
         batch_size=embeddings.settings.get("batch_size", 256),
     )

@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lookalike.stages.encoder.methods import byol, dino, simclr
+from lookalike.stages.encoder.methods import byol, dino, distill, simclr
 from lookalike.stages.encoder.methods.options import MethodOptions
 
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "dino": dino.DINO,
     "simclr": simclr.SimCLR,
     "byol": byol.BYOL,
+    "distill": distill.Distill,
 }
 
 

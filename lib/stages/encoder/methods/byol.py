@@ -13,8 +13,6 @@ from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Trans
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
-
 if TYPE_CHECKING:
     from lookalike.stages.encoder.methods.options import MethodOptions
 
@@ -34,10 +32,10 @@ class BYOL(nn.Module):
         crop.update(options.jitter())
         self.transform = BYOLTransform(
             view_1_transform=BYOLView1Transform(
-                input_size=options.input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
+                input_size=options.input_size, gaussian_blur=0.0, normalize=options.normalize, **crop
             ),
             view_2_transform=BYOLView2Transform(
-                input_size=options.input_size, gaussian_blur=0.0, normalize=IMAGENET_NORMALIZE, **crop
+                input_size=options.input_size, gaussian_blur=0.0, normalize=options.normalize, **crop
             ),
         )
 

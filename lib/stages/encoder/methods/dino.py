@@ -14,8 +14,6 @@ from lightly.transforms import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
-
 if TYPE_CHECKING:
     from lookalike.stages.encoder.methods.options import MethodOptions
 
@@ -46,7 +44,7 @@ class DINO(nn.Module):
                 if options.crop_min_scale
                 else {}
             ),
-            normalize=IMAGENET_NORMALIZE,
+            normalize=options.normalize,
             **options.jitter(),
         )
 

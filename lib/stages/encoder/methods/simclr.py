@@ -10,8 +10,6 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from torch import nn
 
-from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
-
 if TYPE_CHECKING:
     from lookalike.stages.encoder.methods.options import MethodOptions
 
@@ -25,7 +23,7 @@ class SimCLR(nn.Module):
         self.transform = SimCLRTransform(
             input_size=options.input_size,
             gaussian_blur=0.0,
-            normalize=IMAGENET_NORMALIZE,
+            normalize=options.normalize,
             **options.jitter(),
             **({"min_scale": options.crop_min_scale} if options.crop_min_scale else {}),
         )
