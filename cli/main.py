@@ -36,6 +36,7 @@ class MethodChoice(str, Enum):
     dino = "dino"
     simclr = "simclr"
     byol = "byol"
+    distill = "distill"  # with --set encoder.teacher=<model>
 
 
 Dataset = Annotated[
@@ -43,7 +44,10 @@ Dataset = Annotated[
     typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder."),
 ]
 Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
-MethodOpt = Annotated[Optional[MethodChoice], typer.Option("--method", help="SSL pretraining method.")]
+MethodOpt = Annotated[
+    Optional[MethodChoice],
+    typer.Option("--method", help="SSL pretraining method, or distill (with --set encoder.teacher=<model>)."),
+]
 Epochs = Annotated[
     Optional[int], typer.Option(help="Pretraining length in passes over the collection (instead of --steps).")
 ]

@@ -17,6 +17,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     from lookalike.reporting.summary import (  # imports torch and faiss: only once there is a summary
         baseline_rows,
         baselines_line,
+        distillation_line,
         embedding_counts_line,
         recipe_lines,
     )
@@ -57,6 +58,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             )
         console.print(against)
         console.print(baselines_line(summary), highlight=False, soft_wrap=True)
+    if distilled := distillation_line(summary):
+        console.print(distilled, highlight=False, soft_wrap=True, markup=False)
 
     skipped = summary.get("skipped") or []
     if skipped:

@@ -36,6 +36,16 @@ def publish_report(summary: dict[str, Any]) -> None:
             {"metric": f"gain over {name}/{k}", "value": v}
             for name, g in (summary.get("gain") or {}).items()
             for k, v in g.items()
+        ]
+        + [
+            {"metric": f"distillation/{k}", "value": v}
+            for k, v in {
+                **{
+                    f"fraction of the teacher's {m}": f
+                    for m, f in (summary.get("distillation") or {}).get("fraction", {}).items()
+                },
+                **({"speedup": summary["distillation"]["speedup"]} if summary.get("distillation") else {}),
+            }.items()
         ],
         key="retrieval-metrics",
         description="Retrieval metrics of this run",

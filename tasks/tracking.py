@@ -130,6 +130,11 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         header, rows = table
         run.set_summary({f"{column}/{row[0]}": value for row in rows for column, value in zip(header[1:], row[1:])})
         run.log_table("evaluation/baselines", header, rows)
+    if distilled := summary.get("distillation"):  # the student against its teacher, same queries
+        run.set_summary(
+            {f"distillation/fraction/{k}": v for k, v in distilled["fraction"].items()}
+            | {"distillation/speedup": distilled["speedup"]}
+        )
     if summary["skipped"]:  # every unreadable image, with why (capped as in the manifest)
         run.log_table(
             "dataset/skipped",
@@ -161,6 +166,7 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
         "metrics": summary["metrics"],
         "baselines": summary.get("baselines"),
         "gain": summary.get("gain"),
+        "distillation": summary.get("distillation"),
         "encoder_sha256": encoder.manifest.file(ENCODER_FILE).sha256,
     }
     manifests = {name: r.manifest for name, r in reports.items()}

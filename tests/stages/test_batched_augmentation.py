@@ -18,11 +18,14 @@ from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.batched import BatchedViews, kornia_op
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
+from lookalike.stages.encoder.pretrained import Init
 
 
 def method(name: str, size: int = 28, crop_min_scale=None):
     backbone, dim = build_backbone("resnet-9", size, 0.25)
-    return build_method(name, backbone, dim, MethodOptions(size, epochs=2, crop_min_scale=crop_min_scale))
+    teacher = Init.of_module(build_backbone("resnet-9", size, 0.5)[0], "resnet-9", 0.5) if name == "distill" else None
+    options = MethodOptions(size, epochs=2, crop_min_scale=crop_min_scale, teacher=teacher)
+    return build_method(name, backbone, dim, options)
 
 
 def image(seed: int = 0, size: int = 28) -> Image.Image:

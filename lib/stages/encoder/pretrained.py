@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
 ENCODER_FILE = "encoder.pt"  # lookalike.stages.encoder.checkpoint's file (imported from there would be a cycle)
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_TIMEOUT_S = 5.0
 
 
 class InitError(LookalikeError, ValueError):
@@ -56,6 +58,22 @@ class Init:
     std: tuple[float, float, float]
     carries_architecture: bool  # False: a bare state dict for encoder.backbone
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
+
+    @classmethod
+    def of_module(cls, model: nn.Module, architecture: str, width: float = 1.0, native_size: int | None = None) -> Init:
+        """An init made from a backbone in memory (benchmarks and tests build teachers this way)."""
+        return cls(
+            reference=f"<{architecture} in memory>",
+            describe=f"{architecture} in memory",
+            architecture=architecture,
+            width=width,
+            config=None,
+            native_size=native_size,
+            mean=tuple(IMAGENET_NORMALIZE["mean"]),
+            std=tuple(IMAGENET_NORMALIZE["std"]),
+            carries_architecture=True,
+            state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        )
 
     def sha256(self, architecture: str | None = None, width: float | None = None) -> str:
         return weights_sha256(self.state_dict, architecture or self.architecture, width or self.width, self.config)
@@ -206,8 +224,19 @@ def _from_torchvision(reference: str, name: str, root: Path) -> Init:
 
 def _from_timm(reference: str, name: str, root: Path) -> Init:
     timm = _optional("timm", reference)
+    overlay = {}
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
+        hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    except Exception:  # unknown name or tag: create_model below says which
+        hub_id = None
+    if hub_id:
+        cached = _hub_cached(hub_id.split("@")[0], ("model.safetensors", "pytorch_model.bin"))
+        if cached is not None:  # read from the cache without asking the hub
+            overlay = {"pretrained_cfg_overlay": {"file": cached}}
+        else:
+            _require_hub(reference, name)
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0, **overlay)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
             raise InitError(f"init {reference!r}: timm has no model {name!r} (timm.list_models lists them)") from None
@@ -231,9 +260,15 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 
 def _from_hf(reference: str, name: str, root: Path) -> Init:
     transformers = _optional("transformers", reference)
-    try:
-        model = transformers.AutoModel.from_pretrained(name)
-    except Exception as exc:  # OSError (offline, not cached, not a model folder), ValueError (unknown type)
+    try:  # a folder, or the hub's local cache: no network
+        model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
+    except OSError:
+        _require_hub(reference, name)
+        try:
+            model = transformers.AutoModel.from_pretrained(name)
+        except Exception as exc:  # OSError (not on the hub, no access), ValueError (unknown model type)
+            raise _unreachable(reference, name, exc) from None
+    except ValueError as exc:  # a config of a model type this transformers does not know
         raise _unreachable(reference, name, exc) from None
     config = model.config.to_dict()
     mean, std = IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]
@@ -341,6 +376,30 @@ def _optional(module: str, reference: str):
         raise InitError(
             f"init {reference!r} needs {module}, which is not installed: pip install 'lookalike[pretrained]'"
         ) from None
+
+
+def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _require_hub(reference: str, name: str) -> None:
+    """Fail in one line, at once, when the weights are not cached and the hub cannot be reached
+    (huggingface_hub would retry for half a minute before saying the same)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise _unreachable(reference, name, OSError("HF_HUB_OFFLINE is set and the local cache does not hold it"))
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError as exc:
+        raise _unreachable(reference, name, OSError(f"{host} is unreachable: {exc}")) from None
 
 
 def _unreachable(reference: str, name: str, exc: Exception) -> InitError:
