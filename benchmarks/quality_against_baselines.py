@@ -62,6 +62,7 @@ def main() -> None:
             "run": {m: metrics.get(m) for m in ("knn_accuracy", "precision_at_10", "map_at_10")},
             "baselines": summary.get("baselines"),
             "gain": summary.get("gain"),
+            **({"distillation": summary["distillation"]} if summary.get("distillation") else {}),
             "encoder": summary.get("encoder"),
             "stage_seconds": {name: stage["seconds"] for name, stage in summary["stages"].items()},
             "command_seconds": round(seconds, 1),

@@ -53,6 +53,14 @@ CHANGES = {
     "encoder.strategy": "ddp",
     "encoder.devices": ({"encoder.strategy": "ddp"}, 2),
     "encoder.num_nodes": ({"encoder.strategy": "ddp"}, 2),
+    "encoder.init": "{weights}",
+    # a pin of the weights read changes nothing: the key holds their hash either way
+    "encoder.init_sha256": ({"encoder.init": "{weights}"}, "{weights_sha256}"),
+    "encoder.teacher": ({"encoder.method": "distill", "encoder.teacher": "{weights}"}, "{other_weights}"),
+    "encoder.teacher_sha256": (
+        {"encoder.method": "distill", "encoder.teacher": "{weights}"},
+        "{weights_sha256}",
+    ),
     "embeddings.shard_size": 512,
     "embeddings.batch_size": 64,
     "embeddings.num_workers": 2,
@@ -150,6 +158,28 @@ def test_every_setting_is_in_the_table_and_has_a_change_to_try():
     assert set(CHANGES) == all_settings()
 
 
+def encoder_files(folder) -> dict[str, str]:
+    """Two lookalike encoder checkpoints (different seeds) to start from or distil, and the first one's hash."""
+    import torch
+
+    from lookalike.stages.encoder.backbones import build_backbone
+    from lookalike.stages.encoder.checkpoint import EncoderSpec, save_encoder
+    from lookalike.stages.encoder.pretrained import read_init
+
+    out = {}
+    for seed, name in ((0, "weights"), (1, "other_weights")):
+        torch.manual_seed(seed)
+        model, dim = build_backbone("resnet-9", 16, 0.25)
+        spec = EncoderSpec(
+            architecture="resnet-9", width=0.25, feature_dim=dim, input_size=16,
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), method="simclr",
+        )  # fmt: skip
+        save_encoder(folder / f"{name}.pt", model, spec)
+        out[name] = str(folder / f"{name}.pt")
+    out["weights_sha256"] = read_init(out["weights"], folder, "resnet-9", 0.25).sha256()
+    return out
+
+
 @pytest.mark.parametrize("setting", sorted(CHANGES))
 def test_changing_a_setting_changes_exactly_the_keys_the_table_lists(setting, tmp_path):
     images = tmp_path / "images"
@@ -157,8 +187,10 @@ def test_changing_a_setting_changes_exactly_the_keys_the_table_lists(setting, tm
         make_png(images / f"{i}.png", i)
     change = CHANGES[setting]
     base, value = change if isinstance(change, tuple) and isinstance(change[0], dict) else ({}, change)
-    if value == "{images}":
-        value = str(images)
+    files = encoder_files(tmp_path) if "{" in f"{base}{value}" and "{images}" != value else {}
+    files["images"] = str(images)
+    base = {k: v.format(**files) if isinstance(v, str) else v for k, v in base.items()}
+    value = value.format(**files) if isinstance(value, str) else value
     before = keys(load_settings(base), tmp_path / "hf")
     after = keys(load_settings({**base, setting: value}), tmp_path / "hf")
     changed = {stage for stage in STAGES if before[stage] != after[stage]}
