@@ -134,6 +134,25 @@ def tiny(root: Path):
     return load_settings({**TINY, "artifacts_root": str(root)})
 
 
+def evaluated_chain(root: Path, **changes):
+    """(encoder, evaluation) manifests of a TINY + `changes` chain through the stage runners, with
+    held-out queries: dataset -> encoder -> embeddings -> index -> evaluation (stages already there are reused)."""
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.dataset.stage import run_dataset_stage
+    from lookalike.stages.embeddings.stage import run_embeddings_stage
+    from lookalike.stages.encoder.stage import run_encoder_stage
+    from lookalike.stages.evaluation.stage import query_dataset_section, run_evaluation_stage
+    from lookalike.stages.index.stage import run_index_stage
+
+    settings = load_settings({**TINY, **changes, "artifacts_root": str(root)})
+    dataset = run_dataset_stage(settings.dataset, root).manifest
+    queries = run_dataset_stage(query_dataset_section(settings.dataset, settings.evaluation, root), root).manifest
+    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
+    embeddings = run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
+    index = run_index_stage(settings.index, embeddings, root).manifest
+    return encoder, run_evaluation_stage(settings.evaluation, dataset, embeddings, index, root, queries).manifest
+
+
 @pytest.fixture(scope="session")
 def tiny_chain(tmp_path_factory) -> Path:
     """A TINY dataset → encoder → embeddings → index chain, built once per test run through the

@@ -8,34 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import evaluated_chain
 from lookalike.artifacts.shared_root import read_manifest
-from lookalike.core.settings import load_settings
-from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
-from lookalike.stages.embeddings.stage import run_embeddings_stage
+from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.encoder.checkpoint import load_encoder
-from lookalike.stages.encoder.stage import run_encoder_stage
 from lookalike.stages.encoder.training import starting_point
 from lookalike.stages.evaluation.baselines import pixel_vectors
-from lookalike.stages.evaluation.stage import query_dataset_section, run_evaluation_stage
-from lookalike.stages.index.stage import run_index_stage
-
-
-def evaluate(root, **changes):
-    settings = load_settings({**TINY, **changes, "artifacts_root": str(root)})
-    dataset = run_dataset_stage(settings.dataset, root).manifest
-    queries = run_dataset_stage(query_dataset_section(settings.dataset, settings.evaluation, root), root).manifest
-    encoder = run_encoder_stage(settings.encoder, dataset, root).manifest
-    embeddings = run_embeddings_stage(settings.embeddings, dataset, encoder, root).manifest
-    index = run_index_stage(settings.index, embeddings, root).manifest
-    return encoder, run_evaluation_stage(settings.evaluation, dataset, embeddings, index, root, queries).manifest
 
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory, tiny_chain):
     root = tmp_path_factory.mktemp("baselines") / "artifacts"
     shutil.copytree(tiny_chain / "dataset", root / "dataset")
-    return root, *evaluate(root, **{"encoder.epochs": 0})
+    return root, *evaluated_chain(root, **{"encoder.epochs": 0})
 
 
 def test_the_starting_point_is_the_weights_training_began_with(untrained):
@@ -62,7 +47,7 @@ def test_the_baselines_are_whitened_like_the_index(tmp_path):
     """Over 100 images the index is whitened; an untrained encoder still scores exactly its init
     baseline, so the baseline went through the same whitening, learned the same way."""
     root = tmp_path / "artifacts"
-    _, evaluation = evaluate(root, **{"encoder.epochs": 0, "dataset.limit": 160})
+    _, evaluation = evaluated_chain(root, **{"encoder.epochs": 0, "dataset.limit": 160})
     index = read_manifest(root, "index", evaluation.inputs["index"])
     assert index.stats["whitening"]["applied"] is True
     assert evaluation.stats["gain"]["init"] == {"knn_accuracy": 0.0, "precision_at_10": 0.0, "map_at_10": 0.0}
@@ -81,5 +66,5 @@ def test_pixel_vectors_are_the_fitted_images_flattened(tiny_chain):
 def test_baselines_can_be_turned_off(tmp_path, tiny_chain):
     root = tmp_path / "artifacts"
     shutil.copytree(tiny_chain, root, ignore=shutil.ignore_patterns(".*.lock"))
-    _, evaluation = evaluate(root, **{"evaluation.baselines": []})
+    _, evaluation = evaluated_chain(root, **{"evaluation.baselines": []})
     assert "baselines" not in evaluation.stats and "gain" not in evaluation.stats

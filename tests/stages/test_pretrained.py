@@ -12,19 +12,16 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, evaluated_chain
 from lookalike.artifacts.aliases import set_alias
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.errors import LookalikeError
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.stage import run_dataset_stage
-from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.checkpoint import load_encoder
 from lookalike.stages.encoder.pretrained import InitError, read_init
 from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
-from lookalike.stages.evaluation.stage import query_dataset_section, run_evaluation_stage
-from lookalike.stages.index.stage import run_index_stage
 from lookalike.stages.inference import Embedder
 
 
@@ -34,17 +31,6 @@ def settings(root, **changes):
 
 def dataset_of(root):
     return run_dataset_stage(settings(root).dataset, root).manifest
-
-
-def chain(root, **changes):
-    """dataset -> encoder -> embeddings -> index -> evaluation (held-out queries) for TINY + changes."""
-    s = settings(root, **changes)
-    dataset = run_dataset_stage(s.dataset, root).manifest
-    queries = run_dataset_stage(query_dataset_section(s.dataset, s.evaluation, root), root).manifest
-    encoder = run_encoder_stage(s.encoder, dataset, root).manifest
-    embeddings = run_embeddings_stage(s.embeddings, dataset, encoder, root).manifest
-    index = run_index_stage(s.index, embeddings, root).manifest
-    return encoder, run_evaluation_stage(s.evaluation, dataset, embeddings, index, root, queries).manifest
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +106,7 @@ def test_weights_of_another_architecture_are_refused_in_one_line(root, trained, 
 
 def test_init_from_a_lookalike_encoder_by_alias_continues_training_and_is_refused_when_tampered(root, trained):
     changes = {"encoder.init": "lookalike:teacher"}
-    encoder, evaluation = chain(root, **changes)
+    encoder, evaluation = evaluated_chain(root, **changes)
     assert encoder.key not in (trained.key, random_key(root))
     by_key = encoder_key(settings(root, **{"encoder.init": f"lookalike:{trained.key}"}).encoder, dataset_of(root), root)
     assert by_key == encoder.key  # the alias and the key name the same weights
@@ -236,7 +222,7 @@ def test_distill_needs_a_teacher_and_the_teacher_only_distill():
 
 def test_distillation_reports_the_student_as_a_fraction_of_its_teacher(root, trained):
     changes = {"encoder.method": "distill", "encoder.teacher": "lookalike:teacher", "encoder.width": 0.125}
-    encoder, evaluation = chain(root, **changes)
+    encoder, evaluation = evaluated_chain(root, **changes)
     spec = encoder.stats["spec"]
     teacher_dim = trained.stats["spec"]["feature_dim"]
     assert (spec["width"], spec["projection"], spec["feature_dim"]) == (0.125, teacher_dim, teacher_dim)
@@ -251,6 +237,6 @@ def test_distillation_reports_the_student_as_a_fraction_of_its_teacher(root, tra
     )
     assert report["speed_images"] == 48
     # the teacher baseline is the teacher searched exactly as a run of it would be: its own scores on these queries
-    _, as_a_run = chain(root, **{"encoder.init": "lookalike:teacher", "encoder.epochs": 0})
+    _, as_a_run = evaluated_chain(root, **{"encoder.init": "lookalike:teacher", "encoder.epochs": 0})
     for score in report["fraction"]:
         assert stats["baselines"]["teacher"][score] == pytest.approx(as_a_run.stats[score], abs=1e-6)

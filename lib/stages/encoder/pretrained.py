@@ -260,10 +260,12 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 
 def _from_hf(reference: str, name: str, root: Path) -> Init:
     transformers = _optional("transformers", reference)
+    local = True
     try:  # a folder, or the hub's local cache: no network
         model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
     except OSError:
         _require_hub(reference, name)
+        local = False
         try:
             model = transformers.AutoModel.from_pretrained(name)
         except Exception as exc:  # OSError (not on the hub, no access), ValueError (unknown model type)
@@ -273,7 +275,7 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
     config = model.config.to_dict()
     mean, std = IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(name)
+        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=local)
         mean, std = processor.image_mean, processor.image_std
     except Exception:  # no preprocessor_config.json: ImageNet statistics, what DINOv2 and most ViTs use
         pass
@@ -304,6 +306,7 @@ def _from_path(reference: str, path: Path, backbone: str, width: float | str) ->
                 "(a lookalike encoder stage): point at the weights file itself"
             )
     if path.suffix == ".safetensors":
+        _optional("safetensors", reference)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -405,7 +408,7 @@ def _require_hub(reference: str, name: str) -> None:
 def _unreachable(reference: str, name: str, exc: Exception) -> InitError:
     return InitError(
         f"init {reference!r}: cannot load {name!r} ({brief_error(exc)}); without a reachable hub, download it "
-        "where there is one (huggingface-cli download, or save_pretrained) and pass the folder or weights file as "
+        "where there is one (`hf download <id> --local-dir DIR`, or save_pretrained) and pass the folder or weights file as "
         "encoder.init, or set HF_HUB_OFFLINE=1 with HF_HOME pointing at a cache that holds it"
     )
 
