@@ -104,6 +104,15 @@ def _baseline_reasons(section: PromotionSettings, evaluation: Manifest, checks: 
                 f"{score} {run:.4f} is {gain:+.4f} over the {baseline} baseline's {measured[score]:.4f} "
                 f"({measured.get('what', baseline)}); promotion.{setting} is {margin}"
             )
+    teacher = (evaluation.stats.get("baselines") or {}).get("teacher") or {}
+    if section.min_teacher_fraction and run is not None and teacher.get(score):
+        fraction = run / teacher[score]
+        checks["teacher_fraction"] = [round(fraction, 4), section.min_teacher_fraction]
+        if fraction < section.min_teacher_fraction:
+            reasons.append(
+                f"{score} {run:.4f} keeps {fraction:.3f} of the teacher's {teacher[score]:.4f} "
+                f"({teacher.get('what', 'teacher')}); promotion.min_teacher_fraction is {section.min_teacher_fraction}"
+            )
     return reasons
 
 

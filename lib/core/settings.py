@@ -448,6 +448,13 @@ class PromotionSettings(Section):
         description="Least precision@k the encoder must add over its own starting point (the untrained encoder) "
         "on the same queries (0: training must not have made it worse).",
     )
+    min_teacher_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="method=distill: the least fraction of its teacher's precision@k the student must keep on the "
+        "same queries (0: not checked; e.g. 0.95).",
+    )
 
 
 class TrackingSettings(Section):

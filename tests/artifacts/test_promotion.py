@@ -13,10 +13,10 @@ from lookalike.core.settings import PromotionSettings
 INDEX = SimpleNamespace(key="f" * 16, stats={"self_retrieval_at_1": 1.0, "recall_at_10": 1.0})
 
 
-def evaluation(precision: float, pixels: float | None, init: float | None) -> Manifest:
+def evaluation(precision: float, pixels: float | None, init: float | None, teacher: float | None = None) -> Manifest:
     measured = {
         name: {"what": name, "precision_at_10": value}
-        for name, value in (("pixels", pixels), ("init", init))
+        for name, value in (("pixels", pixels), ("init", init), ("teacher", teacher))
         if value is not None
     }
     return Manifest(
@@ -93,3 +93,14 @@ def test_production_numbers_that_fail_their_hash_are_not_compared_and_do_not_sto
     assert decision["checks"]["knn_accuracy"].startswith("not compared with production's: ")
     assert "does not match the sha256" in decision["checks"]["knn_accuracy"]
     assert decision["production"] == keys["index"] and decision["promoted"]
+
+
+def test_a_student_is_held_to_a_fraction_of_its_teacher_when_asked(tmp_path):
+    student = evaluation(0.80, pixels=0.30, init=0.20, teacher=0.88)  # keeps 0.909 of the teacher
+    assert promotion_decision(PromotionSettings(), tmp_path, INDEX, student)["promoted"]  # default: not checked
+    decision = promotion_decision(PromotionSettings(min_teacher_fraction=0.95), tmp_path, INDEX, student)
+    assert not decision["promoted"] and decision["checks"]["teacher_fraction"] == [0.9091, 0.95]
+    assert decision["reasons"] == [
+        "precision_at_10 0.8000 keeps 0.909 of the teacher's 0.8800 (teacher); promotion.min_teacher_fraction is 0.95"
+    ]
+    assert promotion_decision(PromotionSettings(min_teacher_fraction=0.9), tmp_path, INDEX, student)["promoted"]

@@ -89,6 +89,7 @@ CHANGES = {
     "promotion.max_knn_drop": 0.5,
     "promotion.min_gain_over_pixels": 0.1,
     "promotion.min_gain_over_init": -0.1,
+    "promotion.min_teacher_fraction": 0.95,
     "tracking.mode": "disabled",
     "tracking.project": "other",
     "tracking.entity": "team",
