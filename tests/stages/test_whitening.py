@@ -82,6 +82,23 @@ def test_axes_the_collection_never_uses_stay_finite():
         assert np.isfinite(out).all()
 
 
+def test_vectors_of_lower_rank_than_their_dimension_stay_finite_and_find_themselves():
+    """A linear map into more dims than it has inputs (a distilled student's projection to its teacher's
+    dim, 128 -> 256) leaves half the eigenvalues at zero, some a rounding error below it: epsilon, 1% of
+    the mean eigenvalue on FAISS's own scale, must keep every axis finite."""
+    rng = np.random.default_rng(3)
+    features = np.maximum(rng.normal(loc=1.0, size=(1872, 128)), 0)  # pooled ReLU features
+    x = (features @ rng.normal(scale=0.1, size=(128, 256)) + rng.normal(size=256)).astype(np.float32)
+    for power in (0.5, 1.0):
+        whitening = fit_whitening(x, power)
+        eigenvalues = faiss.vector_to_array(whitening.chain[0].eigenvalues)
+        out = whitening.apply(x)
+        assert np.isfinite(out).all()
+        assert whitening.chain[0].epsilon == pytest.approx(0.01 * eigenvalues[eigenvalues > 0].mean(), rel=1e-6)
+        ids = exact_neighbours(x, np.arange(len(x)), x[:50], "l2", 1, whitening=power)
+        assert (ids[:, 0] == np.arange(50)).all()
+
+
 def test_cosine_indexes_are_whitened_too():
     x, labels = nuisance_collection()
     raw = exact_neighbours(x, np.arange(len(x)), x, "ip", 11)

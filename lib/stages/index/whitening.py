@@ -81,8 +81,13 @@ def fit_whitening(vectors: np.ndarray, power: float) -> Whitening:
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     d_out = min(d, len(sample))  # FAISS's PCA gives at most one axis per training vector
     pca = faiss.PCAMatrix(d, d_out, -power / 2, False)
-    pca.epsilon = float(EPSILON * sample.var(axis=0, dtype=np.float64).sum() / d)
     pca.train(sample)
+    # FAISS's eigenvalues are the scatter matrix's (n x the covariance's): epsilon is taken on that scale,
+    # after training, and the transform rebuilt with it. Vectors of lower rank than d (a projection into
+    # more dims than it has inputs) leave eigenvalues a rounding error below zero, which epsilon lifts.
+    eigenvalues = faiss.vector_to_array(pca.eigenvalues)
+    pca.epsilon = float(EPSILON * eigenvalues[eigenvalues > 0].mean()) if (eigenvalues > 0).any() else 1.0
+    pca.prepare_Ab()
     kind = "full" if power == 1 else "square-root" if power == 0.5 else f"power {power:g}"
     why = f"{kind} PCA whitening learned from {len(sample)} vectors, {d} -> {d_out} dims, then L2-normalised"
     return Whitening((pca, faiss.NormalizationTransform(d_out, 2.0)), power, why)
