@@ -207,7 +207,7 @@ def distillation_line(summary: dict[str, Any]) -> str | None:
     if not report:
         return None
     fractions = ", ".join(
-        f"{v:.3f} of its {name.replace('_at_', '@').replace('_accuracy', '')}"
+        f"{v:.3f} of its {'kNN accuracy' if name == 'knn_accuracy' else name.replace('_at_', '@')}"
         for name, v in report["fraction"].items()
         if v is not None
     )

@@ -1,0 +1,24 @@
+"""What the summary says of a distilled encoder, in the terminal, the Prefect report and W&B alike."""
+
+from __future__ import annotations
+
+from lookalike.reporting.summary import distillation_line
+
+REPORT = {
+    "teacher": "lookalike:teacher",
+    "fraction": {"knn_accuracy": 0.9849, "precision_at_10": 0.9422, "map_at_10": None},
+    "images_per_second": {"student": 8710.2, "teacher": 2237.7},
+    "speedup": 3.89,
+    "speed_images": 512,
+}
+
+
+def test_a_distilled_run_says_what_it_keeps_of_its_teacher_and_how_much_faster_it_embeds():
+    assert distillation_line({"distillation": REPORT}) == (
+        "distilled from lookalike:teacher: 0.985 of its kNN accuracy, 0.942 of its precision@10; "
+        "3.89x its embedding speed (8710 vs 2238 images/s on 512 images)"
+    )
+
+
+def test_other_runs_say_nothing_of_distillation():
+    assert distillation_line({"distillation": None}) is None and distillation_line({}) is None
