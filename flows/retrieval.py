@@ -62,7 +62,7 @@ def retrieval_pipeline(
         dataset: 'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101', or a path
             on the worker: an image folder, a .parquet file or a save_to_disk folder.
         split: Dataset split to index, e.g. 'train'.
-        method: Self-supervised pretraining method from LightlySSL.
+        method: Self-supervised pretraining method from LightlySSL, or distill (with overrides["encoder.teacher"]).
         steps: Pretraining optimizer steps (0 keeps the random initialisation); auto: a budget from the
             collection's size and the backbone's cost, recorded with its reason in the encoder manifest.
         epochs: Pretraining length in passes over the collection instead (empty: use steps).
@@ -73,7 +73,8 @@ def retrieval_pipeline(
             them (and cached results) between machines (empty: the worker's LOOKALIKE_ARTIFACTS_ROOT, else ./artifacts).
         mirror: s3://bucket/prefix to mirror finished stage folders to (empty: the worker's setting, else off).
         promote: Move the 'production' alias to this run's index (and encoder) when it completes.
-        overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001, "dataset.limit": 1000}.
+        overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001, "dataset.limit": 1000}, or
+            {"encoder.init": "hf:facebook/dinov2-small"} to start from pretrained weights.
     """
     named = dict(
         dataset=dataset,
