@@ -58,6 +58,7 @@ class Init:
     std: tuple[float, float, float]
     carries_architecture: bool  # False: a bare state dict for encoder.backbone
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
+    _hashes: dict = field(default_factory=dict, repr=False, compare=False)  # (architecture, width) -> sha256
 
     @classmethod
     def of_module(cls, model: nn.Module, architecture: str, width: float = 1.0, native_size: int | None = None) -> Init:
@@ -76,7 +77,11 @@ class Init:
         )
 
     def sha256(self, architecture: str | None = None, width: float | None = None) -> str:
-        return weights_sha256(self.state_dict, architecture or self.architecture, width or self.width, self.config)
+        """The weights' hash as `architecture` x `width` (a bare state dict's; else its own), computed once."""
+        key = (architecture or self.architecture, width or self.width)
+        if key not in self._hashes:
+            self._hashes[key] = weights_sha256(self.state_dict, *key, self.config)
+        return self._hashes[key]
 
     def backbone(self, input_size: int) -> nn.Module:
         """The architecture built for `input_size` with these weights loaded (strictly)."""
