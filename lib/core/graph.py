@@ -35,7 +35,7 @@ STAGES: dict[str, StageSpec] = {
     "embeddings": StageSpec("embeddings", {"dataset": "dataset", "encoder": "encoder"}, code_version=1),
     # the index is keyed by its vectors only; it records what they were made from too
     "index": StageSpec(
-        "index", {"embeddings": "embeddings"}, code_version=4, recorded={"dataset": "dataset", "encoder": "encoder"}
+        "index", {"embeddings": "embeddings"}, code_version=5, recorded={"dataset": "dataset", "encoder": "encoder"}
     ),
     # `queries`, the held-out split, is a dataset stage (optional: leave-one-out has none)
     "evaluation": StageSpec(

@@ -78,7 +78,44 @@ class DatasetSettings(Section):
     max_image_pixels: PositiveInt = Field(
         89_478_485, description="Images declaring more pixels are skipped as decompression bombs."
     )
+    metadata_columns: tuple[str, ...] = Field(
+        (),
+        description="Scalar columns of the source (numbers, text, true/false, dates) kept with each image: stored "
+        "beside the index, returned with every hit and usable in filters (--where year>=2020). A list, or names "
+        "separated by commas.",
+    )
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction"})
+    # the metadata every index stores anyway, and the snapshot's own columns: not names a column can take
+    RESERVED: ClassVar[frozenset[str]] = frozenset(
+        {"row", "row_id", "label", "path", "split", "width", "height", "sha256", "image"}
+    )
+
+    @field_validator("metadata_columns", mode="before")
+    @classmethod
+    def _column_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("metadata_columns")
+    @classmethod
+    def _usable_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        taken = sorted(cls.RESERVED.intersection(value))
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} stored for every index already "
+                "(row, label, path, split, width, height, sha256); list only other columns"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a column is listed twice")
+        return value
+
+    def key_fields(self) -> dict[str, Any]:
+        """`metadata_columns` is keyed only when some are named: snapshots without any keep their keys."""
+        fields = super().key_fields()
+        if not fields.get("metadata_columns"):
+            fields.pop("metadata_columns", None)
+        return fields
 
 
 class EncoderSettings(Section):

@@ -1,4 +1,5 @@
-"""Query a built index: image (or dataset row) in, top-k most similar rows out.
+"""Query a built index: images (or dataset rows, or vectors) in, top-k most similar rows out,
+optionally only among the rows a metadata filter matches (`lookalike.core.filters`).
 
 `resolve_chain` finds the finished stage folders for the current settings by
 recomputing their keys, exactly as the pipeline does, so `lookalike query` with the
@@ -15,6 +16,7 @@ from PIL import Image
 
 from lookalike.artifacts.aliases import Alias, read_alias
 from lookalike.core.errors import LookalikeError
+from lookalike.core.filters import Filter, parse_filter
 from lookalike.core.graph import CHAIN, check_inputs
 from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
 from lookalike.core.settings import Settings
@@ -23,6 +25,7 @@ from lookalike.stages.dataset.stage import dataset_key, open_snapshot, row_posit
 from lookalike.stages.embeddings.stage import embeddings_key
 from lookalike.stages.encoder.stage import encoder_key
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
+from lookalike.stages.index.metadata import Metadata
 from lookalike.stages.index.stage import index_key
 from lookalike.stages.inference import Embedder
 from lookalike.stages.pictures import retrieval_grid
@@ -86,6 +89,7 @@ class Searcher:
         self.snapshot = open_snapshot(root, chain.dataset)
         self.names = chain.dataset.stats.get("label_names")
         self.position = row_positions(self.snapshot)
+        self.metadata = Metadata.of_chain(root, chain.index, chain.dataset, self.snapshot)
 
     @property
     def spec(self):
@@ -103,24 +107,47 @@ class Searcher:
             raise IntegrityError(f"row {row_id} is not in the index (rows are dataset row ids; see `n_images`)")
         return self.snapshot[self.position[row_id]]
 
-    def neighbours(self, image: Image.Image, k: int) -> list[dict]:
-        """Top-k rows for an image: [{row, distance, label, path}], nearest first."""
-        return self.neighbours_of_vector(self.embed(image)[0], k)
+    def allowed_rows(self, where: str | list[str] | Filter | None) -> np.ndarray | None:
+        """Row ids a filter matches (None: no filter, every row). Raises FilterError for a bad one."""
+        filter_ = where if isinstance(where, Filter) else parse_filter(where)
+        return self.metadata.rows(filter_) if filter_ else None
 
-    def neighbours_of_vector(self, vector: np.ndarray, k: int) -> list[dict]:
+    def neighbours(self, image: Image.Image, k: int, where: str | list[str] | Filter | None = None) -> list[dict]:
+        """Top-k rows for an image, nearest first, among the rows `where` matches (all without one)."""
+        return self.search_images([image], k, where)[0]
+
+    def neighbours_of_vector(
+        self, vector: np.ndarray, k: int, where: str | list[str] | Filter | None = None
+    ) -> list[dict]:
         """Top-k rows for one raw embedding (normalised here when the index's metric needs it)."""
-        distances, ids = search(self.index, prepare_vectors(vector[None], self.metric), k)
-        return [self.describe(int(row), float(d)) for d, row in zip(distances[0], ids[0]) if row >= 0]
+        return self.search_vectors(vector[None], k, where)[0]
+
+    def search_images(
+        self, images: list[Image.Image], k: int, where: str | list[str] | Filter | None = None
+    ) -> list[list[dict]]:
+        """Top-k hits for each image, embedded together in batches through the one inference path."""
+        if not images:
+            return []
+        return self.search_vectors(self.embedder.embed_images(images), k, where)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, where: str | list[str] | Filter | None = None
+    ) -> list[list[dict]]:
+        """Top-k hits for each raw embedding (n, dim), in one FAISS search."""
+        allowed = self.allowed_rows(where)
+        distances, ids = search(self.index, prepare_vectors(vectors, self.metric), k, allowed)
+        return [
+            [self.describe(int(row), float(d)) for d, row in zip(dist, found) if row >= 0]
+            for dist, found in zip(distances, ids)
+        ]
 
     def describe(self, row: int, distance: float) -> dict:
-        """One search hit as users see it: {row, distance, label, path}."""
-        item = self._item(row)
-        return {
-            "row": row,
-            "distance": round(distance, 6),
-            "label": self.names[item["label"]] if self.names and item.get("label") is not None else None,
-            "path": item["image"].get("path"),
-        }
+        """One search hit as users see it: {row, distance, label, path, split, width, height, sha256, ...}
+        with the dataset's metadata columns after the built-in ones."""
+        if row not in self.metadata.position:
+            raise IntegrityError(f"row {row} is not in the index (rows are dataset row ids; see `n_images`)")
+        known = self.metadata.of_row(row)
+        return {"row": row, "distance": round(distance, 6), **{k: v for k, v in known.items() if k != "row"}}
 
     def picture(self, query: Image.Image, caption: str, found: list[dict]) -> Image.Image:
         cells = [

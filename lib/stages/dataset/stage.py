@@ -90,6 +90,8 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
     columns = {"row_id": Value("int64"), "image": Image(decode=False), "sha256": Value("string")}
     if names:
         columns["label"] = ClassLabel(names=names)
+    columns.update(_metadata_features(ds, section, source))
+    extra = list(section.metadata_columns)
     max_skips = int(section.max_unreadable_fraction * total)
     skipped: list[dict[str, Any]] = []
     n_kept = 0
@@ -122,6 +124,8 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
                     kept["sha256"].append(hashlib.sha256(data).hexdigest())
                     if names:
                         kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
+                    for name in extra:
+                        kept[name].append(batch[name][offset])
                 n_kept += len(kept["row_id"])
                 if kept["row_id"]:
                     writer.write_batch(kept)
@@ -147,6 +151,31 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
         "profile": profile_images(Dataset.from_file(str(out))),
     }
     return Built(files=[SNAPSHOT], stats=stats)
+
+
+_SCALAR_TYPES = ("bool", "int", "uint", "float", "string", "large_string", "date", "timestamp", "time", "duration")
+
+
+def _metadata_features(ds, section: DatasetSettings, source: Source) -> dict[str, Any]:
+    """The `datasets` features of `section.metadata_columns`, each checked to exist and hold scalars."""
+    from datasets import Value
+
+    features = {}
+    for name in section.metadata_columns:
+        feature = ds.features.get(name)
+        if feature is None:
+            others = [c for c in ds.column_names if c not in (section.image_column, section.label_column)]
+            raise DatasetError(
+                f"dataset.metadata_columns: {source.describe()} has no column {name!r}; "
+                f"its other columns are: {', '.join(others) or 'none'}"
+            )
+        if not isinstance(feature, Value) or not feature.dtype.startswith(_SCALAR_TYPES):
+            raise DatasetError(
+                f"dataset.metadata_columns: column {name!r} holds {type(feature).__name__} values; "
+                "only scalar columns (numbers, text, true/false, dates) can be stored and filtered on"
+            )
+        features[name] = feature
+    return features
 
 
 def _image_bytes(image: dict[str, Any] | None) -> tuple[bytes, str | None, str | None]:

@@ -190,9 +190,114 @@ def sample_queries(n: int) -> np.ndarray:
     return seeded_sample(n, EVAL_QUERIES)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distances, row ids), each (n_queries, k); missing neighbours have id -1."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, row ids), each (n_queries, k); missing neighbours have id -1.
+
+    With `allowed` (row ids), only those rows can be returned: FAISS's own ID selector is
+    passed down through the whitening, the id map and the index type's search parameters
+    (`filtered_params`), so the search skips other rows as it goes instead of over-fetching
+    and dropping. An approximate index can still come back short when few of the lists or
+    graph nodes it visits match (a selective filter); those queries are searched again with
+    exhaustive knobs (every IVF list, an HNSW beam as wide as the index), so a filtered search
+    returns k hits whenever k rows match.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if allowed is None:
+        return index.search(queries, min(k, index.ntotal))
+    allowed = np.unique(np.asarray(allowed, dtype=np.int64))
+    k = min(k, len(allowed))
+    if k == 0:
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    knobs = _current_knobs(index)
+    params, _keep = filtered_params(index, allowed, knobs)
+    distances, ids = index.search(queries, k, params=params)
+    short = (ids < 0).any(axis=1)
+    if short.any():
+        wide = {**knobs, **_exhaustive_knobs(index)}
+        if wide != knobs:
+            params, _keep = filtered_params(index, allowed, wide)
+            distances[short], ids[short] = index.search(queries[short], k, params=params)
+    return distances, ids
+
+
+def filtered_params(index: faiss.Index, allowed: np.ndarray, knobs: dict[str, int]):
+    """(search parameters restricting `index` to the row ids `allowed`, objects to keep alive).
+
+    FAISS reads a selector from the parameters object of the index it reaches: the whitening's
+    `IndexPreTransform` hands `index_params` on, an `IndexIDMap2` translates row ids to its
+    positions (`IDSelectorTranslated`, built here so a refine stage below gets it too), and
+    IVF, HNSW and refine indexes each take their own parameter class, which also carries the
+    knobs the index was loaded with (they would otherwise reset to FAISS's defaults).
+    """
+    keep: list = []
+    selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+    keep += [allowed, selector]
+    return _params(index, selector, knobs, keep), keep
+
+
+def _params(index: faiss.Index, selector, knobs: dict[str, int], keep: list):
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = _params(index.index, selector, knobs, keep)
+    elif isinstance(index, (faiss.IndexIDMap2, faiss.IndexIDMap)):
+        translated = faiss.IDSelectorTranslated(index.id_map, selector)
+        keep.append(translated)
+        params = _params(index.index, translated, knobs, keep)
+    elif isinstance(index, faiss.IndexRefine):
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = knobs.get("k_factor_rf", index.k_factor)
+        params.base_index_params = _params(index.base_index, selector, knobs, keep)
+        params.sel = selector
+    elif isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = knobs.get("nprobe", index.nprobe)
+        params.sel = selector
+    elif isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = knobs.get("efSearch", index.hnsw.efSearch)
+        params.sel = selector
+    else:
+        params = faiss.SearchParameters()
+        params.sel = selector
+    keep.append(params)
+    return params
+
+
+def _current_knobs(index: faiss.Index) -> dict[str, int]:
+    """The search knobs set on a loaded index, by their `ParameterSpace` names."""
+    knobs = {}
+    ivf = _ivf(index)
+    if ivf is not None:
+        knobs["nprobe"] = ivf.nprobe
+    hnsw = _hnsw(_inner(index))
+    if hnsw is not None:
+        knobs["efSearch"] = hnsw.hnsw.efSearch
+    refine = _unwrapped(_inner(index))
+    if isinstance(refine, faiss.IndexRefine):
+        knobs["k_factor_rf"] = int(refine.k_factor)
+    return knobs
+
+
+def _exhaustive_knobs(index: faiss.Index) -> dict[str, int]:
+    """Knobs under which an approximate index visits every stored vector."""
+    knobs = {}
+    ivf = _ivf(index)
+    if ivf is not None:
+        knobs["nprobe"] = ivf.nlist
+    if _hnsw(_inner(index)) is not None:
+        knobs["efSearch"] = int(index.ntotal)
+    return knobs
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """`index` without the whitening in front of it."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def self_retrieval_at_1(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, k: int = 10) -> float:

@@ -3,7 +3,8 @@
 What an index type means and how it is built, searched and measured is `lookalike.stages.index.factory`;
 `index.type=auto` is chosen by `lookalike.stages.index.auto`; the vectors are whitened first
 (`lookalike.stages.index.whitening`, inside the written index). This module keys the stage and writes
-its folder: `index.faiss` with the search knobs and quality stats in the manifest.
+its folder: `index.faiss` with the search knobs and quality stats in the manifest, and `metadata.parquet`,
+what is known about each row (`lookalike.stages.index.metadata`), for hits and filters.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import faiss
 
+from lookalike.artifacts.shared_root import read_manifest
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, atomic_path
 from lookalike.core.names import AUTO
 from lookalike.core.settings import IndexSettings
+from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.index.auto import choose_index
 from lookalike.stages.index.factory import (
@@ -34,6 +37,7 @@ from lookalike.stages.index.factory import (
     search_params_for,
     self_retrieval_at_1,
 )
+from lookalike.stages.index.metadata import build_metadata, write_metadata
 from lookalike.stages.index.whitening import fit_whitening
 
 STAGE = "index"
@@ -108,4 +112,8 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     }
     if auto:
         stats["auto"] = auto
-    return Built(files=[INDEX_FILE], stats=stats, timings={"faiss_build_seconds": build_seconds})
+    dataset = read_manifest(root, "dataset", embeddings.inputs["dataset"])
+    metadata = build_metadata(open_snapshot(root, dataset), dataset)
+    stats["metadata_columns"] = metadata.column_names
+    files = [INDEX_FILE, write_metadata(metadata, folder)]
+    return Built(files=files, stats=stats, timings={"faiss_build_seconds": build_seconds})
