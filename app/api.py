@@ -1,10 +1,14 @@
 """HTTP API for programs: search by image (multipart upload or base64), by row id, or by vector.
 
     GET  /api/index              which index is served (key, alias, metrics, created)
-    POST /api/search             JSON: exactly one of image_base64 | row | vector, and k
-    POST /api/search/upload      multipart: file=<image>, k=<int>
+    POST /api/search             JSON: exactly one of image_base64 | row | vector, k, and a filter
+    POST /api/search/upload      multipart: file=<image>, k=<int>, filter=<expression>
+    POST /api/search/batch       JSON: queries (1 to 64 of image_base64 | row | vector), k, filter
     GET  /api/images/{row}       a dataset image as PNG (the `image_url` of each hit)
     POST /api/reload             re-read the alias now (it is also polled)
+
+A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`, or a list of
+terms that must all hold: see `lookalike.core.filters`); hits carry each row's metadata.
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
 JSON bodies must hold finite numbers: NaN, Infinity and numbers beyond float range are refused
@@ -29,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from lookalike.core.errors import brief, one_line
-from lookalike.serving.holder import MAX_K, IndexHolder, QueryError
+from lookalike.serving.holder import MAX_BATCH, MAX_K, IndexHolder, QueryError
 
 MAX_UPLOAD_BYTES = 20 << 20
 
@@ -100,19 +104,38 @@ def validation_detail(errors: list[dict[str, Any]]) -> str:
     return one_line("; ".join(parts))
 
 
-class SearchRequest(BaseModel):
+FILTER_HELP = (
+    "Only rows matching this filter: terms like label=Sneaker, label=Sneaker,Sandal, width>=64 or path~*/cats/*, "
+    "joined by 'and', or a list of terms that must all hold. Fields: the index's metadata (GET /api/index)."
+)
+
+
+class Query(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # also when built in process, not parsed from JSON
     image_base64: Optional[str] = Field(None, description="An encoded image (PNG, JPEG, ...), base64.")
     row: Optional[int] = Field(None, description="A dataset row id already in the index.")
     vector: Optional[list[float]] = Field(None, description="A raw embedding of the index's dimension.")
-    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours.")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> SearchRequest:
+    def _exactly_one(self) -> Query:
         given = [n for n in ("image_base64", "row", "vector") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of image_base64, row, vector (got {', '.join(given) or 'none'})")
         return self
+
+
+class SearchRequest(Query):
+    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours.")
+    filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+    queries: list[Query] = Field(
+        ..., min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} queries, answered in this order."
+    )
+    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours for each query.")
+    filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
 def create_api(holder: IndexHolder) -> FastAPI:
@@ -136,27 +159,39 @@ def create_api(holder: IndexHolder) -> FastAPI:
     def index_info() -> dict:
         return holder.info()
 
-    @router.post("/search")
-    def search(body: SearchRequest, request: Request) -> dict:
-        if body.image_base64 is not None:
+    def query_of(query: Query):
+        """What `IndexHolder.search_many` takes for one query: an image, a row id or a vector."""
+        if query.image_base64 is not None:
             try:
-                data = base64.b64decode(body.image_base64, validate=True)
+                data = base64.b64decode(query.image_base64, validate=True)
             except (binascii.Error, ValueError):
                 raise QueryError("image_base64 is not valid base64", status=400) from None
-            return answer(request, holder.by_image_bytes(_limited(data), body.k))
-        if body.row is not None:
-            return answer(request, holder.by_row(body.row, body.k))
-        return answer(request, holder.by_vector(body.vector, body.k))
+            return holder.decode(_limited(data))
+        return query.row if query.row is not None else query.vector
+
+    @router.post("/search")
+    def search(body: SearchRequest, request: Request) -> dict:
+        key, hits = holder.search_many([query_of(body)], body.k, body.filter)
+        return answer(request, (key, hits[0]))
+
+    @router.post("/search/batch")
+    def search_batch(body: BatchSearchRequest, request: Request) -> dict:
+        key, hits = holder.search_many([query_of(q) for q in body.queries], body.k, body.filter)
+        return {
+            "index": key,
+            "results": [{"neighbours": answer(request, (key, found))["neighbours"]} for found in hits],
+        }
 
     @router.post("/search/upload")
     async def search_upload(
         request: Request,
         file: Annotated[UploadFile, File(description="The query image.")],
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
+        filter: Annotated[Optional[str], Form(description=FILTER_HELP)] = None,
     ) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         # the forward pass runs in the thread pool, as sync routes do, never on the event loop
-        return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), k))
+        return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), k, filter))
 
     @router.get("/images/{row}", response_class=Response)
     def image(row: int) -> Response:

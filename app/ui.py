@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from lookalike.core.filters import FilterError
 from lookalike.serving.holder import MAX_K, IndexHolder, QueryError, check_k
 
 
@@ -31,13 +32,13 @@ def mount_ui(api, holder: IndexHolder, path: str = "/"):
 def build_ui(holder: IndexHolder):
     import gradio as gr
 
-    def search(image, k):
+    def search(image, k, where=""):
         if image is None:
             raise gr.Error("Upload or paste an image first, or press 'Random dataset image'.")
         searcher = holder.searcher  # one searcher for the hits and their thumbnails, even if a reload swaps
         try:
-            hits = searcher.neighbours(image, check_k(int(k)))
-        except QueryError as exc:
+            hits = searcher.neighbours(image, check_k(int(k)), where.strip() or None)
+        except (QueryError, FilterError) as exc:
             raise gr.Error(str(exc)) from None
         gallery = [
             (
@@ -66,12 +67,17 @@ def build_ui(holder: IndexHolder):
                     elem_id="query",
                 )
                 k = gr.Slider(1, min(MAX_K, 50), value=5, step=1, label="k (neighbours)", elem_id="k")
+                where = gr.Textbox(
+                    label="Filter (optional)",
+                    placeholder="label=Sneaker,Sandal and width>=64",
+                    elem_id="filter",
+                )
                 with gr.Row():
                     pick = gr.Button("Random dataset image", elem_id="random")
                     go = gr.Button("Search", variant="primary", elem_id="search")
             with gr.Column(scale=2):
                 results = gr.Gallery(label="Most similar", columns=5, height="auto", format="png", elem_id="results")
         pick.click(random_image, outputs=query)
-        go.click(search, inputs=[query, k], outputs=[results, header], api_name=False)
-        query.upload(search, inputs=[query, k], outputs=[results, header], api_name=False)
+        go.click(search, inputs=[query, k, where], outputs=[results, header], api_name=False)
+        query.upload(search, inputs=[query, k, where], outputs=[results, header], api_name=False)
     return ui

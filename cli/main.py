@@ -310,6 +310,16 @@ def query(
     out: Annotated[
         Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")
     ] = None,
+    where: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--where",
+            help="Only rows matching this filter, e.g. 'label=Sneaker,Sandal', 'width>=64', 'path~*/cats/*' "
+            "(terms joined by 'and'; repeat --where to add terms). Fields: row, label, path, split, width, "
+            "height, sha256 and dataset.metadata_columns.",
+            show_default=False,
+        ),
+    ] = None,
     dataset: Dataset = None,
     split: Split = None,
     method: MethodOpt = None,
@@ -353,13 +363,15 @@ def query(
                 _fail(f"no such image file: {image}", code=2)
             picture_query = decode_rgb(image.read_bytes(), settings.dataset.max_image_pixels)
             caption = f"query: {image.name}"
-        found = searcher.neighbours(picture_query, top_k)
+        found = searcher.neighbours(picture_query, top_k, where)
     except LookalikeError as exc:
         _fail(str(exc))
     target = out or settings.artifacts_root / "queries" / (f"row-{row}.png" if row is not None else f"{image.stem}.png")
     save_image(target, searcher.picture(picture_query, caption, found))
     if json_out:
         payload = {"neighbours": found, "picture": str(target), "index": searcher.chain.index.key}
+        if where:
+            payload["where"] = " and ".join(where)
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         print_neighbours(Console(), caption, found)

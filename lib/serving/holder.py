@@ -26,6 +26,7 @@ from lookalike.artifacts.aliases import ALIASES, Alias, alias_path, read_alias
 from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.errors import LookalikeError
+from lookalike.core.filters import Filter, FilterError, parse_filter
 from lookalike.core.graph import CHAIN, walk_chain
 from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
 from lookalike.reporting.tracking import parse_wandb_ref
@@ -33,6 +34,7 @@ from lookalike.serving.query import Chain, Searcher, alias_chain
 from lookalike.stages.dataset.images import decode_rgb
 
 MAX_K = 100
+MAX_BATCH = 64  # queries in one batch request: bounded, so one request cannot hold the server for long
 
 
 class QueryError(LookalikeError, ValueError):
@@ -195,6 +197,7 @@ class IndexHolder:
             "ntotal": chain.index.stats.get("ntotal"),
             "dim": chain.index.stats.get("dim"),
             "metric": chain.index.stats.get("metric"),
+            "metadata_columns": loaded.searcher.metadata.columns,  # what hits carry and filters can name
             "method": chain.encoder.settings.get("method"),
             "metrics": loaded.metrics,
             "loaded_at": loaded.loaded_at,
@@ -204,37 +207,71 @@ class IndexHolder:
     # --- the three kinds of query -------------------------------------------------------------
 
     # Each returns (index key, hits) from one searcher, so the key is the index that answered even
-    # when the alias moves during the request.
+    # when the alias moves during the request. `where` is a filter (`lookalike.core.filters`):
+    # only matching rows are returned; a filter that cannot be read or names an unknown field is a 422.
 
-    def by_image_bytes(self, data: bytes, k: int) -> tuple[str, list[dict]]:
+    def by_image_bytes(self, data: bytes, k: int, where: Where = None) -> tuple[str, list[dict]]:
+        return self.by_image(self.decode(data), k, where)
+
+    def decode(self, data: bytes) -> Image.Image:
+        """An uploaded image, or a QueryError saying why it cannot be used (413 for a pixel bomb)."""
         try:
-            image = decode_rgb(data, self.max_image_pixels)
+            return decode_rgb(data, self.max_image_pixels)
         except LookalikeError as exc:
             status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
             raise QueryError(f"not a usable image: {exc}", status=status) from None
-        return self.by_image(image, k)
 
-    def by_image(self, image: Image.Image, k: int) -> tuple[str, list[dict]]:
-        searcher = self.searcher
-        return searcher.chain.index.key, searcher.neighbours(image, check_k(k))
+    def by_image(self, image: Image.Image, k: int, where: Where = None) -> tuple[str, list[dict]]:
+        key, hits = self.search_many([image], k, where)
+        return key, hits[0]
 
-    def by_row(self, row: int, k: int) -> tuple[str, list[dict]]:
-        searcher = self.searcher
-        return searcher.chain.index.key, searcher.neighbours(row_image(searcher, row), check_k(k))
+    def by_row(self, row: int, k: int, where: Where = None) -> tuple[str, list[dict]]:
+        key, hits = self.search_many([row], k, where)
+        return key, hits[0]
 
     def image_of_row(self, row: int) -> Image.Image:
         """A dataset image of the served index (404-shaped QueryError for a row it lacks)."""
         return row_image(self.searcher, row)
 
-    def by_vector(self, vector: list[float], k: int) -> tuple[str, list[dict]]:
+    def by_vector(self, vector: list[float], k: int, where: Where = None) -> tuple[str, list[dict]]:
+        key, hits = self.search_many([vector], k, where)
+        return key, hits[0]
+
+    def search_many(self, queries: list[Image.Image | int | list[float]], k: int, where: Where = None):
+        """(index key, hits per query) for images, dataset row ids and raw vectors, in one searcher:
+        the images (and rows' images) are embedded together in batches, then all of them are searched
+        in one FAISS call."""
         searcher = self.searcher
-        dim = searcher.index.d
-        array = np.asarray(vector, dtype=np.float32)
-        if array.ndim != 1 or array.shape[0] != dim:
-            raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
-        if not np.isfinite(array).all():
-            raise QueryError("vector contains NaN or infinity")
-        return searcher.chain.index.key, searcher.neighbours_of_vector(array, check_k(k))
+        check_k(k)
+        filter_ = _filter(where)
+        images = [row_image(searcher, q) if isinstance(q, int) else q for q in queries if not isinstance(q, list)]
+        embedded = iter(searcher.embedder.embed_images(images)) if images else iter(())
+        vectors = [_vector(searcher, q) if isinstance(q, list) else next(embedded) for q in queries]
+        try:
+            hits = searcher.search_vectors(np.stack(vectors), k, filter_)
+        except FilterError as exc:
+            raise QueryError(str(exc)) from None
+        return searcher.chain.index.key, hits
+
+
+Where = str | list[str] | Filter | None
+
+
+def _filter(where: Where) -> Filter:
+    try:
+        return where if isinstance(where, Filter) else parse_filter(where)
+    except FilterError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def _vector(searcher: Searcher, vector: list[float]) -> np.ndarray:
+    dim = searcher.index.d
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.shape[0] != dim:
+        raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
+    if not np.isfinite(array).all():
+        raise QueryError("vector contains NaN or infinity")
+    return array
 
 
 def row_image(searcher: Searcher, row: int) -> Image.Image:

@@ -117,6 +117,51 @@ def test_bad_queries_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(c
     assert c.post("/api/search", json={"row": rows(holder)[0], "k": 1}).status_code == 200
 
 
+def test_filters_and_batches_answer_like_single_searches_among_matching_rows(client):
+    c, holder = client
+    info = c.get("/api/index").json()
+    assert info["metadata_columns"][:7] == ["row", "label", "path", "split", "width", "height", "sha256"]
+    row = rows(holder)[3]
+    label = c.post("/api/search", json={"row": row, "k": 1}).json()["neighbours"][0]["label"]
+    others = [r for r in rows(holder) if holder.searcher.metadata.of_row(r)["label"] != label]
+    matching = len(holder.searcher.allowed_rows(f'label="{label}"'))
+    found = c.post("/api/search", json={"row": others[0], "k": 4, "filter": f'label="{label}"'}).json()["neighbours"]
+    assert len(found) == min(4, matching) and {n["label"] for n in found} == {label}
+    upload = c.post(
+        "/api/search/upload",
+        files={"file": ("q.png", row_png(c, others[0]), "image/png")},
+        data={"k": "4", "filter": f'label="{label}"'},
+    ).json()["neighbours"]
+    assert [n["row"] for n in upload] == [n["row"] for n in found]
+
+    queries = [{"row": r} for r in rows(holder)[:5]] + [{"image_base64": base64.b64encode(row_png(c, row)).decode()}]
+    batch = c.post("/api/search/batch", json={"queries": queries, "k": 3, "filter": [f'label!="{label}"']}).json()
+    assert len(batch["results"]) == 6 and batch["index"] == info["index"]
+    for query, result in zip(queries, batch["results"]):
+        single = c.post("/api/search", json={**query, "k": 3, "filter": f'label!="{label}"'}).json()
+        assert [n["row"] for n in result["neighbours"]] == [n["row"] for n in single["neighbours"]]
+        assert label not in {n["label"] for n in result["neighbours"]}
+
+
+@pytest.mark.parametrize(
+    "path, body, says",
+    [
+        ("/api/search", {"row": 0, "filter": "colour=red"}, "unknown filter field 'colour': this index has row, label"),
+        ("/api/search", {"row": 0, "filter": "width>=big"}, "width holds numbers, and 'big' is not one"),
+        ("/api/search/batch", {"queries": [{"row": 0}] * 65}, "queries: List should have at most 64 items"),
+        ("/api/search/batch", {"queries": []}, "queries: List should have at least 1 item"),
+        ("/api/search/batch", {"queries": [{"row": 0, "vector": [1.0]}]}, "exactly one of image_base64, row, vector"),
+    ],
+)
+def test_bad_filters_and_batches_get_a_422_naming_the_problem(client, path, body, says):
+    c, holder = client
+    body = {**body, "queries": [{"row": rows(holder)[0]}] * 65} if len(body.get("queries", [])) == 65 else body
+    if body.get("row") == 0:
+        body = {**body, "row": rows(holder)[0]}
+    response = c.post(path, json=body)
+    assert response.status_code == 422 and says in response.json()["detail"], response.text
+
+
 def test_oversized_and_non_image_uploads_are_refused(client):
     c, _ = client
     huge = c.post("/api/search/upload", files={"file": ("big.png", b"\0" * (21 << 20), "image/png")})

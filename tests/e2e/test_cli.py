@@ -107,14 +107,25 @@ def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
     assert picture.stat().st_size > 1000
 
 
-def test_query_by_image_file(built, tmp_path):
+def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
     home, root, _ = built
     from conftest import make_png
+    from lookalike.core.settings import load_settings
+    from lookalike.serving.query import Searcher, resolve_chain
 
+    labels = Searcher(root, resolve_chain(load_settings({**TINY, "artifacts_root": str(root)}))).metadata.table
+    label = labels.column("label")[0].as_py()
     image = make_png(tmp_path / "query.png", 3, size=28)
-    result = lookalike("query", str(image), "--json", "--artifacts-root", str(root), *SETS, home=home)
+    where = ["--where", f'label="{label}"', "--where", "width=28"]
+    result = lookalike("query", str(image), *where, "--json", "--artifacts-root", str(root), *SETS, home=home)
     assert result.returncode == 0, result.stderr
-    assert len(last_json(result.stdout)["neighbours"]) == 3
+    found = last_json(result.stdout)
+    assert len(found["neighbours"]) == 3 and {n["label"] for n in found["neighbours"]} == {label}
+    assert found["where"] == f'label="{label}" and width=28'
+
+    bad = lookalike("query", str(image), "--where", "colour=red", "--artifacts-root", str(root), *SETS, home=home)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "unknown filter field 'colour': this index has row, label, path, split" in bad.stderr
 
 
 def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_path):
