@@ -52,20 +52,21 @@ def build_metadata(snapshot, dataset: Manifest) -> pa.Table:
             widths.append(width)
             heights.append(height)
             paths.append(image.get("path"))
+    data = snapshot.data  # the Arrow table: whole columns at once, not row by row
     labels = None
     if names and "label" in snapshot.column_names:
-        labels = [names[v] if v is not None and 0 <= v < len(names) else None for v in snapshot["label"]]
+        labels = [names[v] if v is not None and 0 <= v < len(names) else None for v in data.column("label").to_pylist()]
     columns: dict[str, pa.Array] = {
-        "row": pa.array(snapshot["row_id"], pa.int64()),
+        "row": data.column("row_id").combine_chunks().cast(pa.int64()),
         "label": pa.array(labels if labels is not None else [None] * len(widths), pa.string()),
         "path": pa.array(paths, pa.string()),
         "split": pa.array([dataset.settings.get("split")] * len(widths), pa.string()),
         "width": pa.array(widths, pa.int32()),
         "height": pa.array(heights, pa.int32()),
-        "sha256": pa.array(snapshot["sha256"], pa.string()),
+        "sha256": data.column("sha256").combine_chunks().cast(pa.string()),
     }
     for name in extra:
-        columns[name] = snapshot.data.column(name).combine_chunks()
+        columns[name] = data.column(name).combine_chunks()
     return pa.table(columns)
 
 
