@@ -53,9 +53,10 @@ PRESET_NAMES = ("flat-l2", "hnsw", "ivf-flat")
 
 
 def filters_for(n: int, label: str) -> list[str]:
-    """From no filter down to about 0.1% of the rows (row ids are in no relation to content here)."""
+    """From no filter, 50%, 10% (one label) down to about 0.1% of the rows (row ids are in no relation to content here)."""
     return [
         "",
+        f"row<{n // 2}",
         f'label="{label}"',
         f'label="{label}" and row<{n // 2}',
         f'label="{label}" and row<{n // 20}',
