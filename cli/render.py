@@ -103,3 +103,32 @@ def print_neighbours(console: Console, caption: str, neighbours: list[dict[str, 
     for rank, n in enumerate(neighbours, start=1):
         table.add_row(str(rank), str(n["row"]), f"{n['distance']:.4f}", str(n["label"] or ""), str(n["path"] or ""))
     console.print(table)
+
+
+def print_duplicates(console: Console, report: dict[str, Any], max_rows: int = 30) -> None:
+    """The groups of `lookalike duplicates`, largest first (at most `max_rows`), then the threshold and why."""
+    table = Table(title="duplicate groups", title_justify="left")
+    for column in ("kind", "images", "rows", "labels", "distances from the first"):
+        table.add_column(column)
+    near = [("near", g) for g in report["near_groups"]]
+    inside = {r for _, g in near for r in g["rows"]}
+    exact = [("exact", g) for g in report["exact_groups"] if g["rows"][0] not in inside]
+    groups = sorted(near + exact, key=lambda kg: (-len(kg[1]["rows"]), kg[1]["rows"][0]))
+    for kind, g in groups[:max_rows]:
+        labels = sorted({str(v) for v in g["labels"] if v is not None})
+        table.add_row(
+            kind,
+            str(len(g["rows"])),
+            " ".join(map(str, g["rows"][:12])) + (" …" if len(g["rows"]) > 12 else ""),
+            ", ".join(labels[:4]),
+            " ".join(f"{d:.3f}" for d in g["distances"][1:8]),
+        )
+    console.print(table)
+    if len(groups) > max_rows:
+        console.print(f"... and {len(groups) - max_rows} smaller groups (--json lists them all)")
+    console.print(
+        f"{report['n_groups']} groups ({report['n_exact_groups']} exact, {report['n_near_groups']} near) "
+        f"hold {report['n_images_in_groups']} of {report['n_images']} images; threshold {report['threshold_why']}",
+        highlight=False,
+        soft_wrap=True,
+    )
