@@ -18,6 +18,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         baseline_rows,
         baselines_line,
         distillation_line,
+        duplicates_line,
         embedding_counts_line,
         recipe_lines,
     )
@@ -69,6 +70,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  {where}: {s['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
+    if found := duplicates_line(summary):
+        console.print(f"duplicates: {found}", highlight=False, soft_wrap=True, markup=False)
     for line in recipe_lines(summary):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     choice = summary.get("index") or {}
@@ -110,10 +113,9 @@ def print_duplicates(console: Console, report: dict[str, Any], max_rows: int = 3
     table = Table(title="duplicate groups", title_justify="left")
     for column in ("kind", "images", "rows", "labels", "distances from the first"):
         table.add_column(column)
-    near = [("near", g) for g in report["near_groups"]]
-    inside = {r for _, g in near for r in g["rows"]}
-    exact = [("exact", g) for g in report["exact_groups"] if g["rows"][0] not in inside]
-    groups = sorted(near + exact, key=lambda kg: (-len(kg[1]["rows"]), kg[1]["rows"][0]))
+    from lookalike.stages.duplicates import report_groups
+
+    groups = report_groups(report)
     for kind, g in groups[:max_rows]:
         labels = sorted({str(v) for v in g["labels"] if v is not None})
         table.add_row(

@@ -39,6 +39,9 @@ COPY_QUANTILE = 0.95  # the share of augmented copies the threshold must hold
 # the median stays a distinct-image distance as long as fewer than half of the images have a near-copy.
 CAP_FRACTION = 0.5
 CALIBRATION_SAMPLE = 200
+REPORT = "duplicates.json"  # what the evaluation stage writes: `DuplicateReport.to_json()`
+PICTURE = "duplicates.png"  # and the picture of its largest groups (only when there are groups)
+THUMBNAIL = 128
 KNN_FALLBACK = 20  # neighbours per row when the index type has no range search
 _BATCH = 1024
 
@@ -425,7 +428,50 @@ def duplicates_picture(
     return retrieval_grid(rows)
 
 
-def write_report(path: Path, report: DuplicateReport) -> None:
+def write_duplicates(
+    root: Path, folder: Path, dataset: Manifest, embeddings: Manifest, index: Manifest
+) -> tuple[dict[str, Any], list[str]]:
+    """Find the chain's duplicates and write REPORT (and PICTURE when there are groups) into a stage
+    folder. Returns (stats: counts, threshold and why; the files written)."""
+    from lookalike.artifacts.shared_root import read_manifest
     from lookalike.core.manifest import atomic_write_bytes
+    from lookalike.stages.pictures import save_image
 
-    atomic_write_bytes(path, json.dumps(report.to_json(), indent=1).encode())
+    encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+    report = find_duplicates(root, dataset, encoder, embeddings, index)
+    atomic_write_bytes(folder / REPORT, json.dumps(report.to_json(), indent=1).encode())
+    files = [REPORT]
+    if report.groups:
+        save_image(folder / PICTURE, duplicates_picture(root, dataset, report))
+        files.append(PICTURE)
+    return report.stats(), files
+
+
+def duplicates_table(root: Path, stage: Manifest) -> tuple[list[str], list[list[Any]]] | None:
+    """The groups a stage folder's REPORT lists as table rows, one per image: group number, kind
+    (exact or near), row id, thumbnail (a PIL image), label, path and distance from the group's
+    first row. None when the stage has no REPORT."""
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.core.manifest import verified_path
+
+    if not any(f.path == REPORT for f in stage.files):
+        return None
+    record = json.loads(verified_path(root, stage, REPORT).read_bytes())
+    snapshot = open_snapshot(root, read_manifest(root, "dataset", stage.inputs["dataset"]))
+    position = row_positions(snapshot)
+    rows = []
+    for number, (kind, group) in enumerate(report_groups(record), start=1):
+        for r, label, path, d in zip(group["rows"], group["labels"], group["paths"], group["distances"]):
+            thumb = decode_snapshot_image(snapshot[position[r]]["image"]["bytes"])
+            thumb.thumbnail((THUMBNAIL, THUMBNAIL))
+            rows.append([number, kind, r, thumb, label, path, d])
+    return ["group", "kind", "row", "image", "label", "path", "distance"], rows
+
+
+def report_groups(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, group) for every group of a REPORT once, largest first: near groups, then the exact
+    groups not inside one."""
+    inside = {r for g in record["near_groups"] for r in g["rows"]}
+    groups = [("near", g) for g in record["near_groups"]]
+    groups += [("exact", g) for g in record["exact_groups"] if g["rows"][0] not in inside]
+    return sorted(groups, key=lambda kg: (-len(kg[1]["rows"]), kg[1]["rows"][0]))

@@ -138,3 +138,33 @@ def test_duplicates_for_settings_never_run_is_one_error_line(planted):
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr
     assert "no finished encoder stage for these settings" in missing.stderr
+
+
+def test_the_run_records_the_same_groups_in_its_evaluation(planted):
+    _, _, expected, summary = planted
+    found = summary["duplicates"]
+    assert (found["n_groups"], found["n_exact_groups"], found["n_near_groups"]) == (6, 3, 3)
+    assert found["n_images_in_groups"] == 12 and found["n_images"] == N_DRAWINGS + 6
+    record = json.loads(Path(summary["artifacts"]["duplicates"]).read_text())
+    assert {names(g) for g in record["near_groups"]} == expected["near"]
+    assert Path(summary["artifacts"]["duplicates_picture"]).is_file()
+
+
+def test_index_dedupe_exact_indexes_one_image_per_byte_identical_group(planted):
+    home, where, expected, summary = planted
+    ran = lookalike("run", "--json", *where, "--set", "index.dedupe=exact", "--no-promote", home=home)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    deduped = last_json(ran.stdout)
+    stages = deduped["stages"]
+    assert {s: stages[s]["status"] for s in ("dataset", "encoder", "embeddings")} == dict.fromkeys(
+        ("dataset", "encoder", "embeddings"), "cached"
+    )
+    assert stages["index"]["status"] == "computed" and stages["index"]["key"] != summary["stages"]["index"]["key"]
+    index = json.loads((Path(deduped["artifacts"]["index"]).parent / "manifest.json").read_text())
+    assert index["stats"]["ntotal"] == N_DRAWINGS + 3
+    assert index["stats"]["dedupe"] == {
+        "mode": "exact",
+        "n_groups": 3,
+        "n_dropped": 3,
+        "why": "3 groups of byte-identical images: each indexed once, as its lowest row id",
+    }

@@ -68,6 +68,9 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     raw, row_ids = load_embeddings(root, embeddings)
     if len(raw) == 0:
         raise IndexBuildError("no vectors to index")
+    dedupe = None
+    if section.dedupe != "none":
+        raw, row_ids, dedupe = _one_per_group(section, embeddings, root, raw, row_ids)
     started = time.perf_counter()
     auto = None
     # the index is built over whitened vectors and written behind the whitening, so it takes raw ones
@@ -108,4 +111,27 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     }
     if auto:
         stats["auto"] = auto
+    if dedupe:
+        stats["dedupe"] = dedupe
     return Built(files=[INDEX_FILE], stats=stats, timings={"faiss_build_seconds": build_seconds})
+
+
+def _one_per_group(section: IndexSettings, embeddings: Manifest, root: Path, raw, row_ids):
+    """(vectors, row ids, stats) with all but the lowest row id of each group of byte-identical
+    images (same sha256 in the dataset snapshot) dropped."""
+    import numpy as np
+
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.stages.dataset.stage import open_snapshot
+    from lookalike.stages.duplicates import exact_groups
+
+    groups = exact_groups(open_snapshot(root, read_manifest(root, "dataset", embeddings.inputs["dataset"])))
+    dropped = np.asarray(sorted(r for g in groups for r in g[1:]), dtype=np.int64)
+    keep = ~np.isin(row_ids, dropped)
+    stats = {
+        "mode": section.dedupe,
+        "n_groups": len(groups),
+        "n_dropped": int((~keep).sum()),
+        "why": f"{len(groups)} groups of byte-identical images: each indexed once, as its lowest row id",
+    }
+    return raw[keep], row_ids[keep], stats
