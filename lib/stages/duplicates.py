@@ -362,7 +362,9 @@ def find_duplicates(
     vectors = prepare_vectors(raw, metric)
     exact = exact_groups(snapshot)
     calibration = None
-    if threshold is None:
+    if threshold is None and len(snapshot) < 2:
+        threshold, why = 0.0, "none: a collection of one image has no near-duplicates"
+    elif threshold is None:
         if embedder is None:
             from lookalike.stages.inference import Embedder
 

@@ -26,7 +26,7 @@ SETTINGS = {
     "evaluation.baselines": [],
     "promotion.min_gain_over_pixels": -1.0,
     "promotion.min_gain_over_init": -1.0,
-    "tracking.mode": "disabled",
+    "tracking.mode": "offline",  # a real W&B run folder: the duplicates table is read back from it
 }
 # what selects the index (the run-only settings above change no stage key of the chain)
 SETS = [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
@@ -168,3 +168,20 @@ def test_index_dedupe_exact_indexes_one_image_per_byte_identical_group(planted):
         "n_dropped": 3,
         "why": "3 groups of byte-identical images: each indexed once, as its lowest row id",
     }
+
+
+def test_the_wandb_run_logs_every_image_of_every_group_with_its_thumbnail(planted):
+    from wandb_offline import read_offline_run
+
+    _, _, expected, summary = planted
+    offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
+    (artifact,) = [a for a in offline["artifacts"] if a["type"] == "run_table" and a["name"].endswith("-duplicates")]
+    table = json.loads(Path(artifact["files"]["duplicates.table.json"]["local_path"]).read_text())
+    assert table["columns"] == ["group", "kind", "row", "image", "label", "path", "distance"]
+    by_group: dict[tuple[int, str], set[str]] = {}
+    for group, kind, _, image, _, path, _ in table["data"]:
+        by_group.setdefault((group, kind), set()).add(Path(path).name)
+        assert image["_type"] == "image-file" and (image["width"], image["height"]) == (64, 64)
+        assert Path(artifact["files"][image["path"]]["local_path"]).stat().st_size > 0
+    for kind in ("exact", "near"):
+        assert {frozenset(v) for (_, k), v in by_group.items() if k == kind} == expected[kind]
