@@ -378,10 +378,11 @@ class IndexSettings(Section):
     recall_target: float = Field(
         0.95, gt=0, le=1, description="type=auto: recall@10 vs exact search the choice must reach on held-out queries."
     )
-    dedupe: Literal["none", "exact"] = Field(
+    dedupe: Literal["none", "exact", "near"] = Field(
         "none",
-        description="Index one image per group of duplicates: none = every image; exact = the lowest row id "
-        "of each group of byte-identical images (same sha256).",
+        description="Index one image per group of duplicates (its lowest row id): none = every image; exact = "
+        "groups of byte-identical images (same sha256); near = also near-duplicates within the threshold "
+        "calibrated on augmented copies of the collection's images (as `lookalike duplicates`).",
     )
     AUTO_ONLY: ClassVar[frozenset[str]] = frozenset({"memory_budget", "recall_target"})
 

@@ -150,9 +150,13 @@ def test_the_run_records_the_same_groups_in_its_evaluation(planted):
     assert Path(summary["artifacts"]["duplicates_picture"]).is_file()
 
 
-def test_index_dedupe_exact_indexes_one_image_per_byte_identical_group(planted):
-    home, where, expected, summary = planted
-    ran = lookalike("run", "--json", *where, "--set", "index.dedupe=exact", "--no-promote", home=home)
+@pytest.mark.parametrize(
+    ("mode", "n_dropped", "kind"),  # every planted group is a pair: one image of each is dropped
+    [("exact", 3, "byte-identical"), ("near", 6, "byte-identical or near-duplicate")],
+)
+def test_index_dedupe_indexes_one_image_per_group(planted, mode, n_dropped, kind):
+    home, where, _, summary = planted
+    ran = lookalike("run", "--json", *where, "--set", f"index.dedupe={mode}", "--no-promote", home=home)
     assert ran.returncode == 0, ran.stderr[-3000:]
     deduped = last_json(ran.stdout)
     stages = deduped["stages"]
@@ -161,13 +165,12 @@ def test_index_dedupe_exact_indexes_one_image_per_byte_identical_group(planted):
     )
     assert stages["index"]["status"] == "computed" and stages["index"]["key"] != summary["stages"]["index"]["key"]
     index = json.loads((Path(deduped["artifacts"]["index"]).parent / "manifest.json").read_text())
-    assert index["stats"]["ntotal"] == N_DRAWINGS + 3
-    assert index["stats"]["dedupe"] == {
-        "mode": "exact",
-        "n_groups": 3,
-        "n_dropped": 3,
-        "why": "3 groups of byte-identical images: each indexed once, as its lowest row id",
-    }
+    assert index["stats"]["ntotal"] == N_DRAWINGS + 6 - n_dropped
+    dedupe = index["stats"]["dedupe"]
+    assert (dedupe["mode"], dedupe["n_groups"], dedupe["n_dropped"]) == (mode, n_dropped, n_dropped)
+    assert dedupe["why"] == f"{dedupe['n_groups']} groups of {kind} images: each indexed once, as its lowest row id"
+    if mode == "near":  # the same threshold `lookalike duplicates` calibrates on this unwhitened flat index
+        assert dedupe["threshold"] == summary["duplicates"]["threshold"]
 
 
 def test_the_wandb_run_logs_every_image_of_every_group_with_its_thumbnail(planted):

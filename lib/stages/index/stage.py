@@ -117,21 +117,46 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
 
 
 def _one_per_group(section: IndexSettings, embeddings: Manifest, root: Path, raw, row_ids):
-    """(vectors, row ids, stats) with all but the lowest row id of each group of byte-identical
-    images (same sha256 in the dataset snapshot) dropped."""
+    """(vectors, row ids, stats) with all but the lowest row id of each duplicate group dropped:
+    groups of byte-identical images (same sha256) for `exact`; for `near`, also the near-duplicate
+    groups `lookalike.stages.duplicates` finds in an exact index of all the vectors, at the threshold
+    it calibrates on augmented copies of the collection's images."""
     import numpy as np
 
     from lookalike.artifacts.shared_root import read_manifest
     from lookalike.stages.dataset.stage import open_snapshot
     from lookalike.stages.duplicates import exact_groups
 
-    groups = exact_groups(open_snapshot(root, read_manifest(root, "dataset", embeddings.inputs["dataset"])))
+    snapshot = open_snapshot(root, read_manifest(root, "dataset", embeddings.inputs["dataset"]))
+    groups = exact_groups(snapshot)
+    stats = {"mode": section.dedupe}
+    if section.dedupe == "near":
+        groups, calibration = _near_groups(section, embeddings, root, raw, row_ids, snapshot, groups)
+        stats.update({"threshold": calibration.threshold, "threshold_why": calibration.why})
     dropped = np.asarray(sorted(r for g in groups for r in g[1:]), dtype=np.int64)
     keep = ~np.isin(row_ids, dropped)
-    stats = {
-        "mode": section.dedupe,
-        "n_groups": len(groups),
-        "n_dropped": int((~keep).sum()),
-        "why": f"{len(groups)} groups of byte-identical images: each indexed once, as its lowest row id",
-    }
+    kind = "byte-identical" if section.dedupe == "exact" else "byte-identical or near-duplicate"
+    stats.update(
+        {
+            "n_groups": len(groups),
+            "n_dropped": int((~keep).sum()),
+            "why": f"{len(groups)} groups of {kind} images: each indexed once, as its lowest row id",
+        }
+    )
     return raw[keep], row_ids[keep], stats
+
+
+def _near_groups(section: IndexSettings, embeddings: Manifest, root: Path, raw, row_ids, snapshot, exact):
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.stages.duplicates import calibrate_threshold, near_groups
+    from lookalike.stages.index.factory import IndexType
+    from lookalike.stages.inference import Embedder
+
+    metric = "l2" if section.type == AUTO else resolve_index_type(section.type).metric
+    prepared = prepare_vectors(raw, metric)
+    whitening = fit_whitening(prepared, section.whitening)
+    everything = whitening.wrap(build_index(whitening.apply(prepared), row_ids, IndexType("Flat", metric, True)))
+    encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+    embedder = Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
+    calibration = calibrate_threshold(embedder, snapshot, everything, metric)
+    return near_groups(everything, prepared, row_ids, calibration.threshold, metric, exact), calibration
