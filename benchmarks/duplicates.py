@@ -17,6 +17,8 @@ pairs, recall = true pairs reported / true pairs (per strength for planted copie
     .venv/bin/python benchmarks/duplicates.py --plant --out benchmarks/results/duplicates_sample.json
     .venv/bin/python benchmarks/duplicates.py --dataset /tmp/photo-copies --folders \\
         --out benchmarks/results/duplicates_photo_copies.json
+    # or on a root where `lookalike run --dataset /tmp/photo-copies` already ran (read only):
+    .venv/bin/python benchmarks/duplicates.py --dataset /tmp/photo-copies --folders --artifacts-root /tmp/bench-photo
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
     parser.add_argument("--run-arg", action="append", default=[], help="extra `lookalike run` argument")
+    parser.add_argument(
+        "--artifacts-root",
+        type=Path,
+        help="with --folders: a root where `lookalike run` already built the index for "
+        "these settings; it is only read (no run)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -158,8 +166,13 @@ def main() -> None:
     else:
         folder = Path(args.dataset)
         record["collection"] = str(folder)
+    if args.artifacts_root and args.plant:
+        raise SystemExit("--artifacts-root reads an index already built for --folders; --plant builds its own")
+    root = args.artifacts_root or root
     where = ["--dataset", str(folder), "--artifacts-root", str(root), *args.run_arg]
-    summary, run_seconds = lookalike("run", *where, "--set", "tracking.mode=disabled", "--no-promote", "--json")
+    summary, run_seconds = {}, None
+    if not args.artifacts_root:
+        summary, run_seconds = lookalike("run", *where, "--set", "tracking.mode=disabled", "--no-promote", "--json")
     report, dup_seconds = lookalike("duplicates", *where, "--json")
     found, groups = reported_pairs(report)
 
@@ -191,9 +204,10 @@ def main() -> None:
             "n_images_in_groups": report["n_images_in_groups"],
             "largest_group": max((len(g) for g in groups), default=0),
             "encoder_steps": (summary.get("encoder") or {}).get("steps"),
-            "stage_keys": {name: s["key"] for name, s in summary["stages"].items()},
+            "index": report["index"],
+            "stage_keys": {name: s["key"] for name, s in summary.get("stages", {}).items()},
             "evaluation_duplicates": summary.get("duplicates"),
-            "run_seconds": round(run_seconds, 1),
+            "run_seconds": round(run_seconds, 1) if run_seconds else None,
             "duplicates_seconds": round(dup_seconds, 1),
         }
     )
