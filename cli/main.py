@@ -3,6 +3,7 @@
 lookalike run      build (or reuse) the index for the current settings and summarise it
 lookalike reindex index new images with the production encoder (no pretraining)
 lookalike query    image or dataset row in, top-k most similar rows out
+lookalike duplicates  exact (same bytes) and near-duplicate (within a calibrated distance) groups
 lookalike promote  point production at an index by hand; `rollback` moves it back
 lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
 """
@@ -21,7 +22,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from lookalike.cli.render import print_neighbours, print_summary
+from lookalike.cli.render import print_duplicates, print_neighbours, print_summary
 
 app = typer.Typer(
     add_completion=False,
@@ -376,6 +377,72 @@ def query(
     else:
         print_neighbours(Console(), caption, found)
         Console().print(f"picture: {target}")
+
+
+@app.command()
+def duplicates(
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Near-duplicate distance in the index's units (squared L2 after whitening for l2, cosine "
+            "similarity for ip) instead of the one calibrated on augmented copies of the collection."
+        ),
+    ] = None,
+    alias: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Use the index an alias points at (e.g. production) instead of the one built for these settings."
+        ),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the picture of the largest groups.")] = None,
+    dataset: Dataset = None,
+    split: Split = None,
+    method: MethodOpt = None,
+    steps: Steps = None,
+    epochs: Epochs = None,
+    index: QueryIndexOpt = None,
+    artifacts_root: Root = None,
+    set_: Sets = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Exact duplicates (same bytes) and near-duplicate groups (within a threshold calibrated on
+    augmented copies of the collection's own images) of the index built for the current settings."""
+    ref = None
+    if index and _is_reference(index):
+        ref, index = index, None
+        if alias:
+            _fail(
+                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
+            )
+    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
+    _open_root(settings)
+    from lookalike.core.errors import LookalikeError
+    from lookalike.serving.query import chain_from_alias, resolve_chain
+    from lookalike.stages.duplicates import duplicates_picture, find_duplicates
+    from lookalike.stages.pictures import save_image
+
+    try:
+        root = settings.artifacts_root
+        if ref:
+            from lookalike.serving.holder import localize, resolve_ref
+
+            root, local_ref = localize(root, ref, settings.mirror.endpoint_url)
+            chain = resolve_ref(root, local_ref)[0]
+        else:
+            chain = chain_from_alias(root, alias) if alias else resolve_chain(settings)
+        report = find_duplicates(root, chain.dataset, chain.encoder, chain.embeddings, chain.index, threshold=threshold)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    target = out or settings.artifacts_root / "duplicates" / f"{chain.index.key}.png"
+    if report.groups:
+        save_image(target, duplicates_picture(root, chain.dataset, report))
+    if json_out:
+        payload = {**report.to_json(), "picture": str(target) if report.groups else None}
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        print_duplicates(Console(), report.to_json())
+        if report.groups:
+            Console().print(f"picture: {target}")
 
 
 def _is_reference(index: str) -> bool:

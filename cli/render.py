@@ -18,6 +18,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         baseline_rows,
         baselines_line,
         distillation_line,
+        duplicates_line,
         embedding_counts_line,
         recipe_lines,
     )
@@ -69,6 +70,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  {where}: {s['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(skipped) > 10:
             console.print("  ... (all listed in the dataset manifest)")
+    if found := duplicates_line(summary):
+        console.print(f"duplicates: {found}", highlight=False, soft_wrap=True, markup=False)
     for line in recipe_lines(summary):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     choice = summary.get("index") or {}
@@ -103,3 +106,31 @@ def print_neighbours(console: Console, caption: str, neighbours: list[dict[str, 
     for rank, n in enumerate(neighbours, start=1):
         table.add_row(str(rank), str(n["row"]), f"{n['distance']:.4f}", str(n["label"] or ""), str(n["path"] or ""))
     console.print(table)
+
+
+def print_duplicates(console: Console, report: dict[str, Any], max_rows: int = 30) -> None:
+    """The groups of `lookalike duplicates`, largest first (at most `max_rows`), then the threshold and why."""
+    table = Table(title="duplicate groups", title_justify="left")
+    for column in ("kind", "images", "rows", "labels", "distances from the first"):
+        table.add_column(column)
+    from lookalike.stages.duplicates import report_groups
+
+    groups = report_groups(report)
+    for kind, g in groups[:max_rows]:
+        labels = sorted({str(v) for v in g["labels"] if v is not None})
+        table.add_row(
+            kind,
+            str(len(g["rows"])),
+            " ".join(map(str, g["rows"][:12])) + (" …" if len(g["rows"]) > 12 else ""),
+            ", ".join(labels[:4]),
+            " ".join(f"{d:.3f}" for d in g["distances"][1:8]),
+        )
+    console.print(table)
+    if len(groups) > max_rows:
+        console.print(f"... and {len(groups) - max_rows} smaller groups (--json lists them all)")
+    console.print(
+        f"{report['n_groups']} groups ({report['n_exact_groups']} exact, {report['n_near_groups']} near) "
+        f"hold {report['n_images_in_groups']} of {report['n_images']} images; threshold {report['threshold_why']}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,9 +1,10 @@
 """Task: publish the run summary as Prefect artifacts (visible on the flow run page).
 
-Three artifacts, keyed so the UI's Artifacts page keeps their history across runs:
+Artifacts keyed so the UI's Artifacts page keeps their history across runs:
 `retrieval-summary` (markdown: stages with key, status, seconds; metrics; locations),
-`retrieval-metrics` (table) and `retrieval-grid` (the grid picture, inlined as a data
-URL so it shows without the UI having to reach the worker's disk).
+`retrieval-metrics` (table), `retrieval-grid` (the grid picture, inlined as a data
+URL so it shows without the UI having to reach the worker's disk) and, when the evaluation
+found duplicates, `duplicate-groups` (table: one row per group) and `duplicates` (their picture).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from lookalike.reporting.summary import summary_markdown
+from lookalike.stages.duplicates import report_groups
 from lookalike.stages.pictures import png_data_url
 
 MAX_INLINE_BYTES = 2 << 20  # a bigger picture is linked by path instead of inlined
@@ -56,4 +58,42 @@ def publish_report(summary: dict[str, Any]) -> None:
             png_data_url(Path(grid), MAX_INLINE_BYTES),
             key="retrieval-grid",
             description=f"Queries (left) and their nearest neighbours; file: {grid}",
+        )
+    publish_duplicates(summary)
+
+
+MAX_GROUP_ROWS = 500  # table rows of the largest groups; the JSON file beside it lists them all
+
+
+def publish_duplicates(summary: dict[str, Any]) -> None:
+    """The evaluation's duplicate groups as a table artifact (one row per group) and their picture."""
+    import json
+
+    found = summary["artifacts"].get("duplicates")
+    if not found:
+        return
+    record = json.loads(Path(found).read_text())
+    groups = report_groups(record)
+    create_table_artifact(
+        [
+            {
+                "group": number,
+                "kind": kind,
+                "images": len(group["rows"]),
+                "rows": " ".join(map(str, group["rows"])),
+                "labels": ", ".join(sorted({str(v) for v in group["labels"] if v is not None})),
+                "distances": " ".join(f"{d:.4f}" for d in group["distances"][1:]),
+            }
+            for number, (kind, group) in enumerate(groups[:MAX_GROUP_ROWS], start=1)
+        ],
+        key="duplicate-groups",
+        description=f"{record['n_groups']} groups hold {record['n_images_in_groups']} of {record['n_images']} images; "
+        f"threshold {record['threshold_why']}; file: {found}",
+    )
+    picture = summary["artifacts"].get("duplicates_picture")
+    if picture:
+        create_image_artifact(
+            png_data_url(Path(picture), MAX_INLINE_BYTES),
+            key="duplicates",
+            description=f"The largest duplicate groups (first row outlined); file: {picture}",
         )

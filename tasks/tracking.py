@@ -24,6 +24,7 @@ from lookalike.core.settings import Settings
 from lookalike.reporting.lineage import JOB_TYPES, LINEAGE_STAGES, lineage_inputs, stage_artifact
 from lookalike.reporting.summary import baseline_rows
 from lookalike.reporting.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
+from lookalike.stages.duplicates import duplicates_table
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.evaluation.stage import retrieval_table
 
@@ -114,8 +115,8 @@ def track_stage(
 
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
 def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summary: dict[str, Any]) -> None:
-    """Log metrics, pictures and the `retrieval` table (the grid's queries and neighbours, with
-    thumbnails), and declare the index (`<method>-embeddings`, type `faiss-embeddings`) as the
+    """Log metrics, pictures, the `retrieval` table (the grid's queries and neighbours, with
+    thumbnails) and the `duplicates` table (every image of each duplicate group), and declare the index (`<method>-embeddings`, type `faiss-embeddings`) as the
     input this run evaluated, with `production` when the gate passed."""
     run = active_run()
     if run is None:
@@ -154,6 +155,11 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
     table = retrieval_table(root, reports["evaluation"].manifest) if run.mode != "disabled" else None
     if table is not None:  # the grid's queries and neighbours, with thumbnails
         run.log_table("retrieval", *table)
+    if run.mode != "disabled" and (groups := duplicates_table(root, reports["evaluation"].manifest)):
+        run.log_table("duplicates", *groups)  # one row per image of each group, with thumbnails
+        run.set_summary({f"duplicates/{k}": v for k, v in (summary.get("duplicates") or {}).items()})
+        if summary["artifacts"].get("duplicates_picture"):
+            run.log_images({"duplicates": Path(summary["artifacts"]["duplicates_picture"])})
     metadata = {
         "dim": index.manifest.stats["dim"],
         "ntotal": index.manifest.stats["ntotal"],

@@ -415,14 +415,23 @@ class IndexSettings(Section):
     recall_target: float = Field(
         0.95, gt=0, le=1, description="type=auto: recall@10 vs exact search the choice must reach on held-out queries."
     )
+    dedupe: Literal["none", "exact", "near"] = Field(
+        "none",
+        description="Index one image per group of duplicates (its lowest row id): none = every image; exact = "
+        "groups of byte-identical images (same sha256); near = also near-duplicates within the threshold "
+        "calibrated on augmented copies of the collection's images (as `lookalike duplicates`).",
+    )
     AUTO_ONLY: ClassVar[frozenset[str]] = frozenset({"memory_budget", "recall_target"})
 
     def key_fields(self) -> dict[str, Any]:
-        """The auto-selection inputs change the result only when type is auto."""
+        """The auto-selection inputs change the result only when type is auto; `dedupe` is keyed only
+        when it drops something (keys from before it existed stay as they were)."""
         fields = super().key_fields()
         if self.type != "auto":
             for name in self.AUTO_ONLY:
                 fields.pop(name)
+        if self.dedupe == "none":
+            fields.pop("dedupe")
         return fields
 
     @field_validator("type")
@@ -454,9 +463,24 @@ class EvaluationSettings(Section):
         description="Measured beside the run on the same queries (exact search): pixels = the images fitted to at "
         "most 32 px and flattened; init = the encoder at its starting point, before training. Empty = none.",
     )
+    duplicates: bool = Field(
+        True,
+        description="Also find exact (same bytes) and near-duplicate groups of the indexed images, with a "
+        "threshold calibrated on augmented copies of them (duplicates.json, duplicates.png).",
+    )
     # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
     # of the evaluation key, so 'auto' and the split it picks name the same result.
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split"})
+    DEFAULT_NOT_IN_KEY: ClassVar[dict[str, Any]] = {"duplicates": True}
+
+    def key_fields(self) -> dict[str, Any]:
+        """Settings added after keys were recorded are keyed only away from their default, so the
+        default keys stay as they were."""
+        fields = super().key_fields()
+        for name, default in self.DEFAULT_NOT_IN_KEY.items():
+            if fields.get(name) == default:
+                fields.pop(name)
+        return fields
 
 
 class PromotionSettings(Section):

@@ -20,6 +20,8 @@ from lookalike.artifacts.stage_runner import StageReport
 from lookalike.core.errors import one_line
 from lookalike.core.manifest import Manifest, stage_dir
 from lookalike.stages.dataset.profile import describe_profile
+from lookalike.stages.duplicates import PICTURE as DUPLICATES_PICTURE
+from lookalike.stages.duplicates import REPORT as DUPLICATES
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.encoder.training import LOSS_CURVE
 from lookalike.stages.evaluation.stage import GRID
@@ -61,6 +63,8 @@ def build_summary(
         "encoder": path("encoder", ENCODER_FILE),
         "index": path("index", INDEX_FILE),
         "retrieval_grid": path("evaluation", GRID),
+        "duplicates": path("evaluation", DUPLICATES),
+        "duplicates_picture": path("evaluation", DUPLICATES_PICTURE),
         "loss_curve": path("encoder", LOSS_CURVE),
         "wandb_run_dir": (tracking or {}).get("run_dir"),
         "wandb_mode": (tracking or {}).get("mode"),
@@ -92,6 +96,8 @@ def build_summary(
         "gain": evaluation.stats.get("gain"),
         # method=distill: the student's scores as fractions of its teacher's, and how much faster it embeds
         "distillation": evaluation.stats.get("distillation"),
+        # evaluation.duplicates: group counts, the near-duplicate threshold and why (the groups: artifacts.duplicates)
+        "duplicates": evaluation.stats.get("duplicates"),
     }
 
 
@@ -219,6 +225,17 @@ def distillation_line(summary: dict[str, Any]) -> str | None:
     )
 
 
+def duplicates_line(summary: dict[str, Any]) -> str | None:
+    """'3 groups (1 exact, 2 near) hold 7 of 96 images; threshold 0.04183: ...', or None when not computed."""
+    found = summary.get("duplicates")
+    if not found:
+        return None
+    return (
+        f"{found['n_groups']} groups ({found['n_exact_groups']} exact, {found['n_near_groups']} near) hold "
+        f"{found['n_images_in_groups']} of {found['n_images']} images; threshold {found['threshold_why']}"
+    )
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown report (Prefect UI artifact)."""
     lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
@@ -248,6 +265,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     choice = summary.get("index") or {}
     if choice.get("reason"):
         lines += ["", f"**Index** ({choice['type']}): {choice['reason']}."]
+    if found := duplicates_line(summary):
+        lines += ["", f"**Duplicates**: {found}"]
     lines += ["", "## Artifacts", ""]
     for name, value in summary["artifacts"].items():
         if value:

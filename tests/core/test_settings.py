@@ -65,6 +65,15 @@ def test_settings_that_cannot_change_output_are_not_in_the_key():
     assert "epochs" in settings.encoder.key_fields()
 
 
+def test_duplicate_settings_are_keyed_only_away_from_their_defaults():
+    """Keys recorded before evaluation.duplicates and index.dedupe existed stay as they were."""
+    default = load_settings()
+    assert "duplicates" not in default.evaluation.key_fields() and "dedupe" not in default.index.key_fields()
+    changed = load_settings({"evaluation.duplicates": False, "index.dedupe": "exact"})
+    assert changed.evaluation.key_fields()["duplicates"] is False
+    assert changed.index.key_fields()["dedupe"] == "exact"
+
+
 def test_named_run_parameters_win_and_none_means_not_given():
     from lookalike.core.settings import settings_for_run
 

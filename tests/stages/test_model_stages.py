@@ -295,7 +295,13 @@ def test_held_out_evaluation_scores_the_test_split_against_the_index(tiny, datas
         assert len(row["neighbours"]) == tiny.evaluation.grid_neighbours
         assert {n["row_id"] for n in row["neighbours"]} <= indexed_rows
         assert [n["distance"] for n in row["neighbours"]] == sorted(n["distance"] for n in row["neighbours"])
-    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png"}
+    # evaluation.duplicates (default on): the duplicate groups of the indexed images, their picture when any
+    found = json.loads((folder / "duplicates.json").read_text())
+    assert stats["duplicates"] == {
+        k: found[k] for k in ("threshold", "threshold_why", "metric", "n_groups", "n_exact_groups", "n_near_groups")
+    } | {"n_images_in_groups": found["n_images_in_groups"], "n_images": len(indexed)}
+    picture = {"duplicates.png"} if found["n_groups"] else set()
+    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png", "duplicates.json"} | picture
 
 
 def test_leave_one_out_grid_leaves_the_query_out(tiny, dataset, embeddings, root):

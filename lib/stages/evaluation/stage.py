@@ -30,6 +30,7 @@ from lookalike.core.settings import DatasetSettings, EvaluationSettings
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
+from lookalike.stages.duplicates import write_duplicates
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
 from lookalike.stages.evaluation.metrics import scores
@@ -213,6 +214,9 @@ def _evaluate(
         atomic_write_bytes(folder / NEIGHBOURS, json.dumps(record, indent=1).encode())
         save_image(folder / GRID, _draw_grid(record, asked.snapshot, snapshot))
         files += [NEIGHBOURS, GRID]
+    if section.duplicates:  # exact and near-duplicate groups of the indexed images (lookalike.stages.duplicates)
+        stats["duplicates"], written = write_duplicates(root, folder, dataset, embeddings, index_manifest)
+        files += written
     return Built(files=files, stats=stats)
 
 

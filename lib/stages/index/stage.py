@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
@@ -72,6 +73,9 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     raw, row_ids = load_embeddings(root, embeddings)
     if len(raw) == 0:
         raise IndexBuildError("no vectors to index")
+    dedupe = None
+    if section.dedupe != "none":
+        raw, row_ids, dedupe = _one_per_group(section, embeddings, root, raw, row_ids)
     started = time.perf_counter()
     auto = None
     # the index is built over whitened vectors and written behind the whitening, so it takes raw ones
@@ -112,8 +116,53 @@ def _build(section: IndexSettings, embeddings: Manifest, root: Path, folder: Pat
     }
     if auto:
         stats["auto"] = auto
+    if dedupe:
+        stats["dedupe"] = dedupe
     dataset = read_manifest(root, "dataset", embeddings.inputs["dataset"])
     metadata = build_metadata(open_snapshot(root, dataset), dataset)
+    if dedupe:  # the rows indexed, not those dropped as duplicates
+        metadata = metadata.filter(np.isin(metadata.column("row").to_numpy(), row_ids))
     stats["metadata_columns"] = metadata.column_names
     files = [INDEX_FILE, write_metadata(metadata, folder)]
     return Built(files=files, stats=stats, timings={"faiss_build_seconds": build_seconds})
+
+
+def _one_per_group(section: IndexSettings, embeddings: Manifest, root: Path, raw, row_ids):
+    """(vectors, row ids, stats) with all but the lowest row id of each duplicate group dropped:
+    groups of byte-identical images (same sha256) for `exact`; for `near`, also the near-duplicate
+    groups `lookalike.stages.duplicates` finds in an exact index of all the vectors, at the threshold
+    it calibrates on augmented copies of the collection's images."""
+    from lookalike.stages.duplicates import exact_groups
+
+    snapshot = open_snapshot(root, read_manifest(root, "dataset", embeddings.inputs["dataset"]))
+    groups = exact_groups(snapshot)
+    stats = {"mode": section.dedupe}
+    if section.dedupe == "near":
+        groups, calibration = _near_groups(section, embeddings, root, raw, row_ids, snapshot, groups)
+        stats.update({"threshold": calibration.threshold, "threshold_why": calibration.why})
+    dropped = np.asarray(sorted(r for g in groups for r in g[1:]), dtype=np.int64)
+    keep = ~np.isin(row_ids, dropped)
+    kind = "byte-identical" if section.dedupe == "exact" else "byte-identical or near-duplicate"
+    stats.update(
+        {
+            "n_groups": len(groups),
+            "n_dropped": int((~keep).sum()),
+            "why": f"{len(groups)} groups of {kind} images: each indexed once, as its lowest row id",
+        }
+    )
+    return raw[keep], row_ids[keep], stats
+
+
+def _near_groups(section: IndexSettings, embeddings: Manifest, root: Path, raw, row_ids, snapshot, exact):
+    from lookalike.stages.duplicates import calibrate_threshold, near_groups
+    from lookalike.stages.index.factory import IndexType
+    from lookalike.stages.inference import Embedder
+
+    metric = "l2" if section.type == AUTO else resolve_index_type(section.type).metric
+    prepared = prepare_vectors(raw, metric)
+    whitening = fit_whitening(prepared, section.whitening)
+    everything = whitening.wrap(build_index(whitening.apply(prepared), row_ids, IndexType("Flat", metric, True)))
+    encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+    embedder = Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
+    calibration = calibrate_threshold(embedder, snapshot, everything, metric)
+    return near_groups(everything, prepared, row_ids, calibration.threshold, metric, exact), calibration

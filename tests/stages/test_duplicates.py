@@ -1,0 +1,135 @@
+"""Exact groups by sha256, near groups by range search, and the threshold calibrated on augmented copies."""
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.stages.duplicates import (
+    augmented_copy,
+    calibrate_threshold,
+    exact_groups,
+    find_duplicates,
+    index_space,
+    near_groups,
+    neighbour_pairs,
+    pair_distances,
+)
+
+
+def flat(vectors: np.ndarray, row_ids: np.ndarray, metric: str = "l2") -> faiss.Index:
+    index = faiss.IndexIDMap2(
+        faiss.IndexFlat(vectors.shape[1], faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    )
+    index.add_with_ids(vectors, row_ids)
+    return index
+
+
+def clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """40 points spread out in 8 dims; rows 5, 6, 7 in a chain 0.1 apart (5-7 is 0.2 apart), row 20
+    0.05 from row 30. Row ids have gaps, as a snapshot's do."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(0, 10, (40, 8)).astype(np.float32)
+    vectors[6] = vectors[5] + np.float32([0.1] + [0] * 7)
+    vectors[7] = vectors[6] + np.float32([0.1] + [0] * 7)
+    vectors[30] = vectors[20] + np.float32([0, 0.05] + [0] * 6)
+    return vectors, np.arange(40, dtype=np.int64) * 3 + 1
+
+
+def test_exact_groups_hold_rows_of_identical_sha256_largest_first():
+    from datasets import Dataset
+
+    snapshot = Dataset.from_dict({"row_id": [4, 1, 9, 7, 2, 8], "sha256": ["b", "a", "c", "a", "b", "a"]})
+    assert exact_groups(snapshot) == [[1, 7, 8], [2, 4]]
+
+
+def test_near_groups_join_rows_within_the_threshold_transitively():
+    vectors, row_ids = clustered()
+    index = flat(vectors, row_ids)
+    # squared L2: 0.1 apart is 0.01; the chain 5-6-7 joins although 5 and 7 are 0.04 apart
+    assert near_groups(index, vectors, row_ids, 0.011, "l2") == [[16, 19, 22], [61, 91]]
+    assert near_groups(index, vectors, row_ids, 0.0026, "l2") == [[61, 91]]  # 0.05² = 0.0025 is within
+    assert near_groups(index, vectors, row_ids, 0.0024, "l2") == []
+
+
+def test_near_groups_merge_exact_groups_in():
+    vectors, row_ids = clustered()
+    groups = near_groups(flat(vectors, row_ids), vectors, row_ids, 0.0026, "l2", exact=[[1, 91], [4, 118]])
+    assert groups == [[1, 61, 91], [4, 118]]
+
+
+def test_near_groups_read_an_inner_product_as_closer_when_higher():
+    vectors, row_ids = clustered()
+    faiss.normalize_L2(vectors)
+    index = flat(vectors, row_ids, "ip")
+    similarity = float(vectors[20] @ vectors[30])
+    assert similarity > 0.99
+    assert [61, 91] in near_groups(index, vectors, row_ids, similarity, "ip")  # the bound itself is within
+    assert [61, 91] not in near_groups(index, vectors, row_ids, min(1.0, similarity + 1e-4), "ip")
+
+
+def test_an_index_without_range_search_gives_its_nearest_neighbours_cut_at_the_threshold():
+    vectors, row_ids = clustered()
+    fast_scan = faiss.index_factory(8, "IDMap2,PQ4x4fs")
+    fast_scan.train(np.repeat(vectors, 20, axis=0) + np.random.default_rng(1).normal(0, 1, (800, 8)).astype("f"))
+    fast_scan.add_with_ids(vectors, row_ids)
+    with pytest.raises(RuntimeError):
+        fast_scan.range_search(vectors[:1], 1.0)
+    distances, ids = fast_scan.search(vectors, 40)  # every row: the pairs a full search keeps
+    threshold = float(np.quantile(distances[:, 1:4], 0.5))
+    expected = {(int(own), int(r)) for own, d, f in zip(row_ids, distances, ids) for r in f[d <= threshold] if r != own}
+    assert 0 < len(expected) and max(np.bincount([a for a, _ in expected])) < 20
+    assert set(neighbour_pairs(fast_scan, vectors, row_ids, threshold, "l2")) == expected
+
+
+def test_distances_in_the_index_space_are_the_ones_a_whitened_index_returns():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(0, 1, (300, 16)).astype(np.float32) * np.linspace(0.1, 3, 16, dtype=np.float32)
+    pca = faiss.PCAMatrix(16, 16, -0.25, False)
+    pca.train(vectors)
+    index = faiss.IndexPreTransform(pca, faiss.IndexIDMap2(faiss.IndexFlatL2(16)))
+    index.add_with_ids(vectors, np.arange(300, dtype=np.int64))
+    found, ids = index.search(vectors[:5], 2)
+    space = index_space(index, vectors)
+    assert np.allclose(pair_distances(space[:5], space[ids[:, 1]], "l2"), found[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def test_augmented_copies_are_seeded_and_keep_the_size():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    a = augmented_copy(image, np.random.default_rng(5))
+    b = augmented_copy(image, np.random.default_rng(5))
+    assert a.size == image.size and np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(image))
+
+
+def test_calibration_holds_95_percent_of_copies_unless_distinct_images_are_that_close(tiny_chain):
+    from conftest import TINY
+    from lookalike.core.settings import load_settings
+    from lookalike.serving.query import resolve_chain
+    from lookalike.stages.dataset.stage import open_snapshot
+    from lookalike.stages.index.factory import load_index
+    from lookalike.stages.inference import Embedder
+
+    chain = resolve_chain(load_settings({**TINY, "artifacts_root": str(tiny_chain)}))
+    embedder = Embedder(tiny_chain, chain.encoder)
+    snapshot, index = open_snapshot(tiny_chain, chain.dataset), load_index(tiny_chain, chain.index)
+    cal = calibrate_threshold(embedder, snapshot, index, "l2", sample=40)
+    copies, others = np.asarray(cal.copy_distances), np.asarray(cal.nearest_other_distances)
+    assert cal.n_sample == len(copies) == 40 and len(others) == 40
+    assert cal.copy_threshold == pytest.approx(np.quantile(copies, 0.95), abs=2e-6)
+    assert cal.cap == pytest.approx(0.5 * np.median(others), abs=2e-6)
+    assert cal.threshold == min(cal.copy_threshold, cal.cap)
+    assert cal.copies_within == pytest.approx((copies <= cal.threshold).mean(), abs=1e-4)
+    assert cal.nearest_other_within == pytest.approx((others <= cal.threshold).mean(), abs=1e-4)
+    assert cal.why.startswith(f"{cal.threshold:.4g}: {cal.copies_within:.0%} of 40 augmented copies")
+    assert calibrate_threshold(embedder, snapshot, index, "l2", sample=40) == cal  # seeded
+
+    report = find_duplicates(tiny_chain, chain.dataset, chain.encoder, chain.embeddings, chain.index, threshold=0.0)
+    assert report.calibration is None and report.exact_groups == [] and report.near_groups == []
+    assert report.counts() == {
+        "n_groups": 0,
+        "n_exact_groups": 0,
+        "n_near_groups": 0,
+        "n_images_in_groups": 0,
+        "n_images": 48,
+    }
