@@ -325,9 +325,9 @@ class DuplicateReport:
     @property
     def groups(self) -> list[dict[str, Any]]:
         """Every group once: the near groups, then the exact groups not inside one; largest first."""
-        inside = {r for g in self.near_groups for r in g["rows"]}
-        rest = [g for g in self.exact_groups if g["rows"][0] not in inside]
-        return sorted(self.near_groups + rest, key=lambda g: (-len(g["rows"]), g["rows"][0]))
+        return [
+            group for _, group in report_groups({"near_groups": self.near_groups, "exact_groups": self.exact_groups})
+        ]
 
     def counts(self) -> dict[str, Any]:
         groups = self.groups
