@@ -149,6 +149,7 @@ def main() -> None:
         help="with --folders: a root where `lookalike run` already built the index for "
         "these settings; it is only read (no run)",
     )
+    parser.add_argument("--linkage", default="leader", choices=("leader", "components"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -173,7 +174,7 @@ def main() -> None:
     summary, run_seconds = {}, None
     if not args.artifacts_root:
         summary, run_seconds = lookalike("run", *where, "--set", "tracking.mode=disabled", "--no-promote", "--json")
-    report, dup_seconds = lookalike("duplicates", *where, "--json")
+    report, dup_seconds = lookalike("duplicates", *where, "--linkage", args.linkage, "--json")
     found, groups = reported_pairs(report)
 
     if args.plant:
@@ -194,6 +195,7 @@ def main() -> None:
         record["groups_within_one_folder"] = sum(1 for g in groups if len({Path(p).parent for p in g}) == 1)
     record.update(
         {
+            "linkage": args.linkage,
             "threshold": report["threshold"],
             "threshold_why": report["threshold_why"],
             "calibration": report["calibration"],

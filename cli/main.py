@@ -40,6 +40,11 @@ class MethodChoice(str, Enum):
     distill = "distill"  # with --set encoder.teacher=<model>
 
 
+class LinkageChoice(str, Enum):
+    leader = "leader"
+    components = "components"
+
+
 Dataset = Annotated[
     Optional[str],
     typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder."),
@@ -395,6 +400,13 @@ def duplicates(
         ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the picture of the largest groups.")] = None,
+    linkage: Annotated[
+        LinkageChoice,
+        typer.Option(
+            help="leader: every member within the threshold of its group's first row; components: any chain "
+            "of rows within the threshold of each other is one group."
+        ),
+    ] = LinkageChoice.leader,
     dataset: Dataset = None,
     split: Split = None,
     method: MethodOpt = None,
@@ -430,7 +442,15 @@ def duplicates(
             chain = resolve_ref(root, local_ref)[0]
         else:
             chain = chain_from_alias(root, alias) if alias else resolve_chain(settings)
-        report = find_duplicates(root, chain.dataset, chain.encoder, chain.embeddings, chain.index, threshold=threshold)
+        report = find_duplicates(
+            root,
+            chain.dataset,
+            chain.encoder,
+            chain.embeddings,
+            chain.index,
+            threshold=threshold,
+            linkage=linkage.value,
+        )
     except LookalikeError as exc:
         _fail(str(exc))
     target = out or settings.artifacts_root / "duplicates" / f"{chain.index.key}.png"

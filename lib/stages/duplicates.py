@@ -247,13 +247,21 @@ def near_groups(
     threshold: float,
     metric: str,
     exact: list[list[int]] = (),
+    *,
+    linkage: str = "components",
 ) -> list[list[int]]:
-    """Connected components of rows within `threshold` of each other, with the `exact` groups merged
-    in: groups of >= 2 row ids, each sorted, largest first, then by first row id.
+    """Groups of rows within `threshold` of each other, with the `exact` groups merged in: groups of
+    >= 2 row ids, each sorted, largest first, then by first row id.
 
     Args:
         vectors: (n, dim) embeddings of `row_ids`, prepared for the metric (`prepare_vectors`).
+        linkage: "components": connected components (a row joins a group when it is within the
+            threshold of ANY member: what leaks between two sets of images follow). "leader": in row
+            id order, each row not yet grouped takes its ungrouped neighbours, so every member is
+            within the threshold of the group's first row: no chains (on the bundled sample
+            components chained 90 distinct Fashion-MNIST images into one group; benchmarks/README.md).
     """
+    pairs = neighbour_pairs(index, vectors, np.asarray(row_ids, dtype=np.int64), threshold, metric)
     parent: dict[int, int] = {}
 
     def find(r: int) -> int:
@@ -268,8 +276,24 @@ def near_groups(
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
 
-    for a, b in neighbour_pairs(index, vectors, np.asarray(row_ids, dtype=np.int64), threshold, metric):
-        union(a, b)
+    if linkage == "components":
+        for a, b in pairs:
+            union(a, b)
+    elif linkage == "leader":
+        neighbours: dict[int, set[int]] = defaultdict(set)
+        for a, b in pairs:
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+        grouped: set[int] = set()
+        for leader in sorted(neighbours):
+            if leader in grouped:
+                continue
+            grouped.add(leader)
+            for r in sorted(neighbours[leader] - grouped):
+                grouped.add(r)
+                union(leader, r)
+    else:
+        raise ValueError(f"linkage {linkage!r}: use 'components' or 'leader'")
     for group in exact:
         for r in group[1:]:
             union(group[0], r)
@@ -296,13 +320,14 @@ class DuplicateReport:
     exact_groups: list[dict[str, Any]]
     near_groups: list[dict[str, Any]]
     n_images: int
+    linkage: str = "leader"
 
     @property
     def groups(self) -> list[dict[str, Any]]:
         """Every group once: the near groups, then the exact groups not inside one; largest first."""
-        inside = {r for g in self.near_groups for r in g["rows"]}
-        rest = [g for g in self.exact_groups if g["rows"][0] not in inside]
-        return sorted(self.near_groups + rest, key=lambda g: (-len(g["rows"]), g["rows"][0]))
+        return [
+            group for _, group in report_groups({"near_groups": self.near_groups, "exact_groups": self.exact_groups})
+        ]
 
     def counts(self) -> dict[str, Any]:
         groups = self.groups
@@ -321,6 +346,7 @@ class DuplicateReport:
             "metric": self.metric,
             "threshold": self.threshold,
             "threshold_why": self.threshold_why,
+            "linkage": self.linkage,
             "calibration": self.calibration,
             "exact_groups": self.exact_groups,
             "near_groups": self.near_groups,
@@ -348,12 +374,15 @@ def find_duplicates(
     embedder=None,
     sample: int = CALIBRATION_SAMPLE,
     seed: int = 0,
+    linkage: str = "leader",
 ) -> DuplicateReport:
     """Exact and near-duplicate groups of a finished chain, every file sha256-checked as it loads.
 
     Args:
         threshold: use this instead of calibrating (in the index's units; no encoder is loaded then).
         embedder: an already loaded Embedder of `encoder` (else one is loaded for the calibration).
+        linkage: how rows within the threshold form groups (`near_groups`); "leader" keeps every member
+            within the threshold of its group's first row.
     """
     snapshot = open_snapshot(root, dataset)
     index = load_index(root, index_manifest)
@@ -373,7 +402,7 @@ def find_duplicates(
         threshold, why = calibration.threshold, calibration.why
     else:
         why = f"{threshold:.4g}: given (--threshold), not calibrated"
-    groups = near_groups(index, vectors, row_ids, threshold, metric, exact)
+    groups = near_groups(index, vectors, row_ids, threshold, metric, exact, linkage=linkage)
     digest = dict(zip(map(int, snapshot["row_id"]), snapshot["sha256"]))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
     position = row_positions(snapshot)
@@ -405,6 +434,7 @@ def find_duplicates(
         exact_groups=[describe(g) for g in exact],
         near_groups=[describe(g) for g in near],
         n_images=len(snapshot),
+        linkage=linkage,
     )
 
 

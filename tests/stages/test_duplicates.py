@@ -52,6 +52,16 @@ def test_near_groups_join_rows_within_the_threshold_transitively():
     assert near_groups(index, vectors, row_ids, 0.0024, "l2") == []
 
 
+def test_leader_linkage_keeps_every_member_within_the_threshold_of_the_first_row():
+    vectors, row_ids = clustered()
+    index = flat(vectors, row_ids)
+    # 16-19 and 19-22 are 0.01 apart, 16-22 0.04: 16 leads and takes 19; 22 is left with no ungrouped neighbour
+    assert near_groups(index, vectors, row_ids, 0.011, "l2", linkage="leader") == [[16, 19], [61, 91]]
+    assert near_groups(index, vectors, row_ids, 0.05, "l2", linkage="leader") == [[16, 19, 22], [61, 91]]
+    with pytest.raises(ValueError, match="linkage 'single'"):
+        near_groups(index, vectors, row_ids, 0.05, "l2", linkage="single")
+
+
 def test_near_groups_merge_exact_groups_in():
     vectors, row_ids = clustered()
     groups = near_groups(flat(vectors, row_ids), vectors, row_ids, 0.0026, "l2", exact=[[1, 91], [4, 118]])

@@ -315,6 +315,14 @@ def test_leave_one_out_grid_leaves_the_query_out(tiny, dataset, embeddings, root
         assert len(row["neighbours"]) == tiny.evaluation.grid_neighbours
 
 
+def test_evaluation_duplicates_off_writes_no_groups(tiny, dataset, embeddings, root):
+    index = run_index_stage(tiny.index, embeddings, root).manifest
+    section = tiny.evaluation.model_copy(update={"duplicates": False})
+    manifest = run_evaluation_stage(section, dataset, embeddings, index, root).manifest
+    assert "duplicates" not in manifest.stats
+    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png"}
+
+
 def test_unlabelled_held_out_queries_give_no_scores_but_a_grid(tiny, dataset, embeddings, root):
     section = tiny.dataset.model_copy(update={"split": "test", "limit": 8, "label_column": None})
     queries = run_dataset_stage(section, root).manifest

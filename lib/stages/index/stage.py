@@ -165,4 +165,5 @@ def _near_groups(section: IndexSettings, embeddings: Manifest, root: Path, raw, 
     encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
     embedder = Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
     calibration = calibrate_threshold(embedder, snapshot, everything, metric)
-    return near_groups(everything, prepared, row_ids, calibration.threshold, metric, exact), calibration
+    groups = near_groups(everything, prepared, row_ids, calibration.threshold, metric, exact, linkage="leader")
+    return groups, calibration
