@@ -212,7 +212,8 @@ def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack, two_
     run = two_smoke_runs[0]
     assert run["state_type"] == "COMPLETED", (stack["home"] / "worker.log").read_text()[-4000:]
     found = artifacts_of(stack, run["id"])
-    assert {"retrieval-summary", "retrieval-metrics", "retrieval-grid"} <= set(found)
+    assert {"retrieval-summary", "retrieval-metrics", "retrieval-grid", "duplicate-groups"} <= set(found)
+    assert found["duplicate-groups"]["type"] == "table" and "threshold" in found["duplicate-groups"]["description"]
     summary = found["retrieval-summary"]["data"]
     for stage in STAGE_NAMES:
         assert f"| {stage} |" in summary

@@ -143,7 +143,7 @@ def test_wandb_offline_run_holds_the_faiss_embeddings_artifact(first):
     assert (meta["dim"], meta["ntotal"], meta["metric"], meta["index_type"]) == (DIM, 48, "l2", "flat-l2")
     assert meta["stage_keys"]["encoder"] == summary["stages"]["encoder"]["key"]
     assert meta["metrics"]["self_retrieval_at_1"] == 1.0
-    assert set(artifact["files"]) == {"index.faiss", "manifest.json"}
+    assert set(artifact["files"]) == {"index.faiss", "metadata.parquet", "manifest.json"}
     assert any("pretrain/loss" in row for row in offline["history"])
     assert offline["summary"]["knn_accuracy"] == summary["metrics"]["knn_accuracy"]
 
