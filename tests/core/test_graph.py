@@ -26,7 +26,8 @@ RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # Since then, on purpose (issue 25): every evaluation key (evaluation.baselines is keyed), and every
 # encoder key with what depends on it (the encoder is keyed by its resolved recipe and step budget),
 # and every index key (index.whitening is keyed); index code version 4: whitening epsilon on FAISS's
-# eigenvalue scale (1% of the mean eigenvalue, as documented), so indexes whitened before are rebuilt.
+# eigenvalue scale (1% of the mean eigenvalue, as documented), so indexes whitened before are rebuilt;
+# evaluation code version 4 (issue 29): leak-aware scores (`leaks`, `clean`) and the map (map.png, map.json).
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
 MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
 
