@@ -104,3 +104,24 @@ def test_a_student_is_held_to_a_fraction_of_its_teacher_when_asked(tmp_path):
         "precision_at_10 0.8000 keeps 0.909 of the teacher's 0.8800 (teacher); promotion.min_teacher_fraction is 0.95"
     ]
     assert promotion_decision(PromotionSettings(min_teacher_fraction=0.9), tmp_path, INDEX, student)["promoted"]
+
+
+def test_the_gate_compares_on_the_clean_numbers_when_queries_leak(tmp_path):
+    """Leaked queries find their own copies and flatter every model alike; on the clean queries this
+    encoder falls below its starting point, and the gate says so, naming the clean queries."""
+    leaky = evaluation(0.80, pixels=0.70, init=0.75)
+    leaky.stats["baselines"]["pixels"]["clean"] = {"precision_at_10": 0.30, "n_queries": 6}
+    leaky.stats["baselines"]["init"]["clean"] = {"precision_at_10": 0.45, "n_queries": 6}
+    leaky.stats.update(
+        n_queries=10,
+        leaks={"n_leaked": 4, "exact": 1, "near": 3, "threshold": 0.01, "why": "calibrated"},
+        clean={"precision_at_10": 0.40, "n_queries": 6},
+    )
+    decision = promotion_decision(PromotionSettings(), tmp_path, INDEX, leaky)
+    assert decision["reasons"] == [
+        "precision_at_10 0.4000 is -0.0500 over the init baseline's 0.4500 (init) on the clean queries; "
+        "promotion.min_gain_over_init is 0.0"
+    ]
+    assert decision["checks"]["scored_on"] == "clean queries: 4 of 10 leak (1 exact, 3 near)"
+    leaky.stats["leaks"]["n_leaked"] = 0  # nothing leaked: the raw numbers, which pass
+    assert promotion_decision(PromotionSettings(), tmp_path, INDEX, leaky)["promoted"]
