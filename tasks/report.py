@@ -75,7 +75,7 @@ def publish_report(summary: dict[str, Any]) -> None:
         create_image_artifact(
             png_data_url(Path(picture), MAX_INLINE_BYTES),
             key="collection-map",
-            description=f"The collection's embeddings projected to 2-D (PCA), coloured by label; file: {picture}",
+            description=f"The collection's embeddings projected to 2-D (t-SNE), coloured by label; file: {picture}",
         )
     publish_duplicates(summary)
 

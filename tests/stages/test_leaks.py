@@ -73,7 +73,7 @@ def test_the_map_is_in_the_evaluation_folder_with_its_hash_and_one_point_per_ima
     picture = evaluation.file("map.png")
     assert hashlib.sha256((folder / "map.png").read_bytes()).hexdigest() == picture.sha256
     with Image.open(folder / "map.png") as image:
-        assert image.size == (700, 600)
+        assert image.size == (800, 600)
     points = json.loads((folder / "map.json").read_text())
     assert sorted(points["rows"]) == list(range(24)) and len(points["x"]) == len(points["y"]) == 24
     assert {*points["labels"]} == set(LABELS)
