@@ -125,3 +125,29 @@ def test_the_gate_compares_on_the_clean_numbers_when_queries_leak(tmp_path):
     assert decision["checks"]["scored_on"] == "clean queries: 4 of 10 leak (1 exact, 3 near)"
     leaky.stats["leaks"]["n_leaked"] = 0  # nothing leaked: the raw numbers, which pass
     assert promotion_decision(PromotionSettings(), tmp_path, INDEX, leaky)["promoted"]
+
+
+def test_against_production_the_gate_compares_clean_knn_accuracy_when_queries_leak(tmp_path, monkeypatch):
+    """Raw kNN accuracy equal to production's, but 0.10 lower on the clean queries: refused."""
+    from lookalike.artifacts import promotion
+
+    def leaky(knn: float, clean_knn: float) -> Manifest:
+        made = evaluation(0.80, pixels=0.10, init=0.10)
+        made.stats.update(
+            knn_accuracy=knn,
+            protocol="held-out:test",
+            n_queries=10,
+            leaks={"n_leaked": 2, "exact": 2, "near": 0, "threshold": 0.01, "why": "calibrated"},
+            clean={"knn_accuracy": clean_knn, "precision_at_10": 0.80, "n_queries": 8},
+        )
+        for measured in made.stats["baselines"].values():
+            measured["clean"] = {"precision_at_10": 0.10, "n_queries": 8}
+        return made.model_copy(update={"inputs": {"index": "p" * 16, "queries": "q" * 16}})
+
+    monkeypatch.setattr(promotion, "_production_evaluation", lambda root: leaky(0.70, 0.65))
+    run = leaky(0.70, 0.55).model_copy(update={"inputs": {"index": INDEX.key, "queries": "q" * 16}})
+    decision = promotion_decision(PromotionSettings(max_knn_drop=0.05), tmp_path, INDEX, run)
+    assert decision["checks"]["knn_accuracy"] == [0.55, 0.65, 0.05]
+    assert (
+        not decision["promoted"] and "knn_accuracy 0.5500 is 0.1000 below production's 0.6500" in decision["reasons"][0]
+    )
