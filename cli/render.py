@@ -20,6 +20,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         distillation_line,
         duplicates_line,
         embedding_counts_line,
+        leaks_line,
         recipe_lines,
     )
 
@@ -61,6 +62,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print(baselines_line(summary), highlight=False, soft_wrap=True)
     if distilled := distillation_line(summary):
         console.print(distilled, highlight=False, soft_wrap=True, markup=False)
+    if leaked := leaks_line(summary):
+        console.print(f"leaks: {leaked}", highlight=False, soft_wrap=True, markup=False)
 
     skipped = summary.get("skipped") or []
     if skipped:

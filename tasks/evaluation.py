@@ -62,4 +62,14 @@ def evaluate_index(
         stats["k"],
         stats["knn_accuracy"],
     )
+    if leaks := stats.get("leaks"):
+        get_run_logger().info(
+            "evaluation leaks: %d of %d queries have a copy in the index (%d exact, %d near); clean kNN@%d accuracy %s",
+            leaks["n_leaked"],
+            stats["n_queries"],
+            leaks["exact"],
+            leaks["near"],
+            stats["k"],
+            stats["clean"]["knn_accuracy"],
+        )
     return result

@@ -2,8 +2,9 @@
 
 Artifacts keyed so the UI's Artifacts page keeps their history across runs:
 `retrieval-summary` (markdown: stages with key, status, seconds; metrics; locations),
-`retrieval-metrics` (table), `retrieval-grid` (the grid picture, inlined as a data
-URL so it shows without the UI having to reach the worker's disk) and, when the evaluation
+`retrieval-metrics` (table, with the clean scores when some queries leaked), `retrieval-grid`
+(the grid picture, inlined as a data URL so it shows without the UI having to reach the worker's
+disk), `collection-map` (the embeddings in 2-D, coloured by label) and, when the evaluation
 found duplicates, `duplicate-groups` (table: one row per group) and `duplicates` (their picture).
 """
 
@@ -33,7 +34,12 @@ def publish_report(summary: dict[str, Any]) -> None:
     baselines = summary.get("baselines") or {}
     create_table_artifact(
         [{"metric": k, "value": v} for k, v in summary["metrics"].items()]
-        + [{"metric": f"{name}/{k}", "value": v} for name, scores in baselines.items() for k, v in scores.items()]
+        + [
+            {"metric": f"{name}/{k}", "value": v}
+            for name, scores in baselines.items()
+            for k, v in scores.items()
+            if k != "clean"  # a baseline's clean scores: the clean rows below cover the run's
+        ]
         + [
             {"metric": f"gain over {name}/{k}", "value": v}
             for name, g in (summary.get("gain") or {}).items()
@@ -48,7 +54,13 @@ def publish_report(summary: dict[str, Any]) -> None:
                 },
                 **({"speedup": summary["distillation"]["speedup"]} if summary.get("distillation") else {}),
             }.items()
-        ],
+        ]
+        + [
+            {"metric": f"clean/{k}", "value": v}
+            for k, v in (summary.get("clean") or {}).items()
+            if k != "gain" and (summary.get("leaks") or {}).get("n_leaked")
+        ]
+        + [{"metric": f"leaks/{k}", "value": v} for k, v in (summary.get("leaks") or {}).items() if k != "why"],
         key="retrieval-metrics",
         description="Retrieval metrics of this run",
     )
@@ -58,6 +70,12 @@ def publish_report(summary: dict[str, Any]) -> None:
             png_data_url(Path(grid), MAX_INLINE_BYTES),
             key="retrieval-grid",
             description=f"Queries (left) and their nearest neighbours; file: {grid}",
+        )
+    if picture := summary["artifacts"].get("map"):
+        create_image_artifact(
+            png_data_url(Path(picture), MAX_INLINE_BYTES),
+            key="collection-map",
+            description=f"The collection's embeddings projected to 2-D (t-SNE), coloured by label; file: {picture}",
         )
     publish_duplicates(summary)
 

@@ -26,6 +26,7 @@ from lookalike.reporting.summary import baseline_rows
 from lookalike.reporting.tracking import FLOW_JOB_TYPE, TrackingRun, wandb_dir
 from lookalike.stages.duplicates import duplicates_table
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
+from lookalike.stages.evaluation.collection_map import map_table
 from lookalike.stages.evaluation.stage import retrieval_table
 
 _ACTIVE: dict[str, TrackingRun] = {}
@@ -115,7 +116,8 @@ def track_stage(
 
 @task(name="publish-to-wandb", cache_policy=NO_CACHE)
 def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summary: dict[str, Any]) -> None:
-    """Log metrics, pictures, the `retrieval` table (the grid's queries and neighbours, with
+    """Log metrics, pictures (the grid, the loss curve, the collection's map), the `map_points` table
+    (one row per mapped image, for W&B's embedding projector), the `retrieval` table (the grid's queries and neighbours, with
     thumbnails) and the `duplicates` table (every image of each duplicate group), and declare the index (`<method>-embeddings`, type `faiss-embeddings`) as the
     input this run evaluated, with `production` when the gate passed."""
     run = active_run()
@@ -148,6 +150,7 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
             for k, v in (
                 ("retrieval_grid", summary["artifacts"]["retrieval_grid"]),
                 ("pretrain/loss_curve", summary["artifacts"]["loss_curve"]),
+                ("map", summary["artifacts"].get("map")),
             )
             if v
         }
@@ -155,6 +158,11 @@ def publish_to_wandb(settings: Settings, reports: dict[str, StageReport], summar
     table = retrieval_table(root, reports["evaluation"].manifest) if run.mode != "disabled" else None
     if table is not None:  # the grid's queries and neighbours, with thumbnails
         run.log_table("retrieval", *table)
+    if run.mode != "disabled" and (points := map_table(root, reports["evaluation"].manifest)):
+        run.log_table("map_points", *points)  # one row per mapped image: W&B's projector plots it
+    if summary.get("leaks"):  # how many queries leaked and the scores without them
+        run.set_summary({f"leaks/{k}": v for k, v in summary["leaks"].items() if k != "why"})
+        run.set_summary({f"clean/{k}": v for k, v in summary["clean"].items() if k != "gain"})
     if run.mode != "disabled" and (groups := duplicates_table(root, reports["evaluation"].manifest)):
         run.log_table("duplicates", *groups)  # one row per image of each group, with thumbnails
         run.set_summary({f"duplicates/{k}": v for k, v in (summary.get("duplicates") or {}).items()})

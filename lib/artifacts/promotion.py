@@ -8,6 +8,10 @@ evaluated on labels with the same queries: the same protocol (held-out or leave-
 and query set. Otherwise the two numbers measure different things; `checks.knn_accuracy`
 then says why they were not compared, and the gate does not refuse on them. A refused run
 still completes and moves `latest`; `production` stays.
+
+When some of the evaluation's queries leak (an exact or near copy of them is indexed:
+`stats["leaks"]`), every comparison is made on the clean numbers (`stats["clean"]`, the same
+scores over the queries that do not leak), on both sides, and `checks.scored_on` says so.
 """
 
 from __future__ import annotations
@@ -50,7 +54,14 @@ def promotion_decision(
             f"recall_at_10 {recall:.4f} vs exact search < promotion.min_recall_at_10 {section.min_recall_at_10}"
         )
 
-    reasons += _baseline_reasons(section, evaluation, decision["checks"])
+    scored = gate_scores(evaluation)
+    if scored is not evaluation.stats:
+        leaks = evaluation.stats["leaks"]
+        decision["checks"]["scored_on"] = (
+            f"clean queries: {leaks['n_leaked']} of {evaluation.stats.get('n_queries')} leak "
+            f"({leaks['exact']} exact, {leaks['near']} near)"
+        )
+    reasons += _baseline_reasons(section, scored, decision["checks"])
 
     try:
         current = _production_evaluation(root)
@@ -62,7 +73,7 @@ def promotion_decision(
         decision["checks"]["knn_accuracy"] = f"not compared with production's: {exc}"
     if current is not None:
         decision["production"] = current.inputs.get("index")
-        before, after = current.stats.get("knn_accuracy"), evaluation.stats.get("knn_accuracy")
+        before, after = gate_scores(current).get("knn_accuracy"), scored.get("knn_accuracy")
         if before is not None and after is not None and decision["production"] != index.key:
             apart = query_set_difference(current, evaluation)
             if apart:  # other queries: the two numbers measure different things
@@ -82,15 +93,28 @@ def promotion_decision(
 BASELINE_MARGINS = {"pixels": "min_gain_over_pixels", "init": "min_gain_over_init"}
 
 
-def _baseline_reasons(section: PromotionSettings, evaluation: Manifest, checks: dict[str, Any]) -> list[str]:
-    """The encoder against its baselines on precision@k (the same queries): one reason line per
-    baseline it does not beat by the configured margin. `checks` records each comparison."""
-    k = evaluation.stats.get("k", 10)
+def gate_scores(evaluation: Manifest) -> dict[str, Any]:
+    """The scores the gate compares: `stats["clean"]` (with each baseline's clean scores) when some
+    queries leaked, else the evaluation's own stats."""
+    stats = evaluation.stats
+    if not (stats.get("leaks") or {}).get("n_leaked") or not stats.get("clean"):
+        return stats
+    baselines = {
+        name: {"what": m.get("what"), **m.get("clean", {})} for name, m in (stats.get("baselines") or {}).items()
+    }
+    return {**stats["clean"], "k": stats.get("k"), "baselines": baselines, "clean": True}
+
+
+def _baseline_reasons(section: PromotionSettings, stats: dict[str, Any], checks: dict[str, Any]) -> list[str]:
+    """The encoder against its baselines on precision@k (the same queries; `stats` from `gate_scores`):
+    one reason line per baseline it does not beat by the configured margin. `checks` records each comparison."""
+    k = stats.get("k", 10)
     score = f"precision_at_{k}"
-    run = evaluation.stats.get(score)
+    run = stats.get(score)
+    on = " on the clean queries" if stats.get("clean") is True else ""
     reasons = []
     for baseline, setting in BASELINE_MARGINS.items():
-        measured = (evaluation.stats.get("baselines") or {}).get(baseline) or {}
+        measured = (stats.get("baselines") or {}).get(baseline) or {}
         margin = getattr(section, setting)
         if run is None or measured.get(score) is None:
             checks[f"gain_over_{baseline}"] = (
@@ -102,9 +126,9 @@ def _baseline_reasons(section: PromotionSettings, evaluation: Manifest, checks: 
         if gain < margin:
             reasons.append(
                 f"{score} {run:.4f} is {gain:+.4f} over the {baseline} baseline's {measured[score]:.4f} "
-                f"({measured.get('what', baseline)}); promotion.{setting} is {margin}"
+                f"({measured.get('what', baseline)}){on}; promotion.{setting} is {margin}"
             )
-    teacher = (evaluation.stats.get("baselines") or {}).get("teacher") or {}
+    teacher = (stats.get("baselines") or {}).get("teacher") or {}
     if section.min_teacher_fraction and run is not None and teacher.get(score):
         fraction = run / teacher[score]
         checks["teacher_fraction"] = [round(fraction, 4), section.min_teacher_fraction]

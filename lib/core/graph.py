@@ -39,7 +39,7 @@ STAGES: dict[str, StageSpec] = {
     ),
     # `queries`, the held-out split, is a dataset stage (optional: leave-one-out has none)
     "evaluation": StageSpec(
-        "evaluation", {"dataset": "dataset", "index": "index", "queries": "dataset"}, code_version=3
+        "evaluation", {"dataset": "dataset", "index": "index", "queries": "dataset"}, code_version=4
     ),
 }
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

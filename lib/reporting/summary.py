@@ -24,6 +24,7 @@ from lookalike.stages.duplicates import PICTURE as DUPLICATES_PICTURE
 from lookalike.stages.duplicates import REPORT as DUPLICATES
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.encoder.training import LOSS_CURVE
+from lookalike.stages.evaluation.collection_map import MAP_PICTURE, MAP_POINTS_FILE
 from lookalike.stages.evaluation.stage import GRID
 from lookalike.stages.index.factory import INDEX_FILE
 
@@ -65,6 +66,8 @@ def build_summary(
         "retrieval_grid": path("evaluation", GRID),
         "duplicates": path("evaluation", DUPLICATES),
         "duplicates_picture": path("evaluation", DUPLICATES_PICTURE),
+        "map": path("evaluation", MAP_PICTURE),  # the collection's embeddings in 2-D, coloured by label
+        "map_points": path("evaluation", MAP_POINTS_FILE),
         "loss_curve": path("encoder", LOSS_CURVE),
         "wandb_run_dir": (tracking or {}).get("run_dir"),
         "wandb_mode": (tracking or {}).get("mode"),
@@ -98,6 +101,9 @@ def build_summary(
         "distillation": evaluation.stats.get("distillation"),
         # evaluation.duplicates: group counts, the near-duplicate threshold and why (the groups: artifacts.duplicates)
         "duplicates": evaluation.stats.get("duplicates"),
+        # held-out queries with an exact or near copy in the index, and the scores without them
+        "leaks": evaluation.stats.get("leaks"),
+        "clean": evaluation.stats.get("clean"),
     }
 
 
@@ -184,7 +190,7 @@ def baseline_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]] 
         return None
     names = list(measured)
     header = ["score", "this run", *names, *(f"gain over {n}" for n in names)]
-    scores = [s for s in next(iter(measured.values())) if s != "what"]
+    scores = [s for s in next(iter(measured.values())) if s not in ("what", "clean")]  # clean: leaks_line
     rows = [
         [
             score,
@@ -236,6 +242,31 @@ def duplicates_line(summary: dict[str, Any]) -> str | None:
     )
 
 
+def leaks_line(summary: dict[str, Any]) -> str | None:
+    """'3 of 64 held-out queries leak (2 exact, 1 near); clean precision@10 0.7100 (raw 0.7300), ...
+    over 61 queries', or None when not measured (no labelled queries, or an older evaluation)."""
+    leaks, clean = summary.get("leaks"), summary.get("clean")
+    if not leaks or not clean:
+        return None
+    metrics = summary["metrics"]
+    protocol = metrics.get("evaluation_protocol") or ""
+    kind = "held-out" if protocol.startswith("held-out") else "leave-one-out"
+    n = clean.get("n_queries", 0) + leaks["n_leaked"]
+    scores = ", ".join(
+        f"{_score_name(name)} {_fmt(clean.get(name))} (raw {_fmt(metrics.get(name))})"
+        for name in clean
+        if name not in ("n_queries", "gain")
+    )
+    return (
+        f"{leaks['n_leaked']} of {n} {kind} queries leak ({leaks['exact']} exact, {leaks['near']} near); "
+        f"clean {scores} over {clean.get('n_queries', 0)} queries"
+    )
+
+
+def _score_name(name: str) -> str:
+    return "kNN accuracy" if name == "knn_accuracy" else name.replace("_at_", "@")
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown report (Prefect UI artifact)."""
     lines = ["# Retrieval pipeline", "", "| stage | key | status | reused | seconds |", "|---|---|---|---|---|"]
@@ -267,6 +298,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"**Index** ({choice['type']}): {choice['reason']}."]
     if found := duplicates_line(summary):
         lines += ["", f"**Duplicates**: {found}"]
+    if leaked := leaks_line(summary):
+        lines += ["", f"**Leaks**: {leaked}; near threshold {summary['leaks']['why']}"]
     lines += ["", "## Artifacts", ""]
     for name, value in summary["artifacts"].items():
         if value:

@@ -104,3 +104,50 @@ def test_a_student_is_held_to_a_fraction_of_its_teacher_when_asked(tmp_path):
         "precision_at_10 0.8000 keeps 0.909 of the teacher's 0.8800 (teacher); promotion.min_teacher_fraction is 0.95"
     ]
     assert promotion_decision(PromotionSettings(min_teacher_fraction=0.9), tmp_path, INDEX, student)["promoted"]
+
+
+def test_the_gate_compares_on_the_clean_numbers_when_queries_leak(tmp_path):
+    """Leaked queries find their own copies and flatter every model alike; on the clean queries this
+    encoder falls below its starting point, and the gate says so, naming the clean queries."""
+    leaky = evaluation(0.80, pixels=0.70, init=0.75)
+    leaky.stats["baselines"]["pixels"]["clean"] = {"precision_at_10": 0.30, "n_queries": 6}
+    leaky.stats["baselines"]["init"]["clean"] = {"precision_at_10": 0.45, "n_queries": 6}
+    leaky.stats.update(
+        n_queries=10,
+        leaks={"n_leaked": 4, "exact": 1, "near": 3, "threshold": 0.01, "why": "calibrated"},
+        clean={"precision_at_10": 0.40, "n_queries": 6},
+    )
+    decision = promotion_decision(PromotionSettings(), tmp_path, INDEX, leaky)
+    assert decision["reasons"] == [
+        "precision_at_10 0.4000 is -0.0500 over the init baseline's 0.4500 (init) on the clean queries; "
+        "promotion.min_gain_over_init is 0.0"
+    ]
+    assert decision["checks"]["scored_on"] == "clean queries: 4 of 10 leak (1 exact, 3 near)"
+    leaky.stats["leaks"]["n_leaked"] = 0  # nothing leaked: the raw numbers, which pass
+    assert promotion_decision(PromotionSettings(), tmp_path, INDEX, leaky)["promoted"]
+
+
+def test_against_production_the_gate_compares_clean_knn_accuracy_when_queries_leak(tmp_path, monkeypatch):
+    """Raw kNN accuracy equal to production's, but 0.10 lower on the clean queries: refused."""
+    from lookalike.artifacts import promotion
+
+    def leaky(knn: float, clean_knn: float) -> Manifest:
+        made = evaluation(0.80, pixels=0.10, init=0.10)
+        made.stats.update(
+            knn_accuracy=knn,
+            protocol="held-out:test",
+            n_queries=10,
+            leaks={"n_leaked": 2, "exact": 2, "near": 0, "threshold": 0.01, "why": "calibrated"},
+            clean={"knn_accuracy": clean_knn, "precision_at_10": 0.80, "n_queries": 8},
+        )
+        for measured in made.stats["baselines"].values():
+            measured["clean"] = {"precision_at_10": 0.10, "n_queries": 8}
+        return made.model_copy(update={"inputs": {"index": "p" * 16, "queries": "q" * 16}})
+
+    monkeypatch.setattr(promotion, "_production_evaluation", lambda root: leaky(0.70, 0.65))
+    run = leaky(0.70, 0.55).model_copy(update={"inputs": {"index": INDEX.key, "queries": "q" * 16}})
+    decision = promotion_decision(PromotionSettings(max_knn_drop=0.05), tmp_path, INDEX, run)
+    assert decision["checks"]["knn_accuracy"] == [0.55, 0.65, 0.05]
+    assert (
+        not decision["promoted"] and "knn_accuracy 0.5500 is 0.1000 below production's 0.6500" in decision["reasons"][0]
+    )

@@ -28,6 +28,7 @@ RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # and every index key (index.whitening is keyed); index code version 4: whitening epsilon on FAISS's
 # eigenvalue scale (1% of the mean eigenvalue, as documented), so indexes whitened before are rebuilt;
 # index code version 5 (issue 29): the index stage writes metadata.parquet beside index.faiss.
+# evaluation code version 4 (issue 29): leak-aware scores (`leaks`, `clean`) and the map (map.png, map.json).
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
 MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
 

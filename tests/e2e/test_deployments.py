@@ -212,14 +212,16 @@ def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack, two_
     run = two_smoke_runs[0]
     assert run["state_type"] == "COMPLETED", (stack["home"] / "worker.log").read_text()[-4000:]
     found = artifacts_of(stack, run["id"])
-    assert {"retrieval-summary", "retrieval-metrics", "retrieval-grid", "duplicate-groups"} <= set(found)
+    expected = {"retrieval-summary", "retrieval-metrics", "retrieval-grid", "duplicate-groups", "collection-map"}
+    assert expected <= set(found)
     assert found["duplicate-groups"]["type"] == "table" and "threshold" in found["duplicate-groups"]["description"]
+    assert found["collection-map"]["type"] == "image"
     summary = found["retrieval-summary"]["data"]
     for stage in STAGE_NAMES:
         assert f"| {stage} |" in summary
     metrics = {row["metric"]: row["value"] for row in _table(found["retrieval-metrics"]["data"])}
     assert metrics["self_retrieval_at_1"] == 1.0 and metrics["n_images"] == 512
-    assert found["retrieval-grid"]["type"] == "image"
+    assert found["retrieval-grid"]["type"] == found["collection-map"]["type"] == "image"
     assert not (stack["artifacts"] / "aliases" / "production.json").exists(), "smoke must never promote"
 
 

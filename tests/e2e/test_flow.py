@@ -256,6 +256,33 @@ def test_wandb_offline_run_holds_the_retrieval_table_with_thumbnails(first):
         assert np.array_equal(np.asarray(thumbnail), np.asarray(held_out))
 
 
+def test_the_map_is_in_the_evaluation_folder_and_the_wandb_run_with_one_row_per_point(first):
+    """map.png beside the evaluation's other files (sha256 in its manifest), logged as a picture, and
+    the mapped points as the `map_points` table W&B's projector plots; leaks and clean scores reported."""
+    import hashlib
+    import json
+
+    from lookalike.artifacts.shared_root import read_manifest
+
+    root, summary = first
+    manifest = read_manifest(root, "evaluation", summary["stages"]["evaluation"]["key"])
+    picture = Path(summary["artifacts"]["map"])
+    assert hashlib.sha256(picture.read_bytes()).hexdigest() == manifest.file("map.png").sha256
+    points = json.loads(Path(summary["artifacts"]["map_points"]).read_text())
+    assert len(points["rows"]) == manifest.stats["map"]["n_points"] == 48  # every indexed image (TINY: 48)
+    offline = read_offline_run(summary["artifacts"]["wandb_run_dir"])
+    assert any(row.get("map/_type") == "image-file" for row in offline["history"])
+    (artifact,) = [a for a in offline["artifacts"] if a["type"] == "run_table" and a["name"].endswith("-map_points")]
+    table = json.loads(Path(artifact["files"]["map_points.table.json"]["local_path"]).read_text())
+    assert table["columns"][:5] == ["row", "label", "image", "x", "y"]
+    assert [row[0] for row in table["data"]] == points["rows"]
+    assert [row[3] for row in table["data"]] == pytest.approx(points["x"])
+    # every held-out query is either leaked or clean; the summary carries both sets of scores
+    leaks = summary["leaks"]
+    assert leaks["exact"] + leaks["near"] == leaks["n_leaked"] == 64 - summary["clean"]["n_queries"]
+    assert set(summary["clean"]) >= {"knn_accuracy", "precision_at_10", "map_at_10", "n_queries", "gain"}
+
+
 def test_unreachable_mirror_fails_the_mirror_not_the_local_result(tmp_path):
     summary = run_flow(
         tmp_path / "artifacts",

@@ -22,3 +22,18 @@ def test_a_distilled_run_says_what_it_keeps_of_its_teacher_and_how_much_faster_i
 
 def test_other_runs_say_nothing_of_distillation():
     assert distillation_line({"distillation": None}) is None and distillation_line({}) is None
+
+
+def test_leaked_queries_are_counted_beside_the_clean_scores():
+    from lookalike.reporting.summary import leaks_line
+
+    summary = {
+        "metrics": {"evaluation_protocol": "held-out:test", "knn_accuracy": 0.625, "precision_at_1": 0.625},
+        "leaks": {"n_leaked": 4, "exact": 2, "near": 2, "threshold": 0.0026, "why": "0.0026: ..."},
+        "clean": {"knn_accuracy": 0.25, "precision_at_1": 0.25, "n_queries": 4, "gain": {}},
+    }
+    assert leaks_line(summary) == (
+        "4 of 8 held-out queries leak (2 exact, 2 near); clean kNN accuracy 0.2500 (raw 0.6250), "
+        "precision@1 0.2500 (raw 0.6250) over 4 queries"
+    )
+    assert leaks_line({"metrics": {}, "leaks": None, "clean": None}) is None

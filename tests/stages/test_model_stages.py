@@ -301,7 +301,12 @@ def test_held_out_evaluation_scores_the_test_split_against_the_index(tiny, datas
         k: found[k] for k in ("threshold", "threshold_why", "metric", "n_groups", "n_exact_groups", "n_near_groups")
     } | {"n_images_in_groups": found["n_images_in_groups"], "n_images": len(indexed)}
     picture = {"duplicates.png"} if found["n_groups"] else set()
-    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png", "duplicates.json"} | picture
+    maps = {"map.json", "map.png"}  # the collection's embeddings in 2-D (tests/stages/test_leaks.py)
+    assert {f.path for f in manifest.files} == {
+        "neighbours.json",
+        "retrieval-grid.png",
+        "duplicates.json",
+    } | picture | maps
 
 
 def test_leave_one_out_grid_leaves_the_query_out(tiny, dataset, embeddings, root):

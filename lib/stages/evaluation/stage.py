@@ -11,6 +11,11 @@ The scores (kNN@k accuracy, precision@k, mAP@k) are `lookalike.stages.evaluation
 
 `neighbours.json` records the grid's queries and their neighbours (row ids, distances,
 labels): the grid PNG is drawn from it, and the W&B table is built from it.
+
+Leaks (`lookalike.stages.evaluation.leaks`): queries with an exact (sha256) or near copy in the
+index are counted in `stats["leaks"]`, and `stats["clean"]` scores the others (the baselines too,
+under each baseline's "clean"). `map.png` / `map.json` are the collection's embeddings in 2-D
+(`lookalike.stages.evaluation.collection_map`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from lookalike.core.settings import DatasetSettings, EvaluationSettings
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
-from lookalike.stages.duplicates import write_duplicates
+from lookalike.stages.duplicates import calibrate_threshold, write_duplicates
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
+from lookalike.stages.evaluation.collection_map import write_map
+from lookalike.stages.evaluation.leaks import leak_stats, leaking_queries
 from lookalike.stages.evaluation.metrics import scores
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.inference import Embedder
@@ -154,15 +161,16 @@ def _evaluate(
     metric = index_manifest.stats["metric"]
     indexed_labels = _label_names(snapshot, dataset)
     label_of = dict(zip(map(int, snapshot["row_id"]), indexed_labels)) if indexed_labels else None
+    raw, row_ids = load_embeddings(root, embeddings)
+    embedder = None
     if queries is None:
-        raw, row_ids = load_embeddings(root, embeddings)
         asked = Queries(LEAVE_ONE_OUT, "dataset", snapshot, row_ids, prepare_vectors(raw, metric), indexed_labels)
         picks = _sample(len(row_ids), section.max_queries)
     else:
         query_snapshot = open_snapshot(root, queries)
         encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
         embedder = Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
-        raw = embedder.embed_snapshot(
+        query_raw = embedder.embed_snapshot(
             query_snapshot, batch_size=embeddings.settings.get("batch_size", 256), desc="evaluation: queries"
         )
         asked = Queries(
@@ -170,10 +178,10 @@ def _evaluate(
             "queries",
             query_snapshot,
             np.asarray(query_snapshot["row_id"], dtype=np.int64),
-            prepare_vectors(raw, metric),
+            prepare_vectors(query_raw, metric),
             _label_names(query_snapshot, queries),
         )
-        picks = np.arange(len(raw))  # the snapshot is already the sample (limit = max_queries)
+        picks = np.arange(len(query_raw))  # the snapshot is already the sample (limit = max_queries)
 
     stats: dict[str, Any] = {
         "protocol": asked.protocol,
@@ -182,16 +190,20 @@ def _evaluate(
         "query_dataset": queries.key if queries is not None else None,
     }
     if label_of is not None and asked.labels is not None and len(picks) and len(asked.row_ids) > asked.leave_one_out:
-        _, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
+        distances, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
         truths = [asked.labels[p] for p in picks]
         stats.update(scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
         encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
+        embedder = embedder or Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
+        clean, stats["leaks"] = _leaks(embedder, snapshot, index, metric, asked, picks, distances, ids)
+        stats["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         if section.baselines or encoder.settings.get("method") == "distill":
             measured = _measure_baselines(
-                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest, root
+                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest, root, clean
             )
             stats["baselines"] = measured
             stats["gain"] = gains(stats, measured, section.k)
+            stats["clean"]["gain"] = gains(stats["clean"], {n: m["clean"] for n, m in measured.items()}, section.k)
             if "teacher" in measured:
                 stats["distillation"] = distillation_report(
                     root,
@@ -214,6 +226,16 @@ def _evaluate(
         atomic_write_bytes(folder / NEIGHBOURS, json.dumps(record, indent=1).encode())
         save_image(folder / GRID, _draw_grid(record, asked.snapshot, snapshot))
         files += [NEIGHBOURS, GRID]
+    if len(row_ids):  # the map of the collection (lookalike.stages.evaluation.collection_map)
+        stats["map"], written = write_map(
+            folder,
+            prepare_vectors(raw, metric),
+            row_ids,
+            _labels_of(label_of, row_ids),
+            index_manifest.key,
+            Path(root) / "cache" / "matplotlib",
+        )
+        files += written
     if section.duplicates:  # exact and near-duplicate groups of the indexed images (lookalike.stages.duplicates)
         stats["duplicates"], written = write_duplicates(root, folder, dataset, embeddings, index_manifest)
         files += written
@@ -231,8 +253,10 @@ def _measure_baselines(
     label_of: dict[int, str | None],
     index_manifest: Manifest,
     root: Path,
+    clean: np.ndarray,
 ) -> dict[str, dict[str, Any]]:
-    """Each baseline's scores on exactly the run's queries: the same rows, protocol, k, metric and whitening."""
+    """Each baseline's scores on exactly the run's queries: the same rows, protocol, k, metric and whitening;
+    under "clean", on the run's queries that do not leak (`clean`, a mask over `picks`)."""
     metric = index_manifest.stats["metric"]
     whitening = index_manifest.stats.get("whitening", {}).get("power", 0.0)  # indexes built before it: none
     indexed_ids = np.asarray(snapshot["row_id"], dtype=np.int64)  # snapshot order: the order vectors are stored in
@@ -250,8 +274,41 @@ def _measure_baselines(
         ids = exact_neighbours(indexed, indexed_ids, queries[picks], metric, section.k + asked.leave_one_out, whitening)
         found = scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out)
         found.pop("per_class")
+        found["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         measured[baseline.name] = {"what": baseline.describe, **found}
     return measured
+
+
+def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distances, ids):
+    """(mask over `picks` of the queries that do not leak, `stats["leaks"]`), see `leaks.py`."""
+    if len(snapshot) >= 2:
+        calibration = calibrate_threshold(embedder, snapshot, index, metric)
+        threshold, why = calibration.threshold, calibration.why
+    else:
+        threshold, why = None, "exact copies only: a single indexed image has no near-duplicate threshold"
+    digests = asked.snapshot["sha256"]  # the column alone: rows would decode their images too
+    exact, near = leaking_queries(
+        [digests[int(p)] for p in picks],
+        asked.row_ids[picks],
+        distances,
+        ids,
+        dict(zip(map(int, snapshot["row_id"]), snapshot["sha256"])),
+        threshold,
+        metric,
+        asked.leave_one_out,
+    )
+    return ~(exact | near), leak_stats(exact, near, threshold, why)
+
+
+def _scores_of(ids, query_ids, truths, keep, label_of, k: int, asked: Queries) -> dict[str, Any]:
+    """The three scores and the query count over the kept queries (`keep`, a mask over all of them)."""
+    found = scores(ids, query_ids, [t for t, kept in zip(truths, keep) if kept], label_of, k, asked.leave_one_out)
+    found.pop("per_class")
+    return {**found, "n_queries": int(keep.sum())}
+
+
+def _labels_of(label_of: dict[int, str | None] | None, row_ids: np.ndarray) -> list[str | None] | None:
+    return [label_of.get(int(r)) for r in row_ids] if label_of else None
 
 
 def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
