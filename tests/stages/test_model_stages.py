@@ -325,7 +325,7 @@ def test_evaluation_duplicates_off_writes_no_groups(tiny, dataset, embeddings, r
     section = tiny.evaluation.model_copy(update={"duplicates": False})
     manifest = run_evaluation_stage(section, dataset, embeddings, index, root).manifest
     assert "duplicates" not in manifest.stats
-    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png"}
+    assert {f.path for f in manifest.files} == {"neighbours.json", "retrieval-grid.png", "map.json", "map.png"}
 
 
 def test_unlabelled_held_out_queries_give_no_scores_but_a_grid(tiny, dataset, embeddings, root):
