@@ -339,29 +339,14 @@ def query(
     """Find the most similar images in the index built for the current settings."""
     if (image is None) == (row is None):
         _fail("give either an IMAGE_PATH or --row N", code=2)
-    ref = None
-    if index and _is_reference(index):
-        ref, index = index, None
-        if alias:
-            _fail(
-                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
-            )
-    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
-    _open_root(settings)
+    settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
-    from lookalike.serving.query import Searcher, chain_from_alias, resolve_chain
+    from lookalike.serving.query import Searcher
     from lookalike.stages.dataset.images import decode_rgb
     from lookalike.stages.pictures import save_image
 
     try:
-        if ref:
-            from lookalike.serving.holder import localize, resolve_ref
-
-            root, local_ref = localize(settings.artifacts_root, ref, settings.mirror.endpoint_url)
-            searcher = Searcher(root, resolve_ref(root, local_ref)[0])
-        else:
-            chain = chain_from_alias(settings.artifacts_root, alias) if alias else resolve_chain(settings)
-            searcher = Searcher(settings.artifacts_root, chain)
+        searcher = Searcher(*chain_of())
         if row is not None:
             picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
         else:
@@ -419,29 +404,13 @@ def duplicates(
 ) -> None:
     """Exact duplicates (same bytes) and near-duplicate groups (within a threshold calibrated on
     augmented copies of the collection's own images) of the index built for the current settings."""
-    ref = None
-    if index and _is_reference(index):
-        ref, index = index, None
-        if alias:
-            _fail(
-                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
-            )
-    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
-    _open_root(settings)
+    settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
-    from lookalike.serving.query import chain_from_alias, resolve_chain
     from lookalike.stages.duplicates import duplicates_picture, find_duplicates
     from lookalike.stages.pictures import save_image
 
     try:
-        root = settings.artifacts_root
-        if ref:
-            from lookalike.serving.holder import localize, resolve_ref
-
-            root, local_ref = localize(root, ref, settings.mirror.endpoint_url)
-            chain = resolve_ref(root, local_ref)[0]
-        else:
-            chain = chain_from_alias(root, alias) if alias else resolve_chain(settings)
+        root, chain = chain_of()
         report = find_duplicates(
             root,
             chain.dataset,
@@ -463,6 +432,34 @@ def duplicates(
         print_duplicates(Console(), report.to_json())
         if report.groups:
             Console().print(f"picture: {target}")
+
+
+def _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps):
+    """(settings, chain_of) for the commands that read a built index (query, duplicates). `chain_of()`
+    gives (artifacts root, Chain) for an --index reference (fetched and verified first), an --alias,
+    or the index built for these settings; it raises LookalikeError for the caller to report."""
+    ref = None
+    if index and _is_reference(index):
+        ref, index = index, None
+        if alias:
+            _fail(
+                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
+            )
+    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
+    _open_root(settings)
+
+    def chain_of():
+        from lookalike.serving.query import chain_from_alias, resolve_chain
+
+        root = settings.artifacts_root
+        if ref:
+            from lookalike.serving.holder import localize, resolve_ref
+
+            root, local_ref = localize(root, ref, settings.mirror.endpoint_url)
+            return root, resolve_ref(root, local_ref)[0]
+        return root, chain_from_alias(root, alias) if alias else resolve_chain(settings)
+
+    return settings, chain_of
 
 
 def _is_reference(index: str) -> bool:
