@@ -125,14 +125,6 @@ def test_a_threshold_of_zero_prints_a_table_of_only_the_byte_identical_groups(pl
     assert "0: given (--threshold), not calibrated" in text
 
 
-def test_duplicates_for_settings_never_run_is_one_error_line(planted):
-    home, where, _, _ = planted
-    missing = lookalike("duplicates", *where, "--set", "encoder.epochs=2", home=home)
-    assert missing.returncode == 1
-    assert "Traceback" not in missing.stderr
-    assert "no finished encoder stage for these settings" in missing.stderr
-
-
 def test_the_run_records_the_same_groups_in_its_evaluation(planted):
     _, _, expected, summary = planted
     found = summary["duplicates"]
