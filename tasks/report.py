@@ -64,20 +64,19 @@ def publish_report(summary: dict[str, Any]) -> None:
         key="retrieval-metrics",
         description="Retrieval metrics of this run",
     )
-    grid = summary["artifacts"].get("retrieval_grid")
-    if grid:
-        create_image_artifact(
-            png_data_url(Path(grid), MAX_INLINE_BYTES),
-            key="retrieval-grid",
-            description=f"Queries (left) and their nearest neighbours; file: {grid}",
-        )
-    if picture := summary["artifacts"].get("map"):
-        create_image_artifact(
-            png_data_url(Path(picture), MAX_INLINE_BYTES),
-            key="collection-map",
-            description=f"The collection's embeddings projected to 2-D (t-SNE), coloured by label; file: {picture}",
-        )
+    _publish_picture(summary, "retrieval_grid", "retrieval-grid", "Queries (left) and their nearest neighbours")
+    _publish_picture(
+        summary, "map", "collection-map", "The collection's embeddings projected to 2-D (t-SNE), coloured by label"
+    )
     publish_duplicates(summary)
+
+
+def _publish_picture(summary: dict[str, Any], name: str, key: str, what: str) -> None:
+    """The run's picture `artifacts[name]`, when it drew one, as the image artifact `key`."""
+    if picture := summary["artifacts"].get(name):
+        create_image_artifact(
+            png_data_url(Path(picture), MAX_INLINE_BYTES), key=key, description=f"{what}; file: {picture}"
+        )
 
 
 MAX_GROUP_ROWS = 500  # table rows of the largest groups; the JSON file beside it lists them all
@@ -108,10 +107,4 @@ def publish_duplicates(summary: dict[str, Any]) -> None:
         description=f"{record['n_groups']} groups hold {record['n_images_in_groups']} of {record['n_images']} images; "
         f"threshold {record['threshold_why']}; file: {found}",
     )
-    picture = summary["artifacts"].get("duplicates_picture")
-    if picture:
-        create_image_artifact(
-            png_data_url(Path(picture), MAX_INLINE_BYTES),
-            key="duplicates",
-            description=f"The largest duplicate groups (first row outlined); file: {picture}",
-        )
+    _publish_picture(summary, "duplicates_picture", "duplicates", "The largest duplicate groups (first row outlined)")

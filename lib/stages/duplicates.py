@@ -371,6 +371,7 @@ def find_duplicates(
     index_manifest: Manifest,
     *,
     threshold: float | None = None,
+    calibration: Calibration | None = None,
     embedder=None,
     sample: int = CALIBRATION_SAMPLE,
     seed: int = 0,
@@ -380,6 +381,7 @@ def find_duplicates(
 
     Args:
         threshold: use this instead of calibrating (in the index's units; no encoder is loaded then).
+        calibration: one already made for this index (the evaluation's leak check makes it): used as is.
         embedder: an already loaded Embedder of `encoder` (else one is loaded for the calibration).
         linkage: how rows within the threshold form groups (`near_groups`); "leader" keeps every member
             within the threshold of its group's first row.
@@ -390,8 +392,9 @@ def find_duplicates(
     raw, row_ids = load_embeddings(root, embeddings)
     vectors = prepare_vectors(raw, metric)
     exact = exact_groups(snapshot)
-    calibration = None
-    if threshold is None and len(snapshot) < 2:
+    if calibration is not None and threshold is None:
+        threshold, why = calibration.threshold, calibration.why
+    elif threshold is None and len(snapshot) < 2:
         threshold, why = 0.0, "none: a collection of one image has no near-duplicates"
     elif threshold is None:
         if embedder is None:
@@ -401,7 +404,7 @@ def find_duplicates(
         calibration = calibrate_threshold(embedder, snapshot, index, metric, sample=sample, seed=seed)
         threshold, why = calibration.threshold, calibration.why
     else:
-        why = f"{threshold:.4g}: given (--threshold), not calibrated"
+        calibration, why = None, f"{threshold:.4g}: given (--threshold), not calibrated"
     groups = near_groups(index, vectors, row_ids, threshold, metric, exact, linkage=linkage)
     digest = dict(zip(map(int, snapshot["row_id"]), snapshot["sha256"]))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
@@ -461,16 +464,23 @@ def duplicates_picture(
 
 
 def write_duplicates(
-    root: Path, folder: Path, dataset: Manifest, embeddings: Manifest, index: Manifest
+    root: Path,
+    folder: Path,
+    dataset: Manifest,
+    embeddings: Manifest,
+    index: Manifest,
+    calibration: Calibration | None = None,
+    embedder=None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Find the chain's duplicates and write REPORT (and PICTURE when there are groups) into a stage
-    folder. Returns (stats: counts, threshold and why; the files written)."""
+    folder, with a calibration and an Embedder the caller already has (see `find_duplicates`).
+    Returns (stats: counts, threshold and why; the files written)."""
     from lookalike.artifacts.shared_root import read_manifest
     from lookalike.core.manifest import atomic_write_bytes
     from lookalike.stages.pictures import save_image
 
     encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
-    report = find_duplicates(root, dataset, encoder, embeddings, index)
+    report = find_duplicates(root, dataset, encoder, embeddings, index, calibration=calibration, embedder=embedder)
     atomic_write_bytes(folder / REPORT, json.dumps(report.to_json(), indent=1).encode())
     files = [REPORT]
     if report.groups:

@@ -162,7 +162,7 @@ def _evaluate(
     indexed_labels = _label_names(snapshot, dataset)
     label_of = dict(zip(map(int, snapshot["row_id"]), indexed_labels)) if indexed_labels else None
     raw, row_ids = load_embeddings(root, embeddings)
-    embedder = None
+    embedder = calibration = None  # made once, when needed, and shared by the leak check and the duplicates
     if queries is None:
         asked = Queries(LEAVE_ONE_OUT, "dataset", snapshot, row_ids, prepare_vectors(raw, metric), indexed_labels)
         picks = _sample(len(row_ids), section.max_queries)
@@ -195,7 +195,7 @@ def _evaluate(
         stats.update(scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
         encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
         embedder = embedder or Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
-        clean, stats["leaks"] = _leaks(embedder, snapshot, index, metric, asked, picks, distances, ids)
+        clean, stats["leaks"], calibration = _leaks(embedder, snapshot, index, metric, asked, picks, distances, ids)
         stats["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         if section.baselines or encoder.settings.get("method") == "distill":
             measured = _measure_baselines(
@@ -237,7 +237,10 @@ def _evaluate(
         )
         files += written
     if section.duplicates:  # exact and near-duplicate groups of the indexed images (lookalike.stages.duplicates)
-        stats["duplicates"], written = write_duplicates(root, folder, dataset, embeddings, index_manifest)
+        # the leak check's calibration and encoder, when it made them: one calibration per evaluation
+        stats["duplicates"], written = write_duplicates(
+            root, folder, dataset, embeddings, index_manifest, calibration, embedder
+        )
         files += written
     return Built(files=files, stats=stats)
 
@@ -280,7 +283,9 @@ def _measure_baselines(
 
 
 def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distances, ids):
-    """(mask over `picks` of the queries that do not leak, `stats["leaks"]`), see `leaks.py`."""
+    """(mask over `picks` of the queries that do not leak, `stats["leaks"]`, the near-duplicate
+    calibration or None), see `leaks.py`."""
+    calibration = None
     if len(snapshot) >= 2:
         calibration = calibrate_threshold(embedder, snapshot, index, metric)
         threshold, why = calibration.threshold, calibration.why
@@ -297,7 +302,7 @@ def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distan
         metric,
         asked.leave_one_out,
     )
-    return ~(exact | near), leak_stats(exact, near, threshold, why)
+    return ~(exact | near), leak_stats(exact, near, threshold, why), calibration
 
 
 def _scores_of(ids, query_ids, truths, keep, label_of, k: int, asked: Queries) -> dict[str, Any]:
