@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
 from lookalike.stages.dataset.images import decode_snapshot_image
-from lookalike.stages.dataset.stage import open_snapshot, row_positions
+from lookalike.stages.dataset.stage import open_snapshot, row_positions, snapshot_column
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.sampling import seeded_sample
@@ -95,7 +95,7 @@ def within(distances: np.ndarray, threshold: float, metric: str) -> np.ndarray:
 def exact_groups(snapshot) -> list[list[int]]:
     """Row ids grouped by identical content sha256 (groups of >= 2), largest first, then by first row id."""
     by_hash: dict[str, list[int]] = defaultdict(list)
-    for row_id, digest in zip(snapshot["row_id"], snapshot["sha256"]):
+    for row_id, digest in zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")):
         by_hash[digest].append(int(row_id))
     return _ordered(g for g in by_hash.values() if len(g) >= 2)
 
@@ -406,7 +406,7 @@ def find_duplicates(
     else:
         calibration, why = None, f"{threshold:.4g}: given (--threshold), not calibrated"
     groups = near_groups(index, vectors, row_ids, threshold, metric, exact, linkage=linkage)
-    digest = dict(zip(map(int, snapshot["row_id"]), snapshot["sha256"]))
+    digest = dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
     position = row_positions(snapshot)
     at = {int(r): i for i, r in enumerate(row_ids)}

@@ -200,9 +200,15 @@ def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: Dat
     )
 
 
+def snapshot_column(snapshot, name: str) -> list:
+    """One column of an opened snapshot as a list, read whole from its Arrow table: `snapshot[name]`
+    is a lazy `datasets` Column that costs ~60x more to iterate (0.84 s against 0.014 s for 60k rows)."""
+    return snapshot.data.column(name).to_pylist()
+
+
 def row_positions(snapshot) -> dict[int, int]:
     """Row id -> position in the snapshot (row ids have gaps where images were skipped)."""
-    return {int(r): i for i, r in enumerate(snapshot["row_id"])}
+    return {int(r): i for i, r in enumerate(snapshot_column(snapshot, "row_id"))}
 
 
 def open_snapshot(root: Path, manifest: Manifest):

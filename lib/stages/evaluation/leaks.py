@@ -16,6 +16,7 @@ reports both sets of numbers; the promotion gate compares on the clean ones when
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,7 @@ def leaking_queries(
         indexed_sha256: row id -> content hash of every indexed row.
         threshold: the near-duplicate threshold in the index's units; None checks exact copies only.
     """
-    counts: dict[str, int] = {}
-    for digest in indexed_sha256.values():
-        counts[digest] = counts.get(digest, 0) + 1
+    counts = Counter(indexed_sha256.values())
     own_copies = 1 if leave_one_out else 0  # leave-one-out: the query's own row holds its hash once
     exact = np.array([counts.get(d, 0) > own_copies for d in query_sha256], dtype=bool)
     near = np.zeros(len(query_sha256), dtype=bool)

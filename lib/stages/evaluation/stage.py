@@ -34,7 +34,7 @@ from lookalike.core.manifest import Manifest, atomic_write_bytes, verified_path
 from lookalike.core.settings import DatasetSettings, EvaluationSettings
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
-from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions
+from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions, snapshot_column
 from lookalike.stages.duplicates import calibrate_threshold, write_duplicates
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
@@ -160,7 +160,7 @@ def _evaluate(
     index = load_index(root, index_manifest)
     metric = index_manifest.stats["metric"]
     indexed_labels = _label_names(snapshot, dataset)
-    label_of = dict(zip(map(int, snapshot["row_id"]), indexed_labels)) if indexed_labels else None
+    label_of = dict(zip(snapshot_column(snapshot, "row_id"), indexed_labels)) if indexed_labels else None
     raw, row_ids = load_embeddings(root, embeddings)
     embedder = calibration = None  # made once, when needed, and shared by the leak check and the duplicates
     if queries is None:
@@ -177,7 +177,7 @@ def _evaluate(
             f"held-out:{queries.settings['split']}",
             "queries",
             query_snapshot,
-            np.asarray(query_snapshot["row_id"], dtype=np.int64),
+            np.asarray(snapshot_column(query_snapshot, "row_id"), dtype=np.int64),
             prepare_vectors(query_raw, metric),
             _label_names(query_snapshot, queries),
         )
@@ -262,7 +262,9 @@ def _measure_baselines(
     under "clean", on the run's queries that do not leak (`clean`, a mask over `picks`)."""
     metric = index_manifest.stats["metric"]
     whitening = index_manifest.stats.get("whitening", {}).get("power", 0.0)  # indexes built before it: none
-    indexed_ids = np.asarray(snapshot["row_id"], dtype=np.int64)  # snapshot order: the order vectors are stored in
+    indexed_ids = np.asarray(
+        snapshot_column(snapshot, "row_id"), dtype=np.int64
+    )  # snapshot order: the order vectors are stored in
     measured = {}
     kinds = baselines(
         section.baselines,
@@ -291,13 +293,13 @@ def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distan
         threshold, why = calibration.threshold, calibration.why
     else:
         threshold, why = None, "exact copies only: a single indexed image has no near-duplicate threshold"
-    digests = asked.snapshot["sha256"]  # the column alone: rows would decode their images too
+    digests = snapshot_column(asked.snapshot, "sha256")  # the column alone: rows would decode their images too
     exact, near = leaking_queries(
         [digests[int(p)] for p in picks],
         asked.row_ids[picks],
         distances,
         ids,
-        dict(zip(map(int, snapshot["row_id"]), snapshot["sha256"])),
+        dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256"))),
         threshold,
         metric,
         asked.leave_one_out,
@@ -321,7 +323,7 @@ def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
     names = manifest.stats.get("label_names")
     if not names or "label" not in snapshot.column_names:
         return None
-    return [names[v] if v is not None and 0 <= v < len(names) else None for v in snapshot["label"]]
+    return [names[v] if v is not None and 0 <= v < len(names) else None for v in snapshot_column(snapshot, "label")]
 
 
 def _sample(n: int, cap: int | None) -> np.ndarray:
