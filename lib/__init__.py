@@ -13,7 +13,21 @@ The package is built in floors, each importing only from the floors below it (te
 
 from importlib.metadata import PackageNotFoundError, version
 
+from lookalike.core.errors import LookalikeError
+
 try:
     __version__ = version("lookalike")
 except PackageNotFoundError:  # a checkout that was never installed
     __version__ = "0+unknown"
+
+# The Python API (lookalike.api), imported on first use so `import lookalike` stays light.
+_API = ("run", "load", "embed", "Index", "Neighbour", "RunSummary")
+__all__ = ["LookalikeError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from lookalike import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lookalike' has no attribute {name!r}")

@@ -138,6 +138,9 @@ INDEX_PRESETS: dict[str, IndexPresetSpec] = {
     "ivf-pqfs-rflat": IndexPresetSpec("IVF{nlist},PQ{m}x4fs,RFlat", "l2", exact=False),
 }
 AUTO = "auto"
+
+# neighbours per query wherever none is asked for: the CLI, the HTTP API, the UI and the Python API
+DEFAULT_TOP_K = 5
 IndexPreset = Literal[
     "flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat", "auto"
 ]

@@ -1,0 +1,119 @@
+"""The Python API (lookalike.api): the README's examples run as written, and Index.search over
+every kind of query, in chunks, with one-line errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lookalike
+from lookalike.api import CHUNK, Index, Neighbour, RunSummary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_examples() -> list[str]:
+    """The ```python blocks of the README's "Python API" section, in order."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_readme_examples_run_build_load_by_alias_and_folder_and_search_100_images(
+    tmp_path, monkeypatch, prefect_api_url
+):
+    examples = readme_examples()
+    assert len(examples) == 2
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+    namespace: dict = {}
+    for code in examples:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the documentation is the test
+    summary, index, hits = namespace["summary"], namespace["index"], namespace["hits"]
+    assert isinstance(summary, RunSummary) and summary["stages"]["index"]["key"] == summary.index_key
+    assert summary.baselines["pixels"]["precision_at_10"] is not None
+    assert isinstance(index, Index) and index.alias == "latest" and index.ntotal == 256
+    assert (tmp_path / "artifacts" / "index" / summary.index_key / "manifest.json").is_file()
+    # the first example's 100 row queries: 100 answers of 5 typed neighbours, each row finding itself
+    first = namespace["first"]
+    assert isinstance(first, Neighbour) and first.distance == pytest.approx(0, abs=1e-4)
+    assert first.row == index.rows[0]
+    assert len(index.search(index.rows[:100], k=5)) == 100
+    assert namespace["groups"]["n_images"] == 256
+    assert len(hits) == 2 and all(isinstance(n, Neighbour) for found in hits for n in found)  # the filtered pair
+
+
+@pytest.fixture(scope="module")
+def index(tiny_chain) -> Index:
+    (folder,) = (tiny_chain / "index").glob("*/manifest.json")
+    return lookalike.load(folder.parent)
+
+
+def test_mixed_queries_in_more_than_one_chunk_answer_in_order(index, tmp_path):
+    rows = index.rows
+    index.image(rows[5]).save(tmp_path / "five.png")
+    vector = index.embed([rows[9]])[0]
+    queries = [*rows, tmp_path / "five.png", str(tmp_path / "five.png"), index.image(rows[7]), vector]
+    queries = queries * (CHUNK // len(queries) + 1)  # two chunks of decoding and embedding
+    hits = index.search(queries, k=2)
+    assert len(hits) == len(queries) > CHUNK
+    expected = [*rows, rows[5], rows[5], rows[7], rows[9]] * (CHUNK // (len(rows) + 4) + 1)
+    assert [found[0].row for found in hits] == expected
+    assert all(len(found) == 2 and found[0].distance <= found[1].distance for found in hits)
+    # one query in, one list out; a 2-D array is many
+    assert [n.row for n in index.search(rows[3], k=3)][0] == rows[3]
+    assert len(index.search(np.stack([vector, vector]))) == 2
+
+
+def test_hits_carry_metadata_and_serialise_as_the_cli_writes_them(index):
+    (hit,) = index.search(index.rows[0], k=1)
+    assert hit.to_dict()["row"] == hit.row and hit.width == hit.height and len(hit.sha256) == 64
+    assert set(hit.to_dict()) >= {"row", "distance", "label", "path", "split", "width", "height", "sha256"}
+
+
+def test_a_filter_only_returns_matching_rows(index):
+    label = index.search(index.rows[0], k=1)[0].label
+    found = index.search(index.rows[:10], k=3, where=f"label={label}")
+    assert all(n.label == label for hits in found for n in hits)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("missing.png", "no such image file"),
+        (np.zeros(3, np.float32), "vector has 3 values"),
+        (10**9, "is not in index"),
+        (3.5, "not a query: float"),
+    ],
+)
+def test_a_bad_query_raises_one_line_naming_it(index, query, message):
+    with pytest.raises(lookalike.LookalikeError, match=message) as caught:
+        index.search(query)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unreadable_image_file_is_named(index, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(lookalike.LookalikeError, match="broken.png"):
+        index.search([index.rows[0], tmp_path / "broken.png"])
+
+
+def test_loading_an_unknown_reference_says_what_references_are(tmp_path):
+    with pytest.raises(lookalike.LookalikeError, match="give an alias"):
+        lookalike.load("nope", artifacts_root=tmp_path)
+
+
+def test_a_bad_setting_fails_before_anything_runs(tmp_path):
+    with pytest.raises(lookalike.LookalikeError, match="encoder.lr"):
+        lookalike.run(dataset="sample", artifacts_root=tmp_path, encoder__lr="fast")
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_an_index_copied_elsewhere_loads_by_folder(index, tmp_path):
+    shutil.copytree(index.root, tmp_path / "artifacts")
+    moved = lookalike.load(tmp_path / "artifacts" / "index" / index.key)
+    assert moved.root == tmp_path / "artifacts" and moved.search(index.rows[0], k=1)[0].row == index.rows[0]
