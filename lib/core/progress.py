@@ -58,7 +58,7 @@ class ProgressReport:
 
     def describe(self) -> str:
         """One line, e.g. `encoder: pass 2/3 · 40/100 steps · 512 img/s · ETA 00:12 · loss=0.4123`."""
-        parts = [self.desc, f"{self.done:,}/{self.total:,} {self.unit}s"]
+        parts = [self.desc, f"{self.done:,}/{self.total:,} {_PLURALS.get(self.unit, self.unit + 's')}"]
         if (rate := self.images_per_second) is not None:
             parts.append(f"{tqdm.format_sizeof(rate)} img/s")
         if self.finished:
@@ -69,6 +69,8 @@ class ProgressReport:
             parts.append(self.note)
         return " · ".join(parts)
 
+
+_PLURALS = {"img": "images"}
 
 Listener = Callable[[ProgressReport], None]
 
