@@ -6,6 +6,7 @@ lookalike query    image or dataset row in, top-k most similar rows out
 lookalike duplicates  exact (same bytes) and near-duplicate (within a calibrated distance) groups
 lookalike promote  point production at an index by hand; `rollback` moves it back
 lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
+lookalike notify   tell a Prefect server new images arrived: its `reindex` deployment's trigger runs
 """
 
 from __future__ import annotations
@@ -529,6 +530,30 @@ def _check_can_bind(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             _fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port, or stop what uses it")
+
+
+@app.command()
+def notify(
+    dataset: Annotated[
+        str,
+        typer.Option(help="Where the new images are, as the worker reads it: a folder, a .parquet file or a hub name."),
+    ],
+    split: Split = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Announce new images to the Prefect server (PREFECT_API_URL): the `reindex` deployment's trigger indexes them."""
+    from lookalike.cli.notify import send_images_added
+    from lookalike.core.errors import LookalikeError
+    from lookalike.core.settings import DatasetSettings
+
+    try:
+        event = send_images_added(dataset, split or DatasetSettings.model_fields["split"].default)
+    except LookalikeError as exc:
+        _fail(str(exc))
+    if json_out:
+        sys.stdout.write(json.dumps({"event": event.event, "id": str(event.id), **event.payload}) + "\n")
+    else:
+        print(f"sent {event.event} for {event.payload['dataset']} (split {event.payload['split']}), id {event.id}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py [NAME ...]
 
-Reads the same prefect.yaml, so names, schedules, parameters and concurrency limits stay
+Reads the same prefect.yaml, so names, schedules, parameters, concurrency limits and event triggers stay
 defined once. Without NAMEs it serves all of them; runs started from the UI execute here.
 """
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import yaml
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
 from prefect.schedules import Cron
+from pydantic import TypeAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +48,7 @@ def deployments_from_yaml(names: list[str]) -> list:
                     if s.get("active", True)
                 ],
                 concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+                triggers=[TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in d.get("triggers") or []],
             )
         )
     return out

@@ -29,6 +29,7 @@ from lookalike.artifacts.stage_runner import StageResult
 from lookalike.core.manifest import Manifest
 from lookalike.core.settings import EmbeddingsSettings
 from lookalike.stages.embeddings.stage import embed_shards, embeddings_key, run_embeddings_stage
+from lookalike.tasks.progress import progress_artifacts
 from lookalike.tasks.stage import stage_options
 
 
@@ -48,7 +49,8 @@ def embed_shard_group(
         root, folder = open_stage_copy(
             store, "embeddings", folder.name, {"dataset": dataset.key, "encoder": encoder.key}
         )
-    return embed_shards(section, dataset, encoder, root, folder, shards)
+    with progress_artifacts():
+        return embed_shards(section, dataset, encoder, root, folder, shards)
 
 
 def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path):
@@ -108,7 +110,8 @@ def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manif
 def embed_images(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path) -> StageResult:
     distributed = section.dask_workers or section.dask_address
     dispatch = dask_dispatch(section, dataset, encoder, root) if distributed else None
-    result = run_embeddings_stage(section, dataset, encoder, root, dispatch=dispatch)
+    with progress_artifacts():  # without Dask: the bar of the shards embedded in this task
+        result = run_embeddings_stage(section, dataset, encoder, root, dispatch=dispatch)
     stats = result.manifest.stats
     get_run_logger().info(
         "embeddings %s: %d vectors of dim %d, %d/%d shards reused, %d images embedded (%s images/s), "

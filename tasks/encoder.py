@@ -16,6 +16,7 @@ from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE
 from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
+from lookalike.tasks.progress import progress_artifacts
 from lookalike.tasks.stage import stage_options
 from lookalike.tasks.tracking import active_run
 
@@ -37,7 +38,8 @@ def pretrain_encoder(section: EncoderSettings, dataset: Manifest, root: Path) ->
         if tracking:
             tracking.log({"pretrain/loss": loss, "pretrain/epoch": epoch, "pretrain/epoch_seconds": seconds})
 
-    result = run_encoder_stage(section, dataset, root, on_epoch=on_epoch)
+    with progress_artifacts():
+        result = run_encoder_stage(section, dataset, root, on_epoch=on_epoch)
     if result.status == "resumed":
         logger.info("resumed pretraining from pass %d", result.manifest.stats["resumed_from_epoch"])
     return result

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -48,6 +49,10 @@ def open_tracking_run(settings: Settings) -> dict[str, Any]:
     )
     _ACTIVE[str(flow_run.id)] = run
     get_run_logger().info("W&B run (%s mode): %s", run.mode, run.url or run.run_dir)
+    if run.url:  # online: the flow run's page links to its W&B run (offline runs have no page yet)
+        create_link_artifact(
+            run.url, link_text=f"W&B run {flow_run.name}", key="wandb-run", description="losses, metrics, lineage"
+        )
     return {"mode": run.mode, "run_dir": run.run_dir, "url": run.url}
 
 

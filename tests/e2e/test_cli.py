@@ -157,6 +157,13 @@ def test_dataset_error_is_one_line_without_traceback(tmp_path):
     assert "no image column 'img'; columns are: image, label" in result.stderr
 
 
+def test_notify_without_a_prefect_server_says_how_to_configure_one(tmp_path):
+    result = lookalike("notify", "--dataset", str(tmp_path), home=tmp_path)  # no PREFECT_API_URL, no profile
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: no Prefect server to notify: set PREFECT_API_URL")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_query_before_any_run_says_what_to_do(tmp_path):
     result = lookalike("query", "--row", "0", "--artifacts-root", str(tmp_path / "empty"), home=tmp_path)
     assert result.returncode == 1

@@ -223,6 +223,25 @@ def test_smoke_deployment_run_completes_on_the_worker_with_artifacts(stack, two_
     assert metrics["self_retrieval_at_1"] == 1.0 and metrics["n_images"] == 512
     assert found["retrieval-grid"]["type"] == found["collection-map"]["type"] == "image"
     assert not (stack["artifacts"] / "aliases" / "production.json").exists(), "smoke must never promote"
+    assert "wandb-run" not in found, "an offline W&B run has no page to link to"
+
+
+def test_pretraining_and_embedding_progress_artifacts_reached_100_with_rate_and_time(stack, two_smoke_runs):
+    runs = [run["id"] for run in two_smoke_runs]  # whichever ran first computed; the other was cached
+    bars = api(
+        stack,
+        "POST",
+        "/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": runs}, "type": {"any_": ["progress"]}}},
+    )
+    described = {a["description"].split(" · ")[0]: a for a in bars}
+    pretraining = next(a for name, a in described.items() if name.startswith("encoder: pass"))
+    embeddings = described["embeddings"]
+    for bar in (pretraining, embeddings):
+        assert bar["data"] == 100 and "img/s" in bar["description"] and "took" in bar["description"], bar
+        assert bar["updated"] > bar["created"], "created when the bar opened, updated as it advanced"
+    assert " steps · " in pretraining["description"] and "loss=" in pretraining["description"]
+    assert "512/512 images" in embeddings["description"] and "shards=1/1" in embeddings["description"]
 
 
 def test_two_runs_of_one_deployment_never_overlap(stack, two_smoke_runs):
@@ -244,7 +263,7 @@ def test_quick_run_from_the_prefect_ui_in_chromium_completes(stack):
     assert len(list(SCREENSHOTS.glob("*.png"))) >= 3
 
 
-def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, two_smoke_runs, tmp_path):
+def test_notify_triggers_a_reindex_that_reuses_the_production_encoder_on_new_images(stack, two_smoke_runs, tmp_path):
     from lookalike.artifacts.aliases import read_alias, set_alias
 
     # promote the smoke runs' chain by hand, as a person would after looking at it
@@ -254,8 +273,20 @@ def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, t
     folder = tmp_path / "new-images"
     for i in range(20):
         make_png(folder / f"new-{i:02d}.png", 1000 + i, mode="RGB")
-    run = wait_for(stack, quick_run(stack, "reindex", flow="reindex", parameters={"dataset": str(folder)}))
+    # no API call starts this run: the event does, through the trigger `prefect deploy` made from prefect.yaml
+    sent = subprocess.run(
+        [LOOKALIKE, "notify", "--dataset", str(folder), "--json"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    event = json.loads(sent.stdout.strip().splitlines()[-1])
+    assert event["event"] == "lookalike.images.added" and event["dataset"] == str(folder)
+    run = wait_for(stack, _triggered_run(stack, str(folder)))
     assert run["state_type"] == "COMPLETED", (stack["home"] / "worker.log").read_text()[-4000:]
+    assert run["parameters"]["split"] == "train" and run["created_by"]["type"] == "AUTOMATION", run["created_by"]
 
     summary = artifacts_of(stack, run["id"])["retrieval-summary"]["data"]
     assert f"| encoder | `{production['encoder']}` | cached |" in summary
@@ -285,6 +316,22 @@ def test_reindex_deployment_reuses_the_production_encoder_on_new_images(stack, t
     assert found.returncode == 0, found.stderr[-3000:]
     answer = json.loads(found.stdout.strip().splitlines()[-1])
     assert answer["index"] == moved["index"] and answer["neighbours"][0]["path"] == str(image)
+
+
+def _triggered_run(stack, dataset: str, timeout: float = 120) -> str:
+    """The id of the reindex run an automation created for `dataset`, once it exists."""
+    reindex = deployment(stack, "reindex", flow="reindex")["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api(stack, "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [reindex]}}})
+        if found := [r["id"] for r in runs if r["parameters"].get("dataset") == dataset]:
+            return found[0]
+        time.sleep(1)
+    raise AssertionError(f"no reindex run for {dataset} after {timeout} s\n" + _server_log(stack))
+
+
+def _server_log(stack) -> str:
+    return (stack["home"] / "server.log").read_text()[-4000:]
 
 
 def _alias(stack, name: str) -> dict[str, str]:

@@ -170,8 +170,9 @@ def embed_shards(
         waiting = _write_ready(folder, next(queue, None), queue, embedded, known, shas)
         for batch in loader:
             embedded.append(embedder.embed_pixels(batch))
-            bar.update(len(batch))
             waiting = _write_ready(folder, waiting, queue, embedded, known, shas)
+            bar.set_postfix(shards=f"{len(plans) if waiting is None else plans.index(waiting)}/{len(plans)}")
+            bar.update(len(batch))
     return {
         "shards": shards,
         "images_embedded": n_rows,

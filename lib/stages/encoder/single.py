@@ -72,8 +72,8 @@ def train_single(
     images, make_views = training_images(section, snapshot, method)
     make_views = make_views.to(device) if make_views is not None else None
     method.train()
-    with progress(total_steps, "encoder: pretraining", unit="step") as bar:
-        bar.update(min(start_epoch * steps_per_epoch, total_steps))
+    done = min(start_epoch * steps_per_epoch, total_steps)
+    with progress(total_steps, "encoder: pretraining", "step", initial=done, images_per_unit=batch_size) as bar:
         for epoch in range(start_epoch, epochs):
             this_epoch = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
             started = time.perf_counter()
