@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from lookalike.core.errors import brief, one_line
-from lookalike.serving.holder import MAX_BATCH, MAX_K, IndexHolder, QueryError
+from lookalike.core.names import MAX_K, TOP_K
+from lookalike.serving.holder import MAX_BATCH, IndexHolder, QueryError
 
 MAX_UPLOAD_BYTES = 20 << 20
 
@@ -125,7 +126,7 @@ class Query(BaseModel):
 
 
 class SearchRequest(Query):
-    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours.")
+    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
@@ -134,7 +135,7 @@ class BatchSearchRequest(BaseModel):
     queries: list[Query] = Field(
         ..., min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} queries, answered in this order."
     )
-    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours for each query.")
+    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours for each query.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
@@ -186,7 +187,7 @@ def create_api(holder: IndexHolder) -> FastAPI:
     async def search_upload(
         request: Request,
         file: Annotated[UploadFile, File(description="The query image.")],
-        k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = TOP_K,
         filter: Annotated[Optional[str], Form(description=FILTER_HELP)] = None,
     ) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
