@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 
 from lookalike.cli.render import print_duplicates, print_neighbours, print_summary
+from lookalike.core.names import MAX_K, TOP_K
+from lookalike.core.settings import RUN_PARAMETERS, env_name, setting_default
 
 app = typer.Typer(
     add_completion=False,
@@ -45,23 +47,45 @@ class LinkageChoice(str, Enum):
     components = "components"
 
 
+def _from_settings(parameter: str, unset: str = "none") -> str:
+    """typer's `show_default` for an option that defaults to None so that the settings decide
+    (defaults < .env < environment < --set < the option): the settings model's own default and
+    the environment variable that changes it. Not typer's `envvar`: typer would read it itself
+    and pass it as the option, above --set."""
+    dotted = RUN_PARAMETERS[parameter]
+    default = setting_default(dotted)
+    return f"{unset if default is None else default}; env: {env_name(dotted)}"
+
+
 Dataset = Annotated[
     Optional[str],
-    typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder."),
+    typer.Option(
+        help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.",
+        show_default=_from_settings("dataset"),
+    ),
 ]
-Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
+Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.", show_default=_from_settings("split"))]
 MethodOpt = Annotated[
     Optional[MethodChoice],
-    typer.Option("--method", help="SSL pretraining method, or distill (with --set encoder.teacher=<model>)."),
+    typer.Option(
+        "--method",
+        help="SSL pretraining method, or distill (with --set encoder.teacher=<model>).",
+        show_default=_from_settings("method"),
+    ),
 ]
 Epochs = Annotated[
-    Optional[int], typer.Option(help="Pretraining length in passes over the collection (instead of --steps).")
+    Optional[int],
+    typer.Option(
+        help="Pretraining length in passes over the collection (instead of --steps).",
+        show_default=_from_settings("epochs", unset="none: --steps decides"),
+    ),
 ]
 Steps = Annotated[
     Optional[str],
     typer.Option(
-        help="Pretraining optimizer steps, or auto (default): a budget from the collection's size and the "
-        "backbone's cost; 0 keeps the random initialisation."
+        help="Pretraining optimizer steps, or auto: a budget from the collection's size and the "
+        "backbone's cost; 0 keeps the random initialisation.",
+        show_default=_from_settings("steps"),
     ),
 ]
 IndexOpt = Annotated[
@@ -69,6 +93,7 @@ IndexOpt = Annotated[
     typer.Option(
         "--index",
         help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.",
+        show_default=_from_settings("index"),
     ),
 ]
 QueryIndexOpt = Annotated[
@@ -81,16 +106,36 @@ QueryIndexOpt = Annotated[
 Root = Annotated[
     Optional[str],
     typer.Option(
-        help="Artifacts root: a folder, or s3://bucket/prefix shared between machines (default ./artifacts or "
-        "LOOKALIKE_ARTIFACTS_ROOT)."
+        help="Artifacts root: a folder, or s3://bucket/prefix shared between machines.",
+        show_default=_from_settings("artifacts_root"),
     ),
 ]
 Sets = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable)."),
+    typer.Option(
+        "--set",
+        help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable); in the environment "
+        "LOOKALIKE_SECTION__FIELD, e.g. LOOKALIKE_ENCODER__LR=0.001. Precedence: defaults < .env < environment "
+        "< --set < the options above.",
+        show_default=False,
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
-Mirror = Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")]
+Mirror = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Mirror finished stage folders to s3://bucket/prefix.", show_default=_from_settings("mirror", unset="off")
+    ),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also print Prefect's INFO lines (flow and task runs and their states); without it the terminal "
+        "shows warnings, errors, progress bars and the result. The Prefect UI keeps every line either way.",
+    ),
+]
 Promote = Annotated[
     bool,
     typer.Option("--promote/--no-promote", help="Move the 'production' alias to this run's index when it completes."),
@@ -145,7 +190,9 @@ def _flow_arguments(
     return named, {k: v for k, v in overrides.items() if k not in owned}
 
 
-def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
+def _run_flow(
+    flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool, verbose: bool
+) -> None:
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.dataset.sources import check_source
 
@@ -156,7 +203,7 @@ def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[s
     from lookalike.cli.orchestration import run_pipeline
 
     try:
-        summary = run_pipeline(named, overrides, flow_name)
+        summary = run_pipeline(named, overrides, flow_name, verbose=verbose)
     except LookalikeError as exc:
         _fail(str(exc))
     except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
@@ -188,6 +235,44 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _print_version(asked: bool) -> None:
+    """`lookalike --version`: this package's version, then the versions of the parts that decide
+    results (read from the installed metadata: nothing heavy is imported)."""
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from lookalike import __version__
+
+    def installed(*distributions: str) -> str:
+        for name in distributions:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
+
+    parts = {"torch": ("torch",), "prefect": ("prefect",), "faiss": ("faiss-cpu", "faiss-gpu", "faiss")}
+    sys.stdout.write(f"lookalike {__version__}\n")
+    sys.stdout.write(", ".join(f"{name} {installed(*dists)}" for name, dists in parts.items()) + "\n")
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of lookalike, torch, prefect and faiss, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Turn an image collection into a searchable retrieval index, then query it."""
+
+
 @app.command()
 def run(
     dataset: Dataset = None,
@@ -201,11 +286,12 @@ def run(
     promote: Promote = True,
     set_: Sets = None,
     json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
     settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_, steps)
     named, overrides = _flow_arguments(settings, overrides)
-    _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out)
+    _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out, verbose)
 
 
 @app.command()
@@ -219,11 +305,13 @@ def reindex(
     promote: Promote = True,
     set_: Sets = None,
     json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
     settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
     named, overrides = _flow_arguments(settings, overrides, drop=("method", "steps", "epochs"))
-    _run_flow("reindex", settings, {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
+    named = {**named, "encoder_alias": encoder_alias, "promote": promote}
+    _run_flow("reindex", settings, named, overrides, json_out, verbose)
 
 
 @app.command()
@@ -306,7 +394,7 @@ def _open_root(settings) -> Path:
 def query(
     image: Annotated[Optional[Path], typer.Argument(help="Query image file.", show_default=False)] = None,
     row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
-    top_k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 3,
+    top_k: Annotated[int, typer.Option(min=1, max=MAX_K, help="How many neighbours.")] = TOP_K,
     alias: Annotated[
         Optional[str],
         typer.Option(

@@ -34,6 +34,8 @@ def test_run_prints_the_json_summary_and_no_traceback(built):
     _, _, first = built
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr and "Traceback" not in first.stdout
+    # Prefect's INFO lines only with -v (test_rerun_with_verbose_prints_prefects_info_lines)
+    assert " | INFO " not in first.stderr
     summary = last_json(first.stdout)
     assert set(summary) >= {"stages", "metrics", "artifacts"}
     assert {s["status"] for s in summary["stages"].values()} == {"computed"}
@@ -70,11 +72,12 @@ def test_the_summary_table_shows_each_score_beside_its_baselines(built):
     assert f"{precision:.4f}" in text and summary["baselines"]["pixels"]["what"] in text
 
 
-def test_rerun_reports_every_stage_cached(built):
+def test_rerun_with_verbose_reports_every_stage_cached_and_prefects_info_lines(built):
     home, root, _ = built
-    again = lookalike("run", "--json", "--artifacts-root", str(root), *SETS, home=home)
+    again = lookalike("run", "-v", "--json", "--artifacts-root", str(root), *SETS, home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Traceback" not in again.stderr
+    assert " | INFO    | Flow run " in again.stderr and " | INFO    | Task run " in again.stderr
     assert {s["status"] for s in last_json(again.stdout)["stages"].values()} == {"cached"}
 
 
@@ -117,7 +120,9 @@ def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
     label = labels.column("label")[0].as_py()
     image = make_png(tmp_path / "query.png", 3, size=28)
     where = ["--where", f'label="{label}"', "--where", "width=28"]
-    result = lookalike("query", str(image), *where, "--json", "--artifacts-root", str(root), *SETS, home=home)
+    result = lookalike(
+        "query", str(image), *where, "--top-k", "3", "--json", "--artifacts-root", str(root), *SETS, home=home
+    )
     assert result.returncode == 0, result.stderr
     found = last_json(result.stdout)
     assert len(found["neighbours"]) == 3 and {n["label"] for n in found["neighbours"]} == {label}
