@@ -343,10 +343,9 @@ def promote(
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
 ) -> None:
     """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
-    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, set_alias
+    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, read_alias, set_alias
     from lookalike.core.errors import LookalikeError
-    from lookalike.core.manifest import not_a_key
-    from lookalike.serving.holder import localize, resolve_ref
+    from lookalike.core.manifest import is_stage_key, not_a_key
 
     settings = _root_settings(artifacts_root)
     root = _open_root(settings)
@@ -358,14 +357,23 @@ def promote(
     try:
         with _warnings_as_lines():
             source = {"command": f"lookalike promote {index_ref}"}
-            where, local_ref = localize(root, index_ref, settings.mirror.endpoint_url)
-            chain, named = resolve_ref(where, local_ref)
-            key = copy_index_chain(root, Path(where) / "index" / chain.index.key)  # nothing to copy from this root
-            if Path(where).resolve() == root.resolve():  # an alias moves with what it names, evaluation included
-                stages = dict(named.stages) if named else chain_for_index(root, key)
-            else:
-                remote = Path(where).resolve().is_relative_to((root / "remote").resolve())
-                source["copied_from"] = index_ref if remote else str(Path(where).resolve() / "index" / key)
+            folder = Path(index_ref).expanduser()
+            if is_stage_key(index_ref):
+                stages = chain_for_index(root, index_ref)
+            elif (folder / "manifest.json").is_file():  # an index folder, of this root or another one
+                key = copy_index_chain(root, folder)
+                if folder.resolve().parents[1] != root.resolve():
+                    source["copied_from"] = str(folder.resolve())
+                stages = chain_for_index(root, key)
+            elif "/" not in index_ref:  # an alias of this root: its whole chain, evaluation included
+                stages = dict(read_alias(root, index_ref).stages)
+            else:  # s3:// or W&B: fetched and verified into <root>/remote first (this one loads torch)
+                from lookalike.serving.holder import localize
+
+                where, local_ref = localize(root, index_ref, settings.mirror.endpoint_url)
+                key = local_ref if is_stage_key(local_ref) else read_alias(where, local_ref).stages["index"]
+                key = copy_index_chain(root, Path(where) / "index" / key)
+                source["copied_from"] = index_ref
                 stages = chain_for_index(root, key)
             moved = set_alias(root, alias, stages, source)
     except LookalikeError as exc:
