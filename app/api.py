@@ -11,6 +11,8 @@ A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`,
 terms that must all hold: see `lookalike.core.filters`); hits carry each row's metadata.
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
+A field a request does not take (a misspelt `top_k`, an upload's `?k=` in the URL) is a 422, never
+ignored. Responses are typed models, so the OpenAPI docs at /docs show each one.
 JSON bodies must hold finite numbers: NaN, Infinity and numbers beyond float range are refused
 as they are parsed.
 """
