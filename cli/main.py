@@ -471,7 +471,7 @@ def query(
     images: Annotated[
         Optional[list[Path]],
         typer.Argument(
-            metavar="[IMAGE]...",
+            metavar="IMAGE",
             help="Query image files, or folders of them (their image files, recursively). One image: a table and "
             "a picture; several, a folder or --jsonl: one JSON line per image on stdout, all in this one process.",
             show_default=False,
@@ -737,9 +737,7 @@ def serve(
         str,
         typer.Option(
             "--index",
-            help="What to serve: an alias (followed when it moves), an index stage key, an index folder "
-            "(<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
-            "or a W&B artifact path entity/project/<method>-embeddings:<alias> (downloaded and sha256-checked first).",
+            help=f"What to serve: {REFERENCES}. An alias is followed when it moves.",
         ),
     ] = "production",
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
