@@ -11,6 +11,8 @@ A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`,
 terms that must all hold: see `lookalike.core.filters`); hits carry each row's metadata.
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
+A field a request does not take (a misspelt `top_k`, an upload's `?k=` in the URL) is a 422, never
+ignored. Responses are typed models, so the OpenAPI docs at /docs show each one.
 JSON bodies must hold finite numbers: NaN, Infinity and numbers beyond float range are refused
 as they are parsed.
 """
@@ -25,7 +27,8 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, Form, Request, UploadFile
+from fastapi import Query as InQueryString
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -33,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from lookalike.core.errors import brief, one_line
-from lookalike.serving.holder import MAX_BATCH, MAX_K, IndexHolder, QueryError
+from lookalike.core.names import MAX_K, TOP_K
+from lookalike.serving.holder import MAX_BATCH, IndexHolder, QueryError
 
 MAX_UPLOAD_BYTES = 20 << 20
 
@@ -98,6 +102,10 @@ def validation_detail(errors: list[dict[str, Any]]) -> str:
         if error.get("type") == "json_invalid":
             parts.append(f"body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
             continue
+        if error.get("type") == "extra_forbidden":  # a misspelt field would otherwise be ignored silently
+            where = f"query parameter {'.'.join(loc[1:])}" if loc[:1] == ["query"] else where
+            parts.append(f"{where}: unknown field (the fields each request takes are listed at /docs)")
+            continue
         got = error.get("input")
         shown = f" (got {brief(got)})" if isinstance(got, (str, int, float, bool)) else ""
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}")
@@ -111,7 +119,8 @@ FILTER_HELP = (
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)  # also when built in process, not parsed from JSON
+    # finite numbers also when built in process, not parsed from JSON; an unknown (misspelt) field is a 422
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
     image_base64: Optional[str] = Field(None, description="An encoded image (PNG, JPEG, ...), base64.")
     row: Optional[int] = Field(None, description="A dataset row id already in the index.")
     vector: Optional[list[float]] = Field(None, description="A raw embedding of the index's dimension.")
@@ -125,17 +134,91 @@ class Query(BaseModel):
 
 
 class SearchRequest(Query):
-    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours.")
+    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
 class BatchSearchRequest(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
     queries: list[Query] = Field(
         ..., min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} queries, answered in this order."
     )
-    k: int = Field(5, ge=1, le=MAX_K, description="How many neighbours for each query.")
+    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours for each query.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
+
+
+class UploadForm(BaseModel):
+    """The multipart form of POST /api/search/upload."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: UploadFile = Field(description="The query image.")
+    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours.")
+    filter: Optional[str] = Field(None, description=FILTER_HELP)
+
+
+class NoQueryParameters(BaseModel):
+    """An endpoint that takes no query parameters: one sent (`?k=3` instead of the form's k) is a 422,
+    not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- responses: typed, so /docs and /openapi.json show what comes back ------------------------------
+
+
+class Hit(BaseModel):
+    """One neighbour: the row's built-in metadata, then the dataset's metadata columns (extra fields)."""
+
+    model_config = ConfigDict(extra="allow")
+    row: int = Field(description="The dataset row id.")
+    distance: float = Field(description="In the index's metric (squared L2, or cosine similarity for ip).")
+    label: Optional[str | int] = None
+    path: Optional[str] = None
+    split: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    sha256: Optional[str] = None
+    image_url: str = Field(description="GET it for the row's image as PNG.")
+
+
+class SearchResponse(BaseModel):
+    index: str = Field(description="The index stage key that answered.")
+    neighbours: list[Hit] = Field(description="Nearest first.")
+
+
+class BatchResult(BaseModel):
+    neighbours: list[Hit] = Field(description="Nearest first.")
+
+
+class BatchSearchResponse(BaseModel):
+    index: str = Field(description="The index stage key that answered every query.")
+    results: list[BatchResult] = Field(description="One per query, in the order asked.")
+
+
+class IndexInfo(BaseModel):
+    ref: str = Field(description="What the server was asked to serve (an alias, a key, s3://, W&B).")
+    alias: Optional[str] = Field(description="The alias followed, if any.")
+    index: str
+    encoder: str
+    dataset: str
+    created: str
+    ntotal: Optional[int]
+    dim: Optional[int]
+    metric: Optional[str]
+    metadata_columns: list[str] = Field(description="What hits carry and filters can name.")
+    method: Optional[str]
+    metrics: dict[str, Optional[float]] = Field(description="The index's own scores and its evaluation's.")
+    loaded_at: float
+    reload_error: Optional[str] = Field(description="Why the alias's new index is not served, if it is not.")
+
+
+class ReloadResponse(IndexInfo):
+    swapped: bool = Field(description="Whether the alias had moved and its new index is now served.")
+
+
+class Health(BaseModel):
+    ok: bool
+    index: str
 
 
 def create_api(holder: IndexHolder) -> FastAPI:
@@ -150,14 +233,16 @@ def create_api(holder: IndexHolder) -> FastAPI:
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
 
-    def answer(request: Request, result: tuple[str, list[dict]]) -> dict:
+    def answer(request: Request, result: tuple[str, list[dict]]) -> SearchResponse:
         base = str(request.base_url).rstrip("/")
         index, hits = result
-        return {"index": index, "neighbours": [{**h, "image_url": f"{base}/api/images/{h['row']}"} for h in hits]}
+        return SearchResponse(
+            index=index, neighbours=[Hit(**{**h, "image_url": f"{base}/api/images/{h['row']}"}) for h in hits]
+        )
 
     @router.get("/index")
-    def index_info() -> dict:
-        return holder.info()
+    def index_info() -> IndexInfo:
+        return IndexInfo(**holder.info())
 
     def query_of(query: Query):
         """What `IndexHolder.search_many` takes for one query: an image, a row id or a vector."""
@@ -170,28 +255,26 @@ def create_api(holder: IndexHolder) -> FastAPI:
         return query.row if query.row is not None else query.vector
 
     @router.post("/search")
-    def search(body: SearchRequest, request: Request) -> dict:
+    def search(body: SearchRequest, request: Request) -> SearchResponse:
         key, hits = holder.search_many([query_of(body)], body.k, body.filter)
         return answer(request, (key, hits[0]))
 
     @router.post("/search/batch")
-    def search_batch(body: BatchSearchRequest, request: Request) -> dict:
+    def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearchResponse:
         key, hits = holder.search_many([query_of(q) for q in body.queries], body.k, body.filter)
-        return {
-            "index": key,
-            "results": [{"neighbours": answer(request, (key, found))["neighbours"]} for found in hits],
-        }
+        return BatchSearchResponse(
+            index=key, results=[BatchResult(neighbours=answer(request, (key, found)).neighbours) for found in hits]
+        )
 
     @router.post("/search/upload")
     async def search_upload(
         request: Request,
-        file: Annotated[UploadFile, File(description="The query image.")],
-        k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
-        filter: Annotated[Optional[str], Form(description=FILTER_HELP)] = None,
-    ) -> dict:
-        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        form: Annotated[UploadForm, Form(media_type="multipart/form-data")],
+        _: Annotated[NoQueryParameters, InQueryString()],
+    ) -> SearchResponse:
+        data = await form.file.read(MAX_UPLOAD_BYTES + 1)
         # the forward pass runs in the thread pool, as sync routes do, never on the event loop
-        return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), k, filter))
+        return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), form.k, form.filter))
 
     @router.get("/images/{row}", response_class=Response)
     def image(row: int) -> Response:
@@ -200,14 +283,14 @@ def create_api(holder: IndexHolder) -> FastAPI:
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @router.post("/reload")
-    def reload() -> dict:
-        return {"swapped": holder.reload(), **holder.info()}
+    def reload() -> ReloadResponse:
+        return ReloadResponse(swapped=holder.reload(), **holder.info())
 
     api.include_router(router)
 
     @api.get("/healthz")
-    def health() -> dict:
-        return {"ok": True, "index": holder.info()["index"]}
+    def health() -> Health:
+        return Health(ok=True, index=holder.info()["index"])
 
     return api
 

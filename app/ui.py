@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from lookalike.core.filters import FilterError
-from lookalike.serving.holder import MAX_K, IndexHolder, QueryError, check_k
+from lookalike.core.names import MAX_K, TOP_K
+from lookalike.serving.holder import IndexHolder, QueryError, check_k
 
 
 def _header(holder: IndexHolder) -> str:
@@ -66,7 +67,7 @@ def build_ui(holder: IndexHolder):
                     format="png",
                     elem_id="query",
                 )
-                k = gr.Slider(1, min(MAX_K, 50), value=5, step=1, label="k (neighbours)", elem_id="k")
+                k = gr.Slider(1, min(MAX_K, 50), value=TOP_K, step=1, label="k (neighbours)", elem_id="k")
                 where = gr.Textbox(
                     label="Filter (optional)",
                     placeholder="label=Sneaker,Sandal and width>=64",

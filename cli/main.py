@@ -23,7 +23,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from lookalike.cli.render import print_duplicates, print_neighbours, print_summary
+from lookalike.cli.render import print_duplicates, print_indexes, print_neighbours, print_summary
+from lookalike.core.names import MAX_K, TOP_K
+from lookalike.core.settings import RUN_PARAMETERS, env_name, setting_default
 
 app = typer.Typer(
     add_completion=False,
@@ -46,23 +48,45 @@ class LinkageChoice(str, Enum):
     components = "components"
 
 
+def _from_settings(parameter: str, unset: str = "none") -> str:
+    """typer's `show_default` for an option that defaults to None so that the settings decide
+    (defaults < .env < environment < --set < the option): the settings model's own default and
+    the environment variable that changes it. Not typer's `envvar`: typer would read it itself
+    and pass it as the option, above --set."""
+    dotted = RUN_PARAMETERS[parameter]
+    default = setting_default(dotted)
+    return f"{unset if default is None else default}; env: {env_name(dotted)}"
+
+
 Dataset = Annotated[
     Optional[str],
-    typer.Option(help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder."),
+    typer.Option(
+        help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.",
+        show_default=_from_settings("dataset"),
+    ),
 ]
-Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.")]
+Split = Annotated[Optional[str], typer.Option(help="Dataset split, e.g. train.", show_default=_from_settings("split"))]
 MethodOpt = Annotated[
     Optional[MethodChoice],
-    typer.Option("--method", help="SSL pretraining method, or distill (with --set encoder.teacher=<model>)."),
+    typer.Option(
+        "--method",
+        help="SSL pretraining method, or distill (with --set encoder.teacher=<model>).",
+        show_default=_from_settings("method"),
+    ),
 ]
 Epochs = Annotated[
-    Optional[int], typer.Option(help="Pretraining length in passes over the collection (instead of --steps).")
+    Optional[int],
+    typer.Option(
+        help="Pretraining length in passes over the collection (instead of --steps).",
+        show_default=_from_settings("epochs", unset="none: --steps decides"),
+    ),
 ]
 Steps = Annotated[
     Optional[str],
     typer.Option(
-        help="Pretraining optimizer steps, or auto (default): a budget from the collection's size and the "
-        "backbone's cost; 0 keeps the random initialisation."
+        help="Pretraining optimizer steps, or auto: a budget from the collection's size and the "
+        "backbone's cost; 0 keeps the random initialisation.",
+        show_default=_from_settings("steps"),
     ),
 ]
 IndexOpt = Annotated[
@@ -70,28 +94,63 @@ IndexOpt = Annotated[
     typer.Option(
         "--index",
         help="Index preset (flat-l2, flat-ip, hnsw, sq8, sq-fp16, ivf-flat, ivf-sq8, ivf-pq, ivf-pqfs-rflat), auto (fits index.memory_budget at index.recall_target) or a FAISS factory string.",
+        show_default=_from_settings("index"),
     ),
 ]
+# What `--index` (query, duplicates, serve) and `promote` take to name a built index: one spelling
+# everywhere, resolved by `lookalike.serving.holder.localize` and `resolve_ref`.
+REFERENCES = (
+    "an alias (production, latest), an index stage key (a folder name under index/), an index folder of any "
+    "root (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
+    "or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded "
+    "into <artifacts root>/remote and sha256-checked first"
+)
 QueryIndexOpt = Annotated[
     Optional[str],
     typer.Option(
         "--index",
-        help="Index preset or FAISS factory string of the run to query, or a reference: an index folder (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, or a W&B artifact path entity/project/<method>-embeddings:<alias> (W&B online); remote ones are downloaded into <artifacts root>/remote and sha256-checked first.",
+        help=f"The index to use: {REFERENCES}. Anything else is an index preset or FAISS factory string, as for "
+        "`lookalike run`: the index built for these settings. An existing alias or reference wins over a preset of "
+        "the same name.",
+        show_default=_from_settings("index", unset="none"),
     ),
+]
+AliasOpt = Annotated[  # the old spelling of `--index <alias>`
+    Optional[str], typer.Option(hidden=True, help="Deprecated: give the alias to --index.")
 ]
 Root = Annotated[
     Optional[str],
     typer.Option(
-        help="Artifacts root: a folder, or s3://bucket/prefix shared between machines (default ./artifacts or "
-        "LOOKALIKE_ARTIFACTS_ROOT)."
+        help="Artifacts root: a folder, or s3://bucket/prefix shared between machines.",
+        show_default=_from_settings("artifacts_root"),
     ),
 ]
 Sets = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable)."),
+    typer.Option(
+        "--set",
+        help="Any setting as section.field=value, e.g. --set encoder.lr=0.001 (repeatable); in the environment "
+        "LOOKALIKE_SECTION__FIELD, e.g. LOOKALIKE_ENCODER__LR=0.001. Precedence: defaults < .env < environment "
+        "< --set < the options above.",
+        show_default=False,
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout's last line.")]
-Mirror = Annotated[Optional[str], typer.Option(help="Mirror finished stage folders to s3://bucket/prefix.")]
+Mirror = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Mirror finished stage folders to s3://bucket/prefix.", show_default=_from_settings("mirror", unset="off")
+    ),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also print Prefect's INFO lines (flow and task runs and their states); without it the terminal "
+        "shows warnings, errors, progress bars and the result. The Prefect UI keeps every line either way.",
+    ),
+]
 Promote = Annotated[
     bool,
     typer.Option("--promote/--no-promote", help="Move the 'production' alias to this run's index when it completes."),
@@ -146,7 +205,9 @@ def _flow_arguments(
     return named, {k: v for k, v in overrides.items() if k not in owned}
 
 
-def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool) -> None:
+def _run_flow(
+    flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool, verbose: bool
+) -> None:
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.dataset.sources import check_source
 
@@ -157,7 +218,7 @@ def _run_flow(flow_name: str, settings, named: dict[str, Any], overrides: dict[s
     from lookalike.cli.orchestration import run_pipeline
 
     try:
-        summary = run_pipeline(named, overrides, flow_name)
+        summary = run_pipeline(named, overrides, flow_name, verbose=verbose)
     except LookalikeError as exc:
         _fail(str(exc))
     except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
@@ -189,6 +250,44 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _print_version(asked: bool) -> None:
+    """`lookalike --version`: this package's version, then the versions of the parts that decide
+    results (read from the installed metadata: nothing heavy is imported)."""
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from lookalike import __version__
+
+    def installed(*distributions: str) -> str:
+        for name in distributions:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
+
+    parts = {"torch": ("torch",), "prefect": ("prefect",), "faiss": ("faiss-cpu", "faiss-gpu", "faiss")}
+    sys.stdout.write(f"lookalike {__version__}\n")
+    sys.stdout.write(", ".join(f"{name} {installed(*dists)}" for name, dists in parts.items()) + "\n")
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of lookalike, torch, prefect and faiss, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Turn an image collection into a searchable retrieval index, then query it."""
+
+
 @app.command()
 def run(
     dataset: Dataset = None,
@@ -202,11 +301,12 @@ def run(
     promote: Promote = True,
     set_: Sets = None,
     json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
     settings, _, overrides = _settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_, steps)
     named, overrides = _flow_arguments(settings, overrides)
-    _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out)
+    _run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out, verbose)
 
 
 @app.command()
@@ -220,44 +320,63 @@ def reindex(
     promote: Promote = True,
     set_: Sets = None,
     json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
     settings, _, overrides = _settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
     named, overrides = _flow_arguments(settings, overrides, drop=("method", "steps", "epochs"))
-    _run_flow("reindex", settings, {**named, "encoder_alias": encoder_alias, "promote": promote}, overrides, json_out)
+    named = {**named, "encoder_alias": encoder_alias, "promote": promote}
+    _run_flow("reindex", settings, named, overrides, json_out, verbose)
 
 
 @app.command()
 def promote(
-    index_key: Annotated[
+    index_ref: Annotated[
         str,
         typer.Argument(
-            help="The index stage key to make production (a folder name under index/), or an index folder "
-            "of another root (<root>/index/<key>), which is copied in with its chain first."
+            metavar="INDEX",
+            help=f"The index to point the alias at: {REFERENCES}. An index from another root or a remote one is "
+            "copied in with its chain first.",
+            show_default=False,
         ),
     ],
     artifacts_root: Root = None,
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
 ) -> None:
     """Point an alias (production) at an index a person has checked, bypassing the run's gate."""
-    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, set_alias
+    from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, read_alias, set_alias
     from lookalike.core.errors import LookalikeError
     from lookalike.core.manifest import is_stage_key, not_a_key
 
-    root = _root(artifacts_root)
+    settings = _root_settings(artifacts_root)
+    root = _open_root(settings)
+    if not _is_reference(index_ref, root):  # checked before it is joined onto any path
+        _fail(
+            f"{not_a_key(index_ref, 'index')} nor an alias under {root}, a finished index folder "
+            f"(<root>/index/<key>), an s3:// or a W&B reference: give a folder name under {root / 'index'}"
+        )
     try:
         with _warnings_as_lines():
-            key, source = index_key, {"command": f"lookalike promote {index_key}"}
-            if not is_stage_key(index_key):  # checked before it is joined onto any path
-                folder = Path(index_key).expanduser()
-                if not (folder / "manifest.json").is_file():
-                    _fail(
-                        f"{not_a_key(index_key, 'index')} nor a finished index folder (<root>/index/<key>): "
-                        f"give a folder name under {root / 'index'}"
-                    )
+            source = {"command": f"lookalike promote {index_ref}"}
+            folder = Path(index_ref).expanduser()
+            if is_stage_key(index_ref):
+                stages = chain_for_index(root, index_ref)
+            elif (folder / "manifest.json").is_file():  # an index folder, of this root or another one
                 key = copy_index_chain(root, folder)
-                source["copied_from"] = str(folder.resolve())
-            moved = set_alias(root, alias, chain_for_index(root, key), source)
+                if folder.resolve().parents[1] != root.resolve():
+                    source["copied_from"] = str(folder.resolve())
+                stages = chain_for_index(root, key)
+            elif "/" not in index_ref:  # an alias of this root: its whole chain, evaluation included
+                stages = dict(read_alias(root, index_ref).stages)
+            else:  # s3:// or W&B: fetched and verified into <root>/remote first (this one loads torch)
+                from lookalike.serving.holder import localize
+
+                where, local_ref = localize(root, index_ref, settings.mirror.endpoint_url)
+                key = local_ref if is_stage_key(local_ref) else read_alias(where, local_ref).stages["index"]
+                key = copy_index_chain(root, Path(where) / "index" / key)
+                source["copied_from"] = index_ref
+                stages = chain_for_index(root, key)
+            moved = set_alias(root, alias, stages, source)
     except LookalikeError as exc:
         _fail(str(exc))
     err.print(f"{alias} -> index {moved.stages['index']} (encoder {moved.stages['encoder']})", highlight=False)
@@ -283,11 +402,56 @@ def rollback(
     err.print(f"{alias} -> index {before.stages['index']} (was {current}; set {before.set_at})", highlight=False)
 
 
+@app.command("ls")
+def list_indexes(
+    artifacts_root: Root = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Also list every move of every alias, oldest first.")
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object: root, indexes (key, created, type, chosen, metric, n_images, dim, bytes, "
+            "dataset, encoder, embeddings, method, evaluation, metrics, baselines, gain, aliases), aliases (name -> "
+            "alias file) and history (null without --history).",
+        ),
+    ] = False,
+) -> None:
+    """List the built indexes, newest first, with their scores beside the baselines' and the aliases
+    pointing at them (for an s3:// root: what this machine's copy holds, with the bucket's aliases)."""
+    from lookalike.artifacts.aliases import alias_history, list_aliases
+    from lookalike.artifacts.catalog import list_indexes as indexes_under
+    from lookalike.core.errors import LookalikeError
+
+    root = _root(artifacts_root)
+    try:
+        with _warnings_as_lines():
+            aliases = list_aliases(root)
+            listing = {
+                "root": str(root),
+                "indexes": [entry.model_dump(mode="json") for entry in indexes_under(root, aliases)],
+                "aliases": {name: alias.model_dump(mode="json") for name, alias in aliases.items()},
+                "history": [move.model_dump(mode="json") for move in alias_history(root)] if history else None,
+            }
+    except LookalikeError as exc:
+        _fail(str(exc))
+    if json_out:
+        sys.stdout.write(json.dumps(listing) + "\n")
+    else:
+        print_indexes(Console(), listing)
+
+
 def _root(artifacts_root: str | None) -> Path:
+    return _open_root(_root_settings(artifacts_root))
+
+
+def _root_settings(artifacts_root: str | None):
+    """The settings of a command that takes only --artifacts-root (the rest from .env and the environment)."""
     from lookalike.core.settings import SettingsError, load_settings
 
     try:
-        return _open_root(load_settings({"artifacts_root": artifacts_root}))
+        return load_settings({"artifacts_root": artifacts_root})
     except SettingsError as exc:
         _fail(str(exc), code=2)
 
@@ -305,15 +469,18 @@ def _open_root(settings) -> Path:
 
 @app.command()
 def query(
-    image: Annotated[Optional[Path], typer.Argument(help="Query image file.", show_default=False)] = None,
-    row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
-    top_k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 3,
-    alias: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Query the index an alias points at (e.g. production) instead of the one built for these settings."
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            metavar="IMAGE",
+            help="Query image files, or folders of them (their image files, recursively). One image: a table and "
+            "a picture; several, a folder or --jsonl: one JSON line per image on stdout, all in this one process.",
+            show_default=False,
         ),
     ] = None,
+    row: Annotated[Optional[int], typer.Option(help="Query with a dataset row id instead of a file.")] = None,
+    top_k: Annotated[int, typer.Option(min=1, max=MAX_K, help="How many neighbours.")] = TOP_K,
+    alias: AliasOpt = None,
     out: Annotated[
         Optional[Path], typer.Option(help="Where to write the picture (query beside its neighbours).")
     ] = None,
@@ -336,10 +503,23 @@ def query(
     artifacts_root: Root = None,
     set_: Sets = None,
     json_out: JsonOut = False,
+    jsonl: Annotated[
+        bool,
+        typer.Option(
+            "--jsonl",
+            help='One JSON line per image: {"query": path, "neighbours": [...], "index": key}, or {"query": path, '
+            '"error": why, "index": key} for a file that cannot be read (the others are still answered; the exit '
+            "status is then 1). The default for several images or a folder.",
+        ),
+    ] = False,
 ) -> None:
-    """Find the most similar images in the index built for the current settings."""
-    if (image is None) == (row is None):
-        _fail("give either an IMAGE_PATH or --row N", code=2)
+    """Find the most similar images in an index: the one built for the current settings, or --index."""
+    images = images or []
+    if bool(images) == (row is not None):
+        _fail("give either IMAGE paths (files or folders) or --row N", code=2)
+    many = jsonl or len(images) > 1 or any(path.is_dir() for path in images)
+    if many and out:
+        _fail("--out writes the picture of one query; several images are answered as JSON lines only", code=2)
     settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
     from lookalike.serving.query import Searcher
@@ -348,9 +528,12 @@ def query(
 
     try:
         searcher = Searcher(*chain_of())
+        if many:
+            return _query_many(searcher, _image_files(images), top_k, where, settings.dataset.max_image_pixels)
         if row is not None:
             picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
         else:
+            (image,) = images
             if not image.is_file():
                 _fail(f"no such image file: {image}", code=2)
             picture_query = decode_rgb(image.read_bytes(), settings.dataset.max_image_pixels)
@@ -370,6 +553,71 @@ def query(
         Console().print(f"picture: {target}")
 
 
+QUERY_CHUNK = 256  # images decoded and searched together: bounded memory, batched embedding and search
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    """The files to query: each file as given, and a folder's image files (by the extensions
+    Pillow reads), recursively in name order, hidden ones left out."""
+    from PIL import Image
+
+    readable = set(Image.registered_extensions())
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in readable
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        else:
+            files.append(path)  # a missing or unreadable one is answered with its error
+    return files
+
+
+def _query_many(searcher, files: list[Path], k: int, where: list[str] | None, max_pixels: int) -> None:
+    """One JSON line per file, in order, through `Searcher.search_images` (the one inference path) a
+    chunk at a time; a file that cannot be read gets an error line and the rest are still answered."""
+    from rich.markup import escape
+
+    from lookalike.core.errors import LookalikeError, one_line
+    from lookalike.core.filters import parse_filter
+    from lookalike.core.progress import progress
+    from lookalike.stages.dataset.images import decode_rgb
+
+    key, filter_, failed = searcher.chain.index.key, parse_filter(where), 0
+    with progress(len(files), "query", unit="img") as bar:
+        for start in range(0, len(files), QUERY_CHUNK):
+            chunk, decoded, lines = files[start : start + QUERY_CHUNK], [], {}
+            for path in chunk:
+                try:
+                    decoded.append((path, decode_rgb(path.read_bytes(), max_pixels)))
+                except (LookalikeError, OSError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    lines[path] = {"query": str(path), "error": one_line(why), "index": key}
+                    err.print(
+                        f"[yellow]warning:[/] {escape(one_line(str(path)))}: {escape(one_line(why))}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+            hits = searcher.search_images([image for _, image in decoded], k, filter_)
+            lines.update(
+                {
+                    path: {"query": str(path), "neighbours": found, "index": key}
+                    for (path, _), found in zip(decoded, hits)
+                }
+            )
+            for path in chunk:
+                sys.stdout.write(json.dumps(lines[path]) + "\n")
+            failed += len(chunk) - len(decoded)
+            bar.update(len(chunk))
+    if failed:
+        err.print(f"{failed} of {len(files)} images could not be read", highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command()
 def duplicates(
     threshold: Annotated[
@@ -379,12 +627,7 @@ def duplicates(
             "similarity for ip) instead of the one calibrated on augmented copies of the collection."
         ),
     ] = None,
-    alias: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Use the index an alias points at (e.g. production) instead of the one built for these settings."
-        ),
-    ] = None,
+    alias: AliasOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the picture of the largest groups.")] = None,
     linkage: Annotated[
         LinkageChoice,
@@ -404,7 +647,8 @@ def duplicates(
     json_out: JsonOut = False,
 ) -> None:
     """Exact duplicates (same bytes) and near-duplicate groups (within a threshold calibrated on
-    augmented copies of the collection's own images) of the index built for the current settings."""
+    augmented copies of the collection's own images) of an index: the one built for the current
+    settings, or --index."""
     settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.duplicates import duplicates_picture, find_duplicates
@@ -437,41 +681,55 @@ def duplicates(
 
 def _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps):
     """(settings, chain_of) for the commands that read a built index (query, duplicates). `chain_of()`
-    gives (artifacts root, Chain) for an --index reference (fetched and verified first), an --alias,
-    or the index built for these settings; it raises LookalikeError for the caller to report."""
-    ref = None
-    if index and _is_reference(index):
-        ref, index = index, None
-        if alias:
-            _fail(
-                "give --alias or an --index reference (s3:// URL, W&B artifact path or index folder), not both", code=2
-            )
-    settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
-    _open_root(settings)
+    gives (artifacts root, Chain) for an --index reference (an alias, a key, a folder, s3:// or W&B:
+    fetched and verified first) or the index built for these settings (--index a preset or FAISS
+    factory string); it raises LookalikeError for the caller to report."""
+    if alias:
+        err.print("[yellow]warning:[/] --alias is deprecated: give the alias to --index (--index production)")
+        if index:
+            _fail(f"give the index once: --index {alias} (--alias is its old spelling), not both", code=2)
+    settings, _, _ = _settings(dataset, split, method, epochs, None, artifacts_root, None, set_, steps)
+    root = _open_root(settings)
+    ref = alias or (index if index and _is_reference(index, root) else None)
+    if index and not ref:  # a preset or factory string: the index built for these settings
+        from lookalike.core.names import check_index_type
+
+        try:
+            check_index_type(index)
+        except ValueError as exc:
+            _fail(f"--index {index!r} names no alias, index key or index folder under {root}, and {exc}", code=2)
+        settings, _, _ = _settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
 
     def chain_of():
         from lookalike.serving.query import chain_from_alias, resolve_chain
 
-        root = settings.artifacts_root
+        if alias:  # missing, it says how to make one
+            return root, chain_from_alias(root, alias)
         if ref:
             from lookalike.serving.holder import localize, resolve_ref
 
-            root, local_ref = localize(root, ref, settings.mirror.endpoint_url)
-            return root, resolve_ref(root, local_ref)[0]
-        return root, chain_from_alias(root, alias) if alias else resolve_chain(settings)
+            where, local_ref = localize(root, ref, settings.mirror.endpoint_url)
+            return where, resolve_ref(where, local_ref)[0]
+        return root, resolve_chain(settings)
 
     return settings, chain_of
 
 
-def _is_reference(index: str) -> bool:
-    """An --index that names a built index (not a preset or factory string to build)."""
+def _is_reference(index: str, root: Path) -> bool:
+    """Whether `index` names a built index (`REFERENCES`): an alias or index stage key under `root`,
+    an index folder, s3:// or a W&B artifact path; else it can only be a preset or factory string."""
+    from lookalike.artifacts.aliases import AliasError, alias_path
+    from lookalike.core.manifest import is_stage_key
     from lookalike.reporting.tracking import parse_wandb_ref
 
-    return (
-        index.startswith("s3://")
-        or (Path(index).expanduser() / "manifest.json").is_file()
-        or bool(parse_wandb_ref(index))
-    )
+    if index.startswith("s3://") or is_stage_key(index) or parse_wandb_ref(index):
+        return True
+    if (Path(index).expanduser() / "manifest.json").is_file():
+        return True
+    try:
+        return alias_path(root, index).is_file()
+    except AliasError:  # not an alias name
+        return False
 
 
 @app.command()
@@ -480,9 +738,7 @@ def serve(
         str,
         typer.Option(
             "--index",
-            help="What to serve: an alias (followed when it moves), an index stage key, an index folder "
-            "(<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "
-            "or a W&B artifact path entity/project/<method>-embeddings:<alias> (downloaded and sha256-checked first).",
+            help=f"What to serve: {REFERENCES}. An alias is followed when it moves.",
         ),
     ] = "production",
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",

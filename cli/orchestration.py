@@ -1,4 +1,5 @@
-"""Running the Prefect flow from the CLI: quiet logs, clean exit, user errors without tracebacks."""
+"""Running the Prefect flow from the CLI: quiet logs (warnings and errors; -v for INFO), clean exit, user
+errors without tracebacks."""
 
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ def _quiet_temporary_server() -> None:
     """Before prefect is imported: the throwaway server's telemetry only produces noise
     (and 'database is locked' tracebacks on a fresh database) when offline."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+# Prefect reads overrides of its logging.yml from PREFECT_LOGGING_[PATH]_[KEY]: this one is the level
+# of the console handler (handlers.console.level), which prints the flow and task runs' lines.
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+
+
+def _console_logs(verbose: bool) -> None:
+    """Before prefect is imported: its console shows warnings and errors only, unless `verbose`
+    (or the user's own PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL). Only the console handler is
+    quietened, not the loggers, so every INFO line still reaches the Prefect API and the UI's logs."""
+    if verbose:
+        os.environ[CONSOLE_LEVEL] = "NOTSET"  # what logging.yml sets: each logger's own level decides
+    else:
+        os.environ.setdefault(CONSOLE_LEVEL, "WARNING")
 
 
 def skip_final_collections() -> None:
@@ -81,10 +97,13 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
             time.sleep(0.25)
 
 
-def run_pipeline(named: dict[str, Any], overrides: dict[str, Any], flow_name: str = "retrieval") -> dict[str, Any]:
+def run_pipeline(
+    named: dict[str, Any], overrides: dict[str, Any], flow_name: str = "retrieval", verbose: bool = False
+) -> dict[str, Any]:
     """Run a flow (`retrieval` or `reindex`) in this process with the CLI's named parameters
-    and --set overrides."""
+    and --set overrides; Prefect's INFO lines are printed only when `verbose`."""
     skip_final_collections()
+    _console_logs(verbose)
     server = None
     if _uses_temporary_server():
         from lookalike.cli.server import TemporaryServer

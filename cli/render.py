@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lookalike.artifacts.catalog import score_name
 from lookalike.artifacts.promotion import knn_not_compared, refused
 from lookalike.core.errors import one_line
 
@@ -137,3 +138,68 @@ def print_duplicates(console: Console, report: dict[str, Any], max_rows: int = 3
         highlight=False,
         soft_wrap=True,
     )
+
+
+def print_indexes(console: Console, listing: dict[str, Any]) -> None:
+    """`lookalike ls`: each index with its scores beside the baselines', then where each alias points."""
+    table = Table(title=f"indexes under {listing['root']}", title_justify="left")
+    for column in ("index", "created", "type", "images", "method", "scores (baselines)", "aliases"):
+        table.add_column(column, no_wrap=column in ("index", "created"))
+    for entry in listing["indexes"]:
+        baselines = entry["baselines"] or {}
+        lines = []
+        for name, value in entry["metrics"].items():
+            if not isinstance(value, float) or name in ("self_retrieval_at_1", "recall_at_10"):
+                continue
+            against = ", ".join(
+                f"{b} {m[name]:.3f}" for b, m in baselines.items() if isinstance(m.get(name), (int, float))
+            )
+            lines.append(f"{score_name(name)} {value:.3f}" + (f" ({against})" if against else ""))
+        table.add_row(
+            entry["key"],
+            _when(entry["created"]),
+            entry["chosen"] if entry["type"] == "auto" else str(entry["type"]),
+            str(entry["n_images"]),
+            str(entry["method"] or ""),
+            "\n".join(lines) or "not evaluated",
+            ", ".join(entry["aliases"]),
+        )
+    if listing["indexes"]:
+        console.print(table)
+    else:
+        console.print(f"no finished index under {listing['root']} yet: `lookalike run` builds one", highlight=False)
+    for name, alias in listing["aliases"].items():
+        console.print(
+            f"[bold]{name}[/] -> index {alias['stages'].get('index')} (set {_when(alias['set_at'])}"
+            f"{_moved_by(alias['source'])})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if listing.get("history") is not None:
+        history = Table(title="alias history (oldest first)", title_justify="left")
+        for column in ("set", "alias", "index", "evaluation", "by"):
+            history.add_column(column)
+        for move in listing["history"]:
+            stages = move["stages"]
+            history.add_row(
+                _when(move["set_at"]),
+                move["name"],
+                stages.get("index", ""),
+                stages.get("evaluation", ""),
+                _moved_by(move["source"]).removeprefix(", by "),
+            )
+        console.print(history)
+
+
+def _when(timestamp: str) -> str:
+    """'2026-12-04T15:35:22+00:00' -> '2026-12-04 15:35' (UTC, as recorded)."""
+    return timestamp[:16].replace("T", " ")
+
+
+def _moved_by(source: dict[str, Any]) -> str:
+    """Who moved an alias, from what it recorded: a command, or a flow run."""
+    if source.get("command"):
+        return f", by {source['command']}"
+    if source.get("flow_run_name"):
+        return f", by flow run {source['flow_run_name']}"
+    return ""

@@ -134,10 +134,22 @@ def alias_manifest(root: Path | str, name: str, stage: str) -> Manifest:
     return read_alias(root, name).manifest(root, stage)
 
 
-def alias_history(root: Path | str, name: str) -> list[Alias]:
-    """Every position `name` has had, oldest first. Lines that are not whole entries are skipped,
-    each reported as a `HistoryWarning` (the CLI prints them as `warning:` lines)."""
-    return [a for a in _read_history(Path(root) / ALIASES / HISTORY) if a.name == name]
+def alias_history(root: Path | str, name: str | None = None) -> list[Alias]:
+    """Every position `name` (every alias, when None) has had, oldest first. Lines that are not whole
+    entries are skipped, each reported as a `HistoryWarning` (the CLI prints them as `warning:` lines)."""
+    return [a for a in _read_history(Path(root) / ALIASES / HISTORY) if name is None or a.name == name]
+
+
+def list_aliases(root: Path | str) -> dict[str, Alias]:
+    """Every alias under `root` by name. An alias file that cannot be read is skipped and reported
+    as a warning (`read_alias` says why), so one bad file does not hide the others."""
+    aliases = {}
+    for path in sorted((Path(root) / ALIASES).glob("*.json")):
+        try:
+            aliases[path.stem] = read_alias(root, path.stem)
+        except AliasError as exc:
+            warnings.warn(str(exc), stacklevel=2)
+    return aliases
 
 
 def _read_history(path: Path) -> list[Alias]:
@@ -197,13 +209,19 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
                 return dict(alias.stages)
     chain = walk_chain(lambda stage, key: read_manifest(root, stage, key), "index", index_key, root)
     stages = {stage: chain[stage].key for stage in CHAIN}
-    evaluations = sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(evaluations):
-        evaluation = read_manifest(root, "evaluation", path.parent.name)
-        if evaluation.inputs.get("index") == index_key:
-            stages["evaluation"] = evaluation.key
-            break
+    if evaluation := evaluations_by_index(root).get(index_key):
+        stages["evaluation"] = evaluation.key
     return stages
+
+
+def evaluations_by_index(root: Path | str) -> dict[str, Manifest]:
+    """index key -> the newest finished evaluation of that index under `root`."""
+    found = {}
+    for path in sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime):
+        evaluation = read_manifest(root, "evaluation", path.parent.name)
+        if "index" in evaluation.inputs:
+            found[evaluation.inputs["index"]] = evaluation  # newer ones replace older ones
+    return found
 
 
 def copy_index_chain(root: Path | str, folder: Path) -> str:

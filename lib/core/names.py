@@ -113,6 +113,12 @@ TORCHVISION_MODELS = (
 )
 
 
+# How many neighbours a query returns unless it asks for another number: one default for the CLI,
+# the HTTP API and the UI; MAX_K bounds what any of them may ask for.
+TOP_K = 5
+MAX_K = 100
+
+
 @dataclass(frozen=True)
 class IndexPresetSpec:
     """A named FAISS index: its factory string (placeholders {nlist}, {m}, {nbits} are filled

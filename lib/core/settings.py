@@ -723,7 +723,7 @@ def _shadowed_environment(explicit: dict[str, Any]) -> list[str]:
     for where, values, above in (("", environment, explicit), (" in .env", dotenv, {**environment, **explicit})):
         for dotted, value in values.items():
             if dotted in above:
-                name = f"{Settings.model_config['env_prefix']}{dotted.upper().replace('.', '__')}{where}"
+                name = f"{env_name(dotted)}{where}"
                 by = "an explicit setting" if dotted in explicit else "the environment"
                 lines += _field_errors(dotted, value, name, f"overridden by {by}")
     return lines
@@ -747,6 +747,21 @@ def _field_errors(dotted: str, value: Any, name: str, note: str) -> list[str]:
     except Exception:  # the environment itself cannot be read: the merged validation says why
         return []
     return []
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable that sets a setting: `encoder.method` -> `LOOKALIKE_ENCODER__METHOD`."""
+    return f"{Settings.model_config['env_prefix']}{dotted.upper().replace('.', '__')}"
+
+
+def setting_default(dotted: str) -> Any:
+    """A setting's default as the settings model declares it (before `.env`, the environment and
+    overrides): `encoder.method` -> `"simclr"`."""
+    *sections, leaf = dotted.split(".")
+    model: type[BaseModel] = Settings
+    for name in sections:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf].get_default(call_default_factory=True)
 
 
 def _unknown_environment_names() -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lookalike.artifacts.catalog import score_name, scores
 from lookalike.artifacts.promotion import knn_not_compared, refused
 from lookalike.artifacts.stage_runner import StageReport
 from lookalike.core.errors import one_line
@@ -38,15 +39,8 @@ def build_summary(
     promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     dataset, index, evaluation = (reports[s].manifest for s in ("dataset", "index", "evaluation"))
-    k = evaluation.stats.get("k", 10)
     metrics = {
-        "self_retrieval_at_1": index.stats["self_retrieval_at_1"],
-        "recall_at_10": index.stats.get("recall_at_10"),
-        "knn_accuracy": evaluation.stats.get("knn_accuracy"),
-        f"precision_at_{k}": evaluation.stats.get(f"precision_at_{k}"),
-        f"map_at_{k}": evaluation.stats.get(f"map_at_{k}"),
-        # what the three above were measured on: "held-out:<split>" or "leave-one-out"
-        "evaluation_protocol": evaluation.stats.get("protocol"),
+        **scores(index, evaluation),  # the index's own and its evaluation's, as `lookalike ls` shows them
         "n_images": dataset.stats["n_images"],
         "n_skipped": dataset.stats["n_skipped"],
         # what the images are like: sizes (min, median, max) and grayscale or colour
@@ -253,7 +247,7 @@ def leaks_line(summary: dict[str, Any]) -> str | None:
     kind = "held-out" if protocol.startswith("held-out") else "leave-one-out"
     n = clean.get("n_queries", 0) + leaks["n_leaked"]
     scores = ", ".join(
-        f"{_score_name(name)} {_fmt(clean.get(name))} (raw {_fmt(metrics.get(name))})"
+        f"{score_name(name)} {_fmt(clean.get(name))} (raw {_fmt(metrics.get(name))})"
         for name in clean
         if name not in ("n_queries", "gain")
     )
@@ -261,10 +255,6 @@ def leaks_line(summary: dict[str, Any]) -> str | None:
         f"{leaks['n_leaked']} of {n} {kind} queries leak ({leaks['exact']} exact, {leaks['near']} near); "
         f"clean {scores} over {clean.get('n_queries', 0)} queries"
     )
-
-
-def _score_name(name: str) -> str:
-    return "kNN accuracy" if name == "knn_accuracy" else name.replace("_at_", "@")
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -29,11 +29,11 @@ from lookalike.core.errors import LookalikeError
 from lookalike.core.filters import Filter, FilterError, parse_filter
 from lookalike.core.graph import CHAIN, walk_chain
 from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
+from lookalike.core.names import MAX_K
 from lookalike.reporting.tracking import parse_wandb_ref
 from lookalike.serving.query import Chain, Searcher, alias_chain
 from lookalike.stages.dataset.images import decode_rgb
 
-MAX_K = 100
 MAX_BATCH = 64  # queries in one batch request: bounded, so one request cannot hold the server for long
 
 

@@ -303,3 +303,13 @@ def test_promote_and_rollback_commands_move_production_by_hand(built, tmp_path):
     assert back.stages["index"] == key and back.source["rolled_back_from"] == other
     result = runner.invoke(app, ["promote", "0" * 16, "--artifacts-root", str(root)])
     assert result.exit_code == 1 and "error:" in result.output
+    # any index reference names what to promote: an alias (its chain moves whole), a folder of this root
+    result = runner.invoke(app, ["promote", "production", "--alias", "staging", "--artifacts-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert read_alias(root, "staging").stages == read_alias(root, "production").stages
+    result = runner.invoke(
+        app, ["promote", str(root / "index" / other), "--alias", "staging", "--artifacts-root", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    staging = read_alias(root, "staging")
+    assert staging.stages["index"] == other and "copied_from" not in staging.source

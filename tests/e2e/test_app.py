@@ -151,6 +151,9 @@ def test_filters_and_batches_answer_like_single_searches_among_matching_rows(cli
         ("/api/search/batch", {"queries": [{"row": 0}] * 65}, "queries: List should have at most 64 items"),
         ("/api/search/batch", {"queries": []}, "queries: List should have at least 1 item"),
         ("/api/search/batch", {"queries": [{"row": 0, "vector": [1.0]}]}, "exactly one of image_base64, row, vector"),
+        # a misspelt field is refused, not ignored (it would search with the default instead)
+        ("/api/search", {"row": 0, "top_k": 3}, "top_k: unknown field"),
+        ("/api/search/batch", {"queries": [{"row": 0, "k": 3}]}, "queries.0.k: unknown field"),
     ],
 )
 def test_bad_filters_and_batches_get_a_422_naming_the_problem(client, path, body, says):
@@ -160,6 +163,37 @@ def test_bad_filters_and_batches_get_a_422_naming_the_problem(client, path, body
         body = {**body, "row": rows(holder)[0]}
     response = c.post(path, json=body)
     assert response.status_code == 422 and says in response.json()["detail"], response.text
+
+
+def test_uploads_refuse_unknown_form_fields_and_query_parameters(client):
+    c, holder = client
+    image = ("q.png", row_png(c, rows(holder)[0]), "image/png")
+    answered = c.post("/api/search/upload", files={"file": image}, data={"k": "2"})
+    assert answered.status_code == 200 and len(answered.json()["neighbours"]) == 2
+    misspelt = c.post("/api/search/upload", files={"file": image}, data={"top_k": "2"})
+    assert misspelt.status_code == 422 and misspelt.json()["detail"].startswith("top_k: unknown field")
+    in_url = c.post("/api/search/upload?k=2", files={"file": image})
+    assert in_url.status_code == 422 and in_url.json()["detail"].startswith("query parameter k: unknown field")
+
+
+def test_openapi_shows_the_typed_responses_and_the_upload_form(client):
+    c, _ = client
+    spec = c.get("/openapi.json").json()
+
+    def returns(path: str, method: str) -> str:
+        return spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+
+    assert returns("/api/search", "post").endswith("/SearchResponse")
+    assert returns("/api/search/upload", "post").endswith("/SearchResponse")
+    assert returns("/api/search/batch", "post").endswith("/BatchSearchResponse")
+    assert returns("/api/index", "get").endswith("/IndexInfo") and returns("/api/reload", "post").endswith(
+        "/ReloadResponse"
+    )
+    schemas = spec["components"]["schemas"]
+    assert {"row", "distance", "label", "image_url"} <= set(schemas["Hit"]["properties"])
+    assert schemas["SearchRequest"]["additionalProperties"] is False
+    upload = spec["paths"]["/api/search/upload"]["post"]["requestBody"]["content"]
+    assert list(upload) == ["multipart/form-data"] and schemas["UploadForm"]["additionalProperties"] is False
 
 
 def test_oversized_and_non_image_uploads_are_refused(client):

@@ -34,6 +34,8 @@ def test_run_prints_the_json_summary_and_no_traceback(built):
     _, _, first = built
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr and "Traceback" not in first.stdout
+    # Prefect's INFO lines only with -v (test_rerun_with_verbose_prints_prefects_info_lines)
+    assert " | INFO " not in first.stderr
     summary = last_json(first.stdout)
     assert set(summary) >= {"stages", "metrics", "artifacts"}
     assert {s["status"] for s in summary["stages"].values()} == {"computed"}
@@ -70,12 +72,43 @@ def test_the_summary_table_shows_each_score_beside_its_baselines(built):
     assert f"{precision:.4f}" in text and summary["baselines"]["pixels"]["what"] in text
 
 
-def test_rerun_reports_every_stage_cached(built):
+def test_rerun_with_verbose_reports_every_stage_cached_and_prefects_info_lines(built):
     home, root, _ = built
-    again = lookalike("run", "--json", "--artifacts-root", str(root), *SETS, home=home)
+    again = lookalike("run", "-v", "--json", "--artifacts-root", str(root), *SETS, home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Traceback" not in again.stderr
+    assert " | INFO    | Flow run " in again.stderr and " | INFO    | Task run " in again.stderr
     assert {s["status"] for s in last_json(again.stdout)["stages"].values()} == {"cached"}
+
+
+def test_ls_lists_the_index_with_its_scores_baselines_aliases_and_history(built):
+    from typer.testing import CliRunner
+
+    from lookalike.cli.main import app
+
+    _, root, first = built
+    summary = last_json(first.stdout)
+    result = CliRunner().invoke(app, ["ls", "--json", "--history", "--artifacts-root", str(root)])
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.stdout)
+    assert set(listing) == {"root", "indexes", "aliases", "history"}
+    (entry,) = listing["indexes"]
+    assert (
+        entry["key"] == summary["stages"]["index"]["key"]
+        and entry["evaluation"] == summary["stages"]["evaluation"]["key"]
+    )
+    assert set(entry["aliases"]) == {"latest", "production"} == set(listing["aliases"])
+    assert entry["metrics"]["precision_at_10"] == summary["metrics"]["precision_at_10"]
+    assert entry["baselines"] == summary["baselines"] and entry["gain"] == summary["gain"]
+    assert entry["n_images"] == 48 and entry["type"] == "flat-l2"
+    assert {(move["name"], move["stages"]["index"]) for move in listing["history"]} == {
+        ("latest", entry["key"]),
+        ("production", entry["key"]),
+    }
+    shown = CliRunner().invoke(app, ["ls", "--artifacts-root", str(root)], env={"COLUMNS": "200"}).stdout
+    precision = summary["baselines"]["pixels"]["precision_at_10"]
+    assert f"precision@10 {summary['metrics']['precision_at_10']:.3f} (pixels {precision:.3f}" in shown
+    assert f"production -> index {entry['key']}" in shown
 
 
 def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
@@ -117,7 +150,9 @@ def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
     label = labels.column("label")[0].as_py()
     image = make_png(tmp_path / "query.png", 3, size=28)
     where = ["--where", f'label="{label}"', "--where", "width=28"]
-    result = lookalike("query", str(image), *where, "--json", "--artifacts-root", str(root), *SETS, home=home)
+    result = lookalike(
+        "query", str(image), *where, "--top-k", "3", "--json", "--artifacts-root", str(root), *SETS, home=home
+    )
     assert result.returncode == 0, result.stderr
     found = last_json(result.stdout)
     assert len(found["neighbours"]) == 3 and {n["label"] for n in found["neighbours"]} == {label}
@@ -128,6 +163,69 @@ def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
     from lookalike.core.filters import FilterError
 
     assert issubclass(FilterError, LookalikeError)
+
+
+def test_query_answers_a_folder_of_200_images_in_one_process_one_json_line_each(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_png
+    from lookalike.cli.main import app
+    from lookalike.serving.query import Searcher, chain_from_alias
+    from lookalike.stages.dataset.images import decode_rgb
+
+    _, root, _ = built
+    folder = tmp_path / "queries"
+    images = [make_png(folder / f"{i:03d}.png", i, size=28) for i in range(199)]
+    images.append(make_png(folder / "more" / "last.png", 199, size=28))  # folders are read recursively
+    (folder / "notes.txt").write_text("not an image file name: left out")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    args = ["query", str(folder), str(broken), "--index", "production", "--top-k", "2", "--artifacts-root", str(root)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # one file could not be read; every other one was answered
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    searcher = Searcher(root, chain_from_alias(root, "production"))
+    key = searcher.chain.index.key
+    assert [line["query"] for line in lines] == [str(p) for p in sorted(images)] + [str(broken)]
+    assert all(line["index"] == key and len(line["neighbours"]) == 2 for line in lines[:200])
+    assert lines[200] == {"query": str(broken), "error": "not a recognised image format", "index": key}
+    assert f"{broken}: not a recognised image format" in result.stderr
+    # batched, each image is answered as a query of its own is
+    first = decode_rgb(sorted(images)[0].read_bytes(), 10**8)
+    assert lines[0]["neighbours"] == searcher.neighbours(first, 2)
+
+
+def test_alias_is_the_old_spelling_of_index_and_says_so(built):
+    from typer.testing import CliRunner
+
+    from lookalike.artifacts.aliases import read_alias
+    from lookalike.artifacts.shared_root import read_manifest
+    from lookalike.cli.main import app
+    from lookalike.stages.dataset.stage import open_snapshot, row_positions
+
+    _, root, _ = built
+    production = read_alias(root, "production")
+    row = min(row_positions(open_snapshot(root, read_manifest(root, "dataset", production.stages["dataset"]))))
+    by = {}
+    for option in ("--alias", "--index"):
+        args = [
+            "query",
+            "--row",
+            str(row),
+            "--top-k",
+            "1",
+            "--json",
+            option,
+            "production",
+            "--artifacts-root",
+            str(root),
+        ]
+        by[option] = CliRunner().invoke(app, args)
+    assert "--alias is deprecated: give the alias to --index" in by["--alias"].stderr
+    assert "deprecated" not in by["--index"].stderr
+    assert by["--alias"].exit_code == by["--index"].exit_code == 0, by["--alias"].output
+    assert by["--alias"].stdout == by["--index"].stdout
+    assert json.loads(by["--index"].stdout)["index"] == production.stages["index"]
 
 
 def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_path):

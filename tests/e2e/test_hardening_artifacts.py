@@ -122,7 +122,7 @@ def test_an_alias_value_that_is_a_path_is_refused_before_anything_is_read(root, 
     alias = production(root)
     alias["stages"]["index"] = str(other / "index" / first)  # a finished index, outside the root
     (root / "aliases" / "production.json").write_text(json.dumps(alias))
-    line = one_line_error(lookalike(root, "query", "--alias", "production", "--row", "0"))
+    line = one_line_error(lookalike(root, "query", "--index", "production", "--row", "0"))
     assert "production.json" in line and str(other) in line and "16 lowercase hex" in line
 
 
@@ -164,7 +164,7 @@ def test_a_manifest_an_alias_names_edited_by_hand_is_refused_naming_it(root):
     root, first, _ = root
     succeeded(lookalike(root, "promote", first))
     edited = edit_stats(root / "index" / first, ntotal=999)
-    line = one_line_error(lookalike(root, "query", "--alias", "production", "--row", "0"))
+    line = one_line_error(lookalike(root, "query", "--index", "production", "--row", "0"))
     assert str(edited) in line and "production" in line and "sha256" in line
 
 

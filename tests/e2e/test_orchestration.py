@@ -14,6 +14,8 @@ def test_a_flow_run_from_the_cli_exits_without_the_final_garbage_collections(mon
     monkeypatch.setattr(orchestration.atexit, "register", registered.append)
     monkeypatch.setattr(orchestration, "_final_collections_skipped", False)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server
+    # run_pipeline sets Prefect's console level for its process: undone after this test, not left to the next ones
+    monkeypatch.setenv(orchestration.CONSOLE_LEVEL, "WARNING")
     flow_module = types.ModuleType("lookalike.flows.retrieval")
     flow_module.retrieval_pipeline = lambda **_: types.SimpleNamespace(result=lambda: {"stages": {}})
     monkeypatch.setitem(sys.modules, "lookalike.flows.retrieval", flow_module)
