@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from lookalike.core.names import DEFAULT_TOP_K
+from lookalike.core.names import TOP_K
 
 if TYPE_CHECKING:  # heavy: imported when an index loads, not with `import lookalike`
     import numpy as np
@@ -119,6 +119,7 @@ def run(
     artifacts_root: str | Path | None = None,
     mirror: str | None = None,
     promote: bool = True,
+    verbose: bool = False,
     **settings: Any,
 ) -> RunSummary:
     """Build (or reuse, stage by stage) the retrieval index for these settings, evaluate it beside its
@@ -127,6 +128,7 @@ def run(
     Args:
         dataset: 'sample', a hub name, an image folder, a .parquet file or a save_to_disk folder.
         split, method, steps, epochs, index, artifacts_root, mirror, promote: as the CLI's options.
+        verbose: print Prefect's INFO lines (warnings and progress bars show either way).
         **settings: any other setting, spelled `section__field` as in the LOOKALIKE_ environment
             variables (`encoder__lr=1e-3`, `dataset__limit=256`) or as a dotted key
             (`**{"encoder.lr": 1e-3}`).
@@ -153,7 +155,7 @@ def run(
     check_source(resolved.dataset)
     owned = set(RUN_PARAMETERS.values())
     flow_overrides = {k: v for k, v in overrides.items() if k not in owned}
-    return RunSummary(run_pipeline({**run_parameters(resolved), "promote": promote}, flow_overrides))
+    return RunSummary(run_pipeline({**run_parameters(resolved), "promote": promote}, flow_overrides, verbose=verbose))
 
 
 class Index:
@@ -219,7 +221,7 @@ class Index:
         return self._holder.image_of_row(row)
 
     def search(
-        self, queries: Query | Iterable[Query], k: int = DEFAULT_TOP_K, where: str | list[str] | None = None
+        self, queries: Query | Iterable[Query], k: int = TOP_K, where: str | list[str] | None = None
     ) -> list[Neighbour] | list[list[Neighbour]]:
         """The k most similar rows, nearest first.
 

@@ -30,6 +30,7 @@ def test_the_readme_examples_run_build_load_by_alias_and_folder_and_search_100_i
     assert len(examples) == 2
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # what run() sets; undone after
     namespace: dict = {}
     for code in examples:
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the documentation is the test

@@ -114,7 +114,7 @@ TORCHVISION_MODELS = (
 
 
 # How many neighbours a query returns unless it asks for another number: one default for the CLI,
-# the HTTP API and the UI; MAX_K bounds what any of them may ask for.
+# the HTTP API, the UI and the Python API; MAX_K bounds what any of them may ask for.
 TOP_K = 5
 MAX_K = 100
 
@@ -144,9 +144,6 @@ INDEX_PRESETS: dict[str, IndexPresetSpec] = {
     "ivf-pqfs-rflat": IndexPresetSpec("IVF{nlist},PQ{m}x4fs,RFlat", "l2", exact=False),
 }
 AUTO = "auto"
-
-# neighbours per query wherever none is asked for: the CLI, the HTTP API, the UI and the Python API
-DEFAULT_TOP_K = 5
 IndexPreset = Literal[
     "flat-l2", "flat-ip", "hnsw", "sq8", "sq-fp16", "ivf-flat", "ivf-sq8", "ivf-pq", "ivf-pqfs-rflat", "auto"
 ]
