@@ -302,7 +302,7 @@ def test_notify_triggers_a_reindex_that_reuses_the_production_encoder_on_new_ima
             LOOKALIKE,
             "query",
             str(image),
-            "--alias",
+            "--index",
             "production",
             "--json",
             "--artifacts-root",

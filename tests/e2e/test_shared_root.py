@@ -228,7 +228,7 @@ def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shar
     )
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
     out = subprocess.run(
-        [LOOKALIKE, "query", "--row", str(row), "--json", "--alias", "latest", "--artifacts-root", URL, *sets],
+        [LOOKALIKE, "query", "--row", str(row), "--json", "--index", "latest", "--artifacts-root", URL, *sets],
         env=env,
         capture_output=True,
         text=True,
