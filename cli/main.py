@@ -418,8 +418,10 @@ def list_indexes(
         ),
     ] = False,
 ) -> None:
-    """List the built indexes, newest first, with their scores beside the baselines' and the aliases
-    pointing at them (for an s3:// root: what this machine's copy holds, with the bucket's aliases)."""
+    """List the built indexes with their scores, baselines and aliases.
+
+    Newest first; each index's scores beside the raw-pixel and starting-point baselines', and the
+    aliases pointing at it. For an s3:// root: what this machine's copy holds, with the bucket's aliases."""
     from lookalike.artifacts.aliases import alias_history, list_aliases
     from lookalike.artifacts.catalog import list_indexes as indexes_under
     from lookalike.core.errors import LookalikeError
@@ -646,9 +648,10 @@ def duplicates(
     set_: Sets = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Exact duplicates (same bytes) and near-duplicate groups (within a threshold calibrated on
-    augmented copies of the collection's own images) of an index: the one built for the current
-    settings, or --index."""
+    """Find exact and near-duplicate groups in an index.
+
+    Exact: the same bytes. Near: within a threshold calibrated on augmented copies of the
+    collection's own images. The index is the one built for the current settings, or --index."""
     settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.duplicates import duplicates_picture, find_duplicates
