@@ -2,7 +2,8 @@
 
 lookalike run      build (or reuse) the index for the current settings and summarise it
 lookalike reindex index new images with the production encoder (no pretraining)
-lookalike query    image or dataset row in, top-k most similar rows out
+lookalike query    images, folders or dataset rows in, top-k most similar rows out (JSON Lines for many)
+lookalike ls       the built indexes with their scores, baselines and aliases (--history: alias moves)
 lookalike duplicates  exact (same bytes) and near-duplicate (within a calibrated distance) groups
 lookalike promote  point production at an index by hand; `rollback` moves it back
 lookalike serve    the retrieval app (Gradio UI + HTTP API) on the production index
