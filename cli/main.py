@@ -21,6 +21,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lookalike.cli.render import print_duplicates, print_neighbours, print_summary
 
@@ -184,7 +185,8 @@ def _warnings_as_lines() -> Iterator[None]:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message's own brackets (pip install 'lookalike[serve]', a --set list) are text, not markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -493,9 +495,16 @@ def serve(
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
+    from lookalike.core.errors import LookalikeError
+    from lookalike.core.extras import import_extra
+
+    try:  # an install without the serve extra says so before anything loads
+        uvicorn = import_extra("uvicorn", "lookalike serve")
+        import_extra("gradio", "lookalike serve (its UI)")
+    except LookalikeError as exc:
+        _fail(str(exc))
     _open_root(settings)
     from lookalike.app.server import create_app
-    from lookalike.core.errors import LookalikeError
 
     try:
         application = create_app(
@@ -503,7 +512,6 @@ def serve(
         )
     except LookalikeError as exc:
         _fail(str(exc))
-    import uvicorn
 
     info = application.state.holder.info()
     via = f"alias {info['alias']} → " if info["alias"] else ""
