@@ -192,6 +192,7 @@ def test_the_docker_variants_are_the_same_deployments_in_the_image_on_a_docker_p
         process, docker = deployment(stack, name, flow), deployment(stack, f"{name}-docker", flow)
         assert docker["work_pool_name"] == DOCKER_POOL
         assert docker["job_variables"]["image"] == DOCKER_IMAGE  # what the build step's output fills in
+        assert docker["job_variables"]["volumes"] == ["lookalike-artifacts:/artifacts"]  # Dockerfile's root
         assert docker["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/lookalike"}}
         ]
