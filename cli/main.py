@@ -496,11 +496,11 @@ def serve(
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
     from lookalike.core.errors import LookalikeError
-    from lookalike.core.extras import import_extra
+    from lookalike.core.extras import check_extra
 
     try:  # an install without the serve extra says so before anything loads
-        uvicorn = import_extra("uvicorn", "lookalike serve")
-        import_extra("gradio", "lookalike serve (its UI)")
+        check_extra("uvicorn", "lookalike serve")
+        check_extra("gradio", "lookalike serve (its UI)")
     except LookalikeError as exc:
         _fail(str(exc))
     _open_root(settings)
@@ -512,6 +512,7 @@ def serve(
         )
     except LookalikeError as exc:
         _fail(str(exc))
+    import uvicorn
 
     info = application.state.holder.info()
     via = f"alias {info['alias']} → " if info["alias"] else ""

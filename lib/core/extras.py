@@ -4,6 +4,7 @@ the one place that turns a missing one into a line naming the extra that brings 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from lookalike.core.errors import LookalikeError
@@ -24,14 +25,17 @@ class MissingExtra(LookalikeError):
     """An optional package is not installed; the message names the extra and the install command."""
 
 
-def import_extra(module: str, needed_by: str) -> ModuleType:
-    """`import module`, or a MissingExtra saying `needed_by needs the <extra> extra: pip install ...`."""
-    extra = EXTRA_OF[module]
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != module:
-            raise  # the extra is there but one of its own dependencies is broken: not ours to rename
+def check_extra(module: str, needed_by: str) -> None:
+    """A MissingExtra, `needed_by needs the <extra> extra: pip install ...`, unless `module` is
+    installed; found without importing it, so a command can check before it loads anything."""
+    if importlib.util.find_spec(module) is None:
+        extra = EXTRA_OF[module]
         raise MissingExtra(
             f"{needed_by} needs the {extra} extra ({module} is not installed): pip install 'lookalike[{extra}]'"
-        ) from None
+        )
+
+
+def import_extra(module: str, needed_by: str) -> ModuleType:
+    """`import module`, after `check_extra`."""
+    check_extra(module, needed_by)
+    return importlib.import_module(module)
