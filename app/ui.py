@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from lookalike.core.extras import import_extra
 from lookalike.core.filters import FilterError
 from lookalike.core.names import MAX_K, TOP_K
 from lookalike.serving.holder import IndexHolder, QueryError, check_k
@@ -25,13 +26,13 @@ def mount_ui(api, holder: IndexHolder, path: str = "/"):
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a server
-    import gradio as gr
+    gr = import_extra("gradio", "the retrieval app's UI")
 
     return gr.mount_gradio_app(api, build_ui(holder), path=path)
 
 
 def build_ui(holder: IndexHolder):
-    import gradio as gr
+    gr = import_extra("gradio", "the retrieval app's UI")
 
     def search(image, k, where=""):
         if image is None:

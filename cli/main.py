@@ -23,6 +23,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lookalike.cli.render import print_duplicates, print_indexes, print_neighbours, print_summary
 from lookalike.core.names import MAX_K, TOP_K
@@ -247,7 +248,8 @@ def _warnings_as_lines() -> Iterator[None]:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message's own brackets (pip install 'lookalike[serve]', a --set list) are text, not markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -754,9 +756,16 @@ def serve(
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
     settings, _, _ = _settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
+    from lookalike.core.errors import LookalikeError
+    from lookalike.core.extras import check_extra
+
+    try:  # an install without the serve extra says so before anything loads
+        check_extra("uvicorn", "lookalike serve")
+        check_extra("gradio", "lookalike serve (its UI)")
+    except LookalikeError as exc:
+        _fail(str(exc))
     _open_root(settings)
     from lookalike.app.server import create_app
-    from lookalike.core.errors import LookalikeError
 
     try:
         application = create_app(

@@ -2,8 +2,9 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py [NAME ...]
 
-Reads the same prefect.yaml, so names, schedules, parameters, concurrency limits and event triggers stay
-defined once. Without NAMEs it serves all of them; runs started from the UI execute here.
+Reads the same prefect.yaml, so names, schedules, parameters, concurrency limits and event triggers
+stay defined once. Without NAMEs it serves all those that run from this checkout (not the `*-docker`
+ones, which build an image); runs started from the UI execute here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def deployments_from_yaml(names: list[str]) -> list:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    chosen = [d for d in spec["deployments"] if not names or d["name"] in names]
+    chosen = [d for d in spec["deployments"] if d["name"] in names or not names and not d.get("build")]
     unknown = set(names) - {d["name"] for d in chosen}
     if unknown:
         sys.exit(

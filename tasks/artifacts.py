@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lookalike.artifacts.shared_root import open_store, store_for
+from lookalike.core.extras import import_extra
 from lookalike.core.settings import Settings
 from lookalike.tasks.stage import save_result_storage
 
@@ -20,6 +21,7 @@ def open_artifacts_root(settings: Settings) -> Path:
     store = store_for(settings)
     if store is None:
         return settings.artifacts_root
+    import_extra("s3fs", f"artifacts_root={store.url}")  # Prefect's results beside the stage folders
     root = open_store(store)
     block = save_result_storage(store)
     get_run_logger().info(

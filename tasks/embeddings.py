@@ -26,6 +26,7 @@ from prefect.tasks import exponential_backoff
 
 from lookalike.artifacts.shared_root import Store, open_stage_copy, store_at
 from lookalike.artifacts.stage_runner import StageResult
+from lookalike.core.extras import import_extra
 from lookalike.core.manifest import Manifest
 from lookalike.core.settings import EmbeddingsSettings
 from lookalike.stages.embeddings.stage import embed_shards, embeddings_key, run_embeddings_stage
@@ -55,7 +56,7 @@ def embed_shard_group(
 
 def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path):
     """A `ShardDispatch` that maps `embed_shard_group` over a Dask cluster."""
-    from prefect_dask import DaskTaskRunner
+    DaskTaskRunner = import_extra("prefect_dask", "embeddings.dask_workers / embeddings.dask_address").DaskTaskRunner
 
     # distributed logs "Batched Comm Closed" at INFO *with its traceback* when a worker's comm closes
     # as the cluster shuts down (or a killed worker's nanny restarts it): routine, yet it printed a

@@ -1,7 +1,8 @@
 """prefect.yaml's deployments on a real `prefect server`, a process worker and the real UI.
 
-One server, pool, worker and `prefect deploy --all` for the module, exactly as the runbook
-in deployments/README.md does it. Runs are started through the API the way the UI's Run
+One server, pool, worker and `prefect deploy` for the module, exactly as the runbook in
+deployments/README.md does it; the docker work-pool variants are deployed beside them (with a
+fixed image in place of their build step: no container engine runs here) and checked, never run. Runs are started through the API the way the UI's Run
 button starts them (`POST /deployments/{id}/create_flow_run`), and once through the UI itself.
 """
 
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import yaml
 from prefect.client.base import PrefectHttpxSyncClient
 
 from conftest import LOOKALIKE, REPO, cli_env, free_port, make_png
@@ -27,6 +29,8 @@ from lookalike.core.names import METHOD_NAMES
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "lookalike-process"
+DOCKER_POOL = "lookalike-docker"
+DOCKER_IMAGE = "lookalike:deployments-test"
 FLOW = "retrieval-pipeline"
 SCREENSHOTS = REPO / "test-output" / "ui"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -79,7 +83,19 @@ def stack(tmp_path_factory):
                 pass
             assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-        for args in (["work-pool", "create", POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+        # The docker pool as `prefect work-pool create --type docker` makes it (the server's bundled
+        # template of Prefect's docker worker), without another CLI start.
+        with httpx.Client(base_url=f"{url}/api", timeout=30) as client:
+            workers = client.get("/collections/views/aggregate-worker-metadata").raise_for_status().json()
+            template = workers["prefect-docker"]["docker"]["default_base_job_configuration"]
+            pool = {"name": DOCKER_POOL, "type": "docker", "base_job_template": template}
+            client.post("/work_pools/", json=pool).raise_for_status()
+        deploy_file = home / "prefect.yaml"
+        deploy_file.write_text(yaml.safe_dump(without_image_build(REPO / "prefect.yaml"), sort_keys=False))
+        for args in (
+            ["work-pool", "create", POOL, "--type", "process"],
+            ["--no-prompt", "deploy", "--all", "--prefect-file", str(deploy_file)],
+        ):
             done = subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         artifacts = home / "artifacts"
@@ -94,6 +110,20 @@ def stack(tmp_path_factory):
         for proc in (worker, server):
             if proc is not None:
                 _stop(proc)
+
+
+def without_image_build(path: Path) -> dict:
+    """prefect.yaml with each `*-docker` deployment's build and push steps replaced by the image they
+    would have made: `prefect deploy -n retrain-weekly -n reindex -n smoke` and
+    `prefect deploy -n '*-docker'` of the runbook in one call. The docker ones get no triggers here:
+    they are checked, never run (no docker worker), and must not take events meant for `reindex`."""
+    spec = yaml.safe_load(path.read_text())
+    for entry in spec["deployments"]:
+        if entry["work_pool"]["name"] == DOCKER_POOL:
+            entry["build"] = entry["push"] = None
+            entry["work_pool"]["job_variables"]["image"] = DOCKER_IMAGE
+            entry.pop("triggers", None)
+    return spec
 
 
 def api(stack, method: str, path: str, **kwargs):
@@ -152,6 +182,32 @@ def test_prefect_yaml_defines_the_three_deployments_with_limits_and_typed_parame
     assert schema["steps"]["default"] == "auto" and any(s.get("minimum") == 0 for s in schema["steps"]["anyOf"])
     assert all(p.get("description") for p in schema.values()), "every parameter needs a docstring description"
     assert not any("key" in name or "secret" in name or "password" in name for name in schema)
+
+
+def test_the_docker_variants_are_the_same_deployments_in_the_image_on_a_docker_pool(stack):
+    pool = api(stack, "GET", f"/work_pools/{DOCKER_POOL}")
+    assert pool["type"] == "docker"
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for name, flow in (("retrain-weekly", FLOW), ("reindex", "reindex"), ("smoke", FLOW)):
+        process, docker = deployment(stack, name, flow), deployment(stack, f"{name}-docker", flow)
+        assert docker["work_pool_name"] == DOCKER_POOL
+        assert docker["job_variables"]["image"] == DOCKER_IMAGE  # what the build step's output fills in
+        assert docker["job_variables"]["volumes"] == ["lookalike-artifacts:/artifacts"]  # Dockerfile's root
+        assert docker["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/lookalike"}}
+        ]
+        for field in ("entrypoint", "parameters", "parameter_openapi_schema", "description", "tags"):
+            assert docker[field] == process[field], (name, field)
+        assert _schedules(docker) == _schedules(process)
+        assert docker["global_concurrency_limit"]["limit"] == 1
+        # in prefect.yaml: built from ./Dockerfile and pushed, the image job variable filled from the build
+        (entry,) = [d for d in spec["deployments"] if d["name"] == f"{name}-docker"]
+        (build,) = entry["build"]
+        step = build["prefect_docker.deployments.steps.build_docker_image"]
+        assert (REPO / step["dockerfile"]).is_file() and step["id"] == "build-image"
+        assert entry["push"][0]["prefect_docker.deployments.steps.push_docker_image"]["tag"] == "{{ build-image.tag }}"
+        assert entry["work_pool"]["job_variables"]["image"] == "{{ build-image.image }}"
+        assert entry.get("triggers") == next(d for d in spec["deployments"] if d["name"] == name).get("triggers")
 
 
 def test_an_invalid_parameter_is_rejected_naming_the_field(stack):
@@ -332,6 +388,10 @@ def _triggered_run(stack, dataset: str, timeout: float = 120) -> str:
 
 def _server_log(stack) -> str:
     return (stack["home"] / "server.log").read_text()[-4000:]
+
+
+def _schedules(deployment: dict) -> list[tuple]:
+    return [(json.dumps(s["schedule"], sort_keys=True), s["active"]) for s in deployment["schedules"]]
 
 
 def _alias(stack, name: str) -> dict[str, str]:

@@ -16,6 +16,8 @@ patches a lib module right after it is first imported, so a real `lookalike run`
     kill_after_uploads    SIGKILL this process after this many S3 uploads
     disk_full_at_shard    writing this embedding shard (0-based) fails with ENOSPC
     read_only_root        creating any stage's lock file fails with EROFS
+    missing_modules       these top-level modules cannot be imported, as if their extra were not
+                          installed (e.g. ["gradio"])
 
 Without the variable this module does nothing.
 """
@@ -189,3 +191,5 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
 if FAULTS:
     sys.meta_path.insert(0, _PatchAfterImport())
+for _name in FAULTS.get("missing_modules", ()):
+    sys.modules[_name] = None  # `import _name` raises ModuleNotFoundError, as when it is not installed

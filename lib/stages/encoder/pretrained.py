@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lookalike.core.errors import LookalikeError
+from lookalike.core.extras import import_extra
 from lookalike.core.manifest import find_manifest, is_stage_key, verified_path
 from lookalike.stages.encoder.backbones import build_backbone
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
@@ -228,7 +229,7 @@ def _from_torchvision(reference: str, name: str, root: Path) -> Init:
 
 
 def _from_timm(reference: str, name: str, root: Path) -> Init:
-    timm = _optional("timm", reference)
+    timm = import_extra("timm", f"init {reference!r}")
     overlay = {}
     try:
         hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
@@ -264,7 +265,7 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 
 
 def _from_hf(reference: str, name: str, root: Path) -> Init:
-    transformers = _optional("transformers", reference)
+    transformers = import_extra("transformers", f"init {reference!r}")
     local = True
     try:  # a folder, or the hub's local cache: no network
         model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
@@ -311,7 +312,7 @@ def _from_path(reference: str, path: Path, backbone: str, width: float | str) ->
                 "(a lookalike encoder stage): point at the weights file itself"
             )
     if path.suffix == ".safetensors":
-        _optional("safetensors", reference)
+        import_extra("safetensors", f"init {reference!r}")
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -375,15 +376,6 @@ def _without_classifier(state: dict[str, torch.Tensor], architecture: str) -> di
     if architecture.startswith(("timm:", "hf:")):
         return state
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "heads.", "head.", "linear."))}
-
-
-def _optional(module: str, reference: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise InitError(
-            f"init {reference!r} needs {module}, which is not installed: pip install 'lookalike[pretrained]'"
-        ) from None
 
 
 def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> str | None:
