@@ -57,10 +57,13 @@ $(CHROMIUM):
 		echo "the UI test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
 	fi
 
+# The suite runs on every core (pytest-xdist), one test file per worker at a time so a file's module
+# fixtures (a Prefect server stack, a built index) are made once; much of it waits on subprocesses
+# and servers, so two workers on two cores finish well before one. `pytest tests/...` runs serially.
 test: $(VENV)/.test-installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean-artifacts:
 	rm -rf artifacts

@@ -21,6 +21,8 @@ os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["WANDB_SILENT"] = "true"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: workers share the cores, so one math thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # (and for the CLI processes the tests start)
 for var in list(os.environ):
     if var.startswith("LOOKALIKE_") or var in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_MODE", "PREFECT_API_URL"):
         del os.environ[var]
