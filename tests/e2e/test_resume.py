@@ -182,10 +182,10 @@ def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_ap
     root = tmp_path / "artifacts"
     copy_stages(ref_root, root, "dataset", "encoder", "embeddings", "index", "evaluation")
     client = s3_client(s3_endpoint)
-    client.create_bucket(Bucket="resume")
+    client.create_bucket(Bucket="upload-resume")  # its own bucket: the S3 server is shared by the session
     mirror = [
         "--mirror",
-        "s3://resume/runs",
+        "s3://upload-resume/runs",
         "--set",
         f"mirror.endpoint_url={s3_endpoint}",
         "--set",
@@ -193,7 +193,7 @@ def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_ap
     ]
     code, _, _ = finish(start(root, prefect_api_url, {"kill_after_uploads": 4}, *mirror))
     assert code == -signal.SIGKILL
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket="resume").get("Contents", [])}
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="upload-resume").get("Contents", [])}
     assert len(keys) == 4 and not any(k.endswith(MANIFEST) for k in keys)  # 4 of 11 embeddings files
 
     again = run(root, prefect_api_url, None, *mirror)
@@ -201,9 +201,11 @@ def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_ap
     assert (embeddings["skipped"], embeddings["uploaded"]) == (4, N_SHARDS + 1 - 4)
     assert (index["skipped"], index["uploaded"]) == (0, 2)  # index.faiss and metadata.parquet
     for stage in ("embeddings", "index"):
-        client.head_object(Bucket="resume", Key=f"runs/{stage}/{again['stages'][stage]['key']}/{MANIFEST}")
+        client.head_object(Bucket="upload-resume", Key=f"runs/{stage}/{again['stages'][stage]['key']}/{MANIFEST}")
         for name, sha in stage_files(root, again, stage).items():
-            head = client.head_object(Bucket="resume", Key=f"runs/{stage}/{again['stages'][stage]['key']}/{name}")
+            head = client.head_object(
+                Bucket="upload-resume", Key=f"runs/{stage}/{again['stages'][stage]['key']}/{name}"
+            )
             assert head["Metadata"]["sha256"] == sha
 
 
