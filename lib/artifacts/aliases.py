@@ -215,10 +215,16 @@ def chain_for_index(root: Path | str, index_key: str) -> dict[str, str]:
 
 
 def evaluations_by_index(root: Path | str) -> dict[str, Manifest]:
-    """index key -> the newest finished evaluation of that index under `root`."""
+    """index key -> the newest finished evaluation of that index under `root`. An evaluation whose
+    manifest cannot be read is left out with a warning naming it: one damaged folder does not hide
+    every other index's scores."""
     found = {}
     for path in sorted((Path(root) / "evaluation").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime):
-        evaluation = read_manifest(root, "evaluation", path.parent.name)
+        try:
+            evaluation = read_manifest(root, "evaluation", path.parent.name)
+        except LookalikeError as exc:
+            warnings.warn(f"skipped evaluation {path.parent.name}: {exc}", stacklevel=2)
+            continue
         if "index" in evaluation.inputs:
             found[evaluation.inputs["index"]] = evaluation  # newer ones replace older ones
     return found

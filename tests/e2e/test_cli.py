@@ -1,6 +1,7 @@
 """`lookalike` exactly as users run it: a subprocess with Prefect's temporary server."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -109,6 +110,24 @@ def test_ls_lists_the_index_with_its_scores_baselines_aliases_and_history(built)
     precision = summary["baselines"]["pixels"]["precision_at_10"]
     assert f"precision@10 {summary['metrics']['precision_at_10']:.3f} (pixels {precision:.3f}" in shown
     assert f"production -> index {entry['key']}" in shown
+
+
+def test_ls_skips_a_damaged_evaluation_with_a_warning_and_lists_the_rest(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from lookalike.cli.main import app
+
+    _, root, first = built
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("wandb", ".*.lock"))
+    damaged = copy / "evaluation" / "0123456789abcdef"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["ls", "--json", "--artifacts-root", str(copy)])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["indexes"]
+    assert entry["evaluation"] == last_json(first.stdout)["stages"]["evaluation"]["key"]
+    assert "warning: skipped evaluation 0123456789abcdef" in result.stderr
 
 
 def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
