@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lookalike.cli.render import print_duplicates, print_indexes, print_neighbours, print_summary
-from lookalike.core.names import MAX_K, TOP_K
+from lookalike.core.names import MAX_K, QUERY_CHUNK, TOP_K
 from lookalike.core.settings import RUN_PARAMETERS, env_name, setting_default
 
 app = typer.Typer(
@@ -556,9 +556,6 @@ def query(
     else:
         print_neighbours(Console(), caption, found)
         Console().print(f"picture: {target}")
-
-
-QUERY_CHUNK = 256  # images decoded and searched together: bounded memory, batched embedding and search
 
 
 def _image_files(paths: list[Path]) -> list[Path]:

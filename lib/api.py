@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from lookalike.core.names import TOP_K
+from lookalike.core.names import QUERY_CHUNK, TOP_K
 
 if TYPE_CHECKING:  # heavy: imported when an index loads, not with `import lookalike`
     import numpy as np
@@ -30,9 +30,6 @@ if TYPE_CHECKING:  # heavy: imported when an index loads, not with `import looka
 
 # One query: an image, an image file, a dataset row id of the index, or a raw embedding (1-D array)
 Query = Union["Image.Image", str, Path, int, "np.ndarray"]
-
-# Queries decoded and embedded at a time: bounds memory for a folder of any size
-CHUNK = 256
 
 __all__ = ["Index", "Neighbour", "RunSummary", "embed", "load", "run"]
 
@@ -243,8 +240,8 @@ class Index:
         single, items = _as_queries(queries)
         hits: list[list[Neighbour]] = []
         key = None
-        for start in range(0, len(items), CHUNK):
-            chunk = [self._decoded(q) for q in items[start : start + CHUNK]]
+        for start in range(0, len(items), QUERY_CHUNK):
+            chunk = [self._decoded(q) for q in items[start : start + QUERY_CHUNK]]
             answered, found = self._holder.search_many(chunk, k, where)
             if key is not None and answered != key:  # an alias moved mid-call: never mix two indexes
                 return self.search(queries, k, where)
@@ -259,8 +256,8 @@ class Index:
         _, items = _as_queries(images)
         searcher = self._holder.searcher
         chunks = []
-        for start in range(0, len(items), CHUNK):
-            decoded = [self._decoded(q) for q in items[start : start + CHUNK]]
+        for start in range(0, len(items), QUERY_CHUNK):
+            decoded = [self._decoded(q) for q in items[start : start + QUERY_CHUNK]]
             pictures = [self.image(q) if isinstance(q, int) else q for q in decoded]
             if any(isinstance(q, list) for q in pictures):
                 raise TypeError("embed takes images, image files or row ids, not vectors")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import lookalike
-from lookalike.api import CHUNK, Index, Neighbour, RunSummary
+from lookalike.api import Index, Neighbour, RunSummary
+from lookalike.core.names import QUERY_CHUNK as CHUNK
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -117,6 +117,9 @@ TORCHVISION_MODELS = (
 # the HTTP API, the UI and the Python API; MAX_K bounds what any of them may ask for.
 TOP_K = 5
 MAX_K = 100
+# Many queries (a folder for `lookalike query`, a list for the Python API) are decoded, embedded and
+# searched this many at a time: bounded memory, batched inference and search
+QUERY_CHUNK = 256
 
 
 @dataclass(frozen=True)
