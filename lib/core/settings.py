@@ -46,11 +46,33 @@ DEFAULT_CACHE = "~/.cache/lookalike"
 Auto = Literal["auto"]  # chosen from the data (lookalike.core.recipe)
 
 
+EMPTY_TEXT = frozenset({"", "null", "none"})  # what --set and the environment spell "no value" with
+
+
 class Section(BaseModel):
     """A frozen settings section; `NOT_IN_KEY` names fields that cannot change output."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_text_means_none(cls, data: Any) -> Any:
+        """An optional field that is not text, given "", "null" or "none" as text (`--set
+        encoder.crop_min_scale=null`, an empty environment variable), takes None: the "empty = ..."
+        its description promises, where pydantic would try to parse the text as a number."""
+        if not isinstance(data, dict):
+            return data
+        empty = {
+            name
+            for name, value in data.items()
+            if isinstance(value, str)
+            and value.strip().lower() in EMPTY_TEXT
+            and name in cls.model_fields
+            and type(None) in (args := get_args(cls.model_fields[name].annotation))
+            and str not in args
+        }
+        return {**data, **dict.fromkeys(empty)} if empty else data
 
     def key_fields(self) -> dict[str, Any]:
         """The settings that can change this stage's output, for its stage key."""

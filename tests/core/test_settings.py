@@ -124,3 +124,17 @@ def test_a_number_or_auto_field_fails_on_one_line_naming_both():
     lines = str(caught.value).splitlines()[1:]
     assert len(lines) == 1 and lines[0].startswith("  encoder.steps: Input should be a valid integer")
     assert "or Input should be 'auto' (got 'abc')" in lines[0]
+
+
+@pytest.mark.parametrize("text", ["", "null", "None"])
+def test_empty_text_gives_an_optional_number_none_as_its_description_promises(text, monkeypatch):
+    """README's GPU photo recipe passes `--set encoder.crop_min_scale=null` (the method's own crop
+    scales); an optional number given "", "null" or "none" as text is None, not a parse error."""
+    settings = load_settings({"encoder.crop_min_scale": text, "encoder.epochs": text, "index.nlist": text})
+    assert (settings.encoder.crop_min_scale, settings.encoder.epochs, settings.index.nlist) == (None, None, None)
+    monkeypatch.setenv("LOOKALIKE_INDEX__NLIST", text)
+    assert load_settings().index.nlist is None
+    assert load_settings({"encoder.init": ""}).encoder.init is None  # a text field keeps its own rule:
+    assert load_settings({"encoder.init": "null"}).encoder.init == "null"  # "null" may name a file
+    with pytest.raises(SettingsError, match="crop_min_scale"):
+        load_settings({"encoder.crop_min_scale": "nothing"})
