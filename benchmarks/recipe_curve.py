@@ -148,7 +148,8 @@ def main() -> None:
         {
             "benchmark": "recipe_curve",
             "date": date.today().isoformat(),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+            + (f", {torch.cuda.get_device_name(0)}, torch {torch.__version__}" if torch.cuda.is_available() else ""),
             "dataset": args.dataset,
             "n_images": len(row_ids),
             "sets": args.set,
