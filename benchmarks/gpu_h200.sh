@@ -7,8 +7,8 @@
 # A smoke run of the whole stage chain first (fails within a minute when something is missing), then,
 # in priority order, each run cut short by what is left of BUDGET seconds (a run stopped early keeps
 # its probes in its curve file): README's photo recipe (ResNet-50 at 224 px, batch 256) and the
-# default CPU recipe on the photo copies, alone on the GPU so their seconds are clean; then the
-# small-image ResNet-18 at full width and Fashion-MNIST 10k at 1,500 and 3,000 steps side by side.
+# default CPU recipe on the photo copies; then the small-image ResNet-18 at full width and
+# Fashion-MNIST 10k at 1,500 and 3,000 steps, as far as the budget reaches.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
 START=$(date +%s)
@@ -100,27 +100,15 @@ run photo_default 120 45 $CURVE --dataset $PC --root /tmp/r/pc --probe-every 20 
   --curve $R/curve_photo_copies_default.jsonl --out $R/recipe_curve_photo_copies_default_cuda_h200.json
 run photo_default_chain 60 30 $CHAIN --dataset $PC --name photo-copies --root /tmp/r/pc \
   --set tracking.mode=disabled --out $R/quality_photo_copies_default_cuda_h200.json
-# 4. side by side (their seconds share the GPU): README's small-image ResNet-18 recipe, Fashion-MNIST 10k longer
-T=$(left)
-log "parallel phase with $T s left"
-if ((T > 60)); then
-  (
-    run photo_resnet18 "$T" 40 $CURVE --dataset $PC --root /tmp/r/pc18 --set encoder.backbone=resnet-18 \
-      --set encoder.width=1 --set encoder.batch_size=512 --set encoder.epochs=$((200 / D)) --probe-every 50 \
-      --curve $R/curve_photo_copies_resnet18.jsonl --out $R/recipe_curve_photo_copies_resnet18_w1_cuda_h200.json
-  ) &
-  P1=$!
-  (
-    run fm10k_1500 "$T" 40 $CURVE --dataset $FM --root /tmp/r/fm1500 --set encoder.steps=$((1500 / D)) --probe-every 10 \
-      --curve $R/curve_fashion_mnist_10k_1500.jsonl --out $R/recipe_curve_fashion_mnist_10k_1500_cuda_h200.json
-  ) &
-  P2=$!
-  (
-    run fm10k_3000 "$T" 40 $CURVE --dataset $FM --root /tmp/r/fm3000 --set encoder.steps=$((3000 / D)) --probe-every 20 \
-      --curve $R/curve_fashion_mnist_10k_3000.jsonl --out $R/recipe_curve_fashion_mnist_10k_3000_cuda_h200.json
-  ) &
-  wait $P1 $P2 $!
-fi
+# 4. one after another (side by side, three processes with 16 torch and 16 OpenMP threads each made no
+#    progress on 16 cores: GPU.md): README's small-image ResNet-18 recipe, Fashion-MNIST 10k longer
+run photo_resnet18 150 60 $CURVE --dataset $PC --root /tmp/r/pc18 --set encoder.backbone=resnet-18 \
+  --set encoder.width=1 --set encoder.batch_size=512 --set encoder.epochs=$((200 / D)) --probe-every 50 \
+  --curve $R/curve_photo_copies_resnet18.jsonl --out $R/recipe_curve_photo_copies_resnet18_w1_cuda_h200.json
+run fm10k_1500 200 60 $CURVE --dataset $FM --root /tmp/r/fm1500 --set encoder.steps=$((1500 / D)) --probe-every 10 \
+  --curve $R/curve_fashion_mnist_10k_1500.jsonl --out $R/recipe_curve_fashion_mnist_10k_1500_cuda_h200.json
+run fm10k_3000 300 60 $CURVE --dataset $FM --root /tmp/r/fm3000 --set encoder.steps=$((3000 / D)) --probe-every 20 \
+  --curve $R/curve_fashion_mnist_10k_3000.jsonl --out $R/recipe_curve_fashion_mnist_10k_3000_cuda_h200.json
 kill "$DMON" 2>/dev/null
 snap
 log "done; results:"
