@@ -53,20 +53,28 @@ TINY = {
 # What the dataset stage records of the bundled sample's train split, as far as the encoder's recipe reads it
 SAMPLE_STATS = {
     "n_images": 3000,
-    "profile": {"width": {"median": 28}, "height": {"median": 28}, "colour": "grayscale"},
+    "profile": {
+        "width": {"median": 28},
+        "height": {"median": 28},
+        "colour": "grayscale",
+        "layout": "aligned",
+        "layout_share": 0.34,
+    },
 }
 
 
 def default_encoder() -> tuple[str, str, int]:
-    """(method, backbone, feature_dim) of the default encoder, so tests follow the defaults
-    instead of restating them."""
-    from lookalike.core import recipe
+    """(method, backbone, feature_dim) of the default encoder on the bundled sample, so tests follow
+    the defaults instead of restating them."""
     from lookalike.core.settings import load_settings
+    from lookalike.stages.encoder.stage import resolve
+    from lookalike.stages.encoder.training import encoder_spec
+
+    section, _, _ = resolve(load_settings().encoder, type("D", (), {"stats": SAMPLE_STATS, "key": "d" * 16})())
     from lookalike.stages.encoder.backbones import build_backbone
 
-    section = load_settings().encoder
-    width = recipe.WIDTH if section.width == recipe.AUTO else section.width  # what auto gives a small-image ResNet
-    return section.method, section.backbone, build_backbone(section.backbone, 32, width)[1]
+    dim = build_backbone(section.backbone, section.input_size, section.width)[1]
+    return section.method, section.backbone, encoder_spec(section, dim).feature_dim
 
 
 def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:

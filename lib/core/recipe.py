@@ -48,17 +48,25 @@ class Collection:
     n_images: int
     side: int | None  # median of each image's shorter side, px
     colour: str | None  # "grayscale", "colour", "mixed" or None (not profiled)
+    layout: str | None = None  # "aligned", "varied" or None (profiled before layout was)
+    layout_share: float | None = None  # the share of the pixel variance that position explains
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any]) -> Collection:
         profile = stats.get("profile") or {}
         width, height = profile.get("width") or {}, profile.get("height") or {}
         side = min(width["median"], height["median"]) if "median" in width and "median" in height else None
-        return cls(int(stats.get("n_images", 0)), side, profile.get("colour"))
+        return cls(
+            int(stats.get("n_images", 0)),
+            side,
+            profile.get("colour"),
+            profile.get("layout"),
+            profile.get("layout_share"),
+        )
 
     def describe(self) -> str:
         size = f"{self.side} px" if self.side else "unknown size"
-        return f"{self.n_images:,} images, {size}, {self.colour or 'colour unknown'}"
+        return f"{self.n_images:,} images, {size}, {self.colour or 'colour unknown'}, {self.layout or 'layout unknown'}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,19 @@ def step_budget(n_images: int, batch_size: int, relative_cost: float, world_size
     )
 
 
+def _pooling(section, collection: Collection, small_resnet: bool) -> tuple[str, str]:
+    if not small_resnet:
+        return "avg", f"{section.backbone} pools its own last map"
+    if section.method == "distill":
+        return "avg", "a distilled student's projection reads one pooled vector"
+    if collection.layout is None:
+        return "avg", "no layout profile: one average, wherever things are"
+    share = f"position explains {collection.layout_share:.0%} of the pixel variance"
+    if collection.layout == "aligned":
+        return "grid", f"aligned images ({share}): the last map averaged on a 2x2 grid keeps where things are"
+    return "avg", f"framing varies ({share}): one average of the last map, wherever things are"
+
+
 def resolve_encoder(section, stats: dict[str, Any], cost_of: CostOf, world_size: int = 1):
     """(the section with every `auto` resolved, {field: why}, Plan) for a collection's dataset stats.
 
@@ -144,6 +165,8 @@ def resolve_encoder(section, stats: dict[str, Any], cost_of: CostOf, world_size:
         chosen["width"], why["width"] = 1.0, f"torchvision's {section.backbone} has a fixed width"
     elif section.width == AUTO:
         chosen["width"], why["width"] = WIDTH, f"{WIDTH:g} of the channels: the cheapest width that learned"
+    if section.pooling == AUTO:
+        chosen["pooling"], why["pooling"] = _pooling(section, collection, small_resnet)
     if section.batch_size == AUTO:
         batch = max(min(BATCH_SIZE, collection.n_images), 2)
         chosen["batch_size"] = batch

@@ -181,6 +181,13 @@ class EncoderSettings(Section):
         "grayscale off). Keep it on grayscale images too: its brightness and contrast jitter is what stops a "
         "shortcut (without it, Fashion-MNIST fell below the untrained encoder).",
     )
+    pooling: Literal["avg", "grid"] | Auto = Field(
+        "auto",
+        description="How the encoder reads its features out (lightly's small-image ResNets): avg, one average of the "
+        "last map (invariant to where things are); grid, that map averaged on a 2x2 grid (4x the dimensions, keeps "
+        "where things are). Training is the same either way. auto: grid for aligned collections (the dataset "
+        "profile's layout), else avg.",
+    )
     lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine",
@@ -256,6 +263,7 @@ class EncoderSettings(Section):
     UNSET_NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"init_sha256", "teacher_sha256"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
     SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
+    DEFAULT_NOT_IN_KEY: ClassVar[dict[str, str]] = {"pooling": "avg"}  # keys from before it existed stay as they were
 
     def key_fields(self) -> dict[str, Any]:
         """The scale-out settings are keyed only under ddp, the temperature only for simclr. Keys are
@@ -269,6 +277,9 @@ class EncoderSettings(Section):
                 fields.pop(name)
         for name in self.UNSET_NOT_IN_KEY:  # keys from before inits existed stay as they were
             if fields.get(name) is None:
+                fields.pop(name)
+        for name, default in self.DEFAULT_NOT_IN_KEY.items():
+            if fields.get(name) == default:
                 fields.pop(name)
         return fields
 
@@ -288,6 +299,20 @@ class EncoderSettings(Section):
             raise ValueError(
                 f"encoder.teacher is read by method=distill only (method is {self.method}): set --method distill "
                 "or leave encoder.teacher unset"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _grid_reads_small_resnets(self) -> EncoderSettings:
+        if self.pooling == "grid" and self.backbone not in SMALL_IMAGE_RESNETS:
+            raise ValueError(
+                f"pooling=grid reads out lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}), not "
+                f"{self.backbone}: leave encoder.pooling at auto or avg"
+            )
+        if self.pooling == "grid" and self.method == "distill":
+            raise ValueError(
+                "pooling=grid does not apply to method=distill (the student's projection reads one pooled vector): "
+                "leave encoder.pooling at auto or avg"
             )
         return self
 

@@ -22,6 +22,7 @@ from lookalike.core.manifest import Manifest
 from lookalike.core.progress import progress
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages, worker_context
 from lookalike.stages.device import default_device
+from lookalike.stages.encoder.backbones import with_pooling
 from lookalike.stages.encoder.checkpoint import EncoderSpec, load_encoder
 
 
@@ -61,7 +62,7 @@ class Embedder:
         self.spec = spec
         self.device = device or default_device()
         self.channels_last = channels_last
-        self.model = inference_model(model, self.device, channels_last)
+        self.model = inference_model(with_pooling(model, spec.pooling), self.device, channels_last)
         self.resize = ResizeToTensor(spec.input_size)
 
     @property

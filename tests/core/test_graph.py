@@ -29,6 +29,8 @@ RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # eigenvalue scale (1% of the mean eigenvalue, as documented), so indexes whitened before are rebuilt;
 # index code version 5 (issue 29): the index stage writes metadata.parquet beside index.faiss.
 # evaluation code version 4 (issue 29): leak-aware scores (`leaks`, `clean`) and the map (map.png, map.json).
+# encoder.pooling (issue 25): aligned collections such as the sample are read out on a 2x2 grid, which moves their
+# encoder keys and everything after; an avg read-out is not keyed, so other encoders keep theirs.
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
 MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
 

@@ -11,7 +11,13 @@ from lookalike.stages.encoder.backbones import forward_flops
 from lookalike.stages.encoder.stage import encoder_key, resolve
 
 GRAYSCALE_28 = SAMPLE_STATS["profile"]
-PHOTOS = {"width": {"median": 640}, "height": {"median": 480}, "colour": "colour"}
+PHOTOS = {
+    "width": {"median": 640},
+    "height": {"median": 480},
+    "colour": "colour",
+    "layout": "varied",
+    "layout_share": 0.03,
+}
 
 
 class Dataset:  # what resolve and encoder_key read of a dataset manifest
@@ -67,6 +73,34 @@ def test_grayscale_28px_trains_at_its_own_size():
     assert "28 px" in why["input_size"]
 
 
+def test_aligned_images_are_read_out_on_a_grid_and_photos_by_one_average():
+    aligned, why, _ = resolved(10_000, GRAYSCALE_28)
+    assert aligned.pooling == "grid" and "34%" in why["pooling"]
+    photos, why, _ = resolved(1_872, PHOTOS)
+    assert photos.pooling == "avg" and "framing varies" in why["pooling"]
+    unprofiled = {k: v for k, v in GRAYSCALE_28.items() if not k.startswith("layout")}  # a manifest from before layout
+    assert resolved(10_000, unprofiled)[0].pooling == "avg"
+    assert resolved(10_000, GRAYSCALE_28, pooling="avg")[0].pooling == "avg"  # explicit wins
+    assert resolved(10_000, GRAYSCALE_28, backbone="resnet18")[0].pooling == "avg"  # torchvision pools its own way
+
+
+def test_pooling_is_keyed_only_when_it_is_a_grid():
+    def key(profile, **sets):
+        return encoder_key(load_settings({f"encoder.{k}": v for k, v in sets.items()}).encoder, Dataset(300, profile))
+
+    assert key(GRAYSCALE_28) == key(GRAYSCALE_28, pooling="grid") != key(GRAYSCALE_28, pooling="avg")
+    # an avg read-out keeps the keys of encoders from before pooling was a setting
+    assert "pooling" not in load_settings({"encoder.pooling": "avg"}).encoder.key_fields()
+    assert load_settings({"encoder.pooling": "grid"}).encoder.key_fields()["pooling"] == "grid"
+
+
+def test_a_grid_is_refused_where_it_cannot_apply():
+    with pytest.raises(SettingsError, match="small-image ResNets"):
+        load_settings({"encoder.pooling": "grid", "encoder.backbone": "resnet18"})
+    with pytest.raises(SettingsError, match="distill"):
+        load_settings({"encoder.pooling": "grid", "encoder.method": "distill", "encoder.teacher": "x.pt"})
+
+
 def test_rgb_photos_are_fitted_down():
     section, why, _ = resolved(1_872, PHOTOS)
     assert section.input_size == recipe.PHOTO_INPUT_SIZE
@@ -81,7 +115,7 @@ def test_a_small_collection_trains_in_one_batch():
 def test_explicit_settings_win_over_the_recipe():
     section, why, _ = resolved(1_872, PHOTOS, input_size=64, width=0.5, batch_size=64)
     assert (section.input_size, section.width, section.batch_size) == (64, 0.5, 64)
-    assert set(why) == {"steps"}  # only the length was chosen
+    assert set(why) == {"steps", "pooling"}  # only the length and the read-out were chosen
 
 
 def test_a_torchvision_backbone_keeps_its_width_and_an_imagenet_input():

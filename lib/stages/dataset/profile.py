@@ -3,6 +3,11 @@
 The evaluation's baselines and a recipe chosen from the data need to know whether a collection
 is 28-px grayscale clothing or 4-megapixel colour photos. Only headers are read for sizes; colour
 is judged on a small decoded thumbnail, so an RGB file holding a grayscale scan counts as grayscale.
+
+Layout is judged on the same thumbnails: the share of the pixel variance that position explains
+(the variance of the mean image over the total). Where every image puts its object in the same
+place (Fashion-MNIST: 0.34) the mean image is a clear silhouette; where framing varies (photos:
+0.03) it is flat. An encoder for aligned images keeps where things are (`lookalike.core.recipe`).
 """
 
 from __future__ import annotations
@@ -20,34 +25,49 @@ GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 COLOUR_SAMPLE = 2_000  # images whose pixels are looked at for colour (a seeded sample)
 THUMBNAIL = 32
 GREY_TOLERANCE = 3  # largest channel difference (of 255) still counted as grey: JPEG chroma noise
+LAYOUT_SIDE = 16  # thumbnails for the layout statistic, luminance
+ALIGNED_SHARE = 0.15  # position explains at least this share of the pixel variance: "aligned" (measured 0.34 vs 0.03)
 
 
 def profile_images(snapshot, batch: int = 512) -> dict[str, Any]:
     """{"width"/"height": {min, median, max}, "modes": {mode: count}, "grayscale_fraction", "colour": "grayscale"|
-    "colour"|"mixed"} for every image of an opened snapshot (sizes) and a seeded sample of them (colour)."""
+    "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of an opened snapshot (sizes)
+    and a seeded sample of them (colour and layout)."""
     n = len(snapshot)
     widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter()
     looked = set(seeded_sample(n, COLOUR_SAMPLE).tolist())
-    grey = looked_at = 0
+    grey, thumbnails = 0, []
     for start in range(0, n, batch):
         for offset, image in enumerate(snapshot[start : start + batch]["image"]):
             with Image.open(io.BytesIO(image["bytes"])) as img:
                 widths[start + offset], heights[start + offset] = img.size
                 modes[img.mode] += 1
                 if start + offset in looked:
-                    looked_at += 1
-                    grey += _is_grey(img)
-    fraction = round(grey / looked_at, 4) if looked_at else None
+                    is_grey, luminance = _look(img)
+                    grey += is_grey
+                    thumbnails.append(luminance)
+    fraction = round(grey / len(thumbnails), 4) if thumbnails else None
     colour = (
         None if fraction is None else "grayscale" if fraction >= 0.95 else "colour" if fraction <= 0.05 else "mixed"
     )
+    share = layout_share(np.stack(thumbnails)) if len(thumbnails) > 1 else None
     return {
         "width": _spread(widths),
         "height": _spread(heights),
         "modes": dict(modes.most_common()),
         "grayscale_fraction": fraction,
         "colour": colour,
+        "layout_share": share,
+        "layout": None if share is None else "aligned" if share >= ALIGNED_SHARE else "varied",
     }
+
+
+def layout_share(thumbnails: np.ndarray) -> float:
+    """The share of the pixel variance that position explains, for (n, side, side) luminance thumbnails:
+    the variance over positions of the mean image, over that plus the mean per-position variance."""
+    between = float(thumbnails.mean(0).var())
+    within = float(thumbnails.var(0).mean())
+    return round(between / (between + within), 4) if between + within > 0 else 0.0
 
 
 def describe_profile(profile: dict[str, Any] | None) -> str | None:
@@ -58,17 +78,20 @@ def describe_profile(profile: dict[str, Any] | None) -> str | None:
     size = f"{width['median']}x{height['median']} px (median)"
     if (width["min"], height["min"]) != (width["max"], height["max"]):
         size += f", {width['min']}x{height['min']} to {width['max']}x{height['max']}"
-    return f"{size}, {profile['colour']}" if profile.get("colour") else size
+    words = [size] + [profile[name] for name in ("colour", "layout") if profile.get(name)]
+    return ", ".join(words)
 
 
-def _is_grey(img: Image.Image) -> bool:
-    if img.mode in GRAYSCALE_MODES:
-        return True
-    if img.mode == "P" and img.palette is not None and img.palette.mode == "L":
-        return True
+def _look(img: Image.Image) -> tuple[bool, np.ndarray]:
+    """(whether the image is grey, its LAYOUT_SIDE-square luminance thumbnail in [0, 1])."""
+    grey_mode = img.mode in GRAYSCALE_MODES or (img.mode == "P" and img.palette is not None and img.palette.mode == "L")
     img.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at a fraction of its size
-    small = np.asarray(img.convert("RGB").resize((THUMBNAIL, THUMBNAIL)), dtype=np.int16)
-    return int(np.abs(small - small.mean(axis=2, keepdims=True)).max()) <= GREY_TOLERANCE
+    rgb = img.convert("RGB")
+    luminance = np.asarray(rgb.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.BILINEAR), np.float32) / 255
+    if grey_mode:
+        return True, luminance
+    small = np.asarray(rgb.resize((THUMBNAIL, THUMBNAIL)), dtype=np.int16)
+    return int(np.abs(small - small.mean(axis=2, keepdims=True)).max()) <= GREY_TOLERANCE, luminance
 
 
 def _spread(values: np.ndarray) -> dict[str, int]:

@@ -28,25 +28,48 @@ def _classification_models() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
+GRID_CELLS = 2  # pooling=grid: the last map average-pooled on a 2x2 grid
+
+
+def readout_dim(dim: int, pooling: str | None) -> int:
+    """The vector size of a backbone whose pooled map has `dim` channels, read out with `pooling`."""
+    return dim * GRID_CELLS**2 if pooling == "grid" else dim
+
+
 class SmallImageResNet(nn.Module):
     """lightly's CIFAR-style ResNet as a feature extractor.
 
     lightly's own forward ends in `avg_pool2d(out, 4)`, which assumes 32 px inputs; this one
-    pools adaptively, so any input size (and DINO's half-size local crops) works.
+    pools adaptively, so any input size (and DINO's half-size local crops) works. `pooling`:
+    `avg` averages the last map to one vector per image (training always reads it so); `grid`
+    averages it on a 2x2 grid and concatenates the cells, keeping where things are (4x the
+    dimensions): the read-out for aligned collections (`lookalike.core.recipe`).
     """
 
-    def __init__(self, name: str, width: float) -> None:
+    def __init__(self, name: str, width: float, pooling: str = "avg") -> None:
         super().__init__()
         from lightly.models import ResNetGenerator
 
         net = ResNetGenerator(name, width=width)
         self.conv1, self.bn1 = net.conv1, net.bn1
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.pooling = pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+        cells = GRID_CELLS if self.pooling == "grid" else 1
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, cells), 1)
+
+
+def with_pooling(model: nn.Module, pooling: str | None) -> nn.Module:
+    """`model` reading its features out with `pooling` (None: avg). Only lightly's small-image ResNets
+    have a choice; asking another backbone for a grid is an error. Returns the same module."""
+    if isinstance(model, SmallImageResNet):
+        model.pooling = pooling or "avg"
+    elif pooling not in (None, "avg"):
+        raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {type(model).__name__}")
+    return model
 
 
 def check_backbone_name(name: str) -> str:
@@ -106,14 +129,15 @@ def _timm_backbone(name: str, input_size: int) -> nn.Module:
 
 
 def build_backbone(
-    name: str, input_size: int = 64, width: float = 1.0, config: dict | None = None
+    name: str, input_size: int = 64, width: float = 1.0, config: dict | None = None, pooling: str | None = None
 ) -> tuple[nn.Module, int]:
     """A randomly initialised backbone whose forward returns (N, feature_dim) features.
 
     torchvision models get their classifier (`fc`, `classifier` or `heads`) replaced by
     Identity; `width` scales lightly's small-image ResNets only; `timm:<name>` is built with
     `num_classes=0`; `hf:<model_type>` from the transformers `config` its init recorded. The feature
-    dimension is measured with one dummy forward rather than looked up per family.
+    dimension is measured with one dummy forward rather than looked up per family, after `pooling`
+    (`with_pooling`) is applied.
     """
     if check_backbone_name(name) in SMALL_IMAGE_RESNETS:
         model: nn.Module = SmallImageResNet(name, width)
@@ -138,6 +162,7 @@ def build_backbone(
                 break
         else:
             raise ValueError(f"backbone {name!r} has no classifier attribute to strip")
+    with_pooling(model, pooling)
     model.eval()
     with torch.no_grad():
         dim = model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1]

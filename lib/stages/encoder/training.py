@@ -19,7 +19,7 @@ from lookalike.core.manifest import Manifest
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
-from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.backbones import build_backbone, readout_dim
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
@@ -106,10 +106,12 @@ def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module)
 def encoder_spec(section: EncoderSettings, dim: int, init: Init | None = None) -> EncoderSpec:
     """What rebuilds and feeds an encoder trained with these settings (from `init`, when it had one)."""
     norm = normalization(init)
+    pooling = "grid" if section.pooling == "grid" else None  # avg (and settings from before pooling) stay unnamed
     return EncoderSpec(
         architecture=section.backbone,
         width=section.width,
-        feature_dim=dim,
+        feature_dim=readout_dim(dim, pooling),
+        pooling=pooling,
         input_size=section.input_size,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
