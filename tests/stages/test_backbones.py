@@ -5,7 +5,7 @@ import torch
 
 from lookalike.core.names import SMALL_IMAGE_RESNETS, check_backbone_name
 from lookalike.core.settings import SettingsError, load_settings
-from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.backbones import GRID_CELLS, build_backbone, with_pooling
 from lookalike.stages.encoder.checkpoint import EncoderSpec, load_encoder_file, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 
@@ -60,6 +60,42 @@ def test_checkpoint_records_width_and_rebuilds_the_same_encoder(tmp_path):
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_a_grid_read_out_keeps_where_things_are_and_embeds_the_same_through_the_inference_path(tmp_path):
+    from lookalike.stages.inference import Embedder
+
+    model, dim = build_backbone("resnet-9", 28, width=0.25)  # training reads one average
+    spec = EncoderSpec(
+        architecture="resnet-9",
+        width=0.25,
+        feature_dim=dim * GRID_CELLS**2,
+        input_size=28,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        method="simclr",
+        pooling="grid",
+    )
+    save_encoder(tmp_path / "encoder.pt", model, spec)
+    loaded, loaded_spec = load_encoder_file(tmp_path / "encoder.pt")
+    x = torch.rand(3, 3, 28, 28)
+    x[1] = x[0].flip(2)  # the same image mirrored: one average cannot tell, the grid can
+    with torch.no_grad():
+        grid = loaded(x)
+        avg = with_pooling(model.eval(), "avg")(x)
+    assert loaded_spec.pooling == "grid" and grid.shape == (3, 4 * dim) and avg.shape == (3, dim)
+    # each channel's four cells average to its global average
+    torch.testing.assert_close(grid.view(3, dim, 4).mean(2), avg)
+    assert not torch.allclose(grid[0], grid[1], atol=1e-4)
+    # the one inference path (batch norms folded by torch.fx) reads out the grid the spec names
+    pixels = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    embedded = Embedder.from_model(with_pooling(model, "avg"), spec, device=torch.device("cpu")).embed_pixels(pixels)
+    with torch.no_grad():
+        expected = loaded((pixels.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5)
+    assert embedded.shape == (3, 4 * dim)
+    torch.testing.assert_close(torch.from_numpy(embedded), expected, atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="small-image ResNets only"):
+        with_pooling(build_backbone("resnet18", 64)[0], "grid")
 
 
 def test_checkpoints_from_before_width_load_as_width_one():

@@ -34,7 +34,7 @@ from torch import nn
 from lookalike.core.errors import LookalikeError
 from lookalike.core.extras import import_extra
 from lookalike.core.manifest import find_manifest, is_stage_key, verified_path
-from lookalike.stages.encoder.backbones import build_backbone
+from lookalike.stages.encoder.backbones import build_backbone, with_pooling
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
 
 ENCODER_FILE = "encoder.pt"  # lookalike.stages.encoder.checkpoint's file (imported from there would be a cycle)
@@ -60,6 +60,7 @@ class Init:
     carries_architecture: bool  # False: a bare state dict for encoder.backbone
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
     _hashes: dict = field(default_factory=dict, repr=False, compare=False)  # (architecture, width) -> sha256
+    pooling: str | None = None  # a lookalike encoder's read-out (`backbones.with_pooling`): a teacher embeds with it
 
     @classmethod
     def of_module(cls, model: nn.Module, architecture: str, width: float = 1.0, native_size: int | None = None) -> Init:
@@ -85,8 +86,9 @@ class Init:
         return self._hashes[key]
 
     def backbone(self, input_size: int) -> nn.Module:
-        """The architecture built for `input_size` with these weights loaded (strictly)."""
-        return fitted_backbone(self, self.architecture, self.width, input_size)
+        """The architecture built for `input_size` with these weights loaded (strictly), read out as it was
+        indexed (a lookalike encoder's pooling)."""
+        return with_pooling(fitted_backbone(self, self.architecture, self.width, input_size), self.pooling)
 
 
 def weights_sha256(
@@ -184,6 +186,7 @@ def _lookalike_checkpoint(reference: str, describe: str, path: Path, payload: di
         std=tuple(spec["std"]),
         carries_architecture=True,
         state_dict=payload["state_dict"],
+        pooling=spec.get("pooling"),
     )
 
 

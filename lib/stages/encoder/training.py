@@ -158,6 +158,7 @@ def teacher_model(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module,
         std=teacher.std,
         method="teacher",
         config=teacher.config,
+        pooling=teacher.pooling,
     )
     return model, spec
 
