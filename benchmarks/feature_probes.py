@@ -8,6 +8,8 @@ on the same queries. No training: each variant is a different read-out of the sa
 Variants:
     avg         the product's read-out: the last block's map, average-pooled (what is indexed today)
     avg+flip    the mean of the image's and its mirror image's `avg` vectors
+    grid2+flip  the same for `grid2` (the mirror's cells where they fall)
+    grid2+mirror  `grid2` of the mean of the image's map and its mirror image's map mirrored back
     gem3        generalised-mean pooling, p=3, of the last block's map
     avg+max     average- and max-pooled last map, concatenated
     l3+l4       the third and the last block's maps, each average-pooled, concatenated
@@ -99,6 +101,10 @@ def main() -> None:
             for name, v in plain.items():
                 vectors.setdefault(name, []).append(v.numpy())
             vectors.setdefault("avg+flip", []).append(((plain["avg"] + flipped["avg"]) / 2).numpy())
+            vectors.setdefault("grid2+flip", []).append(((plain["grid2"] + flipped["grid2"]) / 2).numpy())
+            l3f, l4f = maps(model, x.flip(3))
+            mirrored = readouts(l3f.flip(3), l4f.flip(3))  # the mirror image's maps, mirrored back
+            vectors.setdefault("grid2+mirror", []).append(((plain["grid2"] + mirrored["grid2"]) / 2).numpy())
 
     results = {}
     for name, parts in vectors.items():

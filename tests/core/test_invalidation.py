@@ -41,6 +41,7 @@ CHANGES = {
     "encoder.epochs": 1,
     "encoder.steps": 500,
     "encoder.batch_size": 64,
+    "encoder.pooling": "avg",  # the sample is aligned: auto reads out a grid
     "encoder.colour_jitter": 0.3,
     "encoder.temperature": 0.1,
     "encoder.lr": 0.01,
