@@ -46,14 +46,14 @@ class SmallImageResNet(nn.Module):
     dimensions): the read-out for aligned collections (`lookalike.core.recipe`).
     """
 
-    def __init__(self, name: str, width: float, pooling: str = "avg") -> None:
+    def __init__(self, name: str, width: float) -> None:
         super().__init__()
         from lightly.models import ResNetGenerator
 
         net = ResNetGenerator(name, width=width)
         self.conv1, self.bn1 = net.conv1, net.bn1
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.pooling = pooling
+        self.pooling = "avg"  # `with_pooling` sets it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
