@@ -38,7 +38,9 @@ def test_first_run_computes_every_stage_and_reports_contract_keys(first):
     assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["precision_at_10"] <= 1
     assert (metrics["n_images"], metrics["dim"]) == (48, DIM)
     assert metrics["evaluation_protocol"] == "held-out:test"
-    assert metrics["images"] == "28x28 px (median), grayscale"  # the sample as stored; 16 px is the encoder input
+    assert (
+        metrics["images"] == "28x28 px (median), grayscale, aligned"
+    )  # the sample as stored; 16 px is the encoder input
     for name in ("encoder", "index", "wandb_run_dir"):
         assert summary["artifacts"][name]
     # every quality figure beside its baselines, on the same queries

@@ -95,7 +95,7 @@ def test_a_grid_read_out_keeps_where_things_are_and_embeds_the_same_through_the_
     assert embedded.shape == (3, 4 * dim)
     torch.testing.assert_close(torch.from_numpy(embedded), expected, atol=1e-4, rtol=1e-3)
     with pytest.raises(ValueError, match="small-image ResNets only"):
-        with_pooling(build_backbone("resnet18", 64)[0], "grid")
+        build_backbone("resnet18", 64, pooling="grid")
 
 
 def test_checkpoints_from_before_width_load_as_width_one():

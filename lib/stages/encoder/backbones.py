@@ -63,12 +63,10 @@ class SmallImageResNet(nn.Module):
 
 
 def with_pooling(model: nn.Module, pooling: str | None) -> nn.Module:
-    """`model` reading its features out with `pooling` (None: avg). Only lightly's small-image ResNets
-    have a choice; asking another backbone for a grid is an error. Returns the same module."""
+    """`model` reading its features out with `pooling` (None: avg), when it is one of lightly's small-image
+    ResNets, the only backbones with a choice; any other module is read out as it was built. Returns it."""
     if isinstance(model, SmallImageResNet):
         model.pooling = pooling or "avg"
-    elif pooling not in (None, "avg"):
-        raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {type(model).__name__}")
     return model
 
 
@@ -162,6 +160,8 @@ def build_backbone(
                 break
         else:
             raise ValueError(f"backbone {name!r} has no classifier attribute to strip")
+    if pooling not in (None, "avg") and not isinstance(model, SmallImageResNet):
+        raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {name!r}")
     with_pooling(model, pooling)
     model.eval()
     with torch.no_grad():
