@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lookalike.core.names import SMALL_IMAGE_RESNETS
+from lookalike.core.names import GRID, SMALL_IMAGE_RESNETS
 
 AUTO = "auto"
 
@@ -127,7 +127,7 @@ def _pooling(section, collection: Collection, small_resnet: bool) -> tuple[str, 
         return "avg", "no layout profile: one average, wherever things are"
     share = f"position explains {collection.layout_share:.0%} of the pixel variance"
     if collection.layout == "aligned":
-        return "grid", f"aligned images ({share}): the last map averaged on a 2x2 grid keeps where things are"
+        return GRID, f"aligned images ({share}): the last map averaged on a 2x2 grid keeps where things are"
     return "avg", f"framing varies ({share}): one average of the last map, wherever things are"
 
 

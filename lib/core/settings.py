@@ -31,10 +31,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.graph import STAGE_NAMES, StageName
 from lookalike.core.names import (
+    GRID,
     METHOD_NAMES,
     SMALL_IMAGE_RESNETS,
     IndexPreset,
     Method,
+    Pooling,
     check_backbone_name,
     check_index_type,
     check_init_reference,
@@ -181,7 +183,7 @@ class EncoderSettings(Section):
         "grayscale off). Keep it on grayscale images too: its brightness and contrast jitter is what stops a "
         "shortcut (without it, Fashion-MNIST fell below the untrained encoder).",
     )
-    pooling: Literal["avg", "grid"] | Auto = Field(
+    pooling: Pooling | Auto = Field(
         "auto",
         description="How the encoder reads its features out (lightly's small-image ResNets): avg, one average of the "
         "last map (invariant to where things are); grid, that map averaged on a 2x2 grid (4x the dimensions, keeps "
@@ -304,12 +306,12 @@ class EncoderSettings(Section):
 
     @model_validator(mode="after")
     def _grid_reads_small_resnets(self) -> EncoderSettings:
-        if self.pooling == "grid" and self.backbone not in SMALL_IMAGE_RESNETS:
+        if self.pooling == GRID and self.backbone not in SMALL_IMAGE_RESNETS:
             raise ValueError(
                 f"pooling=grid reads out lightly's small-image ResNets ({', '.join(SMALL_IMAGE_RESNETS)}), not "
                 f"{self.backbone}: leave encoder.pooling at auto or avg"
             )
-        if self.pooling == "grid" and self.method == "distill":
+        if self.pooling == GRID and self.method == "distill":
             raise ValueError(
                 "pooling=grid does not apply to method=distill (the student's projection reads one pooled vector): "
                 "leave encoder.pooling at auto or avg"

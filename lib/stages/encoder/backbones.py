@@ -18,6 +18,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from lookalike.core.names import GRID
 from lookalike.core.settings import SMALL_IMAGE_RESNETS
 
 
@@ -33,7 +34,7 @@ GRID_CELLS = 2  # pooling=grid: the last map average-pooled on a 2x2 grid
 
 def readout_dim(dim: int, pooling: str | None) -> int:
     """The vector size of a backbone whose pooled map has `dim` channels, read out with `pooling`."""
-    return dim * GRID_CELLS**2 if pooling == "grid" else dim
+    return dim * GRID_CELLS**2 if pooling == GRID else dim
 
 
 class SmallImageResNet(nn.Module):
@@ -58,7 +59,7 @@ class SmallImageResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        cells = GRID_CELLS if self.pooling == "grid" else 1
+        cells = GRID_CELLS if self.pooling == GRID else 1
         return torch.flatten(nn.functional.adaptive_avg_pool2d(out, cells), 1)
 
 

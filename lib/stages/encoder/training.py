@@ -16,6 +16,7 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
+from lookalike.core.names import GRID
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
@@ -106,7 +107,7 @@ def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module)
 def encoder_spec(section: EncoderSettings, dim: int, init: Init | None = None) -> EncoderSpec:
     """What rebuilds and feeds an encoder trained with these settings (from `init`, when it had one)."""
     norm = normalization(init)
-    pooling = "grid" if section.pooling == "grid" else None  # avg (and settings from before pooling) stay unnamed
+    pooling = GRID if section.pooling == GRID else None  # avg (and settings from before pooling) stay unnamed
     return EncoderSpec(
         architecture=section.backbone,
         width=section.width,
