@@ -67,12 +67,11 @@ def default_encoder() -> tuple[str, str, int]:
     """(method, backbone, feature_dim) of the default encoder on the bundled sample, so tests follow
     the defaults instead of restating them."""
     from lookalike.core.settings import load_settings
+    from lookalike.stages.encoder.backbones import build_backbone
     from lookalike.stages.encoder.stage import resolve
     from lookalike.stages.encoder.training import encoder_spec
 
     section, _, _ = resolve(load_settings().encoder, type("D", (), {"stats": SAMPLE_STATS, "key": "d" * 16})())
-    from lookalike.stages.encoder.backbones import build_backbone
-
     dim = build_backbone(section.backbone, section.input_size, section.width)[1]
     return section.method, section.backbone, encoder_spec(section, dim).feature_dim
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lookalike.core.names import GRID, SMALL_IMAGE_RESNETS
+from lookalike.core.names import AVG, GRID, SMALL_IMAGE_RESNETS
 
 AUTO = "auto"
 
@@ -120,15 +120,15 @@ def step_budget(n_images: int, batch_size: int, relative_cost: float, world_size
 
 def _pooling(section, collection: Collection, small_resnet: bool) -> tuple[str, str]:
     if not small_resnet:
-        return "avg", f"{section.backbone} pools its own last map"
+        return AVG, f"{section.backbone} pools its own last map"
     if section.method == "distill":
-        return "avg", "a distilled student's projection reads one pooled vector"
+        return AVG, "a distilled student's projection reads one pooled vector"
     if collection.layout is None:
-        return "avg", "no layout profile: one average, wherever things are"
+        return AVG, "no layout profile: one average, wherever things are"
     share = f"position explains {collection.layout_share:.0%} of the pixel variance"
     if collection.layout == "aligned":
         return GRID, f"aligned images ({share}): the last map averaged on a 2x2 grid keeps where things are"
-    return "avg", f"framing varies ({share}): one average of the last map, wherever things are"
+    return AVG, f"framing varies ({share}): one average of the last map, wherever things are"
 
 
 def resolve_encoder(section, stats: dict[str, Any], cost_of: CostOf, world_size: int = 1):

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.graph import STAGE_NAMES, StageName
 from lookalike.core.names import (
+    AVG,
     GRID,
     METHOD_NAMES,
     SMALL_IMAGE_RESNETS,
@@ -265,7 +266,7 @@ class EncoderSettings(Section):
     UNSET_NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"init_sha256", "teacher_sha256"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
     SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
-    DEFAULT_NOT_IN_KEY: ClassVar[dict[str, str]] = {"pooling": "avg"}  # keys from before it existed stay as they were
+    DEFAULT_NOT_IN_KEY: ClassVar[dict[str, str]] = {"pooling": AVG}  # keys from before it existed stay as they were
 
     def key_fields(self) -> dict[str, Any]:
         """The scale-out settings are keyed only under ddp, the temperature only for simclr. Keys are

@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from lookalike.core.names import GRID
+from lookalike.core.names import AVG, GRID
 from lookalike.core.settings import SMALL_IMAGE_RESNETS
 
 
@@ -54,7 +54,7 @@ class SmallImageResNet(nn.Module):
         net = ResNetGenerator(name, width=width)
         self.conv1, self.bn1 = net.conv1, net.bn1
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.pooling = "avg"  # `with_pooling` sets it
+        self.pooling = AVG  # `with_pooling` sets it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -67,7 +67,7 @@ def with_pooling(model: nn.Module, pooling: str | None) -> nn.Module:
     """`model` reading its features out with `pooling` (None: avg), when it is one of lightly's small-image
     ResNets, the only backbones with a choice; any other module is read out as it was built. Returns it."""
     if isinstance(model, SmallImageResNet):
-        model.pooling = pooling or "avg"
+        model.pooling = pooling or AVG
     return model
 
 
@@ -161,7 +161,7 @@ def build_backbone(
                 break
         else:
             raise ValueError(f"backbone {name!r} has no classifier attribute to strip")
-    if pooling not in (None, "avg") and not isinstance(model, SmallImageResNet):
+    if pooling == GRID and not isinstance(model, SmallImageResNet):
         raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {name!r}")
     with_pooling(model, pooling)
     model.eval()
