@@ -63,17 +63,20 @@ SAMPLE_STATS = {
 }
 
 
-def default_encoder() -> tuple[str, str, int]:
-    """(method, backbone, feature_dim) of the default encoder on the bundled sample, so tests follow
-    the defaults instead of restating them."""
+def default_encoder(settings: dict[str, Any] | None = None) -> tuple[str, str, int]:
+    """(method, backbone, feature_dim) of the default encoder on the bundled sample under `settings`
+    (e.g. TINY, whose small inputs read out a smaller grid), so tests follow the defaults instead of
+    restating them."""
     from lookalike.core.settings import load_settings
     from lookalike.stages.encoder.backbones import build_backbone
     from lookalike.stages.encoder.stage import resolve
-    from lookalike.stages.encoder.training import encoder_spec
+    from lookalike.stages.encoder.training import readout
 
-    section, _, _ = resolve(load_settings().encoder, type("D", (), {"stats": SAMPLE_STATS, "key": "d" * 16})())
-    dim = build_backbone(section.backbone, section.input_size, section.width)[1]
-    return section.method, section.backbone, encoder_spec(section, dim).feature_dim
+    section = load_settings(settings or {}).encoder
+    section, _, _ = resolve(section, type("D", (), {"stats": SAMPLE_STATS, "key": "d" * 16})())
+    pooling, cells = readout(section)
+    dim = build_backbone(section.backbone, section.input_size, section.width, pooling=pooling, grid_cells=cells)[1]
+    return section.method, section.backbone, dim
 
 
 def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:

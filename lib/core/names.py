@@ -17,7 +17,7 @@ from lookalike.core.errors import brief
 
 Method = Literal["dino", "simclr", "byol", "distill"]
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
-Pooling = Literal["avg", "grid"]  # encoder.pooling: one average of the last map, or a 2x2 grid of it
+Pooling = Literal["avg", "grid"]  # encoder.pooling: one average of the last map, or a grid of it
 AVG: Pooling = "avg"
 GRID: Pooling = "grid"
 

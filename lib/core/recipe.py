@@ -39,6 +39,8 @@ MIN_STEPS = 300
 REFERENCE_STEPS = 1_500  # the most steps at the reference cost: resnet-9 x0.25 at 28 px, batch 256
 REFERENCE = ("resnet-9", 0.25, 28)
 REFERENCE_BATCH = 256
+GRID_CELLS = 3  # pooling=grid: 3x3 cells (on the 4x4 last map of 28-32 px inputs: 2x2 windows, stride 1)
+SMALL_RESNET_STRIDE_STAGES = 3  # lightly's small-image ResNets halve the map three times (layers 2-4)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,22 @@ def step_budget(n_images: int, batch_size: int, relative_cost: float, world_size
     )
 
 
+def last_map_side(input_size: int) -> int:
+    """The side of a small-image ResNet's last feature map for `input_size` px inputs (28 -> 4, 16 -> 2)."""
+    side = input_size
+    for _ in range(SMALL_RESNET_STRIDE_STAGES):
+        side = math.ceil(side / 2)
+    return side
+
+
+def _grid_cells(input_size: int) -> tuple[int, str]:
+    side = last_map_side(input_size)
+    cells = min(GRID_CELLS, side)
+    if cells == side:
+        return cells, f"{cells}x{cells} cells: the whole {side}x{side} last map at {input_size} px"
+    return cells, f"{cells}x{cells} cells of the {side}x{side} last map at {input_size} px"
+
+
 def _pooling(section, collection: Collection, small_resnet: bool) -> tuple[str, str]:
     if not small_resnet:
         return AVG, f"{section.backbone} pools its own last map"
@@ -127,7 +145,7 @@ def _pooling(section, collection: Collection, small_resnet: bool) -> tuple[str, 
         return AVG, "no layout profile: one average, wherever things are"
     share = f"position explains {collection.layout_share:.0%} of the pixel variance"
     if collection.layout == "aligned":
-        return GRID, f"aligned images ({share}): the last map averaged on a 2x2 grid keeps where things are"
+        return GRID, f"aligned images ({share}): the last map averaged on a grid keeps where things are"
     return AVG, f"framing varies ({share}): one average of the last map, wherever things are"
 
 
@@ -167,6 +185,8 @@ def resolve_encoder(section, stats: dict[str, Any], cost_of: CostOf, world_size:
         chosen["width"], why["width"] = WIDTH, f"{WIDTH:g} of the channels: the cheapest width that learned"
     if section.pooling == AUTO:
         chosen["pooling"], why["pooling"] = _pooling(section, collection, small_resnet)
+    if section.grid_cells == AUTO and chosen.get("pooling", section.pooling) == GRID:
+        chosen["grid_cells"], why["grid_cells"] = _grid_cells(chosen.get("input_size", section.input_size))
     if section.batch_size == AUTO:
         batch = max(min(BATCH_SIZE, collection.n_images), 2)
         chosen["batch_size"] = batch

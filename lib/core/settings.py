@@ -186,10 +186,16 @@ class EncoderSettings(Section):
     )
     pooling: Pooling | Auto = Field(
         "auto",
-        description="How the encoder reads its features out (lightly's small-image ResNets): avg, one average of the "
-        "last map (invariant to where things are); grid, that map averaged on a 2x2 grid (4x the dimensions, keeps "
-        "where things are). Training is the same either way. auto: grid for aligned collections (the dataset "
-        "profile's layout), else avg.",
+        description="How the encoder reads its features out (lightly's small-image ResNets), in training (the "
+        "method's head reads it) and in the index: avg, one average of the last map (invariant to where things "
+        "are); grid, that map averaged on grid_cells x grid_cells cells (keeps where things are, grid_cells² x the "
+        "dimensions). auto: grid for aligned collections (the dataset profile's layout), else avg.",
+    )
+    grid_cells: Annotated[int, Field(ge=1, le=8)] | Auto = Field(
+        "auto",
+        description="pooling=grid: cells per side of the grid; auto: 3 (on the 4x4 last map of a 28-32 px input, "
+        "overlapping 2x2 windows; 9x the dimensions of avg), the whole map when it is smaller. Keyed only with "
+        "pooling=grid.",
     )
     lr: PositiveFloat = Field(0.003, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -266,6 +272,7 @@ class EncoderSettings(Section):
     UNSET_NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"init_sha256", "teacher_sha256"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
     SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
+    GRID_ONLY: ClassVar[frozenset[str]] = frozenset({"grid_cells"})
     DEFAULT_NOT_IN_KEY: ClassVar[dict[str, str]] = {"pooling": AVG}  # keys from before it existed stay as they were
 
     def key_fields(self) -> dict[str, Any]:
@@ -277,6 +284,9 @@ class EncoderSettings(Section):
                 fields.pop(name)
         if self.method != "simclr":
             for name in self.SIMCLR_ONLY:
+                fields.pop(name)
+        if self.pooling != GRID:
+            for name in self.GRID_ONLY:
                 fields.pop(name)
         for name in self.UNSET_NOT_IN_KEY:  # keys from before inits existed stay as they were
             if fields.get(name) is None:

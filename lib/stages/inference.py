@@ -62,7 +62,7 @@ class Embedder:
         self.spec = spec
         self.device = device or default_device()
         self.channels_last = channels_last
-        self.model = inference_model(with_pooling(model, spec.pooling), self.device, channels_last)
+        self.model = inference_model(with_pooling(model, spec.pooling, spec.grid_cells), self.device, channels_last)
         self.resize = ResizeToTensor(spec.input_size)
 
     @property

@@ -30,7 +30,9 @@ RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # index code version 5 (issue 29): the index stage writes metadata.parquet beside index.faiss.
 # evaluation code version 4 (issue 29): leak-aware scores (`leaks`, `clean`) and the map (map.png, map.json).
 # encoder.pooling (issue 25): aligned collections such as the sample are read out on a 2x2 grid, which moves their
-# encoder keys and everything after; an avg read-out is not keyed, so other encoders keep theirs.
+# encoder keys and everything after; an avg read-out is not keyed, so other encoders keep theirs. Then the grid
+# became what training's head reads too, on encoder.grid_cells (keyed with a grid only): the sample's 3x3 grid
+# (the TINY runs' 2x2) moved those keys again, nothing else.
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
 MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
 

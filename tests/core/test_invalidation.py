@@ -42,6 +42,7 @@ CHANGES = {
     "encoder.steps": 500,
     "encoder.batch_size": 64,
     "encoder.pooling": "avg",  # the sample is aligned: auto reads out a grid
+    "encoder.grid_cells": 2,  # auto: 3x3 at the sample's 28 px
     "encoder.colour_jitter": 0.3,
     "encoder.temperature": 0.1,
     "encoder.lr": 0.01,

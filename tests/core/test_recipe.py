@@ -76,6 +76,10 @@ def test_grayscale_28px_trains_at_its_own_size():
 def test_aligned_images_are_read_out_on_a_grid_and_photos_by_one_average():
     aligned, why, _ = resolved(10_000, GRAYSCALE_28)
     assert aligned.pooling == "grid" and "34%" in why["pooling"]
+    assert aligned.grid_cells == 3 and "3x3 cells of the 4x4 last map" in why["grid_cells"]
+    small = resolved(10_000, GRAYSCALE_28, input_size=16)
+    assert small[0].grid_cells == 2 and "the whole 2x2 last map at 16 px" in small[1]["grid_cells"]
+    assert resolved(10_000, GRAYSCALE_28, grid_cells=2)[0].grid_cells == 2  # explicit wins
     photos, why, _ = resolved(1_872, PHOTOS)
     assert photos.pooling == "avg" and "framing varies" in why["pooling"]
     unprofiled = {k: v for k, v in GRAYSCALE_28.items() if not k.startswith("layout")}  # a manifest from before layout
@@ -92,6 +96,11 @@ def test_pooling_is_keyed_only_when_it_is_a_grid():
     # an avg read-out keeps the keys of encoders from before pooling was a setting
     assert "pooling" not in load_settings({"encoder.pooling": "avg"}).encoder.key_fields()
     assert load_settings({"encoder.pooling": "grid"}).encoder.key_fields()["pooling"] == "grid"
+    # the grid's cells change what is trained and indexed, and only a grid has them
+    assert key(GRAYSCALE_28, grid_cells=2) != key(GRAYSCALE_28) == key(GRAYSCALE_28, grid_cells=3)
+    assert key(PHOTOS) == key(PHOTOS, grid_cells=2)
+    assert resolved(10_000, GRAYSCALE_28)[0].key_fields()["grid_cells"] == 3
+    assert "grid_cells" not in load_settings({"encoder.pooling": "avg"}).encoder.key_fields()
 
 
 def test_a_grid_is_refused_where_it_cannot_apply():

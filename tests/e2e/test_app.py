@@ -18,7 +18,7 @@ import pytest
 
 from conftest import LOOKALIKE, REPO, TINY, cli_env, default_encoder, flow_arguments, free_port
 
-DIM = default_encoder()[2]
+DIM = default_encoder(TINY)[2]
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCREENSHOTS = REPO / "test-output" / "app"

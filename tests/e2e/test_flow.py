@@ -8,7 +8,7 @@ from wandb_offline import read_offline_run
 from conftest import TINY, default_encoder, flow_arguments
 from lookalike.core.graph import STAGE_NAMES
 
-METHOD, _, DIM = default_encoder()
+METHOD, _, DIM = default_encoder(TINY)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -5,7 +5,7 @@ import torch
 
 from lookalike.core.names import SMALL_IMAGE_RESNETS, check_backbone_name
 from lookalike.core.settings import SettingsError, load_settings
-from lookalike.stages.encoder.backbones import GRID_CELLS, build_backbone, with_pooling
+from lookalike.stages.encoder.backbones import LEGACY_GRID_CELLS, build_backbone, with_pooling
 from lookalike.stages.encoder.checkpoint import EncoderSpec, load_encoder_file, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 
@@ -65,16 +65,17 @@ def test_checkpoint_records_width_and_rebuilds_the_same_encoder(tmp_path):
 def test_a_grid_read_out_keeps_where_things_are_and_embeds_the_same_through_the_inference_path(tmp_path):
     from lookalike.stages.inference import Embedder
 
-    model, dim = build_backbone("resnet-9", 28, width=0.25)  # training reads one average
+    model, dim = build_backbone("resnet-9", 28, width=0.25)
     spec = EncoderSpec(
         architecture="resnet-9",
         width=0.25,
-        feature_dim=dim * GRID_CELLS**2,
+        feature_dim=dim * 16,
         input_size=28,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         method="simclr",
         pooling="grid",
+        grid_cells=4,
     )
     save_encoder(tmp_path / "encoder.pt", model, spec)
     loaded, loaded_spec = load_encoder_file(tmp_path / "encoder.pt")
@@ -83,17 +84,23 @@ def test_a_grid_read_out_keeps_where_things_are_and_embeds_the_same_through_the_
     with torch.no_grad():
         grid = loaded(x)
         avg = with_pooling(model.eval(), "avg")(x)
-    assert loaded_spec.pooling == "grid" and grid.shape == (3, 4 * dim) and avg.shape == (3, dim)
-    # each channel's four cells average to its global average
-    torch.testing.assert_close(grid.view(3, dim, 4).mean(2), avg)
+    assert (loaded_spec.pooling, loaded_spec.grid_cells) == ("grid", 4)
+    assert grid.shape == (3, 16 * dim) and avg.shape == (3, dim)
+    # each channel's 16 cells average to its global average
+    torch.testing.assert_close(grid.view(3, dim, 16).mean(2), avg)
     assert not torch.allclose(grid[0], grid[1], atol=1e-4)
     # the one inference path (batch norms folded by torch.fx) reads out the grid the spec names
     pixels = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
     embedded = Embedder.from_model(with_pooling(model, "avg"), spec, device=torch.device("cpu")).embed_pixels(pixels)
     with torch.no_grad():
         expected = loaded((pixels.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5)
-    assert embedded.shape == (3, 4 * dim)
+    assert embedded.shape == (3, 16 * dim)
     torch.testing.assert_close(torch.from_numpy(embedded), expected, atol=1e-4, rtol=1e-3)
+    # a grid checkpoint from before grid_cells was recorded is read out on its 2x2 grid
+    legacy = spec.model_copy(update={"grid_cells": None, "feature_dim": dim * LEGACY_GRID_CELLS**2})
+    save_encoder(tmp_path / "legacy.pt", model, legacy)
+    with torch.no_grad():
+        assert load_encoder_file(tmp_path / "legacy.pt")[0](x).shape == (3, 4 * dim)
     with pytest.raises(ValueError, match="small-image ResNets only"):
         build_backbone("resnet18", 64, pooling="grid")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import default_encoder
+from conftest import TINY, default_encoder
 from lookalike.core.manifest import MANIFEST, IntegrityError, stage_dir
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.embeddings.shards import load_embeddings, shard_name
@@ -68,10 +68,24 @@ def test_each_method_trains_and_exports_a_self_describing_encoder(tiny, dataset,
     assert result.status == "computed"
     assert len(result.manifest.stats["losses"]) == 1 and np.isfinite(result.manifest.stats["losses"][0])
     model, spec = load_encoder(root, result.manifest)
-    _, backbone, dim = default_encoder()
+    _, backbone, dim = default_encoder(TINY)
     assert (spec.method, spec.architecture, spec.input_size, spec.feature_dim) == (method, backbone, 16, dim)
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, dim)
     assert not (stage_dir(root, "encoder", result.manifest.key) / TRAIN_STATE).exists()
+
+
+@pytest.mark.parametrize("pooling, cells", [("grid", 2), ("avg", 1)])
+def test_the_method_head_learns_from_the_vectors_the_index_will_hold(tiny, dataset, root, pooling, cells):
+    """A grid read-out is what training's projection head reads, not only what is exported."""
+    from lookalike.stages.encoder.stage import resolve
+    from lookalike.stages.encoder.training import build_training_method, encoder_spec
+
+    section, _, plan = resolve(tiny.encoder.model_copy(update={"pooling": pooling}), dataset)
+    assert (section.input_size, section.pooling) == (16, pooling)  # a 2x2 last map: auto grid_cells is 2
+    method, dim = build_training_method(section, plan, root)
+    head = next(m for m in method.projection_head.modules() if isinstance(m, torch.nn.Linear))
+    avg_dim = build_training_method(section.model_copy(update={"pooling": "avg"}), plan, root)[1]
+    assert head.in_features == dim == encoder_spec(section, dim).feature_dim == avg_dim * cells**2
 
 
 def test_interrupted_pretraining_resumes_from_its_last_epoch(tiny, dataset, root):
@@ -113,7 +127,7 @@ def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root, a
 
 def test_embeddings_are_sharded_in_row_order(tiny, embeddings, root):
     vectors, row_ids = load_embeddings(root, embeddings)
-    assert vectors.shape == (48, default_encoder()[2]) and vectors.dtype == np.float32
+    assert vectors.shape == (48, default_encoder(TINY)[2]) and vectors.dtype == np.float32
     assert embeddings.stats["n_shards"] == 3
     assert list(row_ids) == sorted(row_ids)
 

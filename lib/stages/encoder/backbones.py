@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from lookalike.core.names import AVG, GRID
+from lookalike.core.names import GRID
 from lookalike.core.settings import SMALL_IMAGE_RESNETS
 
 
@@ -29,12 +29,12 @@ def _classification_models() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-GRID_CELLS = 2  # pooling=grid: the last map average-pooled on a 2x2 grid
+LEGACY_GRID_CELLS = 2  # pooling=grid checkpoints from before grid_cells was recorded: a 2x2 grid
 
 
-def readout_dim(dim: int, pooling: str | None) -> int:
-    """The vector size of a backbone whose pooled map has `dim` channels, read out with `pooling`."""
-    return dim * GRID_CELLS**2 if pooling == GRID else dim
+def readout_cells(pooling: str | None, grid_cells: int | None = None) -> int:
+    """Cells per side of the read-out: 1 for avg (None), `grid_cells` for a grid."""
+    return (grid_cells or LEGACY_GRID_CELLS) if pooling == GRID else 1
 
 
 class SmallImageResNet(nn.Module):
@@ -42,9 +42,10 @@ class SmallImageResNet(nn.Module):
 
     lightly's own forward ends in `avg_pool2d(out, 4)`, which assumes 32 px inputs; this one
     pools adaptively, so any input size (and DINO's half-size local crops) works. `pooling`:
-    `avg` averages the last map to one vector per image (training always reads it so); `grid`
-    averages it on a 2x2 grid and concatenates the cells, keeping where things are (4x the
-    dimensions): the read-out for aligned collections (`lookalike.core.recipe`).
+    `avg` averages the last map to one vector per image; `grid` averages it on a cells x cells grid
+    and concatenates the cells, keeping where things are (cells² x the dimensions): the read-out for
+    aligned collections (`lookalike.core.recipe`). Training reads features out the same way
+    (the method's head sees what is indexed).
     """
 
     def __init__(self, name: str, width: float) -> None:
@@ -54,20 +55,20 @@ class SmallImageResNet(nn.Module):
         net = ResNetGenerator(name, width=width)
         self.conv1, self.bn1 = net.conv1, net.bn1
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.pooling = AVG  # `with_pooling` sets it
+        self.cells = 1  # cells per side of the read-out: 1 is avg; `with_pooling` sets it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        cells = GRID_CELLS if self.pooling == GRID else 1
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, cells), 1)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, self.cells), 1)
 
 
-def with_pooling(model: nn.Module, pooling: str | None) -> nn.Module:
-    """`model` reading its features out with `pooling` (None: avg), when it is one of lightly's small-image
-    ResNets, the only backbones with a choice; any other module is read out as it was built. Returns it."""
+def with_pooling(model: nn.Module, pooling: str | None, grid_cells: int | None = None) -> nn.Module:
+    """`model` reading its features out with `pooling` (None: avg; grid: on `grid_cells` x `grid_cells`
+    cells), when it is one of lightly's small-image ResNets, the only backbones with a choice; any other
+    module is read out as it was built. Returns it."""
     if isinstance(model, SmallImageResNet):
-        model.pooling = pooling or AVG
+        model.cells = readout_cells(pooling, grid_cells)
     return model
 
 
@@ -128,7 +129,12 @@ def _timm_backbone(name: str, input_size: int) -> nn.Module:
 
 
 def build_backbone(
-    name: str, input_size: int = 64, width: float = 1.0, config: dict | None = None, pooling: str | None = None
+    name: str,
+    input_size: int = 64,
+    width: float = 1.0,
+    config: dict | None = None,
+    pooling: str | None = None,
+    grid_cells: int | None = None,
 ) -> tuple[nn.Module, int]:
     """A randomly initialised backbone whose forward returns (N, feature_dim) features.
 
@@ -163,7 +169,7 @@ def build_backbone(
             raise ValueError(f"backbone {name!r} has no classifier attribute to strip")
     if pooling == GRID and not isinstance(model, SmallImageResNet):
         raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {name!r}")
-    with_pooling(model, pooling)
+    with_pooling(model, pooling, grid_cells)
     model.eval()
     with torch.no_grad():
         dim = model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1]

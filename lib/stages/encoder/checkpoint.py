@@ -36,6 +36,7 @@ class EncoderSpec(BaseModel):
     init_sha256: str | None = None  # what training started from (`lookalike.stages.encoder.pretrained`)
     projection: int | None = None  # a distilled student: a linear map from the backbone's features to this dim
     pooling: str | None = None  # how features are read out (`backbones.with_pooling`); None: avg, as before it existed
+    grid_cells: int | None = None  # pooling=grid: cells per side; None: 2, as before it was recorded
 
 
 class EncoderLoadError(LookalikeError, RuntimeError):
@@ -62,7 +63,9 @@ def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise EncoderLoadError(f"{path} is not a lookalike encoder checkpoint (missing spec/state_dict)")
     spec = EncoderSpec.model_validate(payload["spec"])
-    backbone, dim = build_backbone(spec.architecture, spec.input_size, spec.width, spec.config, spec.pooling)
+    backbone, dim = build_backbone(
+        spec.architecture, spec.input_size, spec.width, spec.config, spec.pooling, spec.grid_cells
+    )
     if spec.projection:
         backbone = Projected(backbone, nn.Linear(dim, spec.projection))
     backbone.load_state_dict(payload["state_dict"])

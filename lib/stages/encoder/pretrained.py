@@ -61,6 +61,7 @@ class Init:
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
     _hashes: dict = field(default_factory=dict, repr=False, compare=False)  # (architecture, width) -> sha256
     pooling: str | None = None  # a lookalike encoder's read-out (`backbones.with_pooling`): a teacher embeds with it
+    grid_cells: int | None = None  # and its grid's cells per side
 
     @classmethod
     def of_module(cls, model: nn.Module, architecture: str, width: float = 1.0, native_size: int | None = None) -> Init:
@@ -88,7 +89,7 @@ class Init:
     def backbone(self, input_size: int) -> nn.Module:
         """The architecture built for `input_size` with these weights loaded (strictly), read out as it was
         indexed (a lookalike encoder's pooling)."""
-        return with_pooling(fitted_backbone(self, self.architecture, self.width, input_size), self.pooling)
+        return with_pooling(fitted_backbone(self, self.architecture, self.width, input_size), self.pooling, self.grid_cells)
 
 
 def weights_sha256(
@@ -187,6 +188,7 @@ def _lookalike_checkpoint(reference: str, describe: str, path: Path, payload: di
         carries_architecture=True,
         state_dict=payload["state_dict"],
         pooling=spec.get("pooling"),
+        grid_cells=spec.get("grid_cells"),
     )
 
 

@@ -20,7 +20,7 @@ from lookalike.core.names import GRID
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
-from lookalike.stages.encoder.backbones import build_backbone, readout_dim
+from lookalike.stages.encoder.backbones import build_backbone, with_pooling
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
@@ -56,9 +56,12 @@ def build_training_method(section: EncoderSettings, plan: Plan, root: Path | str
 
 
 def _starting_backbone(section: EncoderSettings, init: Init | None) -> tuple[torch.nn.Module, int]:
+    """The backbone training starts from, read out as it will be indexed (`encoder.pooling`), so the
+    method's head learns from the vectors the index will hold; and their dimension."""
+    pooling, cells = readout(section)
     if init is None:
-        return build_backbone(section.backbone, section.input_size, section.width)
-    model = fitted_backbone(init, section.backbone, section.width, section.input_size)
+        return build_backbone(section.backbone, section.input_size, section.width, pooling=pooling, grid_cells=cells)
+    model = with_pooling(fitted_backbone(init, section.backbone, section.width, section.input_size), pooling, cells)
     with torch.no_grad():
         dim = model(torch.zeros(2, 3, section.input_size, section.input_size)).flatten(1).shape[1]
     return model, int(dim)
@@ -104,15 +107,25 @@ def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module)
     return SnapshotImages(snapshot, method.transform), None
 
 
+def readout(section: EncoderSettings) -> tuple[str | None, int | None]:
+    """(pooling, grid cells) as an encoder spec records them: avg (and settings from before pooling)
+    stay unnamed, the cells are named for a grid only."""
+    if section.pooling == GRID:
+        return GRID, section.grid_cells
+    return None, None
+
+
 def encoder_spec(section: EncoderSettings, dim: int, init: Init | None = None) -> EncoderSpec:
-    """What rebuilds and feeds an encoder trained with these settings (from `init`, when it had one)."""
+    """What rebuilds and feeds an encoder trained with these settings (from `init`, when it had one);
+    `dim` is the read-out's (`_starting_backbone`)."""
     norm = normalization(init)
-    pooling = GRID if section.pooling == GRID else None  # avg (and settings from before pooling) stay unnamed
+    pooling, cells = readout(section)
     return EncoderSpec(
         architecture=section.backbone,
         width=section.width,
-        feature_dim=readout_dim(dim, pooling),
+        feature_dim=dim,
         pooling=pooling,
+        grid_cells=cells,
         input_size=section.input_size,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
@@ -160,6 +173,7 @@ def teacher_model(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module,
         method="teacher",
         config=teacher.config,
         pooling=teacher.pooling,
+        grid_cells=teacher.grid_cells,
     )
     return model, spec
 
