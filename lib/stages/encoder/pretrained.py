@@ -89,7 +89,9 @@ class Init:
     def backbone(self, input_size: int) -> nn.Module:
         """The architecture built for `input_size` with these weights loaded (strictly), read out as it was
         indexed (a lookalike encoder's pooling)."""
-        return with_pooling(fitted_backbone(self, self.architecture, self.width, input_size), self.pooling, self.grid_cells)
+        return with_pooling(
+            fitted_backbone(self, self.architecture, self.width, input_size), self.pooling, self.grid_cells
+        )
 
 
 def weights_sha256(
