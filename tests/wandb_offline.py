@@ -58,12 +58,13 @@ def read_offline_run(run_dir: str | Path, wait: float = 30.0) -> dict[str, Any]:
     logged (`artifacts`) and the ones it declared as inputs (`inputs`).
 
     wandb-core writes the file from its own process and may still be flushing it when `finish()`
-    has returned (seen on a loaded 2-core machine: a file without its run record yet), so the
-    read is repeated, for up to `wait` seconds, until the file holds the run record."""
+    has returned (seen on a loaded 2-core machine: a file without its run record yet, and one with
+    its run record but not yet the table artifact logged before `finish()`), so the read is
+    repeated, for up to `wait` seconds, until the file holds the exit record a finished run ends with."""
     deadline = time.monotonic() + wait
     while True:
         out = _read_offline_run(run_dir)
-        if "run_id" in out or time.monotonic() > deadline:
+        if out.pop("exited", False) or time.monotonic() > deadline:
             return out
         time.sleep(0.2)
 
@@ -110,5 +111,7 @@ def _read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["config"].update({key(i): json.loads(i.value_json) for i in record.config.update})
         elif kind == "summary":
             out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "exit":
+            out["exited"] = True
     out["config"].pop("_wandb", None)
     return out
