@@ -41,11 +41,11 @@ class SmallImageResNet(nn.Module):
     """lightly's CIFAR-style ResNet as a feature extractor.
 
     lightly's own forward ends in `avg_pool2d(out, 4)`, which assumes 32 px inputs; this one
-    pools adaptively, so any input size (and DINO's half-size local crops) works. `pooling`:
-    `avg` averages the last map to one vector per image; `grid` averages it on a cells x cells grid
-    and concatenates the cells, keeping where things are (cells² x the dimensions): the read-out for
-    aligned collections (`lookalike.core.recipe`). Training reads features out the same way
-    (the method's head sees what is indexed).
+    pools adaptively, so any input size (and DINO's half-size local crops) works. Its read-out
+    (`with_pooling`): `avg` averages the last map to one vector per image; `grid` averages it on a
+    cells x cells grid and concatenates the cells, keeping where things are (cells² x the
+    dimensions): the read-out for aligned collections (`lookalike.core.recipe`). Training reads
+    features out the same way (the method's head sees what is indexed).
     """
 
     def __init__(self, name: str, width: float) -> None:
