@@ -14,6 +14,7 @@ Variants:
     avg+max     average- and max-pooled last map, concatenated
     l3+l4       the third and the last block's maps, each average-pooled, concatenated
     grid2       the last block's map average-pooled on a 2x2 grid (4x the dimensions)
+    grid3       the same on 3x3 cells (overlapping 2x2 windows of a 4x4 map): pooling=grid's default
 
 Usage:
     .venv/bin/python benchmarks/feature_probes.py --dataset /tmp/fashion-mnist/test \
@@ -62,6 +63,7 @@ def readouts(l3: torch.Tensor, l4: torch.Tensor) -> dict[str, torch.Tensor]:
         "grid2": grid(l4, 2),
         "l3+grid2": torch.cat([l3.mean((2, 3)), grid(l4, 2)], 1),
         "grid2+grid2": torch.cat([grid(l3, 2), grid(l4, 2)], 1),
+        "grid3": grid(l4, 3),
         "grid4": grid(l4, 4),
         "grid1+2": torch.cat([avg, grid(l4, 2)], 1),
     }
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--encoder", type=Path, required=True, help="a lookalike encoder.pt (small-image ResNet)")
     parser.add_argument("--whitening", type=float, nargs="*", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--only", nargs="*", help="score only these variants (and pixels)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -108,6 +111,8 @@ def main() -> None:
 
     results = {}
     for name, parts in vectors.items():
+        if args.only and name not in {"pixels", *args.only}:
+            continue
         v = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         results[name] = {"dim": int(v.shape[1])}
         for w in args.whitening:

@@ -1,10 +1,12 @@
 """Batched augmentation: kornia views read from each method's lightly transform."""
 
+import kornia.augmentation as K
 import numpy as np
 import pytest
 import torch
 from lightly.transforms import SimCLRTransform
 from lightly.transforms.multi_view_transform import MultiViewTransform
+from lightly.transforms.rotation import RandomRotateDegrees
 from lightly.transforms.solarize import RandomSolarization
 from lightly.transforms.torchvision_v2_compatibility import ToTensor
 from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
@@ -100,6 +102,16 @@ def test_same_seed_same_views():
     second = views(batch)
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_rotation_by_degrees_maps_to_kornias_with_lightlys_range_and_probability():
+    """lightly's RandomRotateDegrees (SimCLRTransform's rr_degrees) keeps its angle range and
+    probability inside a torchvision RandomApply; the kornia op takes both from there."""
+    views = BatchedViews(SimCLRTransform(input_size=28, gaussian_blur=0.0, rr_prob=0.4, rr_degrees=15))
+    (rotation,) = [op for op in views.views[0] if isinstance(op, K.RandomRotation)]
+    assert tuple(rotation._param_generator.degrees.tolist()) == (-15.0, 15.0)
+    assert rotation.p == pytest.approx(0.4)
+    assert kornia_op(RandomRotateDegrees(prob=0.0, degrees=15)) is None
 
 
 def test_an_op_without_a_kornia_equivalent_is_a_clear_error():

@@ -72,7 +72,11 @@ def kornia_op(step) -> nn.Module | None:
             return None
         return K.RandomRotation(degrees=(step.angle, step.angle), p=step.prob)
     if isinstance(step, RandomRotateDegrees):
-        return K.RandomRotation(degrees=tuple(step.transform.degrees), p=step.prob) if step.prob > 0 else None
+        # lightly keeps the range and probability in a torchvision RandomApply([RandomRotation])
+        apply = step.transform
+        if apply.p == 0:
+            return None
+        return K.RandomRotation(degrees=tuple(apply.transforms[0].degrees), p=apply.p)
     if isinstance(step, T.RandomApply) and len(step.transforms) == 1 and isinstance(step.transforms[0], T.ColorJitter):
         jitter = step.transforms[0]
         if step.p == 0:
