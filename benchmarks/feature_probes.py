@@ -74,11 +74,30 @@ def grid(x: torch.Tensor, cells: int) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(x, cells).flatten(1)
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, spec) -> None:
+    """Replace every BatchNorm's running mean and variance (estimated during training on augmented
+    views) by their averages over the collection's own fitted images."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over every batch below
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            model(normalize_batch(images[i : i + 256], spec, torch.device("cpu")))
+    model.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--encoder", type=Path, required=True, help="a lookalike encoder.pt (small-image ResNet)")
     parser.add_argument("--whitening", type=float, nargs="*", default=[0.0, 0.5, 1.0])
+    parser.add_argument(
+        "--bn-clean",
+        action="store_true",
+        help="first re-estimate BatchNorm's running statistics on the collection's un-augmented images",
+    )
     parser.add_argument("--only", nargs="*", help="score only these variants (and pixels)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -94,6 +113,8 @@ def main() -> None:
     model, spec = load_encoder_file(args.encoder)
     images = fitted(snapshot, spec.input_size)
     side = pixel_side(spec.input_size)
+    if args.bn_clean:
+        recalibrate_batchnorm(model, images, spec)
     vectors: dict[str, list[np.ndarray]] = {}
     vectors["pixels"] = [fitted(snapshot, side).reshape(len(row_ids), -1).float().div_(255).numpy()]
     with torch.inference_mode():
