@@ -171,9 +171,14 @@ def build_backbone(
         raise ValueError(f"pooling={pooling} reads out lightly's small-image ResNets only, not {name!r}")
     with_pooling(model, pooling, grid_cells)
     model.eval()
+    return model, measured_dim(model, input_size)
+
+
+def measured_dim(model: nn.Module, input_size: int) -> int:
+    """The size of the vectors `model` (in the mode it is in) returns for `input_size` px images,
+    measured with one forward pass of a dummy batch rather than looked up per family."""
     with torch.no_grad():
-        dim = model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1]
-    return model, int(dim)
+        return int(model(torch.zeros(2, 3, input_size, input_size)).flatten(1).shape[1])
 
 
 @lru_cache(maxsize=32)

@@ -20,7 +20,7 @@ from lookalike.core.names import GRID
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
-from lookalike.stages.encoder.backbones import build_backbone, with_pooling
+from lookalike.stages.encoder.backbones import build_backbone, measured_dim, with_pooling
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
 from lookalike.stages.encoder.methods.normalize import IMAGENET_NORMALIZE
@@ -62,9 +62,7 @@ def _starting_backbone(section: EncoderSettings, init: Init | None) -> tuple[tor
     if init is None:
         return build_backbone(section.backbone, section.input_size, section.width, pooling=pooling, grid_cells=cells)
     model = with_pooling(fitted_backbone(init, section.backbone, section.width, section.input_size), pooling, cells)
-    with torch.no_grad():
-        dim = model(torch.zeros(2, 3, section.input_size, section.input_size)).flatten(1).shape[1]
-    return model, int(dim)
+    return model, measured_dim(model, section.input_size)
 
 
 def normalization(init: Init | None) -> dict[str, list[float]]:
@@ -161,12 +159,10 @@ def teacher_model(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module,
     _, teacher = starting_weights(section, root)
     size = teacher.native_size or section.input_size
     model = teacher.backbone(size)
-    with torch.no_grad():
-        dim = model(torch.zeros(2, 3, size, size)).flatten(1).shape[1]
     spec = EncoderSpec(
         architecture=teacher.architecture,
         width=teacher.width,
-        feature_dim=int(dim),
+        feature_dim=measured_dim(model, size),
         input_size=size,
         mean=teacher.mean,
         std=teacher.std,

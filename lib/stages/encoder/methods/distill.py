@@ -21,7 +21,7 @@ from lightly.transforms import SimCLRViewTransform
 from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch import nn
 
-from lookalike.stages.encoder.backbones import Projected
+from lookalike.stages.encoder.backbones import Projected, measured_dim
 
 if TYPE_CHECKING:
     from lookalike.stages.encoder.methods.options import MethodOptions
@@ -37,8 +37,7 @@ class Distill(nn.Module):
         model = teacher.backbone(self.teacher_size)
         for p in model.parameters():
             p.requires_grad_(False)
-        with torch.no_grad():
-            teacher_dim = model(torch.zeros(2, 3, self.teacher_size, self.teacher_size)).flatten(1).shape[1]
+        teacher_dim = measured_dim(model, self.teacher_size)
         self._teacher = [model.eval()]  # a list: not a submodule, not in the state dict
         self.backbone = backbone
         self.projection = nn.Linear(feature_dim, int(teacher_dim))
