@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import runpy
 import sys
 from pathlib import Path
@@ -70,16 +71,6 @@ def patch_simclr(loss: str, hidden: int, out: int, rotation: float) -> None:
         elif loss == "nnclr":
             self.prediction_head = NNCLRPredictionHead(out, 512, out)
             self.support = NNMemoryBankModule(size=(BANK, out))
-        if rotation:
-            self.transform = SimCLRTransform(
-                input_size=options.input_size,
-                gaussian_blur=0.0,
-                normalize=options.normalize,
-                **options.jitter(),
-                **({"min_scale": options.crop_min_scale} if options.crop_min_scale else {}),
-                rr_prob=0.5,
-                rr_degrees=rotation,
-            )
         print(f"variant: loss {loss}, head {feature_dim}->{hidden}->{out}, rotation {rotation:g}", flush=True)
 
     def training_loss(self, views, epoch, progress):
@@ -91,6 +82,8 @@ def patch_simclr(loss: str, hidden: int, out: int, rotation: float) -> None:
         n1 = self.support(z1.detach(), update=True)
         return 0.5 * (self.criterion(n0, p1) + self.criterion(n1, p0))
 
+    if rotation:  # the method builds its own transform; only the rotation arguments are added to it
+        simclr.SimCLRTransform = functools.partial(SimCLRTransform, rr_prob=0.5, rr_degrees=rotation)
     simclr.SimCLR.__init__ = __init__
     simclr.SimCLR.training_loss = training_loss
 
