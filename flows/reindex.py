@@ -15,6 +15,7 @@ from lookalike.artifacts.aliases import PRODUCTION
 from lookalike.core.settings import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
 from lookalike.flows._indexing import index_and_publish, snapshot_queries
 from lookalike.flows.retrieval import TRACKING_HOOKS, _default
+from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.tasks.artifacts import open_artifacts_root
 from lookalike.tasks.dataset import snapshot_dataset
 from lookalike.tasks.encoder import use_aliased_encoder
@@ -65,9 +66,11 @@ def reindex(
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)
 
-    reports, stage_runs = {}, {}
-    reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
-    stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
-    queries = snapshot_queries(settings)
-    reports["encoder"] = use_aliased_encoder(root, encoder_alias)
-    return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)
+    # One walk of a local collection answers the stage key, the snapshot and the query split.
+    with one_listing_per_run():
+        reports, stage_runs = {}, {}
+        reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+        stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
+        queries = snapshot_queries(settings)
+        reports["encoder"] = use_aliased_encoder(root, encoder_alias)
+        return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)

@@ -23,6 +23,7 @@ from lookalike.core.settings import (
     settings_for_run,
 )
 from lookalike.flows._indexing import index_and_publish, snapshot_queries
+from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.tasks.artifacts import open_artifacts_root
 from lookalike.tasks.dataset import snapshot_dataset
 from lookalike.tasks.encoder import pretrain_encoder
@@ -93,12 +94,14 @@ def retrieval_pipeline(
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)
 
-    reports, stage_runs = {}, {}
-    reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
-    stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
-    queries = snapshot_queries(settings)
-    reports["encoder"] = call_stage(
-        pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root
-    )
-    stage_runs["encoder"] = track_stage(settings, tracking, reports, "encoder")
-    return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)
+    # One walk of a local collection answers the stage key, the snapshot and the query split.
+    with one_listing_per_run():
+        reports, stage_runs = {}, {}
+        reports["dataset"] = call_stage(snapshot_dataset, section=settings.dataset, root=root)
+        stage_runs["dataset"] = track_stage(settings, tracking, reports, "dataset")
+        queries = snapshot_queries(settings)
+        reports["encoder"] = call_stage(
+            pretrain_encoder, section=settings.encoder, dataset=reports["dataset"].manifest, root=root
+        )
+        stage_runs["encoder"] = track_stage(settings, tracking, reports, "encoder")
+        return index_and_publish(settings, reports, tracking, promote, queries, stage_runs)

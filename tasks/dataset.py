@@ -10,7 +10,7 @@ from lookalike.stages.dataset.stage import dataset_key, run_dataset_stage
 from lookalike.tasks.stage import stage_options
 
 
-@task(**stage_options("dataset", lambda section, root: dataset_key(section)[0]), retries=1, retry_delay_seconds=5)
+@task(**stage_options("dataset", lambda section, root: dataset_key(section, root)[0]), retries=1, retry_delay_seconds=5)
 def snapshot_dataset(section: DatasetSettings, root: Path) -> StageResult:
     result = run_dataset_stage(section, root)
     stats = result.manifest.stats

@@ -109,7 +109,13 @@ class DatasetSettings(Section):
         "beside the index, returned with every hit and usable in filters (--where year>=2020). A list, or names "
         "separated by commas.",
     )
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction"})
+    verify: Literal["memo", "full"] = Field(
+        "memo",
+        description="How a local collection's content key is checked: memo re-hashes only files whose size, mtime or "
+        "inode changed since the last run (the content-hash memo in the artifacts root); full re-reads and hashes "
+        "every file.",
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction", "verify"})
     # the metadata every index stores anyway, and the snapshot's own columns: not names a column can take
     RESERVED: ClassVar[frozenset[str]] = frozenset(
         {"row", "row_id", "label", "path", "split", "width", "height", "sha256", "image"}

@@ -114,7 +114,7 @@ def _dataset(api, path: str, root: Path) -> Manifest:
     section = DatasetSettings.model_validate(
         {k: v for k, v in recorded.settings.items() if k in DatasetSettings.model_fields}
     )
-    here, source, fingerprint = dataset_key(section)
+    here, source, fingerprint = dataset_key(section, root)
     if here != recorded.key:
         raise IntegrityError(
             f"W&B artifact {path} references {recorded.settings.get('resolved')} with content "

@@ -66,7 +66,7 @@ def resolve_chain(settings: Settings) -> Chain:
             )
         return manifest
 
-    dataset = need("dataset", dataset_key(settings.dataset)[0])
+    dataset = need("dataset", dataset_key(settings.dataset, root)[0])
     encoder = need("encoder", encoder_key(settings.encoder, dataset))
     embeddings = need("embeddings", embeddings_key(settings.embeddings, dataset, encoder))
     index = need("index", index_key(settings.index, embeddings))

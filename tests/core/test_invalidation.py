@@ -33,6 +33,7 @@ CHANGES = {
     "dataset.seed": 1,
     "dataset.max_image_pixels": 1000,
     "dataset.max_unreadable_fraction": 0.5,
+    "dataset.verify": "full",
     "dataset.metadata_columns": "year",
     "encoder.method": "dino",
     "encoder.backbone": "resnet-18",

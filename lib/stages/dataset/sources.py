@@ -12,6 +12,7 @@ import importlib.resources
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,8 +21,10 @@ from typing import Any, Literal
 import numpy as np
 
 from lookalike.core.errors import LookalikeError, path_text
-from lookalike.core.manifest import sha256_file
 from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing, memo_path
+from lookalike.stages.dataset.folders import ImageFolder, read_image_folder
+from lookalike.stages.dataset.listing import list_files, once_per_run
 
 # Package data of `lookalike.data`: the same folder in a checkout and in an installed wheel.
 SAMPLE_DIR = Path(str(importlib.resources.files("lookalike.data").joinpath("fashion-mnist-sample")))
@@ -80,17 +83,39 @@ def check_source(section: DatasetSettings) -> Source:
     return source
 
 
-def pin_source(source: Source, section: DatasetSettings) -> tuple[Source, str]:
+def pin_source(source: Source, section: DatasetSettings, root: Path | str | None = None) -> tuple[Source, str]:
     """(source pinned to what was keyed, content key): file hashes locally, the commit sha on the hub.
 
     `datasets`' own fingerprint is path/mtime based, so it is not used here. A hub source is
     pinned to the resolved commit so the data loaded is the data that was keyed, even if the
-    branch moves during the run.
+    branch moves during the run. Local files are listed once per run and hashed only where the
+    content-hash memo of the artifacts root `root` has no hash for their (path, size, mtime,
+    inode) (`dataset.verify=full`: every file).
     """
     if source.kind == "hub":
         sha = resolve_hub_revision(source.location, section.revision)
         return Source(source.kind, source.location, sha), "hub@" + sha
-    return source, "sha256@" + _tree_digest(source.location)
+    hashed = hash_collection(source.location, root, full=section.verify == "full")
+    return source, "sha256@" + _tree_digest(hashed, Path(source.location).is_file())
+
+
+def hash_collection(location: str, root: Path | str | None, *, full: bool = False) -> HashedListing:
+    """The collection's listing with a sha256 per file (once per run), files that could not be
+    read left out with a warning that counts them."""
+    memo = memo_path(root) if root is not None else None
+
+    def compute() -> HashedListing:
+        hashed = hash_listing(list_files(location), memo, full=full)
+        if hashed.unreadable:
+            examples = "; ".join(f"{path_text(f.rel)}: {why}" for f, why in hashed.unreadable[:3])
+            warnings.warn(
+                f"{len(hashed.unreadable)} file(s) of {location} left out of the dataset key, "
+                f"they could not be read (e.g. {examples})",
+                stacklevel=2,
+            )
+        return hashed
+
+    return once_per_run("sha256-full" if full else "sha256", location, compute)
 
 
 @lru_cache(maxsize=64)  # one network round trip per process, however often the key is computed
@@ -113,30 +138,14 @@ def resolve_hub_revision(name: str, revision: str | None) -> str:
         ) from None
 
 
-def _tree_digest(location: str) -> str:
-    root = Path(location)
-    files = (
-        [root]
-        if root.is_file()
-        else sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-    )
+def _tree_digest(hashed: HashedListing, single_file: bool) -> str:
+    """sha256 over (relative name, content sha256) of every file, in path order."""
     digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        rel = path.name if root.is_file() else path.relative_to(root).as_posix()
+    for file, sha in zip(hashed.files, hashed.hashes):
+        rel = file.rel if not single_file else Path(file.path).name
         # names are bytes: one that is not UTF-8 hashes as its bytes (a UTF-8 name as before)
-        digest.update(os.fsencode(rel) + f"\0{_file_sha(str(path), stat.st_size, stat.st_mtime_ns)}\n".encode())
+        digest.update(os.fsencode(rel) + f"\0{sha}\n".encode())
     return digest.hexdigest()
-
-
-@lru_cache(maxsize=65536)
-def _file_sha(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime only memoise the content hash within a process; they are not the key.
-    return sha256_file(Path(path))
 
 
 def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
@@ -195,6 +204,9 @@ def _open_folder(source: Source, section: DatasetSettings, cache_dir: Path):
     the rows it loads, read here, so each is indexed or skipped with a reason like any other.
     A folder without such names loads exactly as `datasets` loads it.
     """
+    folder = read_image_folder(list_files(source.location))
+    if folder is not None and section.config_name is None:
+        return _image_folder_split(folder, section, source)
     import datasets
     from datasets.data_files import DataFilesDict, get_data_patterns
 
@@ -212,6 +224,35 @@ def _open_folder(source: Source, section: DatasetSettings, cache_dir: Path):
         cache_dir=str(cache_dir),
     )
     return _append_files(_pick_split(loaded, section.split, source), odd.get(section.split, []), section.image_column)
+
+
+def _image_folder_split(folder: ImageFolder, section: DatasetSettings, source: Source):
+    """The split as the `datasets.Dataset` `imagefolder` would build, made from the listing."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    if section.split not in folder.splits:
+        raise DatasetError(
+            f"{source.describe()} has no split {section.split!r}; splits are: {', '.join(folder.splits)} (set --split)"
+        )
+    files = folder.splits[section.split]
+    columns: dict[str, list] = {"image": [_listed_image(f.path) for f in files]}
+    features = Features({"image": Image(decode=False)})
+    if folder.label_names:
+        index = {name: i for i, name in enumerate(folder.label_names)}
+        columns["label"] = [index.get(folder.label_of(f)) for f in files]
+        features["label"] = ClassLabel(names=folder.label_names)
+    return Dataset.from_dict(columns, features=features)
+
+
+def _listed_image(path: str) -> dict[str, Any]:
+    """An undecoded image by path; a name that is not UTF-8 cannot travel as text, so its bytes are read now."""
+    if _storable_name(path):
+        return {"bytes": None, "path": path}
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = None  # the snapshot reads it again and records why it failed
+    return {"bytes": data, "path": path_text(path)}
 
 
 def _storable_name(path: str) -> bool:
@@ -270,6 +311,9 @@ def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
                 str(cache_dir),
             )
         )
+    folder = read_image_folder(list_files(source.location)) if section.config_name is None else None
+    if folder is not None:
+        return list(folder.splits)
     return _builder_splits(source, section.config_name, None, str(cache_dir))
 
 

@@ -20,11 +20,13 @@ from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.progress import progress
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.images import UnreadableImage, decode_rgb
+from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.stages.dataset.profile import profile_images
 from lookalike.stages.dataset.sources import (
     MINIMUM,
     DatasetError,
     Source,
+    hash_collection,
     label_names,
     open_source,
     pin_source,
@@ -37,9 +39,10 @@ LISTED_SKIPS = 200
 _BATCH = 512
 
 
-def dataset_key(section: DatasetSettings) -> tuple[str, Source, str]:
-    """(stage key, resolved source, content fingerprint) for a dataset section."""
-    source, fingerprint = pin_source(resolve_source(section), section)
+def dataset_key(section: DatasetSettings, root: Path | str | None = None) -> tuple[str, Source, str]:
+    """(stage key, resolved source, content fingerprint) for a dataset section; local files are
+    hashed through the content-hash memo of the artifacts root `root`, when given."""
+    source, fingerprint = pin_source(resolve_source(section), section, root)
     settings = {**_key_settings(section), "content": fingerprint}
     return key_for(STAGE, settings, {}), source, fingerprint
 
@@ -60,13 +63,18 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
         DatasetError: empty dataset, missing column or split, unreachable hub, or more
             unreadable images than `section.max_unreadable_fraction` allows.
     """
-    key, source, fingerprint = dataset_key(section)
-    settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
+    with one_listing_per_run():  # the key and the snapshot see one listing (the flow's, inside a run)
+        key, source, fingerprint = dataset_key(section, root)
+        settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
 
-    def build(folder: Path) -> Built:
-        return _snapshot(section, source, folder, hf_cache_dir(root))
+        def build(folder: Path) -> Built:
+            keyed = None
+            if source.kind != "hub":
+                hashed = hash_collection(source.location, root, full=section.verify == "full")
+                keyed = {file.path: sha for file, sha in zip(hashed.files, hashed.hashes)}
+            return _snapshot(section, source, folder, hf_cache_dir(root), keyed)
 
-    return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
+        return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
 
 
 def hf_cache_dir(root: Path) -> Path:
@@ -77,7 +85,11 @@ def hf_cache_dir(root: Path) -> Path:
     return Path(env) if env else Path(root) / "cache" / "huggingface"
 
 
-def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir: Path) -> Built:
+def _snapshot(
+    section: DatasetSettings, source: Source, folder: Path, cache_dir: Path, keyed: dict[str, str] | None
+) -> Built:
+    """The snapshot of the split; `keyed` (path -> sha256 the key was made from) skips a file that
+    changed after it was listed, so a snapshot never holds content its key does not name."""
     from datasets import ClassLabel, Features, Image, Value
     from datasets.arrow_writer import ArrowWriter
 
@@ -110,6 +122,13 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
                     if names and label is None:  # e.g. a file whose class folder datasets could not name
                         reason = "no label: its class folder or label value is missing"
                     if reason is None:
+                        sha = hashlib.sha256(data).hexdigest()
+                        if keyed is not None and keyed.get(path, sha) != sha:
+                            reason = (
+                                "changed after it was listed (its content is not the one the dataset key names); "
+                                "run again to take the new content (--set dataset.verify=full if size and mtime stayed)"
+                            )
+                    if reason is None:
                         try:
                             decode_rgb(data, section.max_image_pixels)
                         except UnreadableImage as exc:
@@ -121,7 +140,7 @@ def _snapshot(section: DatasetSettings, source: Source, folder: Path, cache_dir:
                         continue
                     kept["row_id"].append(row_id)
                     kept["image"].append({"bytes": data, "path": path})
-                    kept["sha256"].append(hashlib.sha256(data).hexdigest())
+                    kept["sha256"].append(sha)
                     if names:
                         kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
                     for name in extra:

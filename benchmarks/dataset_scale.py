@@ -1,0 +1,129 @@
+"""The dataset stage at scale: seconds and peak memory of each step on one collection.
+
+Each step runs in its own fresh process (the way a scheduled retrain or a cached re-run meets
+it), timed from spawn to exit with `time.perf_counter`, with its peak RSS from `getrusage` and its
+CPU seconds (user + system, which move less than wall time when other jobs share the machine):
+
+- `key`: the dataset stage's key, from an empty artifacts root (every file listed and hashed);
+- `build`: the stage itself (its key again, then the snapshot: list, read, check, write);
+- `key_cached`: the key again in a new process, as a cached re-run computes it first;
+- `splits`: the splits the evaluation stage asks the source for;
+- `add` (with `--add-from`): after `benchmarks/make_big_folder.py --add` grew the collection,
+  the stage for the grown collection (its key, then its snapshot), and the bytes it wrote.
+
+Usage:
+    .venv/bin/python benchmarks/dataset_scale.py --dataset /data/fm-100k --out benchmarks/results/dataset_scale_100k.json
+
+The steps call the library, not the CLI: Prefect's start-up (measured by cached_rerun.py) is not
+part of these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from _record import emit
+
+STEP = r"""
+import json, os, resource, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset import stage as dataset_stage
+from lookalike.stages.dataset.sources import list_splits
+step, source, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+section = DatasetSettings(source=source)
+out = {}
+t1 = time.perf_counter()
+if step == "key":
+    try:
+        out["key"] = dataset_stage.dataset_key(section, root)[0]
+    except TypeError:  # before the content-hash memo, the key took no root
+        out["key"] = dataset_stage.dataset_key(section)[0]
+elif step == "build":
+    result = dataset_stage.run_dataset_stage(section, root)
+    manifest = result.manifest if hasattr(result, "manifest") else result
+    out["key"] = manifest.key
+    out["n_images"] = manifest.stats["n_images"]
+elif step == "splits":
+    out["splits"] = list_splits(section, root / "cache" / "huggingface")
+out["work_s"] = round(time.perf_counter() - t1, 2)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+out["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
+out["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_step(step: str, source: str, root: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", STEP, step, source, str(root)], capture_output=True, text=True, env=os.environ
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"step {step} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result["wall_s"] = round(wall, 1)
+    print(step, result, file=sys.stderr, flush=True)
+    return result
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="the collection (a folder)")
+    parser.add_argument("--root", type=Path, help="artifacts root (default: a new temporary folder)")
+    parser.add_argument("--add", type=int, default=0, help="grow the collection by this many images and rerun")
+    parser.add_argument("--steps", default="key,build,key_cached,splits")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    root = args.root or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
+    files = sum(1 for f in Path(args.dataset).rglob("*") if f.is_file())
+    record: dict = {
+        "benchmark": "dataset_scale",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "dataset": args.dataset,
+        "files": files,
+        "steps": {},
+    }
+    for step in args.steps.split(","):
+        record["steps"][step] = run_step("key" if step == "key_cached" else step, args.dataset, root)
+    if args.add:
+        before = folder_bytes(root / "dataset")
+        n = files
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("make_big_folder.py")),
+                "--out",
+                args.dataset,
+                "--n",
+                str(n),
+                "--add",
+                str(args.add),
+            ],
+            check=True,
+        )
+        record["steps"]["add_build"] = run_step("build", args.dataset, root)
+        record["steps"]["add_build"]["bytes_written"] = folder_bytes(root / "dataset") - before
+        record["full_snapshot_bytes"] = before
+    record["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
+    emit(record, args.out)
+
+
+if __name__ == "__main__":
+    main()

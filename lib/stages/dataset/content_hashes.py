@@ -1,0 +1,145 @@
+"""sha256 of every listed file, computed only for files that are new or changed since the last run.
+
+The memo maps (path, size, mtime_ns, inode) to the sha256 last computed for that file, in one
+SQLite file under the artifacts root, the way DVC's state database and git's index avoid
+re-reading unchanged files. A file whose size, mtime or inode moved is read and hashed again;
+the others cost one lookup, so a cached re-run of a million-file collection reads no image
+bytes. The memo only saves work: the key is still made from content hashes, and
+`dataset.verify=full` re-hashes every file (catching an edit that kept size and mtime).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lookalike.core.manifest import sha256_file
+from lookalike.core.progress import progress
+from lookalike.stages.dataset.listing import ListedFile, Listing
+
+MEMO_FILE = "content-hashes.sqlite"
+_COMMIT_EVERY = 20_000  # hashes written per transaction: an interrupted first run keeps its work
+# lookups without a memo file (no artifacts root given): kept for the life of the process
+_IN_PROCESS: dict[tuple[str, int, int, int], str] = {}
+
+
+@dataclass
+class HashedListing:
+    """The listing's files with their sha256, less the files that could not be read."""
+
+    files: list[ListedFile]
+    hashes: list[str]
+    unreadable: list[tuple[ListedFile, str]] = field(default_factory=list)
+    hashed: int = 0  # files read and hashed in this call
+    reused: int = 0  # files whose hash came from the memo
+    seconds: float = 0.0
+
+
+def memo_path(root: Path | str) -> Path:
+    """Where the memo of the artifacts root `root` lives."""
+    return Path(root) / "cache" / MEMO_FILE
+
+
+def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> HashedListing:
+    """sha256 of each file of `listing`, read only when the memo has no entry for its
+    (path, size, mtime_ns, inode), or for every file when `full`.
+
+    A file that vanished or became unreadable since it was listed is left out and returned in
+    `unreadable` with the reason, so a folder being synced does not stop the run.
+    """
+    start = time.perf_counter()
+    known = {} if full else _known(listing, memo)
+    todo = [f for f in listing.files if known.get(f.path) != (f.size, f.mtime_ns, f.inode)]
+    fresh: dict[str, str | None] = {}
+    reasons: dict[str, str] = {}
+    if todo:
+        with progress(len(todo), "dataset: hashing new or changed files", unit="file") as bar:
+            for chunk in _chunks(todo, _COMMIT_EVERY):
+                with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
+                    for file, (sha, reason) in zip(chunk, pool.map(_hash_one, chunk)):
+                        fresh[file.path] = sha
+                        if reason:
+                            reasons[file.path] = reason
+                        bar.update(1)
+                _remember([f for f in chunk if fresh[f.path]], fresh, memo)
+    result = HashedListing(files=[], hashes=[], hashed=len(todo), reused=len(listing.files) - len(todo))
+    for file in listing.files:
+        sha = fresh[file.path] if file.path in fresh else known[file.path + "\0sha"]
+        if sha is None:
+            result.unreadable.append((file, reasons[file.path]))
+            continue
+        result.files.append(file)
+        result.hashes.append(sha)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _hash_one(file: ListedFile) -> tuple[str | None, str | None]:
+    try:
+        return sha256_file(Path(file.path)), None
+    except FileNotFoundError:
+        return None, "vanished after it was listed"
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _connect(memo: Path) -> sqlite3.Connection:
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(memo, timeout=60)
+    db.execute("PRAGMA journal_mode=WAL")  # concurrent runs read while one writes
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+        "inode INTEGER, sha256 TEXT) WITHOUT ROWID"
+    )
+    return db
+
+
+def _known(listing: Listing, memo: Path | None) -> dict[str, object]:
+    """path -> (size, mtime_ns, inode), and path + '\\0sha' -> sha256, for the memo's files under the listing."""
+    known: dict[str, object] = {}
+    if memo is None:
+        for file in listing.files:
+            sha = _IN_PROCESS.get((file.path, file.size, file.mtime_ns, file.inode))
+            if sha:
+                known[file.path] = (file.size, file.mtime_ns, file.inode)
+                known[file.path + "\0sha"] = sha
+        return known
+    if not memo.exists():
+        return known
+    # One range scan over the listed folder's paths: the memo may hold other collections too.
+    low = os.fsencode(listing.root)
+    high = low + b"\xff"
+    with closing(_connect(memo)) as db:
+        rows = db.execute(
+            "SELECT path, size, mtime_ns, inode, sha256 FROM files WHERE path >= ? AND path <= ?", (low, high)
+        )
+        for path, size, mtime_ns, inode, sha in rows:
+            name = os.fsdecode(path)
+            known[name] = (size, mtime_ns, inode)
+            known[name + "\0sha"] = sha
+    return known
+
+
+def _remember(files: list[ListedFile], hashes: dict[str, str | None], memo: Path | None) -> None:
+    if memo is None:
+        for file in files:
+            _IN_PROCESS[(file.path, file.size, file.mtime_ns, file.inode)] = hashes[file.path]  # type: ignore[assignment]
+        return
+    if not files:
+        return
+    with closing(_connect(memo)) as db, db:
+        db.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+            [(os.fsencode(f.path), f.size, f.mtime_ns, f.inode, hashes[f.path]) for f in files],
+        )

@@ -1,0 +1,109 @@
+"""A local image folder read from its one listing, by `datasets`' own `imagefolder` conventions.
+
+`datasets.load_dataset(folder)` resolves its split patterns by globbing the whole tree once per
+candidate pattern: minutes per 10^5 files, before any image is read. Here the same decisions are
+taken by `datasets`' own functions (its split patterns and their order, the module inferred from
+file extensions, its ignored files and special folders) applied to the listing already in hand,
+and the rows are those `imagefolder` would give: each split's files in the order its patterns
+resolve them, the label from the parent folder's name when files sit at one depth under more than
+one folder. Folders it does not cover this way (tables, metadata files, a dataset card, a named
+config) return None and go through `datasets` as before.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lookalike.core.errors import path_text
+from lookalike.stages.dataset.listing import ListedFile, Listing
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """An image folder's splits (name -> its files, in row order) and its class names."""
+
+    splits: dict[str, list[ListedFile]]
+    label_names: list[str] | None  # None: no labels (one folder, or files at several depths)
+
+    def label_of(self, file: ListedFile) -> str | None:
+        return os.path.basename(os.path.dirname(file.path)) if self.label_names else None
+
+
+def read_image_folder(listing: Listing) -> ImageFolder | None:
+    """The folder's splits and labels as `imagefolder` infers them, or None when `datasets` must read it."""
+    from datasets.data_files import FILES_TO_IGNORE, _get_data_files_patterns
+    from datasets.load import infer_module_for_data_files_list
+    from datasets.packaged_modules import (
+        _ALL_ALLOWED_EXTENSIONS,
+        _ALL_METADATA_FILENAMES,
+        _MODULE_TO_EXTENSIONS,
+    )
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder as Builder
+
+    names = {file.rel.rsplit("/", 1)[-1] for file in listing.files}
+    top = {file.rel for file in listing.files if "/" not in file.rel}
+    if names & set(_ALL_METADATA_FILENAMES) or "README.md" in top or any(n.endswith((".yaml", ".yml")) for n in top):
+        return None  # metadata columns or a dataset card: datasets' own builder reads those
+    ignored = set(FILES_TO_IGNORE)
+
+    def resolve(pattern: str) -> list[ListedFile]:
+        regex = _regex(pattern)
+        return [
+            f
+            for f in listing.files
+            if regex.match(f.rel)
+            and f.rel.rsplit("/", 1)[-1] not in ignored
+            and not _inside_unrequested_special_dir(f.rel, pattern)
+        ]
+
+    try:
+        patterns = _get_data_files_patterns(resolve)
+    except FileNotFoundError:
+        return None  # nothing datasets would find: its own error message says so
+    keep = re.compile(".*(" + "|".join(re.escape(ext) for ext in _MODULE_TO_EXTENSIONS["imagefolder"]) + ")(\\..+)?$")
+    plain: dict[str, list[ListedFile]] = {}
+    odd: dict[str, list[ListedFile]] = {}
+    for split, split_patterns in patterns.items():
+        matched = [f for pattern in split_patterns for f in resolve(pattern)]
+        plain[str(split)] = [f for f in matched if _storable(f) and _allowed(f, _ALL_ALLOWED_EXTENSIONS)]
+        odd[str(split)] = [f for f in matched if not _storable(f)]
+    modules = {infer_module_for_data_files_list([f.path for f in files])[0] for files in plain.values() if files}
+    if modules != {"imagefolder"}:
+        return None
+    plain = {split: [f for f in files if keep.match(f.path)] for split, files in plain.items()}
+    labels: set[str] = set()
+    depths: set[int] = set()
+    for files in plain.values():
+        for f in files:
+            if os.path.splitext(f.path)[1].lower() in Builder.EXTENSIONS:
+                labels.add(os.path.basename(os.path.dirname(f.path)))
+                depths.add(f.path.count("/"))
+    # Names datasets cannot list or store (a newline, bytes that are not UTF-8) follow its rows,
+    # as lookalike has always appended them; the snapshot reads them by path like any other.
+    splits = {split: files + odd[split] for split, files in plain.items() if files or odd[split]}
+    return ImageFolder(splits, sorted(labels) if len(labels) > 1 and len(depths) == 1 else None)
+
+
+def _allowed(file: ListedFile, extensions: list[str]) -> bool:
+    return any("." + suffix in extensions for suffix in file.rel.rsplit("/", 1)[-1].split(".")[1:])
+
+
+def _storable(file: ListedFile) -> bool:
+    """Whether `datasets` can list and store this file name."""
+    return "\n" not in file.path and path_text(file.path) == file.path
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern:
+    from fsspec.utils import glob_translate
+
+    return re.compile(glob_translate(pattern))
+
+
+def _inside_unrequested_special_dir(rel: str, pattern: str) -> bool:
+    from datasets.data_files import _is_inside_unrequested_special_dir
+
+    return "/__" in "/" + rel.rsplit("/", 1)[0] and _is_inside_unrequested_special_dir(rel, pattern)
