@@ -24,7 +24,8 @@ from lookalike.core.progress import progress
 from lookalike.stages.dataset.listing import ListedFile, Listing
 
 MEMO_FILE = "content-hashes.sqlite"
-_COMMIT_EVERY = 20_000  # hashes written per transaction: an interrupted first run keeps its work
+_COMMIT_EVERY = 20_000
+_FILES_PER_TASK = 64  # hashes written per transaction: an interrupted first run keeps its work
 # lookups without a memo file (no artifacts root given): kept for the life of the process
 _IN_PROCESS: dict[tuple[str, int, int, int], str] = {}
 
@@ -61,12 +62,15 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
     if todo:
         with progress(len(todo), "dataset: hashing new or changed files", unit="file") as bar:
             for chunk in _chunks(todo, _COMMIT_EVERY):
+                # a task per batch of files: a future per 1 KB file costs more than hashing it
+                batches = list(_chunks(chunk, _FILES_PER_TASK))
                 with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
-                    for file, (sha, reason) in zip(chunk, pool.map(_hash_one, chunk)):
-                        fresh[file.path] = sha
-                        if reason:
-                            reasons[file.path] = reason
-                        bar.update(1)
+                    for batch, results in zip(batches, pool.map(_hash_batch, batches)):
+                        for file, (sha, reason) in zip(batch, results):
+                            fresh[file.path] = sha
+                            if reason:
+                                reasons[file.path] = reason
+                        bar.update(len(batch))
                 _remember([f for f in chunk if fresh[f.path]], fresh, memo)
     result = HashedListing(files=[], hashes=[], hashed=len(todo), reused=len(listing.files) - len(todo))
     for file in listing.files:
@@ -78,6 +82,10 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
         result.hashes.append(sha)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _hash_batch(files: list[ListedFile]) -> list[tuple[str | None, str | None]]:
+    return [_hash_one(file) for file in files]
 
 
 def _hash_one(file: ListedFile) -> tuple[str | None, str | None]:
