@@ -7,8 +7,9 @@
     GET  /api/images/{row}       a dataset image as PNG (the `image_url` of each hit)
     POST /api/reload             re-read the alias now (it is also polled)
 
-A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`, or a list of
-terms that must all hold: see `lookalike.core.filters`); hits carry each row's metadata.
+A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`, `or`, parentheses,
+quoted values, or a list of filters that must all hold: see `lookalike.core.filters`); hits carry
+each row's metadata.
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
 A field a request does not take (a misspelt `top_k`, an upload's `?k=` in the URL) is a 422, never
@@ -113,8 +114,9 @@ def validation_detail(errors: list[dict[str, Any]]) -> str:
 
 
 FILTER_HELP = (
-    "Only rows matching this filter: terms like label=Sneaker, label=Sneaker,Sandal, width>=64 or path~*/cats/*, "
-    "joined by 'and', or a list of terms that must all hold. Fields: the index's metadata (GET /api/index)."
+    "Only rows matching this filter: terms like label=Sneaker, label=Sneaker,Sandal, width>=64, path~*/cats/*, "
+    "joined by and / or (and binds first; parentheses group; quotes keep a value whole), or a list of filters "
+    "that must all hold. Fields: the index's metadata (GET /api/index)."
 )
 
 

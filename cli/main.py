@@ -493,9 +493,10 @@ def query(
         Optional[list[str]],
         typer.Option(
             "--where",
-            help="Only rows matching this filter, e.g. 'label=Sneaker,Sandal', 'width>=64', 'path~*/cats/*' "
-            "(terms joined by 'and'; repeat --where to add terms). Fields: row, label, path, split, width, "
-            "height, sha256 and dataset.metadata_columns.",
+            help="Only rows matching this filter, e.g. 'label=Sneaker,Sandal', 'width>=64', 'path~*/cats/*', "
+            "'label=Bag or (label=Sneaker and width>=64)' (terms joined by and / or, parentheses group, quotes keep "
+            "a value whole; repeat --where for filters that must all hold). Fields: row, label, path, split, "
+            "width, height, sha256 and dataset.metadata_columns.",
             show_default=False,
         ),
     ] = None,
@@ -550,8 +551,10 @@ def query(
     save_image(target, searcher.picture(picture_query, caption, found))
     if json_out:
         payload = {"neighbours": found, "picture": str(target), "index": searcher.chain.index.key}
-        if where:
-            payload["where"] = " and ".join(where)
+        if where:  # as read: `--where 'a=1 or b=2' --where c=3` is (a=1 or b=2) and c=3
+            from lookalike.core.filters import parse_filter
+
+            payload["where"] = str(parse_filter(where))
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         print_neighbours(Console(), caption, found)

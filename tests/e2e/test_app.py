@@ -148,6 +148,9 @@ def test_filters_and_batches_answer_like_single_searches_among_matching_rows(cli
     [
         ("/api/search", {"row": 0, "filter": "colour=red"}, "unknown filter field 'colour': this index has row, label"),
         ("/api/search", {"row": 0, "filter": "width>=big"}, "width holds numbers, and 'big' is not one"),
+        # never read as something else: refused in one line, and bounded before it is parsed
+        ("/api/search", {"row": 0, "filter": "label=Sneaker and"}, "it ends after 'and'; a term must follow"),
+        ("/api/search", {"row": 0, "filter": "label=" + "x" * 200_000}, "filter is 200,006 characters, over the"),
         ("/api/search/batch", {"queries": [{"row": 0}] * 65}, "queries: List should have at most 64 items"),
         ("/api/search/batch", {"queries": []}, "queries: List should have at least 1 item"),
         ("/api/search/batch", {"queries": [{"row": 0, "vector": [1.0]}]}, "exactly one of image_base64, row, vector"),
