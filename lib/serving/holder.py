@@ -25,7 +25,8 @@ from PIL import Image
 from lookalike.artifacts.aliases import ALIASES, Alias, alias_path, read_alias
 from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
 from lookalike.artifacts.shared_root import read_manifest
-from lookalike.core.errors import LookalikeError
+from lookalike.core.checks import BadValueError, whole_number
+from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.filters import Filter, FilterError, parse_filter
 from lookalike.core.graph import CHAIN, walk_chain
 from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
@@ -60,7 +61,7 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
     if ref.startswith("s3://"):
         return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
     folder = Path(ref).expanduser()
-    if (ref.startswith((".", "/", "~")) or "/" in ref) and folder.is_dir():  # <some root>/index/<key>
+    if (ref.startswith((".", "/", "~")) or "/" in ref) and _is_dir(folder):  # <some root>/index/<key>
         if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
             raise QueryError(
                 f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})", status=404
@@ -73,6 +74,13 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
     return Path(root), ref
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder; it is named as a reference
+        return False
+
+
 def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
     """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
     if is_stage_key(ref) and find_manifest(root, "index", ref) is not None:
@@ -83,7 +91,7 @@ def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
         path = None
     if path is None or not path.is_file():
         raise QueryError(
-            f"no index {ref!r} under {root}: give an alias (production, latest) or an index "
+            f"no index {brief(ref)} under {root}: give an alias (production, latest) or an index "
             "stage key (a folder name under index/)",
             status=404,
         )
@@ -242,8 +250,7 @@ class IndexHolder:
         the images (and rows' images) are embedded together in batches, then all of them are searched
         in one FAISS call."""
         searcher = self.searcher
-        check_k(k)
-        filter_ = _filter(where)
+        k, filter_ = check_k(k), check_filter(where)
         images = [row_image(searcher, q) if isinstance(q, int) else q for q in queries if not isinstance(q, list)]
         embedded = iter(searcher.embedder.embed_images(images)) if images else iter(())
         vectors = [_vector(searcher, q) if isinstance(q, list) else next(embedded) for q in queries]
@@ -257,7 +264,8 @@ class IndexHolder:
 Where = str | list[str] | Filter | None
 
 
-def _filter(where: Where) -> Filter:
+def check_filter(where: Where) -> Filter:
+    """The parsed filter, or a QueryError (422) saying why it cannot be read."""
     try:
         return where if isinstance(where, Filter) else parse_filter(where)
     except FilterError as exc:
@@ -284,8 +292,10 @@ def row_image(searcher: Searcher, row: int) -> Image.Image:
     return searcher.image_of_row(row)
 
 
-def check_k(k: int) -> int:
-    """k itself, or a QueryError saying the allowed range."""
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be between 1 and {MAX_K} (got {k})")
-    return k
+def check_k(k: object) -> int:
+    """k as an int (a numpy integer too), or a QueryError saying what k can be (a bool, a float or a
+    string is not a k: FAISS would refuse it, or read True as 1)."""
+    try:
+        return whole_number(k, "k", 1, MAX_K)
+    except BadValueError as exc:
+        raise QueryError(str(exc)) from None
