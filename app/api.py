@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from lookalike.core.errors import brief, one_line
+from lookalike.core.errors import brief, one_line, redact_urls
 from lookalike.core.names import MAX_K, TOP_K
 from lookalike.serving.holder import MAX_BATCH, IndexHolder, QueryError
 
@@ -233,7 +233,7 @@ def create_api(holder: IndexHolder) -> FastAPI:
 
     @api.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"detail": redact_urls(str(exc))}, status_code=exc.status)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
