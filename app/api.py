@@ -7,12 +7,15 @@
     GET  /api/images/{row}       a dataset image as PNG (the `image_url` of each hit)
     POST /api/reload             re-read the alias now (it is also polled)
 
-A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`, or a list of
-terms that must all hold: see `lookalike.core.filters`); hits carry each row's metadata.
+A `filter` keeps only the rows it matches (`label=Sneaker,Sandal and width>=64`, `or`, parentheses,
+quoted values, or a list of filters that must all hold: see `lookalike.core.filters`); hits carry
+each row's metadata.
 
 Every error is a 4xx with {"detail": "<one line naming the problem>"}; the server keeps running.
-A field a request does not take (a misspelt `top_k`, an upload's `?k=` in the URL) is a 422, never
-ignored. Responses are typed models, so the OpenAPI docs at /docs show each one.
+A field a request does not take (a misspelt `top_k`, an upload's `?k=` in the URL), or a form field
+given twice, is a 422, never ignored; `true` is not a row or a k. Uploaded images are decoded one at
+a time at the size the encoder takes, and the images of one request may decode to
+`IndexHolder.max_request_pixels` in all (4 images at the per-image limit; a 413 past it). Responses are typed models, so the OpenAPI docs at /docs show each one.
 JSON bodies must hold finite numbers: NaN, Infinity and numbers beyond float range are refused
 as they are parsed.
 """
@@ -32,10 +35,11 @@ from fastapi import Query as InQueryString
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
-from lookalike.core.errors import brief, one_line
+from lookalike.core.errors import brief, one_line, redact_urls
 from lookalike.core.names import MAX_K, TOP_K
 from lookalike.serving.holder import MAX_BATCH, IndexHolder, QueryError
 
@@ -113,8 +117,9 @@ def validation_detail(errors: list[dict[str, Any]]) -> str:
 
 
 FILTER_HELP = (
-    "Only rows matching this filter: terms like label=Sneaker, label=Sneaker,Sandal, width>=64 or path~*/cats/*, "
-    "joined by 'and', or a list of terms that must all hold. Fields: the index's metadata (GET /api/index)."
+    "Only rows matching this filter: terms like label=Sneaker, label=Sneaker,Sandal, width>=64, path~*/cats/*, "
+    "joined by and / or (and binds first; parentheses group; quotes keep a value whole), or a list of filters "
+    "that must all hold. Fields: the index's metadata (GET /api/index)."
 )
 
 
@@ -122,8 +127,9 @@ class Query(BaseModel):
     # finite numbers also when built in process, not parsed from JSON; an unknown (misspelt) field is a 422
     model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
     image_base64: Optional[str] = Field(None, description="An encoded image (PNG, JPEG, ...), base64.")
-    row: Optional[int] = Field(None, description="A dataset row id already in the index.")
-    vector: Optional[list[float]] = Field(None, description="A raw embedding of the index's dimension.")
+    # strict: JSON true is not row 1, nor "3" row 3 (the Python API refuses them too); a vector's ints are floats
+    row: Optional[StrictInt] = Field(None, description="A dataset row id already in the index.")
+    vector: Optional[list[StrictFloat]] = Field(None, description="A raw embedding of the index's dimension.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Query:
@@ -134,7 +140,7 @@ class Query(BaseModel):
 
 
 class SearchRequest(Query):
-    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours.")
+    k: StrictInt = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
@@ -143,7 +149,7 @@ class BatchSearchRequest(BaseModel):
     queries: list[Query] = Field(
         ..., min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} queries, answered in this order."
     )
-    k: int = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours for each query.")
+    k: StrictInt = Field(TOP_K, ge=1, le=MAX_K, description="How many neighbours for each query.")
     filter: Optional[str | list[str]] = Field(None, description=FILTER_HELP)
 
 
@@ -227,7 +233,7 @@ def create_api(holder: IndexHolder) -> FastAPI:
 
     @api.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"detail": redact_urls(str(exc))}, status_code=exc.status)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -245,13 +251,14 @@ def create_api(holder: IndexHolder) -> FastAPI:
         return IndexInfo(**holder.info())
 
     def query_of(query: Query):
-        """What `IndexHolder.search_many` takes for one query: an image, a row id or a vector."""
+        """What `IndexHolder.search_many` takes for one query: image bytes (decoded there, one at a time,
+        within the request's pixel budget), a row id or a vector."""
         if query.image_base64 is not None:
             try:
                 data = base64.b64decode(query.image_base64, validate=True)
             except (binascii.Error, ValueError):
                 raise QueryError("image_base64 is not valid base64", status=400) from None
-            return holder.decode(_limited(data))
+            return _limited(data)
         return query.row if query.row is not None else query.vector
 
     @router.post("/search")
@@ -272,6 +279,7 @@ def create_api(holder: IndexHolder) -> FastAPI:
         form: Annotated[UploadForm, Form(media_type="multipart/form-data")],
         _: Annotated[NoQueryParameters, InQueryString()],
     ) -> SearchResponse:
+        _refuse_repeated_fields(await request.form())  # parsed once: Starlette keeps it on the request
         data = await form.file.read(MAX_UPLOAD_BYTES + 1)
         # the forward pass runs in the thread pool, as sync routes do, never on the event loop
         return answer(request, await run_in_threadpool(holder.by_image_bytes, _limited(data), form.k, form.filter))
@@ -293,6 +301,16 @@ def create_api(holder: IndexHolder) -> FastAPI:
         return Health(ok=True, index=holder.info()["index"])
 
     return api
+
+
+def _refuse_repeated_fields(form: FormData) -> None:
+    """A form field given twice is a 422: the form model would keep one of them and drop the other
+    without a word (a second `filter` ignored, a second `file` never searched)."""
+    for name in form.keys():
+        count = len(form.getlist(name))
+        if count > 1:
+            also = "; join filter terms with 'and' or 'or' in one field" if name == "filter" else ""
+            raise QueryError(f"form field {brief(name)} is given {count} times: give it once{also}")
 
 
 def _limited(data: bytes) -> bytes:

@@ -248,8 +248,11 @@ def _warnings_as_lines() -> Iterator[None]:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    # escaped: a message's own brackets (pip install 'lookalike[serve]', a --set list) are text, not markup
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from lookalike.core.errors import redact_urls
+
+    # escaped: a message's own brackets (pip install 'lookalike[serve]', a --set list) are text, not markup;
+    # redacted: a server's URL (PREFECT_API_URL, an S3 endpoint) may carry a password
+    err.print(f"[bold red]error:[/] {escape(redact_urls(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -493,9 +496,10 @@ def query(
         Optional[list[str]],
         typer.Option(
             "--where",
-            help="Only rows matching this filter, e.g. 'label=Sneaker,Sandal', 'width>=64', 'path~*/cats/*' "
-            "(terms joined by 'and'; repeat --where to add terms). Fields: row, label, path, split, width, "
-            "height, sha256 and dataset.metadata_columns.",
+            help="Only rows matching this filter, e.g. 'label=Sneaker,Sandal', 'width>=64', 'path~*/cats/*', "
+            "'label=Bag or (label=Sneaker and width>=64)' (terms joined by and / or, parentheses group, quotes keep "
+            "a value whole; repeat --where for filters that must all hold). Fields: row, label, path, split, "
+            "width, height, sha256 and dataset.metadata_columns.",
             show_default=False,
         ),
     ] = None,
@@ -525,6 +529,7 @@ def query(
     many = jsonl or len(images) > 1 or any(path.is_dir() for path in images)
     if many and out:
         _fail("--out writes the picture of one query; several images are answered as JSON lines only", code=2)
+    _check_out(out)
     settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
     from lookalike.serving.query import Searcher
@@ -550,12 +555,27 @@ def query(
     save_image(target, searcher.picture(picture_query, caption, found))
     if json_out:
         payload = {"neighbours": found, "picture": str(target), "index": searcher.chain.index.key}
-        if where:
-            payload["where"] = " and ".join(where)
+        if where:  # as read: `--where 'a=1 or b=2' --where c=3` is (a=1 or b=2) and c=3
+            from lookalike.core.filters import parse_filter
+
+            payload["where"] = str(parse_filter(where))
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         print_neighbours(Console(), caption, found)
         Console().print(f"picture: {target}")
+
+
+def _check_out(out: Path | None) -> None:
+    """An --out picture goes into a folder that exists: a typo in its folder is refused before any
+    work, not made into new folders (the default place under the artifacts root is made as needed)."""
+    if out is None:
+        return
+    from lookalike.core.errors import brief
+
+    if out.is_dir():
+        _fail(f"--out {brief(str(out))} is a folder; give the picture's file name, e.g. {out / 'picture.png'}", code=2)
+    if not out.parent.is_dir():
+        _fail(f"--out {brief(str(out))}: no folder {brief(str(out.parent))}; create it first or pick another", code=2)
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
@@ -652,6 +672,7 @@ def duplicates(
 
     Exact: the same bytes. Near: within a threshold calibrated on augmented copies of the
     collection's own images. The index is the one built for the current settings, or --index."""
+    _check_out(out)
     settings, chain_of = _index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.duplicates import duplicates_picture, find_duplicates

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, redact_urls
 
 IMAGES_ADDED = "lookalike.images.added"
 
@@ -57,9 +57,11 @@ def send_images_added(dataset: str, split: str):
     try:
         asyncio.run(send())
     except Exception as exc:  # refused, unreachable, a proxy's error page: all mean the same to the user
-        raise LookalikeError(
-            f"could not reach the Prefect server at {api_url} ({type(exc).__name__}: {exc}); start it "
-            "(prefect server start) or correct PREFECT_API_URL"
+        raise LookalikeError(  # the URL (and the error, which may quote it) without its password
+            redact_urls(
+                f"could not reach the Prefect server at {api_url} ({type(exc).__name__}: {exc}); start it "
+                "(prefect server start) or correct PREFECT_API_URL"
+            )
         ) from None
     finally:
         quiet.setLevel(level)

@@ -28,8 +28,9 @@ if TYPE_CHECKING:  # heavy: imported when an index loads, not with `import looka
 
     from lookalike.serving.holder import IndexHolder
 
-# One query: an image, an image file, a dataset row id of the index, or a raw embedding (1-D array)
-Query = Union["Image.Image", str, Path, int, "np.ndarray"]
+# One query: an image, an image file, encoded image bytes, a dataset row id of the index, or a raw
+# embedding (1-D array of real numbers)
+Query = Union["Image.Image", str, Path, bytes, int, "np.ndarray"]
 
 __all__ = ["Index", "Neighbour", "RunSummary", "embed", "load", "run"]
 
@@ -215,7 +216,9 @@ class Index:
 
     def image(self, row: int) -> Image.Image:
         """The indexed dataset's image of a row id."""
-        return self._holder.image_of_row(row)
+        from lookalike.core.checks import whole_number
+
+        return self._holder.image_of_row(whole_number(row, "row"))
 
     def search(
         self, queries: Query | Iterable[Query], k: int = TOP_K, where: str | list[str] | None = None
@@ -223,8 +226,9 @@ class Index:
         """The k most similar rows, nearest first.
 
         Args:
-            queries: one query or many: PIL images, image file paths, dataset row ids of this index,
-                and raw embeddings (1-D arrays of `dim` values, or a 2-D array of them), mixed freely.
+            queries: one query or many: PIL images, image file paths, encoded image bytes (a PNG or
+                JPEG file's contents), dataset row ids of this index (ints or numpy integers), and raw
+                embeddings (1-D arrays of `dim` real numbers, or a 2-D array of them), mixed freely.
                 Images are decoded, and embedded together, in chunks of 256 through the inference
                 path of the embeddings stage.
             k: neighbours per query (1-100).
@@ -237,6 +241,9 @@ class Index:
             QueryError: an unreadable image, a row this index lacks, a vector of the wrong size, a
                 bad filter or k; the message names it.
         """
+        from lookalike.serving.holder import check_filter, check_k
+
+        k, where = check_k(k), check_filter(where)  # before any image is decoded
         single, items = _as_queries(queries)
         hits: list[list[Neighbour]] = []
         key = None
@@ -258,9 +265,11 @@ class Index:
         chunks = []
         for start in range(0, len(items), QUERY_CHUNK):
             decoded = [self._decoded(q) for q in items[start : start + QUERY_CHUNK]]
+            if any(isinstance(q, list) for q in decoded):
+                from lookalike.serving.holder import QueryError
+
+                raise QueryError("embed takes images, image files, image bytes or row ids, not vectors")
             pictures = [self.image(q) if isinstance(q, int) else q for q in decoded]
-            if any(isinstance(q, list) for q in pictures):
-                raise TypeError("embed takes images, image files or row ids, not vectors")
             chunks.append(searcher.embedder.embed_images(pictures))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
 
@@ -279,6 +288,7 @@ class Index:
         import numpy as np
         from PIL import Image
 
+        from lookalike.core.errors import brief
         from lookalike.serving.holder import QueryError
 
         if isinstance(query, Image.Image):
@@ -288,17 +298,28 @@ class Index:
         if isinstance(query, (int, np.integer)):
             return int(query)
         if isinstance(query, np.ndarray):
+            if query.ndim != 1 or query.dtype.kind not in "iuf":  # complex, object, text, bool: no vector
+                raise QueryError(
+                    f"a vector query is a 1-D array of real numbers, not a {query.ndim}-D array of {query.dtype}"
+                )
             return query.astype(np.float32).tolist()
+        if isinstance(query, (bytes, bytearray, memoryview)):  # a file's contents, never a list of row ids
+            return self._holder.decode(bytes(query))
         if isinstance(query, (str, Path)):
             path = Path(query).expanduser()
-            if not path.is_file():
-                raise QueryError(f"no such image file: {path}", status=404)
             try:
-                return self._holder.decode(path.read_bytes())
+                data = path.read_bytes()
+            except OSError as exc:  # missing, a folder, unreadable, a name too long to be a path
+                missing = isinstance(exc, (FileNotFoundError, IsADirectoryError))
+                why = "no such image file" if missing else f"cannot read image file ({exc.strerror or exc})"
+                raise QueryError(f"{why}: {brief(str(path))}", status=404 if missing else 400) from None
+            try:
+                return self._holder.decode(data)
             except QueryError as exc:
-                raise QueryError(f"{path}: {exc}", status=exc.status) from None
+                raise QueryError(f"{brief(str(path))}: {exc}", status=exc.status) from None
         raise QueryError(
-            f"not a query: {type(query).__name__}; give PIL images, image file paths, row ids or 1-D numpy vectors"
+            f"not a query: {type(query).__name__}; give PIL images, image file paths, image bytes, row ids "
+            "or 1-D numpy vectors"
         )
 
 
@@ -307,13 +328,16 @@ def _as_queries(queries: Any) -> tuple[bool, list]:
     import numpy as np
     from PIL import Image
 
+    from lookalike.serving.holder import QueryError
+
     if isinstance(queries, np.ndarray):
         if queries.ndim == 1:
             return True, [queries]
         if queries.ndim == 2:
             return False, list(queries)
-        raise ValueError(f"vectors must be 1-D or 2-D arrays, not {queries.ndim}-D")
-    if isinstance(queries, (Image.Image, str, Path, int, np.integer)) or not isinstance(queries, Iterable):
+        raise QueryError(f"vectors are a 1-D array (one) or a 2-D array (one per row), not a {queries.ndim}-D array")
+    one = (Image.Image, str, Path, bytes, bytearray, memoryview, int, np.integer)  # bytes: one encoded image
+    if isinstance(queries, one) or not isinstance(queries, Iterable):
         return True, [queries]  # one query (or a non-query, which _decoded names)
     return False, list(queries)
 

@@ -98,6 +98,47 @@ def test_a_bad_query_raises_one_line_naming_it(index, query, message):
     assert "\n" not in str(caught.value)
 
 
+WRONG_VALUES = {
+    "k float": (lambda i: i.search(i.rows[0], k=5.0), "k must be a whole number, between 1 and 100, not 5.0"),
+    "k bool": (lambda i: i.search(i.rows[0], k=True), "k must be a whole number.* not True"),
+    "k text": (lambda i: i.search(i.rows[0], k="5"), "k must be a whole number.* not '5'"),
+    "3-D": (lambda i: i.search(np.zeros((1, 1, i.dim), np.float32)), "not a 3-D array"),
+    "0-D": (lambda i: i.search(np.array(3.0)), "not a 0-D array"),
+    "object vector": (lambda i: i.search(np.array([object()] * i.dim)), "real numbers, not a 1-D array of object"),
+    "complex vector": (lambda i: i.search(np.ones(i.dim, complex)), "real numbers, not a 1-D array of complex128"),
+    "long path": (lambda i: i.search("x" * 100_000), r"cannot read image file .*\(100000 characters\)"),
+    "where int": (lambda i: i.search(i.rows[0], where=5), "a filter is a string or a list of strings, not 5"),
+    "embed vector": (lambda i: i.embed([np.zeros(i.dim, np.float32)]), "embed takes images.* not vectors"),
+    "image of True": (lambda i: i.image(True), "row must be a whole number, not True"),
+    "linkage": (lambda i: i.duplicates(linkage="bogus"), "linkage must be one of leader, components, not 'bogus'"),
+    "NaN threshold": (lambda i: i.duplicates(threshold=float("nan")), "threshold .* must be a finite number"),
+    "negative threshold": (lambda i: i.duplicates(threshold=-1), r"threshold \(a squared L2 distance.* at least 0"),
+    # bytes are the contents of an image file, never a list of row ids (b"\x07\x0e" was rows 7 and 14)
+    "bytes": (lambda i: i.search(bytes(i.rows[:2])), "not a usable image: not a recognised image format"),
+    "long reference": (lambda i: lookalike.load("x" * 10_000, artifacts_root=i.root), r"no index 'x+\.\.\. \(10000"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_VALUES)
+def test_a_wrong_value_anywhere_in_the_api_is_one_short_lookalike_error_line(index, name):
+    call, says = WRONG_VALUES[name]
+    with pytest.raises(lookalike.LookalikeError, match=says) as caught:
+        call(index)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_numpy_integers_are_ints_and_bytes_are_an_encoded_image(index):
+    import io
+
+    row = index.rows[3]
+    assert len(index.search(row, k=np.int64(3))) == 3 and index.search(np.int32(row), k=np.uint8(1))[0].row == row
+    buffer = io.BytesIO()
+    index.image(row).save(buffer, format="PNG")
+    assert index.search(buffer.getvalue(), k=1)[0].row == row  # one query, decoded
+    assert [hits[0].row for hits in index.search([bytearray(buffer.getvalue()), row], k=1)] == [row, row]
+    assert np.allclose(index.embed(buffer.getvalue()), index.embed([row]), atol=1e-5)
+
+
 def test_an_unreadable_image_file_is_named(index, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(lookalike.LookalikeError, match="broken.png"):

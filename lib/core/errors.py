@@ -10,6 +10,8 @@ import os
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# the user-info part of a URL: scheme://user:password@ (or scheme://token@)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*)(?P<password>:[^/\s@]*)?@")
 
 
 class LookalikeError(Exception):
@@ -39,3 +41,11 @@ def brief(value: object, limit: int = 80) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(value) if isinstance(value, (str, bytes)) else len(text)} characters)"
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the credentials of every URL in it hidden (`http://user:***@host`, `https://***@host`
+    for a bare token), so an error line that names a server never shows its password."""
+    return _URL_CREDENTIALS.sub(
+        lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] is not None else f"{m['scheme']}***@", text
+    )

@@ -25,16 +25,18 @@ from PIL import Image
 from lookalike.artifacts.aliases import ALIASES, Alias, alias_path, read_alias
 from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
 from lookalike.artifacts.shared_root import read_manifest
-from lookalike.core.errors import LookalikeError
+from lookalike.core.checks import BadValueError, whole_number
+from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.filters import Filter, FilterError, parse_filter
 from lookalike.core.graph import CHAIN, walk_chain
 from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
 from lookalike.core.names import MAX_K
 from lookalike.reporting.tracking import parse_wandb_ref
 from lookalike.serving.query import Chain, Searcher, alias_chain
-from lookalike.stages.dataset.images import decode_rgb
+from lookalike.stages.dataset.images import PixelBudget, PixelBudgetError
 
 MAX_BATCH = 64  # queries in one batch request: bounded, so one request cannot hold the server for long
+REQUEST_PIXELS_FACTOR = 4  # pixels one request may decode, in images at the per-image limit
 
 
 class QueryError(LookalikeError, ValueError):
@@ -60,7 +62,7 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
     if ref.startswith("s3://"):
         return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
     folder = Path(ref).expanduser()
-    if (ref.startswith((".", "/", "~")) or "/" in ref) and folder.is_dir():  # <some root>/index/<key>
+    if (ref.startswith((".", "/", "~")) or "/" in ref) and _is_dir(folder):  # <some root>/index/<key>
         if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
             raise QueryError(
                 f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})", status=404
@@ -73,6 +75,13 @@ def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tup
     return Path(root), ref
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder; it is named as a reference
+        return False
+
+
 def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
     """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
     if is_stage_key(ref) and find_manifest(root, "index", ref) is not None:
@@ -83,7 +92,7 @@ def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
         path = None
     if path is None or not path.is_file():
         raise QueryError(
-            f"no index {ref!r} under {root}: give an alias (production, latest) or an index "
+            f"no index {brief(ref)} under {root}: give an alias (production, latest) or an index "
             "stage key (a folder name under index/)",
             status=404,
         )
@@ -109,8 +118,12 @@ class IndexHolder:
         poll_seconds: float = 2.0,
         max_image_pixels: int = 40_000_000,
         endpoint_url: str | None = None,
+        max_request_pixels: int | None = None,
     ) -> None:
         self.ref, self.poll_seconds, self.max_image_pixels = ref, poll_seconds, max_image_pixels
+        # what the images of one request may decode to in all: a few images at the limit, or a batch of
+        # photos (JPEGs decode at a reduced scale); each is fitted to the input size before the next
+        self.max_request_pixels = max_request_pixels or REQUEST_PIXELS_FACTOR * max_image_pixels
         self.root, local_ref = localize(root, ref, endpoint_url)
         # An S3 alias URL is re-read from S3 on each check, so the server follows it as it moves.
         self._remote_alias = ref.startswith("s3://") and parse_ref_url(ref)[1] == ALIASES
@@ -211,12 +224,17 @@ class IndexHolder:
     # only matching rows are returned; a filter that cannot be read or names an unknown field is a 422.
 
     def by_image_bytes(self, data: bytes, k: int, where: Where = None) -> tuple[str, list[dict]]:
-        return self.by_image(self.decode(data), k, where)
+        key, hits = self.search_many([data], k, where)
+        return key, hits[0]
 
-    def decode(self, data: bytes) -> Image.Image:
-        """An uploaded image, or a QueryError saying why it cannot be used (413 for a pixel bomb)."""
+    def decode(self, data: bytes, budget: PixelBudget | None = None, searcher: Searcher | None = None) -> Image.Image:
+        """An uploaded image at the size the (given or current) searcher's encoder takes
+        (`Searcher.decode_query`), or a QueryError saying why it cannot be used (413 for a pixel bomb
+        or a request over its pixel budget)."""
         try:
-            return decode_rgb(data, self.max_image_pixels)
+            return (searcher or self.searcher).decode_query(data, self.max_image_pixels, budget)
+        except PixelBudgetError as exc:
+            raise QueryError(str(exc), status=413) from None
         except LookalikeError as exc:
             status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
             raise QueryError(f"not a usable image: {exc}", status=status) from None
@@ -237,14 +255,26 @@ class IndexHolder:
         key, hits = self.search_many([vector], k, where)
         return key, hits[0]
 
-    def search_many(self, queries: list[Image.Image | int | list[float]], k: int, where: Where = None):
-        """(index key, hits per query) for images, dataset row ids and raw vectors, in one searcher:
-        the images (and rows' images) are embedded together in batches, then all of them are searched
-        in one FAISS call."""
+    def search_many(self, queries: list[Image.Image | bytes | int | list[float]], k: int, where: Where = None):
+        """(index key, hits per query) for images, encoded image bytes, dataset row ids and raw vectors,
+        in one searcher: the images (and rows' images) are embedded together in batches, then all of
+        them are searched in one FAISS call.
+
+        Image bytes and rows are decoded one at a time and fitted to the encoder's input size at once,
+        so a request holds one full-size image at most; the bytes of one call may decode to
+        `max_request_pixels` in all (a 413 QueryError past that)."""
         searcher = self.searcher
-        check_k(k)
-        filter_ = _filter(where)
-        images = [row_image(searcher, q) if isinstance(q, int) else q for q in queries if not isinstance(q, list)]
+        k, filter_ = check_k(k), check_filter(where)
+        budget = PixelBudget(self.max_request_pixels)
+
+        def image_of(query: Image.Image | bytes | int) -> Image.Image:
+            if isinstance(query, bytes):
+                return self.decode(query, budget, searcher)
+            if isinstance(query, int):
+                return searcher.embedder.resize.fit(row_image(searcher, query))
+            return query
+
+        images = [image_of(q) for q in queries if not isinstance(q, list)]
         embedded = iter(searcher.embedder.embed_images(images)) if images else iter(())
         vectors = [_vector(searcher, q) if isinstance(q, list) else next(embedded) for q in queries]
         try:
@@ -257,7 +287,8 @@ class IndexHolder:
 Where = str | list[str] | Filter | None
 
 
-def _filter(where: Where) -> Filter:
+def check_filter(where: Where) -> Filter:
+    """The parsed filter, or a QueryError (422) saying why it cannot be read."""
     try:
         return where if isinstance(where, Filter) else parse_filter(where)
     except FilterError as exc:
@@ -284,8 +315,10 @@ def row_image(searcher: Searcher, row: int) -> Image.Image:
     return searcher.image_of_row(row)
 
 
-def check_k(k: int) -> int:
-    """k itself, or a QueryError saying the allowed range."""
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be between 1 and {MAX_K} (got {k})")
-    return k
+def check_k(k: object) -> int:
+    """k as an int (a numpy integer too), or a QueryError saying what k can be (a bool, a float or a
+    string is not a k: FAISS would refuse it, or read True as 1)."""
+    try:
+        return whole_number(k, "k", 1, MAX_K)
+    except BadValueError as exc:
+        raise QueryError(str(exc)) from None

@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from lookalike.core.checks import one_of, real_number
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
 from lookalike.stages.dataset.images import decode_snapshot_image
@@ -44,6 +45,12 @@ PICTURE = "duplicates.png"  # and the picture of its largest groups (only when t
 THUMBNAIL = 128
 KNN_FALLBACK = 20  # neighbours per row when the index type has no range search
 _BATCH = 1024
+
+
+LINKAGES = ("leader", "components")  # how rows within the threshold form groups (`near_groups`)
+# What a given threshold is, and the values it can take, by the index's metric
+THRESHOLD_UNITS = {"l2": "a squared L2 distance for this l2 index", "ip": "a cosine similarity for this ip index"}
+THRESHOLD_RANGE = {"l2": (0.0, None), "ip": (0.0, 1.0)}
 
 
 class DuplicatesError(LookalikeError, ValueError):
@@ -386,9 +393,12 @@ def find_duplicates(
         linkage: how rows within the threshold form groups (`near_groups`); "leader" keeps every member
             within the threshold of its group's first row.
     """
+    metric = index_manifest.stats["metric"]
+    linkage = one_of(linkage, "linkage", LINKAGES)
+    if threshold is not None:  # NaN would group nothing and -1 everything (or nothing), without a word
+        threshold = real_number(threshold, f"threshold ({THRESHOLD_UNITS[metric]})", *THRESHOLD_RANGE[metric])
     snapshot = open_snapshot(root, dataset)
     index = load_index(root, index_manifest)
-    metric = index_manifest.stats["metric"]
     raw, row_ids = load_embeddings(root, embeddings)
     vectors = prepare_vectors(raw, metric)
     exact = exact_groups(snapshot)

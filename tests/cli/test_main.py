@@ -45,3 +45,19 @@ def test_help_defaults_follow_the_settings_model_not_the_environment(monkeypatch
     assert "[default: (simclr; env: LOOKALIKE_ENCODER__METHOD)]" in result.stdout
     (top_k,) = [line for line in result.stdout.splitlines() if "--top-k" in line]
     assert f"[default: {TOP_K}]" in top_k  # the one default of the CLI, the HTTP API and the UI
+
+
+def test_duplicates_refuses_a_nan_or_negative_threshold_and_an_out_folder_that_is_not_there(tiny_chain, tmp_path):
+    (manifest,) = (tiny_chain / "index").glob("*/manifest.json")
+    given = ["duplicates", "--index", str(manifest.parent), "--artifacts-root", str(tmp_path / "artifacts")]
+    for threshold, says in [("nan", "must be a finite number"), ("-1", "must be at least 0.0, not -1.0")]:
+        result = CliRunner().invoke(app, [*given, "--threshold", threshold, "--json"])
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.stderr.startswith("error: threshold (a squared L2 distance for this l2 index) ")
+        assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    missing = tmp_path / "no" / "such" / "groups.png"
+    result = CliRunner().invoke(app, [*given, "--threshold", "0", "--out", str(missing)])
+    assert result.exit_code == 2 and f"no folder '{missing.parent}'; create it first" in result.stderr
+    assert not (tmp_path / "no").exists()
+    result = CliRunner().invoke(app, [*given, "--threshold", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder; give the picture's file name" in result.stderr

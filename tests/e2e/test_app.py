@@ -104,6 +104,10 @@ def test_the_three_query_kinds_agree_and_find_the_query_first(client):
         ({"image_base64": base64.b64encode(png_bytes(size=200)).decode(), "k": 3}, 413, "over the 10000 limit"),
         ({"row": 0, "k": 0}, 422, "greater than or equal to 1"),
         ({"row": 0, "vector": [1.0], "k": 2}, 422, "exactly one of image_base64, row, vector"),
+        # true is not 1, as in the Python API (it was row 1 and k 1)
+        ({"row": True, "k": 3}, 422, "row: Input should be a valid integer"),
+        ({"vector": [0.5] * DIM, "k": True}, 422, "k: Input should be a valid integer"),
+        ({"vector": [True] * DIM, "k": 3}, 422, "vector.0: Input should be a valid number"),
     ],
 )
 def test_bad_queries_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(client, body, status, says):
@@ -148,6 +152,9 @@ def test_filters_and_batches_answer_like_single_searches_among_matching_rows(cli
     [
         ("/api/search", {"row": 0, "filter": "colour=red"}, "unknown filter field 'colour': this index has row, label"),
         ("/api/search", {"row": 0, "filter": "width>=big"}, "width holds numbers, and 'big' is not one"),
+        # never read as something else: refused in one line, and bounded before it is parsed
+        ("/api/search", {"row": 0, "filter": "label=Sneaker and"}, "it ends after 'and'; a term must follow"),
+        ("/api/search", {"row": 0, "filter": "label=" + "x" * 200_000}, "filter is 200,006 characters, over the"),
         ("/api/search/batch", {"queries": [{"row": 0}] * 65}, "queries: List should have at most 64 items"),
         ("/api/search/batch", {"queries": []}, "queries: List should have at least 1 item"),
         ("/api/search/batch", {"queries": [{"row": 0, "vector": [1.0]}]}, "exactly one of image_base64, row, vector"),
@@ -174,6 +181,32 @@ def test_uploads_refuse_unknown_form_fields_and_query_parameters(client):
     assert misspelt.status_code == 422 and misspelt.json()["detail"].startswith("top_k: unknown field")
     in_url = c.post("/api/search/upload?k=2", files={"file": image})
     assert in_url.status_code == 422 and in_url.json()["detail"].startswith("query parameter k: unknown field")
+
+
+def test_uploads_refuse_a_form_field_given_twice(client):
+    """One of two `filter` parts was ignored, and one of two `file` parts never searched."""
+    c, holder = client
+    image = ("q.png", row_png(c, rows(holder)[0]), "image/png")
+    twice = c.post("/api/search/upload", files={"file": image}, data={"filter": ["label=Bag", "width>=1"]})
+    assert twice.status_code == 422, twice.text
+    assert twice.json()["detail"] == (
+        "form field 'filter' is given 2 times: give it once; join filter terms with 'and' or 'or' in one field"
+    )
+    two_files = c.post("/api/search/upload", files=[("file", image), ("file", image)])
+    assert two_files.status_code == 422 and two_files.json()["detail"].startswith("form field 'file' is given 2 times")
+
+
+def test_a_batch_whose_images_decode_past_the_pixel_budget_is_refused_in_one_line(client):
+    """The client's holder takes 10,000 pixels an image and 4x that a request: 60 images of 28x28
+    (47,040 pixels) are one too many, however small each is."""
+    c, holder = client
+    image = base64.b64encode(row_png(c, rows(holder)[0])).decode()
+    response = c.post("/api/search/batch", json={"queries": [{"image_base64": image}] * 60, "k": 1})
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == (
+        "the images of this request decode to more than 40,000 pixels in all; send fewer or smaller images per request"
+    )
+    assert c.post("/api/search/batch", json={"queries": [{"image_base64": image}] * 40, "k": 1}).status_code == 200
 
 
 def test_openapi_shows_the_typed_responses_and_the_upload_form(client):

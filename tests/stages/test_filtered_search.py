@@ -139,6 +139,27 @@ def test_a_filter_matching_5_percent_returns_k_matching_hits_equal_to_exact_sear
         assert recall >= 0.8, recall  # benchmarks/filtered_search.py records it on real collections
 
 
+@pytest.mark.parametrize("kind", ["flat-l2", "hnsw", "ivf-flat"])
+def test_or_and_parentheses_select_the_union_and_the_id_selector_returns_only_those_rows(chains, kind):
+    root, chain = chains[kind]
+    searcher = Searcher(root, chain)
+    first = searcher.metadata.table.column("label")[0].as_py()
+    assert len(searcher.allowed_rows(f"label!='{first}' or label='{first}'")) == N  # was read as one != value
+    where = "shard=3 or (shard>=18 and taken<2020-06-01)"
+    rows = lambda text: set(searcher.allowed_rows(text).tolist())  # noqa: E731
+    expected = rows("shard=3") | (rows("shard>=18") & rows("taken<2020-06-01"))
+    assert rows(where) == expected and rows("shard<3") == rows("(shard=1) OR shard=0,2")
+
+    from lookalike.stages.embeddings.shards import load_embeddings
+
+    raw, _ = load_embeddings(root, chain.embeddings)
+    queries = raw[::30]
+    hits = searcher.search_vectors(queries, 10, where=where)
+    assert all(len(h) == 10 and {hit["row"] for hit in h} <= expected for h in hits)
+    truth = _exact_among(root, searcher, queries, np.array(sorted(expected)), 10)
+    assert [[hit["row"] for hit in h] for h in hits] == truth.tolist()
+
+
 def test_hits_carry_the_metadata_stored_beside_the_index(chains):
     root, chain = chains["flat-l2"]
     assert any(f.path == METADATA_FILE for f in chain.index.files)  # covered by the manifest's sha256

@@ -66,3 +66,17 @@ def test_decompression_bomb_is_refused_before_decoding():
     data = encode(Image.new("L", (4000, 4000)))
     with pytest.raises(UnreadableImage, match="decompression bomb"):
         decode_rgb(data, max_pixels=1_000_000)
+
+
+def test_a_jpeg_drafted_to_a_size_decodes_at_the_smallest_scale_that_keeps_it_and_spends_that_on_the_budget():
+    from lookalike.stages.dataset import images
+
+    jpeg = encode(Image.linear_gradient("L").resize((4000, 3000)).convert("RGB"), "JPEG")
+    budget = images.PixelBudget(10**9)
+    assert decode_rgb(jpeg, 40_000_000, draft_to=400, budget=budget).size == (1000, 750)  # 1/4: 1/8 is < 400 high
+    assert budget.spent == 1000 * 750
+    png = encode(Image.new("L", (400, 300)))  # no reduced decoding: full size
+    assert decode_rgb(png, LIMIT, draft_to=32, budget=budget).size == (400, 300)
+    assert budget.spent == 1000 * 750 + 400 * 300
+    with pytest.raises(images.PixelBudgetError, match="decode to more than 1,000 pixels in all"):
+        decode_rgb(png, LIMIT, budget=images.PixelBudget(1_000))  # refused before its pixels are decoded

@@ -14,15 +14,45 @@ class UnreadableImage(LookalikeError, ValueError):
     """An image that cannot be decoded; the message is the reason shown to users."""
 
 
-def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+class PixelBudgetError(LookalikeError, ValueError):
+    """The images of one request would decode to more pixels than it may decode in all."""
+
+
+class PixelBudget:
+    """The pixels a group of decodes (one HTTP request) may decode in all, counted as they are
+    decoded (after JPEG draft), so one request cannot take the server's time or memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.spent = limit, 0
+
+    def spend(self, width: int, height: int) -> None:
+        if self.spent + width * height > self.limit:
+            raise PixelBudgetError(
+                f"the images of this request decode to more than {self.limit:,} pixels in all; "
+                "send fewer or smaller images per request"
+            )
+        self.spent += width * height
+
+
+def decode_rgb(
+    data: bytes, max_pixels: int, *, draft_to: int | None = None, budget: PixelBudget | None = None
+) -> Image.Image:
     """Decode encoded image bytes into an RGB PIL image.
 
     EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images
     become RGB (alpha composited on white). Images declaring more than `max_pixels`
     are refused before their pixels are decoded, so a decompression bomb costs nothing.
 
+    Args:
+        draft_to: decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
+            least this long (PIL's draft mode: less time and memory, no full-size copy); other
+            formats decode at full size.
+        budget: counts the pixels decoded (after draft) and refuses, before decoding, an image that
+            would take it past its limit.
+
     Raises:
         UnreadableImage: with a short reason (empty, not an image, truncated, too large).
+        PixelBudgetError: the image would exceed `budget`.
     """
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
@@ -35,8 +65,12 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
                 raise UnreadableImage(
                     f"declares {width}x{height} pixels, over the {max_pixels} limit (possible decompression bomb)"
                 )
+            if draft_to:
+                img.draft(None, (draft_to, draft_to))  # a no-op for formats without reduced decoding
+            if budget is not None:
+                budget.spend(*img.size)
             img.load()
-    except UnreadableImage:
+    except (UnreadableImage, PixelBudgetError):
         raise
     except UnidentifiedImageError:
         raise UnreadableImage("not a recognised image format") from None

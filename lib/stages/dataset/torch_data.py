@@ -80,8 +80,11 @@ class ResizeToTensor:
         self.size = size
 
     def __call__(self, image) -> torch.Tensor:
-        fitted = ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy())
+        return torch.from_numpy(np.asarray(self.fit(image), dtype=np.uint8).copy())
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image center-fitted to size x size; fitting a fitted image again changes nothing."""
+        return ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
 
 
 def seed_everything(seed: int) -> torch.Generator:

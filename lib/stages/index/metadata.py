@@ -11,8 +11,8 @@ one row per indexed image, in the snapshot's order:
     sha256   the encoded image's content hash (exact duplicates share it)
     ...      the dataset's `metadata_columns`, as the source typed them
 
-`Metadata.rows(filter)` evaluates a `lookalike.core.filters` filter with Arrow compute and
-gives the matching row ids, which `lookalike.stages.index.factory.search` turns into a FAISS
+`Metadata.rows(filter)` evaluates a `lookalike.core.filters` filter with Arrow compute (a mask
+per term, combined as its `and`/`or` tree says) and gives the matching row ids, which `lookalike.stages.index.factory.search` turns into a FAISS
 ID selector. Indexes built before this file existed get the same table from their snapshot
 (`Metadata.of_chain`), so old indexes filter too.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import functools
 import io
 from collections import OrderedDict
 from pathlib import Path
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from lookalike.core.filters import Filter, FilterError, Term, check_fields
+from lookalike.core.filters import AllOf, Filter, FilterError, Node, Term, check_fields
 from lookalike.core.manifest import Manifest, atomic_path, verified_path
 
 METADATA_FILE = "metadata.parquet"
@@ -92,7 +93,7 @@ class Metadata:
         self.table = table
         self.row_ids = table.column("row").to_numpy()
         self.position = {int(r): i for i, r in enumerate(self.row_ids)}
-        self._rows_of: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._rows_of: OrderedDict[Filter, np.ndarray] = OrderedDict()
 
     @classmethod
     def of_chain(cls, root: Path, index: Manifest, dataset: Manifest, snapshot) -> Metadata:
@@ -112,20 +113,25 @@ class Metadata:
         return {name: _plain(self.table.column(name)[position].as_py()) for name in self.table.column_names}
 
     def rows(self, filter_: Filter) -> np.ndarray:
-        """Row ids (int64, ascending) of the rows matching every term; a few recent filters are cached."""
-        text = str(filter_)
-        if text in self._rows_of:
-            self._rows_of.move_to_end(text)
-            return self._rows_of[text]
+        """Row ids (int64, ascending) of the rows the filter matches (every row for an empty one);
+        a few recent filters are cached."""
+        if filter_ in self._rows_of:
+            self._rows_of.move_to_end(filter_)
+            return self._rows_of[filter_]
         check_fields(filter_, self.columns)
-        mask = np.ones(len(self.row_ids), dtype=bool)
-        for term in filter_.terms:
-            mask &= self._matches(term)
+        mask = self._mask(filter_.root) if filter_ else np.ones(len(self.row_ids), dtype=bool)
         rows = np.sort(self.row_ids[mask]).astype(np.int64)
-        self._rows_of[text] = rows
+        self._rows_of[filter_] = rows
         if len(self._rows_of) > _CACHED_FILTERS:
             self._rows_of.popitem(last=False)
         return rows
+
+    def _mask(self, node: Node) -> np.ndarray:
+        """Which rows `node` matches; nesting is bounded by the parser (MAX_FILTER_DEPTH)."""
+        if isinstance(node, Term):
+            return self._matches(node)
+        combine = np.logical_and if isinstance(node, AllOf) else np.logical_or
+        return functools.reduce(combine, (self._mask(part) for part in node.parts))
 
     def _matches(self, term: Term) -> np.ndarray:
         column = self.table.column(term.field)
