@@ -115,7 +115,12 @@ class DatasetSettings(Section):
         "inode changed since the last run (the content-hash memo in the artifacts root); full re-reads and hashes "
         "every file.",
     )
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction", "verify"})
+    num_workers: NonNegativeInt | Auto = Field(
+        "auto",
+        description="Processes that read, hash and test-decode images while the snapshot is taken (0: in this "
+        "process); auto: every core available, once there are at least 2,048 images.",
+    )
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"max_unreadable_fraction", "verify", "num_workers"})
     # the metadata every index stores anyway, and the snapshot's own columns: not names a column can take
     RESERVED: ClassVar[frozenset[str]] = frozenset(
         {"row", "row_id", "label", "path", "split", "width", "height", "sha256", "image"}

@@ -34,6 +34,7 @@ CHANGES = {
     "dataset.max_image_pixels": 1000,
     "dataset.max_unreadable_fraction": 0.5,
     "dataset.verify": "full",
+    "dataset.num_workers": 0,
     "dataset.metadata_columns": "year",
     "encoder.method": "dino",
     "encoder.backbone": "resnet-18",

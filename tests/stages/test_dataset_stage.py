@@ -119,3 +119,17 @@ def test_key_follows_content_not_paths_or_mtimes(tmp_path):
     assert dataset_key(DatasetSettings(source=str(moved)))[0] == key
     make_png(moved / "cats" / "0.png", 99)
     assert dataset_key(DatasetSettings(source=str(moved)))[0] != key
+
+
+def test_worker_processes_take_the_same_snapshot_as_one_process(tmp_path):
+    folder = folder_dataset(tmp_path)
+    (folder / "cats" / "broken.png").write_bytes((folder / "cats" / "0.png").read_bytes()[:40])  # truncated
+    (folder / "dogs" / "empty.png").write_bytes(b"")
+    snapshots = {}
+    for workers in (0, 2):
+        section = DatasetSettings(source=str(folder), num_workers=workers, max_unreadable_fraction=0.5)
+        result = run_dataset_stage(section, tmp_path / f"root-{workers}")
+        snapshot = open_snapshot(tmp_path / f"root-{workers}", result.manifest)
+        snapshots[workers] = (result.manifest.files, result.manifest.stats["skipped"], snapshot["sha256"])
+    assert snapshots[0] == snapshots[2]
+    assert [s["reason"] for s in snapshots[2][1]] == ["not a recognised image format", "empty file (0 bytes)"]

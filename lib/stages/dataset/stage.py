@@ -8,8 +8,12 @@ Downstream stages read only this snapshot, so what was hashed is what gets embed
 
 from __future__ import annotations
 
-import hashlib
+import multiprocessing
 import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.progress import progress
 from lookalike.core.settings import DatasetSettings
-from lookalike.stages.dataset.images import UnreadableImage, decode_rgb
+from lookalike.stages.dataset.images import check_images
 from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.stages.dataset.profile import profile_images
 from lookalike.stages.dataset.sources import (
@@ -37,6 +41,7 @@ STAGE = "dataset"
 SNAPSHOT = "images.arrow"
 LISTED_SKIPS = 200
 _BATCH = 512
+_POOL_MIN_IMAGES = 4 * _BATCH  # fewer: starting worker processes costs more than it saves
 
 
 def dataset_key(section: DatasetSettings, root: Path | str | None = None) -> tuple[str, Source, str]:
@@ -110,37 +115,26 @@ def _snapshot(
     out = folder / SNAPSHOT
     tmp = folder / f".{SNAPSHOT}.tmp"
     writer = ArrowWriter(features=Features(columns), path=str(tmp))
+    workers = check_workers(section, total)
     try:
-        with progress(total, "dataset: checking images", unit="img") as bar:
-            for start in range(0, total, _BATCH):
-                batch = ds[start : start + _BATCH]
+        with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
+            for start, batch, checked in _checked_batches(ds, section, keyed, names is not None, pool, workers):
                 kept: dict[str, list] = {name: [] for name in columns}
-                for offset, image in enumerate(batch[section.image_column]):
+                for offset, (image, result) in enumerate(zip(batch[section.image_column], checked)):
                     row_id = int(row_ids[start + offset])
-                    data, path, reason = _image_bytes(image)
+                    path = image.get("path") if image else None
                     label = batch[section.label_column][offset] if names else None
+                    reason = result.reason
                     if names and label is None:  # e.g. a file whose class folder datasets could not name
                         reason = "no label: its class folder or label value is missing"
-                    if reason is None:
-                        sha = hashlib.sha256(data).hexdigest()
-                        if keyed is not None and keyed.get(path, sha) != sha:
-                            reason = (
-                                "changed after it was listed (its content is not the one the dataset key names); "
-                                "run again to take the new content (--set dataset.verify=full if size and mtime stayed)"
-                            )
-                    if reason is None:
-                        try:
-                            decode_rgb(data, section.max_image_pixels)
-                        except UnreadableImage as exc:
-                            reason = str(exc)
                     if reason is not None:
                         skipped.append({"row_id": row_id, "path": path, "reason": reason})
                         if len(skipped) > max_skips:
                             raise DatasetError(_too_many_unreadable(skipped, total, section))
                         continue
                     kept["row_id"].append(row_id)
-                    kept["image"].append({"bytes": data, "path": path})
-                    kept["sha256"].append(sha)
+                    kept["image"].append({"bytes": result.data, "path": path})
+                    kept["sha256"].append(result.sha256)
                     if names:
                         kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
                     for name in extra:
@@ -148,7 +142,7 @@ def _snapshot(
                 n_kept += len(kept["row_id"])
                 if kept["row_id"]:
                     writer.write_batch(kept)
-                bar.update(len(batch[section.image_column]))
+                bar.update(len(checked))
         writer.finalize()
     finally:
         writer.close()
@@ -197,17 +191,55 @@ def _metadata_features(ds, section: DatasetSettings, source: Source) -> dict[str
     return features
 
 
-def _image_bytes(image: dict[str, Any] | None) -> tuple[bytes, str | None, str | None]:
-    """(encoded bytes, original path, skip reason) for an undecoded `datasets` image."""
-    if image is None:
-        return b"", None, "missing image (null)"
-    data, path = image.get("bytes"), image.get("path")
-    if data is None and path:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return b"", path, f"cannot read file: {exc.strerror or exc}"
-    return data or b"", path, None if data else "empty file (0 bytes)"
+def check_workers(section: DatasetSettings, total: int) -> int:
+    """Processes that read, hash and test-decode images: `dataset.num_workers`, or with auto every
+    core this process may use, once there are enough images to repay starting them."""
+    if section.num_workers != "auto":
+        return int(section.num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 and total >= _POOL_MIN_IMAGES else 0
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    if workers == 0:
+        yield None
+        return
+    # spawn: the run may hold threads (Prefect, W&B) that fork would copy mid-lock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int):
+    """(start, rows, [Checked]) for each batch of the split, in order; with a pool, at most two
+    batches per worker in flight, so memory stays bounded whatever the collection's size."""
+
+    def items(batch) -> list:
+        out = []
+        for offset, image in enumerate(batch[section.image_column]):
+            if labelled and batch[section.label_column][offset] is None:
+                out.append((None, None, section.max_image_pixels))  # skipped for its label: not read
+                continue
+            path = image.get("path") if image else None
+            out.append((image, keyed.get(path) if keyed and path else None, section.max_image_pixels))
+        return out
+
+    starts = range(0, len(ds), _BATCH)
+    if pool is None:
+        for start in starts:
+            batch = ds[start : start + _BATCH]
+            yield start, batch, check_images(items(batch))
+        return
+    pending: deque = deque()
+    for start in starts:
+        batch = ds[start : start + _BATCH]
+        pending.append((start, batch, pool.submit(check_images, items(batch))))
+        if len(pending) >= 2 * workers:
+            first, rows, future = pending.popleft()
+            yield first, rows, future.result()
+    while pending:
+        first, rows, future = pending.popleft()
+        yield first, rows, future.result()
 
 
 def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: DatasetSettings) -> str:
