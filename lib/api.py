@@ -257,7 +257,10 @@ class Index:
         return hits[0] if single else hits
 
     def embed(self, images: Query | Iterable[Query]) -> np.ndarray:
-        """(n, dim) float32 vectors of images, image files or row ids, as this index stores them."""
+        """(n, dim) float32 vectors of images, image files, image bytes or row ids, as this index stores
+        them. Files and bytes are decoded at the size the encoder takes, one at a time: a JPEG more than
+        twice that size at a reduced scale (JPEG draft), so its vector can differ slightly from a
+        full-size decode's."""
         import numpy as np
 
         _, items = _as_queries(images)
