@@ -1,8 +1,9 @@
 """sha256 of every listed file, computed only for files that are new or changed since the last run.
 
-The memo maps (path, size, mtime_ns, inode) to the sha256 last computed for that file, in one
-SQLite file under the artifacts root, the way DVC's state database and git's index avoid
-re-reading unchanged files. A file whose size, mtime or inode moved is read and hashed again;
+The memo maps a file's path and stamp (size, mtime_ns and inode on a disk; size and ETag in a
+bucket) to the sha256 last computed for it, in one SQLite file under the artifacts root, the way
+DVC's state database and git's index avoid re-reading unchanged files. A file whose stamp moved is
+read and hashed again;
 the others cost one lookup, so a cached re-run of a million-file collection reads no image
 bytes. The memo only saves work: the key is still made from content hashes, and
 `dataset.verify=full` re-hashes every file (catching an edit that kept size and mtime).
@@ -27,7 +28,7 @@ MEMO_FILE = "content-hashes.sqlite"
 _COMMIT_EVERY = 20_000
 _FILES_PER_TASK = 64  # hashes written per transaction: an interrupted first run keeps its work
 # lookups without a memo file (no artifacts root given): kept for the life of the process
-_IN_PROCESS: dict[tuple[str, int, int, int], str] = {}
+_IN_PROCESS: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -56,7 +57,7 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
     """
     start = time.perf_counter()
     known = {} if full else _known(listing, memo)
-    todo = [f for f in listing.files if known.get(f.path) != (f.size, f.mtime_ns, f.inode)]
+    todo = [f for f in listing.files if known.get(f.path) != f.stamp]
     fresh: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
     if todo:
@@ -106,21 +107,18 @@ def _connect(memo: Path) -> sqlite3.Connection:
     memo.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(memo, timeout=60)
     db.execute("PRAGMA journal_mode=WAL")  # concurrent runs read while one writes
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-        "inode INTEGER, sha256 TEXT) WITHOUT ROWID"
-    )
+    db.execute("CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, stamp TEXT, sha256 TEXT) WITHOUT ROWID")
     return db
 
 
-def _known(listing: Listing, memo: Path | None) -> dict[str, object]:
-    """path -> (size, mtime_ns, inode), and path + '\\0sha' -> sha256, for the memo's files under the listing."""
-    known: dict[str, object] = {}
+def _known(listing: Listing, memo: Path | None) -> dict[str, str]:
+    """path -> stamp, and path + '\\0sha' -> sha256, for the memo's files under the listing."""
+    known: dict[str, str] = {}
     if memo is None:
         for file in listing.files:
-            sha = _IN_PROCESS.get((file.path, file.size, file.mtime_ns, file.inode))
+            sha = _IN_PROCESS.get((file.path, file.stamp))
             if sha:
-                known[file.path] = (file.size, file.mtime_ns, file.inode)
+                known[file.path] = file.stamp
                 known[file.path + "\0sha"] = sha
         return known
     if not memo.exists():
@@ -129,12 +127,10 @@ def _known(listing: Listing, memo: Path | None) -> dict[str, object]:
     low = os.fsencode(listing.root)
     high = low + b"\xff"
     with closing(_connect(memo)) as db:
-        rows = db.execute(
-            "SELECT path, size, mtime_ns, inode, sha256 FROM files WHERE path >= ? AND path <= ?", (low, high)
-        )
-        for path, size, mtime_ns, inode, sha in rows:
+        rows = db.execute("SELECT path, stamp, sha256 FROM files WHERE path >= ? AND path <= ?", (low, high))
+        for path, stamp, sha in rows:
             name = os.fsdecode(path)
-            known[name] = (size, mtime_ns, inode)
+            known[name] = stamp
             known[name + "\0sha"] = sha
     return known
 
@@ -142,12 +138,12 @@ def _known(listing: Listing, memo: Path | None) -> dict[str, object]:
 def _remember(files: list[ListedFile], hashes: dict[str, str | None], memo: Path | None) -> None:
     if memo is None:
         for file in files:
-            _IN_PROCESS[(file.path, file.size, file.mtime_ns, file.inode)] = hashes[file.path]  # type: ignore[assignment]
+            _IN_PROCESS[(file.path, file.stamp)] = hashes[file.path]  # type: ignore[assignment]
         return
     if not files:
         return
     with closing(_connect(memo)) as db, db:
         db.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-            [(os.fsencode(f.path), f.size, f.mtime_ns, f.inode, hashes[f.path]) for f in files],
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
+            [(os.fsencode(f.path), f.stamp, hashes[f.path]) for f in files],
         )

@@ -30,6 +30,12 @@ class ListedFile:
     size: int
     mtime_ns: int
     inode: int
+    etag: str = ""  # an object in a bucket: its ETag (changes with its content; inode is 0)
+
+    @property
+    def stamp(self) -> str:
+        """What the content-hash memo compares: a file whose stamp is unchanged has unchanged content."""
+        return f"{self.size}:{self.etag}" if self.etag else f"{self.size}:{self.mtime_ns}:{self.inode}"
 
 
 @dataclass(frozen=True)
