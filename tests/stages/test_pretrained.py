@@ -166,6 +166,44 @@ def test_init_from_a_save_pretrained_folder_builds_a_vit_that_embeds_and_is_pinn
         )
 
 
+@pytest.mark.parametrize(
+    ("config", "refusal"),
+    [
+        ({"model_type": "evilnet", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}, "custom code"),
+        ({"model_type": "dinov2", "auto_map": {"AutoModel": "configuration_evil.EvilModel"}}, "custom code"),
+        ({"model_type": "evilnet"}, "model_type 'evilnet', which transformers"),
+    ],
+)
+def test_an_init_folder_with_code_of_its_own_is_refused_in_one_line_and_never_asked_about(
+    root, tmp_path, monkeypatch, capsys, config, refusal
+):
+    import json
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code-ran"
+    for module in ("configuration_evil.py", "modeling_evil.py"):
+        (folder / module).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    # the same files as a hub model in the Hugging Face cache (refs/main -> snapshots/<commit>/)
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hf" / "hub" / "models--someone--custom"
+    shutil.copytree(folder, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("builtins.input", lambda *_: "y")  # whoever is asked says yes
+    for reference in (str(folder), f"hf:{folder}", "hf:someone/custom"):
+        with pytest.raises(InitError) as caught:
+            read_init(reference, root, "resnet-9", "auto")
+        message = str(caught.value)
+        assert refusal in message and "lookalike never runs code from an init or teacher" in message
+        assert "\n" not in message
+    assert not marker.exists()
+    assert capsys.readouterr().out == ""  # no "Do you wish to run the custom code? [y/N]"
+
+
 def test_timm_and_torchvision_read_their_own_caches_offline(root, tmp_path, monkeypatch):
     import timm
     import torchvision

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.extras import import_extra
 from lookalike.core.manifest import find_manifest, is_stage_key, verified_path
 from lookalike.stages.encoder.backbones import build_backbone, with_pooling
@@ -274,13 +274,23 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 def _from_hf(reference: str, name: str, root: Path) -> Init:
     transformers = import_extra("transformers", f"init {reference!r}")
     local = True
+    # trust_remote_code=False everywhere: never run an init's code, and never ask (transformers' prompt
+    # prints, and waits, when it is left unset); _refuse_custom_code says why in one line before that
     try:  # a folder, or the hub's local cache: no network
-        model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
+        _refuse_custom_code(reference, _hf_config_file(name, local_files_only=True))
+        model = transformers.AutoModel.from_pretrained(name, local_files_only=True, trust_remote_code=False)
+    except InitError:
+        raise
     except OSError:
         _require_hub(reference, name)
         local = False
         try:
-            model = transformers.AutoModel.from_pretrained(name)
+            config_file = _hf_config_file(name, local_files_only=False)
+        except Exception as exc:  # OSError (not on the hub, no access)
+            raise _unreachable(reference, name, exc) from None
+        _refuse_custom_code(reference, config_file)
+        try:
+            model = transformers.AutoModel.from_pretrained(name, trust_remote_code=False)
         except Exception as exc:  # OSError (not on the hub, no access), ValueError (unknown model type)
             raise _unreachable(reference, name, exc) from None
     except ValueError as exc:  # a config of a model type this transformers does not know
@@ -288,7 +298,9 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
     config = model.config.to_dict()
     mean, std = IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=local)
+        processor = transformers.AutoImageProcessor.from_pretrained(
+            name, local_files_only=local, trust_remote_code=False
+        )
         mean, std = processor.image_mean, processor.image_std
     except Exception:  # no preprocessor_config.json: ImageNet statistics, what DINOv2 and most ViTs use
         pass
@@ -305,6 +317,44 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
         carries_architecture=True,
         state_dict={f"model.{k}": v for k, v in model.state_dict().items()},
     )
+
+
+def _hf_config_file(name: str, local_files_only: bool) -> Path:
+    """The config.json of a save_pretrained folder or hub model (OSError: not there, or not cached)."""
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser() / "config.json"
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(name, "config.json", local_files_only=local_files_only))
+
+
+def _refuse_custom_code(reference: str, config_file: Path) -> None:
+    """Refuse a model whose config maps to code of its own (`auto_map`) or names a model type this
+    transformers does not know (only code shipped with the model could build it)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    text = config_file.read_text(encoding="utf-8", errors="replace")  # OSError: not there (the caller asks the hub)
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise InitError(f"init {reference!r}: {config_file} is not valid JSON ({brief_error(exc)})") from None
+    if not isinstance(config, dict):
+        raise InitError(f"init {reference!r}: {config_file} is not a JSON object")
+    never = "lookalike never runs code from an init or teacher"
+    if config.get("auto_map"):
+        raise InitError(
+            f"init {reference!r}: its config.json maps to custom code (auto_map {brief(config['auto_map'], 120)}); "
+            f"{never}: use a "
+            "model of a type transformers ships, or pass its state dict as encoder.init with encoder.backbone"
+        )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise InitError(
+            f"init {reference!r}: its config.json names model_type {brief(model_type)}, which transformers "
+            f"{transformers.__version__} does not know; {never}: use a model of a type transformers ships (or a "
+            "newer transformers), or pass its state dict as encoder.init with encoder.backbone"
+        )
 
 
 def _from_path(reference: str, path: Path, backbone: str, width: float | str) -> Init:
