@@ -222,6 +222,23 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
         load_encoder_file(path)
 
 
+def test_an_encoder_manifest_whose_settings_do_not_load_names_the_folder_to_delete(encoder, root):
+    """A manifest an older version wrote with "lr": null (from encoder.lr=inf) failed every later run
+    as a crash that said to run the same command again."""
+    from lookalike.core.manifest import find_manifest
+    from lookalike.stages.encoder.training import starting_point
+
+    path = stage_dir(root, "encoder", encoder.key) / MANIFEST
+    data = json.loads(path.read_text())
+    data["settings"]["lr"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError) as caught:
+        starting_point(find_manifest(root, "encoder", encoder.key), root)
+    message = str(caught.value)
+    assert "\n" not in message and "encoder settings" in message and "lr" in message
+    assert f"delete {path.parent} and re-run" in message
+
+
 def test_evaluation_reports_knn_and_precision_and_draws_a_grid(tiny, dataset, embeddings, root):
     index = run_index_stage(tiny.index, embeddings, root).manifest
     result = run_evaluation_stage(tiny.evaluation, dataset, embeddings, index, root)
