@@ -204,6 +204,39 @@ def test_an_init_folder_with_code_of_its_own_is_refused_in_one_line_and_never_as
     assert capsys.readouterr().out == ""  # no "Do you wish to run the custom code? [y/N]"
 
 
+def test_an_init_that_is_a_named_pipe_is_refused_instead_of_waiting_for_a_writer_forever(root, tmp_path):
+    import os
+    import threading
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "dinov2"}')
+    os.mkfifo(folder / "model.safetensors")
+    os.mkfifo(tmp_path / "weights.pt")
+    for reference, pipe in (
+        (str(tmp_path / "weights.pt"), tmp_path / "weights.pt"),
+        (str(folder), folder / "model.safetensors"),
+        (f"hf:{folder}", folder / "model.safetensors"),
+    ):
+        raised = []
+
+        def read(reference=reference, raised=raised) -> None:
+            try:
+                read_init(reference, root, "resnet-9", "auto")
+            except Exception as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(20)
+        if thread.is_alive():  # blocked opening the pipe: a writer that closes at once lets it go
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(20)
+            pytest.fail(f"reading {reference} waited on a named pipe")
+        (error,) = raised
+        assert isinstance(error, InitError) and f"{pipe} is a named pipe" in str(error)
+
+
 def test_timm_and_torchvision_read_their_own_caches_offline(root, tmp_path, monkeypatch):
     import timm
     import torchvision

@@ -122,7 +122,20 @@ def read_init(reference: str, root: Path | str, backbone: str, width: float | st
             f"init {reference!r} is not a file or folder, and not lookalike:, torchvision:, timm: or hf: "
             "followed by a name: check the path or add the prefix"
         )
+    _refuse_special_files(reference, path)
     return _from_path(reference, path, backbone, width)
+
+
+def _refuse_special_files(reference: str, path: Path) -> None:
+    """Only regular files and folders are read: opening a named pipe waits for a writer forever,
+    and a device never ends."""
+    inside = sorted(path.rglob("*")) if path.is_dir() else []
+    special = next((p for p in [path, *inside] if p.exists() and not (p.is_file() or p.is_dir())), None)
+    if special is not None:
+        kind = "a named pipe" if special.is_fifo() else "a socket" if special.is_socket() else "a device"
+        raise InitError(
+            f"init {reference!r}: {special} is {kind}; point encoder.init at a weights file or a folder of them"
+        )
 
 
 def fitted_backbone(init: Init, architecture: str, width: float, input_size: int) -> nn.Module:
@@ -273,6 +286,8 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 
 def _from_hf(reference: str, name: str, root: Path) -> Init:
     transformers = import_extra("transformers", f"init {reference!r}")
+    if Path(name).expanduser().exists():
+        _refuse_special_files(reference, Path(name).expanduser())
     local = True
     # trust_remote_code=False everywhere: never run an init's code, and never ask (transformers' prompt
     # prints, and waits, when it is left unset); _refuse_custom_code says why in one line before that
