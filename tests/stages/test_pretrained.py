@@ -237,6 +237,35 @@ def test_an_init_that_is_a_named_pipe_is_refused_instead_of_waiting_for_a_writer
         assert isinstance(error, InitError) and f"{pipe} is a named pipe" in str(error)
 
 
+class _Marker:
+    """A pickled object that would create a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_in_a_save_pretrained_folder_is_a_one_line_refusal_not_a_crash(root, tmp_path):
+    """It was refused (nothing ran) but surfaced as a raw UnpicklingError: a crash, with a traceback
+    and the advice to run the same command again."""
+    from transformers import Dinov2Config
+
+    folder = tmp_path / "pickled"
+    Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        folder
+    )
+    marker = tmp_path / "unpickled"
+    torch.save({"embeddings.cls_token": torch.zeros(1), "payload": _Marker(marker)}, folder / "pytorch_model.bin")
+    for reference in (str(folder), f"hf:{folder}"):
+        with pytest.raises(InitError) as caught:
+            read_init(reference, root, "resnet-9", "auto")
+        message = str(caught.value)
+        assert "\n" not in message and "holds pickled Python objects besides tensors; refusing to load it" in message
+    assert not marker.exists()
+
+
 def test_timm_and_torchvision_read_their_own_caches_offline(root, tmp_path, monkeypatch):
     import timm
     import torchvision

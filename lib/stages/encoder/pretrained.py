@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -293,7 +294,7 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
     # prints, and waits, when it is left unset); _refuse_custom_code says why in one line before that
     try:  # a folder, or the hub's local cache: no network
         _refuse_custom_code(reference, _hf_config_file(name, local_files_only=True))
-        model = transformers.AutoModel.from_pretrained(name, local_files_only=True, trust_remote_code=False)
+        model = _from_pretrained(transformers, reference, name, local_files_only=True)
     except InitError:
         raise
     except OSError:
@@ -305,7 +306,9 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
             raise _unreachable(reference, name, exc) from None
         _refuse_custom_code(reference, config_file)
         try:
-            model = transformers.AutoModel.from_pretrained(name, trust_remote_code=False)
+            model = _from_pretrained(transformers, reference, name)
+        except InitError:
+            raise
         except Exception as exc:  # OSError (not on the hub, no access), ValueError (unknown model type)
             raise _unreachable(reference, name, exc) from None
     except ValueError as exc:  # a config of a model type this transformers does not know
@@ -332,6 +335,18 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
         carries_architecture=True,
         state_dict={f"model.{k}": v for k, v in model.state_dict().items()},
     )
+
+
+def _from_pretrained(transformers, reference: str, name: str, **options):
+    """`AutoModel.from_pretrained`, never running code (see `_from_hf`), and refusing pickles."""
+    try:
+        return transformers.AutoModel.from_pretrained(name, trust_remote_code=False, **options)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused it: nothing in it ran
+        raise InitError(
+            f"init {reference!r}: its weights file (pytorch_model.bin) holds pickled Python objects besides tensors; "
+            "refusing to load it: save the model with save_pretrained (safetensors), or pass its state dict "
+            "saved with torch.save(model.state_dict()) as encoder.init"
+        ) from None
 
 
 def _hf_config_file(name: str, local_files_only: bool) -> Path:
