@@ -111,7 +111,7 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
         atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
         _append_history(root, alias)
     except OSError as exc:  # a full disk: the one line a stage gives, not a traceback
-        error = storage_error(exc, root, f"the alias {name!r}", f"free disk space, then point {name!r} again")
+        error = storage_error(exc, root, f"the alias {name!r}", f"free disk space, then point {name!r} again", path)
         if error is None:
             raise
         raise error from None

@@ -38,14 +38,16 @@ class ArtifactStorageError(LookalikeError, OSError):
     """The artifacts root cannot be written; says what to free or change."""
 
 
-def storage_error(exc: OSError, root: Path | str, what: str, fix: str) -> ArtifactStorageError | None:
+def storage_error(
+    exc: OSError, root: Path | str, what: str, fix: str, path: Path | None = None
+) -> ArtifactStorageError | None:
     """The one line for an OSError that is the artifacts root's to fix (full, over quota, read-only,
-    not writable) while writing `what` under `root`, or None for any other OSError."""
+    not writable) while writing `what` (to `path`, when the error names no file) under `root`, or
+    None for any other OSError."""
     if not _cannot_write(exc, Path(root)):
         return None
-    return ArtifactStorageError(
-        f"cannot write {what} under {root}: {exc.strerror or exc} ({exc.filename or 'while writing'}); {fix}"
-    )
+    where = exc.filename or path or "while writing"
+    return ArtifactStorageError(f"cannot write {what} under {root}: {exc.strerror or exc} ({where}); {fix}")
 
 
 class StageResult(BaseModel):
