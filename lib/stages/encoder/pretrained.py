@@ -12,7 +12,8 @@ A reference is one of:
     or a state dict (`.pt`, `.pth`, `.bin`, `.safetensors`) for `encoder.backbone`.
 
 Every source is read weights-only (`torch.load(weights_only=True)` or safetensors): nothing in an init
-can execute code. Its identity is `weights_sha256`: the tensors' names, dtypes, shapes and bytes with
+can execute code. A model that ships code of its own (transformers' `auto_map`) is refused before
+transformers reads it, which is always told `trust_remote_code=False`; only regular files are opened. Its identity is `weights_sha256`: the tensors' names, dtypes, shapes and bytes with
 the architecture, the same whichever file format carries them, so the encoder key follows the
 weights, not the path. A machine that cannot reach a hub gets one line saying how to point at local weights.
 """
