@@ -15,6 +15,9 @@ from pathlib import Path
 from lookalike.core.errors import LookalikeError, redact_urls
 
 IMAGES_ADDED = "lookalike.images.added"
+# The most a notification may take, connecting and retrying included: the client's own timeouts end a
+# refused or unreachable connection, but not a server that accepts it and then never answers.
+SEND_TIMEOUT_S = 30.0
 
 
 def images_added_event(dataset: str, split: str):
@@ -38,6 +41,12 @@ def send_images_added(dataset: str, split: str):
     from prefect.events.clients import get_events_client
     from prefect.settings import get_current_settings
 
+    from lookalike.core.settings import named_source
+
+    try:
+        named_source(dataset)
+    except ValueError as exc:
+        raise LookalikeError(f"--dataset {exc}") from None
     api_url = get_current_settings().api.url
     if not api_url:
         raise LookalikeError(
@@ -50,12 +59,18 @@ def send_images_added(dataset: str, split: str):
         async with get_events_client(reconnection_attempts=2) as events:
             await events.emit(event)
 
+    async def send_in_time() -> None:
+        try:
+            await asyncio.wait_for(send(), SEND_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no answer within {SEND_TIMEOUT_S:g} s") from None
+
     # the client warns about a failed connection before raising: the one line below says it instead
     quiet = logging.getLogger("prefect.events.clients")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        asyncio.run(send())
+        asyncio.run(send_in_time())
     except Exception as exc:  # refused, unreachable, a proxy's error page: all mean the same to the user
         raise LookalikeError(  # the URL (and the error, which may quote it) without its password
             redact_urls(

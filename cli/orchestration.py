@@ -23,6 +23,9 @@ class _DropUserErrorTracebacks(logging.Filter):
         return True
 
 
+_USER_ERRORS = _DropUserErrorTracebacks()
+
+
 def _uses_temporary_server() -> bool:
     return not os.environ.get("PREFECT_API_URL")
 
@@ -97,38 +100,57 @@ def _wait_until_recorded(flow_run_id, timeout: float = 15.0) -> None:
             time.sleep(0.25)
 
 
+_server = None  # this process's temporary server (a TemporaryServer), kept for its later runs
+
+
+def _temporary_server():
+    """The temporary server for this run, or None when PREFECT_API_URL names a server of the user's.
+
+    One per process, started by its first run and stopped when the process exits: Prefect reads
+    its API URL once, when it is imported, so a second run (a notebook's second `lookalike.run`)
+    must find the first run's server at the same address, relaunched there if it has died.
+    """
+    global _server
+    from lookalike.cli.server import TemporaryServer
+
+    if _server is not None:
+        return _server.ensure_running()
+    if not _uses_temporary_server():
+        return None
+    _quiet_temporary_server()
+    _server = TemporaryServer().start()  # boots while the pipeline's modules import
+    os.environ.update(_server.client_env())
+    atexit.register(_server.stop)  # before Prefect's own exit handlers, so it runs after them: they still reach it
+    return _server
+
+
 def run_pipeline(
     named: dict[str, Any], overrides: dict[str, Any], flow_name: str = "retrieval", verbose: bool = False
 ) -> dict[str, Any]:
     """Run a flow (`retrieval` or `reindex`) in this process with the CLI's named parameters
-    and --set overrides; Prefect's INFO lines are printed only when `verbose`."""
+    and --set overrides; Prefect's INFO lines are printed only when `verbose`.
+
+    Without PREFECT_API_URL, every run of the process uses one temporary server (see _temporary_server).
+
+    Raises:
+        LookalikeError: a user mistake in the run, or the temporary server did not start.
+    """
     skip_final_collections()
     _console_logs(verbose)
-    server = None
-    if _uses_temporary_server():
-        from lookalike.cli.server import TemporaryServer
+    server = _temporary_server()
+    if flow_name == "reindex":
+        from lookalike.flows.reindex import reindex as pipeline
+    else:
+        from lookalike.flows.retrieval import retrieval_pipeline as pipeline
 
-        _quiet_temporary_server()
-        server = TemporaryServer().start()  # boots while the pipeline's modules import
-        os.environ.update(server.client_env())
-    try:
-        if flow_name == "reindex":
-            from lookalike.flows.reindex import reindex as pipeline
-        else:
-            from lookalike.flows.retrieval import retrieval_pipeline as pipeline
-
-        user_errors = _DropUserErrorTracebacks()
-        for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
-            if name.startswith("prefect"):
-                for handler in logging.getLogger(name).handlers:
-                    handler.addFilter(user_errors)
-        params = {k: v for k, v in named.items() if v is not None}
-        if server:
-            server.wait_until_healthy()
-        state = pipeline(**params, overrides=overrides or None, return_state=True)
-        if server:
-            _wait_until_recorded(state.state_details.flow_run_id)
-        return state.result()
-    finally:
-        if server:
-            server.stop()
+    for name in ["prefect", *logging.root.manager.loggerDict]:  # flow/task run loggers have own handlers
+        if name.startswith("prefect"):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(_USER_ERRORS)  # once per handler, however many runs
+    params = {k: v for k, v in named.items() if v is not None}
+    if server:
+        server.wait_until_healthy()
+    state = pipeline(**params, overrides=overrides or None, return_state=True)
+    if server:
+        _wait_until_recorded(state.state_details.flow_run_id)
+    return state.result()

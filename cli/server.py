@@ -24,6 +24,11 @@ import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 
+from lookalike.core.errors import LookalikeError
+
+# What to do when the temporary server cannot run: use a server of one's own
+_OWN_SERVER = "start one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
@@ -102,6 +107,14 @@ class TemporaryServer:
             preexec_fn=_die_with_parent,
         )
 
+    def ensure_running(self) -> TemporaryServer:
+        """Relaunch it on its own port (where this process's Prefect client points) if it has
+        exited since the last run: killed, or out of memory."""
+        if self.process is not None and self.process.poll() is not None:
+            self.restarts = 0
+            self._launch()
+        return self
+
     def wait_until_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -113,7 +126,9 @@ class TemporaryServer:
                     continue
                 self.log.seek(0)
                 detail = self.log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
-                raise RuntimeError(f"the temporary Prefect server exited ({self.process.returncode}): {detail[0]}")
+                raise LookalikeError(
+                    f"the temporary Prefect server exited ({self.process.returncode}: {detail[0]}): {_OWN_SERVER}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:
                     if response.status == 200:
@@ -121,7 +136,7 @@ class TemporaryServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+        raise LookalikeError(f"the temporary Prefect server did not answer within {timeout:.0f} s: {_OWN_SERVER}")
 
     def stop(self) -> None:
         if self.process is None:

@@ -7,8 +7,8 @@
     hits = index.search(["cat.png", "dog.jpg"], k=5)            # many images, paths, rows or vectors at once
     vectors = lookalike.embed(["cat.png"], index="production")  # (n, dim) float32, as the index stores them
 
-`run` runs the same Prefect flow as the CLI (a temporary local Prefect server unless PREFECT_API_URL
-names one); `load`, `Index.search` and `embed` need no Prefect server. Queries go through the one
+`run` runs the same Prefect flow as the CLI (unless PREFECT_API_URL names a server, on a temporary
+local one that the process's first run starts and its later runs reuse); `load`, `Index.search` and `embed` need no Prefect server. Queries go through the one
 inference path the embeddings stage used, so a row's own image finds the row at distance ~0.
 (The HTTP API of `lookalike serve` is `lookalike.app.api`.)
 """

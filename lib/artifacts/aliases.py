@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lookalike.artifacts.shared_root import read_manifest, store_at
+from lookalike.artifacts.stage_runner import storage_error
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import CHAIN, STAGES, walk_chain
 from lookalike.core.manifest import (
@@ -106,8 +107,14 @@ def set_alias(root: Path | str, name: str, stages: dict[str, str], source: dict[
         manifest_sha256={stage: manifest_sha256(root, stage, key) for stage, key in stages.items()},
     )
     path = alias_path(root, name)
-    atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
-    _append_history(root, alias)
+    try:
+        atomic_write_bytes(path, alias.model_dump_json(indent=2).encode())
+        _append_history(root, alias)
+    except OSError as exc:  # a full disk: the one line a stage gives, not a traceback
+        error = storage_error(exc, root, f"the alias {name!r}", f"free disk space, then point {name!r} again", path)
+        if error is None:
+            raise
+        raise error from None
     store_at(root).share_files([f"{ALIASES}/{name}.json", f"{ALIASES}/{HISTORY}"])  # when root is a shared store's copy
     return alias
 

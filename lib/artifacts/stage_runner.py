@@ -38,6 +38,18 @@ class ArtifactStorageError(LookalikeError, OSError):
     """The artifacts root cannot be written; says what to free or change."""
 
 
+def storage_error(
+    exc: OSError, root: Path | str, what: str, fix: str, path: Path | None = None
+) -> ArtifactStorageError | None:
+    """The one line for an OSError that is the artifacts root's to fix (full, over quota, read-only,
+    not writable) while writing `what` (to `path`, when the error names no file) under `root`, or
+    None for any other OSError."""
+    if not _cannot_write(exc, Path(root)):
+        return None
+    where = exc.filename or path or "while writing"
+    return ArtifactStorageError(f"cannot write {what} under {root}: {exc.strerror or exc} ({where}); {fix}")
+
+
 class StageResult(BaseModel):
     """What a stage hands to the next one (small and JSON-serialisable)."""
 
@@ -105,12 +117,10 @@ def run_stage(
     try:
         return _build_locked(store, stage, key, settings, inputs, build)
     except OSError as exc:
-        if _cannot_write(exc, Path(root)):
-            raise ArtifactStorageError(
-                f"cannot write the {stage} stage under {root}: {exc.strerror or exc} "
-                f"({exc.filename or 'while writing'}); free disk space or point --artifacts-root at a "
-                "writable folder, then re-run (nothing half-written is ever used)"
-            ) from None
+        fix = "free disk space or point --artifacts-root at a writable folder, then re-run (nothing half-written is ever used)"
+        error = storage_error(exc, root, f"the {stage} stage", fix)
+        if error is not None:
+            raise error from None
         raise
 
 

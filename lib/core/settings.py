@@ -55,7 +55,9 @@ EMPTY_TEXT = frozenset({"", "null", "none"})  # what --set and the environment s
 class Section(BaseModel):
     """A frozen settings section; `NOT_IN_KEY` names fields that cannot change output."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: no float setting takes inf or nan (`encoder.lr=inf` trained, and its manifest
+    # recorded "lr": null, which every later run failed to read)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
@@ -80,6 +82,17 @@ class Section(BaseModel):
     def key_fields(self) -> dict[str, Any]:
         """The settings that can change this stage's output, for its stage key."""
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.NOT_IN_KEY}
+
+
+def named_source(value: str) -> str:
+    """`value` as a dataset source, refused when empty: "" would read as the current folder
+    (Path("") is "."), a missing value taken for a choice (`--dataset "$UNSET_VARIABLE"`)."""
+    if not value.strip():
+        raise ValueError(
+            "is empty; name the images: 'sample', a hub dataset, an image folder ('.' for the current one), "
+            "a .parquet file or a save_to_disk folder"
+        )
+    return value
 
 
 class DatasetSettings(Section):
@@ -125,6 +138,11 @@ class DatasetSettings(Section):
     RESERVED: ClassVar[frozenset[str]] = frozenset(
         {"row", "row_id", "label", "path", "split", "width", "height", "sha256", "image"}
     )
+
+    @field_validator("source")
+    @classmethod
+    def _named_source(cls, value: str) -> str:
+        return named_source(value)
 
     @field_validator("metadata_columns", mode="before")
     @classmethod
@@ -637,6 +655,7 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,  # as in every Section
     )
 
     artifacts_root: Path = Field(

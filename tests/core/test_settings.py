@@ -138,3 +138,47 @@ def test_empty_text_gives_an_optional_number_none_as_its_description_promises(te
     assert load_settings({"encoder.init": "null"}).encoder.init == "null"  # "null" may name a file
     with pytest.raises(SettingsError, match="crop_min_scale"):
         load_settings({"encoder.crop_min_scale": "nothing"})
+
+
+def _float_settings(model=None, prefix=""):
+    """Every setting that takes a float (alone or beside None or 'auto'), dotted."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from lookalike.core.settings import Settings
+
+    model = model or Settings
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _float_settings(annotation, f"{prefix}{name}.")
+        elif float in (annotation, *get_args(annotation)) or any(
+            float in get_args(arg)
+            for arg in get_args(annotation)  # Annotated[float, ...] | Literal['auto']
+        ):
+            yield f"{prefix}{name}"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", float("inf"), float("nan")])
+def test_no_float_setting_takes_a_number_that_is_not_finite(value):
+    """encoder.lr=inf trained, and wrote "lr": null into a manifest that every later run failed on."""
+    names = sorted(_float_settings())
+    assert {"encoder.lr", "encoder.width", "index.whitening", "artifacts_lease_seconds"} <= set(names)
+    for name in names:
+        with pytest.raises(SettingsError) as caught:
+            load_settings({name: value})
+        assert f"{name}: Input should be a finite number" in str(caught.value), name
+
+
+@pytest.mark.parametrize("source", ["", "   ", "\t"])
+def test_an_empty_dataset_source_is_refused_instead_of_meaning_the_current_folder(source, monkeypatch):
+    from lookalike.core.settings import settings_for_run
+
+    with pytest.raises(SettingsError, match="dataset.source: is empty"):
+        settings_for_run({}, dataset=source)  # `--dataset ""`, lookalike.run(dataset="")
+    monkeypatch.setenv("LOOKALIKE_DATASET__SOURCE", source)
+    with pytest.raises(SettingsError, match="dataset.source: is empty"):
+        load_settings()
+    monkeypatch.delenv("LOOKALIKE_DATASET__SOURCE")
+    assert load_settings({"dataset.source": "."}).dataset.source == "."  # the current folder, said so

@@ -106,6 +106,34 @@ def test_interrupted_pretraining_resumes_from_its_last_epoch(tiny, dataset, root
     assert len(result.manifest.stats["losses"]) == 2
 
 
+def test_a_full_disk_at_a_training_checkpoint_is_one_line_and_the_rerun_resumes(tiny, dataset, root):
+    """torch.save to a path raised "RuntimeError: ... unexpected pos" on a full disk: a crash with
+    tracebacks instead of the one line a full disk gets everywhere else."""
+    import os
+
+    from lookalike.artifacts.stage_runner import ArtifactStorageError
+    from lookalike.stages.encoder.stage import encoder_key
+
+    section = tiny.encoder.model_copy(update={"epochs": 2})
+    folder = stage_dir(root, "encoder", encoder_key(section, dataset, root))
+    # the disk fills after epoch 1's checkpoint: the writer's temp file for epoch 2 is /dev/full,
+    # which fails every write with ENOSPC
+    full = folder / f".{TRAIN_STATE}.{os.getpid()}.tmp"
+
+    def disk_fills(epoch, *_):
+        if epoch == 1:
+            full.symlink_to("/dev/full")
+
+    with pytest.raises(ArtifactStorageError) as caught:
+        run_encoder_stage(section, dataset, root, on_epoch=disk_fills)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"cannot write the encoder stage under {root}")
+    assert "No space left on device" in message and "free disk space" in message
+    assert not full.is_symlink() and not list(folder.glob(".*.tmp"))  # no temp file left behind
+    result = run_encoder_stage(section, dataset, root)  # space freed (the fault is gone)
+    assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
+
+
 @pytest.mark.parametrize("augmentation, lr_schedule", [("per-image", "constant"), ("batched", "cosine")])
 def test_resumed_pretraining_matches_an_uninterrupted_run(tiny, dataset, root, augmentation, lr_schedule):
     """The resumed epoch continues the same augmentation stream and, under cosine, the same lr step."""
@@ -220,6 +248,23 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
     torch.save({"spec": {"architecture": "resnet18"}, "state_dict": {}, "payload": argparse.Namespace(x=1)}, path)
     with pytest.raises(EncoderLoadError, match="not a weights-only"):
         load_encoder_file(path)
+
+
+def test_an_encoder_manifest_whose_settings_do_not_load_names_the_folder_to_delete(encoder, root):
+    """A manifest an older version wrote with "lr": null (from encoder.lr=inf) failed every later run
+    as a crash that said to run the same command again."""
+    from lookalike.core.manifest import find_manifest
+    from lookalike.stages.encoder.training import starting_point
+
+    path = stage_dir(root, "encoder", encoder.key) / MANIFEST
+    data = json.loads(path.read_text())
+    data["settings"]["lr"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError) as caught:
+        starting_point(find_manifest(root, "encoder", encoder.key), root)
+    message = str(caught.value)
+    assert "\n" not in message and "encoder settings" in message and "lr" in message
+    assert f"delete {path.parent} and re-run" in message
 
 
 def test_evaluation_reports_knn_and_precision_and_draws_a_grid(tiny, dataset, embeddings, root):

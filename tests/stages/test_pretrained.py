@@ -166,6 +166,106 @@ def test_init_from_a_save_pretrained_folder_builds_a_vit_that_embeds_and_is_pinn
         )
 
 
+@pytest.mark.parametrize(
+    ("config", "refusal"),
+    [
+        ({"model_type": "evilnet", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}, "custom code"),
+        ({"model_type": "dinov2", "auto_map": {"AutoModel": "configuration_evil.EvilModel"}}, "custom code"),
+        ({"model_type": "evilnet"}, "model_type 'evilnet', which transformers"),
+    ],
+)
+def test_an_init_folder_with_code_of_its_own_is_refused_in_one_line_and_never_asked_about(
+    root, tmp_path, monkeypatch, capsys, config, refusal
+):
+    import json
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code-ran"
+    for module in ("configuration_evil.py", "modeling_evil.py"):
+        (folder / module).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    # the same files as a hub model in the Hugging Face cache (refs/main -> snapshots/<commit>/)
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hf" / "hub" / "models--someone--custom"
+    shutil.copytree(folder, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("builtins.input", lambda *_: "y")  # whoever is asked says yes
+    for reference in (str(folder), f"hf:{folder}", "hf:someone/custom"):
+        with pytest.raises(InitError) as caught:
+            read_init(reference, root, "resnet-9", "auto")
+        message = str(caught.value)
+        assert refusal in message and "lookalike never runs code from an init or teacher" in message
+        assert "\n" not in message
+    assert not marker.exists()
+    assert capsys.readouterr().out == ""  # no "Do you wish to run the custom code? [y/N]"
+
+
+def test_an_init_that_is_a_named_pipe_is_refused_instead_of_waiting_for_a_writer_forever(root, tmp_path):
+    import os
+    import threading
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "dinov2"}')
+    os.mkfifo(folder / "model.safetensors")
+    os.mkfifo(tmp_path / "weights.pt")
+    for reference, pipe in (
+        (str(tmp_path / "weights.pt"), tmp_path / "weights.pt"),
+        (str(folder), folder / "model.safetensors"),
+        (f"hf:{folder}", folder / "model.safetensors"),
+    ):
+        raised = []
+
+        def read(reference=reference, raised=raised) -> None:
+            try:
+                read_init(reference, root, "resnet-9", "auto")
+            except Exception as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(20)
+        if thread.is_alive():  # blocked opening the pipe: a writer that closes at once lets it go
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(20)
+            pytest.fail(f"reading {reference} waited on a named pipe")
+        (error,) = raised
+        assert isinstance(error, InitError) and f"{pipe} is a named pipe" in str(error)
+
+
+class _Marker:
+    """A pickled object that would create a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_in_a_save_pretrained_folder_is_a_one_line_refusal_not_a_crash(root, tmp_path):
+    """It was refused (nothing ran) but surfaced as a raw UnpicklingError: a crash, with a traceback
+    and the advice to run the same command again."""
+    from transformers import Dinov2Config
+
+    folder = tmp_path / "pickled"
+    Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        folder
+    )
+    marker = tmp_path / "unpickled"
+    torch.save({"embeddings.cls_token": torch.zeros(1), "payload": _Marker(marker)}, folder / "pytorch_model.bin")
+    for reference in (str(folder), f"hf:{folder}"):
+        with pytest.raises(InitError) as caught:
+            read_init(reference, root, "resnet-9", "auto")
+        message = str(caught.value)
+        assert "\n" not in message and "holds pickled Python objects besides tensors; refusing to load it" in message
+    assert not marker.exists()
+
+
 def test_timm_and_torchvision_read_their_own_caches_offline(root, tmp_path, monkeypatch):
     import timm
     import torchvision

@@ -106,7 +106,10 @@ class HFBackbone(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         fields = {k: v for k, v in config.items() if k != "model_type"}
-        self.model = AutoModel.from_config(AutoConfig.for_model(config["model_type"], **fields))
+        # built from the recorded config alone: never from code a model ships (auto_map)
+        self.model = AutoModel.from_config(
+            AutoConfig.for_model(config["model_type"], **fields), trust_remote_code=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=x)

@@ -45,10 +45,16 @@ class EncoderLoadError(LookalikeError, RuntimeError):
 
 def save_encoder(path: Path, backbone: nn.Module, spec: EncoderSpec) -> None:
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
-    # Saved through a file object: torch names the zip records after a path's stem, and
-    # the temp file's name would make identical weights hash differently.
+    save_atomically(path, {"spec": spec.model_dump(exclude_none=True), "state_dict": state})
+
+
+def save_atomically(path: Path, payload: dict) -> None:
+    """`torch.save` to `path` through a temp file renamed over it, written through a file object:
+    torch names the zip records after a path's stem (the temp file's name would make identical
+    weights hash differently), and a write that fails (a full disk) raises its OSError, where torch
+    writing to a path raises "RuntimeError: ... unexpected pos"."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save({"spec": spec.model_dump(exclude_none=True), "state_dict": state}, fh)
+        torch.save(payload, fh)
 
 
 def load_encoder_file(path: Path) -> tuple[nn.Module, EncoderSpec]:

@@ -12,7 +12,8 @@ A reference is one of:
     or a state dict (`.pt`, `.pth`, `.bin`, `.safetensors`) for `encoder.backbone`.
 
 Every source is read weights-only (`torch.load(weights_only=True)` or safetensors): nothing in an init
-can execute code. Its identity is `weights_sha256`: the tensors' names, dtypes, shapes and bytes with
+can execute code. A model that ships code of its own (transformers' `auto_map`) is refused before
+transformers reads it, which is always told `trust_remote_code=False`; only regular files are opened. Its identity is `weights_sha256`: the tensors' names, dtypes, shapes and bytes with
 the architecture, the same whichever file format carries them, so the encoder key follows the
 weights, not the path. A machine that cannot reach a hub gets one line saying how to point at local weights.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,7 +33,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.extras import import_extra
 from lookalike.core.manifest import find_manifest, is_stage_key, verified_path
 from lookalike.stages.encoder.backbones import build_backbone, with_pooling
@@ -122,7 +124,20 @@ def read_init(reference: str, root: Path | str, backbone: str, width: float | st
             f"init {reference!r} is not a file or folder, and not lookalike:, torchvision:, timm: or hf: "
             "followed by a name: check the path or add the prefix"
         )
+    _refuse_special_files(reference, path)
     return _from_path(reference, path, backbone, width)
+
+
+def _refuse_special_files(reference: str, path: Path) -> None:
+    """Only regular files and folders are read: opening a named pipe waits for a writer forever,
+    and a device never ends."""
+    inside = sorted(path.rglob("*")) if path.is_dir() else []
+    special = next((p for p in [path, *inside] if p.exists() and not (p.is_file() or p.is_dir())), None)
+    if special is not None:
+        kind = "a named pipe" if special.is_fifo() else "a socket" if special.is_socket() else "a device"
+        raise InitError(
+            f"init {reference!r}: {special} is {kind}; point encoder.init at a weights file or a folder of them"
+        )
 
 
 def fitted_backbone(init: Init, architecture: str, width: float, input_size: int) -> nn.Module:
@@ -273,14 +288,28 @@ def _from_timm(reference: str, name: str, root: Path) -> Init:
 
 def _from_hf(reference: str, name: str, root: Path) -> Init:
     transformers = import_extra("transformers", f"init {reference!r}")
+    if Path(name).expanduser().exists():
+        _refuse_special_files(reference, Path(name).expanduser())
     local = True
+    # trust_remote_code=False everywhere: never run an init's code, and never ask (transformers' prompt
+    # prints, and waits, when it is left unset); _refuse_custom_code says why in one line before that
     try:  # a folder, or the hub's local cache: no network
-        model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
+        _refuse_custom_code(reference, _hf_config_file(name, local_files_only=True))
+        model = _from_pretrained(transformers, reference, name, local_files_only=True)
+    except InitError:
+        raise
     except OSError:
         _require_hub(reference, name)
         local = False
         try:
-            model = transformers.AutoModel.from_pretrained(name)
+            config_file = _hf_config_file(name, local_files_only=False)
+        except Exception as exc:  # OSError (not on the hub, no access)
+            raise _unreachable(reference, name, exc) from None
+        _refuse_custom_code(reference, config_file)
+        try:
+            model = _from_pretrained(transformers, reference, name)
+        except InitError:
+            raise
         except Exception as exc:  # OSError (not on the hub, no access), ValueError (unknown model type)
             raise _unreachable(reference, name, exc) from None
     except ValueError as exc:  # a config of a model type this transformers does not know
@@ -288,7 +317,9 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
     config = model.config.to_dict()
     mean, std = IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=local)
+        processor = transformers.AutoImageProcessor.from_pretrained(
+            name, local_files_only=local, trust_remote_code=False
+        )
         mean, std = processor.image_mean, processor.image_std
     except Exception:  # no preprocessor_config.json: ImageNet statistics, what DINOv2 and most ViTs use
         pass
@@ -305,6 +336,56 @@ def _from_hf(reference: str, name: str, root: Path) -> Init:
         carries_architecture=True,
         state_dict={f"model.{k}": v for k, v in model.state_dict().items()},
     )
+
+
+def _from_pretrained(transformers, reference: str, name: str, **options):
+    """`AutoModel.from_pretrained`, never running code (see `_from_hf`), and refusing pickles."""
+    try:
+        return transformers.AutoModel.from_pretrained(name, trust_remote_code=False, **options)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused it: nothing in it ran
+        raise InitError(
+            f"init {reference!r}: its weights file (pytorch_model.bin) holds pickled Python objects besides tensors; "
+            "refusing to load it: save the model with save_pretrained (safetensors), or pass its state dict "
+            "saved with torch.save(model.state_dict()) as encoder.init"
+        ) from None
+
+
+def _hf_config_file(name: str, local_files_only: bool) -> Path:
+    """The config.json of a save_pretrained folder or hub model (OSError: not there, or not cached)."""
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser() / "config.json"
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(name, "config.json", local_files_only=local_files_only))
+
+
+def _refuse_custom_code(reference: str, config_file: Path) -> None:
+    """Refuse a model whose config maps to code of its own (`auto_map`) or names a model type this
+    transformers does not know (only code shipped with the model could build it)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    text = config_file.read_text(encoding="utf-8", errors="replace")  # OSError: not there (the caller asks the hub)
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise InitError(f"init {reference!r}: {config_file} is not valid JSON ({brief_error(exc)})") from None
+    if not isinstance(config, dict):
+        raise InitError(f"init {reference!r}: {config_file} is not a JSON object")
+    never = "lookalike never runs code from an init or teacher"
+    if config.get("auto_map"):
+        raise InitError(
+            f"init {reference!r}: its config.json maps to custom code (auto_map {brief(config['auto_map'], 120)}); "
+            f"{never}: use a "
+            "model of a type transformers ships, or pass its state dict as encoder.init with encoder.backbone"
+        )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise InitError(
+            f"init {reference!r}: its config.json names model_type {brief(model_type)}, which transformers "
+            f"{transformers.__version__} does not know; {never}: use a model of a type transformers ships (or a "
+            "newer transformers), or pass its state dict as encoder.init with encoder.backbone"
+        )
 
 
 def _from_path(reference: str, path: Path, backbone: str, width: float | str) -> Init:

@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader
 
 from lookalike.artifacts.shared_root import share_partial
 from lookalike.artifacts.stage_runner import Built
-from lookalike.core.manifest import Manifest, atomic_path
+from lookalike.core.manifest import Manifest
 from lookalike.core.progress import progress
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.dataset.torch_data import seed_everything, worker_context
 from lookalike.stages.device import default_device
+from lookalike.stages.encoder.checkpoint import save_atomically
 from lookalike.stages.encoder.training import (
     EncoderProbe,
     EpochCallback,
@@ -110,18 +111,17 @@ def train_single(
                 bar.set_postfix(loss=f"{value:.4f}")
             losses.append(running / this_epoch)
             epoch_seconds.append(time.perf_counter() - started)
-            with atomic_path(state_path) as tmp:
-                torch.save(
-                    {
-                        "model": method.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1,
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "losses": losses,
-                        "epoch_seconds": epoch_seconds,
-                    },
-                    tmp,
-                )
+            save_atomically(
+                state_path,
+                {
+                    "model": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "losses": losses,
+                    "epoch_seconds": epoch_seconds,
+                },
+            )
             share_partial(folder, [TRAIN_STATE])  # a retry on another machine resumes from this epoch
             if on_epoch:
                 on_epoch(epoch + 1, epochs, losses[-1], epoch_seconds[-1])

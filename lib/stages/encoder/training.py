@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 from lightly.utils.scheduler import CosineWarmupScheduler
+from pydantic import ValidationError
 
-from lookalike.core.errors import LookalikeError
-from lookalike.core.manifest import Manifest
+from lookalike.core.errors import LookalikeError, brief
+from lookalike.core.manifest import MANIFEST, IntegrityError, Manifest, stage_dir
 from lookalike.core.names import GRID
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
@@ -133,10 +134,24 @@ def encoder_spec(section: EncoderSettings, dim: int, init: Init | None = None) -
     )
 
 
-def recorded_settings(encoder: Manifest) -> EncoderSettings:
-    """The resolved settings a finished encoder stage recorded."""
+def recorded_settings(encoder: Manifest, root: Path | str) -> EncoderSettings:
+    """The resolved settings a finished encoder stage recorded.
+
+    Raises:
+        IntegrityError: they are not valid settings (an older version recorded "lr": null for lr=inf):
+            a re-run would read the same folder again, so the message names the folder to delete.
+    """
     fields = {name: value for name, value in encoder.settings.items() if name in EncoderSettings.model_fields}
-    return EncoderSettings.model_validate(fields)
+    try:
+        return EncoderSettings.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        folder = stage_dir(root, encoder.stage, encoder.key)
+        raise IntegrityError(
+            f"{folder / MANIFEST} records encoder settings this version cannot read ({where}: {first['msg']}, "
+            f"got {brief(first.get('input'))}); delete {folder} and re-run to rebuild it"
+        ) from None
 
 
 def starting_point(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module, EncoderSpec]:
@@ -144,7 +159,7 @@ def starting_point(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module
     settings: seeded exactly as `build_training_method` seeds it, or its init read again and checked
     against the recorded sha256, so its weights are the ones training began with (the evaluation's
     "what did training add" baseline)."""
-    section = recorded_settings(encoder)
+    section = recorded_settings(encoder, root)
     seed_everything(section.seed)
     init, _ = starting_weights(section, root)
     backbone, dim = _starting_backbone(section, init)
@@ -153,7 +168,7 @@ def starting_point(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module
 
 def teacher_model(encoder: Manifest, root: Path | str) -> tuple[torch.nn.Module, EncoderSpec] | None:
     """A distilled encoder's teacher as it embeds (its own input size and normalisation); None otherwise."""
-    section = recorded_settings(encoder)
+    section = recorded_settings(encoder, root)
     if section.method != "distill":
         return None
     _, teacher = starting_weights(section, root)
