@@ -11,6 +11,7 @@ setting or boto3's own AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL variables.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +225,15 @@ def _download(client, location: S3Location, stage: str, key: str, name: str, tar
 # --- a shared artifacts root: single objects, listed and synced by lookalike.artifacts.shared_root --------------
 
 
-def check_bucket(client, location: S3Location, endpoint_url: str | None) -> None:
-    """One clear error when the bucket is missing, forbidden or its endpoint unreachable."""
+def check_bucket(
+    client,
+    location: S3Location,
+    endpoint_url: str | None,
+    endpoint_setting: str = "mirror.endpoint_url (or AWS_ENDPOINT_URL_S3)",
+    credential_settings: str = "AWS_PROFILE, AWS_ACCESS_KEY_ID, mirror.credentials_secret",
+) -> None:
+    """One clear error when the bucket is missing, forbidden or its endpoint unreachable; the
+    settings named are the ones the caller's user sets."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     where = endpoint_url or "AWS (boto3's default endpoint)"
@@ -241,13 +249,11 @@ def check_bucket(client, location: S3Location, endpoint_url: str | None) -> None
         if code in ("403", "AccessDenied", "Forbidden"):
             raise MirrorError(
                 f"no access to bucket {location.bucket!r} at {where}: check the credentials boto3 "
-                "finds (AWS_PROFILE, AWS_ACCESS_KEY_ID, mirror.credentials_secret)"
+                f"finds ({credential_settings})"
             ) from None
         raise _failure(f"cannot open bucket {location.bucket!r} at {where}: {exc}", exc) from None
     except BotoCoreError as exc:
-        raise MirrorError(
-            f"cannot reach S3 at {where}: {exc}; check mirror.endpoint_url (or AWS_ENDPOINT_URL_S3) and the network"
-        ) from None
+        raise MirrorError(f"cannot reach S3 at {where}: {exc}; check {endpoint_setting} and the network") from None
 
 
 def upload_object(client, location: S3Location, name: str, path: Path, sha256: str | None = None) -> bool:
@@ -339,3 +345,67 @@ def delete_if(client, location: S3Location, name: str, etag: str) -> None:
         client.delete_object(Bucket=location.bucket, Key=location.key(name), IfMatch=etag)
     except (BotoCoreError, ClientError):
         pass  # taken over, or gone: either way no longer ours
+
+
+# --- an image collection in a bucket: the dataset stage's `s3://` source ------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def collection_client():
+    """One client per process for reading a collection (thread-safe; boto3 finds the endpoint in
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and the credentials in its usual chain)."""
+    return s3_client()
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str  # relative to the listed prefix, '/'-separated
+    size: int
+    modified_ns: int
+    etag: str
+
+
+def list_collection(url: str) -> list[ListedObject]:
+    """Every object under the `s3://bucket/prefix` URL: one paginated ListObjectsV2 walk, with the
+    size and ETag the content-hash memo keys each object by."""
+    location = S3Location.parse(url)
+    client = collection_client()
+    check_bucket(client, location, client.meta.endpoint_url, "AWS_ENDPOINT_URL_S3", "AWS_PROFILE, AWS_ACCESS_KEY_ID")
+    base = location.prefix + "/" if location.prefix else ""
+
+    def pages() -> list[ListedObject]:
+        return [
+            ListedObject(
+                item["Key"][len(base) :], item["Size"], int(item["LastModified"].timestamp() * 1e9), item["ETag"]
+            )
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base)
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")  # a console-made "folder" marker
+        ]
+
+    return _s3(pages, f"list s3://{location.bucket}/{base}")
+
+
+def read_url(url: str) -> bytes:
+    """The bytes of the object at an `s3://bucket/key` URL.
+
+    Raises:
+        FileNotFoundError: there is no such object (it vanished after it was listed).
+        MirrorError: any other failure, in one line.
+    """
+    location = S3Location.parse(url)
+    client = collection_client()
+    body = _s3(lambda: client.get_object(Bucket=location.bucket, Key=location.prefix), f"read {url}", if_missing=None)
+    if body is None:
+        raise FileNotFoundError(url)
+    return body["Body"].read()
+
+
+def collection_has_objects(url: str) -> bool:
+    """Whether anything lies under the `s3://bucket/prefix` URL (one request for one key)."""
+    location = S3Location.parse(url)
+    client = collection_client()
+    check_bucket(client, location, client.meta.endpoint_url, "AWS_ENDPOINT_URL_S3", "AWS_PROFILE, AWS_ACCESS_KEY_ID")
+    base = location.prefix + "/" if location.prefix else ""
+    page = _s3(lambda: client.list_objects_v2(Bucket=location.bucket, Prefix=base, MaxKeys=1), f"list {url}")
+    return bool(page.get("KeyCount"))

@@ -11,6 +11,7 @@ bytes. The memo only saves work: the key is still made from content hashes, and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -20,9 +21,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lookalike.artifacts.s3 import read_url
 from lookalike.core.manifest import sha256_file
 from lookalike.core.progress import progress
-from lookalike.stages.dataset.listing import ListedFile, Listing
+from lookalike.stages.dataset.listing import ListedFile, Listing, is_bucket_url
 
 MEMO_FILE = "content-hashes.sqlite"
 _COMMIT_EVERY = 20_000
@@ -91,6 +93,8 @@ def _hash_batch(files: list[ListedFile]) -> list[tuple[str | None, str | None]]:
 
 def _hash_one(file: ListedFile) -> tuple[str | None, str | None]:
     try:
+        if is_bucket_url(file.path):
+            return hashlib.sha256(read_url(file.path)).hexdigest(), None
         return sha256_file(Path(file.path)), None
     except FileNotFoundError:
         return None, "vanished after it was listed"

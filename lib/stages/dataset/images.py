@@ -160,7 +160,16 @@ def read_image_bytes(image: dict | None) -> tuple[bytes, str | None]:
     data, path = image.get("bytes"), image.get("path")
     if data is None and path:
         try:
-            data = Path(path).read_bytes()
+            if path.startswith("s3://"):
+                from lookalike.artifacts.s3 import read_url
+
+                data = read_url(path)
+            else:
+                data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return b"", "cannot read file: it vanished after it was listed"
         except OSError as exc:
             return b"", f"cannot read file: {exc.strerror or exc}"
+        except LookalikeError as exc:  # the bucket could not be read: its one line
+            return b"", f"cannot read object: {exc}"
     return data or b"", None if data else "empty file (0 bytes)"

@@ -68,7 +68,7 @@ def one_listing_per_run() -> Iterator[None]:
 
 
 def list_files(location: str | Path) -> Listing:
-    """The collection at `location` (a folder, or one file), listed once per run.
+    """The collection at `location` (a folder, one file, or an `s3://bucket/prefix` URL), listed once per run.
 
     Hidden names (a part starting with '.') are left out, as everywhere in lookalike. Symlinked
     files are followed; symlinked folders are not walked into (as `Path.rglob` does).
@@ -86,7 +86,13 @@ def once_per_run(what: str, location: str, compute: Callable[[], T]) -> T:
     return memo[what, location]
 
 
+def is_bucket_url(location: str) -> bool:
+    return location.startswith("s3://")
+
+
 def _walk(location: str) -> Listing:
+    if is_bucket_url(location):
+        return _list_bucket(location)
     root = Path(location)
     if root.is_file():
         stat = root.stat()
@@ -116,3 +122,17 @@ def _walk(location: str) -> Listing:
     # Path order (part by part), the order the content key has always taken files in.
     found.sort(key=lambda item: item[0])
     return Listing(location, tuple(file for _, file in found))
+
+
+def _list_bucket(url: str) -> Listing:
+    """An `s3://bucket/prefix` collection: one paginated listing, keys as relative paths."""
+    from lookalike.artifacts.s3 import list_collection
+
+    base = url.rstrip("/")
+    found = [
+        (tuple(obj.key.split("/")), ListedFile(obj.key, f"{base}/{obj.key}", obj.size, obj.modified_ns, 0, obj.etag))
+        for obj in list_collection(url)
+        if not any(part.startswith(".") or not part for part in obj.key.split("/"))
+    ]
+    found.sort(key=lambda item: item[0])
+    return Listing(base, tuple(file for _, file in found))

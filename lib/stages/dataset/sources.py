@@ -1,8 +1,9 @@
 """Opening an image collection through Hugging Face `datasets`, and keying it by content.
 
-Four kinds of source, one code path: a hub dataset name (`food101`), a local folder
+Five kinds of source, one code path: a hub dataset name (`food101`), a local folder
 (the HF parquet layout, like the bundled sample, or an `imagefolder` with class
-subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` folder.
+subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` folder, and an
+`s3://bucket/prefix` read as an image folder (its keys the relative paths).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lookalike.artifacts.s3 import MirrorError, collection_has_objects
 from lookalike.core.errors import LookalikeError, path_text
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing, memo_path
 from lookalike.stages.dataset.folders import ImageFolder, read_image_folder
-from lookalike.stages.dataset.listing import list_files, once_per_run
+from lookalike.stages.dataset.listing import is_bucket_url, list_files, once_per_run
 
 # Package data of `lookalike.data`: the same folder in a checkout and in an installed wheel.
 SAMPLE_DIR = Path(str(importlib.resources.files("lookalike.data").joinpath("fashion-mnist-sample")))
@@ -40,7 +42,7 @@ class DatasetError(LookalikeError, ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    kind: Literal["hub", "folder", "parquet", "disk"]
+    kind: Literal["hub", "folder", "parquet", "disk", "bucket"]
     location: str
     revision: str | None = None  # hub only: the commit sha the key was made from
 
@@ -52,6 +54,8 @@ def resolve_source(section: DatasetSettings) -> Source:
     """Decide what kind of source `section.source` names. Local paths win over hub names."""
     if section.source == "sample":
         return Source("folder", str(SAMPLE_DIR))
+    if is_bucket_url(section.source):
+        return Source("bucket", section.source.rstrip("/"))
     path = Path(section.source).expanduser()
     if path.is_file():
         if path.suffix != ".parquet":
@@ -78,6 +82,9 @@ def check_source(section: DatasetSettings) -> Source:
     source = resolve_source(section)
     if source.kind == "hub":
         resolve_hub_revision(source.location, section.revision)
+    elif source.kind == "bucket":
+        if not _bucket_call(collection_has_objects, source.location):
+            raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
     elif source.kind == "folder" and not any(p.is_file() for p in Path(source.location).rglob("*")):
         raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
     return source
@@ -95,8 +102,16 @@ def pin_source(source: Source, section: DatasetSettings, root: Path | str | None
     if source.kind == "hub":
         sha = resolve_hub_revision(source.location, section.revision)
         return Source(source.kind, source.location, sha), "hub@" + sha
-    hashed = hash_collection(source.location, root, full=section.verify == "full")
-    return source, "sha256@" + _tree_digest(hashed, Path(source.location).is_file())
+    hashed = _bucket_call(hash_collection, source.location, root, full=section.verify == "full")
+    return source, "sha256@" + _tree_digest(hashed, source.kind == "parquet")
+
+
+def _bucket_call(call, *args, **kwargs):
+    """`call(...)`, with a bucket that cannot be listed or read reported as the dataset's one line."""
+    try:
+        return call(*args, **kwargs)
+    except MirrorError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
 
 
 def hash_collection(location: str, root: Path | str | None, *, full: bool = False) -> HashedListing:
@@ -167,7 +182,7 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
             loaded = datasets.load_dataset(
                 "parquet", data_files=source.location, split="train", cache_dir=str(cache_dir)
             )
-        elif source.kind == "folder":
+        elif source.kind in ("folder", "bucket"):
             loaded = _open_folder(source, section, cache_dir)
         else:
             loaded = datasets.load_dataset(
@@ -204,9 +219,14 @@ def _open_folder(source: Source, section: DatasetSettings, cache_dir: Path):
     the rows it loads, read here, so each is indexed or skipped with a reason like any other.
     A folder without such names loads exactly as `datasets` loads it.
     """
-    folder = read_image_folder(list_files(source.location))
+    folder = read_image_folder(_bucket_call(list_files, source.location))
     if folder is not None and section.config_name is None:
         return _image_folder_split(folder, section, source)
+    if source.kind == "bucket":
+        raise DatasetError(
+            f"{source.describe()} is read as a folder of images (class prefixes become labels); "
+            "tables, metadata files and dataset cards in a bucket are not supported: copy it to a local folder"
+        )
     import datasets
     from datasets.data_files import DataFilesDict, get_data_patterns
 
@@ -246,7 +266,7 @@ def _image_folder_split(folder: ImageFolder, section: DatasetSettings, source: S
 
 def _listed_image(path: str) -> dict[str, Any]:
     """An undecoded image by path; a name that is not UTF-8 cannot travel as text, so its bytes are read now."""
-    if _storable_name(path):
+    if _storable_name(path) or is_bucket_url(path):
         return {"bytes": None, "path": path}
     try:
         data = Path(path).read_bytes()
@@ -311,9 +331,11 @@ def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
                 str(cache_dir),
             )
         )
-    folder = read_image_folder(list_files(source.location)) if section.config_name is None else None
+    folder = read_image_folder(_bucket_call(list_files, source.location)) if section.config_name is None else None
     if folder is not None:
         return list(folder.splits)
+    if source.kind == "bucket":
+        return []
     return _builder_splits(source, section.config_name, None, str(cache_dir))
 
 
