@@ -106,6 +106,11 @@ def pin_source(source: Source, section: DatasetSettings, root: Path | str | None
     return source, "sha256@" + _tree_digest(hashed, source.kind == "parquet")
 
 
+def _image_folder(location: str) -> ImageFolder | None:
+    """The collection's splits and labels (`read_image_folder`), worked out once per run."""
+    return once_per_run("image-folder", location, lambda: read_image_folder(_bucket_call(list_files, location)))
+
+
 def _bucket_call(call, *args, **kwargs):
     """`call(...)`, with a bucket that cannot be listed or read reported as the dataset's one line."""
     try:
@@ -219,7 +224,7 @@ def _open_folder(source: Source, section: DatasetSettings, cache_dir: Path):
     the rows it loads, read here, so each is indexed or skipped with a reason like any other.
     A folder without such names loads exactly as `datasets` loads it.
     """
-    folder = read_image_folder(_bucket_call(list_files, source.location))
+    folder = _image_folder(source.location)
     if folder is not None and section.config_name is None:
         return _image_folder_split(folder, section, source)
     if source.kind == "bucket":
@@ -331,7 +336,7 @@ def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
                 str(cache_dir),
             )
         )
-    folder = read_image_folder(_bucket_call(list_files, source.location)) if section.config_name is None else None
+    folder = _image_folder(source.location) if section.config_name is None else None
     if folder is not None:
         return list(folder.splits)
     if source.kind == "bucket":
