@@ -130,7 +130,7 @@ RAW_FACTORIES = [
     "PCA64,Flat",  # flat, behind a transform inside the id map
     "ip:IVF8,PQ16x4fs,RFlat",  # IVF fast-scan under a refine, inner product
     "ip:HNSW16",  # HNSW, inner product
-    "HNSW16_PQ16",  # HNSW over PQ codes
+    "HNSW16_PQ8x4",  # HNSW over PQ codes (which take no ID selector)
     "PQ32x4fs",  # fast-scan PQ without IVF
     "NSG16,Flat",  # a graph without range search
 ]
