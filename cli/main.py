@@ -217,10 +217,12 @@ def _run_flow(
         check_source(settings.dataset)
     except LookalikeError as exc:
         _fail(str(exc))
+    from lookalike.cli.crash import reported_native_crashes
     from lookalike.cli.orchestration import run_pipeline
 
     try:
-        summary = run_pipeline(named, overrides, flow_name, verbose=verbose)
+        with reported_native_crashes():  # a FAISS abort or a segfault: one error line naming the stage
+            summary = run_pipeline(named, overrides, flow_name, verbose=verbose)
     except LookalikeError as exc:
         _fail(str(exc))
     except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above

@@ -3,13 +3,17 @@
 Every `run_<stage>_stage` goes through `run_stage`: a finished folder (manifest present)
 is returned as `cached`; otherwise the stage's `build` function fills the folder while an
 exclusive lock on the key is held, so two runs with the same key never write the same
-folder at once (the second waits, then finds the manifest and reuses it).
+folder at once (the second waits, then finds the manifest and reuses it). While a build runs, its
+stage, key, settings and inputs can be noted in a file (`note_builds_in`), so that a process watching
+this one can say which stage a native crash ended (`lookalike.cli.crash`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from lookalike.artifacts.shared_root import FolderStore, store_at
 from lookalike.core.errors import LookalikeError
 from lookalike.core.graph import STAGES, input_manifest_sha256
-from lookalike.core.manifest import Manifest, Status, find_manifest, stage_dir, write_manifest
+from lookalike.core.manifest import Manifest, Status, atomic_write_bytes, find_manifest, stage_dir, write_manifest
 
 
 def _cannot_write(exc: OSError, root: Path) -> bool:
@@ -90,6 +94,44 @@ def key_lock(root: Path | str, stage: str, key: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+_note: Path | None = None
+_building: dict[tuple[str, str], dict[str, Any]] = {}  # the builds in progress, by (stage, key)
+_note_lock = threading.Lock()  # Prefect may run two stages' tasks at once, in threads
+
+
+def note_builds_in(path: Path | None) -> None:
+    """From now on, keep `path` holding the stages this process is building (a JSON list of {stage, key,
+    root, settings, inputs}; [] between builds). None stops it."""
+    global _note
+    with _note_lock:
+        _note = path
+        _building.clear()
+
+
+@contextmanager
+def _noted(root: Path, stage: str, key: str, settings: dict[str, Any], inputs: dict[str, str]) -> Iterator[None]:
+    if _note is None:
+        yield
+        return
+    entry = {"stage": stage, "key": key, "root": str(root), "settings": settings, "inputs": inputs}
+    _write_note((stage, key), entry)
+    try:
+        yield
+    finally:
+        _write_note((stage, key), None)
+
+
+def _write_note(at: tuple[str, str], entry: dict[str, Any] | None) -> None:
+    with _note_lock:
+        if _note is None:
+            return
+        if entry is None:
+            _building.pop(at, None)
+        else:
+            _building[at] = entry
+        atomic_write_bytes(_note, json.dumps(list(_building.values()), default=str).encode())
+
+
 def run_stage(
     root: Path | str,
     stage: str,
@@ -145,7 +187,8 @@ def _build_locked(
         input_sha256 = input_manifest_sha256(root, inputs)
         store.pull_partial(stage, key)
         started = time.perf_counter()
-        built = build(folder)
+        with _noted(root, stage, key, settings, inputs):
+            built = build(folder)
         timings = {"build_seconds": time.perf_counter() - started, **built.timings}
         manifest = write_manifest(
             folder,

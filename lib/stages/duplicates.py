@@ -32,6 +32,7 @@ from lookalike.core.manifest import Manifest
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.stage import open_snapshot, row_positions, snapshot_column
 from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.index.capabilities import capabilities
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.sampling import seeded_sample
 
@@ -43,7 +44,7 @@ CALIBRATION_SAMPLE = 200
 REPORT = "duplicates.json"  # what the evaluation stage writes: `DuplicateReport.to_json()`
 PICTURE = "duplicates.png"  # and the picture of its largest groups (only when there are groups)
 THUMBNAIL = 128
-KNN_FALLBACK = 20  # neighbours per row when the index type has no range search
+KNN_FALLBACK = 20  # neighbours per row when the index type has no safe range search (HNSW, NSG, ...)
 _BATCH = 1024
 
 
@@ -227,19 +228,21 @@ def calibrate_threshold(
 
 
 def neighbour_pairs(index: faiss.Index, vectors: np.ndarray, row_ids: np.ndarray, threshold: float, metric: str):
-    """(row, neighbour row) pairs within `threshold`, by FAISS range search where the index type has one,
-    else from the KNN_FALLBACK nearest neighbours cut at the threshold."""
+    """(row, neighbour row) pairs within `threshold`, by FAISS range search where the index type has a safe
+    one (`lookalike.stages.index.capabilities`), else from the KNN_FALLBACK nearest neighbours cut at the
+    threshold."""
+    ranges = capabilities(index).range_search
+    # FAISS keeps d < radius for l2 and similarity > radius for ip: nudge the radius so "within" includes it
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf if metric == "ip" else np.inf)))
     pairs = []
     for start in range(0, len(vectors), _BATCH):
         queries = np.ascontiguousarray(vectors[start : start + _BATCH], dtype=np.float32)
         owners = row_ids[start : start + _BATCH]
-        try:
-            # FAISS keeps d < radius for l2 and similarity > radius for ip: nudge the radius so "within" includes it
-            radius = np.nextafter(np.float32(threshold), np.float32(-np.inf if metric == "ip" else np.inf))
-            lims, dist, found = index.range_search(queries, float(radius))
+        if ranges:
+            lims, dist, found = index.range_search(queries, radius)
             for i, own in enumerate(owners):
                 pairs += [(int(own), int(r)) for r in found[lims[i] : lims[i + 1]] if r >= 0 and r != own]
-        except RuntimeError:  # e.g. HNSW, PQ fast-scan: no range search in FAISS
+        else:
             dist, found = search(index, queries, KNN_FALLBACK)
             keep = within(dist, threshold, metric) & (found >= 0)
             for own, ok, ids in zip(owners, keep, found):

@@ -175,6 +175,19 @@ def test_killed_while_writing_the_index_never_serves_a_torn_file(reference, pref
     assert stage_files(root, again, "index") == stage_files(ref_root, ref, "index")
 
 
+def test_a_native_crash_in_a_stage_is_one_error_line_naming_it_and_its_index_type(reference, prefect_api_url, tmp_path):
+    """The next run resumes as after any kill (tests/cli/test_crash.py shows it at the stage runner)."""
+    ref_root, ref = reference
+    root = tmp_path / "artifacts"
+    copy_stages(ref_root, root, "dataset", "encoder", "embeddings", "index")
+    code, _, err = finish(start(root, prefect_api_url, {"abort_in_evaluation": True}))
+    assert code == -signal.SIGABRT
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors == err.strip().splitlines()[-1:], err[-3000:]
+    assert errors[0].startswith("error: the evaluation stage with index type flat-l2 (Flat) crashed in native code")
+    assert not (root / "evaluation" / ref["stages"]["evaluation"]["key"] / MANIFEST).exists()
+
+
 def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_api_url, tmp_path, s3_endpoint):
     from lookalike.artifacts.s3 import s3_client
 

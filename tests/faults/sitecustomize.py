@@ -13,6 +13,8 @@ patches a lib module right after it is first imported, so a real `lookalike run`
     kill_once_at_embed_batch  SIGKILL this process at this embedding batch (1-based) unless the
                           file `kill_marker` exists; creates it first (one kill across all processes)
     kill_in_index_write   write half of index.faiss's temp file, then SIGKILL this process
+    abort_in_evaluation   abort this process where the evaluation stage draws its map, as the C++ runtime
+                          does when FAISS throws inside an OpenMP region (issue 44)
     kill_after_uploads    SIGKILL this process after this many S3 uploads
     disk_full_at_shard    writing this embedding shard (0-based) fails with ENOSPC
     read_only_root        creating any stage's lock file fails with EROFS
@@ -135,6 +137,17 @@ def _patch_indexing(module) -> None:
     )()
 
 
+def _patch_evaluation(module) -> None:
+    original = module.write_map
+
+    def write_map(*args, **kwargs):
+        if FAULTS.get("abort_in_evaluation"):
+            os.abort()
+        return original(*args, **kwargs)
+
+    module.write_map = write_map
+
+
 def _patch_storage(module) -> None:
     original = module.s3_client
 
@@ -161,6 +174,7 @@ PATCHES = {
     "lookalike.artifacts.stage_runner": _patch_stages,
     "lookalike.stages.encoder.training": _patch_pretraining,
     "lookalike.stages.index.stage": _patch_indexing,
+    "lookalike.stages.evaluation.stage": _patch_evaluation,
     "lookalike.artifacts.s3": _patch_storage,
 }
 

@@ -15,6 +15,7 @@ from lookalike.stages.duplicates import (
     neighbour_pairs,
     pair_distances,
 )
+from lookalike.stages.index.capabilities import capabilities
 
 
 def flat(vectors: np.ndarray, row_ids: np.ndarray, metric: str = "l2") -> faiss.Index:
@@ -83,13 +84,29 @@ def test_an_index_without_range_search_gives_its_nearest_neighbours_cut_at_the_t
     fast_scan = faiss.index_factory(8, "IDMap2,PQ4x4fs")
     fast_scan.train(np.repeat(vectors, 20, axis=0) + np.random.default_rng(1).normal(0, 1, (800, 8)).astype("f"))
     fast_scan.add_with_ids(vectors, row_ids)
-    with pytest.raises(RuntimeError):
-        fast_scan.range_search(vectors[:1], 1.0)
+    assert not capabilities(fast_scan).range_search
     distances, ids = fast_scan.search(vectors, 40)  # every row: the pairs a full search keeps
     threshold = float(np.quantile(distances[:, 1:4], 0.5))
     expected = {(int(own), int(r)) for own, d, f in zip(row_ids, distances, ids) for r in f[d <= threshold] if r != own}
     assert 0 < len(expected) and max(np.bincount([a for a, _ in expected])) < 20
     assert set(neighbour_pairs(fast_scan, vectors, row_ids, threshold, "l2")) == expected
+
+
+def test_an_inner_product_refine_index_finds_the_pairs_exact_search_finds():
+    """FAISS range-searches a refine's base index at radius x k_factor, which for a similarity asks for
+    more than any pair reaches: the pairs come from the nearest neighbours instead."""
+    vectors, row_ids = clustered()
+    faiss.normalize_L2(vectors)
+    refine = faiss.index_factory(8, "IDMap2,IVF2,PQ4x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+    noisy = np.repeat(vectors, 20, axis=0) + np.random.default_rng(1).normal(0, 0.05, (800, 8)).astype("f")
+    refine.train(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    refine.add_with_ids(vectors, row_ids)
+    faiss.ParameterSpace().set_index_parameter(refine, "nprobe", 2)
+    faiss.ParameterSpace().set_index_parameter(refine, "k_factor_rf", 4)
+    similarity = float(vectors[20] @ vectors[30])
+    exact = near_groups(flat(vectors, row_ids, "ip"), vectors, row_ids, similarity - 0.01, "ip")
+    assert [61, 91] in exact
+    assert near_groups(refine, vectors, row_ids, similarity - 0.01, "ip") == exact
 
 
 def test_distances_in_the_index_space_are_the_ones_a_whitened_index_returns():

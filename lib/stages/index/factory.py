@@ -22,6 +22,7 @@ import numpy as np
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest, verified_path
 from lookalike.core.names import INDEX_PRESETS, split_metric
+from lookalike.stages.index.capabilities import capabilities
 from lookalike.stages.sampling import seeded_sample
 
 INDEX_FILE = "index.faiss"
@@ -207,7 +208,9 @@ def search(
     graph nodes it visits match (a selective filter); those queries are searched again
     exhaustively (every IVF list; an HNSW index's own vector storage, scanned with the selector),
     so a filtered search returns k hits whenever k rows match. A filter matching at most
-    `EXACT_BELOW` of the rows goes to that exhaustive search at once.
+    `EXACT_BELOW` of the rows goes to that exhaustive search at once. An index type that takes no
+    selector (`lookalike.stages.index.capabilities`: PQ without IVF, NSG, LSH, ...) is asked for more
+    neighbours instead, until k of them match (`_overfetched`).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if allowed is None:
@@ -216,6 +219,8 @@ def search(
     k = min(k, len(allowed))
     if k == 0:
         return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    if not capabilities(index).filtered_search:
+        return _overfetched(index.search, index.ntotal, queries, k, allowed, _similarity(index))
     knobs = current_knobs(index)
     exhaustive = _exhaustive_search(index, knobs)
     if exhaustive is not None and len(allowed) <= EXACT_BELOW * index.ntotal:
@@ -254,14 +259,43 @@ def _hnsw_storage_search(index: faiss.Index, queries: np.ndarray, k: int, allowe
         for i in range(node.chain.size()):
             queries = faiss.downcast_VectorTransform(node.chain.at(i)).apply(queries)
         node = faiss.downcast_index(node.index)
-    selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
-    translated = faiss.IDSelectorTranslated(node.id_map, selector)  # HNSW always sits in an IndexIDMap2 here
-    params = faiss.SearchParameters()
-    params.sel = translated
     storage = faiss.downcast_index(faiss.downcast_index(node.index).storage)
-    distances, positions = storage.search(np.ascontiguousarray(queries), k, params=params)
-    id_map = faiss.vector_to_array(node.id_map)
+    id_map = faiss.vector_to_array(node.id_map)  # HNSW always sits in an IndexIDMap2 here
+    queries = np.ascontiguousarray(queries)
+    if capabilities(storage).filtered_search:
+        selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorTranslated(node.id_map, selector)
+        distances, positions = storage.search(queries, k, params=params)
+    else:  # PQ codes (HNSW32_PQ16) take no selector
+        wanted = np.flatnonzero(np.isin(id_map, allowed))
+        distances, positions = _overfetched(storage.search, storage.ntotal, queries, k, wanted, _similarity(storage))
     return distances, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
+
+
+def _overfetched(search_k, ntotal: int, queries: np.ndarray, k: int, allowed: np.ndarray, similarity: bool):
+    """search(queries, k, allowed) through a plain `search_k(queries, n)` that takes no selector: n starts
+    at twice what the filter's share of rows suggests and grows 4x for the queries still short of k
+    matches, until every stored vector has been returned. Missing hits are id -1, as FAISS pads them."""
+    distances = np.full((len(queries), k), -np.inf if similarity else np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    todo = np.arange(len(queries))
+    n = min(ntotal, max(4 * k, -(-2 * k * ntotal // max(1, len(allowed)))))
+    while len(todo):
+        found_d, found = search_k(queries[todo], n)
+        short = []
+        for q, d, f in zip(todo, found_d, found):
+            hits = np.flatnonzero((f >= 0) & np.isin(f, allowed))[:k]
+            if len(hits) < k and n < ntotal:
+                short.append(q)
+                continue
+            distances[q, : len(hits)], ids[q, : len(hits)] = d[hits], f[hits]
+        todo, n = np.asarray(short, dtype=np.int64), min(ntotal, 4 * n)
+    return distances, ids
+
+
+def _similarity(index: faiss.Index) -> bool:
+    return index.metric_type == faiss.METRIC_INNER_PRODUCT
 
 
 def filtered_params(index: faiss.Index, allowed: np.ndarray, knobs: dict[str, int]):
