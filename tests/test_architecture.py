@@ -5,20 +5,14 @@ functions count too), and each heavy optional dependency owned by one adapter mo
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# repository folder -> the package it becomes (pyproject's package-dir)
-FOLDERS = {
-    "lib": "lookalike",
-    "tasks": "lookalike.tasks",
-    "flows": "lookalike.flows",
-    "cli": "lookalike.cli",
-    "app": "lookalike.app",
-    "data": "lookalike.data",
-}
+# the package as laid out: a module's import name is its path under lib/ (flows/ and tasks/ are linked in)
+PACKAGE = REPO / "lib" / "lookalike"
 # floor -> the floors it may import from (itself included); the first matching prefix names a module's floor
 FLOORS = {
     "lookalike.core": {"lookalike.core"},
@@ -82,16 +76,16 @@ ADAPTERS = {
 }
 
 
-def package_modules(folders: dict[str, str], repo: Path = REPO) -> dict[str, Path]:
-    """{dotted module name: file} for every module the wheel installs."""
+def package_modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """{dotted module name: file} for every module the wheel installs, through the links to flows/ and tasks/."""
     modules = {}
-    for folder, package in folders.items():
-        for path in sorted((repo / folder).rglob("*.py")):
-            parts = path.relative_to(repo / folder).with_suffix("").parts
+    for folder, _, files in os.walk(package, followlinks=True):
+        for path in (Path(folder) / file for file in files if file.endswith(".py")):
+            parts = path.relative_to(package.parent).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            modules[".".join((package, *parts))] = path
-    return modules
+            modules[".".join(parts)] = path
+    return dict(sorted(modules.items()))
 
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> tuple[set[str], set[str]]:
@@ -177,11 +171,12 @@ def floor_violations(graph: dict[str, set[str]]) -> list[str]:
     return sorted(bad)
 
 
-MODULES = package_modules(FOLDERS)
+MODULES = package_modules()
 
 
 def test_every_installed_module_is_in_the_lookalike_namespace_and_on_a_floor():
     assert MODULES and all(name.split(".")[0] == "lookalike" for name in MODULES)
+    assert {"lookalike.cli.main", "lookalike.flows.retrieval", "lookalike.tasks.index"} <= MODULES.keys()
     unplaced = [name for name in MODULES if name != "lookalike" and floor_of(name) is None]
     assert unplaced == []
 
@@ -220,16 +215,17 @@ def test_the_checks_find_a_cycle_through_a_lazy_import_and_an_upward_import(tmp_
     _write(
         tmp_path,
         {
-            "lib/__init__.py": "",
-            "lib/core/__init__.py": "",
-            "lib/core/settings.py": "def check():\n    from lookalike.stages.index import factory\n",
-            "lib/stages/__init__.py": "",
-            "lib/stages/index/__init__.py": "",
-            "lib/stages/index/factory.py": "from lookalike.core.settings import check\n",
+            "lib/lookalike/__init__.py": "",
+            "lib/lookalike/core/__init__.py": "",
+            "lib/lookalike/core/settings.py": "def check():\n    from lookalike.stages.index import factory\n",
+            "lib/lookalike/stages/__init__.py": "",
+            "lib/lookalike/stages/index/__init__.py": "",
+            "lib/lookalike/stages/index/factory.py": "from lookalike.core.settings import check\n",
             "tasks/__init__.py": "import prefect\n",
         },
     )
-    modules = package_modules({"lib": "lookalike", "tasks": "lookalike.tasks"}, tmp_path)
+    (tmp_path / "lib" / "lookalike" / "tasks").symlink_to(Path("..", "..", "tasks"))
+    modules = package_modules(tmp_path / "lib" / "lookalike")
     graph = import_graph(modules)
     assert cycles(graph) == [["lookalike.core.settings", "lookalike.stages.index.factory"]]
     assert floor_violations(graph) == ["lookalike.core.settings -> lookalike.stages.index.factory"]

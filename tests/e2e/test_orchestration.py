@@ -1,4 +1,4 @@
-"""The CLI's flow runner (cli/orchestration.py): how a `lookalike run` process ends."""
+"""The CLI's flow runner (lib/lookalike/lookalike/cli/orchestration.py): how a `lookalike run` process ends."""
 
 import gc
 import os

@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -34,9 +35,9 @@ def wheel(tmp_path_factory) -> Path:
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for name in tracked:
-        if (REPO / name).is_file():
+        if (REPO / name).is_symlink() or (REPO / name).is_file():  # lib/lookalike/{flows,tasks} stay links
             (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+            shutil.copy2(REPO / name, source / name, follow_symlinks=False)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
@@ -67,6 +68,24 @@ def test_the_wheel_holds_one_top_level_package_and_the_sample(wheel):
         "lookalike/data/fashion-mnist-sample/data/train-00000-of-00001.parquet",
     ]
     assert not [n for n in names if n.startswith(("lookalike/tests", "tests/", "lib/", "tasks/", "flows/", "cli/"))]
+    # flows/ and tasks/, linked into lib/lookalike/, travel as the files themselves
+    linked = [
+        info
+        for info in zipfile.ZipFile(wheel).infolist()
+        if info.filename.startswith(("lookalike/flows/", "lookalike/tasks/"))
+    ]
+    assert {"lookalike/flows/retrieval.py", "lookalike/tasks/index.py"} <= {info.filename for info in linked}
+    assert all(stat.S_ISREG(info.external_attr >> 16) for info in linked)
+
+
+def test_the_editable_install_puts_lib_on_the_path_for_every_tool():
+    """The Makefile's `pip install -e` is setuptools' static .pth naming lib/, not an import hook: pyright, mypy
+    and jedi follow a path entry, and lookalike.flows.retrieval is then lib/lookalike/flows/retrieval.py."""
+    pths = list(Path(sysconfig.get_paths()["purelib"]).glob("__editable__*lookalike*.pth"))
+    if not pths:
+        pytest.skip("lookalike is not installed editable here (`make test` installs it so)")
+    (pth,) = pths
+    assert pth.read_text().split() == [str(REPO / "lib")]
 
 
 def test_a_plain_install_of_the_wheel_runs_the_default_pipeline_on_its_sample(wheel, tmp_path):

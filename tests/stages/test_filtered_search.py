@@ -27,7 +27,7 @@ def labelled_parquet(tmp_path_factory) -> Path:
     and a `taken` date column, kept through dataset.metadata_columns."""
     import datetime
 
-    sample = Path(__file__).parents[2] / "data" / "fashion-mnist-sample" / "data" / "train-00000-of-00001.parquet"
+    sample = Path(__file__).parents[2] / "lib/lookalike/data/fashion-mnist-sample/data/train-00000-of-00001.parquet"
     table = pq.read_table(sample).slice(0, N)
     images = [
         {"bytes": item["bytes"], "path": f"/photos/{label}/img-{i:04d}.png"}
