@@ -1,7 +1,7 @@
 """What the embedding benchmarks share: the 70k Fashion-MNIST source and the stages before `embeddings`.
 
 Fashion-MNIST (train + test, 70,000 images) is read from Debian's `dataset-fashion-mnist`
-package, as `data/make_sample.py` reads it, and written once as one parquet file in the HF
+package, as `lib/lookalike/data/make_sample.py` reads it, and written once as one parquet file in the HF
 image layout (`image` PNG bytes, `label` ClassLabel) under `<work dir>/cache/`. The real
 `dataset` stage ingests that file like any user's parquet; its snapshot and a random-init
 encoder (`encoder.epochs=0`: throughput and memory do not depend on the weights) live under
@@ -36,7 +36,7 @@ def fashion_mnist_parquet(work_dir: Path, source: Path = SOURCE) -> Path:
     import datasets
     from datasets import ClassLabel, Dataset, Features, Image
 
-    sys.path.insert(0, str(REPO / "data"))
+    sys.path.insert(0, str(REPO / "lib" / "lookalike" / "data"))
     from make_sample import NAMES, png, read_idx  # the sample's own reader and encoding
 
     print(f"writing {out} (70,000 PNGs, once) ...", file=sys.stderr)

@@ -3,8 +3,8 @@
 # through .git/info/exclude, sent with the device call's `carry`): cp312 wheels of the packages that
 # machine's image lacks (its python3 has torch, torchvision, numpy, pyarrow, pandas, PIL, timm,
 # huggingface_hub, matplotlib, ...), the two collections as archives, and this branch's package as
-# an importable `lookalike` folder (lib/ plus the empty lookalike.data package the dataset sources
-# import; no bundled sample).
+# an importable `lookalike` folder (lib/lookalike/ with flows/ and tasks/ copied in place of their
+# links; no bundled sample).
 #
 # Usage (from the branch's worktree): benchmarks/gpu_pack.sh <checkout that the device call sends>
 #   PHOTO_COPIES=/tmp/photo-copies FASHION_MNIST=/tmp/fashion-mnist/test (built by make_*.py)
@@ -28,9 +28,9 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 [ -s "$DEST/data/fashion-mnist-10k.tar.gz" ] ||
   tar -czf "$DEST/data/fashion-mnist-10k.tar.gz" -C "$(dirname "$FASHION_MNIST")" "$(basename "$FASHION_MNIST")"
 
-rm -rf "$DEST/src" && mkdir -p "$DEST/src/lookalike/data"
-cp -r "$SRC/lib/." "$DEST/src/lookalike/"
-cp "$SRC/data/__init__.py" "$DEST/src/lookalike/data/"
+rm -rf "$DEST/src" && mkdir -p "$DEST/src"
+cp -rL "$SRC/lib/lookalike" "$DEST/src/lookalike"
+rm -rf "$DEST/src/lookalike/data/fashion-mnist-sample"
 cp -r "$SRC/benchmarks" "$DEST/src/benchmarks"
 find "$DEST/src" -name __pycache__ -prune -exec rm -rf {} +
 du -sh "$DEST"/*

@@ -18,7 +18,7 @@ Then `auto` twice, as the index stage runs it (`lookalike.stages.index.auto.choo
 budget, and with a budget of 1/8 of the flat index's bytes. Its build seconds include every
 candidate it trained; its row adds the choice, the reason and its held-out recall.
 
-Usage (needs Debian's `dataset-fashion-mnist` package, as `data/make_sample.py` does):
+Usage (needs Debian's `dataset-fashion-mnist` package, as `lib/lookalike/data/make_sample.py` does):
     .venv/bin/python benchmarks/index_presets.py [--nprobe 16] [--ef-search 64] [--k-factor 4] [--out FILE]
 
 Writes a JSON record (and prints it); the recorded output lives in benchmarks/results/.

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib" / "lookalike" / "data"))
 from make_sample import NAMES, read_idx  # noqa: E402
 
 FOLDER_NAMES = [name.replace("/", "-") for name in NAMES]

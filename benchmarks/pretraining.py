@@ -7,7 +7,7 @@ Two parts, both through the product's own `encoder` stage (`lookalike.stages.enc
    `images_per_second` stat: images x epochs / seconds inside the epochs (data loading,
    augmentation, forward, backward, optimiser; not process start or checkpoint export).
 2. `recipe`: Fashion-MNIST from Debian's `dataset-fashion-mnist` package, written once in the HF
-   parquet layout by `data/make_sample.py` (all 60,000 train and 10,000 test images). The encoder
+   parquet layout by `lib/lookalike/data/make_sample.py` (all 60,000 train and 10,000 test images). The encoder
    stage pretrains on the 60k train split with the default settings, or `--set` overrides, and
    after every `--probe-every` epochs (and the last) the encoder as it would be exported embeds
    train and test the way the `embeddings` stage does (`ResizeToTensor`, `normalize_batch`,
@@ -109,13 +109,13 @@ def throughput(args) -> dict:
 
 
 def fashion_mnist(work: Path) -> Path:
-    """The whole of Fashion-MNIST in the HF parquet layout, written once by data/make_sample.py."""
+    """The whole of Fashion-MNIST in the HF parquet layout, written once by lib/lookalike/data/make_sample.py."""
     folder = work / "fashion-mnist-full"
     if not (folder / "data").is_dir():
         subprocess.run(
             [
                 sys.executable,
-                str(REPO / "data" / "make_sample.py"),
+                str(REPO / "lib" / "lookalike" / "data" / "make_sample.py"),
                 "--source",
                 str(SOURCE),
                 "--out",

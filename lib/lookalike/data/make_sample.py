@@ -4,9 +4,9 @@ Source: Debian's `dataset-fashion-mnist` package (MIT licence, Zalando Research)
 the original IDX files under /usr/share/datasets/fashion-mnist. Run:
 
     apt-get install dataset-fashion-mnist
-    python data/make_sample.py            # writes data/fashion-mnist-sample/
+    python lib/lookalike/data/make_sample.py     # writes lib/lookalike/data/fashion-mnist-sample/
 
-The output loads with `datasets.load_dataset("data/fashion-mnist-sample")` exactly like a hub
+The output loads with `datasets.load_dataset("lib/lookalike/data/fashion-mnist-sample")` exactly like a hub
 dataset: `image` (Image) and `label` (ClassLabel with names), splits `train` and `test`.
 """
 
