@@ -12,8 +12,17 @@ The package is built in floors, each importing only from the floors below it (te
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from lookalike.core.errors import LookalikeError
+
+if TYPE_CHECKING:  # what editors and type checkers follow; at run time __getattr__ imports it on first use
+    from lookalike.api import Index as Index
+    from lookalike.api import Neighbour as Neighbour
+    from lookalike.api import RunSummary as RunSummary
+    from lookalike.api import embed as embed
+    from lookalike.api import load as load
+    from lookalike.api import run as run
 
 try:
     __version__ = version("lookalike")
