@@ -60,9 +60,11 @@ $(CHROMIUM):
 # The suite runs on every core (pytest-xdist), one test file per worker at a time so a file's module
 # fixtures (a Prefect server stack, a built index) are made once; much of it waits on subprocesses
 # and servers, so two workers on two cores finish well before one. `pytest tests/...` runs serially.
+# mypy checks the package first (pyproject's [tool.mypy]); .mypy_cache keeps a re-run to seconds.
 test: $(VENV)/.test-installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean-artifacts:

@@ -257,7 +257,7 @@ def copy_index_chain(root: Path | str, folder: Path) -> str:
             install_stage(
                 root,
                 (origin / MANIFEST).read_bytes(),  # the same bytes: what consumers recorded of it still holds
-                lambda name, tmp, origin=origin: shutil.copyfile(origin / name, tmp),
+                lambda name, tmp, origin=origin: shutil.copyfile(origin / name, tmp),  # type: ignore[misc]
                 f"{origin}/",
                 expect=(manifest.stage, manifest.key),
             )

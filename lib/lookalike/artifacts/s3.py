@@ -300,7 +300,7 @@ def delete_objects(client, location: S3Location, names: list[str]) -> None:
     for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
         batch = [{"Key": location.key(name)} for name in names[start : start + 1000]]
         _s3(
-            lambda batch=batch: client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}),
+            lambda batch=batch: client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}),  # type: ignore[misc]
             f"delete partial objects under s3://{location.bucket}/{location.prefix}",
         )
 

@@ -77,7 +77,7 @@ def png_data_url(path: Path, max_bytes: int) -> str:
         with Image.open(path) as image:
             picture = image.convert("RGB")
         while len(data) > max_bytes and min(picture.size) > 16:
-            picture = picture.resize((picture.width // 2, picture.height // 2), Image.LANCZOS)
+            picture = picture.resize((picture.width // 2, picture.height // 2), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG", optimize=True)
             data = buffer.getvalue()

@@ -34,7 +34,7 @@ def profile_images(snapshot, batch: int = 512) -> dict[str, Any]:
     "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of an opened snapshot (sizes)
     and a seeded sample of them (colour and layout)."""
     n = len(snapshot)
-    widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter()
+    widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter[str]()
     looked = set(seeded_sample(n, COLOUR_SAMPLE).tolist())
     grey, thumbnails = 0, []
     for start in range(0, n, batch):
@@ -87,7 +87,9 @@ def _look(img: Image.Image) -> tuple[bool, np.ndarray]:
     grey_mode = img.mode in GRAYSCALE_MODES or (img.mode == "P" and img.palette is not None and img.palette.mode == "L")
     img.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at a fraction of its size
     rgb = img.convert("RGB")
-    luminance = np.asarray(rgb.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.BILINEAR), np.float32) / 255
+    luminance = (
+        np.asarray(rgb.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.Resampling.BILINEAR), np.float32) / 255
+    )
     if grey_mode:
         return True, luminance
     small = np.asarray(rgb.resize((THUMBNAIL, THUMBNAIL)), dtype=np.int16)

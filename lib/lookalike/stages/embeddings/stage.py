@@ -19,7 +19,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,9 @@ def embed_shards(
     n_rows = sum(len(b) for b in batches)
 
     # every missing row has a stored vector: start no workers
-    loader = embedder.loader(snapshot, batch_sampler=batches, num_workers=section.num_workers) if batches else []
+    loader: Iterable[Any] = (
+        embedder.loader(snapshot, batch_sampler=batches, num_workers=section.num_workers) if batches else []
+    )
     embedded: list[np.ndarray] = []
     queue = iter(plans)
     with progress(n_rows, "embeddings", unit="img") as bar:

@@ -39,7 +39,8 @@ def scores(
 ) -> dict:
     """kNN accuracy, precision@k, mAP@k and per-class kNN accuracy; unlabelled queries are skipped."""
     counts = Counter(label_of.values())
-    correct, precision, average_precision, per_class = [], [], [], {}
+    correct, precision, average_precision = [], [], []
+    per_class: dict[str, list[bool]] = {}
     for qid, truth, found in zip(query_ids, truths, ids):
         if truth is None:
             continue
