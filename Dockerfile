@@ -33,7 +33,7 @@ print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in 
 # The checkout (see .dockerignore): the package, and the flow files prefect.yaml's entrypoints name.
 COPY . .
 RUN pip install -c constraints.txt --no-deps . \
-    && rm -rf build lookalike.egg-info \
+    && rm -rf build lib/lookalike.egg-info \
     && useradd --create-home --uid 1000 lookalike \
     && mkdir -p /artifacts && chown lookalike /artifacts
 
