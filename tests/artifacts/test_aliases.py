@@ -1,4 +1,4 @@
-"""Aliases (lib/artifacts/aliases.py) on a disk that fills up."""
+"""Aliases (lib/lookalike/artifacts/aliases.py) on a disk that fills up."""
 
 from __future__ import annotations
 

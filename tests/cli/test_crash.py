@@ -1,4 +1,4 @@
-"""A native crash inside a stage (cli/crash.py): one `error:` line naming the stage and the index type,
+"""A native crash inside a stage (lib/lookalike/cli/crash.py): one `error:` line naming the stage and the index type,
 then the next run resumes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`lookalike notify` (cli/notify.py): one line, in bounded time, whatever the server does, naming the server
+"""`lookalike notify` (lib/lookalike/cli/notify.py): one line, in bounded time, whatever the server does, naming the server
 without its password."""
 
 from __future__ import annotations

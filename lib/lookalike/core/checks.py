@@ -12,6 +12,7 @@ import math
 import numbers
 import operator
 from collections.abc import Iterable
+from typing import Any
 
 from lookalike.core.errors import LookalikeError, brief
 
@@ -20,7 +21,7 @@ class BadValueError(LookalikeError, ValueError):
     """A value of the wrong type or outside its range; the message names the value and what fits."""
 
 
-def whole_number(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+def whole_number(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
     """`value` as a Python int (from an int or a numpy integer), within [low, high]."""
     if not isinstance(value, bool) and not _is_numpy_bool(value):
         try:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
+from typing import NoReturn, Union
 
 from lookalike.core.errors import LookalikeError, brief
 
@@ -178,7 +178,8 @@ class _Parser:
         self.n_terms = 0
 
     def parse(self, text: str) -> Node:
-        self.text, self.pos, self.after = text, 0, None
+        self.text, self.pos = text, 0
+        self.after: str | None = None  # the keyword or '(' last read, for the message at a premature end
         node = self._any_of(0)
         self._skip()
         if self.pos < len(text):
@@ -187,14 +188,14 @@ class _Parser:
             self._fail(f"expected 'and', 'or' or the end before {self._near()}; write {SYNTAX}")
         return node
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         raise FilterError(f"cannot read filter {brief(self.text)}: {why}")
 
     def _near(self) -> str:
-        return brief(_TOKEN.match(self.text, self.pos).group(), 40)
+        return brief(_matched(_TOKEN, self.text, self.pos).group(), 40)
 
     def _skip(self) -> None:
-        self.pos = _SPACE.match(self.text, self.pos).end()
+        self.pos = _matched(_SPACE, self.text, self.pos).end()
 
     def _keyword(self, word: str) -> bool:
         self._skip()
@@ -280,7 +281,7 @@ class _Parser:
             self._fail(f"{field}{op} has an empty value; quote it (\"\") to match ''")
         end = word.end()
         while True:  # more words of the same value: `label=Ankle boot`
-            after_space = _SPACE.match(text, end).end()
+            after_space = _matched(_SPACE, text, end).end()
             if after_space == end or _KEYWORD.match(text, after_space):
                 break
             more = _WORD.match(text, after_space)
@@ -302,3 +303,11 @@ def _quoted(value: str) -> str:
     if value and not re.search(r"[\s,()\"']", value) and not _KEYWORD.fullmatch(value):
         return value
     return f"'{value}'" if '"' in value else f'"{value}"'
+
+
+def _matched(pattern: re.Pattern[str], text: str, pos: int) -> re.Match[str]:
+    """`pattern.match` for a pattern that matches anywhere (`\\s*`, or `.` as the last alternative)."""
+    match = pattern.match(text, pos)
+    if match is None:  # only past the end of the text, which callers never ask for
+        raise AssertionError(f"{pattern.pattern!r} did not match at {pos}")
+    return match

@@ -119,7 +119,7 @@ class Metadata:
             self._rows_of.move_to_end(filter_)
             return self._rows_of[filter_]
         check_fields(filter_, self.columns)
-        mask = self._mask(filter_.root) if filter_ else np.ones(len(self.row_ids), dtype=bool)
+        mask = self._mask(filter_.root) if filter_.root is not None else np.ones(len(self.row_ids), dtype=bool)
         rows = np.sort(self.row_ids[mask]).astype(np.int64)
         self._rows_of[filter_] = rows
         if len(self._rows_of) > _CACHED_FILTERS:
