@@ -4,6 +4,7 @@ then the next run resumes."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_a_native_abort_in_a_stage_is_one_error_line_naming_the_stage_and_index_
     assert "run the same command again to resume" in errors[0] and "Traceback" not in crashed.stderr
     saved = Path(errors[0].rsplit("Python traceback: ", 1)[1])
     assert "Fatal Python error: Aborted" in saved.read_text() and "in evaluation" in saved.read_text()
+    shutil.rmtree(saved.parent)  # kept for the user to read; not for the test run to litter
     assert not (root / "evaluation" / ("b" * 16) / "manifest.json").exists()
 
     resumed = run(root, "finish")

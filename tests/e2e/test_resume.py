@@ -186,6 +186,7 @@ def test_a_native_crash_in_a_stage_is_one_error_line_naming_it_and_its_index_typ
     assert len(errors) == 1 and errors == err.strip().splitlines()[-1:], err[-3000:]
     assert errors[0].startswith("error: the evaluation stage with index type flat-l2 (Flat) crashed in native code")
     assert not (root / "evaluation" / ref["stages"]["evaluation"]["key"] / MANIFEST).exists()
+    shutil.rmtree(Path(errors[0].rsplit("Python traceback: ", 1)[1]).parent)  # the traceback kept for the user
 
 
 def test_killed_during_upload_mirrors_only_what_is_missing(reference, prefect_api_url, tmp_path, s3_endpoint):

@@ -267,7 +267,7 @@ def _hnsw_storage_search(index: faiss.Index, queries: np.ndarray, k: int, allowe
         params = faiss.SearchParameters()
         params.sel = faiss.IDSelectorTranslated(node.id_map, selector)
         distances, positions = storage.search(queries, k, params=params)
-    else:  # PQ codes (HNSW32_PQ16) take no selector
+    else:  # PQ codes (HNSW32_PQ16) take no selector: over-fetch among the positions of the allowed rows
         wanted = np.flatnonzero(np.isin(id_map, allowed))
         distances, positions = _overfetched(storage.search, storage.ntotal, queries, k, wanted, _similarity(storage))
     return distances, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
@@ -283,9 +283,10 @@ def _overfetched(search_k, ntotal: int, queries: np.ndarray, k: int, allowed: np
     n = min(ntotal, max(4 * k, -(-2 * k * ntotal // max(1, len(allowed)))))
     while len(todo):
         found_d, found = search_k(queries[todo], n)
+        matches = (found >= 0) & np.isin(found, allowed)
         short = []
-        for q, d, f in zip(todo, found_d, found):
-            hits = np.flatnonzero((f >= 0) & np.isin(f, allowed))[:k]
+        for q, d, f, match in zip(todo, found_d, found, matches):
+            hits = np.flatnonzero(match)[:k]
             if len(hits) < k and n < ntotal:
                 short.append(q)
                 continue
