@@ -31,7 +31,7 @@ def test_skipping_the_final_collections_freezes_the_heap_at_exit_and_keeps_other
         "import atexit, gc, sys\n"
         # registered first, so it runs last: after the freeze
         "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0, flush=True))\n"
-        "from cli.orchestration import skip_final_collections\n"
+        "from lookalike.cli.orchestration import skip_final_collections\n"
         "skip_final_collections()\n"
         "skip_final_collections()\n"
         "print('frozen before exit:', gc.get_freeze_count() > 0, flush=True)\n"
