@@ -115,7 +115,10 @@ WRONG_VALUES = {
     "negative threshold": (lambda i: i.duplicates(threshold=-1), r"threshold \(a squared L2 distance.* at least 0"),
     # bytes are the contents of an image file, never a list of row ids (b"\x07\x0e" was rows 7 and 14)
     "bytes": (lambda i: i.search(bytes(i.rows[:2])), "not a usable image: not a recognised image format"),
-    "long reference": (lambda i: lookalike.load("x" * 10_000, artifacts_root=i.root), r"no index 'x+\.\.\. \(10000"),
+    "long reference": (
+        lambda i: lookalike.load("x" * 10_000, artifacts_root=i.root),
+        r"no index 'x+\.\.\.x+' \(10000 characters\)",
+    ),
 }
 
 

@@ -36,11 +36,16 @@ def one_line(text: str) -> str:
 
 def brief(value: object, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters and saying how long it was, so one bad value
-    (a 5,000-character string) cannot flood an error line."""
+    (a 5,000-character string) cannot flood an error line. The middle goes: a long path keeps
+    its start and its file name."""
     text = repr(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(value) if isinstance(value, (str, bytes)) else len(text)} characters)"
+    head = limit // 2
+    return (
+        f"{text[:head]}...{text[-(limit - head) :]} "
+        f"({len(value) if isinstance(value, (str, bytes)) else len(text)} characters)"
+    )
 
 
 def redact_urls(text: str) -> str:
