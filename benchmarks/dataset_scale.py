@@ -57,9 +57,10 @@ elif step == "build":
 elif step == "splits":
     out["splits"] = list_splits(section, root / "cache" / "huggingface")
 out["work_s"] = round(time.perf_counter() - t1, 2)
-usage = resource.getrusage(resource.RUSAGE_SELF)
-out["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
+usage, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+out["cpu_s"] = round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 1)  # workers too
 out["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+out["peak_rss_worker_mb"] = round(children.ru_maxrss / 1024)
 print("RESULT " + json.dumps(out))
 """
 
@@ -105,6 +106,7 @@ def main() -> None:
     if args.add:
         before = folder_bytes(root / "dataset")
         n = files
+        # the growth is removed again afterwards, so the collection can be measured again as it was
         subprocess.run(
             [
                 sys.executable,
@@ -121,6 +123,10 @@ def main() -> None:
         record["steps"]["add_build"] = run_step("build", args.dataset, root)
         record["steps"]["add_build"]["bytes_written"] = folder_bytes(root / "dataset") - before
         record["full_snapshot_bytes"] = before
+        record["added"] = args.add
+        for path in Path(args.dataset).rglob("*.png"):
+            if int(path.stem) >= n:
+                path.unlink()
     record["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
     emit(record, args.out)
 
