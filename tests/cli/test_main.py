@@ -58,7 +58,7 @@ def test_duplicates_refuses_a_nan_or_negative_threshold_and_an_out_folder_that_i
     missing = tmp_path / "no" / "such" / "groups.png"
     result = CliRunner().invoke(app, [*given, "--threshold", "0", "--out", str(missing)])
     # the path itself may be cut in the middle in the error line (pytest's temporary paths are long)
-    assert result.exit_code == 2 and "/no/such' " in result.stderr and "; create it first" in result.stderr
+    assert result.exit_code == 2 and "/no/such'" in result.stderr and "; create it first" in result.stderr
     assert not (tmp_path / "no").exists()
     result = CliRunner().invoke(app, [*given, "--threshold", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "is a folder; give the picture's file name" in result.stderr
