@@ -141,6 +141,9 @@ LONGEST_FIRST = [
     "e2e/test_scale_out.py",
     "e2e/test_app.py",
     "test_api.py",
+    "stages/test_index_presets.py",  # one worker process runs all 16 index types (~35-65 s)
+    "e2e/test_packaging.py",
+    "e2e/test_orchestration.py",
 ]
 
 
