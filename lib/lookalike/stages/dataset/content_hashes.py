@@ -30,7 +30,7 @@ MEMO_FILE = "content-hashes.sqlite"
 _COMMIT_EVERY = 20_000
 _FILES_PER_TASK = 64  # hashes written per transaction: an interrupted first run keeps its work
 # lookups without a memo file (no artifacts root given): kept for the life of the process
-_IN_PROCESS: dict[tuple[str, str], str] = {}
+_IN_PROCESS: dict[str, tuple[str, str]] = {}  # path -> (stamp, sha256)
 
 
 @dataclass
@@ -59,7 +59,7 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
     """
     start = time.perf_counter()
     known = {} if full else _known(listing, memo)
-    todo = [f for f in listing.files if known.get(f.path) != f.stamp]
+    todo = [f for f in listing.files if known.get(f.path, ("", ""))[0] != f.stamp]
     fresh: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
     if todo:
@@ -77,7 +77,7 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
                 _remember([f for f in chunk if fresh[f.path]], fresh, memo)
     result = HashedListing(files=[], hashes=[], hashed=len(todo), reused=len(listing.files) - len(todo))
     for file in listing.files:
-        sha = fresh[file.path] if file.path in fresh else known[file.path + "\0sha"]
+        sha = fresh[file.path] if file.path in fresh else known[file.path][1]
         if sha is None:
             result.unreadable.append((file, reasons[file.path]))
             continue
@@ -115,34 +115,23 @@ def _connect(memo: Path) -> sqlite3.Connection:
     return db
 
 
-def _known(listing: Listing, memo: Path | None) -> dict[str, str]:
-    """path -> stamp, and path + '\\0sha' -> sha256, for the memo's files under the listing."""
-    known: dict[str, str] = {}
+def _known(listing: Listing, memo: Path | None) -> dict[str, tuple[str, str]]:
+    """path -> (stamp, sha256) for the memo's files under the listing."""
     if memo is None:
-        for file in listing.files:
-            sha = _IN_PROCESS.get((file.path, file.stamp))
-            if sha:
-                known[file.path] = file.stamp
-                known[file.path + "\0sha"] = sha
-        return known
+        return {f.path: _IN_PROCESS[f.path] for f in listing.files if f.path in _IN_PROCESS}
     if not memo.exists():
-        return known
+        return {}
     # One range scan over the listed folder's paths: the memo may hold other collections too.
     low = os.fsencode(listing.root)
-    high = low + b"\xff"
     with closing(_connect(memo)) as db:
-        rows = db.execute("SELECT path, stamp, sha256 FROM files WHERE path >= ? AND path <= ?", (low, high))
-        for path, stamp, sha in rows:
-            name = os.fsdecode(path)
-            known[name] = stamp
-            known[name + "\0sha"] = sha
-    return known
+        rows = db.execute("SELECT path, stamp, sha256 FROM files WHERE path >= ? AND path <= ?", (low, low + b"\xff"))
+        return {os.fsdecode(path): (stamp, sha) for path, stamp, sha in rows}
 
 
 def _remember(files: list[ListedFile], hashes: dict[str, str | None], memo: Path | None) -> None:
     if memo is None:
         for file in files:
-            _IN_PROCESS[(file.path, file.stamp)] = hashes[file.path]  # type: ignore[assignment]
+            _IN_PROCESS[file.path] = (file.stamp, hashes[file.path])  # type: ignore[assignment]
         return
     if not files:
         return
