@@ -291,14 +291,10 @@ def _append_files(loaded, paths: list[str], column: str):
     from datasets import ClassLabel, Dataset, concatenate_datasets
 
     rows: dict[str, list] = {name: [] for name in loaded.column_names}
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            data = None  # the snapshot reads it again and records why it failed
+    for path in paths:  # each is a name datasets cannot store, so `_listed_image` reads its bytes now
         for name in rows:
             rows[name].append(None)
-        rows[column][-1] = {"bytes": data, "path": path_text(path)}
+        rows[column][-1] = _listed_image(path)
         for name, feature in loaded.features.items():
             folder = Path(path).parent.name
             if isinstance(feature, ClassLabel) and folder in feature.names:
