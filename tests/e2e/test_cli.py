@@ -299,21 +299,3 @@ def test_temporary_servers_started_together_on_a_fresh_database_all_come_up(tmp_
         for server in servers:
             server.stop()
     assert len({s.port for s in servers}) == 4
-
-
-def test_an_init_on_an_unreachable_hub_is_one_error_line_without_traceback(tmp_path):
-    result = lookalike(
-        "run",
-        *SETS,
-        "--set",
-        "encoder.init=hf:facebook/dinov2-small",
-        "--artifacts-root",
-        str(tmp_path / "a"),
-        home=tmp_path,
-        env_extra={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "init 'hf:facebook/dinov2-small': cannot load" in line and "127.0.0.1 is unreachable" in line
-    assert "pass the folder or weights file as encoder.init" in line
