@@ -120,13 +120,16 @@ def test_a_file_that_vanishes_after_the_key_is_skipped_and_counted(collection, t
     assert "vanished" in stats["skipped"][0]["reason"]
 
 
-def test_a_table_without_the_image_column_is_one_line_naming_its_columns(collection):
+def test_a_table_without_the_image_column_is_one_line_naming_its_columns(collection, monkeypatch):
     table = collection / "catalogue.csv"
     write_table(table, rows_of([f"imgs/{n}.png" for n in ORDER]))
     with pytest.raises(DatasetError, match=r"has no image column 'image'; its columns are: file, kind, year \(use"):
         check_source(DatasetSettings(source=str(table)))
     with pytest.raises(DatasetError, match=r"dataset.metadata_columns: table:.* has no column 'camera'"):
         dataset_key(settings(table).model_copy(update={"metadata_columns": ("camera",)}))
+    monkeypatch.chdir(collection)
+    with pytest.raises(DatasetError, match=r"^no such file or folder: gone.csv$"):
+        check_source(DatasetSettings(source="gone.csv"))  # a table's name, not taken for a hub dataset
 
 
 @pytest.fixture
@@ -164,3 +167,16 @@ def test_a_table_of_s3_urls_is_read_from_the_bucket_and_keyed_by_etag(collection
     write_table(table, rows_of([f"s3://no-such-bucket/imgs/{n}.png" for n in ORDER]))
     with pytest.raises(DatasetError, match=r"^dataset: bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"):
         dataset_key(settings(table), root)
+
+
+def test_a_parquet_table_written_by_datasets_keeps_its_class_names(collection, tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    names = ["zebra", "ant"]  # not sorted: the declared order is the one kept
+    rows = {"file": [f"imgs/{n}.png" for n in range(4)], "kind": [0, 1, 1, 0]}
+    features = Features({"file": Value("string"), "kind": ClassLabel(names=names)})
+    Dataset.from_dict(rows, features=features).to_parquet(str(collection / "catalogue.parquet"))
+    section = DatasetSettings(source=str(collection / "catalogue.parquet"), image_column="file", label_column="kind")
+    result = run_dataset_stage(section, tmp_path / "root")
+    assert result.manifest.stats["label_names"] == names
+    assert list(open_snapshot(tmp_path / "root", result.manifest)["label"]) == [0, 1, 1, 0]

@@ -411,7 +411,7 @@ def collection_has_objects(url: str) -> bool:
     return bool(page.get("KeyCount"))
 
 
-def stat_urls(urls: list[str], workers: int = 16) -> dict[str, ListedObject | None]:
+def stat_urls(urls: list[str], workers: int = 10) -> dict[str, ListedObject | None]:
     """Size, time and ETag of the object at each `s3://bucket/key` URL (None: no such object), one HEAD
     request each, `workers` at a time; every bucket named is checked first, so a missing, forbidden or
     unreachable one is one MirrorError instead of a failure per object."""
@@ -438,5 +438,6 @@ def stat_urls(urls: list[str], workers: int = 16) -> dict[str, ListedObject | No
         modified = int(found["LastModified"].timestamp() * 1e9)
         return ListedObject(location.prefix, found["ContentLength"], modified, found["ETag"])
 
+    # 10: botocore's connection pool (max_pool_connections) holds 10; more threads would only queue for it
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
         return dict(zip(urls, pool.map(head, located)))

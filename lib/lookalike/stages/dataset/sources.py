@@ -29,7 +29,14 @@ from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing,
 from lookalike.stages.dataset.errors import MINIMUM, DatasetError
 from lookalike.stages.dataset.folders import ImageFolder, read_image_folder
 from lookalike.stages.dataset.listing import is_bucket_url, list_files, once_per_run
-from lookalike.stages.dataset.tables import hash_table, is_manifest, open_table, read_table, table_digest
+from lookalike.stages.dataset.tables import (
+    hash_table,
+    is_manifest,
+    open_table,
+    read_table,
+    table_digest,
+    table_format,
+)
 
 # Package data of `lookalike.data`: the same folder in a checkout and in an installed wheel.
 SAMPLE_DIR = Path(str(importlib.resources.files("lookalike.data").joinpath("fashion-mnist-sample")))
@@ -65,7 +72,7 @@ def resolve_source(section: DatasetSettings) -> Source:
     if path.is_dir():
         saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
         return Source("disk" if saved else "folder", str(path.resolve()))
-    if section.source.startswith((".", "/", "~")) or os.sep + os.sep in section.source:
+    if section.source.startswith((".", "/", "~")) or os.sep + os.sep in section.source or table_format(path):
         raise DatasetError(f"no such file or folder: {path}")
     return Source("hub", section.source)
 

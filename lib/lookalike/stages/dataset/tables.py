@@ -238,15 +238,19 @@ def open_table(location: str, section: DatasetSettings) -> Any:
     from datasets.table import InMemoryTable
 
     table = read_table(location, section)
+    label = section.label_column
+    declared = Features.from_arrow_schema(table.schema).get(label) if label in table.column_names else None
+    table = table.replace_schema_metadata(None)  # features are set below; stale ones would not match
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     images = pa.array(
         [{"bytes": None, "path": path} if path else None for path in resolved_paths(location, section)],
         type=image_type,
     )
     table = table.set_column(table.column_names.index(section.image_column), section.image_column, images)
-    label = section.label_column
     names: list[str] = []
-    if label and label in table.column_names:
+    if isinstance(declared, ClassLabel):  # a table `datasets` wrote keeps its class names
+        names = list(declared.names)
+    elif label and label in table.column_names:
         values = [None if v is None or v == "" else str(v) for v in table.column(label).to_pylist()]
         names = sorted({v for v in values if v is not None})
         position = table.column_names.index(label)
