@@ -120,13 +120,16 @@ def test_a_file_that_vanishes_after_the_key_is_skipped_and_counted(collection, t
     assert "vanished" in stats["skipped"][0]["reason"]
 
 
-def test_a_table_without_the_image_column_is_one_line_naming_its_columns(collection, monkeypatch):
+def test_a_table_without_the_image_column_or_unreadable_is_one_line(collection, monkeypatch):
     table = collection / "catalogue.csv"
     write_table(table, rows_of([f"imgs/{n}.png" for n in ORDER]))
     with pytest.raises(DatasetError, match=r"has no image column 'image'; its columns are: file, kind, year \(use"):
         check_source(DatasetSettings(source=str(table)))
     with pytest.raises(DatasetError, match=r"dataset.metadata_columns: table:.* has no column 'camera'"):
         dataset_key(settings(table).model_copy(update={"metadata_columns": ("camera",)}))
+    (collection / "broken.csv").write_text("file,kind\nimgs/0.png,cat,extra\n")
+    with pytest.raises(DatasetError, match=r"^cannot read the table .*broken.csv: CSV parse error: Expected 2 columns"):
+        check_source(DatasetSettings(source=str(collection / "broken.csv")))
     monkeypatch.chdir(collection)
     with pytest.raises(DatasetError, match=r"^no such file or folder: gone.csv$"):
         check_source(DatasetSettings(source="gone.csv"))  # a table's name, not taken for a hub dataset
