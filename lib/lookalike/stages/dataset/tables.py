@@ -37,6 +37,7 @@ from lookalike.stages.dataset.listing import ListedFile, Listing, is_bucket_url,
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")  # the codecs pyarrow's readers detect from the name
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_DIGEST_ROWS = 10_000
 _UNSUPPORTED_URL = "not a local path or s3:// URL (tables name local files and s3:// objects)"
 
 
@@ -132,15 +133,22 @@ def _resolve(reference: Any, folder: str) -> str | None:
     folder); another URL comes back as written, to be refused with a reason; None when empty."""
     if not isinstance(reference, str) or not reference:
         return None
-    if is_bucket_url(reference) or _URL.match(reference):
+    if "://" in reference and _URL.match(reference):
         return reference
-    return os.path.normpath(os.path.join(folder, os.path.expanduser(reference)))
+    if reference.startswith("~"):
+        reference = os.path.expanduser(reference)
+    return os.path.normpath(os.path.join(folder, reference))
 
 
 def resolved_paths(location: str, section: DatasetSettings) -> list[str | None]:
-    """Each row's image as a local path or URL, in the table's order."""
-    folder = os.path.dirname(os.path.abspath(location))
-    return [_resolve(ref, folder) for ref in read_table(location, section).column(section.image_column).to_pylist()]
+    """Each row's image as a local path or URL, in the table's order (worked out once per run)."""
+
+    def compute() -> list[str | None]:
+        folder = os.path.dirname(os.path.abspath(location))
+        column = read_table(location, section).column(section.image_column).to_pylist()
+        return [_resolve(reference, folder) for reference in column]
+
+    return once_per_run(f"table-paths:{section.image_column}", location, compute)
 
 
 def hash_table(location: str, section: DatasetSettings, memo: Path | None, *, full: bool = False) -> HashedListing:
@@ -202,8 +210,9 @@ def _stat_all(paths: list[str]) -> tuple[list[ListedFile], list[tuple[ListedFile
 
 
 def table_digest(location: str, section: DatasetSettings, hashed: HashedListing) -> str:
-    """sha256 over every row, in order: its image reference as written, label and metadata values,
-    and the sha256 of the file it names ('' when it could not be read)."""
+    """sha256 over every row, in order (as JSON, in blocks of `_DIGEST_ROWS`): its image reference
+    as written, label and metadata values, and the sha256 of the file it names ('' when it could
+    not be read)."""
     table = read_table(location, section)
     sha = {file.path: digest for file, digest in zip(hashed.files, hashed.hashes)}
     labels = (
@@ -213,10 +222,19 @@ def table_digest(location: str, section: DatasetSettings, hashed: HashedListing)
     )
     metadata = [_metadata(table, name, location, section).to_pylist() for name in section.metadata_columns]
     references = table.column(section.image_column).to_pylist()
+    paths = resolved_paths(location, section)
     digest = hashlib.sha256(b"manifest table\n")
-    for row, (reference, path) in enumerate(zip(references, resolved_paths(location, section))):
-        values = [reference, labels[row] if labels is not None else None, *(column[row] for column in metadata)]
-        digest.update(json.dumps(values, default=str).encode() + f"\0{sha.get(path or '', '')}\n".encode())
+    for start in range(0, len(references), _DIGEST_ROWS):  # one json.dumps per block: ~10x faster than per row
+        rows = [
+            [
+                references[row],
+                labels[row] if labels is not None else None,
+                *(column[row] for column in metadata),
+                sha.get(paths[row] or "", ""),
+            ]
+            for row in range(start, min(start + _DIGEST_ROWS, len(references)))
+        ]
+        digest.update(json.dumps(rows, default=str).encode() + b"\n")
     return digest.hexdigest()
 
 
