@@ -168,8 +168,11 @@ def test_a_table_of_s3_urls_is_read_from_the_bucket_and_keyed_by_etag(collection
     assert (again.hashed, again.reused) == (0, 9)  # size and ETag unchanged: no object read
 
     write_table(table, rows_of([f"s3://no-such-bucket/imgs/{n}.png" for n in ORDER]))
-    with pytest.raises(DatasetError, match=r"^dataset: bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"):
-        dataset_key(settings(table), root)
+    for call in (check_source, lambda section: dataset_key(section, root)):  # before a run, and in it
+        with pytest.raises(
+            DatasetError, match=r"^dataset: bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"
+        ):
+            call(settings(table))
 
 
 def test_a_parquet_table_written_by_datasets_keeps_its_class_names(collection, tmp_path):

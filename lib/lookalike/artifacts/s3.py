@@ -411,6 +411,19 @@ def collection_has_objects(url: str) -> bool:
     return bool(page.get("KeyCount"))
 
 
+def check_buckets(urls: list[str]) -> None:
+    """`check_bucket` once for each bucket the `s3://` URLs name."""
+    client = collection_client()
+    for bucket in sorted({S3Location.parse(url).bucket for url in urls}):
+        check_bucket(
+            client,
+            S3Location(bucket, ""),
+            client.meta.endpoint_url,
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_PROFILE, AWS_ACCESS_KEY_ID",
+        )
+
+
 def stat_urls(urls: list[str], workers: int = 10) -> dict[str, ListedObject | None]:
     """Size, time and ETag of the object at each `s3://bucket/key` URL (None: no such object), one HEAD
     request each, `workers` at a time; every bucket named is checked first, so a missing, forbidden or
@@ -419,14 +432,7 @@ def stat_urls(urls: list[str], workers: int = 10) -> dict[str, ListedObject | No
 
     client = collection_client()
     located = [S3Location.parse(url) for url in urls]
-    for bucket in sorted({location.bucket for location in located}):
-        check_bucket(
-            client,
-            S3Location(bucket, ""),
-            client.meta.endpoint_url,
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_PROFILE, AWS_ACCESS_KEY_ID",
-        )
+    check_buckets(urls)
 
     def head(location: S3Location) -> ListedObject | None:
         url = f"s3://{location.bucket}/{location.prefix}"

@@ -30,10 +30,10 @@ from lookalike.stages.dataset.errors import MINIMUM, DatasetError
 from lookalike.stages.dataset.folders import ImageFolder, read_image_folder
 from lookalike.stages.dataset.listing import is_bucket_url, list_files, once_per_run
 from lookalike.stages.dataset.tables import (
+    check_table,
     hash_table,
     is_manifest,
     open_table,
-    read_table,
     table_digest,
     table_format,
 )
@@ -91,7 +91,7 @@ def check_source(section: DatasetSettings) -> Source:
         if not _bucket_call(collection_has_objects, source.location):
             raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
     elif source.kind == "table":
-        read_table(source.location, section)  # parses, has rows and the image column
+        check_table(source.location, section)
     elif source.kind == "folder" and not any(p.is_file() for p in Path(source.location).rglob("*")):
         raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
     return source

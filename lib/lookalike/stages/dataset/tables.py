@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lookalike.artifacts.s3 import MirrorError, stat_urls
+from lookalike.artifacts.s3 import MirrorError, check_buckets, stat_urls
 from lookalike.core.errors import one_line, path_text
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing
@@ -126,6 +126,20 @@ def _read(location: str, section: DatasetSettings) -> Any:
     if table.num_rows == 0:
         raise DatasetError(f"table:{location} has no rows; {MINIMUM}")
     return table
+
+
+def check_table(location: str, section: DatasetSettings) -> None:
+    """What can be known without reading an image: the table parses, has rows and its image
+    column, and every bucket its s3:// URLs name can be opened.
+
+    Raises:
+        DatasetError: one line naming the problem.
+    """
+    urls = sorted({path for path in resolved_paths(location, section) if path and is_bucket_url(path)})
+    try:
+        check_buckets(urls)
+    except MirrorError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
 
 
 def _resolve(reference: Any, folder: str) -> str | None:
