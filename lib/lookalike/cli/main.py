@@ -63,7 +63,8 @@ def _from_settings(parameter: str, unset: str = "none") -> str:
 Dataset = Annotated[
     Optional[str],
     typer.Option(
-        help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.",
+        help="'sample', a hub name (food101), an image folder, an s3:// prefix, a .parquet file, a table of image "
+        "paths or URLs (.csv, .jsonl, .parquet) or a save_to_disk folder.",
         show_default=_from_settings("dataset"),
     ),
 ]

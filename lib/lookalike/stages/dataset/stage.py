@@ -30,7 +30,7 @@ from lookalike.stages.dataset.sources import (
     MINIMUM,
     DatasetError,
     Source,
-    hash_collection,
+    hash_source,
     label_names,
     open_source,
     pin_source,
@@ -73,11 +73,12 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
         settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
 
         def build(folder: Path) -> Built:
-            keyed = None
+            keyed, left_out = None, {}
             if source.kind != "hub":
-                hashed = hash_collection(source.location, root, full=section.verify == "full")
+                hashed = hash_source(source, section, root)
                 keyed = {file.path: sha for file, sha in zip(hashed.files, hashed.hashes)}
-            return _snapshot(section, source, folder, hf_cache_dir(root), keyed)
+                left_out = {file.path: why for file, why in hashed.unreadable}
+            return _snapshot(section, source, folder, hf_cache_dir(root), keyed, left_out)
 
         return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
 
@@ -91,13 +92,20 @@ def hf_cache_dir(root: Path) -> Path:
 
 
 def _snapshot(
-    section: DatasetSettings, source: Source, folder: Path, cache_dir: Path, keyed: dict[str, str] | None
+    section: DatasetSettings,
+    source: Source,
+    folder: Path,
+    cache_dir: Path,
+    keyed: dict[str, str] | None,
+    left_out: dict[str, str] | None = None,
 ) -> Built:
     """The snapshot of the split; `keyed` (path -> sha256 the key was made from) skips a file that
-    changed after it was listed, so a snapshot never holds content its key does not name."""
+    changed after it was listed, so a snapshot never holds content its key does not name, and
+    `left_out` (path -> reason) skips, unread, a file the key left out (missing or unreadable then)."""
     from datasets import ClassLabel, Features, Image, Value
     from datasets.arrow_writer import ArrowWriter
 
+    left_out = left_out or {}
     ds, row_ids = open_source(source, section, cache_dir)
     total = len(ds)
     if total == 0:
@@ -118,13 +126,15 @@ def _snapshot(
     workers = check_workers(section, total)
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
-            for start, batch, checked in _checked_batches(ds, section, keyed, names is not None, pool, workers):
+            for start, batch, checked in _checked_batches(
+                ds, section, keyed, names is not None, pool, workers, left_out
+            ):
                 kept: dict[str, list] = {name: [] for name in columns}
                 for offset, (image, result) in enumerate(zip(batch[section.image_column], checked)):
                     row_id = int(row_ids[start + offset])
                     path = image.get("path") if image else None
                     label = batch[section.label_column][offset] if names else None
-                    reason = result.reason
+                    reason = left_out.get(path, result.reason) if path else result.reason
                     if names and label is None:  # e.g. a file whose class folder datasets could not name
                         reason = "no label: its class folder or label value is missing"
                     if reason is not None:
@@ -210,17 +220,17 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield pool
 
 
-def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int):
+def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict):
     """(start, rows, [Checked]) for each batch of the split, in order; with a pool, at most two
     batches per worker in flight, so memory stays bounded whatever the collection's size."""
 
     def items(batch) -> list:
         out = []
         for offset, image in enumerate(batch[section.image_column]):
-            if labelled and batch[section.label_column][offset] is None:
-                out.append((None, None, section.max_image_pixels))  # skipped for its label: not read
-                continue
             path = image.get("path") if image else None
+            if (labelled and batch[section.label_column][offset] is None) or path in left_out:
+                out.append((None, None, section.max_image_pixels))  # skipped for its label or key: not read
+                continue
             out.append((image, keyed.get(path) if keyed and path else None, section.max_image_pixels))
         return out
 
