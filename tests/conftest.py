@@ -162,17 +162,21 @@ LONGEST_FIRST = [
     "e2e/test_resume.py",
     "e2e/test_deployments.py",
     "stages/test_pretraining_ddp.py",
-    "e2e/test_cli.py",
     "e2e/test_hostile_inputs.py",
     "e2e/test_shared_root.py",
-    "e2e/test_flow.py",
+    "e2e/test_cli.py",
+    "e2e/test_duplicates_cli.py",
+    "e2e/test_remote.py",
     "e2e/test_hardening_inputs.py",
     "e2e/test_scale_out.py",
-    "e2e/test_app.py",
-    "test_api.py",
-    "stages/test_index_presets.py",  # one worker process runs all 16 index types (~35-65 s)
     "e2e/test_packaging.py",
+    "e2e/test_hardening_artifacts.py",
+    "e2e/test_flow.py",
     "e2e/test_orchestration.py",
+    "e2e/test_app.py",
+    "stages/test_index_presets.py",  # one worker process runs all 16 index types (~35-65 s)
+    "e2e/test_aliases.py",
+    "test_api.py",
 ]
 
 
