@@ -131,6 +131,7 @@ def _embed(
         "reuse_rejected": [r for part in parts for r in part["reuse_rejected"]][:LISTED_REJECTIONS],
         "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
         "device": ",".join(sorted({part["device"] for part in parts})) or None,
+        "decode_workers": max((part["decode_workers"] for part in parts), default=0),
     }
     if dispatch is not None:
         stats["workers"] = len({part["worker"] for part in parts})
@@ -193,6 +194,7 @@ def embed_shards(
         "reused_from": known.sources,
         "reuse_rejected": known.rejected,
         "device": embedder.device.type,
+        "decode_workers": workers if batches else 0,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 

@@ -70,7 +70,9 @@ def train_single(
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, losses, epoch_seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
 
-    images, make_views = training_images(section, snapshot, method, decode_workers("auto", n, dataset.stats))
+    # no pass left to train (steps=0, or a resumed run that had finished): decode no image
+    to_train = snapshot if start_epoch < epochs else None
+    images, make_views = training_images(section, to_train, method, decode_workers("auto", n, dataset.stats))
     make_views = make_views.to(device) if make_views is not None else None
     method.train()
     done = min(start_epoch * steps_per_epoch, total_steps)
