@@ -14,6 +14,8 @@ draft decoding in worker processes (issue 40 (b)), side by side in one run on th
    does not depend on the weights), `embeddings.reuse=false`: after (this checkout, defaults: draft,
    num_workers=auto), after with num_workers=0 (draft alone), and before (the `--before` code in a subprocess,
    its defaults: full decode in one process). Images/s = images / the stage's wall seconds.
+4. Draft quality: on the first 24 files, the PSNR of a JPEG drafted to 1, 2 or 4 x the fit's size and then
+   fitted (at 32 and 224 px), against the same fit of a full decode: what `DRAFT_FACTOR` trades.
 
 `--limit N` measures on the first N files (cam00000 ... in name order, hard-linked into a subset folder).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -63,6 +66,30 @@ def ceiling(files: list[Path], side: int, workers: int) -> dict:
         "images_per_second": round(len(files) / seconds, 1),
         "mean_decoded_pixels": round(pixels / len(files)),
     }
+
+
+def draft_quality(files: list[Path], sizes=(32, 224), factors=(1, 2, 4)) -> dict:
+    """PSNR (dB) of an image drafted to factor x size and then fitted to size, against the same fit of a full
+    decode (lookalike's own decode and fit): what each draft factor costs in pixels."""
+    import numpy as np
+
+    from lookalike.stages.dataset.images import decode_rgb
+    from lookalike.stages.dataset.torch_data import ResizeToTensor
+
+    out: dict = {}
+    for size in sizes:
+        fit = ResizeToTensor(size)
+        errors: dict[int, list[float]] = {f: [] for f in factors}
+        for path in files:
+            data = path.read_bytes()
+            full = fit(decode_rgb(data, 1 << 40)).numpy().astype(np.float64)
+            for f in factors:
+                drafted = fit(decode_rgb(data, 1 << 40, draft_to=f * size)).numpy().astype(np.float64)
+                errors[f].append(float(((drafted - full) ** 2).mean()))
+        out[f"{size}px"] = {
+            f"draft_x{f}": round(10 * math.log10(255**2 / max(float(np.mean(e)), 1e-12)), 1) for f, e in errors.items()
+        }
+    return out
 
 
 # run in a subprocess with the code to measure on PYTHONPATH: dataset (cached), a random-init encoder, embeddings
@@ -155,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
     }
     print(f"{len(files)} images, {record['bytes'] / 1e9:.2f} GB, {cores} cores", file=sys.stderr)
+    record["draft_psnr_db"] = {"images": min(24, len(files)), **draft_quality(files[:24])}
+    print("draft quality", record["draft_psnr_db"], file=sys.stderr)
     record["ceiling"] = ceiling(files, CHECK_SIDE, cores)
     print("ceiling", record["ceiling"], file=sys.stderr)
     here = REPO / "lib"

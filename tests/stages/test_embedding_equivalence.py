@@ -181,8 +181,8 @@ def test_a_model_in_training_mode_is_not_folded():
 def test_auto_decodes_a_large_collection_in_worker_processes_with_the_same_vectors(stages):
     settings, root, dataset, encoder = stages
     in_process = embed_with_stage(stages, num_workers=0)
-    # the same images, profiled as camera photos: auto starts a decode worker per core
-    photos = {**dataset.stats, "profile": {"width": {"median": 4000}, "height": {"median": 3000}}}
+    # the same 48 images, profiled as 100-megapixel photos: auto starts a decode worker per core
+    photos = {**dataset.stats, "profile": {"width": {"median": 12000}, "height": {"median": 9000}}}
     shutil.rmtree(root / "embeddings", ignore_errors=True)
     section = settings.embeddings.model_copy(update={"num_workers": "auto"})
     result = run_embeddings_stage(section, dataset.model_copy(update={"stats": photos}), encoder, root)
@@ -196,6 +196,7 @@ def test_auto_starts_decode_workers_only_where_they_repay_their_start():
     from lookalike.stages.dataset.torch_data import decode_workers
 
     assert decode_workers("auto", 3000, SAMPLE_STATS) == 0  # 28 px images: decoded before workers would start
+    assert decode_workers("auto", 1_000_000, SAMPLE_STATS) > 0 or len(os.sched_getaffinity(0)) == 1
     assert decode_workers(3, 10, SAMPLE_STATS) == 3  # a number is taken as it is
 
 

@@ -427,8 +427,9 @@ class EmbeddingsSettings(Section):
     num_workers: NonNegativeInt | Auto = Field(
         "auto",
         description="Processes that decode images while this process embeds them (0: in this process); auto: "
-        "every core available, once the images to embed hold at least 256 megapixels (their count times the "
-        "dataset's median size), and none inside a Dask worker (the cluster's processes share the cores already).",
+        "every core available, once decoding the images to embed in one process would take 20 s or more (estimated "
+        "from their count and the dataset's median size: about 600 camera photos, 200,000 28-px images), and none "
+        "inside a Dask worker (the cluster's processes share the cores already).",
     )
     channels_last: bool = Field(True, description="Use channels_last memory format (faster on CPU).")
     retries: NonNegativeInt = Field(

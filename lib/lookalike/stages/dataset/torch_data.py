@@ -105,23 +105,27 @@ class ResizeToTensor:
         return ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
 
 
-# Starting decode workers costs seconds (each imports torch from a forkserver); a full decode runs at
-# ~70 megapixels/s per core, so below this many pixels to decode, this process alone finishes first.
-DECODE_POOL_MIN_PIXELS = 1 << 28
+# Decode workers start from a forkserver and each imports torch: 3-5 s on an idle 2-core machine, 15-20 s on a
+# busy one. They start only where decoding in this process would take longer than this, as estimated from
+# ~100 us per image (read, fit, copy) plus ~150 megapixels/s of source image per core (a camera JPEG drafted
+# to a small fit: 25-90 images/s per core, measured in benchmarks/decode_rate.py).
+DECODE_POOL_MIN_SECONDS = 20.0
+_SECONDS_PER_IMAGE, _PIXELS_PER_SECOND = 1e-4, 1.5e8
 
 
 def decode_workers(setting: int | str, n_images: int, dataset_stats: dict) -> int:
     """Processes that decode snapshot images for a model: `setting`, or with auto every core this process
-    may use, once the images hold enough pixels (their count times the dataset profile's median size)
-    to repay starting them."""
+    may use, once decoding the images here would take long enough (`DECODE_POOL_MIN_SECONDS`, from their
+    count and the dataset profile's median size) to repay starting them."""
     from lookalike.stages.dataset.stage import available_cores
 
     if setting != "auto":
         return int(setting)
     profile = dataset_stats.get("profile") or {}
     width, height = (profile.get(side, {}).get("median", 0) for side in ("width", "height"))
+    seconds = n_images * (_SECONDS_PER_IMAGE + width * height / _PIXELS_PER_SECOND)
     cores = available_cores()
-    return cores if cores > 1 and n_images * width * height >= DECODE_POOL_MIN_PIXELS else 0
+    return cores if cores > 1 and seconds >= DECODE_POOL_MIN_SECONDS else 0
 
 
 def seed_everything(seed: int) -> torch.Generator:
