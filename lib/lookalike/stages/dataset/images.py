@@ -112,8 +112,8 @@ _SNAPSHOT_LIMIT = 1 << 62
 # How many times the side an image is fitted to a JPEG keeps when it is decoded for a model: at 2x the fit (a
 # bilinear reduction) still averages 2x2 or more decoded pixels into each pixel it makes, and random-resized crops
 # down to a quarter of the area (encoder.crop_min_scale's default) still hold input_size pixels across. On
-# camera-sized JPEGs fitted to 224 px, against a full decode's fit: 1x 41.8 dB PSNR, 2x 50.4 dB (0.3 levels
-# mean), 4x 60.4 dB; at 32 px every factor up to 4 is the 1/8 scale (benchmarks/decode_rate.py, draft_psnr_db).
+# camera-sized JPEGs fitted to 224 px, against a full decode's fit: 1x 44.2 dB PSNR, 2x 51.9 dB, 4x 59.9 dB; at
+# 32 px every factor up to 4 is the 1/8 scale, 55.4 dB (benchmarks/results/decode_rate_camera_2k.json).
 DRAFT_FACTOR = 2
 
 
