@@ -51,7 +51,7 @@ def embed_shard_group(
             store, "embeddings", folder.name, {"dataset": dataset.key, "encoder": encoder.key}
         )
     with progress_artifacts():
-        return embed_shards(section, dataset, encoder, root, folder, shards)
+        return embed_shards(section, dataset, encoder, root, folder, shards, in_cluster=True)
 
 
 def dask_dispatch(section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path):

@@ -32,7 +32,9 @@ RECORDED = json.loads((DATA / "stage_keys.json").read_text())
 # encoder.pooling (issue 25): aligned collections such as the sample are read out on a 2x2 grid, which moves their
 # encoder keys and everything after; an avg read-out is not keyed, so other encoders keep theirs. Then the grid
 # became what training's head reads too, on encoder.grid_cells (keyed with a grid only): the sample's 3x3 grid
-# (the TINY runs' 2x2) moved those keys again, nothing else.
+# (the TINY runs' 2x2) moved those keys again, nothing else. Encoder and embeddings code version 2 (issue 40): a
+# JPEG decodes at the DCT scale its fit needs (draft), which moves large JPEGs' pixels: every encoder key and all
+# after it moved (the sample's PNGs still give byte-identical files).
 BEFORE_THE_MOVE = json.loads((DATA / "stage_keys_before_the_package_move.json").read_text())
 MOVED_SINCE = {"encoder", "embeddings", "index", "evaluation"}
 

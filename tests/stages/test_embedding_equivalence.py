@@ -8,6 +8,7 @@ NCHW model.
 
 import copy
 import io
+import os
 import shutil
 
 import numpy as np
@@ -175,3 +176,54 @@ def test_batch_norms_that_cannot_be_folded_are_left_in_place(cls):
 def test_a_model_in_training_mode_is_not_folded():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(_SharedOutput().train())
+
+
+def test_auto_decodes_a_large_collection_in_worker_processes_with_the_same_vectors(stages):
+    settings, root, dataset, encoder = stages
+    in_process = embed_with_stage(stages, num_workers=0)
+    # the same 48 images, profiled as 100-megapixel photos: auto starts a decode worker per core
+    photos = {**dataset.stats, "profile": {"width": {"median": 12000}, "height": {"median": 9000}}}
+    shutil.rmtree(root / "embeddings", ignore_errors=True)
+    section = settings.embeddings.model_copy(update={"num_workers": "auto"})
+    result = run_embeddings_stage(section, dataset.model_copy(update={"stats": photos}), encoder, root)
+    cores = len(os.sched_getaffinity(0))
+    assert result.manifest.stats["decode_workers"] == (cores if cores > 1 else 0)
+    np.testing.assert_array_equal(load_embeddings(root, result.manifest)[0], in_process)
+
+
+def test_auto_starts_decode_workers_only_where_they_repay_their_start():
+    from conftest import SAMPLE_STATS
+    from lookalike.stages.dataset.torch_data import decode_workers
+
+    assert decode_workers("auto", 3000, SAMPLE_STATS) == 0  # 28 px images: decoded before workers would start
+    assert decode_workers("auto", 1_000_000, SAMPLE_STATS) > 0 or len(os.sched_getaffinity(0)) == 1
+    assert decode_workers(3, 10, SAMPLE_STATS) == 3  # a number is taken as it is
+
+
+@pytest.fixture(scope="module")
+def camera_jpeg() -> bytes:
+    """A 2000x1500 JPEG with detail at every scale, so a draft decode differs from a full one."""
+    pixels = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_the_embeddings_stage_decodes_a_jpeg_only_as_large_as_its_input_size_needs(stages, camera_jpeg):
+    from datasets import Dataset
+
+    from lookalike.stages.dataset.images import decode_rgb
+    from lookalike.stages.dataset.torch_data import FittedImages
+    from lookalike.stages.inference import Embedder
+
+    _, root, _, encoder = stages
+    embedder = Embedder(root, encoder)
+    size = embedder.spec.input_size
+    snapshot = Dataset.from_dict({"image": [{"bytes": camera_jpeg, "path": None}]})
+    drafted = decode_rgb(camera_jpeg, 10**8, draft_to=2 * size)
+    assert drafted.size == (250, 188)  # 1/8 scale: both sides still >= twice the input size
+    batch = next(iter(embedder.loader(snapshot, batch_size=1)))
+    assert torch.equal(batch[0], embedder.resize(drafted))
+    assert not torch.equal(batch[0], embedder.resize(decode_rgb(camera_jpeg, 10**8)))  # not a full decode
+    # the encoder's in-memory training set decodes the same way
+    assert torch.equal(FittedImages(snapshot, size).pixels[0], batch[0])

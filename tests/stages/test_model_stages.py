@@ -88,6 +88,24 @@ def test_the_method_head_learns_from_the_vectors_the_index_will_hold(tiny, datas
     assert head.in_features == dim == encoder_spec(section, dim).feature_dim == avg_dim * cells**2
 
 
+def test_an_encoder_of_zero_steps_decodes_no_image(tiny, dataset, root):
+    from lookalike.core.progress import listen_to_progress
+
+    bars: list[str] = []
+    with listen_to_progress(lambda report: bars.append(report.desc)):
+        run_encoder_stage(tiny.encoder.model_copy(update={"epochs": 0}), dataset, root)
+    assert bars and not [desc for desc in bars if "decoding" in desc]
+
+
+def test_per_image_crops_decode_a_jpeg_large_enough_for_their_smallest_crop():
+    from lookalike.core.settings import EncoderSettings
+    from lookalike.stages.encoder.training import per_image_draft
+
+    assert per_image_draft(EncoderSettings(input_size=32, crop_min_scale=0.25)) == 64  # a half-side crop: 32 px
+    assert per_image_draft(EncoderSettings(input_size=32, crop_min_scale=0.08)) == 114  # 32 / sqrt(0.08)
+    assert per_image_draft(EncoderSettings(input_size=32, crop_min_scale=None)) is None  # the method's: full size
+
+
 def test_interrupted_pretraining_resumes_from_its_last_epoch(tiny, dataset, root):
     section = tiny.encoder.model_copy(update={"epochs": 2})
     epochs_seen = []

@@ -20,7 +20,7 @@ from lookalike.core.filters import Filter, parse_filter
 from lookalike.core.graph import CHAIN, check_inputs
 from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
 from lookalike.core.settings import Settings
-from lookalike.stages.dataset.images import PixelBudget, decode_rgb, decode_snapshot_image
+from lookalike.stages.dataset.images import PixelBudget, decode_rgb, decode_snapshot_image, draft_side
 from lookalike.stages.dataset.stage import dataset_key, open_snapshot, row_positions
 from lookalike.stages.embeddings.stage import embeddings_key
 from lookalike.stages.encoder.stage import encoder_key
@@ -97,14 +97,15 @@ class Searcher:
 
     def decode_query(self, data: bytes, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
         """Encoded image bytes -> the RGB image the encoder takes (input_size x input_size, embedded as is):
-        a JPEG decoded at the smallest DCT scale that keeps twice the input size (draft), anything else
-        fitted as soon as it is decoded, so many queries never hold more than one full-size image.
+        a JPEG decoded at the smallest DCT scale that keeps twice the input size (`draft_side`, as the
+        embeddings stage decodes), anything else fitted as soon as it is decoded, so many queries never
+        hold more than one full-size image.
 
         Raises:
             UnreadableImage, PixelBudgetError: see `decode_rgb`.
         """
         fit = self.embedder.resize
-        return fit.fit(decode_rgb(data, max_pixels, draft_to=2 * fit.size, budget=budget))
+        return fit.fit(decode_rgb(data, max_pixels, draft_to=draft_side(fit.size), budget=budget))
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32: the vector the embeddings stage stores for this image."""

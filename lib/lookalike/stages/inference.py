@@ -90,9 +90,10 @@ class Embedder:
         batch_sampler: Iterable[list[int]] | None = None,
         num_workers: int = 0,
     ) -> DataLoader:
-        """Batches of a snapshot's rows as (N, H, W, 3) uint8, decoded in `num_workers` processes."""
+        """Batches of a snapshot's rows as (N, H, W, 3) uint8, decoded in `num_workers` processes, a JPEG
+        only as large as the fit to the input size needs (`SnapshotImages.fitted`: as served queries are)."""
         return DataLoader(
-            SnapshotImages(snapshot, self.resize),
+            SnapshotImages.fitted(snapshot, self.resize.size),
             batch_size=batch_size if batch_sampler is None else 1,
             batch_sampler=batch_sampler,
             num_workers=num_workers,

@@ -109,9 +109,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _SNAPSHOT_LIMIT = 1 << 62
 
 
-def decode_snapshot_image(data: bytes) -> Image.Image:
-    """`decode_rgb` for an image of a dataset snapshot, which passed the pixel limit when it was taken."""
-    return decode_rgb(data, _SNAPSHOT_LIMIT)
+# How many times the side an image is fitted to a JPEG keeps when it is decoded for a model: at 2x the fit (a
+# bilinear reduction) still averages 2x2 or more decoded pixels into each pixel it makes, and random-resized crops
+# down to a quarter of the area (encoder.crop_min_scale's default) still hold input_size pixels across. On
+# camera-sized JPEGs fitted to 224 px, against a full decode's fit: 1x 44.2 dB PSNR, 2x 51.9 dB, 4x 59.9 dB; at
+# 32 px every factor up to 4 is the 1/8 scale, 55.4 dB (benchmarks/results/decode_rate_camera_2k.json).
+DRAFT_FACTOR = 2
+
+
+def draft_side(fit_to: int) -> int:
+    """The side a JPEG decodes to (at least) for an image fitted to `fit_to` x `fit_to` afterwards."""
+    return DRAFT_FACTOR * fit_to
+
+
+def decode_snapshot_image(data: bytes, draft_to: int | None = None) -> Image.Image:
+    """`decode_rgb` for an image of a dataset snapshot, which passed the pixel limit when it was taken.
+
+    Args:
+        draft_to: decode a JPEG at the smallest DCT scale that keeps both sides at least this long
+            (`draft_side` of the size it is fitted to next); None decodes at full size.
+    """
+    return decode_rgb(data, _SNAPSHOT_LIMIT, draft_to=draft_to)
 
 
 # The smallest side a check decodes to: PIL's draft takes a JPEG's DCT at 1/8 scale, which still reads

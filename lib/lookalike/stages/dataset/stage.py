@@ -206,8 +206,13 @@ def check_workers(section: DatasetSettings, total: int) -> int:
     core this process may use, once there are enough images to repay starting them."""
     if section.num_workers != "auto":
         return int(section.num_workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return cores if cores > 1 and total >= _POOL_MIN_IMAGES else 0
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @contextmanager

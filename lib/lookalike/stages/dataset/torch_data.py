@@ -10,15 +10,23 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from lookalike.stages.dataset.images import decode_snapshot_image
+from lookalike.stages.dataset.images import decode_snapshot_image, draft_side
 
 
 class SnapshotImages(Dataset):
-    """Row i of the snapshot -> `transform(RGB PIL image)`."""
+    """Row i of the snapshot -> `transform(RGB PIL image)`, a JPEG decoded at the smallest DCT scale
+    that keeps both sides at least `draft_to` (None: at full size; see `decode_snapshot_image`)."""
 
-    def __init__(self, snapshot, transform: Callable[[Any], Any]) -> None:
+    def __init__(self, snapshot, transform: Callable[[Any], Any], draft_to: int | None = None) -> None:
         self.snapshot = snapshot
         self.transform = transform
+        self.draft_to = draft_to
+
+    @classmethod
+    def fitted(cls, snapshot, size: int) -> SnapshotImages:
+        """Row i -> the image center-fitted to size x size as (size, size, 3) uint8, a JPEG decoded only as
+        large as the fit needs (`draft_side`)."""
+        return cls(snapshot, ResizeToTensor(size), draft_side(size))
 
     def __len__(self) -> int:
         return len(self.snapshot)
@@ -30,7 +38,7 @@ class SnapshotImages(Dataset):
         """A DataLoader batch's samples, in order, from one Arrow read: reading rows one by
         one costs more than decoding them (about 100 of 280 us per image in embedding)."""
         images = self.snapshot[[int(i) for i in indices]]["image"]
-        return [self.transform(decode_snapshot_image(image["bytes"])) for image in images]
+        return [self.transform(decode_snapshot_image(image["bytes"], self.draft_to)) for image in images]
 
 
 class FittedImages(Dataset):
@@ -38,21 +46,31 @@ class FittedImages(Dataset):
 
     Pretraining reads each image once per epoch; on a small collection of photos decoding the
     same JPEGs again every epoch is a fifth of a training step. Row i gives exactly what
-    `SnapshotImages(snapshot, ResizeToTensor(size))[i]` gives, so training sees the same pixels.
+    `SnapshotImages.fitted(snapshot, size)[i]` gives, so training sees the same pixels; decoded in
+    `num_workers` processes (`decode_workers`).
     """
 
-    def __init__(self, snapshot, size: int, batch: int = 256, desc: str = "decoding images") -> None:
+    def __init__(
+        self, snapshot, size: int, batch: int = 256, desc: str = "decoding images", num_workers: int = 0
+    ) -> None:
+        from torch.utils.data import DataLoader
+
         from lookalike.core.progress import progress
 
         n = len(snapshot)
-        fit = ResizeToTensor(size)
         self.pixels = torch.empty((n, size, size, 3), dtype=torch.uint8)
-        source = SnapshotImages(snapshot, fit)
+        loader = DataLoader(
+            SnapshotImages.fitted(snapshot, size),
+            batch_size=batch,
+            num_workers=num_workers,
+            multiprocessing_context=worker_context(num_workers),
+        )
         with progress(n, desc, unit="img") as bar:
-            for start in range(0, n, batch):
-                rows = list(range(start, min(start + batch, n)))
-                self.pixels[start : start + len(rows)] = torch.stack(source.__getitems__(rows))
-                bar.update(len(rows))
+            start = 0
+            for fitted in loader:  # in row order, whatever the number of workers
+                self.pixels[start : start + len(fitted)] = fitted
+                start += len(fitted)
+                bar.update(len(fitted))
 
     @staticmethod
     def fits(n: int, size: int, budget_bytes: int = 2 << 30) -> bool:
@@ -85,6 +103,29 @@ class ResizeToTensor:
     def fit(self, image: Image.Image) -> Image.Image:
         """The image center-fitted to size x size; fitting a fitted image again changes nothing."""
         return ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
+
+
+# Decode workers start from a forkserver and each imports torch: 3-5 s on an idle 2-core machine, 15-20 s on a
+# busy one. They start only where decoding in this process would take longer than this, as estimated from
+# ~100 us per image (read, fit, copy) plus ~150 megapixels/s of source image per core (a camera JPEG drafted
+# to a small fit: 25-90 images/s per core, measured in benchmarks/decode_rate.py).
+DECODE_POOL_MIN_SECONDS = 20.0
+_SECONDS_PER_IMAGE, _PIXELS_PER_SECOND = 1e-4, 1.5e8
+
+
+def decode_workers(setting: int | str, n_images: int, dataset_stats: dict) -> int:
+    """Processes that decode snapshot images for a model: `setting`, or with auto every core this process
+    may use, once decoding the images here would take long enough (`DECODE_POOL_MIN_SECONDS`, from their
+    count and the dataset profile's median size) to repay starting them."""
+    from lookalike.stages.dataset.stage import available_cores
+
+    if setting != "auto":
+        return int(setting)
+    profile = dataset_stats.get("profile") or {}
+    width, height = (profile.get(side, {}).get("median", 0) for side in ("width", "height"))
+    seconds = n_images * (_SECONDS_PER_IMAGE + width * height / _PIXELS_PER_SECOND)
+    cores = available_cores()
+    return cores if cores > 1 and seconds >= DECODE_POOL_MIN_SECONDS else 0
 
 
 def seed_everything(seed: int) -> torch.Generator:

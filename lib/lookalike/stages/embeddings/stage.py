@@ -38,6 +38,7 @@ from lookalike.core.manifest import (
 from lookalike.core.progress import progress
 from lookalike.core.settings import EmbeddingsSettings
 from lookalike.stages.dataset.stage import open_snapshot
+from lookalike.stages.dataset.torch_data import decode_workers
 from lookalike.stages.embeddings.reuse import KnownVectors, find_known_vectors, reuse_candidates
 from lookalike.stages.embeddings.shards import ROW_IDS, STAGE, shard_name
 from lookalike.stages.encoder.checkpoint import load_encoder
@@ -130,6 +131,7 @@ def _embed(
         "reuse_rejected": [r for part in parts for r in part["reuse_rejected"]][:LISTED_REJECTIONS],
         "images_per_second": round(n_rows / seconds, 1) if n_rows else None,
         "device": ",".join(sorted({part["device"] for part in parts})) or None,
+        "decode_workers": max((part["decode_workers"] for part in parts), default=0),
     }
     if dispatch is not None:
         stats["workers"] = len({part["worker"] for part in parts})
@@ -144,10 +146,17 @@ def _feature_dim(root: Path, encoder: Manifest, folder: Path, n_shards: int) -> 
 
 
 def embed_shards(
-    section: EmbeddingsSettings, dataset: Manifest, encoder: Manifest, root: Path, folder: Path, shards: list[int]
+    section: EmbeddingsSettings,
+    dataset: Manifest,
+    encoder: Manifest,
+    root: Path,
+    folder: Path,
+    shards: list[int],
+    in_cluster: bool = False,
 ) -> dict[str, Any]:
     """Embed and write `shards` of the stage folder (any already complete are left alone);
-    the partial stats `_embed` sums. What one worker runs for its group of shards."""
+    the partial stats `_embed` sums. What one worker runs for its group of shards (`in_cluster`: a
+    Dask worker, where num_workers=auto decodes in the worker's own process)."""
     shards = [i for i in shards if not _shard_is_complete(folder, i)]
     embedder = Embedder(root, encoder, channels_last=section.channels_last)
     snapshot = open_snapshot(root, dataset)
@@ -162,10 +171,13 @@ def embed_shards(
     batches = shard_batches(plans, section.batch_size)
     n_rows = sum(len(b) for b in batches)
 
-    # every missing row has a stored vector: start no workers
-    loader: Iterable[Any] = (
-        embedder.loader(snapshot, batch_sampler=batches, num_workers=section.num_workers) if batches else []
+    workers = (
+        0
+        if in_cluster and section.num_workers == "auto"
+        else decode_workers(section.num_workers, n_rows, dataset.stats)
     )
+    # every missing row has a stored vector: start no workers
+    loader: Iterable[Any] = embedder.loader(snapshot, batch_sampler=batches, num_workers=workers) if batches else []
     embedded: list[np.ndarray] = []
     queue = iter(plans)
     with progress(n_rows, "embeddings", unit="img") as bar:
@@ -182,6 +194,7 @@ def embed_shards(
         "reused_from": known.sources,
         "reuse_rejected": known.rejected,
         "device": embedder.device.type,
+        "decode_workers": workers if batches else 0,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 

@@ -21,7 +21,7 @@ from lookalike.core.progress import progress
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.dataset.stage import open_snapshot
-from lookalike.stages.dataset.torch_data import seed_everything, worker_context
+from lookalike.stages.dataset.torch_data import decode_workers, seed_everything, worker_context
 from lookalike.stages.device import default_device
 from lookalike.stages.encoder.checkpoint import save_atomically
 from lookalike.stages.encoder.training import (
@@ -70,7 +70,9 @@ def train_single(
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, losses, epoch_seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
 
-    images, make_views = training_images(section, snapshot, method)
+    # no pass left to train (steps=0, or a resumed run that had finished): decode no image
+    to_train = snapshot if start_epoch < epochs else None
+    images, make_views = training_images(section, to_train, method, decode_workers("auto", n, dataset.stats))
     make_views = make_views.to(device) if make_views is not None else None
     method.train()
     done = min(start_epoch * steps_per_epoch, total_steps)

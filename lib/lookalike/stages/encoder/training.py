@@ -8,6 +8,7 @@ same way and export the one checkpoint format every later stage reads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from lookalike.core.manifest import MANIFEST, IntegrityError, Manifest, stage_di
 from lookalike.core.names import GRID
 from lookalike.core.recipe import Plan
 from lookalike.core.settings import EncoderSettings
-from lookalike.stages.dataset.torch_data import FittedImages, ResizeToTensor, SnapshotImages, seed_everything
+from lookalike.stages.dataset.images import draft_side
+from lookalike.stages.dataset.torch_data import FittedImages, SnapshotImages, seed_everything
 from lookalike.stages.encoder.backbones import build_backbone, measured_dim, with_pooling
 from lookalike.stages.encoder.checkpoint import ENCODER_FILE, EncoderSpec, save_encoder
 from lookalike.stages.encoder.methods import MethodOptions, build_method
@@ -91,19 +93,33 @@ def make_optimizer(method: torch.nn.Module, section: EncoderSettings, steps_per_
     return optimizer, scheduler
 
 
-def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module):
+def training_images(section: EncoderSettings, snapshot, method: torch.nn.Module, decode_workers: int = 0):
     """(dataset, make_views): batched augmentation sends fitted uint8 images through the loader
     and `make_views` (kornia, to be moved to the training device) makes the views; per-image
     makes each image's views in the loader with lightly's transform (make_views None).
-    Batched images are decoded once and kept in memory when they fit (`FittedImages`)."""
+    Batched images are decoded once (in `decode_workers` processes) and kept in memory when they
+    fit (`FittedImages`). A JPEG decodes only as large as its use needs (`draft_side`)."""
     if section.augmentation == "batched":
         from lookalike.stages.encoder.methods.batched import BatchedViews
 
         views = BatchedViews(method.transform)
         if snapshot is not None and FittedImages.fits(len(snapshot), section.input_size):
-            return FittedImages(snapshot, section.input_size, desc="encoder: decoding images once"), views
-        return SnapshotImages(snapshot, ResizeToTensor(section.input_size)), views
-    return SnapshotImages(snapshot, method.transform), None
+            fitted = FittedImages(
+                snapshot, section.input_size, desc="encoder: decoding images once", num_workers=decode_workers
+            )
+            return fitted, views
+        return SnapshotImages.fitted(snapshot, section.input_size), views
+    return SnapshotImages(snapshot, method.transform, per_image_draft(section)), None
+
+
+def per_image_draft(section: EncoderSettings) -> int | None:
+    """The side a JPEG decodes to for lightly's per-image transform: at least `draft_side(input_size)`, as
+    for a fitted image, and enough that its smallest random-resized crop (crop_min_scale of the area, so its
+    square root of each side) still holds input_size pixels across, so no crop is made from fewer pixels
+    than it gets. Full size when the method's own crop scale applies (it is not known here)."""
+    if section.crop_min_scale is None:
+        return None
+    return max(draft_side(section.input_size), math.ceil(section.input_size / math.sqrt(section.crop_min_scale)))
 
 
 def readout(section: EncoderSettings) -> tuple[str | None, int | None]:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from lookalike.core.manifest import Manifest
 from lookalike.core.progress import progress
-from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
+from lookalike.stages.dataset.torch_data import SnapshotImages
 from lookalike.stages.encoder.training import starting_point, teacher_model
 from lookalike.stages.index.factory import prepare_vectors, search
 from lookalike.stages.index.whitening import fit_whitening
@@ -53,7 +53,7 @@ def pixel_side(input_size: int) -> int:
 
 def pixel_vectors(snapshot, side: int, batch_size: int = 512) -> np.ndarray:
     """(n, side*side*3) float32 in [0, 1]: every image of the snapshot fitted to side x side, flattened."""
-    loader = DataLoader(SnapshotImages(snapshot, ResizeToTensor(side)), batch_size=batch_size)
+    loader = DataLoader(SnapshotImages.fitted(snapshot, side), batch_size=batch_size)
     out = []
     with progress(len(snapshot), "evaluation: pixel baseline", unit="img") as bar:
         for batch in loader:  # (N, side, side, 3) uint8
