@@ -1,0 +1,190 @@
+"""Content-addressed parts of dataset snapshots, shared between the versions of a collection.
+
+A snapshot's images (path and encoded bytes) live in parts under `<root>/dataset/parts/`, each
+written once and named by the sha256 of what went into it: the ordered (path, content sha256) of
+its rows and the pixel limit they were checked against. Where one part ends is decided by the
+content, as rsync's and restic's chunkers do: after a row whose sha256 is 0 modulo TARGET_ROWS (or
+at MAX_ROWS / MAX_BYTES), so an image added or removed changes only the part it lands in, and the
+next version of a grown collection writes its new images and reuses every other part.
+
+Everything that moves between versions (row ids are positions in the source, labels, metadata)
+is in the version's own `rows.arrow`; its `parts.json` lists the parts in order with their size
+and sha256 (`lookalike.core.manifest`). Next to each part, `<id>.json` records its size, sha256
+and which of its rows were skipped and why, so a later version reuses it without reading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lookalike.core.manifest import (
+    PART_LIST,
+    IntegrityError,
+    atomic_path,
+    atomic_write_bytes,
+    part_entries,
+    parts_dir,
+    sha256_file,
+    stage_dir,
+    verified_path,
+)
+
+STAGE = "dataset"
+ROWS = "rows.arrow"
+FORMAT = 1
+TARGET_ROWS = 1024  # a part holds ~1,000 images on average
+MAX_ROWS = 8 * TARGET_ROWS
+MAX_BYTES = 256 << 20  # camera-sized JPEGs: ~60 per part
+# Skips that say nothing about the content (the file could not be read this time): a part holding one is
+# named by its outcome too, so it is never reused for the same inputs without looking at them again.
+TRANSIENT = ("cannot read", "changed after it was listed", "missing image")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A source row that goes into a part: its image's path and content sha256 ('' while unknown)."""
+
+    path: str | None
+    sha256: str
+    size: int = 0
+
+
+def closes_part(candidate: Candidate, rows: int, size: int) -> bool:
+    """Whether a part holding `rows` rows and `size` bytes, the last of them `candidate`, ends here."""
+    sha = candidate.sha256
+    return (len(sha) >= 16 and int(sha[:16], 16) % TARGET_ROWS == 0) or rows >= MAX_ROWS or size >= MAX_BYTES
+
+
+def part_id(candidates: Sequence[Candidate], max_pixels: int, transient: Sequence[tuple[int, str]] = ()) -> str:
+    """The part's name: sha256 over what went into it (and the transient skips, when there were some)."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, "max_pixels": max_pixels}).encode())
+    for c in candidates:
+        digest.update(json.dumps([c.path, c.sha256]).encode() + b"\n")
+    if transient:
+        digest.update(json.dumps(list(transient)).encode())
+    return digest.hexdigest()
+
+
+def is_transient(reason: str) -> bool:
+    return reason.startswith(TRANSIENT)
+
+
+@dataclass
+class PartStore:
+    """The parts of one artifacts root: finds a part to reuse, or writes one; counts both."""
+
+    root: Path
+    verify_full: bool = False
+    reused: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    bytes_reused: int = 0
+    used: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return parts_dir(self.root, STAGE)
+
+    def find(self, pid: str) -> dict[str, Any] | None:
+        """The part's record when it is here whole (its size, and its sha256 with verify=full)."""
+        part, record = self.folder / f"{pid}.arrow", self.folder / f"{pid}.json"
+        try:
+            info = json.loads(record.read_bytes())
+            if part.stat().st_size != info["bytes"]:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if self.verify_full and sha256_file(part) != info["sha256"]:
+            return None
+        # touched: `lookalike gc` spares recently used parts, which a build in progress may be about to list
+        os.utime(part)
+        os.utime(record)
+        self.reused += 1
+        self.bytes_reused += info["bytes"]
+        self.used.append(info)
+        return info
+
+    def write(self, pid: str, images: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> dict[str, Any]:
+        """Write a part (atomically, hashed as it is kept) and its record; the record."""
+        from datasets import Features, Image
+        from datasets.arrow_writer import ArrowWriter
+
+        part = self.folder / f"{pid}.arrow"
+        with atomic_path(part) as tmp:
+            writer = ArrowWriter(features=Features({"image": Image(decode=False)}), path=str(tmp))
+            try:
+                writer.write_batch({"image": images})
+                writer.finalize()
+            finally:
+                writer.close()
+        info: dict[str, Any] = {
+            "name": part.name,
+            "bytes": part.stat().st_size,
+            "sha256": sha256_file(part),
+            "rows": len(images),
+            "skipped": [list(s) for s in skipped],
+        }
+        atomic_write_bytes(self.folder / f"{pid}.json", json.dumps(info).encode())
+        self.written += 1
+        self.bytes_written += info["bytes"]
+        self.used.append(info)
+        return info
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "parts": len(self.used),
+            "parts_reused": self.reused,
+            "parts_written": self.written,
+            "bytes_written": self.bytes_written,
+            "bytes_reused": self.bytes_reused,
+        }
+
+
+def write_part_list(folder: Path, used: list[dict[str, Any]]) -> None:
+    listed = [{"name": p["name"], "bytes": p["bytes"], "sha256": p["sha256"], "rows": p["rows"]} for p in used]
+    atomic_write_bytes(folder / PART_LIST, json.dumps({"format": FORMAT, "parts": listed}).encode())
+
+
+def open_parted(root: Path | str, manifest) -> Any:
+    """A version written as parts, as one memory-mapped `datasets.Dataset` with the columns a
+    single-file snapshot has (row_id, image, sha256, label?, metadata...). `rows.arrow` and
+    `parts.json` are checked against their sha256; each part against its size.
+
+    Raises:
+        IntegrityError: a part is missing or has another size than `parts.json` records.
+    """
+    rows = verified_path(root, manifest, ROWS)
+    verified_path(root, manifest, PART_LIST)
+    folder = stage_dir(root, manifest.stage, manifest.key)
+    parts = []
+    for entry in part_entries(folder):
+        path = parts_dir(root, manifest.stage) / entry.path
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry.bytes:
+            what = "is missing" if size is None else f"has {size} bytes, not the {entry.bytes} {PART_LIST} records"
+            raise IntegrityError(
+                f"{path} {what} (deleted or damaged after {folder.name} was written); "
+                f"delete {folder} and re-run to write it again"
+            )
+        parts.append(path)
+    return assemble(rows, parts, folder)
+
+
+def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
+    """The rows table beside the parts' images, memory-mapped, in a single-file snapshot's column order."""
+    from datasets import Dataset, concatenate_datasets
+
+    rows = Dataset.from_file(str(rows_path), in_memory=False)
+    images = concatenate_datasets([Dataset.from_file(str(p), in_memory=False) for p in part_paths])
+    if len(images) != len(rows):
+        raise IntegrityError(
+            f"{folder}: its parts hold {len(images)} images for {len(rows)} rows; delete {folder} and re-run"
+        )
+    rest = rows.remove_columns("row_id")
+    return concatenate_datasets([rows.select_columns("row_id"), images, rest], axis=1)
