@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class PartStore:
     written: int = 0
     bytes_written: int = 0
     bytes_reused: int = 0
-    used: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
@@ -107,7 +106,6 @@ class PartStore:
         os.utime(record)
         self.reused += 1
         self.bytes_reused += info["bytes"]
-        self.used.append(info)
         return info
 
     def write(self, pid: str, images: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> dict[str, Any]:
@@ -133,12 +131,11 @@ class PartStore:
         atomic_write_bytes(self.folder / f"{pid}.json", json.dumps(info).encode())
         self.written += 1
         self.bytes_written += info["bytes"]
-        self.used.append(info)
         return info
 
     def stats(self) -> dict[str, int]:
         return {
-            "parts": len(self.used),
+            "parts": self.reused + self.written,
             "parts_reused": self.reused,
             "parts_written": self.written,
             "bytes_written": self.bytes_written,

@@ -137,6 +137,7 @@ def _snapshot(
             raise DatasetError(_too_many_unreadable(skipped, total, section))
 
     store = PartStore(folder.parents[1], verify_full=section.verify == "full")
+    listed: list[dict[str, Any]] = []  # the parts in row order
     n_kept = 0
     tmp = folder / f".{ROWS}.tmp"
     writer = ArrowWriter(features=Features(columns), path=str(tmp))
@@ -151,9 +152,11 @@ def _snapshot(
                     continue
                 for chunk, info in chunker.add(row):
                     n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
+                    listed.append(info)
                     bar.update(len(chunk))
             for chunk, info in chunker.finish():
                 n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
+                listed.append(info)
                 bar.update(len(chunk))
         writer.finalize()
     finally:
@@ -162,7 +165,7 @@ def _snapshot(
         tmp.unlink(missing_ok=True)
         raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
     os.replace(tmp, folder / ROWS)
-    write_part_list(folder, store.used)
+    write_part_list(folder, listed)
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
     snapshot = assemble(folder / ROWS, [shared / e.path for e in part_entries(folder)], folder)
