@@ -61,14 +61,41 @@ def closes_part(candidate: Candidate, rows: int, size: int) -> bool:
     return (len(sha) >= 16 and int(sha[:16], 16) % TARGET_ROWS == 0) or rows >= MAX_ROWS or size >= MAX_BYTES
 
 
+def starts_part(previous: Candidate, candidate: Candidate, rows: int) -> bool:
+    """Whether `candidate` starts a new part after one of `rows` rows ending with `previous`: at a change of
+    folder, once the part holds a few rows. A collection mostly grows by new files at the end of its folders
+    (later names, later dates); a part that ends with its folder is then reused whole, and the new files go
+    in new parts (`PartStore.longest_prefix`)."""
+    if rows < TARGET_ROWS // 8 or previous.path is None or candidate.path is None:
+        return False
+    return os.path.dirname(previous.path) != os.path.dirname(candidate.path)
+
+
+def _digest(max_pixels: int):
+    return hashlib.sha256(json.dumps({"format": FORMAT, "max_pixels": max_pixels}).encode())
+
+
+def _row_bytes(c: Candidate) -> bytes:
+    return json.dumps([c.path, c.sha256]).encode() + b"\n"
+
+
 def part_id(candidates: Sequence[Candidate], max_pixels: int, transient: Sequence[tuple[int, str]] = ()) -> str:
     """The part's name: sha256 over what went into it (and the transient skips, when there were some)."""
-    digest = hashlib.sha256(json.dumps({"format": FORMAT, "max_pixels": max_pixels}).encode())
+    digest = _digest(max_pixels)
     for c in candidates:
-        digest.update(json.dumps([c.path, c.sha256]).encode() + b"\n")
+        digest.update(_row_bytes(c))
     if transient:
         digest.update(json.dumps(list(transient)).encode())
     return digest.hexdigest()
+
+
+def prefix_ids(candidates: Sequence[Candidate], max_pixels: int) -> list[str]:
+    """`part_id` of each prefix of `candidates` (the first 1, 2, ... n), in one pass."""
+    digest, ids = _digest(max_pixels), []
+    for c in candidates:
+        digest.update(_row_bytes(c))
+        ids.append(digest.copy().hexdigest())
+    return ids
 
 
 def is_transient(reason: str) -> bool:
@@ -89,6 +116,17 @@ class PartStore:
     @property
     def folder(self) -> Path:
         return parts_dir(self.root, STAGE)
+
+    def longest_prefix(self, candidates: Sequence[Candidate], max_pixels: int) -> tuple[int, dict[str, Any] | None]:
+        """(k, record) of the longest existing part made of the first k of `candidates` ((0, None) if none):
+        a part that new rows were appended to is reused whole, and only the new rows are written."""
+        if not self.folder.is_dir():
+            return 0, None
+        ids = prefix_ids(candidates, max_pixels)
+        for k in range(len(ids), 0, -1):
+            if (self.folder / f"{ids[k - 1]}.json").is_file() and (found := self.find(ids[k - 1])) is not None:
+                return k, found
+        return 0, None
 
     def find(self, pid: str) -> dict[str, Any] | None:
         """The part's record when it is here whole (its size, and its sha256 with verify=full)."""
@@ -175,10 +213,19 @@ def open_parted(root: Path | str, manifest) -> Any:
 
 def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     """The rows table beside the parts' images, memory-mapped, in a single-file snapshot's column order."""
-    from datasets import Dataset, concatenate_datasets
+    from datasets import Dataset, DatasetInfo, Features, Image, concatenate_datasets
+    from datasets.table import ConcatenationTable, MemoryMappedTable
 
     rows = Dataset.from_file(str(rows_path), in_memory=False)
-    images = concatenate_datasets([Dataset.from_file(str(p), in_memory=False) for p in part_paths])
+    # the parts' tables straight from their files: `Dataset.from_file` per part costs ~5x more (its own
+    # info and fingerprint), which thousands of parts would pay on every open
+    tables = [MemoryMappedTable.from_file(str(p)) for p in part_paths]
+    fingerprint = hashlib.sha256("\n".join(p.name for p in part_paths).encode()).hexdigest()[:16]
+    images = Dataset(
+        ConcatenationTable.from_tables(tables),
+        info=DatasetInfo(features=Features({"image": Image(decode=False)})),
+        fingerprint=fingerprint,
+    )
     if len(images) != len(rows):
         raise IntegrityError(
             f"{folder}: its parts hold {len(images)} images for {len(rows)} rows; delete {folder} and re-run"

@@ -37,6 +37,7 @@ from lookalike.stages.dataset.parts import (
     is_transient,
     open_parted,
     part_id,
+    starts_part,
     write_part_list,
 )
 from lookalike.stages.dataset.profile import profile_images
@@ -242,11 +243,12 @@ class _Chunker:
 
     def add(self, row: _Row) -> list[tuple[list[_Row], dict[str, Any]]]:
         sha, size = self._known(row)
+        if self.rows and starts_part(Candidate(self.rows[-1].path, ""), Candidate(row.path, sha), len(self.rows)):
+            self._close()
         self.rows.append(row)
         self.size += size
-        if not closes_part(Candidate(row.path, sha), len(self.rows), self.size):
-            return []
-        self._close()
+        if closes_part(Candidate(row.path, sha), len(self.rows), self.size):
+            self._close()
         done = []
         while len(self.pending) > 2:
             done.append(self._resolve(*self.pending.popleft()))
@@ -262,13 +264,19 @@ class _Chunker:
     def _close(self) -> None:
         rows, self.rows, self.size = self.rows, [], 0
         shas = [self._known(r)[0] for r in rows]
-        if all(shas):  # every row's content known before reading it: the part may already be here
-            found = self.store.find(part_id([Candidate(r.path, s) for r, s in zip(rows, shas)], self.max_pixels))
-            if found is not None:
-                for row, sha in zip(rows, shas):
-                    row.known_sha = sha
-                self.pending.append((rows, found))
-                return
+        while rows and all(shas):  # every row's content known before reading it: the part may already be here
+            candidates = [Candidate(r.path, s) for r, s in zip(rows, shas)]
+            k, found = len(rows), self.store.find(part_id(candidates, self.max_pixels))
+            if found is None:  # or the part it grew from, which it begins with
+                k, found = self.store.longest_prefix(candidates[:-1], self.max_pixels)
+            if found is None:
+                break
+            for row, sha in zip(rows[:k], shas[:k]):
+                row.known_sha = sha
+            self.pending.append((rows[:k], found))
+            rows, shas = rows[k:], shas[k:]
+        if not rows:
+            return
         if rows[0].checked is not None:
             self.pending.append((rows, None))
             return
