@@ -1,6 +1,6 @@
 """Content-addressed parts of dataset snapshots, shared between the versions of a collection.
 
-A snapshot's images (path and encoded bytes) live in parts under `<root>/dataset/parts/`, each
+A snapshot's images (path, encoded bytes and content sha256) live in parts under `<root>/dataset/parts/`, each
 written once and named by the sha256 of what went into it: the ordered (path, content sha256) of
 its rows and the pixel limit they were checked against. Where one part ends is decided by the
 content, as rsync's and restic's chunkers do: after a row whose sha256 is 0 modulo TARGET_ROWS (or
@@ -8,7 +8,7 @@ at MAX_ROWS / MAX_BYTES), so an image added or removed changes only the part it 
 next version of a grown collection writes its new images and reuses every other part.
 
 Everything that moves between versions (row ids are positions in the source, labels, metadata)
-is in the version's own `rows.arrow`; its `parts.json` lists the parts in order with their size
+is in the version's own `rows.arrow` (zstd-compressed: a few bytes a row); its `parts.json` lists the parts in order with their size
 and sha256 (`lookalike.core.manifest`). Next to each part, `<id>.json` records its size, sha256
 and which of its rows were skipped and why, so a later version reuses it without reading it.
 """
@@ -146,16 +146,18 @@ class PartStore:
         self.bytes_reused += info["bytes"]
         return info
 
-    def write(self, pid: str, images: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> dict[str, Any]:
-        """Write a part (atomically, hashed as it is kept) and its record; the record."""
-        from datasets import Features, Image
+    def write(
+        self, pid: str, images: list[dict[str, Any]], shas: list[str], shapes: list, skipped: list[tuple[int, str]]
+    ) -> dict[str, Any]:
+        """Write a part (atomically, hashed as it is kept) and its record; the record. `shapes`: each image's
+        (width, height, mode), kept in the record for the profile of every version that uses the part."""
         from datasets.arrow_writer import ArrowWriter
 
         part = self.folder / f"{pid}.arrow"
         with atomic_path(part) as tmp:
-            writer = ArrowWriter(features=Features({"image": Image(decode=False)}), path=str(tmp))
+            writer = ArrowWriter(features=part_features(), path=str(tmp))
             try:
-                writer.write_batch({"image": images})
+                writer.write_batch({"image": images, "sha256": shas})
                 writer.finalize()
             finally:
                 writer.close()
@@ -165,6 +167,7 @@ class PartStore:
             "sha256": sha256_file(part),
             "rows": len(images),
             "skipped": [list(s) for s in skipped],
+            "shapes": [list(shape) if shape else None for shape in shapes],
         }
         atomic_write_bytes(self.folder / f"{pid}.json", json.dumps(info).encode())
         self.written += 1
@@ -179,6 +182,29 @@ class PartStore:
             "bytes_written": self.bytes_written,
             "bytes_reused": self.bytes_reused,
         }
+
+
+def part_features():
+    """What a part holds: each image (path and encoded bytes) and its content sha256, none of which moves
+    between versions."""
+    from datasets import Features, Image, Value
+
+    return Features({"image": Image(decode=False), "sha256": Value("string")})
+
+
+def compress_rows(tmp: Path, out: Path) -> None:
+    """Rewrite the rows table `tmp` (as `datasets`' ArrowWriter wrote it) zstd-compressed to `out`: row ids
+    and labels run in order, so each version's table costs a few bytes a row instead of ~16; it is read
+    into memory on open (small), the parts stay memory-mapped."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(tmp)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with atomic_path(out) as target, pa.OSFile(str(target), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+            writer.write_table(table)
+    tmp.unlink()
 
 
 def write_part_list(folder: Path, used: list[dict[str, Any]]) -> None:
@@ -213,7 +239,7 @@ def open_parted(root: Path | str, manifest) -> Any:
 
 def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     """The rows table beside the parts' images, memory-mapped, in a single-file snapshot's column order."""
-    from datasets import Dataset, DatasetInfo, Features, Image, concatenate_datasets
+    from datasets import Dataset, DatasetInfo, concatenate_datasets
     from datasets.table import ConcatenationTable, MemoryMappedTable
 
     rows = Dataset.from_file(str(rows_path), in_memory=False)
@@ -222,9 +248,7 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     tables = [MemoryMappedTable.from_file(str(p)) for p in part_paths]
     fingerprint = hashlib.sha256("\n".join(p.name for p in part_paths).encode()).hexdigest()[:16]
     images = Dataset(
-        ConcatenationTable.from_tables(tables),
-        info=DatasetInfo(features=Features({"image": Image(decode=False)})),
-        fingerprint=fingerprint,
+        ConcatenationTable.from_tables(tables), info=DatasetInfo(features=part_features()), fingerprint=fingerprint
     )
     if len(images) != len(rows):
         raise IntegrityError(
@@ -232,3 +256,14 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
         )
     rest = rows.remove_columns("row_id")
     return concatenate_datasets([rows.select_columns("row_id"), images, rest], axis=1)
+
+
+def recorded_shapes(used: list[dict[str, Any]]) -> list | None:
+    """Every kept image's (width, height, mode), in row order, from its part's record; None when a record
+    has none (a part fetched from a bucket, whose record stayed behind): the profile reads headers then."""
+    shapes: list = []
+    for info in used:
+        if info.get("shapes") is None or len(info["shapes"]) != info["rows"]:
+            return None
+        shapes += info["shapes"]
+    return shapes

@@ -34,9 +34,11 @@ from lookalike.stages.dataset.parts import (
     PartStore,
     assemble,
     closes_part,
+    compress_rows,
     is_transient,
     open_parted,
     part_id,
+    recorded_shapes,
     starts_part,
     write_part_list,
 )
@@ -124,7 +126,7 @@ def _snapshot(
         raise DatasetError(f"{source.describe()} split {section.split!r} has no rows; {MINIMUM}")
     names = label_names(ds, section.label_column)
     label_index = {name: i for i, name in enumerate(names)} if names else None
-    columns = {"row_id": Value("int64"), "sha256": Value("string")}
+    columns = {"row_id": Value("int64")}
     if names:
         columns["label"] = ClassLabel(names=names)
     columns.update(_metadata_features(ds, section, source))
@@ -165,7 +167,7 @@ def _snapshot(
     if n_kept == 0:
         tmp.unlink(missing_ok=True)
         raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
-    os.replace(tmp, folder / ROWS)
+    compress_rows(tmp, folder / ROWS)
     write_part_list(folder, listed)
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
@@ -181,7 +183,7 @@ def _snapshot(
         # what this version wrote and what it shared with earlier ones (lookalike.stages.dataset.parts)
         "storage": store.stats(),
         # sizes and colour of what was kept: what a recipe for these images has to suit
-        "profile": profile_images(snapshot),
+        "profile": profile_images(snapshot, shapes=recorded_shapes(listed)),
     }
     return Built(files=[ROWS, PART_LIST], stats=stats)
 
@@ -301,22 +303,22 @@ class _Chunker:
         pid = part_id(candidates, self.max_pixels, transient)
         info = self.store.find(pid)
         if info is None:
+            kept = [r.checked for r in rows if r.checked and r.checked.reason is None]
             images = [{"bytes": r.checked.data, "path": r.path} for r in rows if r.checked and r.checked.reason is None]
-            info = self.store.write(pid, images, skipped)
+            info = self.store.write(pid, images, [c.sha256 for c in kept], [c.shape for c in kept], skipped)
         return rows, info
 
 
 def _write_rows(writer, rows: list[_Row], info: dict[str, Any], extra, label_index, skip) -> int:
     """Add one part's kept rows to the version's rows table (its skipped ones to the skips); how many."""
     skipped = {int(i): reason for i, reason in info["skipped"]}
-    kept: dict[str, list] = {"row_id": [], "sha256": [], **({"label": []} if label_index is not None else {})}
+    kept: dict[str, list] = {"row_id": [], **({"label": []} if label_index is not None else {})}
     kept.update({name: [] for name in extra})
     for i, row in enumerate(rows):
         if i in skipped:
             skip(row, skipped[i])
             continue
         kept["row_id"].append(row.row_id)
-        kept["sha256"].append(row.checked.sha256 if row.checked else row.known_sha)
         if label_index is not None:
             label = row.label
             kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
