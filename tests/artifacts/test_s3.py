@@ -148,6 +148,12 @@ def version_with_parts(root, key, parts):
 
 
 def test_dataset_parts_travel_with_their_versions_once_each_and_verified(tmp_path, s3_endpoint, bucket):
+    import hashlib
+    import json
+
+    def sha(text):
+        return hashlib.sha256(text.encode()).hexdigest()
+
     from lookalike.artifacts.s3 import S3Location, fetch_stage
     from lookalike.core.manifest import IntegrityError, complete_manifest
 
@@ -166,6 +172,7 @@ def test_dataset_parts_travel_with_their_versions_once_each_and_verified(tmp_pat
     client, location = s3_client(s3_endpoint), S3Location(bucket, "p")
     assert fetch_stage(client, location, "dataset", "v2", tmp_path / "cache") == second
     assert (tmp_path / "cache" / "dataset" / "parts" / "b.arrow").read_bytes() == b"b" * 50
+    assert json.loads((tmp_path / "cache" / "dataset" / "parts" / "b.json").read_text())["sha256"] == sha("b" * 50)
     (tmp_path / "cache" / "dataset" / "parts" / "b.arrow").unlink()
     assert complete_manifest(tmp_path / "cache", "dataset", "v2") is None  # a cache missing a part is refetched
     assert fetch_stage(client, location, "dataset", "v2", tmp_path / "cache") == second

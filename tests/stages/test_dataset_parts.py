@@ -1,6 +1,5 @@
 """Dataset versions stored as content-addressed parts shared between versions."""
 
-import json
 import shutil
 
 import pytest
@@ -107,3 +106,27 @@ def test_a_missing_or_damaged_part_is_one_line_naming_what_to_delete(tmp_path, r
     again = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
     assert again.stats["storage"]["parts_written"] == 1 and len(open_snapshot(root, again)) == 6
     assert find_manifest(root, "dataset", again.key) is not None
+
+
+def test_a_version_installed_in_another_root_is_grown_there_from_its_parts(tmp_path, root, small_parts):
+    """As a fresh machine of a shared s3:// root gets a version: its parts come with their records, so the
+    next version built there reuses them instead of reading and writing every image again."""
+    from lookalike.core.manifest import MANIFEST, install_stage
+
+    folder = photos(tmp_path / "photos", range(30))
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    origin, other = root / "dataset" / first.key, tmp_path / "other"
+    install_stage(
+        other,
+        (origin / MANIFEST).read_bytes(),
+        lambda name, tmp: shutil.copyfile(origin / name, tmp),
+        f"{origin}/",
+        expect=("dataset", first.key),
+        fetch_part=lambda name, tmp: shutil.copyfile(root / "dataset" / "parts" / name, tmp),
+    )
+    assert content(other, first) == content(root, first)
+
+    photos(folder, [31, 33])
+    grown = run_dataset_stage(DatasetSettings(source=str(folder)), other).manifest
+    assert grown.stats["storage"]["parts_reused"] == first.stats["storage"]["parts"]
+    assert grown.stats["storage"]["parts_written"] == 1 and grown.stats["n_images"] == 32

@@ -253,12 +253,16 @@ def parts_dir(root: Path | str, stage: str) -> Path:
 
 def part_entries(folder: Path) -> list[FileEntry]:
     """The shared parts a stage folder's `parts.json` lists (none without one), in its order."""
+    return [entry for entry, _ in _listed_parts(folder)]
+
+
+def _listed_parts(folder: Path) -> list[tuple[FileEntry, dict[str, Any]]]:
     path = folder / PART_LIST
     if not path.is_file():
         return []
     try:
         listed = json.loads(path.read_bytes())["parts"]
-        return [FileEntry(path=p["name"], sha256=p["sha256"], bytes=p["bytes"]) for p in listed]
+        return [(FileEntry(path=p["name"], sha256=p["sha256"], bytes=p["bytes"]), p) for p in listed]
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(
             f"{path} is not a list of parts ({exc}); delete {folder} and re-run to rebuild it"
@@ -266,14 +270,19 @@ def part_entries(folder: Path) -> list[FileEntry]:
 
 
 def install_parts(
-    root: Path | str, stage: str, entries: list[FileEntry], fetch_part: Callable[[str, Path], None] | None, where: str
+    root: Path | str, stage: str, folder: Path, fetch_part: Callable[[str, Path], None] | None, where: str
 ) -> int:
-    """Fetch the parts in `entries` that `root` lacks (at their size), each verified against its sha256
-    before it is kept; how many were fetched. `fetch_part(name, target)` writes one part."""
+    """Fetch the parts `folder`'s `parts.json` lists that `root` lacks (at their size), each verified against
+    its sha256 before it is kept; how many were fetched. `fetch_part(name, target)` writes one part. Each
+    part's entry is kept beside it as its record (`<name less .arrow>.json`), by which a later folder of the
+    stage finds it and reuses it without reading it."""
     fetched = 0
-    for entry in entries:
+    for entry, listed in _listed_parts(folder):
         target = parts_dir(root, stage) / entry.path
+        record = target.with_name(f"{target.stem}.json")
         if has_size(target, entry.bytes):
+            if not record.is_file():
+                atomic_write_bytes(record, json.dumps(listed).encode())
             continue
         if fetch_part is None:
             raise IntegrityError(
@@ -287,6 +296,7 @@ def install_parts(
                     f"{where}{PARTS}/{entry.path} does not match the sha256 {PART_LIST} records: it changed after it "
                     "was published; refusing to load it. Publish the stage again from a good copy."
                 )
+        atomic_write_bytes(record, json.dumps(listed).encode())
         fetched += 1
     return fetched
 
@@ -326,7 +336,7 @@ def install_stage(
                     f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
                     "was published; refusing to load it. Publish the stage again from a good copy."
                 )
-    install_parts(root, manifest.stage, part_entries(folder), fetch_part, where)
+    install_parts(root, manifest.stage, folder, fetch_part, where)
     atomic_write_bytes(folder / MANIFEST, raw_manifest)
     return manifest
 

@@ -208,7 +208,10 @@ def compress_rows(tmp: Path, out: Path) -> None:
 
 
 def write_part_list(folder: Path, used: list[dict[str, Any]]) -> None:
-    listed = [{"name": p["name"], "bytes": p["bytes"], "sha256": p["sha256"], "rows": p["rows"]} for p in used]
+    """`parts.json`: the parts in row order, each with what a root that installs it needs to reuse it (its
+    size, sha256, rows and skips; not the images' shapes, which a profile can read again)."""
+    fields = ("name", "bytes", "sha256", "rows", "skipped")
+    listed = [{name: p[name] for name in fields} for p in used]
     atomic_write_bytes(folder / PART_LIST, json.dumps({"format": FORMAT, "parts": listed}).encode())
 
 
