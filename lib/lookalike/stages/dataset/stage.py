@@ -198,6 +198,7 @@ class _Row:
     metadata: dict[str, Any]
     checked: Checked | None = None
     known_sha: str = ""  # the sha256 the key was made from, when its part was reused unread
+    known: tuple[str, int] = ("", 0)  # (sha256, size) the chunker cut by
 
     @property
     def path(self) -> str | None:
@@ -244,7 +245,8 @@ class _Chunker:
         return (checked.sha256, len(checked.data)) if checked is not None else ("", 0)
 
     def add(self, row: _Row) -> list[tuple[list[_Row], dict[str, Any]]]:
-        sha, size = self._known(row)
+        row.known = self._known(row)
+        sha, size = row.known
         if self.rows and starts_part(Candidate(self.rows[-1].path, ""), Candidate(row.path, sha), len(self.rows)):
             self._close()
         self.rows.append(row)
@@ -265,7 +267,7 @@ class _Chunker:
 
     def _close(self) -> None:
         rows, self.rows, self.size = self.rows, [], 0
-        shas = [self._known(r)[0] for r in rows]
+        shas = [r.known[0] for r in rows]
         while rows and all(shas):  # every row's content known before reading it: the part may already be here
             candidates = [Candidate(r.path, s) for r, s in zip(rows, shas)]
             k, found = len(rows), self.store.find(part_id(candidates, self.max_pixels))
@@ -282,7 +284,7 @@ class _Chunker:
         if rows[0].checked is not None:
             self.pending.append((rows, None))
             return
-        items = [(r.image, self._known(r)[0] or None, self.max_pixels) for r in rows]
+        items = [(r.image, r.known[0] or None, self.max_pixels) for r in rows]
         if self.pool is None:
             self.pending.append((rows, [check_images(items)]))
             return
@@ -298,7 +300,7 @@ class _Chunker:
             for row, checked in zip(rows, results):
                 row.checked = checked
         skipped = [(i, r.checked.reason) for i, r in enumerate(rows) if r.checked and r.checked.reason is not None]
-        candidates = [Candidate(r.path, self._known(r)[0] or (r.checked.sha256 if r.checked else "")) for r in rows]
+        candidates = [Candidate(r.path, r.known[0] or (r.checked.sha256 if r.checked else "")) for r in rows]
         transient = [(i, reason) for i, reason in skipped if is_transient(reason)]
         pid = part_id(candidates, self.max_pixels, transient)
         info = self.store.find(pid)
