@@ -7,12 +7,13 @@ import pytest
 from conftest import make_png
 from lookalike.core.manifest import IntegrityError, find_manifest, write_manifest
 from lookalike.core.settings import DatasetSettings
-from lookalike.stages.dataset import parts
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 
 
 @pytest.fixture
 def small_parts(monkeypatch):
+    from lookalike.stages.dataset import parts
+
     # ~4 rows a part, so a 40-image folder is ~10 parts (the default is ~1,000 rows a part)
     monkeypatch.setattr(parts, "TARGET_ROWS", 4)
 
