@@ -236,6 +236,9 @@ class _Chunker:
         self.rows: list[_Row] = []
         self.size = 0
         self.pending: deque = deque()
+        # where parts exist already (a grown collection), the first images to check are checked here: a few
+        # new images cost less than starting the workers
+        self.to_check = _POOL_MIN_IMAGES if store.recorded else 0
 
     def _known(self, row: _Row) -> tuple[str, int]:
         """(sha256, size) as the key knows them, else as the check found them ('' when unknown)."""
@@ -285,7 +288,8 @@ class _Chunker:
             self.pending.append((rows, None))
             return
         items = [(r.image, r.known[0] or None, self.max_pixels) for r in rows]
-        if self.pool is None:
+        self.to_check -= len(items)
+        if self.pool is None or self.to_check >= 0:
             self.pending.append((rows, [check_images(items)]))
             return
         step = max(1, min(_BATCH, -(-len(items) // self.workers)))
@@ -368,13 +372,33 @@ def check_workers(section: DatasetSettings, total: int) -> int:
 
 
 @contextmanager
-def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+def _pool(workers: int) -> Iterator[_LazyPool | None]:
     if workers == 0:
         yield None
         return
-    # spawn: the run may hold threads (Prefect, W&B) that fork would copy mid-lock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = _LazyPool(workers)
+    try:
         yield pool
+    finally:
+        pool.shutdown()
+
+
+class _LazyPool:
+    """A process pool started at its first task: a version that reuses every part but a few starts none."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn, *args):
+        if self.pool is None:
+            # spawn: the run may hold threads (Prefect, W&B) that fork would copy mid-lock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self.pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int):
