@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -16,20 +17,21 @@ from lookalike.stages.dataset import parts
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 
 
-@pytest.fixture
-def versions(tmp_path, root, monkeypatch):
-    """Three dataset versions: one an alias names, one an encoder was built from, one nothing uses;
-    and an orphan part left by a version deleted by hand."""
-    monkeypatch.setattr(parts, "TARGET_ROWS", 4)
-    folder = tmp_path / "photos"
-    for v in range(24):
-        make_png(folder / f"{v:03d}.png", v)
-    aliased = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
-    make_png(folder / "005b.png", 99)
-    built_from = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
-    for v in range(3):
-        make_png(tmp_path / "other" / f"{v}.png", 200 + v)
-    unused = run_dataset_stage(DatasetSettings(source=str(tmp_path / "other")), root).manifest
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Three dataset versions: one an alias names, one an encoder was built from, one nothing uses."""
+    base = tmp_path_factory.mktemp("gc")
+    root, folder = base / "artifacts", base / "photos"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parts, "TARGET_ROWS", 4)
+        for v in range(24):
+            make_png(folder / f"{v:03d}.png", v)
+        aliased = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+        make_png(folder / "005b.png", 99)
+        built_from = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+        for v in range(3):
+            make_png(base / "other" / f"{v}.png", 200 + v)
+        unused = run_dataset_stage(DatasetSettings(source=str(base / "other")), root).manifest
     encoder = root / "encoder" / "00000000000000e1"
     encoder.mkdir(parents=True)
     write_manifest(
@@ -44,11 +46,18 @@ def versions(tmp_path, root, monkeypatch):
         timings={},
     )
     set_alias(root, "production", {"dataset": aliased.key})
+    return root, {"aliased": aliased, "built_from": built_from, "unused": unused}
+
+
+@pytest.fixture
+def versions(built, root):
+    """A copy of the built root, with an orphan part left by a version deleted by hand."""
+    shutil.copytree(built[0], root)
     shared = root / "dataset" / "parts"
     orphan = shared / ("f" * 64 + ".arrow")
     orphan.write_bytes(b"x" * 123)
     (shared / ("f" * 64 + ".json")).write_text("{}")
-    return {"aliased": aliased, "built_from": built_from, "unused": unused, "orphan": orphan}
+    return {**built[1], "orphan": orphan}
 
 
 def files(root):
