@@ -105,3 +105,28 @@ def test_the_command_is_a_dry_run_unless_told_and_prints_json(root, versions):
     assert human.exit_code == 0, human.output
     assert "removed dataset/parts/" in human.stdout and not versions["orphan"].exists()
     assert os.listdir(root / "dataset" / "parts")  # the versions' parts stay
+
+
+def test_nothing_is_removed_while_a_build_holds_its_lock(root, versions):
+    import multiprocessing
+
+    # flock is per open file, so the build that holds it is another process, as a running `lookalike run` is
+    held, release = multiprocessing.Event(), multiprocessing.Event()
+    builder = multiprocessing.get_context("fork").Process(target=hold_lock, args=(root, held, release))
+    builder.start()
+    try:
+        assert held.wait(30)
+        found = collect(root, delete=True, min_age=0)
+        assert found.busy == ["dataset/0123456789abcdef"] and versions["orphan"].exists()
+    finally:
+        release.set()
+        builder.join(30)
+    assert collect(root, delete=True, min_age=0).busy == [] and not versions["orphan"].exists()
+
+
+def hold_lock(root, held, release):
+    from lookalike.artifacts.stage_runner import key_lock
+
+    with key_lock(root, "dataset", "0123456789abcdef"):
+        held.set()
+        release.wait(30)

@@ -8,8 +8,8 @@ releases the parts no remaining version lists. What is kept:
   `parts.json` lists;
 - with `versions=True`, a finished dataset version that no alias (now or in its history) and no
   finished stage folder of the root references is removed too, with the parts only it used;
-- anything written or reused within `min_age` seconds, and everything while a dataset build
-  holds its key's lock on this machine: a build lists its parts only when it finishes.
+- anything written or reused within `min_age` seconds, and everything while a stage build holds
+  its key's lock on this machine: a dataset build lists its parts only when it finishes.
 
 A dry run (the default) removes nothing. For an `s3://` root this is this machine's copy; the
 bucket is not touched.
@@ -63,7 +63,7 @@ class Collection:
     versions: list[Removable] = field(default_factory=list)
     kept_parts: int = 0
     kept_versions: int = 0
-    busy: list[str] = field(default_factory=list)  # dataset builds in progress: nothing was removed
+    busy: list[str] = field(default_factory=list)  # stage builds in progress: nothing was removed
 
     @property
     def bytes(self) -> int:
@@ -152,17 +152,20 @@ def _remove(root: Path, result: Collection) -> None:
 
 
 def _builds_in_progress(root: Path) -> list[str]:
-    """The dataset keys whose build holds its lock on this machine (`stage_runner.key_lock`)."""
+    """The stage keys whose build holds its lock on this machine (`stage_runner.key_lock`): a dataset build
+    lists its parts only when it ends, and a build of a later stage may be reading a version nothing else
+    references yet."""
     busy = []
-    for lock in sorted((root / DATASET).glob(".*.lock")):
-        with open(lock, "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    busy.append(f"{DATASET}/{lock.name[1:].removesuffix('.lock')}")
-                continue
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    for stage in STAGES:
+        for lock in sorted((root / stage).glob(".*.lock")):
+            with open(lock, "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        busy.append(f"{stage}/{lock.name[1:].removesuffix('.lock')}")
+                    continue
+                fcntl.flock(fh, fcntl.LOCK_UN)
     return busy
 
 

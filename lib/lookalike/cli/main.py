@@ -504,7 +504,7 @@ def gc(
             soft_wrap=True,
         )
     if found.busy:
-        message = f"dataset builds in progress ({', '.join(found.busy)}): nothing was removed; run gc when they finish"
+        message = f"builds in progress ({', '.join(found.busy)}): nothing was removed; run gc when they finish"
         if delete:
             _fail(message)
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
