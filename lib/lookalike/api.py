@@ -124,7 +124,8 @@ def run(
     baselines and, when it passes the promotion gate, point `production` at it; `lookalike run`.
 
     Args:
-        dataset: 'sample', a hub name, an image folder, a .parquet file or a save_to_disk folder.
+        dataset: 'sample', a hub name, an image folder, an s3:// prefix, a .parquet file, a table of image
+            paths or URLs (.csv, .jsonl, .parquet) or a save_to_disk folder.
         split, method, steps, epochs, index, artifacts_root, mirror, promote: as the CLI's options.
         verbose: print Prefect's INFO lines (warnings and progress bars show either way).
         **settings: any other setting, spelled `section__field` as in the LOOKALIKE_ environment

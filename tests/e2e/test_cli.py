@@ -209,9 +209,17 @@ def test_query_answers_a_folder_of_200_images_in_one_process_one_json_line_each(
     assert all(line["index"] == key and len(line["neighbours"]) == 2 for line in lines[:200])
     assert lines[200] == {"query": str(broken), "error": "not a recognised image format", "index": key}
     assert f"{broken}: not a recognised image format" in result.stderr
-    # batched, each image is answered as a query of its own is
+    # batched, each image is answered as a query of its own is: the same rows, and the same distances
+    # up to float summation order (a batch of 200 and a batch of 1 take different BLAS paths)
     first = decode_rgb(sorted(images)[0].read_bytes(), 10**8)
-    assert lines[0]["neighbours"] == searcher.neighbours(first, 2)
+    alone = searcher.neighbours(first, 2)
+    without_distance = [
+        [{k: v for k, v in hit.items() if k != "distance"} for hit in hits] for hits in (lines[0]["neighbours"], alone)
+    ]
+    assert without_distance[0] == without_distance[1]
+    assert [hit["distance"] for hit in lines[0]["neighbours"]] == pytest.approx(
+        [hit["distance"] for hit in alone], abs=1e-5
+    )
 
 
 def test_alias_is_the_old_spelling_of_index_and_says_so(built):
@@ -299,21 +307,3 @@ def test_temporary_servers_started_together_on_a_fresh_database_all_come_up(tmp_
         for server in servers:
             server.stop()
     assert len({s.port for s in servers}) == 4
-
-
-def test_an_init_on_an_unreachable_hub_is_one_error_line_without_traceback(tmp_path):
-    result = lookalike(
-        "run",
-        *SETS,
-        "--set",
-        "encoder.init=hf:facebook/dinov2-small",
-        "--artifacts-root",
-        str(tmp_path / "a"),
-        home=tmp_path,
-        env_extra={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "init 'hf:facebook/dinov2-small': cannot load" in line and "127.0.0.1 is unreachable" in line
-    assert "pass the folder or weights file as encoder.init" in line

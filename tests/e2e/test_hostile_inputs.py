@@ -203,6 +203,17 @@ def test_empty_folder_names_the_minimum(tmp_path):
     assert not (tmp_path / "a").exists(), "found before anything ran: nothing is created"
 
 
+def test_a_table_without_the_image_column_names_its_columns(tmp_path):
+    (tmp_path / "catalogue.csv").write_text("file,kind\nimgs/0.png,cat\n")
+    line = one_line_error(
+        lookalike(
+            "run", "--dataset", str(tmp_path / "catalogue.csv"), "--artifacts-root", str(tmp_path / "a"), home=tmp_path
+        )
+    )
+    assert "has no image column 'image'; its columns are: file, kind (use --set dataset.image_column=NAME" in line
+    assert not (tmp_path / "a").exists(), "found before anything ran: nothing is created"
+
+
 def test_too_few_images_for_an_ivf_index_names_the_minimum(tmp_path):
     line = one_line_error(
         lookalike(

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -287,40 +286,3 @@ def test_embedding_failure_is_retried_in_the_same_flow_run_reusing_shards(prefec
     stats = find_manifest(root, "embeddings", summary["stages"]["embeddings"]["key"]).stats
     assert (stats["shards_reused"], stats["shards_computed"]) == (1, N_SHARDS - 1)
     assert stats["images_embedded"] == 160 - 16  # shard 0 was not embedded again
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
-def test_a_killed_run_leaves_no_temporary_prefect_server_behind(tmp_path):
-    root = tmp_path / "artifacts"
-    proc = start(root, None, {"train_slow_seconds": 1.0})
-    deadline = time.monotonic() + 120
-    while not list(root.glob("encoder/*")):  # the flow is running, so its server is up
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    servers = children(proc.pid)
-    assert servers, "the temporary server should be a child of the run"
-    proc.send_signal(signal.SIGKILL)  # the run only, not its process group
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 20
-    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in servers):
-        assert time.monotonic() < deadline, "the temporary server outlived its run"
-        time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        return {"Z": "zombie"}.get(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0], "alive")
-    except OSError:
-        return "zombie"

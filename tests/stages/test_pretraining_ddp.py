@@ -12,14 +12,12 @@ import pytest
 
 from conftest import REPO, SAMPLE_STATS, TINY, free_port
 from lookalike.core.manifest import MANIFEST, stage_dir
-from lookalike.core.recipe import Plan
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.stage import run_dataset_stage
 from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import load_encoder
-from lookalike.stages.encoder.ddp import train_ddp
-from lookalike.stages.encoder.stage import encoder_key, resolve, run_encoder_stage
+from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
 from lookalike.stages.encoder.training import DDP_CHECKPOINTS
 
 
@@ -61,34 +59,6 @@ def test_the_momentum_methods_train_under_ddp(root, method, augmentation):
     assert result.manifest.stats["world_size"] == 2 and np.isfinite(result.manifest.stats["losses"]).all()
     model, spec = load_encoder(root, result.manifest)
     assert spec.method == method
-
-
-def test_an_interrupted_ddp_run_resumes_from_its_last_checkpoint(root):
-    """4 steps of 3 a pass (24 images a process, 8 a batch): the second pass stops after one step."""
-    overrides = {k: v for k, v in TINY.items() if k != "encoder.epochs"}
-    settings = load_settings(
-        {
-            **overrides,
-            "artifacts_root": str(root),
-            "encoder.strategy": "ddp",
-            "encoder.devices": 2,
-            "encoder.steps": 4,
-            "encoder.lr_schedule": "constant",
-        }
-    )
-    dataset = run_dataset_stage(settings.dataset, root).manifest
-    section, _, plan = resolve(settings.encoder, dataset)
-    assert (plan.steps_per_epoch, plan.epochs) == (3, 2)
-    folder = stage_dir(root, "encoder", encoder_key(settings.encoder, dataset))
-    folder.mkdir(parents=True)
-    # as if the run was killed after its first pass: a one-pass run leaves the same last.ckpt
-    train_ddp(section, Plan(3, 3, "one pass"), dataset, root, folder, None, None)
-    assert (folder / DDP_CHECKPOINTS / "last.ckpt").is_file() and not (folder / MANIFEST).exists()
-    seen = []
-    result = run_encoder_stage(settings.encoder, dataset, root, on_epoch=lambda *a: seen.append(a[0]))
-    assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
-    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # pass 1 was not trained again
-    assert result.manifest.stats["steps"] == 4
 
 
 def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_it_then_reuses_it(tmp_path):
@@ -152,7 +122,8 @@ def test_scale_out_settings_are_keyed_only_under_ddp():
 def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_an_s3_root(s3_endpoint, tmp_path):
     """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
-    trains only epoch 2."""
+    trains only epoch 2. (This is also the test of resuming a ddp run from its last checkpoint: a
+    local root takes the same path without the bucket.)"""
     from conftest import kill_when
     from lookalike.artifacts.s3 import s3_client
     from lookalike.artifacts.shared_root import open_root
@@ -207,7 +178,9 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     root_b = open_root(on_b)
     assert not (root_b / "encoder").exists() and not (root_b / "dataset").exists()
     dataset = run_dataset_stage(on_b.dataset, root_b).manifest  # cached: fetched from the bucket
-    result = run_encoder_stage(on_b.encoder, dataset, root_b)
+    seen = []
+    result = run_encoder_stage(on_b.encoder, dataset, root_b, on_epoch=lambda *a: seen.append(a[0]))
     assert result.status == "resumed" and result.manifest.stats["resumed_from_epoch"] == 1
-    assert len(result.manifest.stats["losses"]) == 2
+    assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # epoch 1 was not trained again
+    assert result.manifest.stats["steps"] == 20
     load_encoder(root_b, result.manifest)

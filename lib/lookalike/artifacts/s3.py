@@ -416,3 +416,41 @@ def collection_has_objects(url: str) -> bool:
     base = location.prefix + "/" if location.prefix else ""
     page = _s3(lambda: client.list_objects_v2(Bucket=location.bucket, Prefix=base, MaxKeys=1), f"list {url}")
     return bool(page.get("KeyCount"))
+
+
+def check_buckets(urls: list[str]) -> None:
+    """`check_bucket` once for each bucket the `s3://` URLs name."""
+    client = collection_client()
+    for bucket in sorted({S3Location.parse(url).bucket for url in urls}):
+        check_bucket(
+            client,
+            S3Location(bucket, ""),
+            client.meta.endpoint_url,
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_PROFILE, AWS_ACCESS_KEY_ID",
+        )
+
+
+def stat_urls(urls: list[str], workers: int = 10) -> dict[str, ListedObject | None]:
+    """Size, time and ETag of the object at each `s3://bucket/key` URL (None: no such object), one HEAD
+    request each, `workers` at a time; every bucket named is checked first, so a missing, forbidden or
+    unreachable one is one MirrorError instead of a failure per object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = collection_client()
+    located = [S3Location.parse(url) for url in urls]
+    check_buckets(urls)
+
+    def head(location: S3Location) -> ListedObject | None:
+        url = f"s3://{location.bucket}/{location.prefix}"
+        found = _s3(
+            lambda: client.head_object(Bucket=location.bucket, Key=location.prefix), f"read {url}", if_missing=None
+        )
+        if found is None:
+            return None
+        modified = int(found["LastModified"].timestamp() * 1e9)
+        return ListedObject(location.prefix, found["ContentLength"], modified, found["ETag"])
+
+    # 10: botocore's connection pool (max_pool_connections) holds 10; more threads would only queue for it
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
+        return dict(zip(urls, pool.map(head, located)))

@@ -64,7 +64,8 @@ def _from_settings(parameter: str, unset: str = "none") -> str:
 Dataset = Annotated[
     Optional[str],
     typer.Option(
-        help="'sample', a hub name (food101), an image folder, a .parquet file or a save_to_disk folder.",
+        help="'sample', a hub name (food101), an image folder, an s3:// prefix, a .parquet file, a table of image "
+        "paths or URLs (.csv, .jsonl, .parquet) or a save_to_disk folder.",
         show_default=_from_settings("dataset"),
     ),
 ]
@@ -669,7 +670,6 @@ def _query_many(searcher, files: list[Path], k: int, where: list[str] | None, ma
     from lookalike.core.errors import LookalikeError, one_line
     from lookalike.core.filters import parse_filter
     from lookalike.core.progress import progress
-    from lookalike.stages.dataset.images import decode_rgb
 
     key, filter_, failed = searcher.chain.index.key, parse_filter(where), 0
     with progress(len(files), "query", unit="img") as bar:
@@ -677,7 +677,9 @@ def _query_many(searcher, files: list[Path], k: int, where: list[str] | None, ma
             chunk, decoded, lines = files[start : start + QUERY_CHUNK], [], {}
             for path in chunk:
                 try:
-                    decoded.append((path, decode_rgb(path.read_bytes(), max_pixels)))
+                    # at the encoder's size as soon as it is read (JPEG draft): a chunk of camera photos
+                    # holds QUERY_CHUNK small images, not QUERY_CHUNK full-size ones
+                    decoded.append((path, searcher.decode_query(path.read_bytes(), max_pixels)))
                 except (LookalikeError, OSError) as exc:
                     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     lines[path] = {"query": str(path), "error": one_line(why), "index": key}

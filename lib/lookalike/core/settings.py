@@ -101,12 +101,16 @@ class DatasetSettings(Section):
     source: str = Field(
         "sample",
         description="'sample' (bundled Fashion-MNIST), a hub dataset name such as 'food101', "
-        "an image folder, a .parquet file, or a save_to_disk folder.",
+        "an image folder, an s3:// prefix, a .parquet file, a table (.csv, .tsv, .jsonl, .parquet) whose image column "
+        "names files or s3:// URLs, or a save_to_disk folder.",
     )
     split: str = Field("train", description="Which split to index.")
     config_name: str | None = Field(None, description="Hub dataset configuration (subset), if any.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    image_column: str = Field("image", description="Column holding the images.")
+    image_column: str = Field(
+        "image",
+        description="Column holding the images (in a table: their paths, relative to the table, or s3:// URLs).",
+    )
     label_column: str | None = Field("label", description="Column holding labels; missing is fine.")
     limit: PositiveInt | None = Field(None, description="Index a seeded random subset of this size.")
     seed: int = Field(0, description="Seed for the subset draw.")

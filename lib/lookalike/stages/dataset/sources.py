@@ -1,9 +1,10 @@
 """Opening an image collection through Hugging Face `datasets`, and keying it by content.
 
-Five kinds of source, one code path: a hub dataset name (`food101`), a local folder
+Six kinds of source, one code path: a hub dataset name (`food101`), a local folder
 (the HF parquet layout, like the bundled sample, or an `imagefolder` with class
-subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` folder, and an
-`s3://bucket/prefix` read as an image folder (its keys the relative paths).
+subfolders or a flat folder of images), a `.parquet` file, a `save_to_disk` folder, an
+`s3://bucket/prefix` read as an image folder (its keys the relative paths), and a manifest
+table naming its images by path or s3:// URL (`lookalike.stages.dataset.tables`).
 """
 
 from __future__ import annotations
@@ -22,27 +23,29 @@ from typing import Any, Literal
 import numpy as np
 
 from lookalike.artifacts.s3 import MirrorError, collection_has_objects
-from lookalike.core.errors import LookalikeError, path_text
+from lookalike.core.errors import path_text
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing, memo_path
+from lookalike.stages.dataset.errors import MINIMUM, DatasetError
 from lookalike.stages.dataset.folders import ImageFolder, read_image_folder
 from lookalike.stages.dataset.listing import is_bucket_url, list_files, once_per_run
+from lookalike.stages.dataset.tables import (
+    check_table,
+    hash_table,
+    is_manifest,
+    open_table,
+    table_digest,
+    table_format,
+)
 
 # Package data of `lookalike.data`: the same folder in a checkout and in an installed wheel.
 SAMPLE_DIR = Path(str(importlib.resources.files("lookalike.data").joinpath("fashion-mnist-sample")))
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-MINIMUM = "lookalike needs at least 1 readable image to index (2 to pretrain)"
-
-
-class DatasetError(LookalikeError, ValueError):
-    """A problem with the dataset the user pointed at; the message says how to fix it."""
-
-
 @dataclass(frozen=True)
 class Source:
-    kind: Literal["hub", "folder", "parquet", "disk", "bucket"]
+    kind: Literal["hub", "folder", "parquet", "disk", "bucket", "table"]
     location: str
     revision: str | None = None  # hub only: the commit sha the key was made from
 
@@ -58,16 +61,18 @@ def resolve_source(section: DatasetSettings) -> Source:
         return Source("bucket", section.source.rstrip("/"))
     path = Path(section.source).expanduser()
     if path.is_file():
+        if is_manifest(path, section.image_column):
+            return Source("table", str(path.resolve()))
         if path.suffix != ".parquet":
             raise DatasetError(
-                f"{path} is a file but not .parquet; point --dataset at a folder of images, "
-                "a .parquet file, a save_to_disk folder or a hub dataset name"
+                f"{path} is a file but not a table (.csv, .tsv, .jsonl, .json, .parquet); point --dataset at a "
+                "folder of images, a table, a save_to_disk folder or a hub dataset name"
             )
         return Source("parquet", str(path.resolve()))
     if path.is_dir():
         saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
         return Source("disk" if saved else "folder", str(path.resolve()))
-    if section.source.startswith((".", "/", "~")) or os.sep + os.sep in section.source:
+    if section.source.startswith((".", "/", "~")) or os.sep + os.sep in section.source or table_format(path):
         raise DatasetError(f"no such file or folder: {path}")
     return Source("hub", section.source)
 
@@ -85,6 +90,8 @@ def check_source(section: DatasetSettings) -> Source:
     elif source.kind == "bucket":
         if not _bucket_call(collection_has_objects, source.location):
             raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
+    elif source.kind == "table":
+        check_table(source.location, section)
     elif source.kind == "folder" and not any(p.is_file() for p in Path(source.location).rglob("*")):
         raise DatasetError(f"{source.describe()} contains no image files; {MINIMUM}")
     return source
@@ -102,8 +109,18 @@ def pin_source(source: Source, section: DatasetSettings, root: Path | str | None
     if source.kind == "hub":
         sha = resolve_hub_revision(source.location, section.revision)
         return Source(source.kind, source.location, sha), "hub@" + sha
-    hashed = _bucket_call(hash_collection, source.location, root, full=section.verify == "full")
+    hashed = hash_source(source, section, root)
+    if source.kind == "table":
+        return source, "sha256@" + table_digest(source.location, section, hashed)
     return source, "sha256@" + _tree_digest(hashed, source.kind == "parquet")
+
+
+def hash_source(source: Source, section: DatasetSettings, root: Path | str | None) -> HashedListing:
+    """The files a local, bucket or table source is keyed by, with their sha256 (once per run)."""
+    full = section.verify == "full"
+    if source.kind == "table":
+        return hash_table(source.location, section, memo_path(root) if root is not None else None, full=full)
+    return _bucket_call(hash_collection, source.location, root, full=full)
 
 
 def _image_folder(location: str) -> ImageFolder | None:
@@ -187,6 +204,8 @@ def open_source(source: Source, section: DatasetSettings, cache_dir: Path):
             loaded = datasets.load_dataset(
                 "parquet", data_files=source.location, split="train", cache_dir=str(cache_dir)
             )
+        elif source.kind == "table":
+            loaded = open_table(source.location, section)
         elif source.kind in ("folder", "bucket"):
             loaded = _open_folder(source, section, cache_dir)
         else:
@@ -318,7 +337,7 @@ def list_splits(section: DatasetSettings, cache_dir: Path) -> list[str]:
         DatasetError: the source cannot be read or the hub cannot be reached.
     """
     source = resolve_source(section)
-    if source.kind == "parquet":
+    if source.kind in ("parquet", "table"):
         return []
     if source.kind == "disk":
         listing = Path(source.location) / "dataset_dict.json"

@@ -47,7 +47,7 @@ from lookalike.stages.dataset.sources import (
     MINIMUM,
     DatasetError,
     Source,
-    hash_collection,
+    hash_source,
     label_names,
     open_source,
     pin_source,
@@ -90,11 +90,12 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
         settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
 
         def build(folder: Path) -> Built:
-            keyed = None
+            keyed, left_out = None, {}
             if source.kind != "hub":
-                hashed = hash_collection(source.location, root, full=section.verify == "full")
+                hashed = hash_source(source, section, root)
                 keyed = {file.path: (sha, file.size) for file, sha in zip(hashed.files, hashed.hashes)}
-            return _snapshot(section, source, folder, hf_cache_dir(root), keyed)
+                left_out = {file.path: why for file, why in hashed.unreadable}
+            return _snapshot(section, source, folder, hf_cache_dir(root), keyed, left_out)
 
         return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
 
@@ -113,13 +114,16 @@ def _snapshot(
     folder: Path,
     cache_dir: Path,
     keyed: dict[str, tuple[str, int]] | None,
+    left_out: dict[str, str] | None = None,
 ) -> Built:
     """The snapshot of the split; `keyed` (path -> (sha256 the key was made from, size)) skips a file that
     changed after it was listed, so a snapshot never holds content its key does not name, and lets a
-    part already in the root be reused without reading its images again."""
+    part already in the root be reused without reading its images again; `left_out` (path -> reason)
+    skips, unread, a file the key left out (missing or unreadable then)."""
     from datasets import ClassLabel, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
+    left_out = left_out or {}
     ds, row_ids = open_source(source, section, cache_dir)
     total = len(ds)
     if total == 0:
@@ -148,9 +152,13 @@ def _snapshot(
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
             chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
-            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers):
+            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers, left_out):
                 if names and row.label is None:  # e.g. a file whose class folder datasets could not name
                     skip(row, "no label: its class folder or label value is missing")
+                    bar.update(1)
+                    continue
+                if row.path in left_out:  # missing or unreadable when the key was made: not read
+                    skip(row, left_out[row.path])
                     bar.update(1)
                     continue
                 for chunk, info in chunker.add(row):
@@ -205,11 +213,13 @@ class _Row:
         return self.image.get("path") if self.image else None
 
 
-def _source_rows(ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int) -> Iterator[_Row]:
+def _source_rows(
+    ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict
+) -> Iterator[_Row]:
     """The split's rows in order; without `keyed` (a hub or table source: content known only once read),
     each already checked, in parallel batches."""
     if keyed is None:
-        for start, batch, checked in _checked_batches(ds, section, None, labelled, pool, workers):
+        for start, batch, checked in _checked_batches(ds, section, None, labelled, pool, workers, left_out):
             yield from _batch_rows(batch, start, row_ids, section, labelled, checked)
         return
     for start in range(0, len(ds), _BATCH):
@@ -401,17 +411,17 @@ class _LazyPool:
             self.pool.shutdown()
 
 
-def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int):
+def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict):
     """(start, rows, [Checked]) for each batch of the split, in order; with a pool, at most two
     batches per worker in flight, so memory stays bounded whatever the collection's size."""
 
     def items(batch) -> list:
         out = []
         for offset, image in enumerate(batch[section.image_column]):
-            if labelled and batch[section.label_column][offset] is None:
-                out.append((None, None, section.max_image_pixels))  # skipped for its label: not read
-                continue
             path = image.get("path") if image else None
+            if (labelled and batch[section.label_column][offset] is None) or path in left_out:
+                out.append((None, None, section.max_image_pixels))  # skipped for its label or key: not read
+                continue
             out.append((image, keyed.get(path) if keyed and path else None, section.max_image_pixels))
         return out
 
