@@ -8,8 +8,12 @@ CPU seconds (user + system, which move less than wall time when other jobs share
 - `build`: the stage itself (its key again, then the snapshot: list, read, check, write);
 - `key_cached`: the key again in a new process, as a cached re-run computes it first;
 - `splits`: the splits the evaluation stage asks the source for;
-- `add` (with `--add-from`): after `benchmarks/make_big_folder.py --add` grew the collection,
-  the stage for the grown collection (its key, then its snapshot), and the bytes it wrote.
+- `add_build` (with `--add N`): the collection is first hard-linked into a temporary copy (the
+  given folder is never changed), measured there, then grown by N images with
+  `benchmarks/make_big_folder.py --add` (new files at the end of each class folder, as a weekly
+  upload lands) and the stage run again for the grown collection (its key, then its snapshot):
+  the bytes it wrote under `<root>/dataset/` against a full snapshot's, and its time against the
+  first run's (`key` + `build`, what a first run of the stage costs, and `build` alone).
 
 Usage:
     .venv/bin/python benchmarks/dataset_scale.py --dataset /data/fm-100k --out benchmarks/results/dataset_scale_100k.json
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +59,7 @@ elif step == "build":
     manifest = result.manifest if hasattr(result, "manifest") else result
     out["key"] = manifest.key
     out["n_images"] = manifest.stats["n_images"]
+    out["storage"] = manifest.stats.get("storage")
 elif step == "splits":
     out["splits"] = list_splits(section, root / "cache" / "huggingface")
 out["work_s"] = round(time.perf_counter() - t1, 2)
@@ -92,41 +98,57 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
-    files = sum(1 for f in Path(args.dataset).rglob("*") if f.is_file())
+    dataset = args.dataset
+    if args.add:  # grown in a hard-linked copy: the collection itself is never changed
+        dataset = str(Path(tempfile.mkdtemp(prefix="dataset-scale-copy-")) / Path(args.dataset).name)
+        subprocess.run(["cp", "-al", args.dataset, dataset], check=True)
+    files = sum(1 for f in Path(dataset).rglob("*") if f.is_file())
     record: dict = {
         "benchmark": "dataset_scale",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
         "dataset": args.dataset,
+        "note": "figures taken on a shared 2-core machine (other engineers' jobs ran beside them)",
         "files": files,
         "steps": {},
     }
     for step in args.steps.split(","):
-        record["steps"][step] = run_step("key" if step == "key_cached" else step, args.dataset, root)
+        record["steps"][step] = run_step("key" if step == "key_cached" else step, dataset, root)
     if args.add:
         before = folder_bytes(root / "dataset")
-        n = files
-        # the growth is removed again afterwards, so the collection can be measured again as it was
         subprocess.run(
             [
                 sys.executable,
                 str(Path(__file__).with_name("make_big_folder.py")),
                 "--out",
-                args.dataset,
+                dataset,
                 "--n",
-                str(n),
+                str(files),
                 "--add",
                 str(args.add),
             ],
             check=True,
         )
-        record["steps"]["add_build"] = run_step("build", args.dataset, root)
-        record["steps"]["add_build"]["bytes_written"] = folder_bytes(root / "dataset") - before
+        added = run_step("build", dataset, root)
+        added["bytes_written"] = folder_bytes(root / "dataset") - before
+        record["steps"]["add_build"] = added
         record["full_snapshot_bytes"] = before
         record["added"] = args.add
-        for path in Path(args.dataset).rglob("*.png"):
-            if int(path.stem) >= n:
-                path.unlink()
+        steps = record["steps"]
+        first = steps.get("key", {}).get("wall_s", 0) + steps.get("build", {}).get("wall_s", 0)
+        record["add_vs_first"] = {
+            "bytes_fraction": round(added["bytes_written"] / before, 4),
+            "time_fraction_of_key_plus_build": round(added["wall_s"] / first, 3) if first else None,
+            "time_fraction_of_build": round(added["wall_s"] / steps["build"]["wall_s"], 3)
+            if "build" in steps
+            else None,
+            "work_fraction_of_key_plus_build": round(
+                added["work_s"] / (steps.get("key", {}).get("work_s", 0) + steps["build"]["work_s"]), 3
+            )
+            if "build" in steps
+            else None,
+        }
+        shutil.rmtree(Path(dataset).parent, ignore_errors=True)
     record["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
     emit(record, args.out)
 

@@ -117,3 +117,68 @@ def test_large_files_go_up_in_parts_and_come_back_verified_by_sha256(tmp_path, s
     fetched = fetch_stage(client, S3Location(bucket, "p"), "embeddings", "k2", tmp_path / "cache")
     copy = tmp_path / "cache" / "embeddings" / "k2" / "shard-00000.npy"
     assert fetched == manifest and copy.read_bytes() == (folder / "shard-00000.npy").read_bytes()
+
+
+def version_with_parts(root, key, parts):
+    """A dataset version that uses shared parts (name -> bytes), as the dataset stage writes one."""
+    import hashlib
+    import json
+
+    shared = root / "dataset" / "parts"
+    shared.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for name, data in parts.items():
+        (shared / name).write_bytes(data)
+        listed.append({"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": 1})
+    folder = root / "dataset" / key
+    folder.mkdir(parents=True)
+    (folder / "rows.arrow").write_bytes(key.encode())
+    (folder / "parts.json").write_text(json.dumps({"format": 1, "parts": listed}))
+    return write_manifest(
+        folder,
+        stage="dataset",
+        key=key,
+        code_version=1,
+        settings={},
+        inputs={},
+        files=["rows.arrow", "parts.json"],
+        stats={},
+        timings={},
+    )
+
+
+def test_dataset_parts_travel_with_their_versions_once_each_and_verified(tmp_path, s3_endpoint, bucket):
+    import hashlib
+    import json
+
+    def sha(text):
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    from lookalike.artifacts.s3 import S3Location, fetch_stage
+    from lookalike.core.manifest import IntegrityError, complete_manifest
+
+    root = tmp_path / "root"
+    first = version_with_parts(root, "v1", {"a.arrow": b"a" * 100})
+    second = version_with_parts(root, "v2", {"a.arrow": b"a" * 100, "b.arrow": b"b" * 50})
+    section = MirrorSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    assert mirror_stage(section, root, first)["uploaded"] == 3  # rows, parts.json, part a
+    pushed = mirror_stage(section, root, second)
+    assert (pushed["uploaded"], pushed["skipped"], pushed["bytes"]) == (
+        3,
+        1,
+        50 + second.file("rows.arrow").bytes + second.file("parts.json").bytes,
+    )
+
+    client, location = s3_client(s3_endpoint), S3Location(bucket, "p")
+    assert fetch_stage(client, location, "dataset", "v2", tmp_path / "cache") == second
+    assert (tmp_path / "cache" / "dataset" / "parts" / "b.arrow").read_bytes() == b"b" * 50
+    assert json.loads((tmp_path / "cache" / "dataset" / "parts" / "b.json").read_text())["sha256"] == sha("b" * 50)
+    (tmp_path / "cache" / "dataset" / "parts" / "b.arrow").unlink()
+    assert complete_manifest(tmp_path / "cache", "dataset", "v2") is None  # a cache missing a part is refetched
+    assert fetch_stage(client, location, "dataset", "v2", tmp_path / "cache") == second
+
+    client.put_object(Bucket=bucket, Key="p/dataset/parts/b.arrow", Body=b"B" * 50)  # changed after publishing
+    with pytest.raises(IntegrityError, match="parts/b.arrow does not match the sha256 parts.json records"):
+        fetch_stage(client, location, "dataset", "v2", tmp_path / "other")
+    assert not (tmp_path / "other" / "dataset" / "parts" / "b.arrow").exists()
+    assert not (tmp_path / "other" / "dataset" / "v2" / "manifest.json").exists()

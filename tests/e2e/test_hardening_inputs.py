@@ -65,7 +65,7 @@ def built(tmp_path_factory):
 
 
 def test_file_names_with_a_newline_or_undecodable_bytes_are_indexed_or_skipped_never_lost(tmp_path):
-    from datasets import Dataset
+    from lookalike.stages.dataset.stage import open_snapshot
 
     folder = tmp_path / "photos"
     for i in range(12):
@@ -83,10 +83,7 @@ def test_file_names_with_a_newline_or_undecodable_bytes_are_indexed_or_skipped_n
     assert skipped["path"] == str(folder / "broken\nname.jpg") and "not a recognised image" in skipped["reason"]
     manifest = find_manifest(root, "dataset", summary["stages"]["dataset"]["key"])
     assert manifest.stats["skipped"] == summary["skipped"]
-    paths = {
-        Path(image["path"]).name
-        for image in Dataset.from_file(str(root / "dataset" / manifest.key / "images.arrow"))["image"]
-    }
+    paths = {Path(image["path"]).name for image in open_snapshot(root, manifest)["image"]}
     assert {"new\nline.png", "latin-\\xe9.png"} <= paths and len(paths) == 14  # undecodable bytes as \xNN
     table = json.loads(next(Path(summary["artifacts"]["wandb_run_dir"]).rglob("*skipped*.table.json")).read_text())
     assert [row[1] for row in table["data"]] == [skipped["path"]]

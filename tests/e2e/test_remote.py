@@ -13,7 +13,7 @@ from lookalike.artifacts.mirror import fetch_index_chain
 from lookalike.artifacts.s3 import MirrorError, s3_client
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.graph import CHAIN, STAGE_NAMES
-from lookalike.core.manifest import MANIFEST, IntegrityError, sha256_file, stage_dir
+from lookalike.core.manifest import MANIFEST, IntegrityError, has_size, part_entries, parts_dir, sha256_file, stage_dir
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -70,7 +70,11 @@ def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_q
         names = {f.path for f in read_manifest(root, stage, keys[stage]).files} | {MANIFEST}
         assert names == {p.name for p in fetched.iterdir()}
         assert all(sha256_file(original / n) == sha256_file(fetched / n) for n in names)
-    assert len(client.downloads) == sum(len(list(stage_dir(local, s, keys[s]).iterdir())) - 1 for s in CHAIN)
+    parts = part_entries(stage_dir(local, "dataset", keys["dataset"]))  # the images the dataset version shares
+    assert parts and all(has_size(parts_dir(local, "dataset") / p.path, p.bytes) for p in parts)
+    assert len(client.downloads) == sum(len(list(stage_dir(local, s, keys[s]).iterdir())) - 1 for s in CHAIN) + len(
+        parts
+    )
 
     searcher = Searcher(local, chain_from_index_key(local, key))
     row = sorted(searcher.position)[5]

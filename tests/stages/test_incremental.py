@@ -51,6 +51,8 @@ def vectors_by_sha(root: Path, dataset, embeddings) -> dict[str, np.ndarray]:
 def copy_stage(src: Path, dst: Path, stage: str, *keys: str) -> None:
     for key in keys:
         shutil.copytree(src / stage / key, dst / stage / key)
+    if (src / stage / "parts").is_dir():  # a dataset version's images live in the parts it shares
+        shutil.copytree(src / stage / "parts", dst / stage / "parts", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from lookalike.core.manifest import (
     is_stage_key,
     manifest_sha256,
     not_a_key,
+    parts_dir,
 )
 
 ALIASES = "aliases"
@@ -260,6 +261,9 @@ def copy_index_chain(root: Path | str, folder: Path) -> str:
                 lambda name, tmp, origin=origin: shutil.copyfile(origin / name, tmp),  # type: ignore[misc]
                 f"{origin}/",
                 expect=(manifest.stage, manifest.key),
+                fetch_part=lambda name, tmp, shared=parts_dir(source, manifest.stage): shutil.copyfile(  # type: ignore[misc]
+                    shared / name, tmp
+                ),
             )
     return key
 

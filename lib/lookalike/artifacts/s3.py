@@ -21,10 +21,13 @@ from urllib.parse import urlparse
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import (
     MANIFEST,
+    PARTS,
     Manifest,
     atomic_path,
     complete_manifest,
     install_stage,
+    part_entries,
+    parts_dir,
     stage_dir,
 )
 
@@ -101,23 +104,26 @@ def _same_object(client, bucket: str, key: str, size: int, sha256: str) -> bool:
 
 def upload_stage(client, location: S3Location, root: Path, manifest: Manifest) -> dict:
     """Upload one finished stage folder to `<prefix>/<stage>/<key>/`: files first (skipping objects
-    already there with the same size and sha256), `manifest.json` last.
+    already there with the same size and sha256), then the shared parts its `parts.json` lists to
+    `<prefix>/<stage>/parts/` (those not there yet), `manifest.json` last.
 
     Returns:
         {"url": ..., "uploaded": n, "skipped": n, "bytes": n}
     """
     folder = stage_dir(root, manifest.stage, manifest.key)
     counts = {"uploaded": 0, "skipped": 0, "bytes": 0}
+    files = [(folder / e.path, location.key(manifest.stage, manifest.key, e.path), e) for e in manifest.files]
+    shared = parts_dir(root, manifest.stage)
+    files += [(shared / e.path, location.key(manifest.stage, PARTS, e.path), e) for e in part_entries(folder)]
 
     def send() -> None:
         transfer = _transfer()
-        for entry in manifest.files:
-            key = location.key(manifest.stage, manifest.key, entry.path)
+        for path, key, entry in files:
             if _same_object(client, location.bucket, key, entry.bytes, entry.sha256):
                 counts["skipped"] += 1
                 continue
             client.upload_file(
-                str(folder / entry.path),
+                str(path),
                 location.bucket,
                 key,
                 Config=transfer,
@@ -189,6 +195,7 @@ def find_stage(client, location: S3Location, stage: str, key: str, root: Path) -
         lambda name, tmp: _download(client, location, stage, key, name, tmp, where),
         where,
         expect=(stage, key),
+        fetch_part=lambda name, tmp: _download(client, location, stage, PARTS, name, tmp, where),
     )
 
 

@@ -9,6 +9,13 @@ Manifests are protected by a hash chain: a stage records the sha256 of each inpu
 those of the manifests it names, so a manifest edited afterwards (its stats feed the promotion
 gate and the app) is refused by whatever reads it through them. A folder written before the
 chain records nothing, and nothing is checked for it.
+
+A stage folder may also use content-addressed parts shared with other folders of its stage (the
+dataset stage's image bytes, so a new version of a grown collection writes only its new images):
+they live once in `<root>/<stage>/parts/<name>`, and the folder's `parts.json` (a listed file,
+so its sha256 is checked like any other) names each with its size and sha256. A part is hashed
+whole when it is written or installed; opening a folder checks each part's size only, so a
+terabyte of parts is not re-read on every open.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lookalike.core.errors import LookalikeError
 
 MANIFEST = "manifest.json"
+PART_LIST = "parts.json"
+PARTS = "parts"
 Status = Literal["computed", "cached", "resumed"]
 # What `stage_key` makes: the only folder names a stage may have, so a key read from an alias, its
 # history or the command line is checked against it before it becomes part of a path.
@@ -237,8 +246,68 @@ def verified_path(root: Path | str, manifest: Manifest, name: str) -> Path:
     return path
 
 
+def parts_dir(root: Path | str, stage: str) -> Path:
+    """Where the parts shared by `stage`'s folders live (not a stage key, so never read as a folder)."""
+    return Path(root) / stage / PARTS
+
+
+def part_entries(folder: Path) -> list[FileEntry]:
+    """The shared parts a stage folder's `parts.json` lists (none without one), in its order."""
+    return [entry for entry, _ in _listed_parts(folder)]
+
+
+def _listed_parts(folder: Path) -> list[tuple[FileEntry, dict[str, Any]]]:
+    path = folder / PART_LIST
+    if not path.is_file():
+        return []
+    try:
+        listed = json.loads(path.read_bytes())["parts"]
+        return [(FileEntry(path=p["name"], sha256=p["sha256"], bytes=p["bytes"]), p) for p in listed]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{path} is not a list of parts ({exc}); delete {folder} and re-run to rebuild it"
+        ) from None
+
+
+def install_parts(
+    root: Path | str, stage: str, folder: Path, fetch_part: Callable[[str, Path], None] | None, where: str
+) -> int:
+    """Fetch the parts `folder`'s `parts.json` lists that `root` lacks (at their size), each verified against
+    its sha256 before it is kept; how many were fetched. `fetch_part(name, target)` writes one part. Each
+    part's entry is kept beside it as its record (`<name less .arrow>.json`), by which a later folder of the
+    stage finds it and reuses it without reading it."""
+    fetched = 0
+    for entry, listed in _listed_parts(folder):
+        target = parts_dir(root, stage) / entry.path
+        record = target.with_name(f"{target.stem}.json")
+        if has_size(target, entry.bytes):
+            if not record.is_file():
+                atomic_write_bytes(record, json.dumps(listed).encode())
+            continue
+        if fetch_part is None:
+            raise IntegrityError(
+                f"{where} uses shared part {stage}/{PARTS}/{entry.path}, which {root} lacks and this origin cannot "
+                "provide; load it from the artifacts root or S3 mirror that built it"
+            )
+        with atomic_path(target) as tmp:
+            fetch_part(entry.path, tmp)
+            if not matches_entry(tmp, entry):
+                raise IntegrityError(
+                    f"{where}{PARTS}/{entry.path} does not match the sha256 {PART_LIST} records: it changed after it "
+                    "was published; refusing to load it. Publish the stage again from a good copy."
+                )
+        atomic_write_bytes(record, json.dumps(listed).encode())
+        fetched += 1
+    return fetched
+
+
 def install_stage(
-    root: Path | str, raw_manifest: bytes, fetch: Callable[[str, Path], None], where: str, expect: tuple[str, str]
+    root: Path | str,
+    raw_manifest: bytes,
+    fetch: Callable[[str, Path], None],
+    where: str,
+    expect: tuple[str, str],
+    fetch_part: Callable[[str, Path], None] | None = None,
 ) -> Manifest:
     """Copy a stage folder from elsewhere (S3, W&B) into `root/<stage>/<key>/`, verified.
 
@@ -246,7 +315,8 @@ def install_stage(
     the manifest's size and sha256 before it is kept (a mismatch is refused and never left in
     `root`); files already there with the right sha256 are not fetched again; the manifest is
     written last, so the folder counts as finished only when all of it verified. `where` names
-    the origin in errors; `expect` is the (stage, key) the caller asked for.
+    the origin in errors; `expect` is the (stage, key) the caller asked for. The shared parts its
+    `parts.json` lists come through `fetch_part(name, target)` (see `install_parts`).
     """
     try:
         manifest = Manifest.model_validate_json(raw_manifest)
@@ -266,12 +336,13 @@ def install_stage(
                     f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
                     "was published; refusing to load it. Publish the stage again from a good copy."
                 )
+    install_parts(root, manifest.stage, folder, fetch_part, where)
     atomic_write_bytes(folder / MANIFEST, raw_manifest)
     return manifest
 
 
 def complete_manifest(root: Path | str, stage: str, key: str) -> Manifest | None:
-    """The manifest of a finished folder whose listed files are all present at their sizes (a
+    """The manifest of a finished folder whose listed files and shared parts are all present at their sizes (a
     cache that needs no download; loaders still check every sha256 before reading), else None."""
     try:
         manifest = find_manifest(root, stage, key)
@@ -279,6 +350,12 @@ def complete_manifest(root: Path | str, stage: str, key: str) -> Manifest | None
         return None
     folder = stage_dir(root, stage, key)
     if manifest is None or not all(has_size(folder / f.path, f.bytes) for f in manifest.files):
+        return None
+    try:
+        parts = part_entries(folder)
+    except IntegrityError:
+        return None
+    if not all(has_size(parts_dir(root, stage) / p.path, p.bytes) for p in parts):
         return None
     return manifest
 

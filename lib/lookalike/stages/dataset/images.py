@@ -144,6 +144,7 @@ class Checked:
     data: bytes
     sha256: str
     reason: str | None
+    shape: tuple[int, int, str] | None = None  # (width, height, mode) as its header declares them
 
 
 def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Checked]:
@@ -162,12 +163,15 @@ def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Check
                 "changed after it was listed (its content is not the one the dataset key names); "
                 "run again to take the new content (--set dataset.verify=full if size and mtime stayed)"
             )
+        shape = None
         if reason is None:
             try:
                 decode_rgb(data, max_pixels, draft_to=CHECK_DRAFT)
+                with Image.open(io.BytesIO(data)) as img:  # the header only: what the profile reports
+                    shape = (img.size[0], img.size[1], img.mode)
             except UnreadableImage as exc:
                 reason = str(exc)
-        out.append(Checked(data if reason is None else b"", sha, reason))
+        out.append(Checked(data if reason is None else b"", sha, reason, shape))
     return out
 
 

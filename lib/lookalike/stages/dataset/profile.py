@@ -29,14 +29,25 @@ LAYOUT_SIDE = 16  # thumbnails for the layout statistic, luminance
 ALIGNED_SHARE = 0.15  # position explains at least this share of the pixel variance: "aligned" (measured 0.34 vs 0.03)
 
 
-def profile_images(snapshot, batch: int = 512) -> dict[str, Any]:
+def profile_images(snapshot, batch: int = 512, shapes: list | None = None) -> dict[str, Any]:
     """{"width"/"height": {min, median, max}, "modes": {mode: count}, "grayscale_fraction", "colour": "grayscale"|
     "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of an opened snapshot (sizes)
-    and a seeded sample of them (colour and layout)."""
+    and a seeded sample of them (colour and layout). `shapes`: each image's (width, height, mode) when they
+    are known already (recorded when it was checked), so only the sample's images are opened."""
     n = len(snapshot)
     widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter[str]()
     looked = set(seeded_sample(n, COLOUR_SAMPLE).tolist())
     grey, thumbnails = 0, []
+    if shapes is not None:
+        for i, (width, height, mode) in enumerate(shapes):
+            widths[i], heights[i] = width, height
+            modes[mode] += 1
+        for position in sorted(looked):
+            with Image.open(io.BytesIO(snapshot[position]["image"]["bytes"])) as img:
+                is_grey, luminance = _look(img)
+                grey += is_grey
+                thumbnails.append(luminance)
+        return _summary(widths, heights, modes, grey, thumbnails)
     for start in range(0, n, batch):
         for offset, image in enumerate(snapshot[start : start + batch]["image"]):
             with Image.open(io.BytesIO(image["bytes"])) as img:
@@ -46,6 +57,10 @@ def profile_images(snapshot, batch: int = 512) -> dict[str, Any]:
                     is_grey, luminance = _look(img)
                     grey += is_grey
                     thumbnails.append(luminance)
+    return _summary(widths, heights, modes, grey, thumbnails)
+
+
+def _summary(widths: np.ndarray, heights: np.ndarray, modes: Counter, grey: int, thumbnails: list) -> dict[str, Any]:
     fraction = round(grey / len(thumbnails), 4) if thumbnails else None
     colour = (
         None if fraction is None else "grayscale" if fraction >= 0.95 else "colour" if fraction <= 0.05 else "mixed"

@@ -1,8 +1,10 @@
 """The `dataset` stage: an immutable, verified snapshot of the images to index.
 
-Each readable image is copied (still encoded) into `images.arrow`, a memory-mapped
-Arrow file written by `datasets`' own ArrowWriter, with its stable row id, label and
-content sha256. Unreadable images are skipped, counted and listed with a reason.
+Each readable image is copied (still encoded) into a content-addressed part shared with
+the collection's other versions (`lookalike.stages.dataset.parts`), and its stable row id,
+label, metadata and content sha256 into the version's `rows.arrow`; both are memory-mapped
+Arrow files written by `datasets`' own ArrowWriter. Unreadable images are skipped, counted
+and listed with a reason.
 Downstream stages read only this snapshot, so what was hashed is what gets embedded.
 """
 
@@ -14,17 +16,32 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.errors import one_line
 from lookalike.core.graph import key_for
-from lookalike.core.manifest import Manifest, verified_path
+from lookalike.core.manifest import PART_LIST, Manifest, part_entries, parts_dir, verified_path
 from lookalike.core.progress import progress
 from lookalike.core.settings import DatasetSettings
-from lookalike.stages.dataset.images import check_images
+from lookalike.stages.dataset.images import Checked, check_images
 from lookalike.stages.dataset.listing import one_listing_per_run
+from lookalike.stages.dataset.parts import (
+    ROWS,
+    Candidate,
+    PartStore,
+    assemble,
+    closes_part,
+    compress_rows,
+    is_transient,
+    open_parted,
+    part_id,
+    recorded_shapes,
+    starts_part,
+    write_part_list,
+)
 from lookalike.stages.dataset.profile import profile_images
 from lookalike.stages.dataset.sources import (
     MINIMUM,
@@ -38,7 +55,7 @@ from lookalike.stages.dataset.sources import (
 )
 
 STAGE = "dataset"
-SNAPSHOT = "images.arrow"
+SNAPSHOT = "images.arrow"  # a version's images before they were shared parts: still opened
 LISTED_SKIPS = 200
 _BATCH = 512
 _POOL_MIN_IMAGES = 4 * _BATCH  # fewer: starting worker processes costs more than it saves
@@ -76,7 +93,7 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
             keyed, left_out = None, {}
             if source.kind != "hub":
                 hashed = hash_source(source, section, root)
-                keyed = {file.path: sha for file, sha in zip(hashed.files, hashed.hashes)}
+                keyed = {file.path: (sha, file.size) for file, sha in zip(hashed.files, hashed.hashes)}
                 left_out = {file.path: why for file, why in hashed.unreadable}
             return _snapshot(section, source, folder, hf_cache_dir(root), keyed, left_out)
 
@@ -96,13 +113,14 @@ def _snapshot(
     source: Source,
     folder: Path,
     cache_dir: Path,
-    keyed: dict[str, str] | None,
+    keyed: dict[str, tuple[str, int]] | None,
     left_out: dict[str, str] | None = None,
 ) -> Built:
-    """The snapshot of the split; `keyed` (path -> sha256 the key was made from) skips a file that
-    changed after it was listed, so a snapshot never holds content its key does not name, and
-    `left_out` (path -> reason) skips, unread, a file the key left out (missing or unreadable then)."""
-    from datasets import ClassLabel, Features, Image, Value
+    """The snapshot of the split; `keyed` (path -> (sha256 the key was made from, size)) skips a file that
+    changed after it was listed, so a snapshot never holds content its key does not name, and lets a
+    part already in the root be reused without reading its images again; `left_out` (path -> reason)
+    skips, unread, a file the key left out (missing or unreadable then)."""
+    from datasets import ClassLabel, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
     left_out = left_out or {}
@@ -112,56 +130,56 @@ def _snapshot(
         raise DatasetError(f"{source.describe()} split {section.split!r} has no rows; {MINIMUM}")
     names = label_names(ds, section.label_column)
     label_index = {name: i for i, name in enumerate(names)} if names else None
-    columns = {"row_id": Value("int64"), "image": Image(decode=False), "sha256": Value("string")}
+    columns = {"row_id": Value("int64")}
     if names:
         columns["label"] = ClassLabel(names=names)
     columns.update(_metadata_features(ds, section, source))
     extra = list(section.metadata_columns)
     max_skips = int(section.max_unreadable_fraction * total)
     skipped: list[dict[str, Any]] = []
+
+    def skip(row: _Row, reason: str) -> None:
+        skipped.append({"row_id": row.row_id, "path": row.path, "reason": reason})
+        if len(skipped) > max_skips:
+            raise DatasetError(_too_many_unreadable(skipped, total, section))
+
+    store = PartStore(folder.parents[1], verify_full=section.verify == "full")
+    listed: list[dict[str, Any]] = []  # the parts in row order
     n_kept = 0
-    out = folder / SNAPSHOT
-    tmp = folder / f".{SNAPSHOT}.tmp"
+    tmp = folder / f".{ROWS}.tmp"
     writer = ArrowWriter(features=Features(columns), path=str(tmp))
     workers = check_workers(section, total)
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
-            for start, batch, checked in _checked_batches(
-                ds, section, keyed, names is not None, pool, workers, left_out
-            ):
-                kept: dict[str, list] = {name: [] for name in columns}
-                for offset, (image, result) in enumerate(zip(batch[section.image_column], checked)):
-                    row_id = int(row_ids[start + offset])
-                    path = image.get("path") if image else None
-                    label = batch[section.label_column][offset] if names else None
-                    reason = left_out.get(path, result.reason) if path else result.reason
-                    if names and label is None:  # e.g. a file whose class folder datasets could not name
-                        reason = "no label: its class folder or label value is missing"
-                    if reason is not None:
-                        skipped.append({"row_id": row_id, "path": path, "reason": reason})
-                        if len(skipped) > max_skips:
-                            raise DatasetError(_too_many_unreadable(skipped, total, section))
-                        continue
-                    kept["row_id"].append(row_id)
-                    kept["image"].append({"bytes": result.data, "path": path})
-                    kept["sha256"].append(result.sha256)
-                    if names:
-                        kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
-                    for name in extra:
-                        kept[name].append(batch[name][offset])
-                n_kept += len(kept["row_id"])
-                if kept["row_id"]:
-                    writer.write_batch(kept)
-                bar.update(len(checked))
+            chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
+            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers, left_out):
+                if names and row.label is None:  # e.g. a file whose class folder datasets could not name
+                    skip(row, "no label: its class folder or label value is missing")
+                    bar.update(1)
+                    continue
+                if row.path in left_out:  # missing or unreadable when the key was made: not read
+                    skip(row, left_out[row.path])
+                    bar.update(1)
+                    continue
+                for chunk, info in chunker.add(row):
+                    n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
+                    listed.append(info)
+                    bar.update(len(chunk))
+            for chunk, info in chunker.finish():
+                n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
+                listed.append(info)
+                bar.update(len(chunk))
         writer.finalize()
     finally:
         writer.close()
     if n_kept == 0:
         tmp.unlink(missing_ok=True)
         raise DatasetError(f"{source.describe()} has no readable images ({len(skipped)} skipped); {MINIMUM}")
-    os.replace(tmp, out)
-    from datasets import Dataset
-
+    compress_rows(tmp, folder / ROWS)
+    write_part_list(folder, listed)
+    skipped.sort(key=lambda s: s["row_id"])
+    shared = parts_dir(folder.parents[1], STAGE)
+    snapshot = assemble(folder / ROWS, [shared / e.path for e in part_entries(folder)], folder)
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -170,10 +188,163 @@ def _snapshot(
         "skipped": skipped[:LISTED_SKIPS],
         "label_names": names,
         "image_column": section.image_column,
+        # what this version wrote and what it shared with earlier ones (lookalike.stages.dataset.parts)
+        "storage": store.stats(),
         # sizes and colour of what was kept: what a recipe for these images has to suit
-        "profile": profile_images(Dataset.from_file(str(out))),
+        "profile": profile_images(snapshot, shapes=recorded_shapes(listed)),
     }
-    return Built(files=[SNAPSHOT], stats=stats)
+    return Built(files=[ROWS, PART_LIST], stats=stats)
+
+
+@dataclass
+class _Row:
+    """A source row on its way to a part: `checked` is set once its image was read and test-decoded."""
+
+    row_id: int
+    image: dict | None
+    label: Any
+    metadata: dict[str, Any]
+    checked: Checked | None = None
+    known_sha: str = ""  # the sha256 the key was made from, when its part was reused unread
+    known: tuple[str, int] = ("", 0)  # (sha256, size) the chunker cut by
+
+    @property
+    def path(self) -> str | None:
+        return self.image.get("path") if self.image else None
+
+
+def _source_rows(
+    ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict
+) -> Iterator[_Row]:
+    """The split's rows in order; without `keyed` (a hub or table source: content known only once read),
+    each already checked, in parallel batches."""
+    if keyed is None:
+        for start, batch, checked in _checked_batches(ds, section, None, labelled, pool, workers, left_out):
+            yield from _batch_rows(batch, start, row_ids, section, labelled, checked)
+        return
+    for start in range(0, len(ds), _BATCH):
+        yield from _batch_rows(ds[start : start + _BATCH], start, row_ids, section, labelled, None)
+
+
+def _batch_rows(batch, start: int, row_ids, section: DatasetSettings, labelled: bool, checked) -> Iterator[_Row]:
+    for offset, image in enumerate(batch[section.image_column]):
+        yield _Row(
+            row_id=int(row_ids[start + offset]),
+            image=image,
+            label=batch[section.label_column][offset] if labelled else None,
+            metadata={name: batch[name][offset] for name in section.metadata_columns},
+            checked=checked[offset] if checked is not None else None,
+        )
+
+
+class _Chunker:
+    """Cuts the rows into parts where their content says (`closes_part`) and gives each part back in order
+    with its record: reused when the root has it, else checked (in the pool, two parts in flight) and written."""
+
+    def __init__(self, max_pixels: int, keyed, store: PartStore, pool, workers: int) -> None:
+        self.max_pixels, self.keyed, self.store, self.pool, self.workers = max_pixels, keyed, store, pool, workers
+        self.rows: list[_Row] = []
+        self.size = 0
+        self.pending: deque = deque()
+        # where parts exist already (a grown collection), the first images to check are checked here: a few
+        # new images cost less than starting the workers
+        self.to_check = _POOL_MIN_IMAGES if store.recorded else 0
+
+    def _known(self, row: _Row) -> tuple[str, int]:
+        """(sha256, size) as the key knows them, else as the check found them ('' when unknown)."""
+        if self.keyed is not None:
+            return self.keyed.get(row.path, ("", 0)) if row.path else ("", 0)
+        checked = row.checked
+        return (checked.sha256, len(checked.data)) if checked is not None else ("", 0)
+
+    def add(self, row: _Row) -> list[tuple[list[_Row], dict[str, Any]]]:
+        row.known = self._known(row)
+        sha, size = row.known
+        if self.rows and starts_part(Candidate(self.rows[-1].path, ""), Candidate(row.path, sha), len(self.rows)):
+            self._close()
+        self.rows.append(row)
+        self.size += size
+        if closes_part(Candidate(row.path, sha), len(self.rows), self.size):
+            self._close()
+        done = []
+        while len(self.pending) > 2:
+            done.append(self._resolve(*self.pending.popleft()))
+        return done
+
+    def finish(self) -> list[tuple[list[_Row], dict[str, Any]]]:
+        if self.rows:
+            self._close()
+        done = [self._resolve(*p) for p in self.pending]
+        self.pending.clear()
+        return done
+
+    def _close(self) -> None:
+        rows, self.rows, self.size = self.rows, [], 0
+        shas = [r.known[0] for r in rows]
+        while rows and all(shas):  # every row's content known before reading it: the part may already be here
+            candidates = [Candidate(r.path, s) for r, s in zip(rows, shas)]
+            k, found = len(rows), self.store.find(part_id(candidates, self.max_pixels))
+            if found is None:  # or the part it grew from, which it begins with
+                k, found = self.store.longest_prefix(candidates[:-1], self.max_pixels)
+            if found is None:
+                break
+            for row, sha in zip(rows[:k], shas[:k]):
+                row.known_sha = sha
+            self.pending.append((rows[:k], found))
+            rows, shas = rows[k:], shas[k:]
+        if not rows:
+            return
+        if rows[0].checked is not None:
+            self.pending.append((rows, None))
+            return
+        items = [(r.image, r.known[0] or None, self.max_pixels) for r in rows]
+        self.to_check -= len(items)
+        if self.pool is None or self.to_check >= 0:
+            self.pending.append((rows, [check_images(items)]))
+            return
+        step = max(1, min(_BATCH, -(-len(items) // self.workers)))
+        futures = [self.pool.submit(check_images, items[i : i + step]) for i in range(0, len(items), step)]
+        self.pending.append((rows, futures))
+
+    def _resolve(self, rows: list[_Row], found) -> tuple[list[_Row], dict[str, Any]]:
+        if isinstance(found, dict):
+            return rows, found
+        if found is not None:  # the check's results, or futures for them
+            results = [c for part in found for c in (part if isinstance(part, list) else part.result())]
+            for row, checked in zip(rows, results):
+                row.checked = checked
+        skipped = [(i, r.checked.reason) for i, r in enumerate(rows) if r.checked and r.checked.reason is not None]
+        candidates = [Candidate(r.path, r.known[0] or (r.checked.sha256 if r.checked else "")) for r in rows]
+        transient = [(i, reason) for i, reason in skipped if is_transient(reason)]
+        pid = part_id(candidates, self.max_pixels, transient)
+        info = self.store.find(pid)
+        if info is None:
+            kept = [r.checked for r in rows if r.checked and r.checked.reason is None]
+            images = [{"bytes": r.checked.data, "path": r.path} for r in rows if r.checked and r.checked.reason is None]
+            info = self.store.write(pid, images, [c.sha256 for c in kept], [c.shape for c in kept], skipped)
+        return rows, info
+
+
+def _write_rows(writer, rows: list[_Row], info: dict[str, Any], extra, label_index, skip) -> int:
+    """Add one part's kept rows to the version's rows table (its skipped ones to the skips); how many."""
+    skipped = {int(i): reason for i, reason in info["skipped"]}
+    kept: dict[str, list] = {"row_id": [], **({"label": []} if label_index is not None else {})}
+    kept.update({name: [] for name in extra})
+    for i, row in enumerate(rows):
+        if i in skipped:
+            skip(row, skipped[i])
+            continue
+        kept["row_id"].append(row.row_id)
+        if label_index is not None:
+            label = row.label
+            kept["label"].append(label if isinstance(label, int) else label_index[str(label)])
+        for name in extra:
+            kept[name].append(row.metadata[name])
+    if len(kept["row_id"]) != info["rows"]:
+        raise DatasetError(f"part {info['name']} holds {info['rows']} images, not the {len(kept['row_id'])} it should")
+    if kept["row_id"]:
+        writer.write_batch(kept)
+    return len(kept["row_id"])
 
 
 _SCALAR_TYPES = ("bool", "int", "uint", "float", "string", "large_string", "date", "timestamp", "time", "duration")
@@ -216,13 +387,33 @@ def available_cores() -> int:
 
 
 @contextmanager
-def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+def _pool(workers: int) -> Iterator[_LazyPool | None]:
     if workers == 0:
         yield None
         return
-    # spawn: the run may hold threads (Prefect, W&B) that fork would copy mid-lock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = _LazyPool(workers)
+    try:
         yield pool
+    finally:
+        pool.shutdown()
+
+
+class _LazyPool:
+    """A process pool started at its first task: a version that reuses every part but a few starts none."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn, *args):
+        if self.pool is None:
+            # spawn: the run may hold threads (Prefect, W&B) that fork would copy mid-lock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self.pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict):
@@ -278,7 +469,11 @@ def row_positions(snapshot) -> dict[int, int]:
 
 
 def open_snapshot(root: Path, manifest: Manifest):
-    """The snapshot as a memory-mapped `datasets.Dataset`, after verifying its sha256."""
-    from datasets import Dataset
+    """The snapshot as a memory-mapped `datasets.Dataset` (row_id, image, sha256, label?, metadata...),
+    verified: a version written as shared parts (`lookalike.stages.dataset.parts`), or one
+    `images.arrow` as versions before them were."""
+    if any(entry.path == SNAPSHOT for entry in manifest.files):
+        from datasets import Dataset
 
-    return Dataset.from_file(str(verified_path(root, manifest, SNAPSHOT)), in_memory=False)
+        return Dataset.from_file(str(verified_path(root, manifest, SNAPSHOT)), in_memory=False)
+    return open_parted(root, manifest)

@@ -1,0 +1,284 @@
+"""Content-addressed parts of dataset snapshots, shared between the versions of a collection.
+
+A snapshot's images (path, encoded bytes and content sha256) live in parts under `<root>/dataset/parts/`, each
+written once and named by the sha256 of what went into it: the ordered (path, content sha256) of
+its rows and the pixel limit they were checked against. Where one part ends is decided by the
+content, as rsync's and restic's chunkers do: after a row whose sha256 is 0 modulo TARGET_ROWS (or
+at MAX_ROWS / MAX_BYTES), so an image added or removed changes only the part it lands in, and the
+next version of a grown collection writes its new images and reuses every other part.
+
+Everything that moves between versions (row ids are positions in the source, labels, metadata)
+is in the version's own `rows.arrow` (zstd-compressed: a few bytes a row); its `parts.json` lists the parts in order with their size
+and sha256 (`lookalike.core.manifest`). Next to each part, `<id>.json` records its size, sha256
+and which of its rows were skipped and why, so a later version reuses it without reading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lookalike.core.manifest import (
+    PART_LIST,
+    IntegrityError,
+    atomic_path,
+    atomic_write_bytes,
+    part_entries,
+    parts_dir,
+    sha256_file,
+    stage_dir,
+    verified_path,
+)
+
+STAGE = "dataset"
+ROWS = "rows.arrow"
+FORMAT = 1
+TARGET_ROWS = 1024  # a part holds ~1,000 images on average
+MAX_ROWS = 8 * TARGET_ROWS
+MAX_BYTES = 256 << 20  # camera-sized JPEGs: ~60 per part
+# Skips that say nothing about the content (the file could not be read this time): a part holding one is
+# named by its outcome too, so it is never reused for the same inputs without looking at them again.
+TRANSIENT = ("cannot read", "changed after it was listed", "missing image")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A source row that goes into a part: its image's path and content sha256 ('' while unknown)."""
+
+    path: str | None
+    sha256: str
+    size: int = 0
+
+
+def closes_part(candidate: Candidate, rows: int, size: int) -> bool:
+    """Whether a part holding `rows` rows and `size` bytes, the last of them `candidate`, ends here."""
+    sha = candidate.sha256
+    return (len(sha) >= 16 and int(sha[:16], 16) % TARGET_ROWS == 0) or rows >= MAX_ROWS or size >= MAX_BYTES
+
+
+def starts_part(previous: Candidate, candidate: Candidate, rows: int) -> bool:
+    """Whether `candidate` starts a new part after one of `rows` rows ending with `previous`: at a change of
+    folder, once the part holds a few rows. A collection mostly grows by new files at the end of its folders
+    (later names, later dates); a part that ends with its folder is then reused whole, and the new files go
+    in new parts (`PartStore.longest_prefix`)."""
+    if rows < TARGET_ROWS // 8 or previous.path is None or candidate.path is None:
+        return False
+    return os.path.dirname(previous.path) != os.path.dirname(candidate.path)
+
+
+def _digest(max_pixels: int):
+    return hashlib.sha256(json.dumps({"format": FORMAT, "max_pixels": max_pixels}).encode())
+
+
+def _row_bytes(c: Candidate) -> bytes:
+    return json.dumps([c.path, c.sha256]).encode() + b"\n"
+
+
+def part_id(candidates: Sequence[Candidate], max_pixels: int, transient: Sequence[tuple[int, str]] = ()) -> str:
+    """The part's name: sha256 over what went into it (and the transient skips, when there were some)."""
+    digest = _digest(max_pixels)
+    for c in candidates:
+        digest.update(_row_bytes(c))
+    if transient:
+        digest.update(json.dumps(list(transient)).encode())
+    return digest.hexdigest()
+
+
+def prefix_ids(candidates: Sequence[Candidate], max_pixels: int) -> list[str]:
+    """`part_id` of each prefix of `candidates` (the first 1, 2, ... n), in one pass."""
+    digest, ids = _digest(max_pixels), []
+    for c in candidates:
+        digest.update(_row_bytes(c))
+        ids.append(digest.copy().hexdigest())
+    return ids
+
+
+def is_transient(reason: str) -> bool:
+    return reason.startswith(TRANSIENT)
+
+
+@dataclass
+class PartStore:
+    """The parts of one artifacts root: finds a part to reuse, or writes one; counts both."""
+
+    root: Path
+    verify_full: bool = False
+    reused: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    bytes_reused: int = 0
+
+    def __post_init__(self) -> None:
+        self.folder = parts_dir(self.root, STAGE)
+        # the records present when the build started (and those it writes): one listing, not a stat per prefix
+        self.recorded = (
+            {n[:-5] for n in os.listdir(self.folder) if n.endswith(".json")} if self.folder.is_dir() else set()
+        )
+
+    def longest_prefix(self, candidates: Sequence[Candidate], max_pixels: int) -> tuple[int, dict[str, Any] | None]:
+        """(k, record) of the longest existing part made of the first k of `candidates` ((0, None) if none):
+        a part that new rows were appended to is reused whole, and only the new rows are written."""
+        if not self.recorded:
+            return 0, None
+        ids = prefix_ids(candidates, max_pixels)
+        for k in range(len(ids), 0, -1):
+            if ids[k - 1] in self.recorded and (found := self.find(ids[k - 1])) is not None:
+                return k, found
+        return 0, None
+
+    def find(self, pid: str) -> dict[str, Any] | None:
+        """The part's record when it is here whole (its size, and its sha256 with verify=full)."""
+        part, record = self.folder / f"{pid}.arrow", self.folder / f"{pid}.json"
+        try:
+            info = json.loads(record.read_bytes())
+            if part.stat().st_size != info["bytes"]:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if self.verify_full and sha256_file(part) != info["sha256"]:
+            return None
+        # touched: `lookalike gc` spares recently used parts, which a build in progress may be about to list
+        os.utime(part)
+        os.utime(record)
+        self.reused += 1
+        self.bytes_reused += info["bytes"]
+        return info
+
+    def write(
+        self, pid: str, images: list[dict[str, Any]], shas: list[str], shapes: list, skipped: list[tuple[int, str]]
+    ) -> dict[str, Any]:
+        """Write a part (atomically, hashed as it is kept) and its record; the record. `shapes`: each image's
+        (width, height, mode), kept in the record for the profile of every version that uses the part."""
+        from datasets.arrow_writer import ArrowWriter
+
+        part = self.folder / f"{pid}.arrow"
+        with atomic_path(part) as tmp:
+            writer = ArrowWriter(features=part_features(), path=str(tmp))
+            try:
+                writer.write_batch({"image": images, "sha256": shas})
+                writer.finalize()
+            finally:
+                writer.close()
+        info: dict[str, Any] = {
+            "name": part.name,
+            "bytes": part.stat().st_size,
+            "sha256": sha256_file(part),
+            "rows": len(images),
+            "skipped": [list(s) for s in skipped],
+            "shapes": [list(shape) if shape else None for shape in shapes],
+        }
+        atomic_write_bytes(self.folder / f"{pid}.json", json.dumps(info).encode())
+        self.recorded.add(pid)
+        self.written += 1
+        self.bytes_written += info["bytes"]
+        return info
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "parts": self.reused + self.written,
+            "parts_reused": self.reused,
+            "parts_written": self.written,
+            "bytes_written": self.bytes_written,
+            "bytes_reused": self.bytes_reused,
+        }
+
+
+def part_features():
+    """What a part holds: each image (path and encoded bytes) and its content sha256, none of which moves
+    between versions."""
+    from datasets import Features, Image, Value
+
+    return Features({"image": Image(decode=False), "sha256": Value("string")})
+
+
+def compress_rows(tmp: Path, out: Path) -> None:
+    """Rewrite the rows table `tmp` (as `datasets`' ArrowWriter wrote it) zstd-compressed to `out`: row ids
+    and labels run in order, so each version's table costs a few bytes a row instead of ~16; it is read
+    into memory on open (small), the parts stay memory-mapped."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(tmp)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with atomic_path(out) as target, pa.OSFile(str(target), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+            writer.write_table(table)
+    tmp.unlink()
+
+
+def write_part_list(folder: Path, used: list[dict[str, Any]]) -> None:
+    """`parts.json`: the parts in row order, each with what a root that installs it needs to reuse it (its
+    size, sha256, rows and skips; not the images' shapes, which a profile can read again)."""
+    fields = ("name", "bytes", "sha256", "rows", "skipped")
+    listed = [{name: p[name] for name in fields} for p in used]
+    atomic_write_bytes(folder / PART_LIST, json.dumps({"format": FORMAT, "parts": listed}).encode())
+
+
+def open_parted(root: Path | str, manifest) -> Any:
+    """A version written as parts, as one memory-mapped `datasets.Dataset` with the columns a
+    single-file snapshot has (row_id, image, sha256, label?, metadata...). `rows.arrow` and
+    `parts.json` are checked against their sha256; each part against its size.
+
+    Raises:
+        IntegrityError: a part is missing or has another size than `parts.json` records.
+    """
+    rows = verified_path(root, manifest, ROWS)
+    verified_path(root, manifest, PART_LIST)
+    folder = stage_dir(root, manifest.stage, manifest.key)
+    parts = []
+    for entry in part_entries(folder):
+        path = parts_dir(root, manifest.stage) / entry.path
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry.bytes:
+            what = "is missing" if size is None else f"has {size} bytes, not the {entry.bytes} {PART_LIST} records"
+            raise IntegrityError(
+                f"{path} {what} (deleted or damaged after {folder.name} was written); "
+                f"delete {folder} and re-run to write it again"
+            )
+        parts.append(path)
+    return assemble(rows, parts, folder)
+
+
+def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
+    """The rows table beside the parts' images, memory-mapped, in a single-file snapshot's column order.
+
+    Built as one `datasets` ConcatenationTable whose block rows are (the part's rows' row_id, the part,
+    their other columns), aligned by construction: `concatenate_datasets` would realign them itself at
+    ~25 ms a part (replays deep-copied), and `Dataset.from_file` per part costs ~5x more again."""
+    from datasets import Dataset, DatasetInfo, Features
+    from datasets.table import ConcatenationTable, MemoryMappedTable
+
+    rows = MemoryMappedTable.from_file(str(rows_path))
+    parts = [MemoryMappedTable.from_file(str(p)) for p in part_paths]
+    if sum(len(p) for p in parts) != len(rows):
+        raise IntegrityError(
+            f"{folder}: its parts hold {sum(len(p) for p in parts)} images for {len(rows)} rows; "
+            f"delete {folder} and re-run"
+        )
+    row_features = Features.from_arrow_schema(rows.schema)
+    rest = [name for name in rows.column_names if name != "row_id"]
+    blocks, start = [], 0
+    for part in parts:
+        own = rows.slice(start, len(part))
+        blocks.append([own.select(["row_id"]), part, *([own.select(rest)] if rest else [])])
+        start += len(part)
+    features = Features({"row_id": row_features["row_id"], **part_features(), **{n: row_features[n] for n in rest}})
+    fingerprint = hashlib.sha256("\n".join([rows_path.parent.name, *(p.name for p in part_paths)]).encode())
+    table = ConcatenationTable.from_blocks(blocks) if blocks else rows
+    return Dataset(table, info=DatasetInfo(features=features), fingerprint=fingerprint.hexdigest()[:16])
+
+
+def recorded_shapes(used: list[dict[str, Any]]) -> list | None:
+    """Every kept image's (width, height, mode), in row order, from its part's record; None when a record
+    has none (a part fetched from a bucket, whose record stayed behind): the profile reads headers then."""
+    shapes: list = []
+    for info in used:
+        if info.get("shapes") is None or len(info["shapes"]) != info["rows"]:
+            return None
+        shapes += info["shapes"]
+    return shapes

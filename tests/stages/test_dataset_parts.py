@@ -1,0 +1,133 @@
+"""Dataset versions stored as content-addressed parts shared between versions."""
+
+import shutil
+
+import pytest
+
+from conftest import make_png
+from lookalike.core.manifest import IntegrityError, find_manifest, write_manifest
+from lookalike.core.settings import DatasetSettings
+from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    from lookalike.stages.dataset import parts
+
+    # ~4 rows a part, so a 40-image folder is ~10 parts (the default is ~1,000 rows a part)
+    monkeypatch.setattr(parts, "TARGET_ROWS", 4)
+
+
+def photos(folder, values):
+    for v in values:
+        make_png(folder / ("cats" if v % 2 else "dogs") / f"{v:03d}.png", v)
+    return folder
+
+
+def content(root, manifest):
+    snapshot = open_snapshot(root, manifest)
+    images = snapshot["image"]
+    return {
+        "row_id": snapshot["row_id"],
+        "sha256": snapshot["sha256"],
+        "label": snapshot["label"],
+        "bytes": [i["bytes"] for i in images],
+        "path": [i["path"] for i in images],
+    }
+
+
+def test_a_grown_collection_writes_only_the_parts_its_new_images_land_in(tmp_path, root, small_parts):
+    folder = photos(tmp_path / "photos", range(60))  # 30 cats (odd), 30 dogs (even)
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    assert first.stats["storage"]["parts_written"] == first.stats["storage"]["parts"] > 8
+    full = first.stats["storage"]["bytes_written"]
+
+    photos(folder, [61, 63])  # two new cats after the last one: the part they follow is reused whole
+    make_png(folder / "dogs" / "025.png", 25)  # and one new dog between 024 and 026: its part is written again
+    second = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    storage = second.stats["storage"]
+    assert second.key != first.key and second.stats["n_images"] == 63
+    assert 2 <= storage["parts_written"] <= 4
+    assert storage["parts_reused"] == storage["parts"] - storage["parts_written"] >= first.stats["storage"]["parts"] - 2
+    assert storage["bytes_written"] < 0.25 * full
+
+    # and the grown version holds exactly what a first snapshot of the grown folder holds
+    fresh = tmp_path / "fresh"
+    alone = run_dataset_stage(DatasetSettings(source=str(folder)), fresh).manifest
+    assert alone.stats["storage"]["parts_reused"] == 0
+    assert content(root, second) == content(fresh, alone)
+
+
+def test_a_version_written_as_parts_opens_like_one_written_as_images_arrow(tmp_path, root):
+    from datasets.arrow_writer import ArrowWriter
+
+    folder = photos(tmp_path / "photos", range(6))
+    manifest = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    assert {f.path for f in manifest.files} == {"rows.arrow", "parts.json"}
+    snapshot = open_snapshot(root, manifest)
+
+    old = root / "dataset" / "0123456789abcdef"  # a folder as versions before parts wrote it
+    old.mkdir(parents=True)
+    writer = ArrowWriter(features=snapshot.features, path=str(old / "images.arrow"))
+    writer.write_table(snapshot.data.table)
+    writer.finalize()
+    writer.close()
+    legacy = write_manifest(
+        old,
+        stage="dataset",
+        key=old.name,
+        code_version=1,
+        settings={},
+        inputs={},
+        files=["images.arrow"],
+        stats={},
+        timings={},
+    )
+    assert content(root, legacy) == content(root, manifest)
+    assert open_snapshot(root, legacy).column_names == snapshot.column_names == ["row_id", "image", "sha256", "label"]
+
+
+def test_a_missing_or_damaged_part_is_one_line_naming_what_to_delete(tmp_path, root):
+    folder = photos(tmp_path / "photos", range(6))
+    manifest = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    (part,) = (root / "dataset" / "parts").glob("*.arrow")
+    version = root / "dataset" / manifest.key
+
+    part.write_bytes(part.read_bytes()[:-10])
+    with pytest.raises(IntegrityError) as damaged:
+        open_snapshot(root, manifest)
+    assert "\n" not in str(damaged.value) and f"{part} has" in str(damaged.value)
+    assert f"delete {version} and re-run" in str(damaged.value)
+
+    part.unlink()
+    with pytest.raises(IntegrityError, match=f"{part} is missing.*delete {version} and re-run"):
+        open_snapshot(root, manifest)
+
+    shutil.rmtree(version)  # the fix the message gives writes the part again
+    again = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    assert again.stats["storage"]["parts_written"] == 1 and len(open_snapshot(root, again)) == 6
+    assert find_manifest(root, "dataset", again.key) is not None
+
+
+def test_a_version_installed_in_another_root_is_grown_there_from_its_parts(tmp_path, root, small_parts):
+    """As a fresh machine of a shared s3:// root gets a version: its parts come with their records, so the
+    next version built there reuses them instead of reading and writing every image again."""
+    from lookalike.core.manifest import MANIFEST, install_stage
+
+    folder = photos(tmp_path / "photos", range(30))
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    origin, other = root / "dataset" / first.key, tmp_path / "other"
+    install_stage(
+        other,
+        (origin / MANIFEST).read_bytes(),
+        lambda name, tmp: shutil.copyfile(origin / name, tmp),
+        f"{origin}/",
+        expect=("dataset", first.key),
+        fetch_part=lambda name, tmp: shutil.copyfile(root / "dataset" / "parts" / name, tmp),
+    )
+    assert content(other, first) == content(root, first)
+
+    photos(folder, [31, 33])
+    grown = run_dataset_stage(DatasetSettings(source=str(folder)), other).manifest
+    assert grown.stats["storage"]["parts_reused"] == first.stats["storage"]["parts"]
+    assert grown.stats["storage"]["parts_written"] <= 2 and grown.stats["n_images"] == 32  # the two new images
