@@ -278,14 +278,26 @@ def _image_folder_split(folder: ImageFolder, section: DatasetSettings, source: S
         raise DatasetError(
             f"{source.describe()} has no split {section.split!r}; splits are: {', '.join(folder.splits)} (set --split)"
         )
+    import pyarrow as pa
+    from datasets import DatasetInfo
+    from datasets.table import InMemoryTable
+
     files = folder.splits[section.split]
-    columns: dict[str, list] = {"image": [_listed_image(f.path) for f in files]}
+    images = [_listed_image(f.path) for f in files]
+    # Arrow columns built whole: `Dataset.from_dict` encodes row by row (1.5 s for 100k files, 10x this)
+    columns = {
+        "image": pa.StructArray.from_arrays(
+            [pa.array([i["bytes"] for i in images], pa.binary()), pa.array([i["path"] for i in images], pa.string())],
+            names=["bytes", "path"],
+        )
+    }
     features = Features({"image": Image(decode=False)})
     if folder.label_names:
         index = {name: i for i, name in enumerate(folder.label_names)}
-        columns["label"] = [index.get(folder.label_of(f)) for f in files]
+        columns["label"] = pa.array([index.get(folder.label_of(f)) for f in files], pa.int64())
         features["label"] = ClassLabel(names=folder.label_names)
-    return Dataset.from_dict(columns, features=features)
+    table = pa.table(columns).cast(features.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
 
 
 def _listed_image(path: str) -> dict[str, Any]:
