@@ -134,6 +134,13 @@ def seed_prefect_home(prefect_home: Path) -> None:
     shutil.copyfile(template, target)
 
 
+def started_no_prefect(home: Path) -> bool:
+    """Whether no Prefect server or client has used `home`'s PREFECT_HOME: it is absent, or holds only the
+    database `seed_prefect_home` copied there (a server adds its WAL, memo store and storage folder)."""
+    prefect_home = home / "prefect"
+    return not prefect_home.exists() or sorted(p.name for p in prefect_home.iterdir()) == ["prefect.db"]
+
+
 def cli_env(
     home: Path, api_url: str | None = None, faults: dict | None = None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOKALIKE, TINY, cli_env
+from conftest import LOOKALIKE, TINY, cli_env, started_no_prefect
 
 SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 
@@ -269,7 +269,7 @@ def test_invalid_setting_exits_2_with_one_line_per_field_and_starts_nothing(tmp_
     assert "Traceback" not in result.stderr
     assert "encoder.epochs: Input should be greater than or equal to 0" in result.stderr
     assert "index.typo: unknown setting" in result.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "prefect").exists()
+    assert not (tmp_path / "a").exists() and started_no_prefect(tmp_path)
 
 
 def test_dataset_error_is_one_line_without_traceback(tmp_path):
