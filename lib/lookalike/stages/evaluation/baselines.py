@@ -8,8 +8,10 @@
   scores are reported as fractions of it (`distillation`), with both models' embedding speed.
 
 Both search exactly (a flat index in the run index's metric, whitened like the run's index by the
-same rule on their own vectors) over every indexed image, so a gain over them is the encoder's, not
-the index type's or the whitening's. The run's own numbers come from its index.
+same rule on their own vectors) over every indexed image, or over the evaluation's sample of them
+(`evaluation.sample_size`: only those images are decoded and embedded), so a gain over them is the
+encoder's, not the index type's or the whitening's. The run's own numbers come from its index,
+restricted to the same rows.
 """
 
 from __future__ import annotations

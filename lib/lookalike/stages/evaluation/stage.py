@@ -9,6 +9,11 @@ results.
 
 The scores (kNN@k accuracy, precision@k, mAP@k) are `lookalike.stages.evaluation.metrics`'s.
 
+Above `evaluation.sample_size` indexed images, a seeded sample of that many is what is searched
+(`evaluation_sample`): the run's index restricted to those rows, the baselines built from them alone, the
+leave-one-out queries, the leak check and the map; `stats["sampled"]` = {"n": rows searched, "of": rows
+indexed}. The duplicate groups always cover the whole collection.
+
 `neighbours.json` records the grid's queries and their neighbours (row ids, distances,
 labels): the grid PNG is drawn from it, and the W&B table is built from it.
 
@@ -261,9 +266,8 @@ def _evaluate(
         atomic_write_bytes(folder / NEIGHBOURS, json.dumps(record, indent=1).encode())
         save_image(folder / GRID, _draw_grid(record, asked.snapshot, snapshot))
         files += [NEIGHBOURS, GRID]
-    if len(
-        row_ids
-    ):  # the map of the collection, drawn from the rows evaluated (lookalike.stages.evaluation.collection_map)
+    # the map of the collection, drawn from the rows evaluated (lookalike.stages.evaluation.collection_map)
+    if len(row_ids):
         stats["map"], written = write_map(
             folder,
             prepare_vectors(raw, metric),
