@@ -84,7 +84,7 @@ def run_step(chain_root: Path, index_key: str, sample_size: str, code: Path | No
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code / "lib"), env.get("PYTHONPATH")]))
     root = linked_root(chain_root)
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", STEP, str(root), index_key, sample_size], capture_output=True, text=True, env=env
     )
@@ -93,6 +93,11 @@ def run_step(chain_root: Path, index_key: str, sample_size: str, code: Path | No
         sys.exit(f"evaluation failed:\n{proc.stderr[-3000:]}")
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     result["wall_s"] = round(wall, 1)
+    # the scores, baselines, leaks, grid and map are written before the duplicate groups: when the map
+    # was written splits the stage's time between the two
+    written = root / "evaluation" / result["key"] / "map.json"
+    if written.exists():
+        result["map_written_after_s"] = round(written.stat().st_mtime - started_at, 1)
     print(result, file=sys.stderr, flush=True)
     return result
 
