@@ -62,6 +62,12 @@ def evaluate_index(
         stats["k"],
         stats["knn_accuracy"],
     )
+    if sampled := stats.get("sampled"):
+        get_run_logger().info(
+            "evaluation on a sample of %d of %d images (evaluation.sample_size); duplicates over all of them",
+            sampled["n"],
+            sampled["of"],
+        )
     if leaks := stats.get("leaks"):
         get_run_logger().info(
             "evaluation leaks: %d of %d queries have a copy in the index (%d exact, %d near); clean kNN@%d accuracy %s",

@@ -91,6 +91,7 @@ CHANGES = {
     "evaluation.max_queries": 100,
     "evaluation.baselines": ("pixels",),
     "evaluation.duplicates": False,
+    "evaluation.sample_size": 100,  # of the sample's 3,000 images (SAMPLE_STATS): keyed
     "promotion.min_self_retrieval_at_1": 0.5,
     "promotion.min_recall_at_10": 0.5,
     "promotion.max_knn_drop": 0.5,
@@ -156,7 +157,10 @@ def keys(settings: Settings, cache_dir) -> dict[str, str]:
     splits = [settings.dataset.split] if hub else list_splits(settings.dataset, cache_dir)
     queries = choose_query_split(settings.dataset, settings.evaluation, splits)
     evaluation = evaluation_key(
-        settings.evaluation, m(key=dataset), m(key=index), m(key=dataset_key(queries)[0]) if queries else None
+        settings.evaluation,
+        m(key=dataset, stats=SAMPLE_STATS),
+        m(key=index),
+        m(key=dataset_key(queries)[0]) if queries else None,
     )
     return dict(zip(STAGES, (dataset, encoder, embeddings, index, evaluation)))
 

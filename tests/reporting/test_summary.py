@@ -37,3 +37,13 @@ def test_leaked_queries_are_counted_beside_the_clean_scores():
         "precision@1 0.2500 (raw 0.6250) over 4 queries"
     )
     assert leaks_line({"metrics": {}, "leaks": None, "clean": None}) is None
+
+
+def test_a_sampled_evaluation_says_on_how_many_of_the_images():
+    from lookalike.reporting.summary import sample_line
+
+    assert sample_line({"sampled": {"n": 20, "of": 48}}) == (
+        "scores, baselines, leaks and map on a sample of 20 of 48 images (evaluation.sample_size); "
+        "duplicates over all of them"
+    )
+    assert sample_line({"sampled": None}) is None and sample_line({}) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import evaluated_chain
+from conftest import TINY, evaluated_chain
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.encoder.checkpoint import load_encoder
@@ -41,6 +41,31 @@ def test_an_untrained_encoder_scores_exactly_its_init_baseline(untrained):
     assert stats["gain"]["pixels"]["precision_at_10"] == pytest.approx(
         stats["precision_at_10"] - stats["baselines"]["pixels"]["precision_at_10"], abs=1e-6
     )
+
+
+@pytest.mark.parametrize("query_split", ["auto", "none"])
+def test_on_a_sample_the_run_and_its_baselines_search_the_same_rows(untrained, query_split):
+    """evaluation.sample_size 20 of TINY's 48 images: the baselines embed those 20 only, the run's index is
+    searched over the same 20 (an untrained encoder still scores exactly its init baseline), the leave-one-out
+    queries are drawn from them, and the map too; the duplicate groups still cover all 48."""
+    from lookalike.core.settings import load_settings
+    from lookalike.stages.evaluation.stage import run_evaluation_stage
+
+    root, _, whole = untrained
+    assert "sampled" not in whole.stats and whole.stats["baselines"]["pixels"]["n_indexed"] == 48
+    changes = {"encoder.epochs": 0, "evaluation.sample_size": 20}
+    _, evaluation = evaluated_chain(root, **changes)  # held-out queries, the chain's stages reused
+    if query_split == "none":
+        dataset, index = (read_manifest(root, s, evaluation.inputs[s]) for s in ("dataset", "index"))
+        embeddings = read_manifest(root, "embeddings", index.inputs["embeddings"])
+        section = load_settings({**TINY, **changes, "evaluation.query_split": "none"}).evaluation
+        evaluation = run_evaluation_stage(section, dataset, embeddings, index, root).manifest
+    stats = evaluation.stats
+    assert stats["sampled"] == {"n": 20, "of": 48}
+    assert {name: m["n_indexed"] for name, m in stats["baselines"].items()} == {"pixels": 20, "init": 20}
+    assert stats["gain"]["init"] == {"knn_accuracy": 0.0, "precision_at_10": 0.0, "map_at_10": 0.0}
+    assert stats["n_queries"] == (64 if query_split == "auto" else 20)
+    assert stats["map"]["n_rows"] == 20 and stats["duplicates"]["n_images"] == 48
 
 
 def test_the_baselines_are_whitened_like_the_index(tmp_path):

@@ -60,3 +60,23 @@ def test_save_to_disk_and_parquet_sources_list_their_splits(tmp_path, root):
         assert chosen(root, DatasetSettings(source=str(tmp_path / single))) is None
         with pytest.raises(DatasetError, match="single table without named splits"):
             chosen(root, DatasetSettings(source=str(tmp_path / single)), query_split="test")
+
+
+def test_the_sample_size_is_keyed_only_when_it_leaves_indexed_images_out():
+    """Collections no larger than evaluation.sample_size keep the keys they had before it existed."""
+    from lookalike.core.manifest import Manifest
+    from lookalike.stages.evaluation.stage import evaluation_key
+
+    def manifest(stage: str, n_images: int | None = None) -> Manifest:
+        stats = {} if n_images is None else {"n_images": n_images}
+        return Manifest(
+            stage=stage, key=stage[:4], code_version=1, created="", settings={}, inputs={}, files=[], stats=stats
+        )
+
+    def key(n_images: int, **evaluation) -> str:
+        return evaluation_key(EvaluationSettings(**evaluation), manifest("dataset", n_images), manifest("index"))
+
+    before = key(48)  # the default, 50,000, leaves none of 48 out
+    assert key(48, sample_size=48) == key(48, sample_size=None) == before
+    assert key(48, sample_size=20) != before and key(48, sample_size=20) != key(48, sample_size=30)
+    assert key(100_000) != key(100_000, sample_size=None)  # the default samples 100,000 images

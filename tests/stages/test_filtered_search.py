@@ -206,3 +206,24 @@ def test_parse_errors_name_the_term_and_the_syntax():
         parse_filter('label="Bag')
     with pytest.raises(FilterError, match="empty value"):
         parse_filter("label=")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_subset_of_a_flat_index_ranks_its_rows_as_the_filtered_search_does(metric):
+    """The evaluation's sample searched through a copy of those rows (BLAS) instead of FAISS's selector
+    scan of every stored vector: the same ids and distances, behind the same whitening."""
+    from lookalike.stages.index.factory import IndexType, build_index, prepare_vectors, search, subset_index
+    from lookalike.stages.index.whitening import fit_whitening
+
+    vectors = prepare_vectors(np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32), metric)
+    row_ids = np.arange(400, dtype=np.int64) * 3 + 1  # ids are not positions
+    whitening = fit_whitening(vectors, 0.5)
+    assert whitening.applied
+    index = whitening.wrap(build_index(whitening.apply(vectors), row_ids, IndexType("Flat", metric, True)))
+    allowed = row_ids[::7]
+    subset = subset_index(index, allowed)
+    assert subset.ntotal == len(allowed)
+    expected, got = search(index, vectors[:30], 10, allowed), search(subset, vectors[:30], 10)
+    assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0], atol=1e-5)
+    hnsw = build_index(vectors, row_ids, IndexType("HNSW16", metric, False))
+    assert subset_index(hnsw, allowed) is None  # an approximate index answers through its own filtered search

@@ -23,6 +23,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         embedding_counts_line,
         leaks_line,
         recipe_lines,
+        sample_line,
     )
 
     stages = Table(title="stages", title_justify="left")
@@ -61,6 +62,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             )
         console.print(against)
         console.print(baselines_line(summary), highlight=False, soft_wrap=True)
+    if sample := sample_line(summary):
+        console.print(f"evaluation: {sample}", highlight=False, soft_wrap=True, markup=False)
     if distilled := distillation_line(summary):
         console.print(distilled, highlight=False, soft_wrap=True, markup=False)
     if leaked := leaks_line(summary):

@@ -567,9 +567,16 @@ class EvaluationSettings(Section):
         description="Also find exact (same bytes) and near-duplicate groups of the indexed images, with a "
         "threshold calibrated on augmented copies of them (duplicates.json, duplicates.png).",
     )
+    sample_size: PositiveInt | None = Field(
+        50_000,
+        description="Most indexed images the evaluation searches: above it, the baselines, the scores (the run's "
+        "index restricted to the same rows), the leak check and the map use a seeded sample of this many; "
+        "duplicates still cover every image. Empty = all.",
+    )
     # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
-    # of the evaluation key, so 'auto' and the split it picks name the same result.
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split"})
+    # of the evaluation key, so 'auto' and the split it picks name the same result. `sample_size` is
+    # keyed by `keyed_sample_size`, only when it leaves rows out.
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"query_split", "sample_size"})
     DEFAULT_NOT_IN_KEY: ClassVar[dict[str, Any]] = {"duplicates": True}
 
     def key_fields(self) -> dict[str, Any]:
@@ -580,6 +587,13 @@ class EvaluationSettings(Section):
             if fields.get(name) == default:
                 fields.pop(name)
         return fields
+
+    def keyed_sample_size(self, n_images: int | None) -> dict[str, Any]:
+        """`sample_size` for the key of an evaluation of `n_images` indexed images: only when it samples
+        them, so every collection it does not cut keeps the key it had before the setting existed."""
+        if self.sample_size is not None and n_images is not None and n_images > self.sample_size:
+            return {"sample_size": self.sample_size}
+        return {}
 
 
 class PromotionSettings(Section):

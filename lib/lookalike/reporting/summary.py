@@ -3,7 +3,8 @@
 Keys are a contract other tools rely on: `stages` (name -> key, status, seconds),
 `metrics`, `artifacts`, `skipped`, `aliases` (the alias names this run moved to its
 chain, e.g. ['latest', 'production']), `promotion` (the gate's decision), `index` (what
-was built and, for `index.type=auto`, why). Extend, never rename. A `resumed` stage says what it reused
+was built and, for `index.type=auto`, why), `sampled` (the evaluation's sample, when it took one).
+Extend, never rename. A `resumed` stage says what it reused
 (`reused`: '3/10 shards', '2/3 epochs'). The `embeddings` stage also says how many images
 this run sent through the encoder (`images_embedded`) and how many it took from earlier
 embeddings stages by content hash (`images_reused`, the incremental add); both are 0 when
@@ -98,6 +99,8 @@ def build_summary(
         # held-out queries with an exact or near copy in the index, and the scores without them
         "leaks": evaluation.stats.get("leaks"),
         "clean": evaluation.stats.get("clean"),
+        # {"n": rows searched, "of": rows indexed} when the evaluation ran on a sample (evaluation.sample_size)
+        "sampled": evaluation.stats.get("sampled"),
     }
 
 
@@ -184,7 +187,8 @@ def baseline_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]] 
         return None
     names = list(measured)
     header = ["score", "this run", *names, *(f"gain over {n}" for n in names)]
-    scores = [s for s in next(iter(measured.values())) if s not in ("what", "clean")]  # clean: leaks_line
+    # clean: leaks_line; n_indexed: the rows each baseline searched (sample_line says when it is a sample)
+    scores = [s for s in next(iter(measured.values())) if s not in ("what", "clean", "n_indexed")]
     rows = [
         [
             score,
@@ -236,6 +240,18 @@ def duplicates_line(summary: dict[str, Any]) -> str | None:
     )
 
 
+def sample_line(summary: dict[str, Any]) -> str | None:
+    """'scores, baselines, leaks and map on a sample of 50000 of 1000000 images (evaluation.sample_size);
+    duplicates over all of them', or None when the evaluation searched every indexed image."""
+    sampled = summary.get("sampled")
+    if not sampled:
+        return None
+    return (
+        f"scores, baselines, leaks and map on a sample of {sampled['n']} of {sampled['of']} images "
+        "(evaluation.sample_size); duplicates over all of them"
+    )
+
+
 def leaks_line(summary: dict[str, Any]) -> str | None:
     """'3 of 64 held-out queries leak (2 exact, 1 near); clean precision@10 0.7100 (raw 0.7300), ...
     over 61 queries', or None when not measured (no labelled queries, or an older evaluation)."""
@@ -272,6 +288,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
         lines += ["", baselines_line(summary)]
+    if sample := sample_line(summary):
+        lines += ["", f"**Evaluation**: {sample}"]
     if distilled := distillation_line(summary):
         lines += ["", distilled]
     if summary.get("aliases"):

@@ -31,7 +31,7 @@ from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.stage import open_snapshot, row_positions, snapshot_column
-from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.embeddings.shards import embedding_row_ids, iter_embeddings, load_embedding_rows
 from lookalike.stages.index.capabilities import capabilities
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.sampling import seeded_sample
@@ -272,6 +272,11 @@ def near_groups(
             components chained 90 distinct Fashion-MNIST images into one group; benchmarks/README.md).
     """
     pairs = neighbour_pairs(index, vectors, np.asarray(row_ids, dtype=np.int64), threshold, metric)
+    return grouped_pairs(pairs, exact, linkage=linkage)
+
+
+def grouped_pairs(pairs, exact: list[list[int]] = (), *, linkage: str = "components") -> list[list[int]]:
+    """`near_groups` of (row, neighbour row) pairs already found (`neighbour_pairs`)."""
     parent: dict[int, int] = {}
 
     def find(r: int) -> int:
@@ -402,8 +407,6 @@ def find_duplicates(
         threshold = real_number(threshold, f"threshold ({THRESHOLD_UNITS[metric]})", *THRESHOLD_RANGE[metric])
     snapshot = open_snapshot(root, dataset)
     index = load_index(root, index_manifest)
-    raw, row_ids = load_embeddings(root, embeddings)
-    vectors = prepare_vectors(raw, metric)
     exact = exact_groups(snapshot)
     if calibration is not None and threshold is None:
         threshold, why = calibration.threshold, calibration.why
@@ -418,12 +421,23 @@ def find_duplicates(
         threshold, why = calibration.threshold, calibration.why
     else:
         calibration, why = None, f"{threshold:.4g}: given (--threshold), not calibrated"
-    groups = near_groups(index, vectors, row_ids, threshold, metric, exact, linkage=linkage)
+    # every embedded image asks the index for its neighbours, one shard of vectors in memory at a time
+    pairs = []
+    for shard, shard_ids in iter_embeddings(root, embeddings):
+        pairs += neighbour_pairs(index, prepare_vectors(shard, metric), shard_ids, threshold, metric)
+    groups = grouped_pairs(pairs, exact, linkage=linkage)
     digest = dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
     position = row_positions(snapshot)
+    # the vectors of the grouped rows only, for their distances from their group's first row
+    grouped = np.asarray(sorted({r for g in exact + near for r in g}), dtype=np.int64)
+    embedded = embedding_row_ids(root, embeddings)
+    order = np.argsort(embedded, kind="stable")
+    raw, row_ids = load_embedding_rows(
+        root, embeddings, np.sort(order[np.searchsorted(embedded, grouped, sorter=order)])
+    )
     at = {int(r): i for i, r in enumerate(row_ids)}
-    space = index_space(index, vectors)
+    space = index_space(index, prepare_vectors(raw, metric))
     names = dataset.stats.get("label_names")
     has_labels = bool(names) and "label" in snapshot.column_names
 

@@ -7,9 +7,11 @@
 - `teacher`: a distilled encoder's teacher (`method=distill`), always measured for one: the student's
   scores are reported as fractions of it (`distillation`), with both models' embedding speed.
 
-Both search exactly (a flat index in the run index's metric, whitened like the run's index by the
-same rule on their own vectors) over every indexed image, so a gain over them is the encoder's, not
-the index type's or the whitening's. The run's own numbers come from its index.
+Both search exactly (FAISS's brute force in the run index's metric, whitened like the run's index by the
+same rule on their own vectors) over every indexed image, or over the evaluation's sample of them
+(`evaluation.sample_size`: only those images are decoded and embedded), so a gain over them is the
+encoder's, not the index type's or the whitening's. The run's own numbers come from its index,
+restricted to the same rows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lookalike.core.manifest import Manifest
 from lookalike.core.progress import progress
 from lookalike.stages.dataset.torch_data import SnapshotImages
 from lookalike.stages.encoder.training import starting_point, teacher_model
-from lookalike.stages.index.factory import prepare_vectors, search
+from lookalike.stages.index.factory import prepare_vectors
 from lookalike.stages.index.whitening import fit_whitening
 from lookalike.stages.inference import Embedder
 
@@ -54,12 +56,14 @@ def pixel_side(input_size: int) -> int:
 def pixel_vectors(snapshot, side: int, batch_size: int = 512) -> np.ndarray:
     """(n, side*side*3) float32 in [0, 1]: every image of the snapshot fitted to side x side, flattened."""
     loader = DataLoader(SnapshotImages.fitted(snapshot, side), batch_size=batch_size)
-    out = []
+    out = np.empty((len(snapshot), side * side * 3), np.float32)  # filled in place: no second copy to concatenate
+    done = 0
     with progress(len(snapshot), "evaluation: pixel baseline", unit="img") as bar:
         for batch in loader:  # (N, side, side, 3) uint8
-            out.append(batch.reshape(len(batch), -1).to(torch.float32).div_(255.0).numpy())
+            out[done : done + len(batch)] = batch.reshape(len(batch), -1).to(torch.float32).div_(255.0).numpy()
+            done += len(batch)
             bar.update(len(batch))
-    return np.concatenate(out) if out else np.zeros((0, side * side * 3), np.float32)
+    return out
 
 
 def baselines(
@@ -144,11 +148,16 @@ def exact_neighbours(
     base = prepare_vectors(indexed, metric)
     whiten = fit_whitening(base, whitening)
     base = whiten.apply(base)
-    index = faiss.IndexIDMap2(
-        faiss.IndexFlat(base.shape[1], faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    if not len(base):
+        return np.empty((len(queries), 0), np.int64)
+    # FAISS's brute-force search over the array itself (what a flat index runs), without a flat index's copy of it
+    _, found = faiss.knn(
+        whiten.apply(prepare_vectors(queries, metric)),
+        base,
+        min(k, len(base)),
+        metric=faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2,
     )
-    index.add_with_ids(base, row_ids.astype(np.int64))
-    return search(index, whiten.apply(prepare_vectors(queries, metric)), k)[1]
+    return np.where(found >= 0, np.asarray(row_ids, dtype=np.int64)[np.maximum(found, 0)], -1)
 
 
 def gains(run: dict, measured: dict[str, dict], k: int) -> dict[str, dict[str, float | None]]:

@@ -9,6 +9,11 @@ results.
 
 The scores (kNN@k accuracy, precision@k, mAP@k) are `lookalike.stages.evaluation.metrics`'s.
 
+Above `evaluation.sample_size` indexed images, a seeded sample of that many is what is searched
+(`evaluation_sample`): the run's index restricted to those rows, the baselines built from them alone, the
+leave-one-out queries, the leak check and the map; `stats["sampled"]` = {"n": rows searched, "of": rows
+indexed}. The duplicate groups always cover the whole collection.
+
 `neighbours.json` records the grid's queries and their neighbours (row ids, distances,
 labels): the grid PNG is drawn from it, and the W&B table is built from it.
 
@@ -36,12 +41,12 @@ from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
 from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions, snapshot_column
 from lookalike.stages.duplicates import calibrate_threshold, write_duplicates
-from lookalike.stages.embeddings.shards import load_embeddings
+from lookalike.stages.embeddings.shards import embedding_row_ids, load_embedding_rows, load_embeddings
 from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
 from lookalike.stages.evaluation.collection_map import write_map
 from lookalike.stages.evaluation.leaks import leak_stats, leaking_queries
 from lookalike.stages.evaluation.metrics import scores
-from lookalike.stages.index.factory import load_index, prepare_vectors, search
+from lookalike.stages.index.factory import load_index, prepare_vectors, search, subset_index
 from lookalike.stages.inference import Embedder
 from lookalike.stages.pictures import retrieval_grid, save_image
 from lookalike.stages.sampling import seeded_sample
@@ -96,7 +101,8 @@ def query_dataset_section(dataset: DatasetSettings, section: EvaluationSettings,
 def evaluation_key(
     section: EvaluationSettings, dataset: Manifest, index: Manifest, queries: Manifest | None = None
 ) -> str:
-    return key_for(STAGE, section.key_fields(), _inputs(dataset, index, queries))
+    fields = {**section.key_fields(), **section.keyed_sample_size(dataset.stats.get("n_images"))}
+    return key_for(STAGE, fields, _inputs(dataset, index, queries))
 
 
 def _inputs(dataset: Manifest, index: Manifest, queries: Manifest | None) -> dict[str, str]:
@@ -141,6 +147,7 @@ class Queries:
     row_ids: np.ndarray
     vectors: np.ndarray  # row order, prepared for the index's metric
     labels: list[str | None] | None  # label name per row (None: unlabelled row), None without labels
+    sha256: list[str]  # content hash per row
 
     @property
     def leave_one_out(self) -> bool:
@@ -159,12 +166,29 @@ def _evaluate(
     snapshot = open_snapshot(root, dataset)
     index = load_index(root, index_manifest)
     metric = index_manifest.stats["metric"]
-    indexed_labels = _label_names(snapshot, dataset)
-    label_of = dict(zip(snapshot_column(snapshot, "row_id"), indexed_labels)) if indexed_labels else None
-    raw, row_ids = load_embeddings(root, embeddings)
+    # The rows searched: every indexed image, or a seeded sample of `evaluation.sample_size` of them
+    # (`evaluation_sample`), the same rows for the run's index and its baselines. Only their vectors are read.
+    sample, n_rows = evaluation_sample(section, root, embeddings)
+    sampled = len(sample) < n_rows
+    raw, row_ids = load_embedding_rows(root, embeddings, sample) if sampled else load_embeddings(root, embeddings)
+    positions = _positions_of(snapshot, row_ids)
+    indexed_labels = _label_names(snapshot, dataset, positions)
+    label_of = dict(zip(row_ids.tolist(), indexed_labels)) if indexed_labels else None
+    # the columns alone, at these rows: rows would decode their images too
+    indexed_sha256 = dict(zip(row_ids.tolist(), _column_at(snapshot, "sha256", positions)))
+    database = snapshot.select(positions) if sampled else snapshot  # in `row_ids` order, for the baselines
+    search_in = _searcher(index, row_ids if sampled else None)
     embedder = calibration = None  # made once, when needed, and shared by the leak check and the duplicates
     if queries is None:
-        asked = Queries(LEAVE_ONE_OUT, "dataset", snapshot, row_ids, prepare_vectors(raw, metric), indexed_labels)
+        asked = Queries(
+            LEAVE_ONE_OUT,
+            "dataset",
+            snapshot,
+            row_ids,
+            prepare_vectors(raw, metric),
+            indexed_labels,
+            [indexed_sha256[int(r)] for r in row_ids],
+        )
         picks = _sample(len(row_ids), section.max_queries)
     else:
         query_snapshot = open_snapshot(root, queries)
@@ -180,6 +204,7 @@ def _evaluate(
             np.asarray(snapshot_column(query_snapshot, "row_id"), dtype=np.int64),
             prepare_vectors(query_raw, metric),
             _label_names(query_snapshot, queries),
+            snapshot_column(query_snapshot, "sha256"),
         )
         picks = np.arange(len(query_raw))  # the snapshot is already the sample (limit = max_queries)
 
@@ -189,17 +214,32 @@ def _evaluate(
         "k": section.k,
         "query_dataset": queries.key if queries is not None else None,
     }
+    if sampled:
+        stats["sampled"] = {"n": int(len(row_ids)), "of": int(n_rows)}
     if label_of is not None and asked.labels is not None and len(picks) and len(asked.row_ids) > asked.leave_one_out:
-        distances, ids = search(index, asked.vectors[picks], section.k + asked.leave_one_out)
+        distances, ids = search_in(asked.vectors[picks], section.k + asked.leave_one_out)
         truths = [asked.labels[p] for p in picks]
         stats.update(scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out))
         encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
         embedder = embedder or Embedder(root, encoder, channels_last=embeddings.settings.get("channels_last", True))
-        clean, stats["leaks"], calibration = _leaks(embedder, snapshot, index, metric, asked, picks, distances, ids)
+        clean, stats["leaks"], calibration = _leaks(
+            embedder, snapshot, index, metric, asked, picks, distances, ids, indexed_sha256
+        )
         stats["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         if section.baselines or encoder.settings.get("method") == "distill":
             measured = _measure_baselines(
-                section, encoder, embeddings, snapshot, asked, picks, truths, label_of, index_manifest, root, clean
+                section,
+                encoder,
+                embeddings,
+                database,
+                row_ids if sampled else np.asarray(snapshot_column(snapshot, "row_id"), dtype=np.int64),
+                asked,
+                picks,
+                truths,
+                label_of,
+                index_manifest,
+                root,
+                clean,
             )
             stats["baselines"] = measured
             stats["gain"] = gains(stats, measured, section.k)
@@ -221,12 +261,13 @@ def _evaluate(
 
     files = []
     if section.grid_queries and len(asked.row_ids):
-        rows = _grid_rows(section, index, asked, label_of)
+        rows = _grid_rows(section, search_in, asked, label_of)
         record = {"protocol": asked.protocol, "queries_from": asked.source, "metric": metric, "rows": rows}
         atomic_write_bytes(folder / NEIGHBOURS, json.dumps(record, indent=1).encode())
         save_image(folder / GRID, _draw_grid(record, asked.snapshot, snapshot))
         files += [NEIGHBOURS, GRID]
-    if len(row_ids):  # the map of the collection (lookalike.stages.evaluation.collection_map)
+    # the map of the collection, drawn from the rows evaluated (lookalike.stages.evaluation.collection_map)
+    if len(row_ids):
         stats["map"], written = write_map(
             folder,
             prepare_vectors(raw, metric),
@@ -236,8 +277,11 @@ def _evaluate(
             Path(root) / "cache" / "matplotlib",
         )
         files += written
+    del raw, asked
     if section.duplicates:  # exact and near-duplicate groups of the indexed images (lookalike.stages.duplicates)
-        # the leak check's calibration and encoder, when it made them: one calibration per evaluation
+        # of the whole collection, never a sample: a pair of copies is in a 5% sample once in 400. The run's
+        # index finds them, the embeddings are read one shard at a time. The leak check's calibration and
+        # encoder, when it made them: one calibration per evaluation.
         stats["duplicates"], written = write_duplicates(
             root, folder, dataset, embeddings, index_manifest, calibration, embedder
         )
@@ -245,11 +289,31 @@ def _evaluate(
     return Built(files=files, stats=stats)
 
 
+def evaluation_sample(section: EvaluationSettings, root: Path, embeddings: Manifest) -> tuple[np.ndarray, int]:
+    """(positions of the rows the evaluation searches, in embedding order; how many rows there are):
+    all of them, or a seeded sample of `section.sample_size` when there are more."""
+    n_rows = len(embedding_row_ids(root, embeddings))
+    return seeded_sample(n_rows, section.sample_size), n_rows
+
+
+def _searcher(index, allowed: np.ndarray | None):
+    """search(queries, k) in the run's index, over the rows `allowed` only when given: an exact copy of
+    those rows for a flat index (`subset_index`), FAISS's filtered search for any other type, so an
+    approximate index is still measured as it answers."""
+    if allowed is None:
+        return lambda queries, k: search(index, queries, k)
+    subset = subset_index(index, allowed)
+    if subset is not None:
+        return lambda queries, k: search(subset, queries, k)
+    return lambda queries, k: search(index, queries, k, allowed)
+
+
 def _measure_baselines(
     section: EvaluationSettings,
     encoder: Manifest,
     embeddings: Manifest,
     snapshot,
+    indexed_ids: np.ndarray,
     asked: Queries,
     picks: np.ndarray,
     truths: list[str | None],
@@ -259,12 +323,10 @@ def _measure_baselines(
     clean: np.ndarray,
 ) -> dict[str, dict[str, Any]]:
     """Each baseline's scores on exactly the run's queries: the same rows, protocol, k, metric and whitening;
-    under "clean", on the run's queries that do not leak (`clean`, a mask over `picks`)."""
+    under "clean", on the run's queries that do not leak (`clean`, a mask over `picks`). `snapshot` holds the
+    rows searched (every indexed image, or the evaluation's sample), `indexed_ids` their row ids in its order."""
     metric = index_manifest.stats["metric"]
     whitening = index_manifest.stats.get("whitening", {}).get("power", 0.0)  # indexes built before it: none
-    indexed_ids = np.asarray(
-        snapshot_column(snapshot, "row_id"), dtype=np.int64
-    )  # snapshot order: the order vectors are stored in
     measured = {}
     kinds = baselines(
         section.baselines,
@@ -280,26 +342,25 @@ def _measure_baselines(
         found = scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out)
         found.pop("per_class")
         found["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
-        measured[baseline.name] = {"what": baseline.describe, **found}
+        measured[baseline.name] = {"what": baseline.describe, "n_indexed": int(len(indexed)), **found}
     return measured
 
 
-def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distances, ids):
+def _leaks(embedder, snapshot, index, metric: str, asked: Queries, picks, distances, ids, indexed_sha256):
     """(mask over `picks` of the queries that do not leak, `stats["leaks"]`, the near-duplicate
-    calibration or None), see `leaks.py`."""
+    calibration or None), see `leaks.py`. `indexed_sha256`: row id -> hash of the rows searched."""
     calibration = None
     if len(snapshot) >= 2:
         calibration = calibrate_threshold(embedder, snapshot, index, metric)
         threshold, why = calibration.threshold, calibration.why
     else:
         threshold, why = None, "exact copies only: a single indexed image has no near-duplicate threshold"
-    digests = snapshot_column(asked.snapshot, "sha256")  # the column alone: rows would decode their images too
     exact, near = leaking_queries(
-        [digests[int(p)] for p in picks],
+        [asked.sha256[int(p)] for p in picks],
         asked.row_ids[picks],
         distances,
         ids,
-        dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256"))),
+        indexed_sha256,
         threshold,
         metric,
         asked.leave_one_out,
@@ -318,12 +379,26 @@ def _labels_of(label_of: dict[int, str | None] | None, row_ids: np.ndarray) -> l
     return [label_of.get(int(r)) for r in row_ids] if label_of else None
 
 
-def _label_names(snapshot, manifest: Manifest) -> list[str | None] | None:
-    """Each row's label name (None for a row without one, e.g. -1), or None for unlabelled data."""
+def _label_names(snapshot, manifest: Manifest, positions: np.ndarray | None = None) -> list[str | None] | None:
+    """Each row's label name (None for a row without one, e.g. -1), or None for unlabelled data; of the
+    rows at `positions` only, when given."""
     names = manifest.stats.get("label_names")
     if not names or "label" not in snapshot.column_names:
         return None
-    return [names[v] if v is not None and 0 <= v < len(names) else None for v in snapshot_column(snapshot, "label")]
+    values = snapshot_column(snapshot, "label") if positions is None else _column_at(snapshot, "label", positions)
+    return [names[v] if v is not None and 0 <= v < len(names) else None for v in values]
+
+
+def _positions_of(snapshot, row_ids: np.ndarray) -> np.ndarray:
+    """Where each of `row_ids` sits in the snapshot (row ids have gaps where images were skipped)."""
+    ids = snapshot.data.column("row_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, row_ids, sorter=order)]
+
+
+def _column_at(snapshot, name: str, positions: np.ndarray) -> list:
+    """`snapshot_column(snapshot, name)` at `positions` only, taken from the Arrow table."""
+    return snapshot.data.column(name).take(positions).to_pylist()
 
 
 def _sample(n: int, cap: int | None) -> np.ndarray:
@@ -331,11 +406,11 @@ def _sample(n: int, cap: int | None) -> np.ndarray:
     return seeded_sample(n, cap)
 
 
-def _grid_rows(section: EvaluationSettings, index, asked: Queries, label_of: dict | None) -> list[dict]:
+def _grid_rows(section: EvaluationSettings, search_in, asked: Queries, label_of: dict | None) -> list[dict]:
     """The grid's seeded queries with their nearest indexed rows (own row left out, leave-one-out)."""
     n = len(asked.row_ids)
     picks = seeded_sample(n, section.grid_queries)
-    distances, found = search(index, asked.vectors[picks], section.grid_neighbours + asked.leave_one_out)
+    distances, found = search_in(asked.vectors[picks], section.grid_neighbours + asked.leave_one_out)
     rows = []
     for p, dist, ids in zip(picks, distances, found):
         own = int(asked.row_ids[p]) if asked.leave_one_out else None

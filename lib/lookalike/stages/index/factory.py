@@ -233,6 +233,39 @@ def search(
     return distances, ids
 
 
+def subset_index(index: faiss.Index, allowed: np.ndarray) -> faiss.Index | None:
+    """An exact index of the rows `allowed` (row ids) of an exact flat `index`, holding the vectors it
+    stores, behind the same transforms (the whitening): `search(subset, q, k)` ranks as
+    `search(index, q, k, allowed)` does. None for any other index type: use `search(..., allowed)`.
+
+    FAISS's ID selector on a flat index checks every stored vector per query, without BLAS: 10,000
+    queries restricted to 50,000 of 100,000 random 128-d vectors took 36 s, a flat copy of the 50,000
+    3.4 s (2 shared CPU cores); at 1M stored vectors the selector's cost grows tenfold, the copy's not.
+    """
+    transforms = []
+    node = faiss.downcast_index(index)
+    while isinstance(node, faiss.IndexPreTransform):
+        transforms += [faiss.downcast_VectorTransform(node.chain.at(i)) for i in range(node.chain.size())]
+        node = faiss.downcast_index(node.index)
+    if not isinstance(node, faiss.IndexIDMap2):
+        return None
+    flat = faiss.downcast_index(node.index)
+    if type(flat) not in (faiss.IndexFlat, faiss.IndexFlatL2, faiss.IndexFlatIP):
+        return None
+    id_map = faiss.vector_to_array(node.id_map)
+    positions = np.flatnonzero(np.isin(id_map, np.asarray(allowed, dtype=np.int64)))
+    subset = faiss.IndexIDMap2(faiss.IndexFlat(flat.d, flat.metric_type))
+    if len(positions):
+        subset.add_with_ids(flat.reconstruct_batch(positions.astype(np.int64)), id_map[positions])
+    if not transforms:
+        return subset
+    wrapped = faiss.IndexPreTransform(subset)
+    for transform in reversed(transforms):
+        wrapped.prepend_transform(transform)
+    wrapped.referenced_objects = [index, subset]  # the transforms belong to `index`: it must outlive this
+    return wrapped
+
+
 def _exhaustive_search(index: faiss.Index, knobs: dict[str, int]):
     """search(queries, k, allowed) visiting every stored vector of an approximate index (every IVF
     list; an HNSW index's vector storage), or None for an index that always does."""
