@@ -289,16 +289,23 @@ def install_parts(
                 f"{where} uses shared part {stage}/{PARTS}/{entry.path}, which {root} lacks and this origin cannot "
                 "provide; load it from the artifacts root or S3 mirror that built it"
             )
-        with atomic_path(target) as tmp:
-            fetch_part(entry.path, tmp)
-            if not matches_entry(tmp, entry):
-                raise IntegrityError(
-                    f"{where}{PARTS}/{entry.path} does not match the sha256 {PART_LIST} records: it changed after it "
-                    "was published; refusing to load it. Publish the stage again from a good copy."
-                )
+        _fetch_verified(
+            fetch_part, entry, target, f"{where}{PARTS}/{entry.path} does not match the sha256 {PART_LIST} records"
+        )
         atomic_write_bytes(record, json.dumps(listed).encode())
         fetched += 1
     return fetched
+
+
+def _fetch_verified(fetch: Callable[[str, Path], None], entry: FileEntry, target: Path, mismatch: str) -> None:
+    """`fetch(entry.path, ...)` into `target`, kept only if its size and sha256 are the entry's."""
+    with atomic_path(target) as tmp:
+        fetch(entry.path, tmp)
+        if not matches_entry(tmp, entry):
+            raise IntegrityError(
+                f"{mismatch}: it changed after it was published; refusing to load it. "
+                "Publish the stage again from a good copy."
+            )
 
 
 def install_stage(
@@ -329,13 +336,7 @@ def install_stage(
         target = folder / entry.path
         if matches_entry(target, entry):
             continue
-        with atomic_path(target) as tmp:
-            fetch(entry.path, tmp)
-            if not matches_entry(tmp, entry):
-                raise IntegrityError(
-                    f"{where}{entry.path} does not match its manifest (sha256 differs): it changed after it "
-                    "was published; refusing to load it. Publish the stage again from a good copy."
-                )
+        _fetch_verified(fetch, entry, target, f"{where}{entry.path} does not match its manifest (sha256 differs)")
     install_parts(root, manifest.stage, folder, fetch_part, where)
     atomic_write_bytes(folder / MANIFEST, raw_manifest)
     return manifest

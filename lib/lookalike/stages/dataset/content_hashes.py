@@ -15,13 +15,15 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lookalike.artifacts.s3 import read_url
+from lookalike.core.errors import path_text
 from lookalike.core.manifest import sha256_file
 from lookalike.core.progress import progress
 from lookalike.stages.dataset.listing import ListedFile, Listing, is_bucket_url
@@ -43,6 +45,17 @@ class HashedListing:
     hashed: int = 0  # files read and hashed in this call
     reused: int = 0  # files whose hash came from the memo
     seconds: float = 0.0
+
+    def warn_left_out(self, named_by: str, name: Callable[[ListedFile], str]) -> None:
+        """One warning counting the files left out of the key because they could not be read, with
+        three examples (`name` shows a file), e.g. `3 file(s) of /data/x left out of the dataset key, ...`."""
+        if self.unreadable:
+            examples = "; ".join(f"{path_text(name(f))}: {why}" for f, why in self.unreadable[:3])
+            warnings.warn(
+                f"{len(self.unreadable)} file(s) {named_by} left out of the dataset key, "
+                f"they could not be read (e.g. {examples})",
+                stacklevel=3,
+            )
 
 
 def memo_path(root: Path | str) -> Path:

@@ -14,7 +14,6 @@ import importlib.resources
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -143,13 +142,7 @@ def hash_collection(location: str, root: Path | str | None, *, full: bool = Fals
 
     def compute() -> HashedListing:
         hashed = hash_listing(list_files(location), memo, full=full)
-        if hashed.unreadable:
-            examples = "; ".join(f"{path_text(f.rel)}: {why}" for f, why in hashed.unreadable[:3])
-            warnings.warn(
-                f"{len(hashed.unreadable)} file(s) of {location} left out of the dataset key, "
-                f"they could not be read (e.g. {examples})",
-                stacklevel=2,
-            )
+        hashed.warn_left_out(f"of {location}", lambda f: f.rel)
         return hashed
 
     return once_per_run("sha256-full" if full else "sha256", location, compute)

@@ -23,12 +23,11 @@ import json
 import os
 import re
 import stat
-import warnings
 from pathlib import Path
 from typing import Any
 
 from lookalike.artifacts.s3 import MirrorError, check_buckets, stat_urls
-from lookalike.core.errors import one_line, path_text
+from lookalike.core.errors import one_line
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import HashedListing, hash_listing
 from lookalike.stages.dataset.errors import MINIMUM, DatasetError
@@ -178,13 +177,7 @@ def hash_table(location: str, section: DatasetSettings, memo: Path | None, *, fu
             raise DatasetError(f"dataset: {exc}") from None
         hashed = hash_listing(Listing(os.path.commonprefix([f.path for f in files]), tuple(files)), memo, full=full)
         hashed.unreadable[:0] = missing
-        if hashed.unreadable:
-            examples = "; ".join(f"{path_text(f.path)}: {why}" for f, why in hashed.unreadable[:3])
-            warnings.warn(
-                f"{len(hashed.unreadable)} file(s) named by {location} left out of the dataset key, "
-                f"they could not be read (e.g. {examples})",
-                stacklevel=2,
-            )
+        hashed.warn_left_out(f"named by {location}", lambda f: f.path)
         return hashed
 
     what = f"table-sha256{'-full' if full else ''}:{section.image_column}"
