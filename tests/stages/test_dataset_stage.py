@@ -133,3 +133,27 @@ def test_worker_processes_take_the_same_snapshot_as_one_process(tmp_path):
         snapshots[workers] = (result.manifest.files, result.manifest.stats["skipped"], snapshot["sha256"])
     assert snapshots[0] == snapshots[2]
     assert [s["reason"] for s in snapshots[2][1]] == ["not a recognised image format", "empty file (0 bytes)"]
+
+
+def test_a_script_without_a_main_guard_gets_one_line_instead_of_hanging(tmp_path):
+    """The check's spawn workers import the script that started the run; one calling lookalike at its
+    top level ran the stage again in each worker, which waited forever on its parent's stage lock."""
+    import subprocess
+    import sys
+
+    for i in range(8):
+        make_png(tmp_path / "images" / f"{i}.png", i)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from lookalike.core.settings import DatasetSettings\n"
+        "from lookalike.stages.dataset.stage import run_dataset_stage\n"
+        f"section = DatasetSettings(source={str(tmp_path / 'images')!r}, num_workers=2)\n"
+        f"run_dataset_stage(section, {str(tmp_path / 'artifacts')!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONPATH": ""}
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "DatasetError: the dataset stage's worker processes stopped" in last
+    assert 'if __name__ == "__main__":' in last and "dataset.num_workers=0" in last

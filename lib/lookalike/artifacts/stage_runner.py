@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from lookalike.artifacts.shared_root import FolderStore, store_at
-from lookalike.core.errors import LookalikeError
+from lookalike.core.errors import LookalikeError, refuse_while_a_worker_imports_main
 from lookalike.core.graph import STAGES, input_manifest_sha256
 from lookalike.core.manifest import Manifest, Status, atomic_write_bytes, find_manifest, stage_dir, write_manifest
 
@@ -147,6 +147,7 @@ def run_stage(
     fetched instead of built, a build starts from the store's inputs and partial files, and
     the finished folder goes back up (manifest last).
     """
+    refuse_while_a_worker_imports_main()
     store = store_at(root)
     found = find_manifest(root, stage, key)
     if found is not None:

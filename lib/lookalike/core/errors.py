@@ -54,3 +54,17 @@ def redact_urls(text: str) -> str:
     return _URL_CREDENTIALS.sub(
         lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] is not None else f"{m['scheme']}***@", text
     )
+
+
+def refuse_while_a_worker_imports_main() -> None:
+    """Raise a LookalikeError when called while a worker process re-imports the script that started
+    the run: the worker processes of spawn (the dataset stage's, DataLoader's) begin by importing the
+    main script, so a call at its top level would run again in each of them and wait on the locks its
+    parent holds, forever."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise LookalikeError(
+            "lookalike was called while a worker process imported the script that started the run: "
+            'put the call under `if __name__ == "__main__":` (worker processes import the script first)'
+        )

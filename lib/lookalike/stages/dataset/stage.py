@@ -15,6 +15,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,6 +395,12 @@ def _pool(workers: int) -> Iterator[_LazyPool | None]:
     pool = _LazyPool(workers)
     try:
         yield pool
+    except BrokenProcessPool as exc:  # e.g. a worker could not import the script that started the run
+        raise DatasetError(
+            f"the dataset stage's worker processes stopped ({exc}); each starts by importing the script "
+            f'that started the run, so a script must call lookalike under `if __name__ == "__main__":`; '
+            "or set dataset.num_workers=0"
+        ) from None
     finally:
         pool.shutdown()
 
