@@ -80,6 +80,7 @@ def test_hits_carry_metadata_and_serialise_as_the_cli_writes_them(index):
 def test_a_filter_only_returns_matching_rows(index):
     label = index.search(index.rows[0], k=1)[0].label
     found = index.search(index.rows[:10], k=3, where=f"label={label}")
+    assert len(found) == 10 and all(hits for hits in found)  # row 0 has the label: every query finds a hit
     assert all(n.label == label for hits in found for n in hits)
 
 

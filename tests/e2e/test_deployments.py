@@ -253,8 +253,7 @@ def test_weekly_schedule_is_visible_and_its_next_runs_are_mondays_3am_berlin(sta
             break
         time.sleep(1)
     starts = [datetime.fromisoformat(r["expected_start_time"]).astimezone(berlin) for r in runs]
-    assert starts == expected
-    assert all(s.utcoffset() in (timedelta(hours=1), timedelta(hours=2)) for s in starts)
+    assert starts == expected  # 03:00 Berlin time on each Monday, whichever side of a DST change
 
 
 @pytest.fixture(scope="module")
