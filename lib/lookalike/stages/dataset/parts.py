@@ -120,12 +120,12 @@ class PartStore:
             {n[:-5] for n in os.listdir(self.folder) if n.endswith(".json")} if self.folder.is_dir() else set()
         )
 
-    def longest_prefix(self, candidates: Sequence[Candidate], max_pixels: int) -> tuple[int, dict[str, Any] | None]:
-        """(k, record) of the longest existing part made of the first k of `candidates` ((0, None) if none):
-        a part that new rows were appended to is reused whole, and only the new rows are written."""
+    def longest_prefix(self, ids: Sequence[str]) -> tuple[int, dict[str, Any] | None]:
+        """(k, record) of the longest existing part whose id is `ids[k - 1]` (`prefix_ids` of the rows: the
+        first k of them; (0, None) if none): a part that new rows were appended to is reused whole, and
+        only the new rows are written."""
         if not self.recorded:
             return 0, None
-        ids = prefix_ids(candidates, max_pixels)
         for k in range(len(ids), 0, -1):
             if ids[k - 1] in self.recorded and (found := self.find(ids[k - 1])) is not None:
                 return k, found

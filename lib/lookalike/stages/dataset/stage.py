@@ -24,7 +24,7 @@ from typing import Any
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.errors import one_line
 from lookalike.core.graph import key_for
-from lookalike.core.manifest import PART_LIST, Manifest, part_entries, parts_dir, verified_path
+from lookalike.core.manifest import PART_LIST, Manifest, parts_dir, verified_path
 from lookalike.core.progress import progress
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.images import Checked, check_images
@@ -39,6 +39,7 @@ from lookalike.stages.dataset.parts import (
     is_transient,
     open_parted,
     part_id,
+    prefix_ids,
     recorded_shapes,
     starts_part,
     write_part_list,
@@ -153,7 +154,7 @@ def _snapshot(
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
             chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
-            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers, left_out):
+            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers):
                 if names and row.label is None:  # e.g. a file whose class folder datasets could not name
                     skip(row, "no label: its class folder or label value is missing")
                     bar.update(1)
@@ -180,7 +181,7 @@ def _snapshot(
     write_part_list(folder, listed)
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
-    snapshot = assemble(folder / ROWS, [shared / e.path for e in part_entries(folder)], folder)
+    snapshot = assemble(folder / ROWS, [shared / info["name"] for info in listed], folder)
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -214,13 +215,11 @@ class _Row:
         return self.image.get("path") if self.image else None
 
 
-def _source_rows(
-    ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict
-) -> Iterator[_Row]:
-    """The split's rows in order; without `keyed` (a hub or table source: content known only once read),
-    each already checked, in parallel batches."""
+def _source_rows(ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int) -> Iterator[_Row]:
+    """The split's rows in order; without `keyed` (a hub source: content known only once read), each
+    already checked, in parallel batches."""
     if keyed is None:
-        for start, batch, checked in _checked_batches(ds, section, None, labelled, pool, workers, left_out):
+        for start, batch, checked in _checked_batches(ds, section, labelled, pool, workers):
             yield from _batch_rows(batch, start, row_ids, section, labelled, checked)
         return
     for start in range(0, len(ds), _BATCH):
@@ -283,10 +282,11 @@ class _Chunker:
         rows, self.rows, self.size = self.rows, [], 0
         shas = [r.known[0] for r in rows]
         while rows and all(shas):  # every row's content known before reading it: the part may already be here
-            candidates = [Candidate(r.path, s) for r, s in zip(rows, shas)]
-            k, found = len(rows), self.store.find(part_id(candidates, self.max_pixels))
+            # the ids of the part and of each prefix of it, from one pass over its rows
+            ids = prefix_ids([Candidate(r.path, s) for r, s in zip(rows, shas)], self.max_pixels)
+            k, found = len(rows), self.store.find(ids[-1])
             if found is None:  # or the part it grew from, which it begins with
-                k, found = self.store.longest_prefix(candidates[:-1], self.max_pixels)
+                k, found = self.store.longest_prefix(ids[:-1])
             if found is None:
                 break
             for row, sha in zip(rows[:k], shas[:k]):
@@ -423,18 +423,17 @@ class _LazyPool:
             self.pool.shutdown()
 
 
-def _checked_batches(ds, section: DatasetSettings, keyed, labelled: bool, pool, workers: int, left_out: dict):
+def _checked_batches(ds, section: DatasetSettings, labelled: bool, pool, workers: int):
     """(start, rows, [Checked]) for each batch of the split, in order; with a pool, at most two
     batches per worker in flight, so memory stays bounded whatever the collection's size."""
 
     def items(batch) -> list:
         out = []
         for offset, image in enumerate(batch[section.image_column]):
-            path = image.get("path") if image else None
-            if (labelled and batch[section.label_column][offset] is None) or path in left_out:
-                out.append((None, None, section.max_image_pixels))  # skipped for its label or key: not read
+            if labelled and batch[section.label_column][offset] is None:
+                out.append((None, None, section.max_image_pixels))  # skipped for its label: not read
                 continue
-            out.append((image, keyed.get(path) if keyed and path else None, section.max_image_pixels))
+            out.append((image, None, section.max_image_pixels))
         return out
 
     starts = range(0, len(ds), _BATCH)
