@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -56,6 +57,23 @@ def test_run_stage_builds_once_then_reports_cached(tmp_path):
     assert (first.status, second.status) == ("computed", "cached")
     assert len(calls) == 1
     assert second.manifest == first.manifest
+
+
+def test_a_stage_records_its_cpu_seconds_and_the_peak_memory_when_it_ends(tmp_path):
+    """What the end-to-end scale benchmark reads per stage: CPU seconds of the build alone, and the
+    process's peak RSS when the stage ended (the stage that raises it set the peak)."""
+    import numpy as np
+
+    def build(folder):
+        held = np.ones(300 * 2**20 // 8)  # 300 MB touched
+        spent = time.process_time()
+        while time.process_time() - spent < 0.3:
+            pass
+        (folder / "out.txt").write_text(str(held.sum()))
+        return Built(files=["out.txt"], stats={})
+
+    timings = run_stage(tmp_path, "dataset", "k", settings={}, inputs={}, build=build).manifest.timings
+    assert 0.25 <= timings["cpu_seconds"] < 5 and timings["peak_rss_mb"] >= 300
 
 
 def test_failed_build_leaves_no_manifest(tmp_path):

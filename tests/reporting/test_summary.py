@@ -44,6 +44,6 @@ def test_a_sampled_evaluation_says_on_how_many_of_the_images():
 
     assert sample_line({"sampled": {"n": 20, "of": 48}}) == (
         "scores, baselines, leaks and map on a sample of 20 of 48 images (evaluation.sample_size); "
-        "duplicates over all of them"
+        "duplicates of those images in all of them"
     )
     assert sample_line({"sampled": None}) is None and sample_line({}) is None

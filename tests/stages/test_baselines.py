@@ -47,7 +47,7 @@ def test_an_untrained_encoder_scores_exactly_its_init_baseline(untrained):
 def test_on_a_sample_the_run_and_its_baselines_search_the_same_rows(untrained, query_split):
     """evaluation.sample_size 20 of TINY's 48 images: the baselines embed those 20 only, the run's index is
     searched over the same 20 (an untrained encoder still scores exactly its init baseline), the leave-one-out
-    queries are drawn from them, and the map too; the duplicate groups still cover all 48."""
+    queries are drawn from them, and the map too; the duplicate groups are those of the 20, searched in all 48."""
     from lookalike.core.settings import load_settings
     from lookalike.stages.evaluation.stage import run_evaluation_stage
 
@@ -66,6 +66,7 @@ def test_on_a_sample_the_run_and_its_baselines_search_the_same_rows(untrained, q
     assert stats["gain"]["init"] == {"knn_accuracy": 0.0, "precision_at_10": 0.0, "map_at_10": 0.0}
     assert stats["n_queries"] == (64 if query_split == "auto" else 20)
     assert stats["map"]["n_rows"] == 20 and stats["duplicates"]["n_images"] == 48
+    assert stats["duplicates"]["sampled"] == {"n": 20, "of": 48}
 
 
 def test_the_baselines_are_whitened_like_the_index(tmp_path):

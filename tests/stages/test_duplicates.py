@@ -160,3 +160,34 @@ def test_calibration_holds_95_percent_of_copies_unless_distinct_images_are_that_
         "n_images_in_groups": 0,
         "n_images": 48,
     }
+
+
+def test_duplicates_searched_from_a_sample_find_every_copy_of_the_sampled_rows(tiny_chain):
+    """Above evaluation.sample_size only the sampled rows ask the whole index for their copies: a sampled
+    row is grouped exactly when it is grouped over the whole collection, every group holds a sampled row,
+    and searching from every row is the whole search."""
+    from conftest import TINY
+    from lookalike.core.settings import load_settings
+    from lookalike.serving.query import resolve_chain
+    from lookalike.stages.embeddings.shards import load_embeddings
+    from lookalike.stages.index.factory import load_index, prepare_vectors
+
+    chain = resolve_chain(load_settings({**TINY, "artifacts_root": str(tiny_chain)}))
+    args = (tiny_chain, chain.dataset, chain.encoder, chain.embeddings, chain.index)
+    raw, ids = load_embeddings(tiny_chain, chain.embeddings)
+    every = find_duplicates(*args, threshold=0.0)
+    # a threshold that groups about half of the images: the median distance to the nearest other row
+    distances, _ = load_index(tiny_chain, chain.index).search(prepare_vectors(raw, "l2"), 2)
+    threshold = float(np.median(distances[:, 1]))
+    whole = find_duplicates(*args, threshold=threshold, linkage="components")
+    positions = np.arange(0, len(ids), 3)
+    part = find_duplicates(*args, threshold=threshold, linkage="components", rows=positions)
+    grouped = lambda report: {r for g in report.groups for r in g["rows"]}  # noqa: E731
+    sampled = set(ids[positions].tolist())
+    assert 4 <= len(grouped(whole)) < len(ids) and every.sampled is None
+    assert grouped(part) & sampled == grouped(whole) & sampled and grouped(part) <= grouped(whole)
+    assert all(set(g["rows"]) & sampled for g in part.near_groups)
+    assert part.counts()["sampled"] == {"n": len(positions), "of": len(ids)} and part.n_images == 48
+    assert find_duplicates(*args, threshold=threshold, linkage="components", rows=np.arange(len(ids))).groups == (
+        whole.groups
+    )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,19 @@ from lookalike.artifacts.shared_root import FolderStore, store_at
 from lookalike.core.errors import LookalikeError, refuse_while_a_worker_imports_main
 from lookalike.core.graph import STAGES, input_manifest_sha256
 from lookalike.core.manifest import Manifest, Status, atomic_write_bytes, find_manifest, stage_dir, write_manifest
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and the children it has waited for (decode workers, ...)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MB: a stage's manifest records it when the stage ends,
+    so the first stage whose figure rises above the previous stages' is the one that set the peak."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20)
 
 
 def _cannot_write(exc: OSError, root: Path) -> bool:
@@ -187,10 +202,15 @@ def _build_locked(
         # the hash chain: what the inputs' manifests were when this stage was built from them
         input_sha256 = input_manifest_sha256(root, inputs)
         store.pull_partial(stage, key)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         with _noted(root, stage, key, settings, inputs):
             built = build(folder)
-        timings = {"build_seconds": time.perf_counter() - started, **built.timings}
+        timings = {
+            "build_seconds": time.perf_counter() - started,
+            "cpu_seconds": round(cpu_seconds() - cpu, 2),
+            "peak_rss_mb": peak_rss_mb(),
+            **built.timings,
+        }
         manifest = write_manifest(
             folder,
             stage=stage,

@@ -571,7 +571,7 @@ class EvaluationSettings(Section):
         50_000,
         description="Most indexed images the evaluation searches: above it, the baselines, the scores (the run's "
         "index restricted to the same rows), the leak check and the map use a seeded sample of this many; "
-        "duplicates still cover every image. Empty = all.",
+        "duplicate groups are those of the sampled images, each searched in the whole index. Empty = all.",
     )
     # What `query_split` resolves to is keyed instead: the held-out snapshot's key is an input
     # of the evaluation key, so 'auto' and the split it picks name the same result. `sample_size` is

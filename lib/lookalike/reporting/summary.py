@@ -242,13 +242,13 @@ def duplicates_line(summary: dict[str, Any]) -> str | None:
 
 def sample_line(summary: dict[str, Any]) -> str | None:
     """'scores, baselines, leaks and map on a sample of 50000 of 1000000 images (evaluation.sample_size);
-    duplicates over all of them', or None when the evaluation searched every indexed image."""
+    duplicates of those images in all of them', or None when the evaluation searched every indexed image."""
     sampled = summary.get("sampled")
     if not sampled:
         return None
     return (
         f"scores, baselines, leaks and map on a sample of {sampled['n']} of {sampled['of']} images "
-        "(evaluation.sample_size); duplicates over all of them"
+        "(evaluation.sample_size); duplicates of those images in all of them"
     )
 
 

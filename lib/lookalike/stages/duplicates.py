@@ -336,6 +336,8 @@ class DuplicateReport:
     near_groups: list[dict[str, Any]]
     n_images: int
     linkage: str = "leader"
+    # the rows whose neighbours were searched, when not every indexed row was: {"n": ..., "of": ...}
+    sampled: dict[str, int] | None = None
 
     @property
     def groups(self) -> list[dict[str, Any]]:
@@ -352,6 +354,7 @@ class DuplicateReport:
             "n_near_groups": len(self.near_groups),
             "n_images_in_groups": sum(len(g["rows"]) for g in groups),
             "n_images": self.n_images,
+            **({"sampled": self.sampled} if self.sampled else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -391,6 +394,7 @@ def find_duplicates(
     sample: int = CALIBRATION_SAMPLE,
     seed: int = 0,
     linkage: str = "leader",
+    rows: np.ndarray | None = None,
 ) -> DuplicateReport:
     """Exact and near-duplicate groups of a finished chain, every file sha256-checked as it loads.
 
@@ -400,6 +404,9 @@ def find_duplicates(
         embedder: an already loaded Embedder of `encoder` (else one is loaded for the calibration).
         linkage: how rows within the threshold form groups (`near_groups`); "leader" keeps every member
             within the threshold of its group's first row.
+        rows: positions (in embedding order, sorted) of the only rows whose neighbours are searched, each
+            in the whole index: the near groups that hold at least one of them, found in O(len(rows) x N)
+            instead of O(N^2). None: every row (exact groups always cover every row).
     """
     metric = index_manifest.stats["metric"]
     linkage = one_of(linkage, "linkage", LINKAGES)
@@ -421,10 +428,16 @@ def find_duplicates(
         threshold, why = calibration.threshold, calibration.why
     else:
         calibration, why = None, f"{threshold:.4g}: given (--threshold), not calibrated"
-    # every embedded image asks the index for its neighbours, one shard of vectors in memory at a time
+    # every embedded image (or each of `rows`) asks the whole index for its neighbours, one shard of vectors
+    # in memory at a time
     pairs = []
-    for shard, shard_ids in iter_embeddings(root, embeddings):
-        pairs += neighbour_pairs(index, prepare_vectors(shard, metric), shard_ids, threshold, metric)
+    if rows is None:
+        for shard, shard_ids in iter_embeddings(root, embeddings):
+            pairs += neighbour_pairs(index, prepare_vectors(shard, metric), shard_ids, threshold, metric)
+    else:
+        asked, asked_ids = load_embedding_rows(root, embeddings, rows)
+        pairs = neighbour_pairs(index, prepare_vectors(asked, metric), asked_ids, threshold, metric)
+        del asked
     groups = grouped_pairs(pairs, exact, linkage=linkage)
     digest = dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
@@ -465,6 +478,7 @@ def find_duplicates(
         near_groups=[describe(g) for g in near],
         n_images=len(snapshot),
         linkage=linkage,
+        sampled=None if rows is None else {"n": int(len(rows)), "of": int(index.ntotal)},
     )
 
 
@@ -498,16 +512,20 @@ def write_duplicates(
     index: Manifest,
     calibration: Calibration | None = None,
     embedder=None,
+    rows: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Find the chain's duplicates and write REPORT (and PICTURE when there are groups) into a stage
-    folder, with a calibration and an Embedder the caller already has (see `find_duplicates`).
+    folder, with a calibration and an Embedder the caller already has, searching from `rows` only when
+    given (see `find_duplicates`).
     Returns (stats: counts, threshold and why; the files written)."""
     from lookalike.artifacts.shared_root import read_manifest
     from lookalike.core.manifest import atomic_write_bytes
     from lookalike.stages.pictures import save_image
 
     encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
-    report = find_duplicates(root, dataset, encoder, embeddings, index, calibration=calibration, embedder=embedder)
+    report = find_duplicates(
+        root, dataset, encoder, embeddings, index, calibration=calibration, embedder=embedder, rows=rows
+    )
     atomic_write_bytes(folder / REPORT, json.dumps(report.to_json(), indent=1).encode())
     files = [REPORT]
     if report.groups:

@@ -12,7 +12,8 @@ The scores (kNN@k accuracy, precision@k, mAP@k) are `lookalike.stages.evaluation
 Above `evaluation.sample_size` indexed images, a seeded sample of that many is what is searched
 (`evaluation_sample`): the run's index restricted to those rows, the baselines built from them alone, the
 leave-one-out queries, the leak check and the map; `stats["sampled"]` = {"n": rows searched, "of": rows
-indexed}. The duplicate groups always cover the whole collection.
+indexed}. The duplicate groups are then those of the sampled rows, each searched in the whole index
+(`lookalike duplicates` finds every group).
 
 `neighbours.json` records the grid's queries and their neighbours (row ids, distances,
 labels): the grid PNG is drawn from it, and the W&B table is built from it.
@@ -279,11 +280,12 @@ def _evaluate(
         files += written
     del raw, asked
     if section.duplicates:  # exact and near-duplicate groups of the indexed images (lookalike.stages.duplicates)
-        # of the whole collection, never a sample: a pair of copies is in a 5% sample once in 400. The run's
-        # index finds them, the embeddings are read one shard at a time. The leak check's calibration and
-        # encoder, when it made them: one calibration per evaluation.
+        # Each image searched asks the run's whole index for its copies, so a sample still finds every copy of
+        # the rows it holds (a sample of rows paired only among themselves would find a pair once in 400 at
+        # 5%): every row up to sample_size, O(N^2) beyond it, so above it the sample's rows only, O(sample x N).
+        # The leak check's calibration and encoder, when it made them: one calibration per evaluation.
         stats["duplicates"], written = write_duplicates(
-            root, folder, dataset, embeddings, index_manifest, calibration, embedder
+            root, folder, dataset, embeddings, index_manifest, calibration, embedder, sample if sampled else None
         )
         files += written
     return Built(files=files, stats=stats)
