@@ -10,7 +10,7 @@ default when wandb finds no API key), default settings and the bundled sample.
    - the baseline, "Prefect start-up". This fresh process does what `lookalike run` does around
      its flow, with an empty flow instead. It imports what the CLI imports before its flow
      starts: the CLI, the settings, and the flow's modules (torch, lightly, faiss, Prefect).
-     It starts Prefect's temporary server as `lib/lookalike/cli/orchestration.py` does, during those imports
+     It starts Prefect's temporary server as `flows/runner.py` does, during those imports
      (the same `TemporaryServer`, environment and health wait). It runs an empty `@flow`
      against the server, drains Prefect's log and event workers as the CLI does after its flow,
      stops the server and exits the way the CLI exits. The CLI also waits for the server to
@@ -299,14 +299,14 @@ def workdir(path: Path | None):
 
 
 def baseline_process() -> None:
-    """Mirrors `lookalike run` (lib/lookalike/cli/main.py, lib/lookalike/cli/orchestration.py) with an empty flow."""
+    """Mirrors `lookalike run` (lib/lookalike/cli/main.py, flows/runner.py) with an empty flow."""
     started = time.monotonic()
     clock = {}
     import lookalike.cli.main  # noqa: F401  (the entry point's imports: typer, rich, lookalike.cli.render)
-    import lookalike.cli.orchestration as orchestration
     import lookalike.core.settings  # noqa: F401  (what `run` imports before the server starts)
+    import lookalike.flows.runner as orchestration
     import lookalike.stages.dataset.sources  # noqa: F401
-    from lookalike.cli.server import TemporaryServer
+    from lookalike.flows.server import TemporaryServer
 
     clock["import the CLI (typer, rich, settings)"] = time.monotonic() - started
     orchestration.skip_final_collections()  # the CLI's exit
@@ -366,9 +366,9 @@ def probe_process(argv: list[str]) -> None:
         return wrapper
 
     start = time.monotonic()
-    import lookalike.cli.orchestration as orchestration
+    import lookalike.flows.runner as orchestration
     from lookalike.cli.main import app
-    from lookalike.cli.server import TemporaryServer
+    from lookalike.flows.server import TemporaryServer
 
     events.append({"name": "import cli", "start": start, "end": time.monotonic()})
 

@@ -135,9 +135,9 @@ def run(
     Raises:
         LookalikeError: a setting, the dataset or a stage is wrong; the message says how to fix it.
     """
-    from lookalike.cli.orchestration import run_pipeline
     from lookalike.core.errors import refuse_while_a_worker_imports_main
     from lookalike.core.settings import RUN_PARAMETERS, run_parameters, settings_for_run
+    from lookalike.flows.runner import run_pipeline
     from lookalike.stages.dataset.sources import check_source
 
     refuse_while_a_worker_imports_main()  # before a temporary server is started in a worker for nothing

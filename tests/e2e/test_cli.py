@@ -297,7 +297,7 @@ def test_query_before_any_run_says_what_to_do(tmp_path):
 
 def test_temporary_servers_started_together_on_a_fresh_database_all_come_up(tmp_path):
     """They race on the database migrations; a loser restarts instead of failing the run."""
-    from lookalike.cli.server import TemporaryServer
+    from lookalike.flows.server import TemporaryServer
 
     servers = [TemporaryServer(env={"PREFECT_HOME": str(tmp_path / "prefect")}).start() for _ in range(4)]
     try:

@@ -1,4 +1,4 @@
-"""The CLI's flow runner (lib/lookalike/lookalike/cli/orchestration.py): how a `lookalike run` process ends."""
+"""The CLI's flow runner (flows/runner.py): how a `lookalike run` process ends."""
 
 import gc
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 import types
 
-import lookalike.cli.orchestration as orchestration
+import lookalike.flows.runner as orchestration
 
 
 def test_a_flow_run_from_the_cli_exits_without_the_final_garbage_collections(monkeypatch):
@@ -31,7 +31,7 @@ def test_skipping_the_final_collections_freezes_the_heap_at_exit_and_keeps_other
         "import atexit, gc, sys\n"
         # registered first, so it runs last: after the freeze
         "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0, flush=True))\n"
-        "from lookalike.cli.orchestration import skip_final_collections\n"
+        "from lookalike.flows.runner import skip_final_collections\n"
         "skip_final_collections()\n"
         "skip_final_collections()\n"
         "print('frozen before exit:', gc.get_freeze_count() > 0, flush=True)\n"
@@ -58,7 +58,7 @@ def test_every_run_of_a_process_reaches_the_temporary_server_even_after_it_died(
         "class Flows(types.ModuleType):\n"
         "    def __getattr__(self, name): return getattr(importlib.import_module('one_task_flow'), name)\n"
         "sys.modules['lookalike.flows.retrieval'] = Flows('lookalike.flows.retrieval')\n"
-        "import lookalike.cli.orchestration as orchestration\n"
+        "import lookalike.flows.runner as orchestration\n"
         "print(orchestration.run_pipeline({'dataset': 'a'}, {}), flush=True)\n"
         "print(orchestration.run_pipeline({'dataset': 'b'}, {}), flush=True)\n"
         "orchestration._server.process.kill()\n"

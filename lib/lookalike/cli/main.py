@@ -220,7 +220,7 @@ def _run_flow(
     except LookalikeError as exc:
         _fail(str(exc))
     from lookalike.cli.crash import reported_native_crashes
-    from lookalike.cli.orchestration import run_pipeline
+    from lookalike.flows.runner import run_pipeline
 
     try:
         with reported_native_crashes():  # a FAISS abort or a segfault: one error line naming the stage
@@ -893,9 +893,9 @@ def notify(
     json_out: JsonOut = False,
 ) -> None:
     """Announce new images to the Prefect server (PREFECT_API_URL): the `reindex` deployment's trigger indexes them."""
-    from lookalike.cli.notify import send_images_added
     from lookalike.core.errors import LookalikeError
     from lookalike.core.settings import DatasetSettings
+    from lookalike.flows.notify import send_images_added
 
     try:
         event = send_images_added(dataset, split or DatasetSettings.model_fields["split"].default)

@@ -1,4 +1,4 @@
-"""`lookalike notify` (lib/lookalike/cli/notify.py): one line, in bounded time, whatever the server does, naming the server
+"""`lookalike notify` (flows/notify.py): one line, in bounded time, whatever the server does, naming the server
 without its password."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import lookalike.cli.notify as notify
+import lookalike.flows.notify as notify
 from conftest import free_port
 from lookalike.core.errors import LookalikeError
 
@@ -63,7 +63,7 @@ def test_an_empty_dataset_is_refused_instead_of_announcing_the_current_folder(da
 def test_an_unreachable_server_is_named_without_the_password_in_its_url(tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from lookalike.cli.notify import send_images_added
+    from lookalike.flows.notify import send_images_added
 
     url = f"http://alice:s3cret@127.0.0.1:{free_port()}/api"  # nothing listens there
     with temporary_settings(updates={PREFECT_API_URL: url}), pytest.raises(LookalikeError) as caught:

@@ -111,7 +111,7 @@ def _temporary_server():
     must find the first run's server at the same address, relaunched there if it has died.
     """
     global _server
-    from lookalike.cli.server import TemporaryServer
+    from lookalike.flows.server import TemporaryServer
 
     if _server is not None:
         return _server.ensure_running()
