@@ -5,9 +5,9 @@ import os
 import shutil
 
 import pytest
+from helpers import make_png
 from typer.testing import CliRunner
 
-from conftest import make_png
 from lookalike.artifacts.aliases import set_alias
 from lookalike.artifacts.gc import collect
 from lookalike.cli.main import app

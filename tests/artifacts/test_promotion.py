@@ -66,7 +66,8 @@ def test_production_numbers_that_fail_their_hash_are_not_compared_and_do_not_sto
     import json
     import shutil
 
-    from conftest import TINY
+    from helpers import TINY
+
     from lookalike.artifacts.aliases import set_alias
     from lookalike.core.manifest import find_manifest
     from lookalike.core.settings import load_settings

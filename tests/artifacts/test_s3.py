@@ -1,8 +1,8 @@
 """S3 mirror against moto's threaded HTTP server (a real endpoint, not the in-process mock)."""
 
 import pytest
+from helpers import server_errors
 
-from conftest import server_errors
 from lookalike.artifacts.mirror import mirror_stage
 from lookalike.artifacts.s3 import MirrorError, s3_client
 from lookalike.core.manifest import write_manifest

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import tomllib
+from helpers import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import REPO
 from lookalike.core.errors import LookalikeError
 from lookalike.core.extras import EXTRA_OF, MissingExtra, import_extra
 

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLE_STATS, TINY
 
-from conftest import SAMPLE_STATS, TINY
 from lookalike.core.graph import CHAIN, STAGE_NAMES, STAGES, key_for, stage_of, walk_chain
 from lookalike.core.manifest import Manifest, stage_key
 from lookalike.core.settings import MirrorSettings, load_settings

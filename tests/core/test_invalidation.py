@@ -7,8 +7,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from helpers import REPO, SAMPLE_STATS, make_png
 
-from conftest import REPO, SAMPLE_STATS, make_png
 from lookalike.core.settings import Settings, load_settings
 from lookalike.stages.dataset.sources import list_splits, resolve_source
 from lookalike.stages.dataset.stage import dataset_key

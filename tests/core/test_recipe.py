@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from helpers import SAMPLE_STATS
 
-from conftest import SAMPLE_STATS
 from lookalike.core import recipe
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.encoder.backbones import forward_flops

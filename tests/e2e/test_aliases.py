@@ -8,8 +8,7 @@ import os
 import shutil
 
 import pytest
-
-from conftest import TINY, flow_arguments
+from helpers import TINY, flow_arguments
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

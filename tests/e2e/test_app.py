@@ -15,8 +15,7 @@ import time
 
 import httpx
 import pytest
-
-from conftest import LOOKALIKE, REPO, TINY, cli_env, default_encoder, flow_arguments, free_port
+from helpers import LOOKALIKE, REPO, TINY, cli_env, default_encoder, flow_arguments, free_port
 
 DIM = default_encoder(TINY)[2]
 

@@ -2,21 +2,17 @@
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import LOOKALIKE, TINY, cli_env, started_no_prefect
+from helpers import TINY, run_cli, started_no_prefect
 
 SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 
 
 def lookalike(*args, env_extra=None, home):
     # no PREFECT_API_URL: the CLI must manage its own temporary server
-    return subprocess.run(
-        [LOOKALIKE, *args], capture_output=True, text=True, env=cli_env(home, extra=env_extra), timeout=600
-    )
+    return run_cli(*args, home=home, env_extra=env_extra)
 
 
 def last_json(stdout: str) -> dict:
@@ -161,7 +157,8 @@ def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
 
 def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
     home, root, _ = built
-    from conftest import make_png
+    from helpers import make_png
+
     from lookalike.core.filters import FilterError, parse_filter
     from lookalike.core.settings import load_settings
     from lookalike.serving.query import Searcher, resolve_chain
@@ -185,9 +182,9 @@ def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
 
 
 def test_query_answers_a_folder_of_200_images_in_one_process_one_json_line_each(built, tmp_path):
+    from helpers import make_png
     from typer.testing import CliRunner
 
-    from conftest import make_png
     from lookalike.cli.main import app
     from lookalike.serving.query import Searcher, chain_from_alias
     from lookalike.stages.dataset.images import decode_rgb

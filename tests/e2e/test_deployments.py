@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import yaml
+from helpers import LOOKALIKE, REPO, cli_env, free_port, make_png
 from prefect.client.base import PrefectHttpxSyncClient
 
-from conftest import LOOKALIKE, REPO, cli_env, free_port, make_png
 from lookalike.core.graph import STAGE_NAMES
 from lookalike.core.names import METHOD_NAMES
 

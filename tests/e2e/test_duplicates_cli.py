@@ -3,15 +3,13 @@ re-encoded near-copies among 90 distinct drawings, found after one `lookalike ru
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_cli
 from PIL import Image, ImageDraw
-
-from conftest import LOOKALIKE, cli_env
 
 EXACT_OF = (3, 10, 17)  # drawings copied byte for byte
 NEAR_OF = (30, 41, 52)  # drawings copied with a 2-pixel trim and a JPEG re-encode
@@ -75,7 +73,7 @@ def plant(folder: Path) -> dict[str, set[frozenset[str]]]:
 
 
 def lookalike(*args, home: Path):
-    return subprocess.run([LOOKALIKE, *args], capture_output=True, text=True, env=cli_env(home), timeout=600, cwd=home)
+    return run_cli(*args, home=home, cwd=home)
 
 
 def last_json(stdout: str) -> dict:

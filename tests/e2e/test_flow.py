@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+from helpers import TINY, default_encoder, flow_arguments
 from wandb_offline import read_offline_run
 
-from conftest import TINY, default_encoder, flow_arguments
 from lookalike.core.graph import STAGE_NAMES
 
 METHOD, _, DIM = default_encoder(TINY)

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import LOOKALIKE, cli_env
+from helpers import run_cli
 
 HISTORY = Path("aliases") / "history.jsonl"
 
@@ -40,13 +39,7 @@ def root(two_indexes, tmp_path) -> tuple[Path, str, str]:
 
 
 def lookalike(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [LOOKALIKE, *args, "--artifacts-root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(root.parent),
-    )
+    return run_cli(*args, "--artifacts-root", str(root), home=root.parent, timeout=300)
 
 
 def succeeded(proc: subprocess.CompletedProcess) -> str:

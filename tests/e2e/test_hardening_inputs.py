@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import LOOKALIKE, TINY, cli_env, free_port, make_png, run_cli
 
-from conftest import LOOKALIKE, TINY, cli_env, free_port, make_png
 from lookalike.core.manifest import find_manifest
 
 SETS = [arg for key, value in TINY.items() if key != "dataset.limit" for arg in ("--set", f"{key}={value}")]
@@ -31,13 +31,8 @@ def shared_server(prefect_api_url):
 
 
 def lookalike(*args, home: Path, env_extra=None, faults=None, temporary_server: bool = False):
-    return subprocess.run(
-        [LOOKALIKE, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=cli_env(home, api_url=None if temporary_server else SERVER["api_url"], faults=faults, extra=env_extra),
-    )
+    api_url = None if temporary_server else SERVER["api_url"]
+    return run_cli(*args, home=home, api_url=api_url, faults=faults, env_extra=env_extra)
 
 
 def summary_of(proc) -> dict:

@@ -7,14 +7,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, make_png, run_cli
 from PIL import Image
 
-from conftest import LOOKALIKE, TINY, cli_env, make_png
 from lookalike.core.manifest import find_manifest, sha256_file
 
 SETS = [arg for key, value in TINY.items() if key != "dataset.limit" for arg in ("--set", f"{key}={value}")]
@@ -33,13 +32,7 @@ def shared_server(prefect_api_url):
 
 
 def lookalike(*args, home: Path, env_extra=None, faults=None):
-    return subprocess.run(
-        [LOOKALIKE, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=cli_env(home, api_url=SERVER["api_url"], faults=faults, extra=env_extra),
-    )
+    return run_cli(*args, home=home, api_url=SERVER["api_url"], faults=faults, env_extra=env_extra)
 
 
 def one_line_error(proc, code: int = 1) -> str:

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from helpers import REPO, cli_env
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from conftest import REPO, cli_env
 
 pytestmark = pytest.mark.slow
 

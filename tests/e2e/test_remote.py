@@ -7,8 +7,8 @@ import json
 import subprocess
 
 import pytest
+from helpers import LOOKALIKE, TINY, cli_env, flow_arguments, server_errors
 
-from conftest import LOOKALIKE, TINY, cli_env, flow_arguments, server_errors
 from lookalike.artifacts.mirror import fetch_index_chain
 from lookalike.artifacts.s3 import MirrorError, s3_client
 from lookalike.artifacts.shared_root import read_manifest

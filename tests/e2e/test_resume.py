@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import LOOKALIKE, REPO, TINY, cli_env, kill_when
 
-from conftest import LOOKALIKE, REPO, TINY, cli_env, kill_when
 from lookalike.core.manifest import MANIFEST, find_manifest, verified_path
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))

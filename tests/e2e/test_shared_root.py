@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TINY, flow_arguments
 
-from conftest import TINY, flow_arguments
 from lookalike.artifacts.s3 import s3_client
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.graph import STAGE_NAMES
@@ -147,9 +147,8 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
     shards from the bucket, trains nothing and embeds only the shards A did not finish."""
     import subprocess
 
+    from helpers import LOOKALIKE, cli_env, kill_when
     from test_resume import N_SHARDS, SETS, finish, flow_runs_for, task_run_history
-
-    from conftest import LOOKALIKE, cli_env, kill_when
 
     url = "s3://resume/lookalike"
     client = s3_client(s3_endpoint)
@@ -215,7 +214,8 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3_endpo
 def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shared, s3_endpoint, tmp_path):
     import subprocess
 
-    from conftest import LOOKALIKE, cli_env
+    from helpers import LOOKALIKE, cli_env
+
     from lookalike.stages.dataset.stage import open_snapshot, row_positions
 
     machine_a, summary = shared
@@ -243,7 +243,7 @@ def test_lookalike_query_on_a_third_machine_reads_the_index_from_the_bucket(shar
 def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, tmp_path):
     import subprocess
 
-    from conftest import LOOKALIKE, cli_env
+    from helpers import LOOKALIKE, cli_env
 
     env = cli_env(
         tmp_path,

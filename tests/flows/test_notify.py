@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
+from helpers import free_port
 
 import lookalike.flows.notify as notify
-from conftest import free_port
 from lookalike.core.errors import LookalikeError
 
 

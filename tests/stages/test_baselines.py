@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, evaluated_chain
 
-from conftest import TINY, evaluated_chain
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.stages.dataset.stage import open_snapshot
 from lookalike.stages.encoder.checkpoint import load_encoder

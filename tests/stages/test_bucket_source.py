@@ -1,8 +1,8 @@
 """`--dataset s3://bucket/prefix`: a collection in a bucket, against moto's S3 server."""
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import hash_listing, memo_path
 from lookalike.stages.dataset.listing import list_files

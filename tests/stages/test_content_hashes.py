@@ -2,8 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import hash_listing, memo_path
 from lookalike.stages.dataset.listing import list_files, one_listing_per_run

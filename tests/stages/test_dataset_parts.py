@@ -3,8 +3,8 @@
 import shutil
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.manifest import IntegrityError, find_manifest, write_manifest
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage

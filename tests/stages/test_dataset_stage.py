@@ -2,8 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.sources import DatasetError
 from lookalike.stages.dataset.stage import dataset_key, open_snapshot, run_dataset_stage

@@ -130,7 +130,8 @@ def test_augmented_copies_are_seeded_and_keep_the_size():
 
 
 def test_calibration_holds_95_percent_of_copies_unless_distinct_images_are_that_close(tiny_chain):
-    from conftest import TINY
+    from helpers import TINY
+
     from lookalike.core.settings import load_settings
     from lookalike.serving.query import resolve_chain
     from lookalike.stages.dataset.stage import open_snapshot
@@ -166,7 +167,8 @@ def test_duplicates_searched_from_a_sample_find_every_copy_of_the_sampled_rows(t
     """Above evaluation.sample_size only the sampled rows ask the whole index for their copies: a sampled
     row is grouped exactly when it is grouped over the whole collection, every group holds a sampled row,
     and searching from every row is the whole search."""
-    from conftest import TINY
+    from helpers import TINY
+
     from lookalike.core.settings import load_settings
     from lookalike.serving.query import resolve_chain
     from lookalike.stages.embeddings.shards import load_embeddings

@@ -14,11 +14,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import TINY
 from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from conftest import TINY
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.dataset.torch_data import ResizeToTensor, SnapshotImages
 from lookalike.stages.embeddings.shards import load_embeddings
@@ -192,7 +192,8 @@ def test_auto_decodes_a_large_collection_in_worker_processes_with_the_same_vecto
 
 
 def test_auto_starts_decode_workers_only_where_they_repay_their_start():
-    from conftest import SAMPLE_STATS
+    from helpers import SAMPLE_STATS
+
     from lookalike.stages.dataset.torch_data import decode_workers
 
     assert decode_workers("auto", 3000, SAMPLE_STATS) == 0  # 28 px images: decoded before workers would start

@@ -1,8 +1,8 @@
 """Where the evaluation's queries come from: listing a source's splits and choosing the held-out one."""
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.settings import DatasetSettings, EvaluationSettings
 from lookalike.stages.dataset.sources import SAMPLE_DIR, DatasetError, list_splits
 from lookalike.stages.evaluation.stage import query_dataset_section

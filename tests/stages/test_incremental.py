@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.manifest import MANIFEST, stage_dir
 from lookalike.core.settings import load_settings
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage

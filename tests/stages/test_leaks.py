@@ -13,9 +13,9 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import evaluated_chain, make_png
 from PIL import Image
 
-from conftest import evaluated_chain, make_png
 from lookalike.stages.evaluation.leaks import leaking_queries
 
 LABELS = ("cats", "dogs")

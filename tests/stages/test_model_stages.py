@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, default_encoder
 
-from conftest import TINY, default_encoder
 from lookalike.core.manifest import MANIFEST, IntegrityError, stage_dir
 from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.embeddings.shards import load_embeddings, shard_name

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 import torch
+from helpers import TINY, evaluated_chain
 
-from conftest import TINY, evaluated_chain
 from lookalike.artifacts.aliases import set_alias
 from lookalike.artifacts.shared_root import read_manifest
 from lookalike.core.errors import LookalikeError

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, SAMPLE_STATS, TINY, free_port
 
-from conftest import REPO, SAMPLE_STATS, TINY, free_port
 from lookalike.core.manifest import MANIFEST, stage_dir
 from lookalike.core.settings import SettingsError, load_settings
 from lookalike.stages.dataset.stage import run_dataset_stage
@@ -69,7 +69,7 @@ def test_under_torchrun_rank_0_builds_the_stage_and_the_other_rank_trains_with_i
         textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO / "tests")!r})
-        from conftest import TINY
+        from helpers import TINY
         from lookalike.core.settings import load_settings
         from lookalike.stages.dataset.stage import run_dataset_stage
         from lookalike.stages.encoder.stage import run_encoder_stage
@@ -124,7 +124,8 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
     trains only epoch 2. (This is also the test of resuming a ddp run from its last checkpoint: a
     local root takes the same path without the bucket.)"""
-    from conftest import kill_when
+    from helpers import kill_when
+
     from lookalike.artifacts.s3 import s3_client
     from lookalike.artifacts.shared_root import open_root
 
@@ -146,7 +147,7 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
         textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
-        from conftest import TINY
+        from helpers import TINY
         from lookalike.core.settings import load_settings
         from lookalike.stages.dataset.stage import run_dataset_stage
         from lookalike.stages.encoder.stage import run_encoder_stage

@@ -6,8 +6,8 @@ import os
 import warnings
 
 import pytest
+from helpers import make_png
 
-from conftest import make_png
 from lookalike.core.settings import DatasetSettings
 from lookalike.stages.dataset.content_hashes import memo_path
 from lookalike.stages.dataset.listing import one_listing_per_run
