@@ -23,6 +23,7 @@ from prefect.context import TaskRunContext
 from lookalike.artifacts.shared_root import Store, read_manifest, store_at
 from lookalike.artifacts.stage_runner import StageReport, StageResult
 from lookalike.core.manifest import find_manifest
+from lookalike.tasks.progress import progress_artifacts
 
 
 @dataclass
@@ -86,7 +87,8 @@ def call_stage(task: Task, **kwargs: Any) -> StageReport:
     on disk; `resumed` when the stage reused part of an earlier attempt.
     """
     stage, root = task.name, kwargs["root"]
-    key = task.cache_policy.key_fn(**kwargs)
+    with progress_artifacts():  # the key lists and hashes a collection (the dataset's): its bars reach the flow run
+        key = task.cache_policy.key_fn(**kwargs)
     store = store_at(root)
     on_disk = find_manifest(root, stage, key) is not None or store.has_finished(stage, key)
     shared = store.config is not None  # Prefect's results then live beside the stage folders in the bucket

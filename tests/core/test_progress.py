@@ -53,3 +53,30 @@ def test_rate_and_eta_count_only_the_work_done_since_the_bar_opened():
     )
     assert resumed.images_per_second == 128.0 and resumed.eta_seconds == 30.0
     assert resumed.describe() == "encoder: pass 2/3 · 40/100 steps · 128 img/s · ETA 00:30 · loss=0.5"
+
+
+def test_a_bar_without_a_total_reports_a_count_and_a_rate_but_no_percent_or_eta():
+    """A listing cannot know its total before it ends: it reports how many and how fast, then 100 % done."""
+    open_ended = ProgressReport(bar=0, desc="dataset: listing", done=5000, total=None, unit="file", seconds=2.0)
+    assert open_ended.eta_seconds is None and open_ended.percent == 0.0
+    assert open_ended.describe() == "dataset: listing · 5,000 files · 2.50k img/s"
+    reports: list[ProgressReport] = []
+    with listen_to_progress(reports.append):
+        with progress(None, "dataset: listing", "file") as bar:
+            for _ in range(3):
+                bar.update(1000)
+    assert reports[-1].done == 3000 and reports[-1].finished and reports[-1].percent == 100.0
+
+
+def test_a_folder_listing_counts_its_files_as_it_walks(tmp_path):
+    from lookalike.stages.dataset.listing import list_files
+
+    for folder in ("a", "b/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / folder / f"{i}.png").write_bytes(b"x")
+    reports: list[ProgressReport] = []
+    with listen_to_progress(reports.append):
+        listing = list_files(tmp_path)
+    assert len(listing.files) == 6
+    assert reports[-1].desc == "dataset: listing" and reports[-1].done == 6 and reports[-1].finished

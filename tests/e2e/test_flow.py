@@ -80,6 +80,19 @@ def test_prefect_task_runs_show_the_cached_stages(first):
         assert by_name[stage] == "Cached", by_name
 
 
+def test_the_prefect_ui_shows_the_listing_and_the_check_of_the_images_as_progress(first):
+    """The key lists (and hashes) the collection in the flow run, before the dataset task starts: its bar
+    and the task's own (checking images) are progress artifacts, with their counts and rates."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    said = [a.description or "" for a in artifacts]
+    assert any(d.startswith("dataset: listing · ") and " files · " in d and "took" in d for d in said), said
+    assert any(d.startswith("dataset: checking images · ") for d in said), said
+
+
 def test_changing_only_the_index_type_recomputes_only_the_index(first):
     root, _ = first
     summary = run_flow(root, **{"index.type": "flat-ip"})

@@ -381,14 +381,24 @@ def list_collection(url: str) -> list[ListedObject]:
     base = location.prefix + "/" if location.prefix else ""
 
     def pages() -> list[ListedObject]:
-        return [
-            ListedObject(
-                item["Key"][len(base) :], item["Size"], int(item["LastModified"].timestamp() * 1e9), item["ETag"]
-            )
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base)
-            for item in page.get("Contents", [])
-            if not item["Key"].endswith("/")  # a console-made "folder" marker
-        ]
+        from lookalike.core.progress import progress
+
+        listed: list[ListedObject] = []
+        with progress(None, "dataset: listing", unit="object") as bar:  # up to 1,000 keys a page
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base):
+                before = len(listed)
+                listed += [
+                    ListedObject(
+                        item["Key"][len(base) :],
+                        item["Size"],
+                        int(item["LastModified"].timestamp() * 1e9),
+                        item["ETag"],
+                    )
+                    for item in page.get("Contents", [])
+                    if not item["Key"].endswith("/")  # a console-made "folder" marker
+                ]
+                bar.update(len(listed) - before)
+        return listed
 
     return _s3(pages, f"list s3://{location.bucket}/{base}")
 

@@ -32,7 +32,7 @@ class ProgressReport:
     bar: int
     desc: str
     done: int
-    total: int
+    total: int | None  # None: not known while the work goes on (a listing); no percent or ETA then
     unit: str
     seconds: float  # since the bar opened
     initial: int = 0  # done before it opened (a resumed run): not part of the rate
@@ -42,6 +42,8 @@ class ProgressReport:
 
     @property
     def percent(self) -> float:
+        if self.total is None:
+            return 100.0 if self.finished else 0.0
         return 100.0 if self.total <= 0 else min(100.0, 100.0 * self.done / self.total)
 
     @property
@@ -52,13 +54,14 @@ class ProgressReport:
     @property
     def eta_seconds(self) -> float | None:
         counted = self.done - self.initial
-        if self.finished or counted <= 0 or self.seconds <= 0:
+        if self.finished or counted <= 0 or self.seconds <= 0 or self.total is None:
             return None
         return max(0, self.total - self.done) * self.seconds / counted
 
     def describe(self) -> str:
         """One line, e.g. `encoder: pass 2/3 · 40/100 steps · 512 img/s · ETA 00:12 · loss=0.4123`."""
-        parts = [self.desc, f"{self.done:,}/{self.total:,} {_PLURALS.get(self.unit, self.unit + 's')}"]
+        of = "" if self.total is None else f"/{self.total:,}"
+        parts = [self.desc, f"{self.done:,}{of} {_PLURALS.get(self.unit, self.unit + 's')}"]
         if (rate := self.images_per_second) is not None:
             parts.append(f"{tqdm.format_sizeof(rate)} img/s")
         if self.finished:
@@ -110,7 +113,7 @@ class ProgressBar:
         if self._listener is None:
             return
         now, total = time.monotonic(), self._report.total
-        due = self._report.done - self._reported_done >= REPORT_EVERY_FRACTION * total
+        due = total is not None and self._report.done - self._reported_done >= REPORT_EVERY_FRACTION * total
         if due or now - self._reported_at >= REPORT_EVERY_S:
             self._send(replace(self._report, seconds=now - self._started))
 
@@ -134,10 +137,11 @@ class ProgressBar:
 
 @contextmanager
 def progress(
-    total: int, desc: str, unit: str = "it", *, initial: int = 0, images_per_unit: int = 1
+    total: int | None, desc: str, unit: str = "it", *, initial: int = 0, images_per_unit: int = 1
 ) -> Iterator[ProgressBar]:
     """A bar over `total` units (hidden when stderr is not a terminal), `initial` of them already
-    done; reported to the listener of `listen_to_progress`, if any, when opened at the top level."""
+    done; reported to the listener of `listen_to_progress`, if any, when opened at the top level.
+    `total` None: a count and a rate without an end (a listing), reported every REPORT_EVERY_S."""
     listening = _LISTENING.get()
     token = _LISTENING.set(None)  # bars opened inside this one stay in the terminal
     try:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lookalike.core.progress import progress
+
 T = TypeVar("T")
 
 
@@ -99,29 +101,35 @@ def _walk(location: str) -> Listing:
         return Listing(location, (ListedFile(root.name, str(root), stat.st_size, stat.st_mtime_ns, stat.st_ino),))
     found: list[tuple[tuple[str, ...], ListedFile]] = []
     stack: list[tuple[str, tuple[str, ...]]] = [(location, ())]
-    while stack:
-        folder, parts = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:  # a subfolder removed while the walk was on its way to it
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
+    with progress(None, "dataset: listing", unit="file") as bar:
+        while stack:
+            folder, parts = stack.pop()
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, (*parts, entry.name)))
-                elif entry.is_file():
-                    stat = entry.stat()
-                    rel = (*parts, entry.name)
-                    found.append(
-                        (rel, ListedFile("/".join(rel), entry.path, stat.st_size, stat.st_mtime_ns, stat.st_ino))
-                    )
-            except FileNotFoundError:  # removed between the listing of its folder and its stat
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:  # a subfolder removed while the walk was on its way to it
                 continue
+            before = len(found)
+            _scan(entries, parts, stack, found)
+            bar.update(len(found) - before)
     # Path order (part by part), the order the content key has always taken files in.
     found.sort(key=lambda item: item[0])
     return Listing(location, tuple(file for _, file in found))
+
+
+def _scan(entries, parts: tuple[str, ...], stack: list, found: list) -> None:
+    """One folder's entries: its subfolders onto `stack`, its files (with their stat) into `found`."""
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, (*parts, entry.name)))
+            elif entry.is_file():
+                stat = entry.stat()
+                rel = (*parts, entry.name)
+                found.append((rel, ListedFile("/".join(rel), entry.path, stat.st_size, stat.st_mtime_ns, stat.st_ino)))
+        except FileNotFoundError:  # removed between the listing of its folder and its stat
+            continue
 
 
 def _list_bucket(url: str) -> Listing:
