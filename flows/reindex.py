@@ -12,7 +12,7 @@ from typing import Any, Optional
 from prefect import flow
 
 from lookalike.artifacts.aliases import PRODUCTION
-from lookalike.core.settings import DatasetSettings, IndexPreset, IndexSettings, check_overrides, settings_for_run
+from lookalike.core.settings import DatasetSettings, IndexPreset, IndexSettings, RunRequest
 from lookalike.flows._indexing import index_and_publish, snapshot_queries
 from lookalike.flows.retrieval import TRACKING_HOOKS, _default
 from lookalike.stages.dataset.listing import one_listing_per_run
@@ -52,16 +52,17 @@ def reindex(
         promote: Move the 'production' alias to the new index when the run completes.
         overrides: Any other setting by dotted name, e.g. {"embeddings.batch_size": 512}.
     """
-    named = dict(
+    request = RunRequest(
         dataset=dataset,
         split=split,
         index=index,
         index_factory=index_factory,
         artifacts_root=artifacts_root,
         mirror=mirror,
+        overrides=overrides or {},
     )
-    check_overrides(overrides, **named)
-    settings = settings_for_run(overrides, **named)
+    request.check()
+    settings = request.settings()
     load_secret_blocks(settings)
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)

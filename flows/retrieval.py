@@ -19,8 +19,7 @@ from lookalike.core.settings import (
     IndexPreset,
     IndexSettings,
     Method,
-    check_overrides,
-    settings_for_run,
+    RunRequest,
 )
 from lookalike.flows._indexing import index_and_publish, snapshot_queries
 from lookalike.stages.dataset.listing import one_listing_per_run
@@ -77,7 +76,7 @@ def retrieval_pipeline(
         overrides: Any other setting by dotted name, e.g. {"encoder.lr": 0.001, "dataset.limit": 1000}, or
             {"encoder.init": "hf:facebook/dinov2-small"} to start from pretrained weights.
     """
-    named = dict(
+    request = RunRequest(
         dataset=dataset,
         split=split,
         method=method,
@@ -87,9 +86,10 @@ def retrieval_pipeline(
         index_factory=index_factory,
         artifacts_root=artifacts_root,
         mirror=mirror,
+        overrides=overrides or {},
     )
-    check_overrides(overrides, **named)
-    settings = settings_for_run(overrides, **named)
+    request.check()
+    settings = request.settings()
     load_secret_blocks(settings)
     root = open_artifacts_root(settings)
     tracking = start_tracking(settings)

@@ -72,21 +72,10 @@ def default_encoder(settings: dict[str, Any] | None = None) -> tuple[str, str, i
 
 def flow_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     """Flow keyword arguments for dotted settings: those with their own flow parameter
-    (encoder.epochs -> epochs) become parameters, the rest go to `overrides`."""
-    from typing import get_args
+    (encoder.epochs -> epochs) become parameters, the rest go to `overrides` (`RunRequest.from_dotted`)."""
+    from lookalike.core.settings import RunRequest
 
-    from lookalike.core.settings import RUN_PARAMETERS, IndexPreset
-
-    owner = {dotted: name for name, dotted in RUN_PARAMETERS.items() if name != "index_factory"}
-    named, overrides = {}, {}
-    for key, value in settings.items():
-        if key == "index.type" and value not in get_args(IndexPreset):
-            named["index_factory"] = value
-        elif key in owner:
-            named[owner[key]] = value
-        else:
-            overrides[key] = value
-    return {**named, "overrides": overrides or None}
+    return RunRequest.from_dotted(settings).flow_arguments()
 
 
 def free_port() -> int:

@@ -136,27 +136,26 @@ def run(
         LookalikeError: a setting, the dataset or a stage is wrong; the message says how to fix it.
     """
     from lookalike.core.errors import refuse_while_a_worker_imports_main
-    from lookalike.core.settings import RUN_PARAMETERS, run_parameters, settings_for_run
+    from lookalike.core.settings import RunRequest
     from lookalike.flows.runner import run_pipeline
     from lookalike.stages.dataset.sources import check_source
 
     refuse_while_a_worker_imports_main()  # before a temporary server is started in a worker for nothing
-    named = {
-        "dataset": dataset,
-        "split": split,
-        "method": method,
-        "steps": steps,
-        "epochs": epochs,
-        "index": index,
-        "artifacts_root": str(artifacts_root) if artifacts_root is not None else None,
-        "mirror": mirror,
-    }
-    overrides = {key.replace("__", "."): value for key, value in settings.items()}
-    resolved = settings_for_run(overrides, **named)  # every mistake is reported before anything runs
+    request = RunRequest(
+        dataset=dataset,
+        split=split,
+        method=method,
+        steps=steps,
+        epochs=epochs,
+        index=index,
+        artifacts_root=str(artifacts_root) if artifacts_root is not None else None,
+        mirror=mirror,
+        overrides={key.replace("__", "."): value for key, value in settings.items()},
+    )
+    resolved = request.settings()  # every mistake is reported before anything runs
     check_source(resolved.dataset)
-    owned = set(RUN_PARAMETERS.values())
-    flow_overrides = {k: v for k, v in overrides.items() if k not in owned}
-    return RunSummary(run_pipeline({**run_parameters(resolved), "promote": promote}, flow_overrides, verbose=verbose))
+    parameters = {**request.flow_parameters(resolved), "promote": promote}
+    return RunSummary(run_pipeline(parameters, request.free_overrides(), verbose=verbose))
 
 
 class Index:

@@ -182,3 +182,23 @@ def test_an_empty_dataset_source_is_refused_instead_of_meaning_the_current_folde
         load_settings()
     monkeypatch.delenv("LOOKALIKE_DATASET__SOURCE")
     assert load_settings({"dataset.source": "."}).dataset.source == "."  # the current folder, said so
+
+
+def test_a_run_request_maps_run_arguments_to_settings_and_back_in_one_place():
+    """The CLI, the Python API, the flows and the tests build a RunRequest: dotted settings split into the
+    flow's named parameters and overrides, a raw FAISS factory string becomes index_factory, a named parameter
+    wins over the same setting in overrides, and the flow's parameters reproduce the resolved settings."""
+    from lookalike.core.settings import RunRequest, SettingsError
+
+    request = RunRequest.from_dotted({"encoder.epochs": 2, "index.type": "IVF16,Flat", "encoder.lr": 0.01})
+    assert request.flow_arguments() == {"epochs": 2, "index_factory": "IVF16,Flat", "overrides": {"encoder.lr": 0.01}}
+    assert RunRequest.from_dotted({"index.type": "hnsw"}).flow_arguments() == {"index": "hnsw", "overrides": None}
+    settings = RunRequest(epochs=1, overrides={"encoder.epochs": 3, "dataset.limit": 64}).settings()
+    assert settings.encoder.epochs == 1 and settings.dataset.limit == 64
+    again = RunRequest(**RunRequest(epochs=1).flow_parameters(settings), overrides={"dataset.limit": 64})
+    assert again.settings() == settings
+    assert RunRequest(epochs=1, overrides={"encoder.epochs": 3, "dataset.limit": 64}).free_overrides() == {
+        "dataset.limit": 64
+    }
+    with pytest.raises(SettingsError, match="has its own parameter `epochs`"):
+        RunRequest(epochs=1, overrides={"encoder.epochs": 3}).check()

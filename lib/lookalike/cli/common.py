@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from lookalike.cli.app import err
 from lookalike.cli.render import print_summary
-from lookalike.core.settings import RUN_PARAMETERS
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
@@ -35,41 +34,29 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 
 def run_settings(dataset, split, method, epochs, index, root, mirror, sets, steps=None):
-    """(settings, named run parameters, --set overrides); invalid settings exit 2."""
-    from lookalike.core.settings import SettingsError, settings_for_run
+    """(settings, the run request); invalid settings exit 2."""
+    from lookalike.core.settings import RunRequest, SettingsError
 
-    named = {
-        "dataset": dataset,
-        "split": split,
-        "method": method.value if method else None,
-        "steps": steps,
-        "epochs": epochs,
-        "index": index,
-        "artifacts_root": str(root) if root else None,
-        "mirror": mirror,
-    }
-    overrides = parse_sets(sets)
+    request = RunRequest(
+        dataset=dataset,
+        split=split,
+        method=method.value if method else None,
+        steps=steps,
+        epochs=epochs,
+        index=index,
+        artifacts_root=str(root) if root else None,
+        mirror=mirror,
+        overrides=parse_sets(sets),
+    )
     try:
-        return settings_for_run(overrides, **named), named, overrides
+        return request.settings(), request
     except SettingsError as exc:
         fail(str(exc), code=2)
 
 
-def flow_arguments(
-    settings, overrides: dict[str, Any], drop: tuple[str, ...] = ()
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(named flow parameters, overrides) reproducing `settings`: every named parameter is
-    passed explicitly, so the flow's defaults never shadow the environment read here."""
-    from lookalike.core.settings import run_parameters
-
-    named = {k: v for k, v in run_parameters(settings).items() if k not in drop}
-    owned = set(RUN_PARAMETERS.values())
-    return named, {k: v for k, v in overrides.items() if k not in owned}
-
-
-def run_flow(
-    flow_name: str, settings, named: dict[str, Any], overrides: dict[str, Any], json_out: bool, verbose: bool
-) -> None:
+def run_flow(flow_name: str, settings, named: dict[str, Any], request, json_out: bool, verbose: bool) -> None:
+    """Run flow `flow_name` with the named parameters that reproduce `settings` plus `named`, and the request's
+    free overrides; print its summary (or one JSON line)."""
     from lookalike.core.errors import LookalikeError
     from lookalike.stages.dataset.sources import check_source
 
@@ -82,7 +69,7 @@ def run_flow(
 
     try:
         with reported_native_crashes():  # a FAISS abort or a segfault: one error line naming the stage
-            summary = run_pipeline(named, overrides, flow_name, verbose=verbose)
+            summary = run_pipeline(named, request.free_overrides(), flow_name, verbose=verbose)
     except LookalikeError as exc:
         fail(str(exc))
     except Exception as exc:  # a crash, not a user mistake: Prefect has logged its traceback above
@@ -152,7 +139,7 @@ def index_chain(index, alias, dataset, split, method, epochs, artifacts_root, se
         err.print("[yellow]warning:[/] --alias is deprecated: give the alias to --index (--index production)")
         if index:
             fail(f"give the index once: --index {alias} (--alias is its old spelling), not both", code=2)
-    settings, _, _ = run_settings(dataset, split, method, epochs, None, artifacts_root, None, set_, steps)
+    settings, _ = run_settings(dataset, split, method, epochs, None, artifacts_root, None, set_, steps)
     root = open_root(settings)
     ref = alias or (index if index and is_reference(index, root) else None)
     if index and not ref:  # a preset or factory string: the index built for these settings
@@ -162,7 +149,7 @@ def index_chain(index, alias, dataset, split, method, epochs, artifacts_root, se
             check_index_type(index)
         except ValueError as exc:
             fail(f"--index {index!r} names no alias, index key or index folder under {root}, and {exc}", code=2)
-        settings, _, _ = run_settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
+        settings, _ = run_settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
 
     def chain_of():
         from lookalike.serving.query import chain_from_alias, resolve_chain

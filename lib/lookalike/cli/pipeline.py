@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lookalike.cli.common import flow_arguments, run_flow, run_settings
+from lookalike.cli.common import run_flow, run_settings
 from lookalike.cli.options import (
     Dataset,
     Epochs,
@@ -38,9 +38,9 @@ def run(
     verbose: Verbose = False,
 ) -> None:
     """Run the retrieval pipeline (Prefect flow `retrieval-pipeline`) and summarise it."""
-    settings, _, overrides = run_settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_, steps)
-    named, overrides = flow_arguments(settings, overrides)
-    run_flow("retrieval", settings, {**named, "promote": promote}, overrides, json_out, verbose)
+    settings, request = run_settings(dataset, split, method, epochs, index, artifacts_root, mirror, set_, steps)
+    named = request.flow_parameters(settings)
+    run_flow("retrieval", settings, {**named, "promote": promote}, request, json_out, verbose)
 
 
 def reindex(
@@ -56,7 +56,7 @@ def reindex(
     verbose: Verbose = False,
 ) -> None:
     """Index new images with the production encoder, without pretraining (Prefect flow `reindex`)."""
-    settings, _, overrides = run_settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
-    named, overrides = flow_arguments(settings, overrides, drop=("method", "steps", "epochs"))
+    settings, request = run_settings(dataset, split, None, None, index, artifacts_root, mirror, set_)
+    named = request.flow_parameters(settings, drop=("method", "steps", "epochs"))
     named = {**named, "encoder_alias": encoder_alias, "promote": promote}
-    run_flow("reindex", settings, named, overrides, json_out, verbose)
+    run_flow("reindex", settings, named, request, json_out, verbose)

@@ -26,7 +26,7 @@ def serve(
     set_: Sets = None,
 ) -> None:
     """Serve the retrieval app: Gradio UI at / and the HTTP API under /api."""
-    settings, _, _ = run_settings(None, None, None, None, None, artifacts_root, None, set_)
+    settings, _ = run_settings(None, None, None, None, None, artifacts_root, None, set_)
     _check_can_bind(host, port)  # before the index loads, not after
     from lookalike.core.errors import LookalikeError
     from lookalike.core.extras import check_extra

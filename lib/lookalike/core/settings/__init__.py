@@ -34,7 +34,14 @@ from lookalike.core.settings.loading import (
 )
 from lookalike.core.settings.outputs import MirrorSettings, TrackingSettings
 from lookalike.core.settings.root import SECTIONS, Settings, url_of, working_copy
-from lookalike.core.settings.run import RUN_PARAMETERS, _flag, check_overrides, run_parameters, settings_for_run
+from lookalike.core.settings.run import (
+    RUN_PARAMETERS,
+    RunRequest,
+    _flag,
+    check_overrides,
+    run_parameters,
+    settings_for_run,
+)
 
 __all__ = [
     "Auto",
@@ -51,6 +58,7 @@ __all__ = [
     "MirrorSettings",
     "PromotionSettings",
     "RUN_PARAMETERS",
+    "RunRequest",
     "SECTIONS",
     "SMALL_IMAGE_RESNETS",
     "Section",
