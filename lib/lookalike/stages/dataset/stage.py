@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.errors import one_line
 from lookalike.core.graph import key_for
@@ -38,8 +40,10 @@ from lookalike.stages.dataset.parts import (
     compress_rows,
     is_transient,
     open_parted,
+    part_cuts,
     part_id,
     prefix_ids,
+    range_ids,
     recorded_shapes,
     starts_part,
     write_part_list,
@@ -140,8 +144,8 @@ def _snapshot(
     max_skips = int(section.max_unreadable_fraction * total)
     skipped: list[dict[str, Any]] = []
 
-    def skip(row: _Row, reason: str) -> None:
-        skipped.append({"row_id": row.row_id, "path": row.path, "reason": reason})
+    def skip(row_id: int, path: str | None, reason: str) -> None:
+        skipped.append({"row_id": row_id, "path": path, "reason": reason})
         if len(skipped) > max_skips:
             raise DatasetError(_too_many_unreadable(skipped, total, section))
 
@@ -154,20 +158,12 @@ def _snapshot(
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
             chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
-            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers):
-                if names and row.label is None:  # e.g. a file whose class folder datasets could not name
-                    skip(row, "no label: its class folder or label value is missing")
-                    bar.update(1)
-                    continue
-                if row.path in left_out:  # missing or unreadable when the key was made: not read
-                    skip(row, left_out[row.path])
-                    bar.update(1)
-                    continue
-                for chunk, info in chunker.add(row):
-                    n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
-                    listed.append(info)
-                    bar.update(len(chunk))
-            for chunk, info in chunker.finish():
+            if keyed is not None:
+                source_rows = _SourceRows(ds, row_ids, section, names is not None, label_index)
+                in_order = _keyed_parts(source_rows, keyed, left_out, chunker, skip, bar)
+            else:
+                in_order = _checked_parts(ds, row_ids, section, names, chunker, skip, bar, pool, workers)
+            for chunk, info in in_order:
                 n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
                 listed.append(info)
                 bar.update(len(chunk))
@@ -215,15 +211,126 @@ class _Row:
         return self.image.get("path") if self.image else None
 
 
-def _source_rows(ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int) -> Iterator[_Row]:
-    """The split's rows in order; without `keyed` (a hub source: content known only once read), each
-    already checked, in parallel batches."""
-    if keyed is None:
-        for start, batch, checked in _checked_batches(ds, section, labelled, pool, workers):
-            yield from _batch_rows(batch, start, row_ids, section, labelled, checked)
-        return
-    for start in range(0, len(ds), _BATCH):
-        yield from _batch_rows(ds[start : start + _BATCH], start, row_ids, section, labelled, None)
+def _checked_parts(ds, row_ids, section: DatasetSettings, names, chunker: _Chunker, skip, bar, pool, workers: int):
+    """(rows, part record) in order for a source whose content is known only once read (a hub dataset): each
+    batch of rows read and checked (in parallel), then cut into parts."""
+    for start, batch, checked in _checked_batches(ds, section, names is not None, pool, workers):
+        for row in _batch_rows(batch, start, row_ids, section, names is not None, checked):
+            if names and row.label is None:  # e.g. a row without a label value
+                skip(row.row_id, row.path, "no label: its class folder or label value is missing")
+                bar.update(1)
+                continue
+            yield from chunker.add(row)
+    yield from chunker.finish()
+
+
+def _keyed_parts(rows: _SourceRows, keyed, left_out: dict[str, str], chunker: _Chunker, skip, bar):
+    """(rows, part record) in order for a source whose every file's sha256 the key knows: the parts are cut
+    where the content says (`part_cuts`) before any row is read, and a part the root holds already is taken
+    whole, by its id alone (no per-row work: a grown collection's version is mostly such parts); the rest go
+    through the chunker, which reuses the part they grew from or reads, checks and writes them."""
+    positions = rows.kept(left_out, skip)
+    bar.update(rows.total - len(positions))
+    paths = [rows.paths[p] for p in positions] if len(positions) != rows.total else rows.paths
+    known = [keyed.get(path, _UNKNOWN) if path else _UNKNOWN for path in paths]
+    shas = [sha for sha, _ in known]
+    cuts = part_cuts(paths, shas, [size for _, size in known])
+    unknown = np.cumsum([0, *(not sha for sha in shas)])
+    whole = [(start, stop) for start, stop in cuts if unknown[stop] == unknown[start]]
+    ids = dict(zip(whole, range_ids(paths, shas, whole, chunker.max_pixels)))
+    for start, stop in cuts:
+        pid = ids.get((start, stop))
+        info = chunker.store.find(pid) if pid is not None else None
+        if info is not None:
+            yield from chunker.reused(_Run(rows, positions[start:stop]), info)
+        else:
+            yield from chunker.group(rows.rows(positions[start:stop], known[start:stop]))
+    yield from chunker.finish()
+
+
+_UNKNOWN = ("", 0)
+
+
+class _SourceRows:
+    """The source's rows as Arrow columns (row ids, image paths, labels, metadata), read once."""
+
+    def __init__(self, ds, row_ids, section: DatasetSettings, labelled: bool, label_index) -> None:
+        import pyarrow.compute as pc
+
+        self.table = ds.with_format("arrow")[:]  # the rows in order, whatever `limit` selected
+        self.total = len(self.table)
+        self.row_ids = np.asarray(row_ids, np.int64)
+        self.section, self.labelled = section, labelled
+        self.images = self.table.column(section.image_column)
+        self.paths: list[str | None] = pc.struct_field(self.images, "path").to_pylist()
+        self.labels: list | None = self.table.column(section.label_column).to_pylist() if labelled else None
+        self.label_ids = None
+        if label_index is not None and self.labels is not None:
+            self.label_ids = np.array(
+                [-1 if v is None else v if isinstance(v, int) else label_index[str(v)] for v in self.labels], np.int64
+            )
+
+    def kept(self, left_out: dict[str, str], skip) -> np.ndarray:
+        """Positions of the rows that go into parts; the others skipped: no label, or left out of the key."""
+        no_label = self.labelled and self.table.column(self.section.label_column).null_count > 0
+        if not no_label and not left_out:
+            return np.arange(self.total)
+        kept = []
+        for position, path in enumerate(self.paths):
+            if self.labels is not None and self.labels[position] is None:
+                skip(int(self.row_ids[position]), path, "no label: its class folder or label value is missing")
+            elif path in left_out:  # missing or unreadable when the key was made: not read
+                skip(int(self.row_ids[position]), path, left_out[path])
+            else:
+                kept.append(position)
+        return np.array(kept, np.int64)
+
+    def rows(self, positions: np.ndarray, known: list[tuple[str, int]]) -> list[_Row]:
+        """The rows at `positions` as the chunker takes them (to be checked, or reused as a grown part)."""
+        taken = self.table.take(positions)
+        images = taken.column(self.section.image_column).to_pylist()
+        metadata = {name: taken.column(name).to_pylist() for name in self.section.metadata_columns}
+        return [
+            _Row(
+                row_id=int(self.row_ids[position]),
+                image=image,
+                label=self.labels[position] if self.labels is not None else None,
+                metadata={name: values[i] for name, values in metadata.items()},
+                known=known[i],
+            )
+            for i, (position, image) in enumerate(zip(positions, images))
+        ]
+
+
+@dataclass
+class _Run:
+    """The rows of a part reused whole, by their positions in the source: written to the rows table by column."""
+
+    source: _SourceRows
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def write(self, writer, info: dict[str, Any], extra: list[str], skip) -> int:
+        source, positions = self.source, self.positions
+        if info["skipped"]:  # recorded when the part was written: skipped again, unread
+            for i, reason in info["skipped"]:
+                position = positions[int(i)]
+                skip(int(source.row_ids[position]), source.paths[position], reason)
+            positions = np.delete(positions, [int(i) for i, _ in info["skipped"]])
+        if len(positions) != info["rows"]:
+            raise DatasetError(f"part {info['name']} holds {info['rows']} images, not the {len(positions)} it should")
+        if len(positions):
+            import pyarrow as pa
+
+            batch = {"row_id": pa.array(source.row_ids[positions])}
+            if source.label_ids is not None:
+                batch["label"] = pa.array(source.label_ids[positions])
+            for name in extra:
+                batch[name] = source.table.column(name).take(positions).combine_chunks()
+            writer.write_batch(batch)
+        return len(positions)
 
 
 def _batch_rows(batch, start: int, row_ids, section: DatasetSettings, labelled: bool, checked) -> Iterator[_Row]:
@@ -266,6 +373,20 @@ class _Chunker:
         self.size += size
         if closes_part(Candidate(row.path, sha), len(self.rows), self.size):
             self._close()
+        return self._drain()
+
+    def group(self, rows: list[_Row]) -> list[tuple[list[_Row], dict[str, Any]]]:
+        """`rows` as one part (cut already: `part_cuts`), each with its `known` (sha256, size)."""
+        self.rows, self.size = rows, 0
+        self._close()
+        return self._drain()
+
+    def reused(self, run: _Run, info: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """A part found whole, in its place in the order."""
+        self.pending.append((run, info))
+        return self._drain()
+
+    def _drain(self) -> list[tuple[Any, dict[str, Any]]]:
         done = []
         while len(self.pending) > 2:
             done.append(self._resolve(*self.pending.popleft()))
@@ -326,14 +447,16 @@ class _Chunker:
         return rows, info
 
 
-def _write_rows(writer, rows: list[_Row], info: dict[str, Any], extra, label_index, skip) -> int:
+def _write_rows(writer, rows: list[_Row] | _Run, info: dict[str, Any], extra, label_index, skip) -> int:
     """Add one part's kept rows to the version's rows table (its skipped ones to the skips); how many."""
+    if isinstance(rows, _Run):
+        return rows.write(writer, info, extra, skip)
     skipped = {int(i): reason for i, reason in info["skipped"]}
     kept: dict[str, list] = {"row_id": [], **({"label": []} if label_index is not None else {})}
     kept.update({name: [] for name in extra})
     for i, row in enumerate(rows):
         if i in skipped:
-            skip(row, skipped[i])
+            skip(row.row_id, row.path, skipped[i])
             continue
         kept["row_id"].append(row.row_id)
         if label_index is not None:
