@@ -32,6 +32,19 @@ class ImageFolder:
     def label_of(self, file: ListedFile) -> str | None:
         return os.path.basename(os.path.dirname(file.path)) if self.label_names else None
 
+    def labels_of(self, files: list[ListedFile]) -> list[str | None]:
+        """`label_of` each file, worked out once per folder."""
+        if not self.label_names:
+            return [None] * len(files)
+        by_folder: dict[str, str] = {}
+        out = []
+        for file in files:
+            head = file.path.rpartition("/")[0]  # a path's folder name follows from what precedes its last '/'
+            if (label := by_folder.get(head)) is None:
+                label = by_folder[head] = os.path.basename(os.path.dirname(file.path))
+            out.append(label)
+        return out
+
 
 def read_image_folder(listing: Listing) -> ImageFolder | None:
     """The folder's splits and labels as `imagefolder` infers them, or None when `datasets` must read it."""
@@ -67,8 +80,8 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
             f
             for f in (holding[word] if word else listing.files)
             if regex.match(f.rel)
-            and f.rel.rsplit("/", 1)[-1] not in ignored
-            and not _inside_unrequested_special_dir(f.rel, pattern)
+            and f.rel.rpartition("/")[2] not in ignored
+            and ("__" not in f.rel or not _inside_unrequested_special_dir(f.rel, pattern))
         ]
 
     try:
@@ -76,21 +89,30 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
     except FileNotFoundError:
         return None  # nothing datasets would find: its own error message says so
     keep = re.compile(".*(" + "|".join(re.escape(ext) for ext in _MODULE_TO_EXTENSIONS["imagefolder"]) + ")(\\..+)?$")
+    endings = tuple(_MODULE_TO_EXTENSIONS["imagefolder"])  # a name ending so is one `keep` matches
+    unstorable = _unstorable(listing.files)
+    allowed = _Allowed(_ALL_ALLOWED_EXTENSIONS)
     plain: dict[str, list[ListedFile]] = {}
     odd: dict[str, list[ListedFile]] = {}
     for split, split_patterns in patterns.items():
         matched = [f for pattern in split_patterns for f in resolve(pattern)]
-        plain[str(split)] = [f for f in matched if _storable(f) and _allowed(f, _ALL_ALLOWED_EXTENSIONS)]
-        odd[str(split)] = [f for f in matched if not _storable(f)]
+        plain[str(split)] = [f for f in matched if f.path not in unstorable and allowed(f)]
+        odd[str(split)] = [f for f in matched if f.path in unstorable]
     modules = {_module_of(files) for files in plain.values() if files}
     if modules != {"imagefolder"}:
         return None
-    plain = {split: [f for f in files if keep.match(f.path)] for split, files in plain.items()}
+    plain = {
+        split: [f for f in files if f.path.endswith(endings) or keep.match(f.path)] for split, files in plain.items()
+    }
     labels: set[str] = set()
     depths: set[int] = set()
+    image_extensions = set(Builder.EXTENSIONS)
+    seen: set[str] = set()  # folders already counted: a folder's label and depth are those of each file in it
     for files in plain.values():
         for f in files:
-            if os.path.splitext(f.path)[1].lower() in Builder.EXTENSIONS:
+            head = f.path.rpartition("/")[0]
+            if head not in seen and _extension(f.rel).lower() in image_extensions:
+                seen.add(head)
                 labels.add(os.path.basename(os.path.dirname(f.path)))
                 depths.add(f.path.count("/"))
     # Names datasets cannot list or store (a newline, bytes that are not UTF-8) follow its rows,
@@ -120,8 +142,35 @@ def _module_of(files: list[ListedFile]) -> str | None:
     return None
 
 
-def _allowed(file: ListedFile, extensions: list[str]) -> bool:
-    return any("." + suffix in extensions for suffix in file.rel.rsplit("/", 1)[-1].split(".")[1:])
+class _Allowed:
+    """Whether a file has one of `extensions` among the suffixes of its name, decided once per run of suffixes."""
+
+    def __init__(self, extensions: list[str]) -> None:
+        self.extensions = set(extensions)
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, file: ListedFile) -> bool:
+        suffixes = file.rel.rpartition("/")[2].partition(".")[2]
+        if (known := self.seen.get(suffixes)) is None:
+            known = self.seen[suffixes] = (
+                any("." + s in self.extensions for s in suffixes.split(".")) if suffixes else False
+            )
+        return known
+
+
+def _extension(rel: str) -> str:
+    """`os.path.splitext(rel)[1]`: from the name's last dot, unless only dots precede it."""
+    name = rel.rpartition("/")[2]
+    return "." + name.rpartition(".")[2] if "." in name.lstrip(".") else ""
+
+
+def _unstorable(files: tuple[ListedFile, ...]) -> set[str]:
+    """The paths `datasets` cannot list and store (a newline, bytes that are not UTF-8); one scan of all of them
+    when none is."""
+    joined = "\0".join(f.path for f in files)
+    if joined.isascii() and "\n" not in joined:
+        return set()
+    return {f.path for f in files if not _storable(f)}
 
 
 def _storable(file: ListedFile) -> bool:
