@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ _COMMIT_EVERY = 20_000
 _FILES_PER_TASK = 64  # hashes written per transaction: an interrupted first run keeps its work
 # lookups without a memo file (no artifacts root given): kept for the life of the process
 _IN_PROCESS: dict[str, tuple[str, str]] = {}  # path -> (stamp, sha256)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 @dataclass
@@ -89,6 +91,11 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
                         bar.update(len(batch))
                 _remember([f for f in chunk if fresh[f.path]], fresh, memo)
     result = HashedListing(files=[], hashes=[], hashed=len(todo), reused=len(listing.files) - len(todo))
+    if not reasons:  # every file read: the listing in order, each hash from this run or the memo
+        result.files = list(listing.files)
+        result.hashes = [fresh[f.path] if f.path in fresh else known[f.path][1] for f in listing.files]  # type: ignore[misc]
+        result.seconds = time.perf_counter() - start
+        return result
     for file in listing.files:
         sha = fresh[file.path] if file.path in fresh else known[file.path][1]
         if sha is None:
@@ -138,7 +145,8 @@ def _known(listing: Listing, memo: Path | None) -> dict[str, tuple[str, str]]:
     low = os.fsencode(listing.root)
     with closing(_connect(memo)) as db:
         rows = db.execute("SELECT path, stamp, sha256 FROM files WHERE path >= ? AND path <= ?", (low, low + b"\xff"))
-        return {os.fsdecode(path): (stamp, sha) for path, stamp, sha in rows}
+        # os.fsdecode without its per-call checks: a million paths
+        return {path.decode(_FS_ENCODING, _FS_ERRORS): (stamp, sha) for path, stamp, sha in rows}
 
 
 def _remember(files: list[ListedFile], hashes: dict[str, str | None], memo: Path | None) -> None:

@@ -65,6 +65,7 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
     # substring scan (C speed) narrows a million names to the few worth a regex
     holding: dict[str, list[ListedFile]] = {}
     resolved: dict[str, list[ListedFile]] = {}
+    every_name = "\n".join(file.rel for file in listing.files)  # a word no name holds costs one scan of this
 
     def resolve(pattern: str) -> list[ListedFile]:
         if pattern not in resolved:
@@ -75,7 +76,7 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
         regex = _regex(pattern)
         word = max(re.findall(r"[A-Za-z]{3,}", pattern), key=len, default="")
         if word and word not in holding:
-            holding[word] = [f for f in listing.files if word in f.rel]
+            holding[word] = [f for f in listing.files if word in f.rel] if word in every_name else []
         return [
             f
             for f in (holding[word] if word else listing.files)
@@ -96,7 +97,7 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
     odd: dict[str, list[ListedFile]] = {}
     for split, split_patterns in patterns.items():
         matched = [f for pattern in split_patterns for f in resolve(pattern)]
-        plain[str(split)] = [f for f in matched if f.path not in unstorable and allowed(f)]
+        plain[str(split)] = [f for f in matched if allowed(f) and (not unstorable or f.path not in unstorable)]
         odd[str(split)] = [f for f in matched if f.path in unstorable]
     modules = {_module_of(files) for files in plain.values() if files}
     if modules != {"imagefolder"}:
@@ -127,7 +128,12 @@ def _module_of(files: list[ListedFile]) -> str | None:
     here in one pass because its per-file `xbasename` costs ~35 us (seconds per 100k files)."""
     from datasets.packaged_modules import _EXTENSION_TO_MODULE
 
-    counts = Counter("." + suffix.lower() for f in files for suffix in f.rel.rsplit("/", 1)[-1].split(".")[1:])
+    # what follows a name's first dot ('' for a name without one): few distinct, each split once
+    chains = Counter(f.rel.rpartition("/")[2].partition(".")[1:] for f in files)
+    counts: Counter[str] = Counter()
+    for (dot, chain), n in chains.items():
+        for suffix in chain.split(".") if dot else ():
+            counts["." + suffix.lower()] += n
     preferred = (".parquet", ".lance", ".vortex", ".arrow", ".jsonl", ".json", ".csv")
 
     def rank(item: tuple[str, int]) -> tuple:
@@ -150,12 +156,10 @@ class _Allowed:
         self.seen: dict[str, bool] = {}
 
     def __call__(self, file: ListedFile) -> bool:
-        suffixes = file.rel.rpartition("/")[2].partition(".")[2]
+        _, dot, suffixes = file.rel.rpartition("/")[2].partition(".")
         if (known := self.seen.get(suffixes)) is None:
-            known = self.seen[suffixes] = (
-                any("." + s in self.extensions for s in suffixes.split(".")) if suffixes else False
-            )
-        return known
+            known = self.seen[suffixes] = any("." + s in self.extensions for s in suffixes.split("."))
+        return bool(dot) and known
 
 
 def _extension(rel: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -332,6 +332,31 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     fingerprint = hashlib.sha256("\n".join([rows_path.parent.name, *(p.name for p in part_paths)]).encode())
     table = ConcatenationTable.from_blocks(blocks) if blocks else rows
     return Dataset(table, info=DatasetInfo(features=features), fingerprint=fingerprint.hexdigest()[:16])
+
+
+class PartImages:
+    """A version's images by position, read from its memory-mapped parts (for its profile): no `datasets` table
+    over every part is assembled to look at a sample of them."""
+
+    def __init__(self, paths: list[Path], rows: list[int]) -> None:
+        self.paths, self.starts = paths, [0, *accumulate(rows)]
+        self.tables: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def image_bytes(self, positions: list[int]) -> list[bytes]:
+        """The encoded bytes of the images at `positions`, in that order."""
+        import pyarrow as pa
+
+        out = []
+        for position in positions:
+            k = bisect_right(self.starts, position) - 1
+            if k not in self.tables:
+                with pa.memory_map(str(self.paths[k])) as source:
+                    self.tables[k] = pa.ipc.open_stream(source).read_all().column("image")
+            out.append(self.tables[k][position - self.starts[k]]["bytes"].as_py())
+        return out
 
 
 def recorded_shapes(used: list[dict[str, Any]]) -> list | None:

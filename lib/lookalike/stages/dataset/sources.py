@@ -171,11 +171,15 @@ def resolve_hub_revision(name: str, revision: str | None) -> str:
 def _tree_digest(hashed: HashedListing, single_file: bool) -> str:
     """sha256 over (relative name, content sha256) of every file, in path order."""
     digest = hashlib.sha256()
-    for file, sha in zip(hashed.files, hashed.hashes):
-        rel = file.rel if not single_file else Path(file.path).name
+    for start in range(0, len(hashed.files), _DIGEST_BATCH):  # one encode per batch, not per file
+        files, hashes = hashed.files[start : start + _DIGEST_BATCH], hashed.hashes[start : start + _DIGEST_BATCH]
+        rels = [file.rel if not single_file else Path(file.path).name for file in files]
         # names are bytes: one that is not UTF-8 hashes as its bytes (a UTF-8 name as before)
-        digest.update(os.fsencode(rel) + f"\0{sha}\n".encode())
+        digest.update(os.fsencode("".join(f"{rel}\0{sha}\n" for rel, sha in zip(rels, hashes))))
     return digest.hexdigest()
+
+
+_DIGEST_BATCH = 65_536
 
 
 def open_source(source: Source, section: DatasetSettings, cache_dir: Path):

@@ -34,8 +34,8 @@ from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.stages.dataset.parts import (
     ROWS,
     Candidate,
+    PartImages,
     PartStore,
-    assemble,
     closes_part,
     compress_rows,
     is_transient,
@@ -177,7 +177,7 @@ def _snapshot(
     write_part_list(folder, listed)
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
-    snapshot = assemble(folder / ROWS, [shared / info["name"] for info in listed], folder)
+    images = PartImages([shared / info["name"] for info in listed], [info["rows"] for info in listed])
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -189,7 +189,7 @@ def _snapshot(
         # what this version wrote and what it shared with earlier ones (lookalike.stages.dataset.parts)
         "storage": store.stats(),
         # sizes and colour of what was kept: what a recipe for these images has to suit
-        "profile": profile_images(snapshot, shapes=recorded_shapes(listed)),
+        "profile": profile_images(images, shapes=recorded_shapes(listed)),
     }
     return Built(files=[ROWS, PART_LIST], stats=stats)
 
