@@ -16,15 +16,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ListedFile:
+class ListedFile(NamedTuple):
     """A file as the walk saw it: its path relative to the listed folder (`/`-separated) and the
-    stat fields the content-hash memo is keyed by."""
+    stat fields the content-hash memo is keyed by. (A named tuple: a million are made per walk, at a
+    third of a frozen dataclass's cost.)"""
 
     rel: str
     path: str
