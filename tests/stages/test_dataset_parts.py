@@ -231,3 +231,12 @@ def test_an_unreadable_image_in_a_part_taken_whole_is_skipped_again_with_its_rea
     assert (first.stats["n_skipped"], second.stats["n_skipped"], second.stats["n_images"]) == (1, 1, 30)
     assert second.stats["skipped"] == first.stats["skipped"]
     assert second.stats["skipped"][0]["path"].endswith("015.png")
+
+
+def test_shapes_are_counted_from_records_with_counts_and_from_records_listing_each_image():
+    from lookalike.stages.dataset.parts import recorded_shapes
+
+    counted = {"rows": 3, "shape_counts": [[28, 28, "L", 2], [30, 20, "RGB", 1]]}
+    listed = {"rows": 2, "shapes": [[30, 20, "RGB"], [28, 28, "L"]]}  # as records were written before counts
+    assert recorded_shapes([counted, listed]) == [(28, 28, "L", 3), (30, 20, "RGB", 2)]
+    assert recorded_shapes([counted, {"rows": 2}]) is None  # a record without shapes: headers are read

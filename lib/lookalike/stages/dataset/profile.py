@@ -41,14 +41,18 @@ def profile_images(images: ImageSource, batch: int = 512, shapes: list | None = 
     """{"width"/"height": {min, median, max}, "modes": {mode: count}, "grayscale_fraction", "colour": "grayscale"|
     "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of a snapshot (sizes)
     and a seeded sample of them (colour and layout). `shapes`: each image's (width, height, mode) when they
-    are known already (recorded when it was checked), so only the sample's images are opened."""
+    are known already (recorded when it was checked): (width, height, mode, how many), so only the sample's images
+    are opened."""
     n = len(images)
     looked = sorted(set(seeded_sample(n, COLOUR_SAMPLE).tolist()))
     grey, thumbnails = 0, []
     if shapes is not None:
-        widths = np.fromiter((shape[0] for shape in shapes), np.int64, n)
-        heights = np.fromiter((shape[1] for shape in shapes), np.int64, n)
-        modes = Counter(shape[2] for shape in shapes)
+        counts = np.array([count for *_, count in shapes], np.int64)
+        widths = np.repeat(np.array([shape[0] for shape in shapes], np.int64), counts)
+        heights = np.repeat(np.array([shape[1] for shape in shapes], np.int64), counts)
+        modes = Counter[str]()
+        for _, _, mode, count in shapes:
+            modes[mode] += count
         for start in range(0, len(looked), _SAMPLE_BATCH):  # a few at a time: camera images are megabytes
             for data in images.image_bytes(looked[start : start + _SAMPLE_BATCH]):
                 with Image.open(io.BytesIO(data)) as img:
