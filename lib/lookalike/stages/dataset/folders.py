@@ -37,7 +37,7 @@ class ImageFolder:
         if not self.label_names:
             return [None] * len(files)
         by_folder: dict[str, str] = {}
-        out = []
+        out: list[str | None] = []
         for file in files:
             head = file.path.rpartition("/")[0]  # a path's folder name follows from what precedes its last '/'
             if (label := by_folder.get(head)) is None:

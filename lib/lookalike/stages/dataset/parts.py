@@ -85,11 +85,7 @@ def part_cuts(paths: Sequence[str | None], shas: Sequence[str], sizes: Sequence[
     hits = [i for i, tail in enumerate(_hit_tails(shas)) if tail]
     heads = np.array([p.rpartition("/")[0] if p is not None else None for p in paths] if n else [], dtype=object)
     changes = [
-        int(i) + 1
-        for i in np.flatnonzero(heads[1:] != heads[:-1])
-        if paths[i] is not None
-        and paths[i + 1] is not None
-        and os.path.dirname(paths[i]) != os.path.dirname(paths[i + 1])  # type: ignore[type-var]
+        i + 1 for i in np.flatnonzero(heads[1:] != heads[:-1]).tolist() if _folder_changes(paths[i], paths[i + 1])
     ]
     ends = np.zeros(n + 1, np.int64)
     np.cumsum(np.asarray(sizes, np.int64), out=ends[1:])
@@ -104,6 +100,10 @@ def part_cuts(paths: Sequence[str | None], shas: Sequence[str], sizes: Sequence[
         cuts.append((start, stop))
         start = stop
     return cuts
+
+
+def _folder_changes(previous: str | None, path: str | None) -> bool:
+    return previous is not None and path is not None and os.path.dirname(previous) != os.path.dirname(path)
 
 
 def _hit_tails(shas: Sequence[str]) -> list[bool]:
