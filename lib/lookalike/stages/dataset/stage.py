@@ -255,6 +255,7 @@ class _SourceRows:
     """The source's rows as Arrow columns (row ids, image paths, labels, metadata), read once."""
 
     def __init__(self, ds, row_ids, section: DatasetSettings, labelled: bool, label_index) -> None:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         self.table = ds.with_format("arrow")[:]  # the rows in order, whatever `limit` selected
@@ -266,9 +267,14 @@ class _SourceRows:
         self.labels: list | None = self.table.column(section.label_column).to_pylist() if labelled else None
         self.label_ids = None
         if label_index is not None and self.labels is not None:
-            self.label_ids = np.array(
-                [-1 if v is None else v if isinstance(v, int) else label_index[str(v)] for v in self.labels], np.int64
-            )
+            column = self.table.column(section.label_column)
+            if pa.types.is_integer(column.type):  # class ids already (an image folder's): taken as they are
+                self.label_ids = pc.fill_null(column, -1).to_numpy().astype(np.int64)
+            else:
+                self.label_ids = np.array(
+                    [-1 if v is None else v if isinstance(v, int) else label_index[str(v)] for v in self.labels],
+                    np.int64,
+                )
 
     def kept(self, left_out: dict[str, str], skip) -> np.ndarray:
         """Positions of the rows that go into parts; the others skipped: no label, or left out of the key."""
