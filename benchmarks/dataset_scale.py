@@ -13,7 +13,8 @@ CPU seconds (user + system, which move less than wall time when other jobs share
   `benchmarks/make_big_folder.py --add` (new files at the end of each class folder, as a weekly
   upload lands) and the stage run again for the grown collection (its key, then its snapshot):
   the bytes it wrote under `<root>/dataset/` against a full snapshot's, and its time against the
-  first run's (`key` + `build`, what a first run of the stage costs, and `build` alone).
+  first run's (`key` + `build`, what a first run of the stage costs, and `build` alone), in wall and in
+  CPU seconds.
 
 Usage:
     .venv/bin/python benchmarks/dataset_scale.py --dataset /data/fm-100k --out benchmarks/results/dataset_scale_100k.json
@@ -140,6 +141,12 @@ def main() -> None:
             "bytes_fraction": round(added["bytes_written"] / before, 4),
             "time_fraction_of_key_plus_build": round(added["wall_s"] / first, 3) if first else None,
             "time_fraction_of_build": round(added["wall_s"] / steps["build"]["wall_s"], 3)
+            if "build" in steps
+            else None,
+            # CPU seconds (workers too) move less than wall time when other jobs share the machine
+            "cpu_fraction_of_key_plus_build": round(
+                added["cpu_s"] / (steps.get("key", {}).get("cpu_s", 0) + steps["build"]["cpu_s"]), 3
+            )
             if "build" in steps
             else None,
             "work_fraction_of_key_plus_build": round(
