@@ -97,6 +97,11 @@ def main() -> None:
     parser.add_argument("--add", type=int, default=0, help="grow the collection by this many images and rerun")
     parser.add_argument("--steps", default="key,build,key_cached,splits")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--note",
+        default="figures taken on a shared 2-core machine (other engineers' jobs ran beside them)",
+        help="what the record says about the machine while it ran (its load average is recorded too)",
+    )
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
     dataset = args.dataset
@@ -109,7 +114,7 @@ def main() -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
         "dataset": args.dataset,
-        "note": "figures taken on a shared 2-core machine (other engineers' jobs ran beside them)",
+        "note": args.note,
         "files": files,
         "steps": {},
     }
