@@ -99,7 +99,7 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
             keyed, left_out = None, {}
             if source.kind != "hub":
                 hashed = hash_source(source, section, root)
-                keyed = {file.path: (sha, file.size) for file, sha in zip(hashed.files, hashed.hashes)}
+                keyed = _Keyed([file.path for file in hashed.files], hashed.hashes, [f.size for f in hashed.files])
                 left_out = {file.path: why for file, why in hashed.unreadable}
             return _snapshot(section, source, folder, hf_cache_dir(root), keyed, left_out)
 
@@ -119,7 +119,7 @@ def _snapshot(
     source: Source,
     folder: Path,
     cache_dir: Path,
-    keyed: dict[str, tuple[str, int]] | None,
+    keyed: _Keyed | None,
     left_out: dict[str, str] | None = None,
 ) -> Built:
     """The snapshot of the split; `keyed` (path -> (sha256 the key was made from, size)) skips a file that
@@ -232,9 +232,12 @@ def _keyed_parts(rows: _SourceRows, keyed, left_out: dict[str, str], chunker: _C
     positions = rows.kept(left_out, skip)
     bar.update(rows.total - len(positions))
     paths = [rows.paths[p] for p in positions] if len(positions) != rows.total else rows.paths
-    known = [keyed.get(path, _UNKNOWN) if path else _UNKNOWN for path in paths]
-    shas = [sha for sha, _ in known]
-    cuts = part_cuts(paths, shas, [size for _, size in known])
+    if paths == keyed.paths:  # a folder's rows are its listed files, in order
+        shas, sizes = keyed.hashes, keyed.sizes
+    else:
+        shas = [keyed.sha.get(path, "") if path else "" for path in paths]
+        sizes = [keyed.size.get(path, 0) if path else 0 for path in paths]
+    cuts = part_cuts(paths, shas, sizes)
     unknown = np.cumsum([0, *(not sha for sha in shas)])
     whole = [(start, stop) for start, stop in cuts if unknown[stop] == unknown[start]]
     ids = dict(zip(whole, range_ids(paths, shas, whole, chunker.max_pixels)))
@@ -244,11 +247,20 @@ def _keyed_parts(rows: _SourceRows, keyed, left_out: dict[str, str], chunker: _C
         if info is not None:
             yield from chunker.reused(_Run(rows, positions[start:stop]), info)
         else:
-            yield from chunker.group(rows.rows(positions[start:stop], known[start:stop]))
+            known = list(zip(shas[start:stop], sizes[start:stop]))
+            yield from chunker.group(rows.rows(positions[start:stop], known))
     yield from chunker.finish()
 
 
-_UNKNOWN = ("", 0)
+class _Keyed:
+    """The files the key was made from: path -> the sha256 it was keyed by, and its size."""
+
+    def __init__(self, paths: list[str], hashes: list[str], sizes: list[int]) -> None:
+        self.paths, self.hashes, self.sizes = paths, hashes, sizes
+        self.sha, self.size = dict(zip(paths, hashes)), dict(zip(paths, sizes))
+
+    def get(self, path: str) -> tuple[str, int]:
+        return (self.sha[path], self.size[path]) if path in self.sha else ("", 0)
 
 
 class _SourceRows:
@@ -366,7 +378,7 @@ class _Chunker:
     def _known(self, row: _Row) -> tuple[str, int]:
         """(sha256, size) as the key knows them, else as the check found them ('' when unknown)."""
         if self.keyed is not None:
-            return self.keyed.get(row.path, ("", 0)) if row.path else ("", 0)
+            return self.keyed.get(row.path) if row.path else ("", 0)
         checked = row.checked
         return (checked.sha256, len(checked.data)) if checked is not None else ("", 0)
 
