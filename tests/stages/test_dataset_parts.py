@@ -131,3 +131,112 @@ def test_a_version_installed_in_another_root_is_grown_there_from_its_parts(tmp_p
     grown = run_dataset_stage(DatasetSettings(source=str(folder)), other).manifest
     assert grown.stats["storage"]["parts_reused"] == first.stats["storage"]["parts"]
     assert grown.stats["storage"]["parts_written"] <= 2 and grown.stats["n_images"] == 32  # the two new images
+
+
+def _cut_row_by_row(paths, shas, sizes):
+    """Where the chunker's rules, applied one row at a time, end each part."""
+    from lookalike.stages.dataset.parts import Candidate, closes_part, starts_part
+
+    cuts, start, rows, size = [], 0, 0, 0
+    for i, (path, sha, n) in enumerate(zip(paths, shas, sizes)):
+        if rows and starts_part(Candidate(paths[i - 1], ""), Candidate(path, sha), rows):
+            cuts.append((start, i))
+            start, rows, size = i, 0, 0
+        rows, size = rows + 1, size + n
+        if closes_part(Candidate(path, sha), rows, size):
+            cuts.append((start, i + 1))
+            start, rows, size = i + 1, 0, 0
+    return cuts + ([(start, len(paths))] if rows else [])
+
+
+@pytest.mark.parametrize("target", [4, 6, 64])
+def test_parts_cut_from_whole_columns_end_where_the_row_by_row_rules_end_them(monkeypatch, target):
+    import hashlib
+    import random
+
+    from lookalike.stages.dataset import parts
+
+    monkeypatch.setattr(parts, "TARGET_ROWS", target)
+    monkeypatch.setattr(parts, "MAX_ROWS", 3 * target)
+    monkeypatch.setattr(parts, "MAX_BYTES", 40_000)
+    rng = random.Random(target)
+    for trial in range(30):
+        n = rng.randrange(0, 400)
+        folders = sorted(rng.choice(["/c/a", "/c/b", "/c//a", "/d", "/c/a/x"]) for _ in range(n))
+        paths = [None if rng.random() < 0.02 else f"{folder}/{i}.png" for i, folder in enumerate(folders)]
+        shas = ["" if rng.random() < 0.02 else hashlib.sha256(b"%d %d" % (trial, i)).hexdigest() for i in range(n)]
+        sizes = [rng.choice([0, 500, 9_000]) for _ in range(n)]
+        cuts = parts.part_cuts(paths, shas, sizes)
+        assert cuts == _cut_row_by_row(paths, shas, sizes)
+        ids = parts.range_ids(paths, shas, cuts, 1000)
+        assert ids == [parts.part_id([parts.Candidate(paths[i], shas[i]) for i in range(a, b)], 1000) for a, b in cuts]
+
+
+def test_a_part_id_from_the_rows_buffer_is_the_one_part_id_gives_for_any_name():
+    from lookalike.stages.dataset.parts import Candidate, part_id, range_ids
+
+    paths = ["/a/é.png", '/a/"q".png', "/a/b\\c\n.png", "/a/\udce9.png", None, "/a/😀.png"]
+    shas = [f"{i:064x}" for i in range(6)]
+    cuts = [(0, 6), (1, 3), (3, 6), (2, 2)]
+    assert range_ids(paths, shas, cuts, 7) == [
+        part_id([Candidate(paths[i], shas[i]) for i in range(a, b)], 7) for a, b in cuts
+    ]
+
+
+def test_a_part_whose_image_changed_is_written_again_and_the_rest_taken_whole(tmp_path, root, small_parts):
+    import os
+
+    folder = photos(tmp_path / "photos", range(40))
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    changed = folder / "dogs" / "010.png"
+    make_png(changed, 99)  # new content under the same name
+    os.utime(changed, ns=(1, 1))
+    second = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    storage = second.stats["storage"]
+    # its part (and the one after, where its new sha256 moved where that part ends) is written again
+    assert second.key != first.key and 1 <= storage["parts_written"] <= 2
+    assert storage["parts_reused"] >= first.stats["storage"]["parts"] - 2
+
+    fresh = tmp_path / "fresh"
+    alone = run_dataset_stage(DatasetSettings(source=str(folder)), fresh).manifest
+    assert content(root, second) == content(fresh, alone)
+    assert changed.read_bytes() in content(root, second)["bytes"]
+
+
+def test_a_part_taken_whole_is_not_read_again(tmp_path, root, small_parts):
+    """A part the root holds is found by the sha256 the key has for its images (the content-hash memo's): its
+    images are not opened again, so the version holds what was checked when the part was written."""
+    import os
+
+    folder = photos(tmp_path / "photos", range(40))
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    kept = folder / "cats" / "011.png"
+    before, stat = kept.read_bytes(), kept.stat()
+    kept.write_bytes(b"x" * len(before))  # same size and times: the memo keeps its hash (dataset.verify=full would not)
+    os.utime(kept, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    photos(folder, [41])
+    second = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    assert second.stats["n_images"] == 41 and second.stats["n_skipped"] == 0
+    assert second.stats["storage"]["parts_reused"] >= first.stats["storage"]["parts"] - 1
+    assert before in content(root, second)["bytes"]
+
+
+def test_an_unreadable_image_in_a_part_taken_whole_is_skipped_again_with_its_reason(tmp_path, root, small_parts):
+    folder = photos(tmp_path / "photos", range(30))
+    (folder / "cats" / "015.png").write_bytes(b"not an image")
+    first = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    photos(folder, [31])
+    second = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    assert second.stats["storage"]["parts_reused"] >= first.stats["storage"]["parts"] - 1
+    assert (first.stats["n_skipped"], second.stats["n_skipped"], second.stats["n_images"]) == (1, 1, 30)
+    assert second.stats["skipped"] == first.stats["skipped"]
+    assert second.stats["skipped"][0]["path"].endswith("015.png")
+
+
+def test_shapes_are_counted_from_records_with_counts_and_from_records_listing_each_image():
+    from lookalike.stages.dataset.parts import recorded_shapes
+
+    counted = {"rows": 3, "shape_counts": [[28, 28, "L", 2], [30, 20, "RGB", 1]]}
+    listed = {"rows": 2, "shapes": [[30, 20, "RGB"], [28, 28, "L"]]}  # as records were written before counts
+    assert recorded_shapes([counted, listed]) == [(28, 28, "L", 3), (30, 20, "RGB", 2)]
+    assert recorded_shapes([counted, {"rows": 2}]) is None  # a record without shapes: headers are read

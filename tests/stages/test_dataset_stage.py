@@ -157,3 +157,15 @@ def test_a_script_without_a_main_guard_gets_one_line_instead_of_hanging(tmp_path
     last = result.stderr.strip().splitlines()[-1]
     assert "DatasetError: the dataset stage's worker processes stopped" in last
     assert 'if __name__ == "__main__":' in last and "dataset.num_workers=0" in last
+
+
+def test_the_cycle_collector_is_back_on_after_the_stage_even_when_it_fails(tmp_path, root):
+    import gc
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(DatasetError):
+        run_dataset_stage(DatasetSettings(source=str(tmp_path / "empty")), root)
+    assert gc.isenabled()
+    run_dataset_stage(DatasetSettings(source=str(folder_dataset(tmp_path))), root)
+    assert gc.isenabled()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 from lookalike.artifacts.s3 import read_url
@@ -32,7 +33,8 @@ MEMO_FILE = "content-hashes.sqlite"
 _COMMIT_EVERY = 20_000
 _FILES_PER_TASK = 64  # hashes written per transaction: an interrupted first run keeps its work
 # lookups without a memo file (no artifacts root given): kept for the life of the process
-_IN_PROCESS: dict[str, tuple[str, str]] = {}  # path -> (stamp, sha256)
+_IN_PROCESS: dict[str, tuple[str, str, str]] = {}  # path -> (path, stamp, sha256)
+_NOT_KNOWN = ("", "", "")
 
 
 @dataclass
@@ -72,7 +74,7 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
     """
     start = time.perf_counter()
     known = {} if full else _known(listing, memo)
-    todo = [f for f in listing.files if known.get(f.path, ("", ""))[0] != f.stamp]
+    todo = [f for f in listing.files if known.get(f.path, _NOT_KNOWN)[1] != f.stamp]
     fresh: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
     if todo:
@@ -89,8 +91,13 @@ def hash_listing(listing: Listing, memo: Path | None, *, full: bool = False) -> 
                         bar.update(len(batch))
                 _remember([f for f in chunk if fresh[f.path]], fresh, memo)
     result = HashedListing(files=[], hashes=[], hashed=len(todo), reused=len(listing.files) - len(todo))
+    if not reasons:  # every file read: the listing in order, each hash from this run or the memo
+        result.files = list(listing.files)
+        result.hashes = [fresh[f.path] if f.path in fresh else known[f.path][2] for f in listing.files]  # type: ignore[misc]
+        result.seconds = time.perf_counter() - start
+        return result
     for file in listing.files:
-        sha = fresh[file.path] if file.path in fresh else known[file.path][1]
+        sha = fresh[file.path] if file.path in fresh else known[file.path][2]
         if sha is None:
             result.unreadable.append((file, reasons[file.path]))
             continue
@@ -128,8 +135,8 @@ def _connect(memo: Path) -> sqlite3.Connection:
     return db
 
 
-def _known(listing: Listing, memo: Path | None) -> dict[str, tuple[str, str]]:
-    """path -> (stamp, sha256) for the memo's files under the listing."""
+def _known(listing: Listing, memo: Path | None) -> dict[str, tuple[str, str, str]]:
+    """path -> (path, stamp, sha256) for the memo's files under the listing."""
     if memo is None:
         return {f.path: _IN_PROCESS[f.path] for f in listing.files if f.path in _IN_PROCESS}
     if not memo.exists():
@@ -137,14 +144,19 @@ def _known(listing: Listing, memo: Path | None) -> dict[str, tuple[str, str]]:
     # One range scan over the listed folder's paths: the memo may hold other collections too.
     low = os.fsencode(listing.root)
     with closing(_connect(memo)) as db:
-        rows = db.execute("SELECT path, stamp, sha256 FROM files WHERE path >= ? AND path <= ?", (low, low + b"\xff"))
-        return {os.fsdecode(path): (stamp, sha) for path, stamp, sha in rows}
+        where = "FROM files WHERE path >= ? AND path <= ?", (low, low + b"\xff")
+        try:  # UTF-8 paths (nearly always): decoded by sqlite3, a row kept as (path, stamp, sha256)
+            rows = db.execute("SELECT CAST(path AS TEXT), stamp, sha256 " + where[0], where[1]).fetchall()
+            return dict(zip(map(itemgetter(0), rows), rows))
+        except sqlite3.OperationalError:  # a name that is not UTF-8: decoded as os.fsdecode does
+            rows = db.execute("SELECT path, stamp, sha256 " + where[0], where[1]).fetchall()
+            return {os.fsdecode(path): (os.fsdecode(path), stamp, sha) for path, stamp, sha in rows}
 
 
 def _remember(files: list[ListedFile], hashes: dict[str, str | None], memo: Path | None) -> None:
     if memo is None:
         for file in files:
-            _IN_PROCESS[file.path] = (file.stamp, hashes[file.path])  # type: ignore[assignment]
+            _IN_PROCESS[file.path] = (file.path, file.stamp, hashes[file.path])  # type: ignore[assignment]
         return
     if not files:
         return

@@ -32,6 +32,19 @@ class ImageFolder:
     def label_of(self, file: ListedFile) -> str | None:
         return os.path.basename(os.path.dirname(file.path)) if self.label_names else None
 
+    def labels_of(self, files: list[ListedFile]) -> list[str | None]:
+        """`label_of` each file, worked out once per folder."""
+        if not self.label_names:
+            return [None] * len(files)
+        by_folder: dict[str, str] = {}
+        out: list[str | None] = []
+        for file in files:
+            head = file.path.rpartition("/")[0]  # a path's folder name follows from what precedes its last '/'
+            if (label := by_folder.get(head)) is None:
+                label = by_folder[head] = os.path.basename(os.path.dirname(file.path))
+            out.append(label)
+        return out
+
 
 def read_image_folder(listing: Listing) -> ImageFolder | None:
     """The folder's splits and labels as `imagefolder` infers them, or None when `datasets` must read it."""
@@ -43,11 +56,22 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
     )
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder as Builder
 
-    names = {file.rel.rsplit("/", 1)[-1] for file in listing.files}
-    top = {file.rel for file in listing.files if "/" not in file.rel}
-    if names & set(_ALL_METADATA_FILENAMES) or "README.md" in top or any(n.endswith((".yaml", ".yml")) for n in top):
+    # every name once, "\0"-separated (no name holds one): a name present anywhere is one substring scan
+    every_name = "\0" + "\0".join(file.rel for file in listing.files) + "\0"
+
+    def named(name: str) -> bool:
+        return f"/{name}\0" in every_name or f"\0{name}\0" in every_name
+
+    if (
+        any(named(name) for name in _ALL_METADATA_FILENAMES)
+        or "\0README.md\0" in every_name
+        or (".yaml\0" in every_name or ".yml\0" in every_name)
+        and re.search("\0[^/\0]*\\.ya?ml\0", every_name)
+    ):
         return None  # metadata columns or a dataset card: datasets' own builder reads those
     ignored = set(FILES_TO_IGNORE)
+    any_ignored = any(named(name) for name in ignored)
+    any_special = "__" in every_name
     # datasets tries ~70 split patterns; each can only match names holding its keyword, so a
     # substring scan (C speed) narrows a million names to the few worth a regex
     holding: dict[str, list[ListedFile]] = {}
@@ -62,35 +86,54 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
         regex = _regex(pattern)
         word = max(re.findall(r"[A-Za-z]{3,}", pattern), key=len, default="")
         if word and word not in holding:
-            holding[word] = [f for f in listing.files if word in f.rel]
-        return [
-            f
-            for f in (holding[word] if word else listing.files)
-            if regex.match(f.rel)
-            and f.rel.rsplit("/", 1)[-1] not in ignored
-            and not _inside_unrequested_special_dir(f.rel, pattern)
-        ]
+            holding[word] = [f for f in listing.files if word in f.rel] if word in every_name else []
+        files = holding[word] if word else listing.files
+        if regex.pattern != _EVERYTHING.pattern:  # "**" matches every name: no regex per file
+            files = [f for f in files if regex.match(f.rel)]
+        if any_ignored:
+            files = [f for f in files if f.rel.rpartition("/")[2] not in ignored]
+        if any_special:
+            files = [f for f in files if "__" not in f.rel or not _inside_unrequested_special_dir(f.rel, pattern)]
+        return list(files)
 
     try:
         patterns = _get_data_files_patterns(resolve)
     except FileNotFoundError:
         return None  # nothing datasets would find: its own error message says so
     keep = re.compile(".*(" + "|".join(re.escape(ext) for ext in _MODULE_TO_EXTENSIONS["imagefolder"]) + ")(\\..+)?$")
+    endings = tuple(_MODULE_TO_EXTENSIONS["imagefolder"])
+    unstorable = _unstorable(listing.files)
+    allowed_extensions = set(_ALL_ALLOWED_EXTENSIONS)
     plain: dict[str, list[ListedFile]] = {}
     odd: dict[str, list[ListedFile]] = {}
+    modules = set()
     for split, split_patterns in patterns.items():
         matched = [f for pattern in split_patterns for f in resolve(pattern)]
-        plain[str(split)] = [f for f in matched if _storable(f) and _allowed(f, _ALL_ALLOWED_EXTENSIONS)]
-        odd[str(split)] = [f for f in matched if not _storable(f)]
-    modules = {_module_of(files) for files in plain.values() if files}
+        if unstorable:
+            odd[str(split)] = [f for f in matched if f.path in unstorable]
+            matched = [f for f in matched if f.path not in unstorable]
+        else:
+            odd[str(split)] = []
+        # what follows each name's first dot ("", "" without one): the decisions below depend on nothing else
+        # of a name, and a collection has few distinct ones
+        suffixes = [f.rel.rpartition("/")[2].partition(".")[1:] for f in matched]
+        counts = Counter(suffixes)
+        allowed = {s: bool(s[0]) and any("." + e in allowed_extensions for e in s[1].split(".")) for s in counts}
+        kept = {s: (s[0] + s[1]).endswith(endings) for s in counts}  # a name ending so is one `keep` matches
+        plain[str(split)] = [f for f, s in zip(matched, suffixes) if allowed[s] and (kept[s] or keep.match(f.path))]
+        if any(allowed[s] for s in counts):
+            modules.add(_module_of({s: n for s, n in counts.items() if allowed[s]}))
     if modules != {"imagefolder"}:
         return None
-    plain = {split: [f for f in files if keep.match(f.path)] for split, files in plain.items()}
     labels: set[str] = set()
     depths: set[int] = set()
+    image_extensions = set(Builder.EXTENSIONS)
+    seen: set[str] = set()  # folders already counted: a folder's label and depth are those of each file in it
     for files in plain.values():
         for f in files:
-            if os.path.splitext(f.path)[1].lower() in Builder.EXTENSIONS:
+            head = f.path.rpartition("/")[0]
+            if head not in seen and _extension(f.rel).lower() in image_extensions:
+                seen.add(head)
                 labels.add(os.path.basename(os.path.dirname(f.path)))
                 depths.add(f.path.count("/"))
     # Names datasets cannot list or store (a newline, bytes that are not UTF-8) follow its rows,
@@ -99,13 +142,17 @@ def read_image_folder(listing: Listing) -> ImageFolder | None:
     return ImageFolder(splits, sorted(labels) if len(labels) > 1 and len(depths) == 1 else None)
 
 
-def _module_of(files: list[ListedFile]) -> str | None:
-    """The packaged module datasets picks for these files: `datasets.load.infer_module_for_data_files_list`'s
-    rule (the most common known extension; parquet, then other table formats, win a draw), counted
-    here in one pass because its per-file `xbasename` costs ~35 us (seconds per 100k files)."""
+def _module_of(suffixes: dict[tuple[str, str], int]) -> str | None:
+    """The packaged module datasets picks for files whose names' suffixes (what follows the first dot: `suffixes`
+    counts each) are these: `datasets.load.infer_module_for_data_files_list`'s rule (the most common known
+    extension; parquet, then other table formats, win a draw), counted here because its per-file `xbasename`
+    costs ~35 us (seconds per 100k files)."""
     from datasets.packaged_modules import _EXTENSION_TO_MODULE
 
-    counts = Counter("." + suffix.lower() for f in files for suffix in f.rel.rsplit("/", 1)[-1].split(".")[1:])
+    counts: Counter[str] = Counter()
+    for (dot, chain), n in suffixes.items():
+        for suffix in chain.split(".") if dot else ():
+            counts["." + suffix.lower()] += n
     preferred = (".parquet", ".lance", ".vortex", ".arrow", ".jsonl", ".json", ".csv")
 
     def rank(item: tuple[str, int]) -> tuple:
@@ -120,13 +167,27 @@ def _module_of(files: list[ListedFile]) -> str | None:
     return None
 
 
-def _allowed(file: ListedFile, extensions: list[str]) -> bool:
-    return any("." + suffix in extensions for suffix in file.rel.rsplit("/", 1)[-1].split(".")[1:])
+def _extension(rel: str) -> str:
+    """`os.path.splitext(rel)[1]`: from the name's last dot, unless only dots precede it."""
+    name = rel.rpartition("/")[2]
+    return "." + name.rpartition(".")[2] if "." in name.lstrip(".") else ""
+
+
+def _unstorable(files: tuple[ListedFile, ...]) -> set[str]:
+    """The paths `datasets` cannot list and store (a newline, bytes that are not UTF-8); one scan of all of them
+    when none is."""
+    joined = "\0".join(f.path for f in files)
+    if joined.isascii() and "\n" not in joined:
+        return set()
+    return {f.path for f in files if not _storable(f)}
 
 
 def _storable(file: ListedFile) -> bool:
     """Whether `datasets` can list and store this file name."""
     return "\n" not in file.path and path_text(file.path) == file.path
+
+
+_EVERYTHING = re.compile("(?s:.*)\\Z")  # what fsspec makes of "**"
 
 
 @lru_cache(maxsize=256)

@@ -14,18 +14,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from lookalike.core.progress import progress
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ListedFile:
+class ListedFile(NamedTuple):
     """A file as the walk saw it: its path relative to the listed folder (`/`-separated) and the
-    stat fields the content-hash memo is keyed by."""
+    stat fields the content-hash memo is keyed by. (A named tuple: a million are made per walk, at a
+    third of a frozen dataclass's cost.)"""
 
     rel: str
     path: str
@@ -99,37 +100,42 @@ def _walk(location: str) -> Listing:
     if root.is_file():
         stat = root.stat()
         return Listing(location, (ListedFile(root.name, str(root), stat.st_size, stat.st_mtime_ns, stat.st_ino),))
-    found: list[tuple[tuple[str, ...], ListedFile]] = []
-    stack: list[tuple[str, tuple[str, ...]]] = [(location, ())]
+    # Depth first, each folder's entries in name order: the files come out in path order (part by part), the
+    # order the content key has always taken files in, without sorting a million paths after.
+    found: list[ListedFile] = []
+    stack = [(iter(_entries(location)), "")]
     with progress(None, "dataset: listing", unit="file") as bar:
         while stack:
-            folder, parts = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except FileNotFoundError:  # a subfolder removed while the walk was on its way to it
-                continue
+            entries, prefix = stack[-1]
             before = len(found)
-            _scan(entries, parts, stack, found)
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((iter(_entries(entry.path)), f"{prefix}{name}/"))
+                        break
+                    if entry.is_file():
+                        stat = entry.stat()
+                        found.append(ListedFile(prefix + name, entry.path, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+                except FileNotFoundError:  # removed between the listing of its folder and its stat
+                    continue
+            else:
+                stack.pop()
             bar.update(len(found) - before)
-    # Path order (part by part), the order the content key has always taken files in.
-    found.sort(key=lambda item: item[0])
-    return Listing(location, tuple(file for _, file in found))
+    return Listing(location, tuple(found))
 
 
-def _scan(entries, parts: tuple[str, ...], stack: list, found: list) -> None:
-    """One folder's entries: its subfolders onto `stack`, its files (with their stat) into `found`."""
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, (*parts, entry.name)))
-            elif entry.is_file():
-                stat = entry.stat()
-                rel = (*parts, entry.name)
-                found.append((rel, ListedFile("/".join(rel), entry.path, stat.st_size, stat.st_mtime_ns, stat.st_ino)))
-        except FileNotFoundError:  # removed between the listing of its folder and its stat
-            continue
+def _entries(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=_NAME)
+    except FileNotFoundError:  # a subfolder removed while the walk was on its way to it
+        return []
+
+
+_NAME = attrgetter("name")
 
 
 def _list_bucket(url: str) -> Listing:

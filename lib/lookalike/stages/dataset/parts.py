@@ -18,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lookalike.core.manifest import (
     PART_LIST,
@@ -69,6 +73,74 @@ def starts_part(previous: Candidate, candidate: Candidate, rows: int) -> bool:
     if rows < TARGET_ROWS // 8 or previous.path is None or candidate.path is None:
         return False
     return os.path.dirname(previous.path) != os.path.dirname(candidate.path)
+
+
+def part_cuts(paths: Sequence[str | None], shas: Sequence[str], sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each part the rows go into, in order: where `starts_part` and `closes_part`, applied row
+    by row, would cut them, found from the few rows where a rule can fire (an sha256 ending a part, a change of
+    folder) and the running byte count, instead of a Python call per row (seconds at 10^6 rows)."""
+    import numpy as np
+
+    n = len(paths)
+    hits = [i for i, tail in enumerate(_hit_tails(shas)) if tail]
+    heads = np.array([p.rpartition("/")[0] if p is not None else None for p in paths] if n else [], dtype=object)
+    changes = [
+        i + 1 for i in np.flatnonzero(heads[1:] != heads[:-1]).tolist() if _folder_changes(paths[i], paths[i + 1])
+    ]
+    ends = np.zeros(n + 1, np.int64)
+    np.cumsum(np.asarray(sizes, np.int64), out=ends[1:])
+    min_rows = max(TARGET_ROWS // 8, 1)  # starts_part: never before the part holds a row
+    cuts, start = [], 0
+    while start < n:
+        stop = min(n, start + MAX_ROWS, int(np.searchsorted(ends, ends[start] + MAX_BYTES)))
+        if (k := bisect_left(hits, start)) < len(hits):
+            stop = min(stop, hits[k] + 1)
+        if (k := bisect_left(changes, start + min_rows)) < len(changes):
+            stop = min(stop, changes[k])
+        cuts.append((start, stop))
+        start = stop
+    return cuts
+
+
+def _folder_changes(previous: str | None, path: str | None) -> bool:
+    return previous is not None and path is not None and os.path.dirname(previous) != os.path.dirname(path)
+
+
+def _hit_tails(shas: Sequence[str]) -> list[bool]:
+    """`closes_part`'s content rule for each sha256: its first 16 hex digits are 0 modulo TARGET_ROWS."""
+    if 4096 % TARGET_ROWS == 0:  # 16**3 is a multiple: the last three of those digits decide
+        tails = {f"{t:03x}" for t in range(0, 4096, TARGET_ROWS)}
+        return [len(s) >= 16 and s[13:16] in tails for s in shas]
+    return [len(s) >= 16 and int(s[:16], 16) % TARGET_ROWS == 0 for s in shas]
+
+
+def range_ids(paths: Sequence[str | None], shas: Sequence[str], cuts: Sequence[tuple[int, int]], max_pixels: int):
+    """`part_id` of the rows of each (start, stop) in `cuts`: the rows' bytes made once, each part hashed over
+    its slice of them."""
+    named = cast("Sequence[str]", paths)
+    if None not in paths and _plain_json("".join(named)) and _plain_json("".join(shas)):
+        # as json.dumps writes them, without a Python call per row: plain ASCII text needs no escapes
+        lines = list(map("".join, zip(repeat('["'), named, repeat('", "'), shas, repeat('"]\n'))))
+    else:
+        lines = [f"[{_json_text(p)}, {encode_basestring_ascii(s)}]\n" for p, s in zip(paths, shas)]
+    blob = memoryview("".join(lines).encode())  # ASCII: a character is a byte
+    offsets = [0, *accumulate(map(len, lines))]
+    base, ids = _digest(max_pixels), []
+    for start, stop in cuts:
+        digest = base.copy()
+        digest.update(blob[offsets[start] : offsets[stop]])
+        ids.append(digest.hexdigest())
+    return ids
+
+
+def _plain_json(text: str) -> bool:
+    """Whether json.dumps writes `text` as it is: printable ASCII without quotes or backslashes (C-speed tests)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def _json_text(path: str | None) -> str:
+    """`json.dumps(path)` (its C string encoder, without the call's own cost)."""
+    return "null" if path is None else encode_basestring_ascii(path)
 
 
 def _digest(max_pixels: int):
@@ -153,7 +225,9 @@ class PartStore:
         self, pid: str, images: list[dict[str, Any]], shas: list[str], shapes: list, skipped: list[tuple[int, str]]
     ) -> dict[str, Any]:
         """Write a part (atomically, hashed as it is kept) and its record; the record. `shapes`: each image's
-        (width, height, mode), kept in the record for the profile of every version that uses the part."""
+        (width, height, mode), counted in the record for the profile of every version that uses the part (a
+        count per distinct shape: the record is read whenever the part is reused, a million times a version
+        at 10^6 images if each image were listed)."""
         from datasets.arrow_writer import ArrowWriter
 
         part = self.folder / f"{pid}.arrow"
@@ -170,8 +244,9 @@ class PartStore:
             "sha256": sha256_file(part),
             "rows": len(images),
             "skipped": [list(s) for s in skipped],
-            "shapes": [list(shape) if shape else None for shape in shapes],
         }
+        if all(shapes):
+            info["shape_counts"] = [[*shape, n] for shape, n in Counter(tuple(shape) for shape in shapes).items()]
         atomic_write_bytes(self.folder / f"{pid}.json", json.dumps(info).encode())
         self.recorded.add(pid)
         self.written += 1
@@ -273,12 +348,44 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     return Dataset(table, info=DatasetInfo(features=features), fingerprint=fingerprint.hexdigest()[:16])
 
 
-def recorded_shapes(used: list[dict[str, Any]]) -> list | None:
-    """Every kept image's (width, height, mode), in row order, from its part's record; None when a record
-    has none (a part fetched from a bucket, whose record stayed behind): the profile reads headers then."""
-    shapes: list = []
+class PartImages:
+    """A version's images by position, read from its memory-mapped parts (for its profile): no `datasets` table
+    over every part is assembled to look at a sample of them."""
+
+    def __init__(self, paths: list[Path], rows: list[int]) -> None:
+        self.paths, self.starts = paths, [0, *accumulate(rows)]
+        self.tables: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def image_bytes(self, positions: list[int]) -> list[bytes]:
+        """The encoded bytes of the images at `positions`, in that order."""
+        import pyarrow as pa
+
+        out = []
+        for position in positions:
+            k = bisect_right(self.starts, position) - 1
+            if k not in self.tables:
+                with pa.memory_map(str(self.paths[k])) as source:
+                    self.tables[k] = pa.ipc.open_stream(source).read_all().column("image")
+            out.append(self.tables[k][position - self.starts[k]]["bytes"].as_py())
+        return out
+
+
+def recorded_shapes(used: list[dict[str, Any]]) -> list[tuple[int, int, str, int]] | None:
+    """(width, height, mode, count) of the kept images, each shape in the order it first appears, from their parts'
+    records; None when a record has none (a part fetched from a bucket, whose record stayed behind): the profile
+    reads headers then. A record written before counts lists each image's shape."""
+    counts: Counter[tuple[int, int, str]] = Counter()
     for info in used:
-        if info.get("shapes") is None or len(info["shapes"]) != info["rows"]:
+        if info.get("shape_counts") is not None:
+            for width, height, mode, n in info["shape_counts"]:
+                counts[width, height, mode] += n
+            continue
+        if info.get("shapes") is None or len(info["shapes"]) != info["rows"] or not all(info["shapes"]):
             return None
-        shapes += info["shapes"]
-    return shapes
+        counts.update(tuple(shape) for shape in info["shapes"])
+    if sum(counts.values()) != sum(info["rows"] for info in used):
+        return None
+    return [(*shape, n) for shape, n in counts.items()]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -29,35 +29,52 @@ LAYOUT_SIDE = 16  # thumbnails for the layout statistic, luminance
 ALIGNED_SHARE = 0.15  # position explains at least this share of the pixel variance: "aligned" (measured 0.34 vs 0.03)
 
 
-def profile_images(snapshot, batch: int = 512, shapes: list | None = None) -> dict[str, Any]:
+class ImageSource(Protocol):
+    """A snapshot's images by position (`lookalike.stages.dataset.parts.PartImages`)."""
+
+    def __len__(self) -> int: ...
+
+    def image_bytes(self, positions: list[int]) -> list[bytes]: ...
+
+
+def profile_images(images: ImageSource, batch: int = 512, shapes: list | None = None) -> dict[str, Any]:
     """{"width"/"height": {min, median, max}, "modes": {mode: count}, "grayscale_fraction", "colour": "grayscale"|
-    "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of an opened snapshot (sizes)
+    "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of a snapshot (sizes)
     and a seeded sample of them (colour and layout). `shapes`: each image's (width, height, mode) when they
-    are known already (recorded when it was checked), so only the sample's images are opened."""
-    n = len(snapshot)
-    widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter[str]()
-    looked = set(seeded_sample(n, COLOUR_SAMPLE).tolist())
+    are known already (recorded when it was checked): (width, height, mode, how many), so only the sample's images
+    are opened."""
+    n = len(images)
+    looked = sorted(set(seeded_sample(n, COLOUR_SAMPLE).tolist()))
     grey, thumbnails = 0, []
     if shapes is not None:
-        for i, (width, height, mode) in enumerate(shapes):
-            widths[i], heights[i] = width, height
-            modes[mode] += 1
-        for position in sorted(looked):
-            with Image.open(io.BytesIO(snapshot[position]["image"]["bytes"])) as img:
-                is_grey, luminance = _look(img)
-                grey += is_grey
-                thumbnails.append(luminance)
+        counts = np.array([count for *_, count in shapes], np.int64)
+        widths = np.repeat(np.array([shape[0] for shape in shapes], np.int64), counts)
+        heights = np.repeat(np.array([shape[1] for shape in shapes], np.int64), counts)
+        modes = Counter[str]()
+        for _, _, mode, count in shapes:
+            modes[mode] += count
+        for start in range(0, len(looked), _SAMPLE_BATCH):  # a few at a time: camera images are megabytes
+            for data in images.image_bytes(looked[start : start + _SAMPLE_BATCH]):
+                with Image.open(io.BytesIO(data)) as img:
+                    is_grey, luminance = _look(img)
+                    grey += is_grey
+                    thumbnails.append(luminance)
         return _summary(widths, heights, modes, grey, thumbnails)
+    widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter[str]()
+    sampled = set(looked)
     for start in range(0, n, batch):
-        for offset, image in enumerate(snapshot[start : start + batch]["image"]):
-            with Image.open(io.BytesIO(image["bytes"])) as img:
+        for offset, data in enumerate(images.image_bytes(list(range(start, min(n, start + batch))))):
+            with Image.open(io.BytesIO(data)) as img:
                 widths[start + offset], heights[start + offset] = img.size
                 modes[img.mode] += 1
-                if start + offset in looked:
+                if start + offset in sampled:
                     is_grey, luminance = _look(img)
                     grey += is_grey
                     thumbnails.append(luminance)
     return _summary(widths, heights, modes, grey, thumbnails)
+
+
+_SAMPLE_BATCH = 32
 
 
 def _summary(widths: np.ndarray, heights: np.ndarray, modes: Counter, grey: int, thumbnails: list) -> dict[str, Any]:

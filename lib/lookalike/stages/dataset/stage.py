@@ -10,6 +10,7 @@ Downstream stages read only this snapshot, so what was hashed is what gets embed
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections import deque
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
 from lookalike.core.errors import one_line
@@ -32,14 +35,16 @@ from lookalike.stages.dataset.listing import one_listing_per_run
 from lookalike.stages.dataset.parts import (
     ROWS,
     Candidate,
+    PartImages,
     PartStore,
-    assemble,
     closes_part,
     compress_rows,
     is_transient,
     open_parted,
+    part_cuts,
     part_id,
     prefix_ids,
+    range_ids,
     recorded_shapes,
     starts_part,
     write_part_list,
@@ -66,7 +71,8 @@ _POOL_MIN_IMAGES = 4 * _BATCH  # fewer: starting worker processes costs more tha
 def dataset_key(section: DatasetSettings, root: Path | str | None = None) -> tuple[str, Source, str]:
     """(stage key, resolved source, content fingerprint) for a dataset section; local files are
     hashed through the content-hash memo of the artifacts root `root`, when given."""
-    source, fingerprint = pin_source(resolve_source(section), section, root)
+    with _no_collector_pauses():
+        source, fingerprint = pin_source(resolve_source(section), section, root)
     settings = {**_key_settings(section), "content": fingerprint}
     return key_for(STAGE, settings, {}), source, fingerprint
 
@@ -87,7 +93,7 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
         DatasetError: empty dataset, missing column or split, unreachable hub, or more
             unreadable images than `section.max_unreadable_fraction` allows.
     """
-    with one_listing_per_run():  # the key and the snapshot see one listing (the flow's, inside a run)
+    with one_listing_per_run(), _no_collector_pauses():  # the key and the snapshot see one listing
         key, source, fingerprint = dataset_key(section, root)
         settings = {**section.model_dump(mode="json"), "content": fingerprint, "resolved": source.describe()}
 
@@ -95,11 +101,24 @@ def run_dataset_stage(section: DatasetSettings, root: Path) -> StageResult:
             keyed, left_out = None, {}
             if source.kind != "hub":
                 hashed = hash_source(source, section, root)
-                keyed = {file.path: (sha, file.size) for file, sha in zip(hashed.files, hashed.hashes)}
+                keyed = _Keyed([file.path for file in hashed.files], hashed.hashes, [f.size for f in hashed.files])
                 left_out = {file.path: why for file, why in hashed.unreadable}
             return _snapshot(section, source, folder, hf_cache_dir(root), keyed, left_out)
 
         return run_stage(root, STAGE, key, settings=settings, inputs={}, build=build)
+
+
+@contextmanager
+def _no_collector_pauses() -> Iterator[None]:
+    """Python's cycle collector off while the stage runs: it lists, hashes and cuts into parts a few objects per
+    image, none in a cycle, and each full collection walks all of them again (5 s of 26 at 10^6 images)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def hf_cache_dir(root: Path) -> Path:
@@ -115,7 +134,7 @@ def _snapshot(
     source: Source,
     folder: Path,
     cache_dir: Path,
-    keyed: dict[str, tuple[str, int]] | None,
+    keyed: _Keyed | None,
     left_out: dict[str, str] | None = None,
 ) -> Built:
     """The snapshot of the split; `keyed` (path -> (sha256 the key was made from, size)) skips a file that
@@ -140,8 +159,8 @@ def _snapshot(
     max_skips = int(section.max_unreadable_fraction * total)
     skipped: list[dict[str, Any]] = []
 
-    def skip(row: _Row, reason: str) -> None:
-        skipped.append({"row_id": row.row_id, "path": row.path, "reason": reason})
+    def skip(row_id: int, path: str | None, reason: str) -> None:
+        skipped.append({"row_id": row_id, "path": path, "reason": reason})
         if len(skipped) > max_skips:
             raise DatasetError(_too_many_unreadable(skipped, total, section))
 
@@ -154,20 +173,12 @@ def _snapshot(
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
             chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
-            for row in _source_rows(ds, row_ids, section, keyed, names is not None, pool, workers):
-                if names and row.label is None:  # e.g. a file whose class folder datasets could not name
-                    skip(row, "no label: its class folder or label value is missing")
-                    bar.update(1)
-                    continue
-                if row.path in left_out:  # missing or unreadable when the key was made: not read
-                    skip(row, left_out[row.path])
-                    bar.update(1)
-                    continue
-                for chunk, info in chunker.add(row):
-                    n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
-                    listed.append(info)
-                    bar.update(len(chunk))
-            for chunk, info in chunker.finish():
+            if keyed is not None:
+                source_rows = _SourceRows(ds, row_ids, section, names is not None, label_index)
+                in_order = _keyed_parts(source_rows, keyed, left_out, chunker, skip, bar)
+            else:
+                in_order = _checked_parts(ds, row_ids, section, names, chunker, skip, bar, pool, workers)
+            for chunk, info in in_order:
                 n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
                 listed.append(info)
                 bar.update(len(chunk))
@@ -181,7 +192,7 @@ def _snapshot(
     write_part_list(folder, listed)
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
-    snapshot = assemble(folder / ROWS, [shared / info["name"] for info in listed], folder)
+    images = PartImages([shared / info["name"] for info in listed], [info["rows"] for info in listed])
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -193,7 +204,7 @@ def _snapshot(
         # what this version wrote and what it shared with earlier ones (lookalike.stages.dataset.parts)
         "storage": store.stats(),
         # sizes and colour of what was kept: what a recipe for these images has to suit
-        "profile": profile_images(snapshot, shapes=recorded_shapes(listed)),
+        "profile": profile_images(images, shapes=recorded_shapes(listed)),
     }
     return Built(files=[ROWS, PART_LIST], stats=stats)
 
@@ -215,15 +226,144 @@ class _Row:
         return self.image.get("path") if self.image else None
 
 
-def _source_rows(ds, row_ids, section: DatasetSettings, keyed, labelled: bool, pool, workers: int) -> Iterator[_Row]:
-    """The split's rows in order; without `keyed` (a hub source: content known only once read), each
-    already checked, in parallel batches."""
-    if keyed is None:
-        for start, batch, checked in _checked_batches(ds, section, labelled, pool, workers):
-            yield from _batch_rows(batch, start, row_ids, section, labelled, checked)
-        return
-    for start in range(0, len(ds), _BATCH):
-        yield from _batch_rows(ds[start : start + _BATCH], start, row_ids, section, labelled, None)
+def _checked_parts(ds, row_ids, section: DatasetSettings, names, chunker: _Chunker, skip, bar, pool, workers: int):
+    """(rows, part record) in order for a source whose content is known only once read (a hub dataset): each
+    batch of rows read and checked (in parallel), then cut into parts."""
+    for start, batch, checked in _checked_batches(ds, section, names is not None, pool, workers):
+        for row in _batch_rows(batch, start, row_ids, section, names is not None, checked):
+            if names and row.label is None:  # e.g. a row without a label value
+                skip(row.row_id, row.path, "no label: its class folder or label value is missing")
+                bar.update(1)
+                continue
+            yield from chunker.add(row)
+    yield from chunker.finish()
+
+
+def _keyed_parts(rows: _SourceRows, keyed, left_out: dict[str, str], chunker: _Chunker, skip, bar):
+    """(rows, part record) in order for a source whose every file's sha256 the key knows: the parts are cut
+    where the content says (`part_cuts`) before any row is read, and a part the root holds already is taken
+    whole, by its id alone (no per-row work: a grown collection's version is mostly such parts); the rest go
+    through the chunker, which reuses the part they grew from or reads, checks and writes them."""
+    positions = rows.kept(left_out, skip)
+    bar.update(rows.total - len(positions))
+    paths = [rows.paths[p] for p in positions] if len(positions) != rows.total else rows.paths
+    if paths == keyed.paths:  # a folder's rows are its listed files, in order
+        shas, sizes = keyed.hashes, keyed.sizes
+    else:
+        shas = [keyed.sha.get(path, "") if path else "" for path in paths]
+        sizes = [keyed.size.get(path, 0) if path else 0 for path in paths]
+    cuts = part_cuts(paths, shas, sizes)
+    unknown = np.cumsum([0, *(not sha for sha in shas)])
+    whole = [(start, stop) for start, stop in cuts if unknown[stop] == unknown[start]]
+    ids = dict(zip(whole, range_ids(paths, shas, whole, chunker.max_pixels)))
+    for start, stop in cuts:
+        pid = ids.get((start, stop))
+        info = chunker.store.find(pid) if pid is not None else None
+        if info is not None:
+            yield from chunker.reused(_Run(rows, positions[start:stop]), info)
+        else:
+            known = list(zip(shas[start:stop], sizes[start:stop]))
+            yield from chunker.group(rows.rows(positions[start:stop], known))
+    yield from chunker.finish()
+
+
+class _Keyed:
+    """The files the key was made from: path -> the sha256 it was keyed by, and its size."""
+
+    def __init__(self, paths: list[str], hashes: list[str], sizes: list[int]) -> None:
+        self.paths, self.hashes, self.sizes = paths, hashes, sizes
+        self.sha, self.size = dict(zip(paths, hashes)), dict(zip(paths, sizes))
+
+    def get(self, path: str) -> tuple[str, int]:
+        return (self.sha[path], self.size[path]) if path in self.sha else ("", 0)
+
+
+class _SourceRows:
+    """The source's rows as Arrow columns (row ids, image paths, labels, metadata), read once."""
+
+    def __init__(self, ds, row_ids, section: DatasetSettings, labelled: bool, label_index) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.table = ds.with_format("arrow")[:]  # the rows in order, whatever `limit` selected
+        self.total = len(self.table)
+        self.row_ids = np.asarray(row_ids, np.int64)
+        self.section, self.labelled = section, labelled
+        self.images = self.table.column(section.image_column)
+        self.paths: list[str | None] = pc.struct_field(self.images, "path").to_pylist()
+        self.labels: list | None = self.table.column(section.label_column).to_pylist() if labelled else None
+        self.label_ids = None
+        if label_index is not None and self.labels is not None:
+            column = self.table.column(section.label_column)
+            if pa.types.is_integer(column.type):  # class ids already (an image folder's): taken as they are
+                self.label_ids = pc.fill_null(column, -1).to_numpy().astype(np.int64)
+            else:
+                self.label_ids = np.array(
+                    [-1 if v is None else v if isinstance(v, int) else label_index[str(v)] for v in self.labels],
+                    np.int64,
+                )
+
+    def kept(self, left_out: dict[str, str], skip) -> np.ndarray:
+        """Positions of the rows that go into parts; the others skipped: no label, or left out of the key."""
+        no_label = self.labelled and self.table.column(self.section.label_column).null_count > 0
+        if not no_label and not left_out:
+            return np.arange(self.total)
+        kept = []
+        for position, path in enumerate(self.paths):
+            if self.labels is not None and self.labels[position] is None:
+                skip(int(self.row_ids[position]), path, "no label: its class folder or label value is missing")
+            elif path in left_out:  # missing or unreadable when the key was made: not read
+                skip(int(self.row_ids[position]), path, left_out[path])
+            else:
+                kept.append(position)
+        return np.array(kept, np.int64)
+
+    def rows(self, positions: np.ndarray, known: list[tuple[str, int]]) -> list[_Row]:
+        """The rows at `positions` as the chunker takes them (to be checked, or reused as a grown part)."""
+        taken = self.table.take(positions)
+        images = taken.column(self.section.image_column).to_pylist()
+        metadata = {name: taken.column(name).to_pylist() for name in self.section.metadata_columns}
+        return [
+            _Row(
+                row_id=int(self.row_ids[position]),
+                image=image,
+                label=self.labels[position] if self.labels is not None else None,
+                metadata={name: values[i] for name, values in metadata.items()},
+                known=known[i],
+            )
+            for i, (position, image) in enumerate(zip(positions, images))
+        ]
+
+
+@dataclass
+class _Run:
+    """The rows of a part reused whole, by their positions in the source: written to the rows table by column."""
+
+    source: _SourceRows
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def write(self, writer, info: dict[str, Any], extra: list[str], skip) -> int:
+        source, positions = self.source, self.positions
+        if info["skipped"]:  # recorded when the part was written: skipped again, unread
+            for i, reason in info["skipped"]:
+                position = positions[int(i)]
+                skip(int(source.row_ids[position]), source.paths[position], reason)
+            positions = np.delete(positions, [int(i) for i, _ in info["skipped"]])
+        if len(positions) != info["rows"]:
+            raise DatasetError(f"part {info['name']} holds {info['rows']} images, not the {len(positions)} it should")
+        if len(positions):
+            import pyarrow as pa
+
+            batch = {"row_id": pa.array(source.row_ids[positions])}
+            if source.label_ids is not None:
+                batch["label"] = pa.array(source.label_ids[positions])
+            for name in extra:
+                batch[name] = source.table.column(name).take(positions).combine_chunks()
+            writer.write_batch(batch)
+        return len(positions)
 
 
 def _batch_rows(batch, start: int, row_ids, section: DatasetSettings, labelled: bool, checked) -> Iterator[_Row]:
@@ -253,7 +393,7 @@ class _Chunker:
     def _known(self, row: _Row) -> tuple[str, int]:
         """(sha256, size) as the key knows them, else as the check found them ('' when unknown)."""
         if self.keyed is not None:
-            return self.keyed.get(row.path, ("", 0)) if row.path else ("", 0)
+            return self.keyed.get(row.path) if row.path else ("", 0)
         checked = row.checked
         return (checked.sha256, len(checked.data)) if checked is not None else ("", 0)
 
@@ -266,6 +406,20 @@ class _Chunker:
         self.size += size
         if closes_part(Candidate(row.path, sha), len(self.rows), self.size):
             self._close()
+        return self._drain()
+
+    def group(self, rows: list[_Row]) -> list[tuple[list[_Row], dict[str, Any]]]:
+        """`rows` as one part (cut already: `part_cuts`), each with its `known` (sha256, size)."""
+        self.rows, self.size = rows, 0
+        self._close()
+        return self._drain()
+
+    def reused(self, run: _Run, info: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """A part found whole, in its place in the order."""
+        self.pending.append((run, info))
+        return self._drain()
+
+    def _drain(self) -> list[tuple[Any, dict[str, Any]]]:
         done = []
         while len(self.pending) > 2:
             done.append(self._resolve(*self.pending.popleft()))
@@ -326,14 +480,16 @@ class _Chunker:
         return rows, info
 
 
-def _write_rows(writer, rows: list[_Row], info: dict[str, Any], extra, label_index, skip) -> int:
+def _write_rows(writer, rows: list[_Row] | _Run, info: dict[str, Any], extra, label_index, skip) -> int:
     """Add one part's kept rows to the version's rows table (its skipped ones to the skips); how many."""
+    if isinstance(rows, _Run):
+        return rows.write(writer, info, extra, skip)
     skipped = {int(i): reason for i, reason in info["skipped"]}
     kept: dict[str, list] = {"row_id": [], **({"label": []} if label_index is not None else {})}
     kept.update({name: [] for name in extra})
     for i, row in enumerate(rows):
         if i in skipped:
-            skip(row, skipped[i])
+            skip(row.row_id, row.path, skipped[i])
             continue
         kept["row_id"].append(row.row_id)
         if label_index is not None:
