@@ -122,22 +122,49 @@ def build_index(vectors: np.ndarray, row_ids: np.ndarray, kind: IndexType) -> fa
 def trained_index(vectors: np.ndarray, kind: IndexType) -> faiss.Index:
     """An empty index of `kind` that takes row ids, trained on (a sample of) `vectors`."""
     n, dim = vectors.shape
+    index = empty_index(dim, kind)
+    if not index.is_trained:
+        train_index(index, vectors if n <= TRAIN_SAMPLE else vectors[training_rows(n)], n, kind)
+    return index
+
+
+def training_rows(n: int) -> np.ndarray:
+    """Positions (sorted) of the vectors an index of `n` vectors is trained on: a seeded sample of at
+    most TRAIN_SAMPLE, so a caller can read just those rows of a collection too large to hold."""
+    return seeded_sample(n, TRAIN_SAMPLE)
+
+
+def empty_index(dim: int, kind: IndexType) -> faiss.Index:
+    """An untrained, empty index of `kind` for `dim`-d vectors that takes row ids."""
     try:
         index = faiss.index_factory(dim, kind.factory, kind.faiss_metric)
     except RuntimeError as exc:
         raise IndexBuildError(f"FAISS cannot build {kind.factory!r} for dim {dim}: {_first_line(exc)}") from None
-    if not _stores_ids(index):
-        index = faiss.IndexIDMap2(index)
-    if not index.is_trained:
-        sample = vectors if n <= TRAIN_SAMPLE else vectors[seeded_sample(n, TRAIN_SAMPLE)]
-        try:
-            index.train(sample)
-        except RuntimeError as exc:
-            raise IndexBuildError(
-                f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
-                "index more images or use a preset that needs no training (flat-l2, flat-ip, hnsw)"
-            ) from None
-    return index
+    return index if _stores_ids(index) else faiss.IndexIDMap2(index)
+
+
+def train_index(index: faiss.Index, sample: np.ndarray, n: int, kind: IndexType) -> None:
+    """Train `index` (of `n` vectors) on their `training_rows(n)`, `sample`, in that order."""
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise IndexBuildError(
+            f"index {kind.factory!r} cannot be trained on {n} vectors ({_first_line(exc)}); "
+            "index more images or use a preset that needs no training (flat-l2, flat-ip, hnsw)"
+        ) from None
+
+
+def adds_in_parts(index: faiss.Index) -> bool:
+    """Whether adding vectors to `index` a part at a time gives the same index as adding them at once:
+    true where each vector is encoded and appended on its own (flat and scalar/product-quantizer codes,
+    IVF lists, which FAISS itself fills in blocks, a refine pair of those); not for a graph (HNSW, NSG),
+    whose construction orders a batch's vectors by level before linking them."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap2, faiss.IndexIDMap)):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexRefine):
+        return adds_in_parts(index.base_index) and adds_in_parts(index.refine_index)
+    return isinstance(index, (faiss.IndexFlatCodes, faiss.IndexIVF))
 
 
 def _stores_ids(index: faiss.Index) -> bool:
@@ -417,9 +444,47 @@ def recall_vs_exact(index, vectors, row_ids, queries, kind: IndexType, k: int) -
     exact = faiss.IndexIDMap2(faiss.IndexFlat(vectors.shape[1], kind.faiss_metric))
     exact.add_with_ids(vectors, row_ids)
     _, truth = search(exact, vectors[queries], k + 1)
-    _, got = search(index, vectors[queries], k + 1)
+    return recall_against(index, vectors[queries], row_ids[queries], truth, k)
+
+
+class ExactNeighbours:
+    """The exact k nearest stored vectors of fixed `queries`, from the stored vectors given a part at a
+    time (`add`, in storage order): `recall_vs_exact`'s ground truth without holding every vector.
+
+    Each part is searched exactly and the parts' results merged in one FAISS heap keyed by position in
+    the whole collection; FAISS keeps the lowest positions among tied distances both inside a search and
+    in the merge, so the neighbours and their order are those of one exact index over all the vectors."""
+
+    def __init__(self, queries: np.ndarray, k: int, kind: IndexType) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k, self.metric = k, kind.faiss_metric
+        self.keep_max = kind.metric == "ip"  # similarities: the largest are the nearest
+        self.heap = faiss.ResultHeap(len(queries), k, keep_max=self.keep_max)
+        self.stored = 0
+
+    def add(self, vectors: np.ndarray) -> None:
+        flat = faiss.IndexFlat(vectors.shape[1], self.metric)
+        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        distances, positions = flat.search(self.queries, self.k)
+        # the heap admits a candidate only when strictly better than its worst, so ties must reach it
+        # lowest position first (FAISS lists the ties of an inner-product search highest first)
+        order = np.lexsort((positions, -distances if self.keep_max else distances))
+        distances, positions = np.take_along_axis(distances, order, 1), np.take_along_axis(positions, order, 1)
+        self.heap.add_result(distances, np.where(positions >= 0, positions + self.stored, -1))
+        self.stored += len(vectors)
+
+    def row_ids(self, row_ids: np.ndarray) -> np.ndarray:
+        """(n_queries, k) row ids of the neighbours, nearest first (-1 where fewer were stored)."""
+        self.heap.finalize()
+        found = self.heap.I
+        return np.where(found >= 0, row_ids[np.maximum(found, 0)], -1)
+
+
+def recall_against(index, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """`recall_vs_exact` from exact search's k + 1 neighbours of the queries, `truth` (row ids)."""
+    _, got = search(index, queries, k + 1)
     overlap = []
-    for own, t, g in zip(row_ids[queries], truth, got):
+    for own, t, g in zip(query_ids, truth, got):
         t = [r for r in t if r != own and r >= 0][:k]
         g = {r for r in g if r != own and r >= 0}
         if t:

@@ -72,12 +72,23 @@ class Whitening:
 
 def fit_whitening(vectors: np.ndarray, power: float) -> Whitening:
     """Learn the whitening of `vectors` (n, d) float32 at `power` (0 = off, 0.5 = square root, 1 = full)."""
-    n, d = vectors.shape
+    n = len(vectors)
+    return fit_whitening_sample(vectors if n <= TRAIN_SAMPLE else vectors[training_rows(n)], n, power)
+
+
+def training_rows(n: int) -> np.ndarray:
+    """Positions (sorted) of the vectors a whitening of `n` vectors is learned from: a seeded sample of at
+    most TRAIN_SAMPLE, so a caller can read just those rows of a collection too large to hold."""
+    return seeded_sample(n, TRAIN_SAMPLE)
+
+
+def fit_whitening_sample(sample: np.ndarray, n: int, power: float) -> Whitening:
+    """`fit_whitening` of `n` vectors from their `training_rows(n)` alone (`sample`, in that order)."""
+    d = sample.shape[1]
     if power == 0:
         return Whitening((), power, "off (index.whitening=0)")
     if n < MIN_VECTORS:
         return Whitening((), power, f"skipped: {n} vectors are too few to estimate a covariance (< {MIN_VECTORS})")
-    sample = vectors if n <= TRAIN_SAMPLE else vectors[seeded_sample(n, TRAIN_SAMPLE)]
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     d_out = min(d, len(sample))  # FAISS's PCA gives at most one axis per training vector
     pca = faiss.PCAMatrix(d, d_out, -power / 2, False)
