@@ -62,12 +62,13 @@ $(CHROMIUM):
 # and servers, so two workers on two cores finish well before one. `pytest tests/...` runs serially.
 # mypy checks the package first (pyproject's [tool.mypy]); .mypy_cache keeps a re-run to seconds.
 # The docs site builds offline and --strict (mkdocs.yml): a broken link, a page missing from the nav or a
-# reference that no longer generates fails here; NO_MKDOCS_2_WARNING quietens mkdocs-material's banner.
+# reference that no longer generates fails here (not with --quiet: it hides the warnings --strict counts);
+# NO_MKDOCS_2_WARNING quietens mkdocs-material's end-of-life banner.
 test: $(VENV)/.test-installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean-artifacts:
