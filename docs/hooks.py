@@ -182,6 +182,10 @@ def cli_reference() -> str:
         "`lookalike --help` and `lookalike COMMAND --help`. The guide: [The command line](../user-guide/cli.md).\n\n"
     )
     title, _, rest = body.partition("\n\n")
+    # typer writes help text as it is; the usage lines are code
+    rest = "".join(
+        part if part.startswith("```") else _literal(part) for part in re.split(r"(```.*?```)", rest, flags=re.S)
+    )
     return f"{title}\n\n{intro}{rest.strip()}\n"
 
 
@@ -215,8 +219,19 @@ def _limits(metadata: Any) -> list[str]:
     return found
 
 
+def _literal(text: str, special: str = "*<") -> str:
+    """Help text as Markdown: outside `code`, a `*` or `<` is the character, not emphasis or an HTML tag
+    (`path~*/cats/*`, `--set encoder.teacher=<model>`)."""
+    escapes = {"*": "\\*", "<": "&lt;", "|": "\\|"}
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(
+        part if part.startswith("`") else "".join(escapes[c] if c in special else c for c in part) for part in parts
+    )
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Help text for a table cell: one line, and a `|` outside `code` that does not end the cell."""
+    return _literal(" ".join(text.split()), "*<|")
 
 
 def _default(field: Any) -> str:
