@@ -44,6 +44,10 @@ COPIES = "repo"
 LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 # numbered citations side by side, `[12][13]` (deployments/SIZING.md): text, not a reference link
 CITATIONS = re.compile(r"\[(\d+)\]\[(\d+)\]")
+# a list item nested by two spaces, as code hosts read it; Python-Markdown nests by four
+NESTED_ITEM = re.compile(r"^((?:  )+)(?=(?:[-*]|\d+\.) )", re.M)
+# a list right under a paragraph line; Python-Markdown needs a blank line between them
+LIST_AFTER_TEXT = re.compile(r"^((?![ \t]|(?:[-*]|\d+\.) |[|#>]).+)\n(?=(?:[-*]|\d+\.) )", re.M)
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 
 _source_of: dict[str, str] = {}  # site page -> the repository file it was read from
@@ -151,6 +155,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         return f"{match.group(1)}{new}{match.group(3)}"
 
     def text(part: str) -> str:
+        part = LIST_AFTER_TEXT.sub(r"\1\n\n", NESTED_ITEM.sub(lambda m: m.group(1) * 2, part))
         return CITATIONS.sub(r"[\1]\\[\2]", LINK.sub(relink, part))
 
     # code blocks are left as they are: only the text between them is relinked
