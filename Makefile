@@ -17,7 +17,7 @@ TORCH   = torch==2.14.1 torchvision==0.29.1
 RUNTIME_EXTRAS = serve,dask,s3,pretrained
 
 # make run is a quick demo: 300 pretraining steps (about 1.5 minutes here) instead of the sample's
-# budget of 1,100 (README, "Which recipe when"); it still beats both baselines, so it is promoted.
+# budget of 1,100 (docs/training/recipes.md, "Which recipe when"); it still beats both baselines, so it is promoted.
 DEMO_STEPS ?= 300
 
 .PHONY: run test lock query clean-artifacts
@@ -38,7 +38,7 @@ $(VENV)/.test-installed: $(VENV)/.installed
 lock: $(VENV)/.test-installed
 	{ echo '# The exact versions the test suite passes with: lookalike, all its extras, torch and its CUDA libraries.'; \
 	  echo '# pip constraints: `pip install -c constraints.txt ...` installs only what is asked for, at these versions.'; \
-	  echo '# Written by `make lock` from .venv (README, "Set-up"); used by the Makefile and the Dockerfile.'; \
+	  echo '# Written by `make lock` from .venv (docs/getting-started.md, "Set-up"); used by the Makefile and the Dockerfile.'; \
 	  $(BIN)/python -m pip freeze --exclude-editable; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	touch $(VENV)/.installed $(VENV)/.test-installed
@@ -61,10 +61,14 @@ $(CHROMIUM):
 # fixtures (a Prefect server stack, a built index) are made once; much of it waits on subprocesses
 # and servers, so two workers on two cores finish well before one. `pytest tests/...` runs serially.
 # mypy checks the package first (pyproject's [tool.mypy]); .mypy_cache keeps a re-run to seconds.
+# The docs site builds offline and --strict (mkdocs.yml): a broken link, a page missing from the nav or a
+# reference that no longer generates fails here (not with --quiet: it hides the warnings --strict counts);
+# NO_MKDOCS_2_WARNING quietens mkdocs-material's end-of-life banner.
 test: $(VENV)/.test-installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean-artifacts:

@@ -1,4 +1,4 @@
-"""The Python API (lookalike.api): the README's examples run as written, and Index.search over
+"""The Python API (lookalike.api): the documentation's examples run as written, and Index.search over
 every kind of query, in chunks, with one-line errors."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from lookalike.api import Index, Neighbour, RunSummary
 from lookalike.core.names import QUERY_CHUNK as CHUNK
 
 REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "docs" / "user-guide" / "python-api.md"
 
 
 def readme_examples() -> list[str]:
-    """The ```python blocks of the README's "Python API" section, in order."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    """The ```python blocks of the "Python API" page (docs/user-guide/python-api.md, once the README's
+    section of that name), in order."""
+    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
 
 
 def test_the_readme_examples_run_build_load_by_alias_and_folder_and_search_100_images(
@@ -34,7 +34,7 @@ def test_the_readme_examples_run_build_load_by_alias_and_folder_and_search_100_i
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # what run() sets; undone after
     namespace: dict = {}
     for code in examples:
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the documentation is the test
+        exec(compile(code, str(PAGE), "exec"), namespace)  # noqa: S102 - the documentation is the test
     summary, index, hits = namespace["summary"], namespace["index"], namespace["hits"]
     assert isinstance(summary, RunSummary) and summary["stages"]["index"]["key"] == summary.index_key
     assert summary.baselines["pixels"]["precision_at_10"] is not None

@@ -1,5 +1,6 @@
-"""The README's invalidation table is exact: it names every setting, and changing each one
-changes the keys of exactly the stages it lists (so exactly those recompute)."""
+"""The invalidation table (docs/concepts/stage-keys.md, once in the README) is exact: it names every
+setting, and changing each one changes the keys of exactly the stages it lists (so exactly those
+recompute)."""
 
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def all_settings() -> set[str]:
 
 
 def readme_table() -> dict[str, set[str]]:
-    """setting -> stages it invalidates, from the README table (wildcards expanded)."""
-    text = (REPO / "README.md").read_text()
+    """setting -> stages it invalidates, from the documentation's table (wildcards expanded)."""
+    text = (REPO / "docs" / "concepts" / "stage-keys.md").read_text()
     table = text[text.index("| setting | default | stages it invalidates |") :].split("\n\n")[0]
     out: dict[str, set[str]] = {}
     for row in table.splitlines()[2:]:

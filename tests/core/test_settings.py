@@ -128,8 +128,8 @@ def test_a_number_or_auto_field_fails_on_one_line_naming_both():
 
 @pytest.mark.parametrize("text", ["", "null", "None"])
 def test_empty_text_gives_an_optional_number_none_as_its_description_promises(text, monkeypatch):
-    """README's GPU photo recipe passes `--set encoder.crop_min_scale=null` (the method's own crop
-    scales); an optional number given "", "null" or "none" as text is None, not a parse error."""
+    """The GPU photo recipe (docs/training/recipes.md) passes `--set encoder.crop_min_scale=null` (the
+    method's own crop scales); an optional number given "", "null" or "none" as text is None, not a parse error."""
     settings = load_settings({"encoder.crop_min_scale": text, "encoder.epochs": text, "index.nlist": text})
     assert (settings.encoder.crop_min_scale, settings.encoder.epochs, settings.index.nlist) == (None, None, None)
     monkeypatch.setenv("LOOKALIKE_INDEX__NLIST", text)

@@ -13,7 +13,7 @@ from lookalike.stages.index.capabilities import capabilities
 from lookalike.stages.index.factory import PRESETS, plan_factory, resolve_index_type, search, trained_index
 from lookalike.stages.index.whitening import fit_whitening
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "concepts" / "index-types.md"  # the presets' table
 # index type -> (range search, filtered search)
 EXPECTED = {
     "flat-l2": (True, True),
@@ -56,7 +56,7 @@ def test_each_index_type_is_given_the_operations_faiss_runs_safely_for_it(vector
 
 def test_the_readme_table_says_what_each_preset_is_given(vectors):
     rows = {}
-    for line in README.read_text().splitlines():
+    for line in PAGE.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and re.fullmatch(r"`[a-z0-9-]+`", cells[0]) and cells[0].strip("`") in PRESETS:
             rows[cells[0].strip("`")] = cells

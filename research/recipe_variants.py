@@ -3,9 +3,9 @@
 The product's settings cover what a user would tune (steps, width, temperature, crops, jitter,
 read-out). A probe of something the settings do not expose (another loss, another head, extra
 views) would otherwise be a throwaway patch; this script makes each one a flag, so every probe in
-benchmarks/README.md (*Recipe probes*, rows H1-) reruns from its command. Each flag swaps one part
+research/README.md (*Recipe probes*, rows H1-) reruns from its command. Each flag swaps one part
 of lookalike's SimCLR method (`lookalike.stages.encoder.methods.simclr`) for lightly's own module,
-then runs `recipe_curve.py` with the remaining arguments unchanged.
+then runs benchmarks/recipe_curve.py with the remaining arguments unchanged.
 
     --loss dcl        lightly's DCLLoss: the positive pair left out of the denominator (Yeh et al. 2022)
     --loss bank       NTXentLoss with a 4,096-vector memory bank of earlier batches' negatives
@@ -18,7 +18,7 @@ then runs `recipe_curve.py` with the remaining arguments unchanged.
                       (the head and the index both see it)
 
 Usage:
-    .venv/bin/python benchmarks/recipe_variants.py --loss dcl -- --dataset /tmp/fashion-mnist/test \
+    .venv/bin/python research/recipe_variants.py --loss dcl -- --dataset /tmp/fashion-mnist/test \
         --set encoder.steps=600 --probe-every 1000 --note "dcl" --out /tmp/dcl.json
 """
 
@@ -36,7 +36,7 @@ from torch import nn
 from lookalike.stages.encoder import backbones
 from lookalike.stages.encoder.methods import simclr
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "benchmarks"  # recipe_curve.py, which this script runs
 BANK = 4096
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Packs what benchmarks/gpu_h200.sh needs on a lent GPU machine into <checkout>/.gpu (ignored by git
+# Packs what research/gpu_h200.sh needs on a lent GPU machine into <checkout>/.gpu (ignored by git
 # through .git/info/exclude, sent with the device call's `carry`): cp312 wheels of the packages that
 # machine's image lacks (its python3 has torch, torchvision, numpy, pyarrow, pandas, PIL, timm,
 # huggingface_hub, matplotlib, ...), the two collections as archives, and this branch's package as
 # an importable `lookalike` folder (lib/lookalike/ with flows/ and tasks/ copied in place of their
 # links; no bundled sample).
 #
-# Usage (from the branch's worktree): benchmarks/gpu_pack.sh <checkout that the device call sends>
+# Usage (from the branch's worktree): research/gpu_pack.sh <checkout that the device call sends>
 #   PHOTO_COPIES=/tmp/photo-copies FASHION_MNIST=/tmp/fashion-mnist/test (built by make_*.py)
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,5 +32,6 @@ rm -rf "$DEST/src" && mkdir -p "$DEST/src"
 cp -rL "$SRC/lib/lookalike" "$DEST/src/lookalike"
 rm -rf "$DEST/src/lookalike/data/fashion-mnist-sample"
 cp -r "$SRC/benchmarks" "$DEST/src/benchmarks"
+cp -r "$SRC/research" "$DEST/src/research"
 find "$DEST/src" -name __pycache__ -prune -exec rm -rf {} +
 du -sh "$DEST"/*

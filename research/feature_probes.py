@@ -17,8 +17,8 @@ Variants:
     grid3       the same on 3x3 cells (overlapping 2x2 windows of a 4x4 map): pooling=grid's default
 
 Usage:
-    .venv/bin/python benchmarks/feature_probes.py --dataset /tmp/fashion-mnist/test \
-        --encoder /tmp/root/encoder/<key>/encoder.pt --out benchmarks/results/feature_probes_fashion_mnist_10k.json
+    .venv/bin/python research/feature_probes.py --dataset /tmp/fashion-mnist/test \
+        --encoder /tmp/root/encoder/<key>/encoder.pt --out research/results/feature_probes_fashion_mnist_10k.json
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # _record and recipe_curve, shared with the benchmarks
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# benchmarks/GPU.md's figures in one call of a lent GPU machine (see GPU.md), from the root of the
-# checkout it was sent with, after benchmarks/gpu_pack.sh filled .gpu/:
+# research/GPU.md's figures in one call of a lent GPU machine (see GPU.md), from the root of the
+# checkout it was sent with, after research/gpu_pack.sh filled .gpu/:
 #
-#   bash .gpu/src/benchmarks/gpu_h200.sh        # writes log.txt, env.txt, dmon.txt, results.tar.gz to $OUT
+#   bash .gpu/src/research/gpu_h200.sh        # writes log.txt, env.txt, dmon.txt, results.tar.gz to $OUT
 #
 # A smoke run of the whole stage chain first (fails within a minute when something is missing), then,
 # in priority order, each run cut short by what is left of BUDGET seconds (a run stopped early keeps
