@@ -14,6 +14,8 @@ draft decoding in worker processes (issue 40 (b)), side by side in one run on th
    does not depend on the weights), `embeddings.reuse=false`: after (this checkout, defaults: draft,
    num_workers=auto), after with num_workers=0 (draft alone), and before (the `--before` code in a subprocess,
    its defaults: full decode in one process). Images/s = images / the stage's wall seconds.
+   With `--dataset-before LIB`, the dataset stage of that code too (a fresh artifacts root), for the dataset
+   stage's before/after in the same run. The load average is recorded before and after each measurement.
 4. Draft quality: on the first 24 files, the PSNR of a JPEG drafted to 1, 2 or 4 x the fit's size and then
    fitted (at 32 and 224 px), against the same fit of a full decode: what `DRAFT_FACTOR` trades.
 
@@ -141,6 +143,47 @@ def run_stages(lib: Path, root: Path, source: Path, overrides: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+DATASET_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from lookalike.core.settings import load_settings
+from lookalike.stages.dataset.stage import run_dataset_stage
+
+if __name__ == "__main__":
+    root, source, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    settings = load_settings({"artifacts_root": str(root), "dataset.source": source, "dataset.num_workers": workers})
+    t = time.perf_counter()
+    result = run_dataset_stage(settings.dataset, root)
+    print(json.dumps({"lookalike": __import__("lookalike").__file__, "status": result.status,
+                      "seconds": round(time.perf_counter() - t, 2), "n_images": result.manifest.stats["n_images"]}))
+"""
+
+
+def dataset_only(lib: Path, root: Path, source: Path, workers: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(lib), "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "-c", DATASET_SCRIPT, str(root), str(source), str(workers)],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        sys.exit(f"the dataset stage failed with {lib}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def loaded(measure, *args) -> dict:
+    """`measure(*args)` (a dict) with the 1-minute load average before and after it: the machine is shared."""
+    before = os.getloadavg()[0]
+    out = measure(*args)
+    return {**out, "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
+
+
 def subset(folder: Path, files: list[Path], work: Path) -> Path:
     out = work / f"subset-{len(files)}"
     if not out.is_dir():
@@ -158,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=Path("/data/camera-10k"))
     ap.add_argument("--before", type=Path, required=True, help="the lib/ folder of the code to compare against")
+    ap.add_argument("--dataset-before", type=Path, help="the lib/ folder of a dataset stage to compare against")
     ap.add_argument("--limit", type=int, help="the first N files only")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-decode-rate")
     ap.add_argument("--out", type=Path)
@@ -180,32 +224,54 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "machine": f"{platform.node()} ({os.cpu_count()} cpus, {cores} usable)",
         "note": args.note,
+        "uptime_at_start": uptime(),
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
     }
     print(f"{len(files)} images, {record['bytes'] / 1e9:.2f} GB, {cores} cores", file=sys.stderr)
     record["draft_psnr_db"] = {"images": min(24, len(files)), **draft_quality(files[:24])}
     print("draft quality", record["draft_psnr_db"], file=sys.stderr)
-    record["ceiling"] = ceiling(files, CHECK_SIDE, cores)
+    record["ceiling"] = loaded(ceiling, files, CHECK_SIDE, cores)
     print("ceiling", record["ceiling"], file=sys.stderr)
     here = REPO / "lib"
-    after = run_stages(here, root, source, {"dataset.num_workers": cores})
+    after = loaded(run_stages, here, root, source, {"dataset.num_workers": cores})
     print("after", after, file=sys.stderr)
     record["dataset_stage"] = {
         **after["dataset"],
+        "load_average": after["load_average"],
         "num_workers": cores,
         "images_per_second": round(after["dataset"]["n_images"] / after["dataset"]["seconds"], 1),
     }
     record["encoder"] = after["encoder"]
-    record["embeddings_after"] = after["embeddings"]
+    record["embeddings_after"] = {**after["embeddings"], "load_average": after["load_average"]}
     root_draft_only = root.with_name(root.name + "-draft-only")
     shutil.rmtree(root_draft_only, ignore_errors=True)
     shutil.copytree(root / "dataset", root_draft_only / "dataset")  # the same snapshot, not taken again
-    record["embeddings_after_no_workers"] = run_stages(
-        here, root_draft_only, source, {"dataset.num_workers": cores, "embeddings.num_workers": 0}
-    )["embeddings"]
+    no_workers = loaded(
+        run_stages, here, root_draft_only, source, {"dataset.num_workers": cores, "embeddings.num_workers": 0}
+    )
+    record["embeddings_after_no_workers"] = {**no_workers["embeddings"], "load_average": no_workers["load_average"]}
     print("after, 0 workers", record["embeddings_after_no_workers"], file=sys.stderr)
-    before = run_stages(args.before, root, source, {"dataset.num_workers": cores})
+    # its own artifacts root: a snapshot this checkout wrote under the same dataset key may be one it cannot read
+    root_before = root.with_name(root.name + "-before")
+    shutil.rmtree(root_before, ignore_errors=True)
+    before = loaded(run_stages, args.before, root_before, source, {"dataset.num_workers": cores})
     print("before", before, file=sys.stderr)
-    record["embeddings_before"] = {**before["embeddings"], "lookalike": before["lookalike"]}
+    record["embeddings_before"] = {
+        **before["embeddings"],
+        "lookalike": before["lookalike"],
+        "load_average": before["load_average"],
+        "its_dataset_stage": before["dataset"],
+    }
+    if args.dataset_before:
+        root_dataset_before = root.with_name(root.name + "-dataset-before")
+        shutil.rmtree(root_dataset_before, ignore_errors=True)
+        earlier = loaded(dataset_only, args.dataset_before, root_dataset_before, source, cores)
+        print("dataset before", earlier, file=sys.stderr)
+        record["dataset_stage_before"] = {
+            **earlier,
+            "num_workers": cores,
+            "images_per_second": round(earlier["n_images"] / earlier["seconds"], 1),
+        }
     c = record["ceiling"]["images_per_second"]
     record["ratios"] = {
         "dataset_stage_over_ceiling": round(record["dataset_stage"]["images_per_second"] / c, 2),
@@ -216,7 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         "embeddings_draft_only_over_before": round(
             record["embeddings_after_no_workers"]["images_per_second"] / before["embeddings"]["images_per_second"], 2
         ),
+        "embeddings_draft_only_over_ceiling": round(record["embeddings_after_no_workers"]["images_per_second"] / c, 2),
     }
+    if args.dataset_before:
+        record["ratios"]["dataset_stage_before_over_ceiling"] = round(
+            record["dataset_stage_before"]["images_per_second"] / c, 2
+        )
+    record["uptime_at_end"] = uptime()
     emit(record, args.out)
     return 0
 
