@@ -20,6 +20,10 @@ draft decoding in worker processes (issue 40 (b)), side by side in one run on th
 4. Draft quality: on the first 24 files, the PSNR of a JPEG drafted to 1, 2 or 4 x the fit's size and then
    fitted (at 32 and 224 px), against the same fit of a full decode: what `DRAFT_FACTOR` trades.
 
+`--dataset-side-by-side R` (with `--dataset-before`) measures only the dataset stage: the ceiling, then this
+checkout's and the other's dataset stage alternately, R times each, then the ceiling again: a before/after at
+the same load where a whole run's load drifts too much between its rows.
+
 `--limit N` measures on the first N files (cam00000 ... in name order, hard-linked into a subset folder).
 """
 
@@ -185,6 +189,39 @@ def loaded(measure, *args) -> dict:
     return {**out, "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
 
 
+def side_by_side(args, files: list[Path], source: Path, root: Path, cores: int, record: dict) -> int:
+    if not args.dataset_before:
+        sys.exit("--dataset-side-by-side needs --dataset-before")
+    record["dataset_before"] = str(args.dataset_before)
+    record["ceiling"] = loaded(ceiling, files, CHECK_SIDE, cores)
+    print("ceiling", record["ceiling"], file=sys.stderr)
+    runs: list[dict] = []
+    for _ in range(args.dataset_side_by_side):
+        for name, lib in (("after", REPO / "lib"), ("before", args.dataset_before)):
+            shutil.rmtree(root, ignore_errors=True)
+            run = {"code": name, **loaded(dataset_only, lib, root, source, cores)}
+            run["images_per_second"] = round(run["n_images"] / run["seconds"], 1)
+            print(run, file=sys.stderr)
+            runs.append(run)
+    shutil.rmtree(root, ignore_errors=True)
+    record["dataset_stages"] = runs
+    record["ceiling_at_end"] = loaded(ceiling, files, CHECK_SIDE, cores)
+    c = round((record["ceiling"]["images_per_second"] + record["ceiling_at_end"]["images_per_second"]) / 2, 1)
+    record["ceiling_mean_images_per_second"] = c
+    mean = {
+        name: round(sum(r["images_per_second"] for r in runs if r["code"] == name) / args.dataset_side_by_side, 1)
+        for name in ("after", "before")
+    }
+    record["ratios"] = {
+        "dataset_stage_after_over_ceiling": round(mean["after"] / c, 2),
+        "dataset_stage_before_over_ceiling": round(mean["before"] / c, 2),
+        "dataset_stage_after_over_before": round(mean["after"] / mean["before"], 2),
+    }
+    record["uptime_at_end"] = uptime()
+    emit(record, args.out)
+    return 0
+
+
 def subset(folder: Path, files: list[Path], work: Path) -> Path:
     out = work / f"subset-{len(files)}"
     if not out.is_dir():
@@ -203,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, default=Path("/data/camera-10k"))
     ap.add_argument("--before", type=Path, required=True, help="the lib/ folder of the code to compare against")
     ap.add_argument("--dataset-before", type=Path, help="the lib/ folder of a dataset stage to compare against")
+    ap.add_argument("--dataset-side-by-side", type=int, metavar="R", help="only the dataset stages, alternately")
     ap.add_argument("--limit", type=int, help="the first N files only")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-decode-rate")
     ap.add_argument("--out", type=Path)
@@ -229,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
     }
     print(f"{len(files)} images, {record['bytes'] / 1e9:.2f} GB, {cores} cores", file=sys.stderr)
+    if args.dataset_side_by_side:
+        return side_by_side(args, files, source, root, cores, record)
     record["draft_psnr_db"] = {"images": min(24, len(files)), **draft_quality(files[:24])}
     print("draft quality", record["draft_psnr_db"], file=sys.stderr)
     record["ceiling"] = loaded(ceiling, files, CHECK_SIDE, cores)
