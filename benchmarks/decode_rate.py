@@ -7,15 +7,22 @@ draft decoding in worker processes (issue 40 (b)), side by side in one run on th
 
 1. Ceiling: every file read and decoded by plain PIL with JPEG draft to the size the stages need (the dataset
    stage's check decodes at 1/8 scale; the default encoder's 32 px input needs 2 x 32 px, also 1/8 on camera
-   JPEGs), in a process pool of one worker per core (started and warmed before the clock starts).
+   JPEGs), in a process pool of one worker per core (started and warmed before the clock starts); at the start
+   and again at the end of the run, the ratios taken to the mean of both (the load drifts on a shared machine).
 2. The dataset stage on the folder (a fresh artifacts root; `dataset.num_workers` = the cores, stated in the
    record: its auto starts them from 2,048 images).
 3. The embeddings stage at the default encoder (the recipe's choice for this collection, random init: the rate
    does not depend on the weights), `embeddings.reuse=false`: after (this checkout, defaults: draft,
    num_workers=auto), after with num_workers=0 (draft alone), and before (the `--before` code in a subprocess,
    its defaults: full decode in one process). Images/s = images / the stage's wall seconds.
+   With `--dataset-before LIB`, the dataset stage of that code too (a fresh artifacts root), for the dataset
+   stage's before/after in the same run. The load average is recorded before and after each measurement.
 4. Draft quality: on the first 24 files, the PSNR of a JPEG drafted to 1, 2 or 4 x the fit's size and then
    fitted (at 32 and 224 px), against the same fit of a full decode: what `DRAFT_FACTOR` trades.
+
+`--dataset-side-by-side R` (with `--dataset-before`) measures only the dataset stage: the ceiling, then this
+checkout's and the other's dataset stage alternately, R times each, then the ceiling again: a before/after at
+the same load where a whole run's load drifts too much between its rows.
 
 `--limit N` measures on the first N files (cam00000 ... in name order, hard-linked into a subset folder).
 """
@@ -141,6 +148,80 @@ def run_stages(lib: Path, root: Path, source: Path, overrides: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+DATASET_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from lookalike.core.settings import load_settings
+from lookalike.stages.dataset.stage import run_dataset_stage
+
+if __name__ == "__main__":
+    root, source, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    settings = load_settings({"artifacts_root": str(root), "dataset.source": source, "dataset.num_workers": workers})
+    t = time.perf_counter()
+    result = run_dataset_stage(settings.dataset, root)
+    print(json.dumps({"lookalike": __import__("lookalike").__file__, "status": result.status,
+                      "seconds": round(time.perf_counter() - t, 2), "n_images": result.manifest.stats["n_images"]}))
+"""
+
+
+def dataset_only(lib: Path, root: Path, source: Path, workers: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(lib), "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "-c", DATASET_SCRIPT, str(root), str(source), str(workers)],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        sys.exit(f"the dataset stage failed with {lib}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def loaded(measure, *args) -> dict:
+    """`measure(*args)` (a dict) with the 1-minute load average before and after it: the machine is shared."""
+    before = os.getloadavg()[0]
+    out = measure(*args)
+    return {**out, "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
+
+
+def side_by_side(args, files: list[Path], source: Path, root: Path, cores: int, record: dict) -> int:
+    if not args.dataset_before:
+        sys.exit("--dataset-side-by-side needs --dataset-before")
+    record["dataset_before"] = str(args.dataset_before)
+    record["ceiling"] = loaded(ceiling, files, CHECK_SIDE, cores)
+    print("ceiling", record["ceiling"], file=sys.stderr)
+    runs: list[dict] = []
+    for _ in range(args.dataset_side_by_side):
+        for name, lib in (("after", REPO / "lib"), ("before", args.dataset_before)):
+            shutil.rmtree(root, ignore_errors=True)
+            run = {"code": name, **loaded(dataset_only, lib, root, source, cores)}
+            run["images_per_second"] = round(run["n_images"] / run["seconds"], 1)
+            print(run, file=sys.stderr)
+            runs.append(run)
+    shutil.rmtree(root, ignore_errors=True)
+    record["dataset_stages"] = runs
+    record["ceiling_at_end"] = loaded(ceiling, files, CHECK_SIDE, cores)
+    c = round((record["ceiling"]["images_per_second"] + record["ceiling_at_end"]["images_per_second"]) / 2, 1)
+    record["ceiling_mean_images_per_second"] = c
+    mean = {
+        name: round(sum(r["images_per_second"] for r in runs if r["code"] == name) / args.dataset_side_by_side, 1)
+        for name in ("after", "before")
+    }
+    record["ratios"] = {
+        "dataset_stage_after_over_ceiling": round(mean["after"] / c, 2),
+        "dataset_stage_before_over_ceiling": round(mean["before"] / c, 2),
+        "dataset_stage_after_over_before": round(mean["after"] / mean["before"], 2),
+    }
+    record["uptime_at_end"] = uptime()
+    emit(record, args.out)
+    return 0
+
+
 def subset(folder: Path, files: list[Path], work: Path) -> Path:
     out = work / f"subset-{len(files)}"
     if not out.is_dir():
@@ -158,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=Path("/data/camera-10k"))
     ap.add_argument("--before", type=Path, required=True, help="the lib/ folder of the code to compare against")
+    ap.add_argument("--dataset-before", type=Path, help="the lib/ folder of a dataset stage to compare against")
+    ap.add_argument("--dataset-side-by-side", type=int, metavar="R", help="only the dataset stages, alternately")
     ap.add_argument("--limit", type=int, help="the first N files only")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-decode-rate")
     ap.add_argument("--out", type=Path)
@@ -180,33 +263,61 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "machine": f"{platform.node()} ({os.cpu_count()} cpus, {cores} usable)",
         "note": args.note,
+        "uptime_at_start": uptime(),
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
     }
     print(f"{len(files)} images, {record['bytes'] / 1e9:.2f} GB, {cores} cores", file=sys.stderr)
+    if args.dataset_side_by_side:
+        return side_by_side(args, files, source, root, cores, record)
     record["draft_psnr_db"] = {"images": min(24, len(files)), **draft_quality(files[:24])}
     print("draft quality", record["draft_psnr_db"], file=sys.stderr)
-    record["ceiling"] = ceiling(files, CHECK_SIDE, cores)
+    record["ceiling"] = loaded(ceiling, files, CHECK_SIDE, cores)
     print("ceiling", record["ceiling"], file=sys.stderr)
     here = REPO / "lib"
-    after = run_stages(here, root, source, {"dataset.num_workers": cores})
+    after = loaded(run_stages, here, root, source, {"dataset.num_workers": cores})
     print("after", after, file=sys.stderr)
     record["dataset_stage"] = {
         **after["dataset"],
+        "load_average": after["load_average"],
         "num_workers": cores,
         "images_per_second": round(after["dataset"]["n_images"] / after["dataset"]["seconds"], 1),
     }
     record["encoder"] = after["encoder"]
-    record["embeddings_after"] = after["embeddings"]
+    record["embeddings_after"] = {**after["embeddings"], "load_average": after["load_average"]}
     root_draft_only = root.with_name(root.name + "-draft-only")
     shutil.rmtree(root_draft_only, ignore_errors=True)
     shutil.copytree(root / "dataset", root_draft_only / "dataset")  # the same snapshot, not taken again
-    record["embeddings_after_no_workers"] = run_stages(
-        here, root_draft_only, source, {"dataset.num_workers": cores, "embeddings.num_workers": 0}
-    )["embeddings"]
+    no_workers = loaded(
+        run_stages, here, root_draft_only, source, {"dataset.num_workers": cores, "embeddings.num_workers": 0}
+    )
+    record["embeddings_after_no_workers"] = {**no_workers["embeddings"], "load_average": no_workers["load_average"]}
     print("after, 0 workers", record["embeddings_after_no_workers"], file=sys.stderr)
-    before = run_stages(args.before, root, source, {"dataset.num_workers": cores})
+    # its own artifacts root: a snapshot this checkout wrote under the same dataset key may be one it cannot read
+    root_before = root.with_name(root.name + "-before")
+    shutil.rmtree(root_before, ignore_errors=True)
+    before = loaded(run_stages, args.before, root_before, source, {"dataset.num_workers": cores})
     print("before", before, file=sys.stderr)
-    record["embeddings_before"] = {**before["embeddings"], "lookalike": before["lookalike"]}
-    c = record["ceiling"]["images_per_second"]
+    record["embeddings_before"] = {
+        **before["embeddings"],
+        "lookalike": before["lookalike"],
+        "load_average": before["load_average"],
+        "its_dataset_stage": before["dataset"],
+    }
+    if args.dataset_before:
+        root_dataset_before = root.with_name(root.name + "-dataset-before")
+        shutil.rmtree(root_dataset_before, ignore_errors=True)
+        earlier = loaded(dataset_only, args.dataset_before, root_dataset_before, source, cores)
+        print("dataset before", earlier, file=sys.stderr)
+        record["dataset_stage_before"] = {
+            **earlier,
+            "num_workers": cores,
+            "images_per_second": round(earlier["n_images"] / earlier["seconds"], 1),
+        }
+    # the ceiling again at the end: on a shared machine the load drifts over a run; ratios are to the mean of both
+    record["ceiling_at_end"] = loaded(ceiling, files, CHECK_SIDE, cores)
+    print("ceiling at the end", record["ceiling_at_end"], file=sys.stderr)
+    c = round((record["ceiling"]["images_per_second"] + record["ceiling_at_end"]["images_per_second"]) / 2, 1)
+    record["ceiling_mean_images_per_second"] = c
     record["ratios"] = {
         "dataset_stage_over_ceiling": round(record["dataset_stage"]["images_per_second"] / c, 2),
         "embeddings_after_over_ceiling": round(after["embeddings"]["images_per_second"] / c, 2),
@@ -216,7 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         "embeddings_draft_only_over_before": round(
             record["embeddings_after_no_workers"]["images_per_second"] / before["embeddings"]["images_per_second"], 2
         ),
+        "embeddings_draft_only_over_ceiling": round(record["embeddings_after_no_workers"]["images_per_second"] / c, 2),
     }
+    if args.dataset_before:
+        record["ratios"]["dataset_stage_before_over_ceiling"] = round(
+            record["dataset_stage_before"]["images_per_second"] / c, 2
+        )
+    record["uptime_at_end"] = uptime()
     emit(record, args.out)
     return 0
 

@@ -3,11 +3,15 @@ every image puts its object in the same place."""
 
 from __future__ import annotations
 
+import io
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lookalike.core.settings import load_settings
-from lookalike.stages.dataset.profile import ALIGNED_SHARE, describe_profile, layout_share
+from lookalike.stages.dataset import profile as profile_module
+from lookalike.stages.dataset.profile import ALIGNED_SHARE, describe_profile, layout_share, profile_images
 from lookalike.stages.dataset.stage import run_dataset_stage
 
 
@@ -60,3 +64,79 @@ def test_photos_framed_differently_are_varied(tmp_path):
         Image.fromarray(pixels, "RGB").save(folder / f"s{i}.jpg", quality=90)
     profile = snapshot_profile(tmp_path, str(folder), **{"dataset.label_column": None})
     assert profile["layout"] == "varied" and profile["layout_share"] < ALIGNED_SHARE
+
+
+def _photos(folder, count: int, start: int = 0) -> None:
+    rng = np.random.default_rng(start)
+    folder.mkdir(exist_ok=True)
+    for i in range(start, start + count):
+        w, h = int(rng.integers(300, 700)), int(rng.integers(300, 700))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB").save(folder / f"p{i:03d}.jpg")
+
+
+def test_the_dataset_stage_decodes_each_image_once_for_its_check_and_its_profile(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    _photos(folder, 6)
+    decoded = []
+    load = ImageFile.ImageFile.load
+
+    def counted(self):
+        if self.tile:  # pixels still to decode (a load of a loaded image decodes nothing)
+            decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    profile = snapshot_profile(tmp_path, str(folder), **{"dataset.label_column": None, "dataset.num_workers": 0})
+    assert profile["colour"] == "colour" and profile["width"]["min"] >= 300
+    assert len(decoded) == 6  # the check's decode gave the colour and layout figures too (was 12)
+    assert all(max(size) < 100 for size in decoded)  # drafted: JPEGs decoded at 1/8 scale
+
+
+def test_a_grown_collection_has_the_profile_of_the_same_images_taken_afresh(tmp_path):
+    folder = tmp_path / "photos"
+    _photos(folder, 5)
+    root = tmp_path / "a"
+    settings = {"dataset.source": str(folder), "dataset.label_column": None, "dataset.num_workers": 0}
+    run_dataset_stage(load_settings({**settings, "artifacts_root": str(root)}).dataset, root)
+    _photos(folder, 2, start=5)  # its first part is reused: those images are not decoded by this run's check
+    grown = run_dataset_stage(load_settings({**settings, "artifacts_root": str(root)}).dataset, root).manifest
+    assert grown.stats["storage"]["parts_reused"] >= 1
+    afresh = snapshot_profile(tmp_path / "fresh", str(folder), **{"dataset.label_column": None})
+    assert grown.stats["profile"] == afresh
+
+
+def test_the_profile_sample_decoded_in_a_pool_is_the_one_decoded_here(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    _photos(folder, 40)
+    images = _Images([path.read_bytes() for path in sorted(folder.iterdir())])
+    shapes = []
+    for data in images.datas:
+        with Image.open(io.BytesIO(data)) as img:
+            shapes.append((img.width, img.height, img.mode, 1))
+    here = profile_images(images, shapes=shapes)
+    assert here == profile_images(images)  # every header read and the sample decoded in the same pass
+    monkeypatch.setattr(profile_module, "_POOL_MIN_BYTES", 0)  # every image to the pool
+    with _CountingPool(2) as pool:
+        assert profile_images(images, shapes=shapes, pool=pool) == here
+    assert pool.tasks == 3  # 40 images, 16 a task
+
+
+class _Images:
+    """Encoded images by position, as the profile reads a snapshot's."""
+
+    def __init__(self, datas: list[bytes]) -> None:
+        self.datas = datas
+
+    def __len__(self) -> int:
+        return len(self.datas)
+
+    def image_bytes(self, positions: list[int]) -> list[bytes]:
+        return [self.datas[p] for p in positions]
+
+
+class _CountingPool(ThreadPoolExecutor):
+    tasks = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.tasks += 1
+        return super().submit(fn, *args, **kwargs)

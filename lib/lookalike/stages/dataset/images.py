@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lookalike.core.errors import LookalikeError
+from lookalike.stages.dataset.profile import THUMBNAIL, Look, grey_mode, look
 
 
 class UnreadableImage(LookalikeError, ValueError):
@@ -57,22 +60,24 @@ def decode_rgb(
         UnreadableImage: with a short reason (empty, not an image, truncated, too large).
         PixelBudgetError: the image would exceed `budget`.
     """
-    if not data:
-        raise UnreadableImage("empty file (0 bytes)")
+    with _reasons():
+        img = _open(data, max_pixels)
+        if draft_to:
+            img.draft(None, (draft_to, draft_to))  # a no-op for formats without reduced decoding
+        if budget is not None:
+            budget.spend(*img.size)
+        img.load()
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+@contextmanager
+def _reasons() -> Iterator[None]:
+    """Every way a decode fails as an `UnreadableImage` with a short reason (a budget's refusal as itself)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise UnreadableImage(
-                    f"declares {width}x{height} pixels, over the {max_pixels} limit (possible decompression bomb)"
-                )
-            if draft_to:
-                img.draft(None, (draft_to, draft_to))  # a no-op for formats without reduced decoding
-            if budget is not None:
-                budget.spend(*img.size)
-            img.load()
+            yield
     except (UnreadableImage, PixelBudgetError):
         raise
     except UnidentifiedImageError:
@@ -81,8 +86,19 @@ def decode_rgb(
         raise UnreadableImage(f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(f"cannot decode: {exc}") from None
-    img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The image opened (its header read, nothing decoded), refused when it declares more than `max_pixels`."""
+    if not data:
+        raise UnreadableImage("empty file (0 bytes)")
+    img: Image.Image = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise UnreadableImage(
+            f"declares {width}x{height} pixels, over the {max_pixels} limit (possible decompression bomb)"
+        )
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -132,9 +148,11 @@ def decode_snapshot_image(data: bytes, draft_to: int | None = None) -> Image.Ima
     return decode_rgb(data, _SNAPSHOT_LIMIT, draft_to=draft_to)
 
 
-# The smallest side a check decodes to: PIL's draft takes a JPEG's DCT at 1/8 scale, which still reads
-# (and so still catches truncation in) every entropy-coded byte, ~5x faster than a full decode.
-CHECK_DRAFT = 1
+# The side a check decodes to: the profile's thumbnail size (`profile.THUMBNAIL`), so the one decode that
+# tests an image also gives its colour and layout figures (`profile.look`). On a camera-sized JPEG that is PIL's
+# draft at 1/8 scale, which still reads (and so still catches truncation in) every entropy-coded byte, ~5x faster
+# than a full decode.
+CHECK_DRAFT = THUMBNAIL
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,7 @@ class Checked:
     sha256: str
     reason: str | None
     shape: tuple[int, int, str] | None = None  # (width, height, mode) as its header declares them
+    look: Look | None = None  # its colour and layout figures for the profile (`profile.look`)
 
 
 def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Checked]:
@@ -163,16 +182,26 @@ def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Check
                 "changed after it was listed (its content is not the one the dataset key names); "
                 "run again to take the new content (--set dataset.verify=full if size and mtime stayed)"
             )
-        shape = None
+        shape, seen = None, None
         if reason is None:
             try:
-                decode_rgb(data, max_pixels, draft_to=CHECK_DRAFT)
-                with Image.open(io.BytesIO(data)) as img:  # the header only: what the profile reports
-                    shape = (img.size[0], img.size[1], img.mode)
+                shape, seen = _test_decode(data, max_pixels)
             except UnreadableImage as exc:
                 reason = str(exc)
-        out.append(Checked(data if reason is None else b"", sha, reason, shape))
+        out.append(Checked(data if reason is None else b"", sha, reason, shape, seen))
     return out
+
+
+def _test_decode(data: bytes, max_pixels: int) -> tuple[tuple[int, int, str], Look]:
+    """Decode an image as `decode_rgb` does, drafted to `CHECK_DRAFT`: its header's (width, height, mode) and
+    its look, both from this one decode."""
+    with _reasons():
+        img = _open(data, max_pixels)
+        shape, grey = (img.size[0], img.size[1], img.mode), grey_mode(img)  # as declared, before decoding
+        img.draft(None, (CHECK_DRAFT, CHECK_DRAFT))
+        img.load()
+    to_rgb(ImageOps.exif_transpose(img))  # what every later decode does to it must work too
+    return shape, look(img, grey)
 
 
 def read_image_bytes(image: dict | None) -> tuple[bytes, str | None]:

@@ -13,7 +13,8 @@ place (Fashion-MNIST: 0.34) the mean image is a clear silhouette; where framing 
 from __future__ import annotations
 
 import io
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,14 +38,29 @@ class ImageSource(Protocol):
     def image_bytes(self, positions: list[int]) -> list[bytes]: ...
 
 
-def profile_images(images: ImageSource, batch: int = 512, shapes: list | None = None) -> dict[str, Any]:
+# A look: (whether the image is grey, its LAYOUT_SIDE-square luminance thumbnail as 8-bit bytes, row by row)
+Look = tuple[bool, bytes]
+_POOL_MIN_BYTES = 32 << 20  # looks left to take after this many bytes were looked at here go to the workers
+_LOOK_CHUNK = 16  # images per worker task
+
+
+def profile_images(
+    images: ImageSource,
+    batch: int = 512,
+    shapes: list | None = None,
+    looks: Mapping[int, Look] | None = None,
+    pool=None,
+) -> dict[str, Any]:
     """{"width"/"height": {min, median, max}, "modes": {mode: count}, "grayscale_fraction", "colour": "grayscale"|
     "colour"|"mixed", "layout_share", "layout": "aligned"|"varied"} for every image of a snapshot (sizes)
     and a seeded sample of them (colour and layout). `shapes`: each image's (width, height, mode) when they
     are known already (recorded when it was checked): (width, height, mode, how many), so only the sample's images
-    are opened."""
+    are opened; `looks`: position -> look of the images the dataset stage's check decoded (`SampleLooks`), so
+    only the sample's others are decoded here, the larger part of them in `pool` (anything with
+    `submit(fn, *args)`) when one is given."""
     n = len(images)
     looked = sorted(set(seeded_sample(n, COLOUR_SAMPLE).tolist()))
+    looks = looks or {}
     grey, thumbnails = 0, []
     if shapes is not None:
         counts = np.array([count for *_, count in shapes], np.int64)
@@ -53,13 +69,8 @@ def profile_images(images: ImageSource, batch: int = 512, shapes: list | None = 
         modes = Counter[str]()
         for _, _, mode, count in shapes:
             modes[mode] += count
-        for start in range(0, len(looked), _SAMPLE_BATCH):  # a few at a time: camera images are megabytes
-            for data in images.image_bytes(looked[start : start + _SAMPLE_BATCH]):
-                with Image.open(io.BytesIO(data)) as img:
-                    is_grey, luminance = _look(img)
-                    grey += is_grey
-                    thumbnails.append(luminance)
-        return _summary(widths, heights, modes, grey, thumbnails)
+        taken = _sample_looks(images, looked, looks, pool)
+        return _summary(widths, heights, modes, sum(g for g, _ in taken), [_thumbnail(t) for _, t in taken])
     widths, heights, modes = np.zeros(n, np.int64), np.zeros(n, np.int64), Counter[str]()
     sampled = set(looked)
     for start in range(0, n, batch):
@@ -68,13 +79,99 @@ def profile_images(images: ImageSource, batch: int = 512, shapes: list | None = 
                 widths[start + offset], heights[start + offset] = img.size
                 modes[img.mode] += 1
                 if start + offset in sampled:
-                    is_grey, luminance = _look(img)
+                    is_grey, luminance = looks.get(start + offset) or _look(img)
                     grey += is_grey
-                    thumbnails.append(luminance)
+                    thumbnails.append(_thumbnail(luminance))
     return _summary(widths, heights, modes, grey, thumbnails)
 
 
 _SAMPLE_BATCH = 32
+
+
+class SampleLooks:
+    """The looks of the images the profile's sample will hold, kept as the dataset stage takes its checked
+    images in snapshot order, so the profile decodes none of them a second time. The sample is drawn for the
+    `expected` number of images; where fewer are kept (unreadable ones), the positions both samples hold are
+    kept and the profile decodes the rest."""
+
+    def __init__(self, expected: int) -> None:
+        self.wanted = set(seeded_sample(expected, COLOUR_SAMPLE).tolist())
+        self.position = 0
+        self.looks: dict[int, Look] = {}
+
+    def add(self, looks: Iterable[Look | None]) -> None:
+        """The looks of the next kept images, in order (None: not decoded in this run)."""
+        for seen in looks:
+            if seen is not None and self.position in self.wanted:
+                self.looks[self.position] = seen
+            self.position += 1
+
+
+def _sample_looks(images: ImageSource, positions: list[int], looks: Mapping[int, Look], pool) -> list[Look]:
+    """The looks of the images at `positions`, in order: from `looks`, else decoded here until _POOL_MIN_BYTES
+    were (a few small images cost less than starting workers), the rest in the pool; read a few at a time
+    (camera images are megabytes), a bounded number of tasks in flight."""
+    out: dict[int, Look] = dict((p, looks[p]) for p in positions if p in looks)
+    missing = [p for p in positions if p not in looks]
+    pending: deque = deque()  # (positions, future for their looks)
+    spent = 0
+
+    def taken(at: list[int], future) -> None:
+        out.update(zip(at, future.result()))
+
+    for start in range(0, len(missing), _SAMPLE_BATCH):
+        at = missing[start : start + _SAMPLE_BATCH]
+        datas = images.image_bytes(at)
+        if pool is None or spent < _POOL_MIN_BYTES:
+            spent += sum(len(d) for d in datas)
+            out.update(zip(at, (look_at(d) for d in datas)))
+            continue
+        for i in range(0, len(at), _LOOK_CHUNK):
+            pending.append((at[i : i + _LOOK_CHUNK], pool.submit(look_images, datas[i : i + _LOOK_CHUNK])))
+        while len(pending) > 2 * getattr(pool, "workers", 1):
+            taken(*pending.popleft())
+    while pending:
+        taken(*pending.popleft())
+    return [out[position] for position in positions]
+
+
+def _look(img: Image.Image) -> Look:
+    """The look of an opened image, decoded here (JPEG drafted to THUMBNAIL)."""
+    grey = grey_mode(img)
+    img.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at a fraction of its size
+    return look(img, grey)
+
+
+def look_images(datas: list[bytes]) -> list[Look]:
+    """`look_at` for a batch of encoded images: a task for a worker process."""
+    return [look_at(data) for data in datas]
+
+
+def look_at(data: bytes) -> Look:
+    """The look of an encoded image (of a snapshot: it decoded once already), JPEG drafted to THUMBNAIL."""
+    with Image.open(io.BytesIO(data)) as img:
+        return _look(img)
+
+
+def grey_mode(img: Image.Image) -> bool:
+    """Whether an opened image's mode (as its header declares it) holds grey pixels only."""
+    return img.mode in GRAYSCALE_MODES or (img.mode == "P" and img.palette is not None and img.palette.mode == "L")
+
+
+def look(img: Image.Image, grey: bool) -> Look:
+    """The look of an opened image, JPEG drafted to THUMBNAIL (decoded here unless it was): `grey` (its
+    mode's, `grey_mode`), else whether its pixels are; and its luminance thumbnail."""
+    rgb = img.convert("RGB")
+    luminance = rgb.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.Resampling.BILINEAR).tobytes()
+    if grey:
+        return True, luminance
+    small = np.asarray(rgb.resize((THUMBNAIL, THUMBNAIL)), dtype=np.int16)
+    return int(np.abs(small - small.mean(axis=2, keepdims=True)).max()) <= GREY_TOLERANCE, luminance
+
+
+def _thumbnail(luminance: bytes) -> np.ndarray:
+    """A look's luminance thumbnail in [0, 1]."""
+    return np.frombuffer(luminance, np.uint8).reshape(LAYOUT_SIDE, LAYOUT_SIDE).astype(np.float32) / 255
 
 
 def _summary(widths: np.ndarray, heights: np.ndarray, modes: Counter, grey: int, thumbnails: list) -> dict[str, Any]:
@@ -112,20 +209,6 @@ def describe_profile(profile: dict[str, Any] | None) -> str | None:
         size += f", {width['min']}x{height['min']} to {width['max']}x{height['max']}"
     words = [size] + [profile[name] for name in ("colour", "layout") if profile.get(name)]
     return ", ".join(words)
-
-
-def _look(img: Image.Image) -> tuple[bool, np.ndarray]:
-    """(whether the image is grey, its LAYOUT_SIDE-square luminance thumbnail in [0, 1])."""
-    grey_mode = img.mode in GRAYSCALE_MODES or (img.mode == "P" and img.palette is not None and img.palette.mode == "L")
-    img.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at a fraction of its size
-    rgb = img.convert("RGB")
-    luminance = (
-        np.asarray(rgb.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.Resampling.BILINEAR), np.float32) / 255
-    )
-    if grey_mode:
-        return True, luminance
-    small = np.asarray(rgb.resize((THUMBNAIL, THUMBNAIL)), dtype=np.int16)
-    return int(np.abs(small - small.mean(axis=2, keepdims=True)).max()) <= GREY_TOLERANCE, luminance
 
 
 def _spread(values: np.ndarray) -> dict[str, int]:

@@ -14,11 +14,12 @@ import gc
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from lookalike.stages.dataset.parts import (
     starts_part,
     write_part_list,
 )
-from lookalike.stages.dataset.profile import profile_images
+from lookalike.stages.dataset.profile import Look, SampleLooks, profile_images
 from lookalike.stages.dataset.sources import (
     MINIMUM,
     DatasetError,
@@ -170,6 +171,7 @@ def _snapshot(
     tmp = folder / f".{ROWS}.tmp"
     writer = ArrowWriter(features=Features(columns), path=str(tmp))
     workers = check_workers(section, total)
+    sample = SampleLooks(total - len(left_out))  # the profile's figures from the check's own decode
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
             chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
@@ -181,6 +183,7 @@ def _snapshot(
             for chunk, info in in_order:
                 n_kept += _write_rows(writer, chunk, info, extra, label_index, skip)
                 listed.append(info)
+                sample.add(_kept_looks(chunk, info))
                 bar.update(len(chunk))
         writer.finalize()
     finally:
@@ -193,6 +196,8 @@ def _snapshot(
     skipped.sort(key=lambda s: s["row_id"])
     shared = parts_dir(folder.parents[1], STAGE)
     images = PartImages([shared / info["name"] for info in listed], [info["rows"] for info in listed])
+    with _pool(workers) as pool:  # started only for sampled images not decoded here (in parts reused)
+        profile = profile_images(images, shapes=recorded_shapes(listed), looks=sample.looks, pool=pool)
     stats = {
         "source": source.describe(),
         "n_source_rows": total,
@@ -204,7 +209,7 @@ def _snapshot(
         # what this version wrote and what it shared with earlier ones (lookalike.stages.dataset.parts)
         "storage": store.stats(),
         # sizes and colour of what was kept: what a recipe for these images has to suit
-        "profile": profile_images(images, shapes=recorded_shapes(listed)),
+        "profile": profile,
     }
     return Built(files=[ROWS, PART_LIST], stats=stats)
 
@@ -608,6 +613,14 @@ def _checked_batches(ds, section: DatasetSettings, labelled: bool, pool, workers
     while pending:
         first, rows, future = pending.popleft()
         yield first, rows, future.result()
+
+
+def _kept_looks(rows: list[_Row] | _Run, info: dict[str, Any]) -> Iterable[Look | None]:
+    """The looks of a part's kept rows, in order; None for an image this run did not decode (its part reused)."""
+    if isinstance(rows, _Run):  # taken whole, unread
+        return repeat(None, info["rows"])
+    skipped = {int(i) for i, _ in info["skipped"]}
+    return (r.checked.look if r.checked else None for i, r in enumerate(rows) if i not in skipped)
 
 
 def _too_many_unreadable(skipped: list[dict[str, Any]], total: int, section: DatasetSettings) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import numpy as np
@@ -105,8 +107,10 @@ class ResizeToTensor:
         return ImageOps.fit(image, (self.size, self.size), Image.Resampling.BILINEAR)
 
 
-# Decode workers start from a forkserver and each imports torch: 3-5 s on an idle 2-core machine, 15-20 s on a
-# busy one. They start only where decoding in this process would take longer than this, as estimated from
+# Decode workers fork from a forkserver that imported torch and datasets once per run (`worker_context`): a run's
+# first loader with two workers gives its first batch in 6-7 s on a busy 2-core machine (load 10-14; 11-13 s when
+# each worker imported them itself), every later loader in ~1.2 s (was 11 s again). They start only where
+# decoding in this process would take longer than this, as estimated from
 # ~100 us per image (read, fit, copy) plus ~150 megapixels/s of source image per core (a camera JPEG drafted
 # to a small fit: 25-90 images/s per core, measured in benchmarks/decode_rate.py).
 DECODE_POOL_MIN_SECONDS = 20.0
@@ -140,10 +144,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
-def worker_context(num_workers: int) -> str | None:
-    """DataLoader workers start from a forkserver, not a fork of this process.
+def worker_context(num_workers: int) -> BaseContext | None:
+    """DataLoader workers start from a forkserver, not a fork of this process, and the forkserver has
+    imported what every worker needs (torch, PIL, datasets) before it forks the first.
 
-    The pipeline process runs threads (Prefect, wandb-core) and atexit hooks that a
-    forked worker would inherit; a worker forked from it can die at shutdown.
+    The pipeline process runs threads (Prefect, wandb-core) and atexit hooks that a forked worker would
+    inherit; a worker forked from it can die at shutdown. A forkserver is one single-threaded process per
+    run: preloaded, a loader's workers start in ~1 s instead of each importing torch and datasets again
+    (6-13 s for two on a busy 2-core machine, for every loader of the run: benchmarks/README.md, decode_rate).
     """
-    return "forkserver" if num_workers > 0 else None
+    if num_workers == 0:
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # takes effect when the run's forkserver starts (its first loader with workers); a no-op after
+    context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return context
+
+
+FORKSERVER_PRELOAD = ("lookalike.stages.dataset.torch_data", "datasets")
