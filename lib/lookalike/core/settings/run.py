@@ -8,9 +8,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lookalike.core.names import (
-    IndexPreset,
-)
+from lookalike.core.names import IndexPreset
 from lookalike.core.settings.loading import SettingsError, _field_errors, load_settings
 from lookalike.core.settings.root import Settings
 
