@@ -325,8 +325,10 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     Built as one `datasets` ConcatenationTable whose block rows are (the part's rows' row_id, the part,
     their other columns), aligned by construction: `concatenate_datasets` would realign them itself at
     ~25 ms a part (replays deep-copied), and `Dataset.from_file` per part costs ~5x more again."""
-    from datasets import Dataset, DatasetInfo, Features
+    from datasets import DatasetInfo, Features
     from datasets.table import ConcatenationTable, MemoryMappedTable
+
+    from lookalike.stages.dataset.assembled import assembled
 
     rows = MemoryMappedTable.from_file(str(rows_path))
     parts = [MemoryMappedTable.from_file(str(p)) for p in part_paths]
@@ -345,7 +347,12 @@ def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
     features = Features({"row_id": row_features["row_id"], **part_features(), **{n: row_features[n] for n in rest}})
     fingerprint = hashlib.sha256("\n".join([rows_path.parent.name, *(p.name for p in part_paths)]).encode())
     table = ConcatenationTable.from_blocks(blocks) if blocks else rows
-    return Dataset(table, info=DatasetInfo(features=features), fingerprint=fingerprint.hexdigest()[:16])
+    return assembled(
+        table,
+        (rows_path, list(part_paths), folder),
+        info=DatasetInfo(features=features),
+        fingerprint=fingerprint.hexdigest()[:16],
+    )
 
 
 class PartImages:
