@@ -20,7 +20,7 @@ class AssembledSnapshot(Dataset):
     (rows, parts, folder) plus its own state, so a worker assembles it from the same files instead of replaying
     every block. A table it no longer holds as assembled (one `datasets` replaced) pickles as `datasets` does."""
 
-    def __reduce_ex__(self, protocol):  # type: ignore[override]
+    def __reduce_ex__(self, protocol):
         recipe = self.__dict__.get("_assembled_from")
         if recipe is None or self._data is not recipe[1]:
             return object.__reduce_ex__(self, protocol)
@@ -40,7 +40,7 @@ def assembled(table: Any, recipe: tuple[Path, list[Path], Path], **kwargs: Any) 
     """`table` as a snapshot that pickles as `recipe`: the (rows, parts, folder) `assemble` built it from."""
     snapshot = AssembledSnapshot(table, **kwargs)
     # the table as the dataset holds it: `Dataset.__init__` replaced `table` with one carrying its features
-    snapshot._assembled_from = (recipe, snapshot._data)  # type: ignore[attr-defined]
+    snapshot._assembled_from = (recipe, snapshot._data)
     return snapshot
 
 
