@@ -42,6 +42,9 @@ def test_exact_groups_hold_rows_of_identical_sha256_largest_first():
 
     snapshot = Dataset.from_dict({"row_id": [4, 1, 9, 7, 2, 8], "sha256": ["b", "a", "c", "a", "b", "a"]})
     assert exact_groups(snapshot) == [[1, 7, 8], [2, 4]]
+    # the evaluation's sample: the groups holding a sampled row only, whole
+    assert exact_groups(snapshot, holding=np.array([4, 9])) == [[2, 4]]
+    assert exact_groups(snapshot, holding=np.array([9])) == []
 
 
 def test_near_groups_join_rows_within_the_threshold_transitively():
@@ -188,7 +191,7 @@ def test_duplicates_searched_from_a_sample_find_every_copy_of_the_sampled_rows(t
     sampled = set(ids[positions].tolist())
     assert 4 <= len(grouped(whole)) < len(ids) and every.sampled is None
     assert grouped(part) & sampled == grouped(whole) & sampled and grouped(part) <= grouped(whole)
-    assert all(set(g["rows"]) & sampled for g in part.near_groups)
+    assert all(set(g["rows"]) & sampled for g in part.groups)
     assert part.counts()["sampled"] == {"n": len(positions), "of": len(ids)} and part.n_images == 48
     assert find_duplicates(*args, threshold=threshold, linkage="components", rows=np.arange(len(ids))).groups == (
         whole.groups

@@ -30,7 +30,7 @@ from lookalike.core.checks import one_of, real_number
 from lookalike.core.errors import LookalikeError
 from lookalike.core.manifest import Manifest
 from lookalike.stages.dataset.images import decode_snapshot_image
-from lookalike.stages.dataset.stage import open_snapshot, row_positions, snapshot_column
+from lookalike.stages.dataset.stage import column_at, image_paths_at, open_snapshot, positions_of
 from lookalike.stages.embeddings.shards import embedding_row_ids, iter_embeddings, load_embedding_rows
 from lookalike.stages.index.capabilities import capabilities
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
@@ -100,12 +100,23 @@ def within(distances: np.ndarray, threshold: float, metric: str) -> np.ndarray:
     return distances >= threshold if metric == "ip" else distances <= threshold
 
 
-def exact_groups(snapshot) -> list[list[int]]:
-    """Row ids grouped by identical content sha256 (groups of >= 2), largest first, then by first row id."""
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for row_id, digest in zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")):
-        by_hash[digest].append(int(row_id))
-    return _ordered(g for g in by_hash.values() if len(g) >= 2)
+def exact_groups(snapshot, holding: np.ndarray | None = None) -> list[list[int]]:
+    """Row ids grouped by identical content sha256 (groups of >= 2), largest first, then by first row id;
+    only the groups holding one of the row ids `holding`, when given.
+
+    Grouped in Arrow and numpy: a million rows in about a second, without a dict of a million hashes."""
+    ids = snapshot.data.column("row_id").to_numpy()
+    codes = snapshot.data.column("sha256").combine_chunks().dictionary_encode().indices.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(codes)])
+    repeated = sizes >= 2
+    if holding is not None:
+        wanted = np.zeros(len(codes), dtype=bool)  # per content code: does a row of it sit in `holding`
+        wanted[codes[np.isin(ids, holding)]] = True
+        repeated &= wanted[sorted_codes[starts]]
+    return _ordered(ids[order[s : s + n]].tolist() for s, n in zip(starts[repeated], sizes[repeated]))
 
 
 def _ordered(groups) -> list[list[int]]:
@@ -405,8 +416,8 @@ def find_duplicates(
         linkage: how rows within the threshold form groups (`near_groups`); "leader" keeps every member
             within the threshold of its group's first row.
         rows: positions (in embedding order, sorted) of the only rows whose neighbours are searched, each
-            in the whole index: the near groups that hold at least one of them, found in O(len(rows) x N)
-            instead of O(N^2). None: every row (exact groups always cover every row).
+            in the whole index: the near and exact groups that hold at least one of them, found in
+            O(len(rows) x N) instead of O(N^2). None: every row.
     """
     metric = index_manifest.stats["metric"]
     linkage = one_of(linkage, "linkage", LINKAGES)
@@ -414,7 +425,6 @@ def find_duplicates(
         threshold = real_number(threshold, f"threshold ({THRESHOLD_UNITS[metric]})", *THRESHOLD_RANGE[metric])
     snapshot = open_snapshot(root, dataset)
     index = load_index(root, index_manifest)
-    exact = exact_groups(snapshot)
     if calibration is not None and threshold is None:
         threshold, why = calibration.threshold, calibration.why
     elif threshold is None and len(snapshot) < 2:
@@ -434,16 +444,20 @@ def find_duplicates(
     if rows is None:
         for shard, shard_ids in iter_embeddings(root, embeddings):
             pairs += neighbour_pairs(index, prepare_vectors(shard, metric), shard_ids, threshold, metric)
+        exact = exact_groups(snapshot)
     else:
         asked, asked_ids = load_embedding_rows(root, embeddings, rows)
         pairs = neighbour_pairs(index, prepare_vectors(asked, metric), asked_ids, threshold, metric)
         del asked
+        exact = exact_groups(snapshot, holding=asked_ids)
     groups = grouped_pairs(pairs, exact, linkage=linkage)
-    digest = dict(zip(snapshot_column(snapshot, "row_id"), snapshot_column(snapshot, "sha256")))
+    # every column below is read at the grouped rows only: at 1M rows a dict over every row, and a
+    # `select` per group, held gigabytes and hours
+    grouped = np.asarray(sorted({r for g in exact + groups for r in g}), dtype=np.int64)
+    at_position = positions_of(snapshot, grouped)
+    digest = dict(zip(grouped.tolist(), column_at(snapshot, "sha256", at_position)))
     near = [g for g in groups if len({digest[r] for r in g}) > 1]
-    position = row_positions(snapshot)
     # the vectors of the grouped rows only, for their distances from their group's first row
-    grouped = np.asarray(sorted({r for g in exact + near for r in g}), dtype=np.int64)
     embedded = embedding_row_ids(root, embeddings)
     order = np.argsort(embedded, kind="stable")
     raw, row_ids = load_embedding_rows(
@@ -451,20 +465,24 @@ def find_duplicates(
     )
     at = {int(r): i for i, r in enumerate(row_ids)}
     space = index_space(index, prepare_vectors(raw, metric))
+    del raw
+    paths = dict(zip(grouped.tolist(), image_paths_at(snapshot, at_position)))
     names = dataset.stats.get("label_names")
-    has_labels = bool(names) and "label" in snapshot.column_names
+    if names and "label" in snapshot.column_names:
+        values = column_at(snapshot, "label", at_position)
+        label = {
+            r: names[v] if v is not None and 0 <= v < len(names) else None for r, v in zip(grouped.tolist(), values)
+        }
+    else:
+        label = dict.fromkeys(grouped.tolist())
 
     def describe(rows: list[int]) -> dict[str, Any]:
-        items = snapshot.select([position[r] for r in rows])
         first = space[[at[rows[0]]] * len(rows)]
         distances = pair_distances(first, space[[at[r] for r in rows]], metric)
-        labels = items["label"] if has_labels else [None] * len(rows)
         return {
             "rows": rows,
-            "paths": [image.get("path") for image in items["image"]],
-            "labels": [names[v] if v is not None and 0 <= v < len(names) else None for v in labels]
-            if has_labels
-            else labels,
+            "paths": [paths[r] for r in rows],
+            "labels": [label[r] for r in rows],
             "distances": [round(float(d), 6) for d in distances],
         }
 
@@ -490,13 +508,15 @@ def duplicates_picture(
     from lookalike.stages.pictures import retrieval_grid
 
     snapshot = open_snapshot(root, dataset)
-    position = row_positions(snapshot)
+    shown = report.groups[:max_groups]
+    drawn = sorted({r for group in shown for r in group["rows"][:max_images]})
+    position = dict(zip(drawn, positions_of(snapshot, drawn).tolist()))
 
     def image(r: int):
         return decode_snapshot_image(snapshot[position[r]]["image"]["bytes"])
 
     rows = []
-    for group in report.groups[:max_groups]:
+    for group in shown:
         first, *rest = list(zip(group["rows"], group["distances"]))[:max_images]
         kind = "exact" if group in report.exact_groups else "near"
         cells = [(image(r), f"row {r}\nd={d:.3f}") for r, d in rest]
@@ -545,7 +565,8 @@ def duplicates_table(root: Path, stage: Manifest) -> tuple[list[str], list[list[
         return None
     record = json.loads(verified_path(root, stage, REPORT).read_bytes())
     snapshot = open_snapshot(root, read_manifest(root, "dataset", stage.inputs["dataset"]))
-    position = row_positions(snapshot)
+    listed = sorted({r for _, group in report_groups(record) for r in group["rows"]})
+    position = dict(zip(listed, positions_of(snapshot, listed).tolist()))
     rows = []
     for number, (kind, group) in enumerate(report_groups(record), start=1):
         for r, label, path, d in zip(group["rows"], group["labels"], group["paths"], group["distances"]):

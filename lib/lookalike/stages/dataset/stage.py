@@ -14,7 +14,7 @@ import gc
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -641,6 +641,26 @@ def snapshot_column(snapshot, name: str) -> list:
 def row_positions(snapshot) -> dict[int, int]:
     """Row id -> position in the snapshot (row ids have gaps where images were skipped)."""
     return {int(r): i for i, r in enumerate(snapshot_column(snapshot, "row_id"))}
+
+
+def positions_of(snapshot, row_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Where each of `row_ids` (ids the snapshot holds) sits in an opened snapshot, as an int64 array: for a few
+    rows of a large snapshot, without `row_positions`' dict over all of them."""
+    ids = snapshot.data.column("row_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, np.asarray(row_ids, dtype=np.int64), sorter=order)].astype(np.int64)
+
+
+def column_at(snapshot, name: str, positions: np.ndarray) -> list:
+    """`snapshot_column(snapshot, name)` at `positions` only, taken from the Arrow table."""
+    return snapshot.data.column(name).take(positions).to_pylist()
+
+
+def image_paths_at(snapshot, positions: np.ndarray) -> list[str | None]:
+    """The source path of the images at `positions`, read without their encoded bytes."""
+    import pyarrow.compute as pc
+
+    return pc.struct_field(snapshot.data.column("image").take(positions), "path").to_pylist()
 
 
 def open_snapshot(root: Path, manifest: Manifest):

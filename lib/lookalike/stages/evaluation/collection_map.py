@@ -174,13 +174,13 @@ def map_table(root: Path, evaluation: Manifest) -> tuple[list[str], list[list[An
     image), x, y, then the first COMPONENTS principal components (`pc_1`, ...). None without a map."""
     from lookalike.artifacts.shared_root import read_manifest
     from lookalike.stages.dataset.images import decode_snapshot_image
-    from lookalike.stages.dataset.stage import open_snapshot, row_positions
+    from lookalike.stages.dataset.stage import open_snapshot, positions_of
 
     if not any(f.path == MAP_POINTS_FILE for f in evaluation.files):
         return None
     record = json.loads(verified_path(root, evaluation, MAP_POINTS_FILE).read_bytes())
     snapshot = open_snapshot(root, read_manifest(root, "dataset", evaluation.inputs["dataset"]))
-    at = row_positions(snapshot)
+    at = dict(zip(record["rows"], positions_of(snapshot, record["rows"]).tolist()))
     width = max((len(c) for c in record["components"]), default=0)
     columns = ["row", "label", "image", "x", "y", *(f"pc_{i}" for i in range(1, width + 1))]
     rows = []

@@ -40,7 +40,7 @@ from lookalike.core.manifest import Manifest, atomic_write_bytes, verified_path
 from lookalike.core.settings import DatasetSettings, EvaluationSettings
 from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.sources import DatasetError, list_splits
-from lookalike.stages.dataset.stage import hf_cache_dir, open_snapshot, row_positions, snapshot_column
+from lookalike.stages.dataset.stage import column_at, hf_cache_dir, open_snapshot, positions_of, snapshot_column
 from lookalike.stages.duplicates import calibrate_threshold, write_duplicates
 from lookalike.stages.embeddings.shards import embedding_row_ids, load_embedding_rows, load_embeddings
 from lookalike.stages.evaluation.baselines import baselines, distillation_report, exact_neighbours, gains
@@ -172,11 +172,11 @@ def _evaluate(
     sample, n_rows = evaluation_sample(section, root, embeddings)
     sampled = len(sample) < n_rows
     raw, row_ids = load_embedding_rows(root, embeddings, sample) if sampled else load_embeddings(root, embeddings)
-    positions = _positions_of(snapshot, row_ids)
+    positions = positions_of(snapshot, row_ids)
     indexed_labels = _label_names(snapshot, dataset, positions)
     label_of = dict(zip(row_ids.tolist(), indexed_labels)) if indexed_labels else None
     # the columns alone, at these rows: rows would decode their images too
-    indexed_sha256 = dict(zip(row_ids.tolist(), _column_at(snapshot, "sha256", positions)))
+    indexed_sha256 = dict(zip(row_ids.tolist(), column_at(snapshot, "sha256", positions)))
     database = snapshot.select(positions) if sampled else snapshot  # in `row_ids` order, for the baselines
     search_in = _searcher(index, row_ids if sampled else None)
     embedder = calibration = None  # made once, when needed, and shared by the leak check and the duplicates
@@ -387,20 +387,8 @@ def _label_names(snapshot, manifest: Manifest, positions: np.ndarray | None = No
     names = manifest.stats.get("label_names")
     if not names or "label" not in snapshot.column_names:
         return None
-    values = snapshot_column(snapshot, "label") if positions is None else _column_at(snapshot, "label", positions)
+    values = snapshot_column(snapshot, "label") if positions is None else column_at(snapshot, "label", positions)
     return [names[v] if v is not None and 0 <= v < len(names) else None for v in values]
-
-
-def _positions_of(snapshot, row_ids: np.ndarray) -> np.ndarray:
-    """Where each of `row_ids` sits in the snapshot (row ids have gaps where images were skipped)."""
-    ids = snapshot.data.column("row_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    return order[np.searchsorted(ids, row_ids, sorter=order)]
-
-
-def _column_at(snapshot, name: str, positions: np.ndarray) -> list:
-    """`snapshot_column(snapshot, name)` at `positions` only, taken from the Arrow table."""
-    return snapshot.data.column(name).take(positions).to_pylist()
 
 
 def _sample(n: int, cap: int | None) -> np.ndarray:
@@ -433,8 +421,12 @@ def _grid_rows(section: EvaluationSettings, search_in, asked: Queries, label_of:
 
 def _draw_grid(record: dict, query_snapshot, indexed_snapshot):
     split = "" if record["protocol"] == LEAVE_ONE_OUT else record["protocol"].split(":", 1)[1] + " "
-    indexed_at = row_positions(indexed_snapshot)
-    query_at = indexed_at if query_snapshot is indexed_snapshot else row_positions(query_snapshot)
+    indexed_at = _positions(indexed_snapshot, [n["row_id"] for row in record["rows"] for n in row["neighbours"]])
+    asked = [row["row_id"] for row in record["rows"]]
+    query_at = _positions(query_snapshot, asked)
+    if query_snapshot is indexed_snapshot:
+        indexed_at.update(query_at)
+        query_at = indexed_at
     rows = []
     for row in record["rows"]:
         neighbours = [
@@ -454,6 +446,12 @@ def _draw_grid(record: dict, query_snapshot, indexed_snapshot):
     return retrieval_grid(rows)
 
 
+def _positions(snapshot, row_ids: list[int]) -> dict[int, int]:
+    """Row id -> position in the snapshot, of `row_ids` only."""
+    unique = sorted(set(row_ids))
+    return dict(zip(unique, positions_of(snapshot, unique).tolist()))
+
+
 def _image(snapshot, position: dict[int, int], row_id: int):
     return decode_snapshot_image(snapshot[position[row_id]]["image"]["bytes"])
 
@@ -471,8 +469,8 @@ def retrieval_table(root: Path, evaluation: Manifest) -> tuple[list[str], list[l
         if record["queries_from"] == "dataset"
         else open_snapshot(root, read_manifest(root, "dataset", evaluation.inputs[record["queries_from"]]))
     )
-    indexed_at = row_positions(indexed)
-    asked_at = indexed_at if asked is indexed else row_positions(asked)
+    indexed_at = _positions(indexed, [n["row_id"] for row in record["rows"] for n in row["neighbours"]])
+    asked_at = _positions(asked, [row["row_id"] for row in record["rows"]])
     width = max((len(row["neighbours"]) for row in record["rows"]), default=0)
     columns = ["query", "query_row", "query_label"]
     for i in range(1, width + 1):
