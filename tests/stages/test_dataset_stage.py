@@ -169,3 +169,31 @@ def test_the_cycle_collector_is_back_on_after_the_stage_even_when_it_fails(tmp_p
     assert gc.isenabled()
     run_dataset_stage(DatasetSettings(source=str(folder_dataset(tmp_path))), root)
     assert gc.isenabled()
+
+
+def test_max_side_stores_a_bounded_copy_of_the_larger_images_keyed_and_in_parts_of_their_own(tmp_path, root):
+    import hashlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "big").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (600, 900, 3), dtype=np.uint8)).save(folder / "big" / "a.jpg", quality=90)
+    make_png(folder / "big" / "b.png", 3)  # small: stored as it is
+    originals = run_dataset_stage(DatasetSettings(source=str(folder)), root).manifest
+    bounded = run_dataset_stage(DatasetSettings(source=str(folder), max_side=128), root).manifest
+    assert "max_side" not in DatasetSettings(source=str(folder)).key_fields()
+    assert bounded.key != originals.key
+    assert bounded.stats["storage"]["parts_reused"] == 0  # the originals' parts hold other bytes
+    snapshot = open_snapshot(root, bounded)
+    by_path = {Path(i["path"]).name: (i, sha) for i, sha in zip(snapshot["image"], snapshot["sha256"])}
+    image, sha = by_path["a.jpg"]
+    assert Image.open(io.BytesIO(image["bytes"])).size == (128, 85)
+    assert sha == hashlib.sha256((folder / "big" / "a.jpg").read_bytes()).hexdigest()  # the content's, as the key's
+    assert Path(image["path"]) == folder / "big" / "a.jpg"  # the original stays reachable
+    small, _ = by_path["b.png"]
+    assert small["bytes"] == (folder / "big" / "b.png").read_bytes()
+    assert bounded.stats["storage"]["bytes_written"] < originals.stats["storage"]["bytes_written"] / 5

@@ -80,3 +80,21 @@ def test_a_jpeg_drafted_to_a_size_decodes_at_the_smallest_scale_that_keeps_it_an
     assert budget.spent == 1000 * 750 + 400 * 300
     with pytest.raises(images.PixelBudgetError, match="decode to more than 1,000 pixels in all"):
         decode_rgb(png, LIMIT, budget=images.PixelBudget(1_000))  # refused before its pixels are decoded
+
+
+def test_a_bounded_copy_is_the_decoded_image_scaled_to_its_longest_side_and_none_when_it_fits():
+    from lookalike.stages.dataset.images import bounded_copy
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (800, 1200, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: the copy is stored upright, without the tag
+    data = encode(photo, "JPEG", exif=exif)
+    copy = bounded_copy(data, 256)
+    assert copy is not None and len(copy) < len(data)
+    stored = Image.open(io.BytesIO(copy))
+    assert stored.format == "JPEG" and stored.size == (171, 256) and stored.getexif().get(0x0112) is None
+    # the copy's pixels are the original's, scaled: mean colour within a few levels
+    upright = np.asarray(decode_rgb(data, LIMIT).resize((171, 256), Image.Resampling.LANCZOS), dtype=np.float64)
+    assert np.abs(np.asarray(decode_rgb(copy, LIMIT), dtype=np.float64).mean((0, 1)) - upright.mean((0, 1))).max() < 3
+    assert bounded_copy(encode(Image.new("RGB", (256, 100), "red"), "PNG"), 256) is None

@@ -39,6 +39,13 @@ class DatasetSettings(Section):
     max_image_pixels: PositiveInt = Field(
         89_478_485, description="Images declaring more pixels are skipped as decompression bombs."
     )
+    max_side: int | None = Field(
+        None,
+        ge=32,
+        description="Store a copy of each image whose longest side is at most this many pixels (an RGB JPEG at "
+        "quality 95), as img2dataset and FFCV do, instead of the original: training, embedding and every later "
+        "version read the smaller copy; the original stays at its path. None: store the originals.",
+    )
     metadata_columns: tuple[str, ...] = Field(
         (),
         description="Scalar columns of the source (numbers, text, true/false, dates) kept with each image: stored "
@@ -88,8 +95,10 @@ class DatasetSettings(Section):
         return value
 
     def key_fields(self) -> dict[str, Any]:
-        """`metadata_columns` is keyed only when some are named: snapshots without any keep their keys."""
+        """`metadata_columns` and `max_side` are keyed only when set: snapshots without them keep their keys."""
         fields = super().key_fields()
         if not fields.get("metadata_columns"):
             fields.pop("metadata_columns", None)
+        if fields.get("max_side") is None:
+            fields.pop("max_side", None)
         return fields

@@ -166,15 +166,16 @@ class Checked:
     look: Look | None = None  # its colour and layout figures for the profile (`profile.look`)
 
 
-def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Checked]:
+def check_images(items: list[tuple[dict | None, str | None, int, int | None]]) -> list[Checked]:
     """Read, hash and test-decode a batch of undecoded images, each `(image, keyed sha256 or None,
-    max_pixels)`; run in worker processes by the dataset stage, so it imports nothing heavy.
+    max_pixels, max_side or None)`; run in worker processes by the dataset stage, so it imports nothing heavy.
 
     An image that cannot be read or decoded, or whose bytes are not the ones its key was made from
-    (`keyed`), comes back with its reason instead of raising.
+    (`keyed`), comes back with its reason instead of raising. With a `max_side`, an image longer than that
+    comes back as its `bounded_copy` (its sha256 and shape stay the original's: they name its content).
     """
     out = []
-    for image, keyed, max_pixels in items:
+    for image, keyed, max_pixels, max_side in items:
         data, reason = read_image_bytes(image)
         sha = hashlib.sha256(data).hexdigest() if reason is None else ""
         if reason is None and keyed is not None and keyed != sha:
@@ -186,10 +187,37 @@ def check_images(items: list[tuple[dict | None, str | None, int]]) -> list[Check
         if reason is None:
             try:
                 shape, seen = _test_decode(data, max_pixels)
+                if max_side is not None:
+                    data = bounded_copy(data, max_side) or data
             except UnreadableImage as exc:
                 reason = str(exc)
         out.append(Checked(data if reason is None else b"", sha, reason, shape, seen))
     return out
+
+
+# Quality of a bounded copy: img2dataset's default for the resized images it stores (encode_quality=95).
+BOUNDED_QUALITY = 95
+
+
+def bounded_copy(data: bytes, max_side: int) -> bytes | None:
+    """The image with its longest side scaled down to `max_side`, as an RGB JPEG at `BOUNDED_QUALITY`, EXIF
+    orientation applied (`decode_rgb`'s pixels, smaller); None when it already fits (its own bytes serve).
+
+    A JPEG decodes at the smallest DCT scale that still holds `max_side` (PIL's draft), then a Lanczos
+    reduction makes the copy: what `dataset.max_side` stores for training and embedding, as img2dataset and
+    FFCV store a bounded copy instead of the original.
+    """
+    with _reasons():
+        img = _open(data, _SNAPSHOT_LIMIT)  # already within the dataset's pixel limit: the check passed it
+        if max(img.size) <= max_side:
+            return None
+        img.draft(None, (max_side, max_side))
+        img.load()
+    img = to_rgb(ImageOps.exif_transpose(img))
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=BOUNDED_QUALITY)
+    return out.getvalue()
 
 
 def _test_decode(data: bytes, max_pixels: int) -> tuple[tuple[int, int, str], Look]:

@@ -114,7 +114,13 @@ def _hit_tails(shas: Sequence[str]) -> list[bool]:
     return [len(s) >= 16 and int(s[:16], 16) % TARGET_ROWS == 0 for s in shas]
 
 
-def range_ids(paths: Sequence[str | None], shas: Sequence[str], cuts: Sequence[tuple[int, int]], max_pixels: int):
+def range_ids(
+    paths: Sequence[str | None],
+    shas: Sequence[str],
+    cuts: Sequence[tuple[int, int]],
+    max_pixels: int,
+    max_side: int | None = None,
+):
     """`part_id` of the rows of each (start, stop) in `cuts`: the rows' bytes made once, each part hashed over
     its slice of them."""
     named = cast("Sequence[str]", paths)
@@ -125,7 +131,7 @@ def range_ids(paths: Sequence[str | None], shas: Sequence[str], cuts: Sequence[t
         lines = [f"[{_json_text(p)}, {encode_basestring_ascii(s)}]\n" for p, s in zip(paths, shas)]
     blob = memoryview("".join(lines).encode())  # ASCII: a character is a byte
     offsets = [0, *accumulate(map(len, lines))]
-    base, ids = _digest(max_pixels), []
+    base, ids = _digest(max_pixels, max_side), []
     for start, stop in cuts:
         digest = base.copy()
         digest.update(blob[offsets[start] : offsets[stop]])
@@ -143,17 +149,27 @@ def _json_text(path: str | None) -> str:
     return "null" if path is None else encode_basestring_ascii(path)
 
 
-def _digest(max_pixels: int):
-    return hashlib.sha256(json.dumps({"format": FORMAT, "max_pixels": max_pixels}).encode())
+def _digest(max_pixels: int, max_side: int | None = None):
+    # max_side is in a part's id only when set: parts of the originals keep the ids they had before it
+    limits: dict[str, Any] = {"format": FORMAT, "max_pixels": max_pixels}
+    if max_side is not None:
+        limits["max_side"] = max_side
+    return hashlib.sha256(json.dumps(limits).encode())
 
 
 def _row_bytes(c: Candidate) -> bytes:
     return json.dumps([c.path, c.sha256]).encode() + b"\n"
 
 
-def part_id(candidates: Sequence[Candidate], max_pixels: int, transient: Sequence[tuple[int, str]] = ()) -> str:
-    """The part's name: sha256 over what went into it (and the transient skips, when there were some)."""
-    digest = _digest(max_pixels)
+def part_id(
+    candidates: Sequence[Candidate],
+    max_pixels: int,
+    transient: Sequence[tuple[int, str]] = (),
+    max_side: int | None = None,
+) -> str:
+    """The part's name: sha256 over what went into it, the limits its images were taken with (`_digest`) and
+    the transient skips, when there were some."""
+    digest = _digest(max_pixels, max_side)
     for c in candidates:
         digest.update(_row_bytes(c))
     if transient:
@@ -161,9 +177,9 @@ def part_id(candidates: Sequence[Candidate], max_pixels: int, transient: Sequenc
     return digest.hexdigest()
 
 
-def prefix_ids(candidates: Sequence[Candidate], max_pixels: int) -> list[str]:
+def prefix_ids(candidates: Sequence[Candidate], max_pixels: int, max_side: int | None = None) -> list[str]:
     """`part_id` of each prefix of `candidates` (the first 1, 2, ... n), in one pass."""
-    digest, ids = _digest(max_pixels), []
+    digest, ids = _digest(max_pixels, max_side), []
     for c in candidates:
         digest.update(_row_bytes(c))
         ids.append(digest.copy().hexdigest())

@@ -174,7 +174,7 @@ def _snapshot(
     sample = SampleLooks(total - len(left_out))  # the profile's figures from the check's own decode
     try:
         with progress(total, "dataset: checking images", unit="img") as bar, _pool(workers) as pool:
-            chunker = _Chunker(section.max_image_pixels, keyed, store, pool, workers)
+            chunker = _Chunker(section.max_image_pixels, section.max_side, keyed, store, pool, workers)
             if keyed is not None:
                 source_rows = _SourceRows(ds, row_ids, section, names is not None, label_index)
                 in_order = _keyed_parts(source_rows, keyed, left_out, chunker, skip, bar)
@@ -260,7 +260,7 @@ def _keyed_parts(rows: _SourceRows, keyed, left_out: dict[str, str], chunker: _C
     cuts = part_cuts(paths, shas, sizes)
     unknown = np.cumsum([0, *(not sha for sha in shas)])
     whole = [(start, stop) for start, stop in cuts if unknown[stop] == unknown[start]]
-    ids = dict(zip(whole, range_ids(paths, shas, whole, chunker.max_pixels)))
+    ids = dict(zip(whole, range_ids(paths, shas, whole, chunker.max_pixels, chunker.max_side)))
     for start, stop in cuts:
         pid = ids.get((start, stop))
         info = chunker.store.find(pid) if pid is not None else None
@@ -386,8 +386,9 @@ class _Chunker:
     """Cuts the rows into parts where their content says (`closes_part`) and gives each part back in order
     with its record: reused when the root has it, else checked (in the pool, two parts in flight) and written."""
 
-    def __init__(self, max_pixels: int, keyed, store: PartStore, pool, workers: int) -> None:
-        self.max_pixels, self.keyed, self.store, self.pool, self.workers = max_pixels, keyed, store, pool, workers
+    def __init__(self, max_pixels: int, max_side: int | None, keyed, store: PartStore, pool, workers: int) -> None:
+        self.max_pixels, self.max_side = max_pixels, max_side
+        self.keyed, self.store, self.pool, self.workers = keyed, store, pool, workers
         self.rows: list[_Row] = []
         self.size = 0
         self.pending: deque = deque()
@@ -442,7 +443,7 @@ class _Chunker:
         shas = [r.known[0] for r in rows]
         while rows and all(shas):  # every row's content known before reading it: the part may already be here
             # the ids of the part and of each prefix of it, from one pass over its rows
-            ids = prefix_ids([Candidate(r.path, s) for r, s in zip(rows, shas)], self.max_pixels)
+            ids = prefix_ids([Candidate(r.path, s) for r, s in zip(rows, shas)], self.max_pixels, self.max_side)
             k, found = len(rows), self.store.find(ids[-1])
             if found is None:  # or the part it grew from, which it begins with
                 k, found = self.store.longest_prefix(ids[:-1])
@@ -457,7 +458,7 @@ class _Chunker:
         if rows[0].checked is not None:
             self.pending.append((rows, None))
             return
-        items = [(r.image, r.known[0] or None, self.max_pixels) for r in rows]
+        items = [(r.image, r.known[0] or None, self.max_pixels, self.max_side) for r in rows]
         self.to_check -= len(items)
         if self.pool is None or self.to_check >= 0:
             self.pending.append((rows, [check_images(items)]))
@@ -476,7 +477,7 @@ class _Chunker:
         skipped = [(i, r.checked.reason) for i, r in enumerate(rows) if r.checked and r.checked.reason is not None]
         candidates = [Candidate(r.path, r.known[0] or (r.checked.sha256 if r.checked else "")) for r in rows]
         transient = [(i, reason) for i, reason in skipped if is_transient(reason)]
-        pid = part_id(candidates, self.max_pixels, transient)
+        pid = part_id(candidates, self.max_pixels, transient, self.max_side)
         info = self.store.find(pid)
         if info is None:
             kept = [r.checked for r in rows if r.checked and r.checked.reason is None]
@@ -592,9 +593,9 @@ def _checked_batches(ds, section: DatasetSettings, labelled: bool, pool, workers
         out = []
         for offset, image in enumerate(batch[section.image_column]):
             if labelled and batch[section.label_column][offset] is None:
-                out.append((None, None, section.max_image_pixels))  # skipped for its label: not read
+                out.append((None, None, section.max_image_pixels, None))  # skipped for its label: not read
                 continue
-            out.append((image, None, section.max_image_pixels))
+            out.append((image, None, section.max_image_pixels, section.max_side))
         return out
 
     starts = range(0, len(ds), _BATCH)
