@@ -531,6 +531,24 @@ def near_duplicates(sources: list[dict], threshold: float = 0.97) -> list[tuple[
     ]
 
 
+def photos_of_part(sources: list[dict], spec: str) -> list[dict]:
+    """The sources of parts K-L of N (`spec` "K/N" or "K-L/N", 1-based): every photo is in exactly one of the N
+    parts, whatever the seed of the copies, so collections cut from different parts share no source photo."""
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?/(\d+)", spec)
+    if not match:
+        sys.exit(f"--part {spec!r}: use K/N or K-L/N, e.g. 2/6 or 2-3/6")
+    first, last, n = int(match[1]), int(match[2] or match[1]), int(match[3])
+    if not 1 <= first <= last <= n:
+        sys.exit(f"--part {spec!r}: parts are numbered 1 to {n}")
+    order = np.random.default_rng(PART_SEED).permutation(sorted(s["class"] for s in sources))
+    bounds = [round(i * len(order) / n) for i in range(n + 1)]
+    chosen = set(order[bounds[first - 1] : bounds[last]].tolist())
+    return [s for s in sources if s["class"] in chosen]
+
+
+PART_SEED = 43  # fixed: parts must not move with --seed
+
+
 def tree_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*.jpg")):
@@ -545,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--copies", type=int, default=COPIES, help="edited copies per photo (plus ref.jpg)")
     ap.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this script")
+    ap.add_argument(
+        "--part",
+        help="only the photos of parts K (or K-L) of N, e.g. 2-3/6: the photos, shuffled by a fixed seed, cut into N "
+        "near-equal parts, so collections made from different parts share no source photo",
+    )
     args = ap.parse_args(argv)
 
     out = args.out.resolve()
@@ -553,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"{out} exists and is not empty; pass --force to replace an earlier photo-copies output")
     started = time.perf_counter()
     sources = load_sources(args.cache.resolve())
+    if args.part:
+        sources = photos_of_part(sources, args.part)
     dups = near_duplicates(sources)
     if dups:
         sys.exit(f"near-duplicate sources, drop one of each pair: {dups}")
@@ -588,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": "photo-copies",
         "seed": args.seed,
+        "part": args.part,
         "n_classes": len(sources),
         "images_per_class": 1 + args.copies,
         "n_images": n_images,
