@@ -246,6 +246,8 @@ class PartStore:
         at 10^6 images if each image were listed)."""
         from datasets.arrow_writer import ArrowWriter
 
+        from lookalike.stages.dataset.assembled import part_features
+
         part = self.folder / f"{pid}.arrow"
         with atomic_path(part) as tmp:
             writer = ArrowWriter(features=part_features(), path=str(tmp))
@@ -277,14 +279,6 @@ class PartStore:
             "bytes_written": self.bytes_written,
             "bytes_reused": self.bytes_reused,
         }
-
-
-def part_features():
-    """What a part holds: each image (path and encoded bytes) and its content sha256, none of which moves
-    between versions."""
-    from datasets import Features, Image, Value
-
-    return Features({"image": Image(decode=False), "sha256": Value("string")})
 
 
 def compress_rows(tmp: Path, out: Path) -> None:
@@ -332,43 +326,9 @@ def open_parted(root: Path | str, manifest) -> Any:
                 f"delete {folder} and re-run to write it again"
             )
         parts.append(path)
+    from lookalike.stages.dataset.assembled import assemble
+
     return assemble(rows, parts, folder)
-
-
-def assemble(rows_path: Path, part_paths: list[Path], folder: Path) -> Any:
-    """The rows table beside the parts' images, memory-mapped, in a single-file snapshot's column order.
-
-    Built as one `datasets` ConcatenationTable whose block rows are (the part's rows' row_id, the part,
-    their other columns), aligned by construction: `concatenate_datasets` would realign them itself at
-    ~25 ms a part (replays deep-copied), and `Dataset.from_file` per part costs ~5x more again."""
-    from datasets import DatasetInfo, Features
-    from datasets.table import ConcatenationTable, MemoryMappedTable
-
-    from lookalike.stages.dataset.assembled import assembled
-
-    rows = MemoryMappedTable.from_file(str(rows_path))
-    parts = [MemoryMappedTable.from_file(str(p)) for p in part_paths]
-    if sum(len(p) for p in parts) != len(rows):
-        raise IntegrityError(
-            f"{folder}: its parts hold {sum(len(p) for p in parts)} images for {len(rows)} rows; "
-            f"delete {folder} and re-run"
-        )
-    row_features = Features.from_arrow_schema(rows.schema)
-    rest = [name for name in rows.column_names if name != "row_id"]
-    blocks, start = [], 0
-    for part in parts:
-        own = rows.slice(start, len(part))
-        blocks.append([own.select(["row_id"]), part, *([own.select(rest)] if rest else [])])
-        start += len(part)
-    features = Features({"row_id": row_features["row_id"], **part_features(), **{n: row_features[n] for n in rest}})
-    fingerprint = hashlib.sha256("\n".join([rows_path.parent.name, *(p.name for p in part_paths)]).encode())
-    table = ConcatenationTable.from_blocks(blocks) if blocks else rows
-    return assembled(
-        table,
-        (rows_path, list(part_paths), folder),
-        info=DatasetInfo(features=features),
-        fingerprint=fingerprint.hexdigest()[:16],
-    )
 
 
 class PartImages:
