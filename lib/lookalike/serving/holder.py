@@ -29,10 +29,10 @@ from lookalike.core.errors import LookalikeError
 from lookalike.core.filters import Filter, FilterError, parse_filter
 from lookalike.core.manifest import find_manifest
 from lookalike.core.names import MAX_K
-from lookalike.serving.queries import QueryError
+from lookalike.serving.queries import QueryError, decode_image, query_vector
 from lookalike.serving.query import Searcher
 from lookalike.serving.refs import Chain, IndexRef, resolve_name
-from lookalike.stages.dataset.images import PixelBudget, PixelBudgetError
+from lookalike.stages.dataset.images import PixelBudget
 
 MAX_BATCH = 64  # queries in one batch request: bounded, so one request cannot hold the server for long
 REQUEST_PIXELS_FACTOR = 4  # pixels one request may decode, in images at the per-image limit
@@ -167,16 +167,10 @@ class IndexHolder:
         return key, hits[0]
 
     def decode(self, data: bytes, budget: PixelBudget | None = None, searcher: Searcher | None = None) -> Image.Image:
-        """An uploaded image at the size the (given or current) searcher's encoder takes
-        (`Searcher.decode_query`), or a QueryError saying why it cannot be used (413 for a pixel bomb
-        or a request over its pixel budget)."""
-        try:
-            return (searcher or self.searcher).decode_query(data, self.max_image_pixels, budget)
-        except PixelBudgetError as exc:
-            raise QueryError(str(exc), status=413) from None
-        except LookalikeError as exc:
-            status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
-            raise QueryError(f"not a usable image: {exc}", status=status) from None
+        """An uploaded image at the size the (given or current) searcher's encoder takes, within this
+        holder's pixel limits (`lookalike.serving.queries.decode_image`: a QueryError says why it cannot
+        be used, 413 for a pixel bomb or a request over its pixel budget)."""
+        return decode_image(data, self.max_image_pixels, (searcher or self.searcher).embedder.resize, budget)
 
     def by_image(self, image: Image.Image, k: int, where: Where = None) -> tuple[str, list[dict]]:
         key, hits = self.search_many([image], k, where)
@@ -215,7 +209,10 @@ class IndexHolder:
 
         images = [image_of(q) for q in queries if not isinstance(q, list)]
         embedded = iter(searcher.embedder.embed_images(images)) if images else iter(())
-        vectors = [_vector(searcher, q) if isinstance(q, list) else next(embedded) for q in queries]
+        vectors = [
+            query_vector(q, searcher.index.d, searcher.chain.index.key) if isinstance(q, list) else next(embedded)
+            for q in queries
+        ]
         try:
             hits = searcher.search_vectors(np.stack(vectors), k, filter_)
         except FilterError as exc:
@@ -232,16 +229,6 @@ def check_filter(where: Where) -> Filter:
         return where if isinstance(where, Filter) else parse_filter(where)
     except FilterError as exc:
         raise QueryError(str(exc)) from None
-
-
-def _vector(searcher: Searcher, vector: list[float]) -> np.ndarray:
-    dim = searcher.index.d
-    array = np.asarray(vector, dtype=np.float32)
-    if array.ndim != 1 or array.shape[0] != dim:
-        raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
-    if not np.isfinite(array).all():
-        raise QueryError("vector contains NaN or infinity")
-    return array
 
 
 def row_image(searcher: Searcher, row: int) -> Image.Image:

@@ -15,7 +15,7 @@ from PIL import Image
 from lookalike.core.filters import Filter, parse_filter
 from lookalike.core.manifest import IntegrityError
 from lookalike.serving.refs import Chain
-from lookalike.stages.dataset.images import PixelBudget, decode_rgb, decode_snapshot_image, draft_side
+from lookalike.stages.dataset.images import decode_snapshot_image
 from lookalike.stages.dataset.stage import open_snapshot, row_positions
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.index.metadata import Metadata
@@ -42,18 +42,6 @@ class Searcher:
     @property
     def spec(self):
         return self.embedder.spec
-
-    def decode_query(self, data: bytes, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
-        """Encoded image bytes -> the RGB image the encoder takes (input_size x input_size, embedded as is):
-        a JPEG decoded at the smallest DCT scale that keeps twice the input size (`draft_side`, as the
-        embeddings stage decodes), anything else fitted as soon as it is decoded, so many queries never
-        hold more than one full-size image.
-
-        Raises:
-            UnreadableImage, PixelBudgetError: see `decode_rgb`.
-        """
-        fit = self.embedder.resize
-        return fit.fit(decode_rgb(data, max_pixels, draft_to=draft_side(fit.size), budget=budget))
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32: the vector the embeddings stage stores for this image."""

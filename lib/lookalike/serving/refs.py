@@ -28,7 +28,6 @@ from lookalike.core.errors import LookalikeError, brief
 from lookalike.core.graph import CHAIN, check_inputs, walk_chain
 from lookalike.core.manifest import MANIFEST, Manifest, find_manifest, is_stage_key
 from lookalike.reporting.tracking import parse_wandb_ref
-from lookalike.serving.queries import QueryError
 
 if TYPE_CHECKING:
     from lookalike.core.settings import Settings
@@ -110,6 +109,8 @@ class IndexRef:
         if self.kind == "folder":
             folder = Path(self.text).expanduser()
             if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
+                from lookalike.serving.queries import QueryError  # here: numpy and PIL stay out of `promote <key>`
+
                 raise QueryError(
                     f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})",
                     status=404,
@@ -132,6 +133,8 @@ def resolve_name(root: Path | str, name: str) -> tuple[Chain, Alias | None]:
     except LookalikeError:
         path = None
     if path is None or not path.is_file():
+        from lookalike.serving.queries import QueryError
+
         raise QueryError(
             f"no index {brief(name)} under {root}: give an alias (production, latest) or an index "
             "stage key (a folder name under index/)",
