@@ -244,9 +244,10 @@ class Index:
                 bad filter or k; the message names it.
         """
         from lookalike.serving.holder import check_filter, check_k
+        from lookalike.serving.queries import as_queries
 
         k, where = check_k(k), check_filter(where)  # before any image is decoded
-        single, items = _as_queries(queries)
+        single, items = as_queries(queries)
         hits: list[list[Neighbour]] = []
         key = None
         for start in range(0, len(items), QUERY_CHUNK):
@@ -265,7 +266,9 @@ class Index:
         full-size decode's."""
         import numpy as np
 
-        _, items = _as_queries(images)
+        from lookalike.serving.queries import as_queries
+
+        _, items = as_queries(images)
         searcher = self._holder.searcher
         chunks = []
         for start in range(0, len(items), QUERY_CHUNK):
@@ -290,61 +293,9 @@ class Index:
 
     def _decoded(self, query: Query) -> Image.Image | int | list[float]:
         """A query as IndexHolder.search_many takes it: an image, a row id or a vector."""
-        import numpy as np
-        from PIL import Image
+        from lookalike.serving.queries import normalise
 
-        from lookalike.core.errors import brief
-        from lookalike.serving.holder import QueryError
-
-        if isinstance(query, Image.Image):
-            return query
-        if isinstance(query, (bool, np.bool_)):
-            raise QueryError(f"not a query: {query!r}")
-        if isinstance(query, (int, np.integer)):
-            return int(query)
-        if isinstance(query, np.ndarray):
-            if query.ndim != 1 or query.dtype.kind not in "iuf":  # complex, object, text, bool: no vector
-                raise QueryError(
-                    f"a vector query is a 1-D array of real numbers, not a {query.ndim}-D array of {query.dtype}"
-                )
-            return query.astype(np.float32).tolist()
-        if isinstance(query, (bytes, bytearray, memoryview)):  # a file's contents, never a list of row ids
-            return self._holder.decode(bytes(query))
-        if isinstance(query, (str, Path)):
-            path = Path(query).expanduser()
-            try:
-                data = path.read_bytes()
-            except OSError as exc:  # missing, a folder, unreadable, a name too long to be a path
-                missing = isinstance(exc, (FileNotFoundError, IsADirectoryError))
-                why = "no such image file" if missing else f"cannot read image file ({exc.strerror or exc})"
-                raise QueryError(f"{why}: {brief(str(path))}", status=404 if missing else 400) from None
-            try:
-                return self._holder.decode(data)
-            except QueryError as exc:
-                raise QueryError(f"{brief(str(path))}: {exc}", status=exc.status) from None
-        raise QueryError(
-            f"not a query: {type(query).__name__}; give PIL images, image file paths, image bytes, row ids "
-            "or 1-D numpy vectors"
-        )
-
-
-def _as_queries(queries: Any) -> tuple[bool, list]:
-    """(was it one query, the queries as a list)."""
-    import numpy as np
-    from PIL import Image
-
-    from lookalike.serving.holder import QueryError
-
-    if isinstance(queries, np.ndarray):
-        if queries.ndim == 1:
-            return True, [queries]
-        if queries.ndim == 2:
-            return False, list(queries)
-        raise QueryError(f"vectors are a 1-D array (one) or a 2-D array (one per row), not a {queries.ndim}-D array")
-    one = (Image.Image, str, Path, bytes, bytearray, memoryview, int, np.integer)  # bytes: one encoded image
-    if isinstance(queries, one) or not isinstance(queries, Iterable):
-        return True, [queries]  # one query (or a non-query, which _decoded names)
-    return False, list(queries)
+        return normalise(query, self._holder.max_image_pixels, self._holder.searcher.embedder.resize)
 
 
 def load(

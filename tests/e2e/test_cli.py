@@ -129,7 +129,8 @@ def test_ls_skips_a_damaged_evaluation_with_a_warning_and_lists_the_rest(built, 
 def test_query_by_row_finds_the_row_first_and_writes_the_picture(built):
     home, root, first = built
     from lookalike.core.settings import load_settings
-    from lookalike.serving.query import Searcher, resolve_chain
+    from lookalike.serving.query import Searcher
+    from lookalike.serving.refs import resolve_chain
 
     settings = load_settings({**TINY, "artifacts_root": str(root)})
     row = int(sorted(Searcher(root, resolve_chain(settings)).position)[0])
@@ -161,7 +162,8 @@ def test_query_by_image_file_among_the_rows_a_filter_matches(built, tmp_path):
 
     from lookalike.core.filters import FilterError, parse_filter
     from lookalike.core.settings import load_settings
-    from lookalike.serving.query import Searcher, resolve_chain
+    from lookalike.serving.query import Searcher
+    from lookalike.serving.refs import resolve_chain
 
     labels = Searcher(root, resolve_chain(load_settings({**TINY, "artifacts_root": str(root)}))).metadata.table
     label = labels.column("label")[0].as_py()
@@ -186,7 +188,8 @@ def test_query_answers_a_folder_of_200_images_in_one_process_one_json_line_each(
     from typer.testing import CliRunner
 
     from lookalike.cli.main import app
-    from lookalike.serving.query import Searcher, chain_from_alias
+    from lookalike.serving.query import Searcher
+    from lookalike.serving.refs import alias_chain
     from lookalike.stages.dataset.images import decode_rgb
 
     _, root, _ = built
@@ -200,7 +203,7 @@ def test_query_answers_a_folder_of_200_images_in_one_process_one_json_line_each(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output  # one file could not be read; every other one was answered
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    searcher = Searcher(root, chain_from_alias(root, "production"))
+    searcher = Searcher(root, alias_chain(root, "production"))
     key = searcher.chain.index.key
     assert [line["query"] for line in lines] == [str(p) for p in sorted(images)] + [str(broken)]
     assert all(line["index"] == key and len(line["neighbours"]) == 2 for line in lines[:200])

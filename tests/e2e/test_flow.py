@@ -323,8 +323,8 @@ def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_q
     import numpy as np
 
     from lookalike.artifacts.aliases import read_alias
-    from lookalike.serving.holder import chain_from_index_key, resolve_ref
     from lookalike.serving.query import Searcher
+    from lookalike.serving.refs import index_chain, resolve_name
 
     root, _ = first
     (cache_root, key), api = wandb_load(root, tmp_path)
@@ -337,8 +337,8 @@ def test_an_index_loads_by_wandb_artifact_path_into_an_empty_cache_and_answers_q
         f"team/lookalike/{METHOD}-encoder:{keys['encoder']}",
         f"team/lookalike/sample-train:{keys['dataset']}",
     ]
-    remote = Searcher(cache_root, resolve_ref(cache_root, key)[0])
-    local = Searcher(root, chain_from_index_key(root, key))
+    remote = Searcher(cache_root, resolve_name(cache_root, key)[0])
+    local = Searcher(root, index_chain(root, key))
     image = local.image_of_row(int(local.snapshot[3]["row_id"]))
     assert remote.neighbours(image, 3) == local.neighbours(image, 3)
     assert np.array_equal(remote.embed(image), local.embed(image))
@@ -409,13 +409,13 @@ def test_a_wandb_path_that_names_no_index_is_one_clear_error(first, tmp_path, re
 
 def test_a_wandb_path_without_credentials_says_it_needs_wandb_online(tmp_path, monkeypatch):
     from lookalike.reporting.tracking import WandbLoadError
-    from lookalike.serving.holder import localize
+    from lookalike.serving.refs import IndexRef
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     with pytest.raises(WandbLoadError, match="needs W&B online with an API key"):
-        localize(tmp_path, f"team/lookalike/{METHOD}-embeddings:production")
+        IndexRef.parse(f"team/lookalike/{METHOD}-embeddings:production").localize(tmp_path)
 
 
 def test_a_wandb_failure_is_reported_and_never_fails_the_run(first, monkeypatch):

@@ -94,17 +94,17 @@ def test_promote_refuses_a_key_that_is_not_a_stage_key_naming_it(root):
 
 
 def test_promote_copies_an_index_folder_from_another_root_and_stores_only_stage_keys(root, tmp_path):
-    from lookalike.serving.query import chain_from_alias
+    from lookalike.serving.refs import alias_chain
 
     other, first, _ = root
     here = tmp_path / "here"
     succeeded(lookalike(here, "promote", str(other / "index" / first)))
     stages = production(here)["stages"]
     assert stages["index"] == first and all(len(k) == 16 and "/" not in k for k in stages.values())
-    assert chain_from_alias(here, "production").index.key == first  # read from `here`, not from `other`
+    assert alias_chain(here, "production").index.key == first  # read from `here`, not from `other`
     assert (here / "index" / first / "manifest.json").is_file()
     shutil.rmtree(other)  # nothing here depends on the other root
-    assert chain_from_alias(here, "production").dataset.key == stages["dataset"]
+    assert alias_chain(here, "production").dataset.key == stages["dataset"]
 
 
 def test_an_alias_value_that_is_a_path_is_refused_before_anything_is_read(root, tmp_path):
@@ -162,7 +162,7 @@ def test_a_manifest_an_alias_names_edited_by_hand_is_refused_naming_it(root):
 
 
 def test_folders_and_aliases_written_before_the_hash_chain_still_load(root):
-    from lookalike.serving.query import chain_from_alias
+    from lookalike.serving.refs import alias_chain
 
     root, first, _ = root
     for path in root.glob("*/*/manifest.json"):  # as an older lookalike wrote them
@@ -173,4 +173,4 @@ def test_folders_and_aliases_written_before_the_hash_chain_still_load(root):
     alias = production(root)
     alias.pop("manifest_sha256", None)
     (root / "aliases" / "production.json").write_text(json.dumps(alias))
-    assert chain_from_alias(root, "production").index.key == first
+    assert alias_chain(root, "production").index.key == first

@@ -57,8 +57,8 @@ class CountingClient:
 
 
 def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_queries(mirrored, tmp_path, s3_endpoint):
-    from lookalike.serving.holder import chain_from_index_key
     from lookalike.serving.query import Searcher
+    from lookalike.serving.refs import index_chain
 
     root, keys, url = mirrored
     client = CountingClient(s3_client(s3_endpoint))
@@ -76,7 +76,7 @@ def test_an_s3_index_is_fetched_with_its_chain_into_an_empty_cache_and_answers_q
         parts
     )
 
-    searcher = Searcher(local, chain_from_index_key(local, key))
+    searcher = Searcher(local, index_chain(local, key))
     row = sorted(searcher.position)[5]
     assert searcher.neighbours(searcher.image_of_row(row), 3)[0]["row"] == row
 

@@ -136,7 +136,7 @@ def test_calibration_holds_95_percent_of_copies_unless_distinct_images_are_that_
     from helpers import TINY
 
     from lookalike.core.settings import load_settings
-    from lookalike.serving.query import resolve_chain
+    from lookalike.serving.refs import resolve_chain
     from lookalike.stages.dataset.stage import open_snapshot
     from lookalike.stages.index.factory import load_index
     from lookalike.stages.inference import Embedder
@@ -173,7 +173,7 @@ def test_duplicates_searched_from_a_sample_find_every_copy_of_the_sampled_rows(t
     from helpers import TINY
 
     from lookalike.core.settings import load_settings
-    from lookalike.serving.query import resolve_chain
+    from lookalike.serving.refs import resolve_chain
     from lookalike.stages.embeddings.shards import load_embeddings
     from lookalike.stages.index.factory import load_index, prepare_vectors
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from lookalike.cli.app import err
-from lookalike.cli.common import fail, is_reference, open_root, root_folder, root_settings, warnings_as_lines
+from lookalike.cli.common import fail, open_root, root_folder, root_settings, warnings_as_lines
 from lookalike.cli.options import REFERENCES, Root
 from lookalike.cli.render import print_indexes
 
@@ -33,10 +33,12 @@ def promote(
     from lookalike.artifacts.aliases import chain_for_index, copy_index_chain, read_alias, set_alias
     from lookalike.core.errors import LookalikeError
     from lookalike.core.manifest import is_stage_key, not_a_key
+    from lookalike.serving.refs import IndexRef
 
     settings = root_settings(artifacts_root)
     root = open_root(settings)
-    if not is_reference(index_ref, root):  # checked before it is joined onto any path
+    ref = IndexRef.parse(index_ref)
+    if not ref.names_index(root):  # checked before it is joined onto any path
         fail(
             f"{not_a_key(index_ref, 'index')} nor an alias under {root}, a finished index folder "
             f"(<root>/index/<key>), an s3:// or a W&B reference: give a folder name under {root / 'index'}"
@@ -44,20 +46,18 @@ def promote(
     try:
         with warnings_as_lines():
             source = {"command": f"lookalike promote {index_ref}"}
-            folder = Path(index_ref).expanduser()
-            if is_stage_key(index_ref):
+            if ref.kind == "key":
                 stages = chain_for_index(root, index_ref)
-            elif (folder / "manifest.json").is_file():  # an index folder, of this root or another one
+            elif ref.kind == "folder":  # an index folder, of this root or another one
+                folder = Path(index_ref).expanduser()
                 key = copy_index_chain(root, folder)
                 if folder.resolve().parents[1] != root.resolve():
                     source["copied_from"] = str(folder.resolve())
                 stages = chain_for_index(root, key)
-            elif "/" not in index_ref:  # an alias of this root: its whole chain, evaluation included
+            elif ref.kind == "alias":  # an alias of this root: its whole chain, evaluation included
                 stages = dict(read_alias(root, index_ref).stages)
             else:  # s3:// or W&B: fetched and verified into <root>/remote first (this one loads torch)
-                from lookalike.serving.holder import localize
-
-                where, local_ref = localize(root, index_ref, settings.mirror.endpoint_url)
+                where, local_ref = ref.localize(root, settings.mirror.endpoint_url)
                 key = local_ref if is_stage_key(local_ref) else read_alias(where, local_ref).stages["index"]
                 key = copy_index_chain(root, Path(where) / "index" / key)
                 source["copied_from"] = index_ref

@@ -141,8 +141,10 @@ def index_chain(index, alias, dataset, split, method, epochs, artifacts_root, se
             fail(f"give the index once: --index {alias} (--alias is its old spelling), not both", code=2)
     settings, _ = run_settings(dataset, split, method, epochs, None, artifacts_root, None, set_, steps)
     root = open_root(settings)
-    ref = alias or (index if index and is_reference(index, root) else None)
-    if index and not ref:  # a preset or factory string: the index built for these settings
+    from lookalike.serving.refs import IndexRef
+
+    ref = IndexRef.parse(index) if index else None
+    if index and ref and not ref.names_index(root):  # a preset or factory string: the index built for these settings
         from lookalike.core.names import check_index_type
 
         try:
@@ -150,37 +152,19 @@ def index_chain(index, alias, dataset, split, method, epochs, artifacts_root, se
         except ValueError as exc:
             fail(f"--index {index!r} names no alias, index key or index folder under {root}, and {exc}", code=2)
         settings, _ = run_settings(dataset, split, method, epochs, index, artifacts_root, None, set_, steps)
+        ref = None
 
     def chain_of():
-        from lookalike.serving.query import chain_from_alias, resolve_chain
+        from lookalike.serving.refs import alias_chain, resolve_chain
 
         if alias:  # missing, it says how to make one
-            return root, chain_from_alias(root, alias)
+            return root, alias_chain(root, alias)
         if ref:
-            from lookalike.serving.holder import localize, resolve_ref
-
-            where, local_ref = localize(root, ref, settings.mirror.endpoint_url)
-            return where, resolve_ref(where, local_ref)[0]
+            where, chain, _ = ref.resolve(root, settings.mirror.endpoint_url)
+            return where, chain
         return root, resolve_chain(settings)
 
     return settings, chain_of
-
-
-def is_reference(index: str, root: Path) -> bool:
-    """Whether `index` names a built index (`REFERENCES`): an alias or index stage key under `root`,
-    an index folder, s3:// or a W&B artifact path; else it can only be a preset or factory string."""
-    from lookalike.artifacts.aliases import AliasError, alias_path
-    from lookalike.core.manifest import is_stage_key
-    from lookalike.reporting.tracking import parse_wandb_ref
-
-    if index.startswith("s3://") or is_stage_key(index) or parse_wandb_ref(index):
-        return True
-    if (Path(index).expanduser() / "manifest.json").is_file():
-        return True
-    try:
-        return alias_path(root, index).is_file()
-    except AliasError:  # not an alias name
-        return False
 
 
 def check_out(out: Path | None) -> None:

@@ -73,7 +73,7 @@ IndexOpt = Annotated[
     ),
 ]
 # What `--index` (query, duplicates, serve) and `promote` take to name a built index: one spelling
-# everywhere, resolved by `lookalike.serving.holder.localize` and `resolve_ref`.
+# everywhere, read and resolved by `lookalike.serving.refs.IndexRef`.
 REFERENCES = (
     "an alias (production, latest), an index stage key (a folder name under index/), an index folder of any "
     "root (<root>/index/<key>), a mirrored s3://bucket/prefix/index/<key> or s3://bucket/prefix/aliases/<name>, "

@@ -74,21 +74,25 @@ def query(
     check_out(out)
     settings, chain_of = index_chain(index, alias, dataset, split, method, epochs, artifacts_root, set_, steps)
     from lookalike.core.errors import LookalikeError
+    from lookalike.serving.queries import QueryError, decode_image, image_files, read_query_file
     from lookalike.serving.query import Searcher
-    from lookalike.stages.dataset.images import decode_rgb
     from lookalike.stages.pictures import save_image
 
     try:
         searcher = Searcher(*chain_of())
         if many:
-            return _query_many(searcher, _image_files(images), top_k, where, settings.dataset.max_image_pixels)
+            return _query_many(searcher, image_files(images), top_k, where, settings.dataset.max_image_pixels)
         if row is not None:
             picture_query, caption = searcher.image_of_row(row), f"query: row {row}"
         else:
             (image,) = images
             if not image.is_file():
                 fail(f"no such image file: {image}", code=2)
-            picture_query = decode_rgb(image.read_bytes(), settings.dataset.max_image_pixels)
+            data = read_query_file(image)
+            try:  # full size: the query is drawn beside its neighbours
+                picture_query = decode_image(data, settings.dataset.max_image_pixels)
+            except QueryError as exc:
+                fail(exc.reason)  # the image is the one given: its name needs no repeating
             caption = f"query: {image.name}"
         found = searcher.neighbours(picture_query, top_k, where)
     except LookalikeError as exc:
@@ -107,34 +111,14 @@ def query(
         Console().print(f"picture: {target}")
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    """The files to query: each file as given, and a folder's image files (by the extensions
-    Pillow reads), recursively in name order, hidden ones left out."""
-    from PIL import Image
-
-    readable = set(Image.registered_extensions())
-    files = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in readable
-                and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-        else:
-            files.append(path)  # a missing or unreadable one is answered with its error
-    return files
-
-
 def _query_many(searcher, files: list[Path], k: int, where: list[str] | None, max_pixels: int) -> None:
     """One JSON line per file, in order, through `Searcher.search_images` (the one inference path) a
     chunk at a time; a file that cannot be read gets an error line and the rest are still answered."""
 
-    from lookalike.core.errors import LookalikeError, one_line
+    from lookalike.core.errors import one_line
     from lookalike.core.filters import parse_filter
     from lookalike.core.progress import progress
+    from lookalike.serving.queries import QueryError, read_image
 
     key, filter_, failed = searcher.chain.index.key, parse_filter(where), 0
     with progress(len(files), "query", unit="img") as bar:
@@ -144,9 +128,9 @@ def _query_many(searcher, files: list[Path], k: int, where: list[str] | None, ma
                 try:
                     # at the encoder's size as soon as it is read (JPEG draft): a chunk of camera photos
                     # holds QUERY_CHUNK small images, not QUERY_CHUNK full-size ones
-                    decoded.append((path, searcher.decode_query(path.read_bytes(), max_pixels)))
-                except (LookalikeError, OSError) as exc:
-                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    decoded.append((path, read_image(path, max_pixels, searcher.embedder.resize)))
+                except QueryError as exc:
+                    why = exc.reason  # the line names the file already
                     lines[path] = {"query": str(path), "error": one_line(why), "index": key}
                     err.print(
                         f"[yellow]warning:[/] {escape(one_line(str(path)))}: {escape(one_line(why))}",

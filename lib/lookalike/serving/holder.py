@@ -1,6 +1,6 @@
 """Serving queries from a built index: one loaded Searcher, swapped whole when an alias moves.
 
-`IndexHolder` resolves a reference (an alias such as `production`, an index stage key, an
+`IndexHolder` resolves a reference (`lookalike.serving.refs`: an alias such as `production`, an index stage key, an
 index mirrored to `s3://bucket/prefix/index/<key>`, or a W&B artifact path
 `entity/project/<method>-embeddings:production`, fetched and verified first),
 loads encoder, index and snapshot once (after sha256 checks) and answers queries. For an
@@ -22,82 +22,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lookalike.artifacts.aliases import ALIASES, Alias, alias_path, read_alias
-from lookalike.artifacts.mirror import fetch_index_chain, parse_ref_url
-from lookalike.artifacts.shared_root import read_manifest
+from lookalike.artifacts.aliases import Alias
+from lookalike.artifacts.mirror import fetch_index_chain
 from lookalike.core.checks import BadValueError, whole_number
-from lookalike.core.errors import LookalikeError, brief
+from lookalike.core.errors import LookalikeError
 from lookalike.core.filters import Filter, FilterError, parse_filter
-from lookalike.core.graph import CHAIN, walk_chain
-from lookalike.core.manifest import MANIFEST, find_manifest, is_stage_key
+from lookalike.core.manifest import find_manifest
 from lookalike.core.names import MAX_K
-from lookalike.reporting.tracking import parse_wandb_ref
-from lookalike.serving.query import Chain, Searcher, alias_chain
-from lookalike.stages.dataset.images import PixelBudget, PixelBudgetError
+from lookalike.serving.queries import QueryError, decode_image, query_vector
+from lookalike.serving.query import Searcher
+from lookalike.serving.refs import Chain, IndexRef, resolve_name
+from lookalike.stages.dataset.images import PixelBudget
 
 MAX_BATCH = 64  # queries in one batch request: bounded, so one request cannot hold the server for long
 REQUEST_PIXELS_FACTOR = 4  # pixels one request may decode, in images at the per-image limit
-
-
-class QueryError(LookalikeError, ValueError):
-    """A query the server cannot answer; `status` is the HTTP status that fits."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def chain_from_index_key(root: Path | str, key: str) -> Chain:
-    """dataset → encoder → embeddings → index, followed backwards from an index stage key."""
-    chain = walk_chain(lambda stage, k: read_manifest(root, stage, k), "index", key, root)
-    return Chain(*(chain[stage] for stage in CHAIN))
-
-
-def localize(root: Path | str, ref: str, endpoint_url: str | None = None) -> tuple[Path, str]:
-    """(artifacts root, ref) to load from. An `s3://bucket/prefix/index/<key>` (or `/aliases/<name>`)
-    reference is first fetched, with its embeddings, encoder and dataset, into `<root>/remote/` and
-    verified there; an index folder path `<other root>/index/<key>` is loaded from that root;
-    a W&B artifact path `entity/project/<name>:<alias>` is fetched the same way from W&B (online);
-    anything else (an alias or a stage key) is a reference under `root` itself."""
-    if ref.startswith("s3://"):
-        return fetch_index_chain(ref, Path(root) / "remote", endpoint_url)
-    folder = Path(ref).expanduser()
-    if (ref.startswith((".", "/", "~")) or "/" in ref) and _is_dir(folder):  # <some root>/index/<key>
-        if folder.parent.name != "index" or not (folder / MANIFEST).is_file():
-            raise QueryError(
-                f"{folder} is not a finished index folder (<artifacts root>/index/<key>/ with a {MANIFEST})", status=404
-            )
-        return folder.resolve().parents[1], folder.name
-    if parse_wandb_ref(ref):
-        from lookalike.reporting.wandb_chain import fetch_wandb_chain
-
-        return fetch_wandb_chain(ref, Path(root) / "remote")
-    return Path(root), ref
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:  # a name too long to be a path (ENAMETOOLONG) is no folder; it is named as a reference
-        return False
-
-
-def resolve_ref(root: Path | str, ref: str) -> tuple[Chain, Alias | None]:
-    """(chain, the alias as read) for an alias name, or (chain, None) for an index stage key."""
-    if is_stage_key(ref) and find_manifest(root, "index", ref) is not None:
-        return chain_from_index_key(root, ref), None
-    try:
-        path = alias_path(root, ref)
-    except LookalikeError:
-        path = None
-    if path is None or not path.is_file():
-        raise QueryError(
-            f"no index {brief(ref)} under {root}: give an alias (production, latest) or an index "
-            "stage key (a folder name under index/)",
-            status=404,
-        )
-    alias = read_alias(root, ref)
-    return alias_chain(root, alias), alias
 
 
 @dataclass(frozen=True)
@@ -124,12 +62,13 @@ class IndexHolder:
         # what the images of one request may decode to in all: a few images at the limit, or a batch of
         # photos (JPEGs decode at a reduced scale); each is fitted to the input size before the next
         self.max_request_pixels = max_request_pixels or REQUEST_PIXELS_FACTOR * max_image_pixels
-        self.root, local_ref = localize(root, ref, endpoint_url)
+        parsed = IndexRef.parse(ref)
+        self.root, local_ref = parsed.localize(root, endpoint_url)
         # An S3 alias URL is re-read from S3 on each check, so the server follows it as it moves.
-        self._remote_alias = ref.startswith("s3://") and parse_ref_url(ref)[1] == ALIASES
+        self._remote_alias = parsed.remote_alias
         self._endpoint_url, self._cache = endpoint_url, Path(root) / "remote"
         self._lock = threading.Lock()
-        self._loaded = self._load(*resolve_ref(self.root, local_ref))
+        self._loaded = self._load(*resolve_name(self.root, local_ref))
         self._checked = time.monotonic()
         self.reload_error: str | None = None
         self._failed_key: str | None = None
@@ -178,7 +117,7 @@ class IndexHolder:
         try:
             if self._remote_alias:  # the alias from S3, and the chain it names (fetched, verified)
                 fetch_index_chain(self.ref, self._cache, self._endpoint_url)
-            chain, alias = resolve_ref(self.root, self._loaded.alias)
+            chain, alias = resolve_name(self.root, self._loaded.alias)
         except (LookalikeError, OSError) as exc:
             self.reload_error = f"still serving {serving}: {exc}"
             return False
@@ -228,16 +167,10 @@ class IndexHolder:
         return key, hits[0]
 
     def decode(self, data: bytes, budget: PixelBudget | None = None, searcher: Searcher | None = None) -> Image.Image:
-        """An uploaded image at the size the (given or current) searcher's encoder takes
-        (`Searcher.decode_query`), or a QueryError saying why it cannot be used (413 for a pixel bomb
-        or a request over its pixel budget)."""
-        try:
-            return (searcher or self.searcher).decode_query(data, self.max_image_pixels, budget)
-        except PixelBudgetError as exc:
-            raise QueryError(str(exc), status=413) from None
-        except LookalikeError as exc:
-            status = 413 if "pixels" in str(exc) or "bomb" in str(exc) else 400
-            raise QueryError(f"not a usable image: {exc}", status=status) from None
+        """An uploaded image at the size the (given or current) searcher's encoder takes, within this
+        holder's pixel limits (`lookalike.serving.queries.decode_image`: a QueryError says why it cannot
+        be used, 413 for a pixel bomb or a request over its pixel budget)."""
+        return decode_image(data, self.max_image_pixels, (searcher or self.searcher).embedder.resize, budget)
 
     def by_image(self, image: Image.Image, k: int, where: Where = None) -> tuple[str, list[dict]]:
         key, hits = self.search_many([image], k, where)
@@ -276,7 +209,10 @@ class IndexHolder:
 
         images = [image_of(q) for q in queries if not isinstance(q, list)]
         embedded = iter(searcher.embedder.embed_images(images)) if images else iter(())
-        vectors = [_vector(searcher, q) if isinstance(q, list) else next(embedded) for q in queries]
+        vectors = [
+            query_vector(q, searcher.index.d, searcher.chain.index.key) if isinstance(q, list) else next(embedded)
+            for q in queries
+        ]
         try:
             hits = searcher.search_vectors(np.stack(vectors), k, filter_)
         except FilterError as exc:
@@ -293,16 +229,6 @@ def check_filter(where: Where) -> Filter:
         return where if isinstance(where, Filter) else parse_filter(where)
     except FilterError as exc:
         raise QueryError(str(exc)) from None
-
-
-def _vector(searcher: Searcher, vector: list[float]) -> np.ndarray:
-    dim = searcher.index.d
-    array = np.asarray(vector, dtype=np.float32)
-    if array.ndim != 1 or array.shape[0] != dim:
-        raise QueryError(f"vector has {array.size} values; index {searcher.chain.index.key} takes {dim}")
-    if not np.isfinite(array).all():
-        raise QueryError("vector contains NaN or infinity")
-    return array
 
 
 def row_image(searcher: Searcher, row: int) -> Image.Image:

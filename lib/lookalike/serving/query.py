@@ -1,78 +1,26 @@
 """Query a built index: images (or dataset rows, or vectors) in, top-k most similar rows out,
 optionally only among the rows a metadata filter matches (`lookalike.core.filters`).
 
-`resolve_chain` finds the finished stage folders for the current settings by
-recomputing their keys, exactly as the pipeline does, so `lookalike query` with the
-same options as `lookalike run` loads what that run built.
+The chain of manifests a Searcher loads comes from `lookalike.serving.refs` (a reference, or the
+settings `lookalike run` was given).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lookalike.artifacts.aliases import Alias, read_alias
-from lookalike.core.errors import LookalikeError
 from lookalike.core.filters import Filter, parse_filter
-from lookalike.core.graph import CHAIN, check_inputs
-from lookalike.core.manifest import IntegrityError, Manifest, find_manifest
-from lookalike.core.settings import Settings
-from lookalike.stages.dataset.images import PixelBudget, decode_rgb, decode_snapshot_image, draft_side
-from lookalike.stages.dataset.stage import dataset_key, open_snapshot, row_positions
-from lookalike.stages.embeddings.stage import embeddings_key
-from lookalike.stages.encoder.stage import encoder_key
+from lookalike.core.manifest import IntegrityError
+from lookalike.serving.refs import Chain
+from lookalike.stages.dataset.images import decode_snapshot_image
+from lookalike.stages.dataset.stage import open_snapshot, row_positions
 from lookalike.stages.index.factory import load_index, prepare_vectors, search
 from lookalike.stages.index.metadata import Metadata
-from lookalike.stages.index.stage import index_key
 from lookalike.stages.inference import Embedder
 from lookalike.stages.pictures import retrieval_grid
-
-
-class NotBuiltError(LookalikeError, LookupError):
-    """No finished index exists for these settings."""
-
-
-@dataclass(frozen=True)
-class Chain:
-    dataset: Manifest
-    encoder: Manifest
-    embeddings: Manifest
-    index: Manifest
-
-
-def chain_from_alias(root: Path | str, name: str) -> Chain:
-    """The finished dataset → encoder → embeddings → index folders an alias points at."""
-    return alias_chain(root, read_alias(root, name))
-
-
-def alias_chain(root: Path | str, alias: Alias) -> Chain:
-    """The chain of one read of an alias (read once, so a concurrent move cannot mix two chains)."""
-    return Chain(*(alias.manifest(root, stage) for stage in CHAIN))
-
-
-def resolve_chain(settings: Settings) -> Chain:
-    """The finished dataset → encoder → embeddings → index folders for these settings."""
-    root = settings.artifacts_root
-
-    def need(stage: str, key: str) -> Manifest:
-        manifest = find_manifest(root, stage, key)
-        if manifest is None:
-            raise NotBuiltError(
-                f"no finished {stage} stage for these settings in {root} (key {key}); "
-                "run `lookalike run` with the same options first"
-            )
-        return manifest
-
-    dataset = need("dataset", dataset_key(settings.dataset, root)[0])
-    encoder = need("encoder", encoder_key(settings.encoder, dataset))
-    embeddings = need("embeddings", embeddings_key(settings.embeddings, dataset, encoder))
-    index = need("index", index_key(settings.index, embeddings))
-    for manifest in (encoder, embeddings, index):  # the hash chain: no input manifest edited since
-        check_inputs(root, manifest)
-    return Chain(dataset, encoder, embeddings, index)
 
 
 class Searcher:
@@ -94,18 +42,6 @@ class Searcher:
     @property
     def spec(self):
         return self.embedder.spec
-
-    def decode_query(self, data: bytes, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
-        """Encoded image bytes -> the RGB image the encoder takes (input_size x input_size, embedded as is):
-        a JPEG decoded at the smallest DCT scale that keeps twice the input size (`draft_side`, as the
-        embeddings stage decodes), anything else fitted as soon as it is decoded, so many queries never
-        hold more than one full-size image.
-
-        Raises:
-            UnreadableImage, PixelBudgetError: see `decode_rgb`.
-        """
-        fit = self.embedder.resize
-        return fit.fit(decode_rgb(data, max_pixels, draft_to=draft_side(fit.size), budget=budget))
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32: the vector the embeddings stage stores for this image."""
