@@ -181,6 +181,11 @@ def make_png(path: Path, value: int, size: int = 20, mode: str = "L") -> Path:
     return path
 
 
+def served_rows(holder) -> list[int]:
+    """The dataset row ids an IndexHolder serves (TINY indexes a seeded subset, so not 0..n-1)."""
+    return sorted(holder.searcher.position)
+
+
 def server_errors(client, operation: str, fail: set[int]):
     """Make the endpoint answer HTTP 500 to the listed calls (1-based) of one operation.
 
