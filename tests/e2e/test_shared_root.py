@@ -261,21 +261,6 @@ def test_a_missing_bucket_is_one_clear_error_before_anything_runs(s3_endpoint, t
     assert "aws s3 mb s3://no-such-bucket" in out.stderr
 
 
-def test_a_stage_task_retries_transient_s3_failures_but_not_user_errors():
-    from prefect.states import Failed
-
-    from lookalike.artifacts.s3 import MirrorError
-    from lookalike.core.errors import LookalikeError
-    from lookalike.tasks.stage import retry_unless_user_error
-
-    transient = MirrorError("cannot upload …: InternalError")
-    transient.retryable = True
-    assert retry_unless_user_error(None, None, Failed(data=transient))
-    assert not retry_unless_user_error(None, None, Failed(data=MirrorError("bucket 'x' does not exist")))
-    assert not retry_unless_user_error(None, None, Failed(data=LookalikeError("bad setting")))
-    assert retry_unless_user_error(None, None, Failed(data=OSError("connection reset")))
-
-
 def test_two_machines_building_one_stage_at_once_compute_it_once(s3_endpoint, tmp_path):
     """Machines A and B start the same encoder stage together (threads, each with its own copy):
     one takes the store's lease and trains, the other waits and fetches its result."""
