@@ -186,3 +186,32 @@ def test_a_parquet_table_written_by_datasets_keeps_its_class_names(collection, t
     result = run_dataset_stage(section, tmp_path / "root")
     assert result.manifest.stats["label_names"] == names
     assert list(open_snapshot(tmp_path / "root", result.manifest)["label"]) == [0, 1, 1, 0]
+
+
+def test_a_table_in_the_bucket_is_read_from_it_with_references_under_its_prefix_and_keyed_as_on_disk(
+    collection, bucket, tmp_path
+):
+    name, client = bucket
+    refs = [f"../imgs/{n}.png" for n in ORDER]  # relative to the table's prefix, as to its folder on disk
+    (collection / "exports").mkdir()
+    local = collection / "exports" / "catalogue.csv.gz"
+    with gzip.open(local, "wt") as out:
+        out.write("file,kind,year\n" + "".join(f"{r['file']},{r['kind']},{r['year']}\n" for r in rows_of(refs)))
+    for n in range(10):
+        client.upload_file(str(collection / "imgs" / f"{n}.png"), name, f"photos/imgs/{n}.png")
+    client.upload_file(str(local), name, "photos/exports/catalogue.csv.gz")
+    remote = settings(f"s3://{name}/photos/exports/catalogue.csv.gz")
+    assert resolve_source(remote).kind == "table"
+    check_source(remote)
+
+    root = tmp_path / "root"
+    result = run_dataset_stage(remote, root)
+    snapshot = open_snapshot(root, result.manifest)
+    assert [i["path"] for i in snapshot["image"]] == [f"s3://{name}/photos/imgs/{n}.png" for n in ORDER]
+    assert result.manifest.stats["label_names"] == ["cat", "dog"] and snapshot["year"] == [2000 + n for n in ORDER]
+    # the key is the rows and the images' content: the same table and images on disk are the same dataset
+    assert result.manifest.key == dataset_key(settings(local), tmp_path / "other")[0]
+
+    for missing in (f"s3://{name}/photos/exports/gone.csv", "s3://no-such-bucket/catalogue.csv"):
+        with pytest.raises(DatasetError, match=r"^(no such table: s3://.*gone\.csv|dataset: bucket 'no-such-bucket')"):
+            check_source(settings(missing))

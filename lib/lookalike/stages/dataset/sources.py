@@ -57,6 +57,8 @@ def resolve_source(section: DatasetSettings) -> Source:
     if section.source == "sample":
         return Source("folder", str(SAMPLE_DIR))
     if is_bucket_url(section.source):
+        if table_format(Path(section.source)) is not None:  # a catalogue exported to the bucket
+            return Source("table", section.source)
         return Source("bucket", section.source.rstrip("/"))
     path = Path(section.source).expanduser()
     if path.is_file():

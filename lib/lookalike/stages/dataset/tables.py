@@ -1,9 +1,10 @@
 """A manifest table as a dataset source: the usual export of a catalogue, one row per image.
 
-A CSV or TSV, JSON-lines (`.jsonl`, `.ndjson`, `.json`) or Parquet file; the text formats may be
-compressed (`.gz`, `.bz2`, `.zst`, `.lz4`, as pyarrow reads them). `dataset.image_column` names
-the column that holds each image's reference: a local path (a relative one is resolved against the
-table's folder) or an `s3://bucket/key` URL. `dataset.label_column` gives the labels (class names
+A CSV or TSV, JSON-lines (`.jsonl`, `.ndjson`, `.json`) or Parquet file, on disk or in a bucket
+(`s3://bucket/exports/catalogue.csv`, read once per run); the text formats may be compressed (`.gz`, `.bz2`,
+`.zst`, `.lz4`, as pyarrow reads them). `dataset.image_column` names the column that holds each image's
+reference: a local path or an `s3://bucket/key` URL; a relative reference is resolved against the table's
+folder (its prefix, for a table in a bucket). `dataset.label_column` gives the labels (class names
 in sorted order, as an image folder's) and `dataset.metadata_columns` the columns kept, returned
 and filterable. A Parquet file whose image column holds images (structs of encoded bytes) is not a
 manifest: it stays the `parquet` source, keyed by the file's bytes as before.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import stat
 from pathlib import Path
@@ -89,24 +91,29 @@ def _read(location: str, section: DatasetSettings) -> Any:
 
     fmt = table_format(Path(location))
     try:
+        source = _opened(location)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(location)
+            table = pq.read_table(source)
         elif fmt == "json":
             from pyarrow import json as pa_json
 
-            table = pa_json.read_json(location)
+            table = pa_json.read_json(source)
         else:
             from pyarrow import csv
 
             # references and labels as written: '007.png' or a label '01' must not become a number
             text = {name: pa.string() for name in (section.image_column, section.label_column) if name}
             table = csv.read_csv(
-                location,
+                source,
                 parse_options=csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
                 convert_options=csv.ConvertOptions(column_types=text),
             )
+    except FileNotFoundError:
+        raise DatasetError(f"no such table: {location}") from None
+    except MirrorError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
     except (OSError, ValueError, pa.ArrowException) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DatasetError(f"cannot read the table {location}: {one_line(reason)}") from None
@@ -125,6 +132,36 @@ def _read(location: str, section: DatasetSettings) -> Any:
     if table.num_rows == 0:
         raise DatasetError(f"table:{location} has no rows; {MINIMUM}")
     return table
+
+
+_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+
+
+def _opened(location: str) -> Any:
+    """What pyarrow's readers take for the table at `location`: its path, or for an `s3://` URL its object's
+    bytes (one GET) decompressed as its name says, as pyarrow does for a path.
+
+    Raises:
+        FileNotFoundError: there is no such object.
+        MirrorError: the bucket cannot be read, in one line.
+    """
+    if not is_bucket_url(location):
+        return location
+    import pyarrow as pa
+
+    from lookalike.artifacts.s3 import read_url
+
+    check_buckets([location])  # a missing or unreachable bucket is named as for the images it holds
+    stream = pa.BufferReader(read_url(location))
+    codec = _CODECS.get(os.path.splitext(location)[1].lower())
+    return pa.CompressedInputStream(stream, codec) if codec else stream
+
+
+def table_folder(location: str) -> str:
+    """What a table's relative references are resolved against: its folder, or its prefix in a bucket."""
+    if is_bucket_url(location):
+        return location.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(location))
 
 
 def check_table(location: str, section: DatasetSettings) -> None:
@@ -148,6 +185,10 @@ def _resolve(reference: Any, folder: str) -> str | None:
         return None
     if "://" in reference and _URL.match(reference):
         return reference
+    if is_bucket_url(folder):  # a key under the table's prefix: s3://bucket/exports/../imgs/1.png is imgs/1.png
+        bucket, _, prefix = folder[len("s3://") :].partition("/")
+        key = posixpath.normpath(posixpath.join("/", prefix, reference)).lstrip("/")
+        return f"s3://{bucket}/{key}"
     if reference.startswith("~"):
         reference = os.path.expanduser(reference)
     return os.path.normpath(os.path.join(folder, reference))
@@ -157,7 +198,7 @@ def resolved_paths(location: str, section: DatasetSettings) -> list[str | None]:
     """Each row's image as a local path or URL, in the table's order (worked out once per run)."""
 
     def compute() -> list[str | None]:
-        folder = os.path.dirname(os.path.abspath(location))
+        folder = table_folder(location)
         column = read_table(location, section).column(section.image_column).to_pylist()
         return [_resolve(reference, folder) for reference in column]
 
