@@ -406,6 +406,7 @@ def find_duplicates(
     seed: int = 0,
     linkage: str = "leader",
     rows: np.ndarray | None = None,
+    loaded: tuple[Any, faiss.Index] | None = None,
 ) -> DuplicateReport:
     """Exact and near-duplicate groups of a finished chain, every file sha256-checked as it loads.
 
@@ -418,13 +419,14 @@ def find_duplicates(
         rows: positions (in embedding order, sorted) of the only rows whose neighbours are searched, each
             in the whole index: the near and exact groups that hold at least one of them, found in
             O(len(rows) x N) instead of O(N^2). None: every row.
+        loaded: the opened snapshot and loaded index of this chain, when the caller holds them already (the
+            evaluation does: a second copy of a million-vector index is gigabytes).
     """
     metric = index_manifest.stats["metric"]
     linkage = one_of(linkage, "linkage", LINKAGES)
     if threshold is not None:  # NaN would group nothing and -1 everything (or nothing), without a word
         threshold = real_number(threshold, f"threshold ({THRESHOLD_UNITS[metric]})", *THRESHOLD_RANGE[metric])
-    snapshot = open_snapshot(root, dataset)
-    index = load_index(root, index_manifest)
+    snapshot, index = loaded or (open_snapshot(root, dataset), load_index(root, index_manifest))
     if calibration is not None and threshold is None:
         threshold, why = calibration.threshold, calibration.why
     elif threshold is None and len(snapshot) < 2:
@@ -533,10 +535,11 @@ def write_duplicates(
     calibration: Calibration | None = None,
     embedder=None,
     rows: np.ndarray | None = None,
+    loaded: tuple[Any, faiss.Index] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Find the chain's duplicates and write REPORT (and PICTURE when there are groups) into a stage
     folder, with a calibration and an Embedder the caller already has, searching from `rows` only when
-    given (see `find_duplicates`).
+    given, with the caller's `loaded` snapshot and index (see `find_duplicates`).
     Returns (stats: counts, threshold and why; the files written)."""
     from lookalike.artifacts.shared_root import read_manifest
     from lookalike.core.manifest import atomic_write_bytes
@@ -544,7 +547,15 @@ def write_duplicates(
 
     encoder = read_manifest(root, "encoder", embeddings.inputs["encoder"])
     report = find_duplicates(
-        root, dataset, encoder, embeddings, index, calibration=calibration, embedder=embedder, rows=rows
+        root,
+        dataset,
+        encoder,
+        embeddings,
+        index,
+        calibration=calibration,
+        embedder=embedder,
+        rows=rows,
+        loaded=loaded,
     )
     atomic_write_bytes(folder / REPORT, json.dumps(report.to_json(), indent=1).encode())
     files = [REPORT]

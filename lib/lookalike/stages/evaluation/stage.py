@@ -285,7 +285,15 @@ def _evaluate(
         # 5%): every row up to sample_size, O(N^2) beyond it, so above it the sample's rows only, O(sample x N).
         # The leak check's calibration and encoder, when it made them: one calibration per evaluation.
         stats["duplicates"], written = write_duplicates(
-            root, folder, dataset, embeddings, index_manifest, calibration, embedder, sample if sampled else None
+            root,
+            folder,
+            dataset,
+            embeddings,
+            index_manifest,
+            calibration,
+            embedder,
+            sample if sampled else None,
+            loaded=(snapshot, index),
         )
         files += written
     return Built(files=files, stats=stats)
