@@ -226,4 +226,31 @@ def test_a_subset_of_a_flat_index_ranks_its_rows_as_the_filtered_search_does(met
     expected, got = search(index, vectors[:30], 10, allowed), search(subset, vectors[:30], 10)
     assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0], atol=1e-5)
     hnsw = build_index(vectors, row_ids, IndexType("HNSW16", metric, False))
-    assert subset_index(hnsw, allowed) is None  # an approximate index answers through its own filtered search
+    assert subset_index(hnsw, allowed) is None  # a graph answers through its own filtered search
+
+
+@pytest.mark.parametrize("factory", ["IVF8,SQ8", "IVF8,Flat"])
+def test_a_subset_of_an_ivf_index_holds_those_rows_codes_and_answers_as_the_index_over_every_list(factory):
+    """The evaluation's sample of an IVF index: the same quantizer and stored codes, only the sample's
+    entries; over every list it ranks exactly as the filtered search does, and the index is left as it was."""
+    from lookalike.stages.index.factory import IndexType, build_index, prepare_vectors, search, subset_index
+    from lookalike.stages.index.whitening import fit_whitening
+
+    vectors = prepare_vectors(np.random.default_rng(1).standard_normal((800, 8)).astype(np.float32), "l2")
+    row_ids = np.arange(800, dtype=np.int64) * 5 + 2
+    whitening = fit_whitening(vectors, 0.5)
+    index = whitening.wrap(build_index(whitening.apply(vectors), row_ids, IndexType(factory, "l2", False)))
+    ivf = faiss.extract_index_ivf(index)
+    before = search(index, vectors[:20], 10)
+    allowed = row_ids[::9]
+    subset = subset_index(index, allowed)
+    assert subset.ntotal == len(allowed) and index.ntotal == ivf.ntotal == 800
+    assert np.array_equal(search(index, vectors[:20], 10)[1], before[1])  # the index still holds every row
+    inner = faiss.extract_index_ivf(subset)
+    assert inner.nprobe == ivf.nprobe < ivf.nlist and set(search(subset, vectors[:20], 10)[1].ravel()) <= {
+        *allowed.tolist(),
+        -1,
+    }
+    inner.nprobe = ivf.nprobe = ivf.nlist  # every list, in both: exact over the stored codes
+    expected, got = search(index, vectors[:20], 10, allowed), search(subset, vectors[:20], 10)
+    assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0], atol=1e-5)

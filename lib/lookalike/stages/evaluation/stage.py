@@ -307,9 +307,10 @@ def evaluation_sample(section: EvaluationSettings, root: Path, embeddings: Manif
 
 
 def _searcher(index, allowed: np.ndarray | None):
-    """search(queries, k) in the run's index, over the rows `allowed` only when given: an exact copy of
-    those rows for a flat index (`subset_index`), FAISS's filtered search for any other type, so an
-    approximate index is still measured as it answers."""
+    """search(queries, k) in the run's index, over the rows `allowed` only when given: the index as it would be
+    holding only those rows (`subset_index`: their vectors for a flat index, their entries in the same lists for
+    an IVF index, searched with its nprobe), FAISS's filtered search for any other type, so an approximate index
+    is still measured as it answers."""
     if allowed is None:
         return lambda queries, k: search(index, queries, k)
     subset = subset_index(index, allowed)
