@@ -29,17 +29,33 @@ def resolved(n: int, profile: dict, **sets):
     return resolve(load_settings({f"encoder.{k}": v for k, v in sets.items()}).encoder, Dataset(n, profile))
 
 
-def test_a_small_collection_gets_enough_steps_and_a_large_one_is_bounded_by_compute():
+def test_a_small_collection_gets_the_steps_the_recipe_needs_and_a_large_one_is_bounded_by_compute():
     small, _, small_plan = resolved(300, GRAYSCALE_28)
     assert small_plan.steps_per_epoch == 1  # 300 images at batch 256: one step a pass
-    assert small.steps == small_plan.steps == recipe.MIN_STEPS  # not 15 steps, as 15 epochs would be
-    assert "at least" in small_plan.why
+    assert small.steps == small_plan.steps == recipe.LEARN_STEPS == 600  # not 100 passes (100 steps), nor 300
+    assert "the 600 steps the recipe needs" in small_plan.why and "100 passes would be 100" in small_plan.why
+
+    photos, _, photos_plan = resolved(900, PHOTOS)
+    assert photos_plan.steps_per_epoch == 3 and photos.steps == 600  # 100 passes would be 300
+    assert "4.3 min at an estimated 0.43 s a step" in photos_plan.why  # a photo step: 1.2x the reference FLOPs
+
+    grown, _, grown_plan = resolved(2_560, GRAYSCALE_28)
+    assert grown.steps == 1_000 and grown_plan.why == "100 passes of 10 steps"  # passes, once they are more
 
     large, _, large_plan = resolved(60_000, GRAYSCALE_28)
     assert large_plan.steps_per_epoch == 234
     assert large.steps == recipe.REFERENCE_STEPS < recipe.PASSES * 234  # the reference cost: the bound itself
     assert large_plan.why.startswith("bounded by compute")
     assert large_plan.epochs == -(-large.steps // 234)  # the last pass is cut short
+
+
+def test_a_shorter_time_budget_lowers_a_small_collections_steps_to_what_it_buys():
+    two, _, plan = resolved(300, GRAYSCALE_28, minutes=2)
+    assert two.steps == int(2 * 60 / recipe.REFERENCE_STEP_SECONDS) == 340
+    assert plan.why.startswith("what encoder.minutes=2 buys: 340 steps")
+    assert resolved(60_000, GRAYSCALE_28, minutes=2)[0].steps == recipe.REFERENCE_STEPS  # passes are not cut
+    with pytest.raises(SettingsError):
+        load_settings({"encoder.minutes": 0})
 
 
 def test_a_costlier_backbone_gets_fewer_steps():
@@ -54,9 +70,12 @@ def test_the_budget_is_deterministic_and_keyed():
     assert first == encoder_key(load_settings().encoder, Dataset(300, GRAYSCALE_28))
     assert first != encoder_key(load_settings().encoder, Dataset(60_000, GRAYSCALE_28))  # another budget
     # the key is made from what is trained: auto and the steps it chose spelled out share it
-    assert first == encoder_key(load_settings({"encoder.steps": recipe.MIN_STEPS}).encoder, Dataset(300, GRAYSCALE_28))
+    assert first == encoder_key(load_settings({"encoder.steps": 600}).encoder, Dataset(300, GRAYSCALE_28))
+    assert first == encoder_key(load_settings({"encoder.minutes": 9}).encoder, Dataset(300, GRAYSCALE_28))
+    two = encoder_key(load_settings({"encoder.minutes": 2}).encoder, Dataset(300, GRAYSCALE_28))
+    assert two == encoder_key(load_settings({"encoder.steps": 340}).encoder, Dataset(300, GRAYSCALE_28)) != first
     # epochs are turned into the steps they mean
-    assert encoder_key(load_settings({"encoder.epochs": 300}).encoder, Dataset(300, GRAYSCALE_28)) == first
+    assert encoder_key(load_settings({"encoder.epochs": 600}).encoder, Dataset(300, GRAYSCALE_28)) == first
 
 
 def test_explicit_length_wins_and_both_at_once_is_refused():

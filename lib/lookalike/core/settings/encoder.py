@@ -51,7 +51,14 @@ class EncoderSettings(Section):
     steps: NonNegativeInt | Auto = Field(
         "auto",
         description="Optimizer steps to pretrain for; 0 keeps random weights. auto: a budget from the collection's "
-        "size and the backbone's cost (100 passes, at least 300 steps, bounded by compute for large collections).",
+        "size and the backbone's cost: 100 passes, at least the 600 steps the recipe needs to learn (fewer when "
+        "encoder.minutes buys fewer), bounded by compute for large collections.",
+    )
+    minutes: PositiveFloat = Field(
+        5.0,
+        description="Pretraining time budget of a small collection's auto steps, in minutes at the step time "
+        "estimated for the recipe on 2 CPU cores (the same on every machine, so the steps and keys are): the "
+        "floor of 600 steps is lowered to what this buys. Not keyed itself: the steps it gives are.",
     )
     epochs: NonNegativeInt | None = Field(
         None,
@@ -151,7 +158,7 @@ class EncoderSettings(Section):
         1, description="strategy=ddp: machines (nodes) taking part, launched by torchrun or SLURM; in the key with ddp."
     )
     # where an init or teacher lives is not what it is: their content hashes are keyed instead
-    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers", "init", "teacher"})
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"num_workers", "init", "teacher", "minutes"})
     UNSET_NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"init_sha256", "teacher_sha256"})
     DDP_ONLY: ClassVar[frozenset[str]] = frozenset({"strategy", "devices", "num_nodes"})
     SIMCLR_ONLY: ClassVar[frozenset[str]] = frozenset({"temperature"})
