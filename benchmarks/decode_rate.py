@@ -222,6 +222,15 @@ def side_by_side(args, files: list[Path], source: Path, root: Path, cores: int, 
     return 0
 
 
+def camera_files(folder: Path, limit: int | None, work: Path) -> tuple[list[Path], list[Path], Path]:
+    """(the first `limit` JPEGs of `folder` in name order, every one of them, the folder that holds just the
+    first ones: `folder` itself, or their hard-linked subset under `work`)."""
+    every = sorted(folder.rglob("*.jpg"), key=lambda p: p.name)
+    files = every[:limit] if limit else every
+    work.mkdir(parents=True, exist_ok=True)
+    return files, every, subset(folder, files, work) if len(files) < len(every) else folder
+
+
 def subset(folder: Path, files: list[Path], work: Path) -> Path:
     out = work / f"subset-{len(files)}"
     if not out.is_dir():
@@ -247,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="recorded as is (e.g. that the machine was shared)")
     args = ap.parse_args(argv)
 
-    every = sorted(args.folder.rglob("*.jpg"), key=lambda p: p.name)
-    files = every[: args.limit] if args.limit else every
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    source = subset(args.folder, files, args.work_dir) if len(files) < len(every) else args.folder
+    files, every, source = camera_files(args.folder, args.limit, args.work_dir)
     cores = len(os.sched_getaffinity(0))
     root = args.work_dir / f"artifacts-{len(files)}"
     shutil.rmtree(root, ignore_errors=True)

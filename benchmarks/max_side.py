@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import emit  # noqa: E402
-from decode_rate import subset  # noqa: E402
+from decode_rate import camera_files  # noqa: E402
 
 # run in a subprocess per variant (its own imports and decode workers, as a run has): dataset, encoder, embeddings
 STAGES = """
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="recorded as is (e.g. that the machine was shared)")
     args = ap.parse_args(argv)
 
-    every = sorted(args.folder.rglob("*.jpg"), key=lambda p: p.name)
-    files = every[: args.limit] if args.limit else every
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    source = subset(args.folder, files, args.work_dir) if len(files) < len(every) else args.folder
+    files, _, source = camera_files(args.folder, args.limit, args.work_dir)
     record: dict = {
         "benchmark": "max_side",
         "folder": str(args.folder),
