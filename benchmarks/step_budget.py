@@ -1,11 +1,12 @@
 """How many pretraining steps a small photo collection needs: precision@10 against steps, several collections.
 
-    for part in 1/6 2-3/6 4-6/6; do   # 26, 52 and 78 of the 156 photos: collections sharing no source photo
-        .venv/bin/python benchmarks/make_photo_copies.py --cache /data/photo-copies-cache --seed 1 \\
-            --part $part --out /data/pc-$part ...
+    # 26, 52 and 78 of the 156 photos: collections that share no source photo
+    for spec in "1/6 312" "2-3/6 624" "4-6/6 936"; do set -- $spec
+        .venv/bin/python benchmarks/make_photo_copies.py --cache /data/photo-copies-cache --seed 1 --part $1 \\
+            --out /data/pc-$2
     done
     .venv/bin/python benchmarks/step_budget.py --collections /data/pc-312 /data/pc-624 /data/pc-936 \\
-        --steps 300 500 700 1000 --work-dir /data/curves --out benchmarks/results/step_budget.json
+        --steps 300 500 700 1000 --work-dir /data/curves
 
 For each collection and each `--steps` value, one `quality_against_baselines.py` run (a real `lookalike run
 --steps S`, leave-one-out, with its raw-pixel and untrained-encoder baselines on the same queries), in one
