@@ -63,7 +63,9 @@ def test_bytes_decode_full_size_or_fitted_and_a_bad_image_says_why_in_one_line()
 
 def test_a_file_that_is_no_image_names_the_file_before_why(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
-    with pytest.raises(QueryError, match=r"^'.*a\.png': not a usable image: empty file \(0 bytes\)$") as caught:
+    with pytest.raises(
+        QueryError, match=r"^'.*a\.png'( \(\d+ characters\))?: not a usable image: empty file \(0 bytes\)$"
+    ) as caught:
         read_image(tmp_path / "a.png", 10**8, FIT)
     assert caught.value.status == 400 and caught.value.reason == "empty file (0 bytes)"
 
