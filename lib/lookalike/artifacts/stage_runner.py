@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import gc
 import json
 import resource
@@ -57,16 +58,12 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-_LIBC: list[Any] = []
-
-
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    if not _LIBC:
-        try:
-            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
-            _LIBC.append(None)
-    return _LIBC[0]
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
+        return None
 
 
 def _cannot_write(exc: OSError, root: Path) -> bool:
