@@ -166,10 +166,17 @@ def test_gradio_ui_in_chromium_finds_the_uploaded_image_first(built, tmp_path):
                 expect(captions.first).to_contain_text("d=0.000")
             finally:
                 browser.close()
+        # a bad body is one detail line from the real server too, which keeps serving (the bodies: tests/app)
+        bad = httpx.post(
+            f"{url}/api/search", content='{"row": NaN, "k": 2}', headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 422 and list(bad.json()) == ["detail"] and "finite" in bad.json()["detail"]
+        assert httpx.get(f"{url}/healthz").status_code == 200
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    assert "Traceback" not in server.stdout.read().decode()
 
 
 def test_serve_without_a_built_index_says_how_to_get_one(tmp_path):

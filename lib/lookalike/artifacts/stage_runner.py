@@ -51,11 +51,27 @@ def peak_rss_mb() -> int:
 def release_freed_memory() -> None:
     """Hand what a finished stage freed back to the operating system. glibc keeps freed heap in its arenas for
     the next allocation; at 1,000,000 images the index stage left ~4 GB resident that the evaluation then added
-    to (a run's peak: 7.1 GB; benchmarks/README.md, scale_e2e). `malloc_trim` returns it; a no-op off glibc."""
-    gc.collect()
+    to (a run's peak: 7.1 GB; benchmarks/README.md, scale_e2e). `malloc_trim` returns it; a no-op off glibc.
+
+    Objects kept alive only by reference cycles are collected first when the process holds more than
+    COLLECT_ABOVE: with torch loaded a full collection costs ~0.2 s, about a tenth of a tiny run's stages."""
+    resident = _resident_bytes()
+    if resident is None or resident > COLLECT_ABOVE:
+        gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+COLLECT_ABOVE = 2 << 30  # bytes resident
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):  # no procfs (macOS)
+        return None
 
 
 @functools.cache
