@@ -71,9 +71,9 @@ ADAPTERS = {
     "boto3": "lookalike.artifacts.s3",
     "botocore": "lookalike.artifacts.s3",
     "gradio": "lookalike.app.ui",
-    "lightning": "lookalike.stages.encoder.ddp",
-    "pytorch_lightning": "lookalike.stages.encoder.ddp",
-    "lightning_fabric": "lookalike.stages.encoder.ddp",
+    "lightning": "lookalike.stages.encoder.loop",
+    "pytorch_lightning": "lookalike.stages.encoder.loop",
+    "lightning_fabric": "lookalike.stages.encoder.loop",
 }
 
 

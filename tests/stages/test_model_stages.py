@@ -13,8 +13,8 @@ from lookalike.stages.dataset.stage import open_snapshot, run_dataset_stage
 from lookalike.stages.embeddings.shards import load_embeddings, shard_name
 from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import EncoderLoadError, load_encoder, load_encoder_file
-from lookalike.stages.encoder.single import TRAIN_STATE
 from lookalike.stages.encoder.stage import run_encoder_stage
+from lookalike.stages.encoder.training import TRAIN_STATE
 from lookalike.stages.evaluation.metrics import held_out_metrics, label_metrics
 from lookalike.stages.evaluation.stage import choose_query_split, run_evaluation_stage
 from lookalike.stages.index.factory import PRESETS, IndexBuildError, load_index, search

@@ -1,5 +1,5 @@
-"""encoder.strategy=ddp: pretraining under Lightning's DDP on 2 CPU processes (gloo), and the
-checkpoint it exports embedding in the ordinary single-process embeddings stage."""
+"""encoder.strategy=ddp: the encoder's one training loop under Fabric's DDP on 2 CPU processes (gloo), and
+the checkpoint it exports embedding in the ordinary single-process embeddings stage."""
 
 import os
 import subprocess
@@ -18,7 +18,7 @@ from lookalike.stages.embeddings.shards import load_embeddings
 from lookalike.stages.embeddings.stage import run_embeddings_stage
 from lookalike.stages.encoder.checkpoint import load_encoder
 from lookalike.stages.encoder.stage import encoder_key, run_encoder_stage
-from lookalike.stages.encoder.training import DDP_CHECKPOINTS
+from lookalike.stages.encoder.training import TRAIN_STATE
 
 
 def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_stage(root):
@@ -32,7 +32,7 @@ def test_a_ddp_checkpoint_from_two_cpu_processes_embeds_in_the_single_process_st
     stats = result.manifest.stats
     assert (stats["strategy"], stats["world_size"], stats["batch_size_per_process"]) == ("ddp", 2, 8)
     assert len(stats["losses"]) == 1 and np.isfinite(stats["losses"][0])
-    assert not (folder / DDP_CHECKPOINTS).exists()  # Lightning's resume state goes once the manifest exists
+    assert not (folder / TRAIN_STATE).exists()  # the resume state goes once the manifest exists
     print(f"ddp pretraining on 2 processes took {seconds:.1f} s")
 
     model, spec = load_encoder(root, result.manifest)  # the same self-describing format as a single run's
@@ -120,7 +120,7 @@ def test_scale_out_settings_are_keyed_only_under_ddp():
 
 
 def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_an_s3_root(s3_endpoint, tmp_path):
-    """Machine A (a process group SIGKILLed once epoch 1's last.ckpt is in the bucket, i.e. in
+    """Machine A (a process group SIGKILLed once epoch 1's train state is in the bucket, i.e. in
     epoch 2) and machine B (an empty copy of the same s3:// root): B pulls the checkpoint and
     trains only epoch 2. (This is also the test of resuming a ddp run from its last checkpoint: a
     local root takes the same path without the bucket.)"""
@@ -169,7 +169,7 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
 
     def checkpoint_in_bucket() -> bool:
         listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
-        return any(o["Key"].endswith("/ddp/last.ckpt") for o in listed)
+        return any(o["Key"].endswith(f"/{TRAIN_STATE}") for o in listed)
 
     kill_when(proc, checkpoint_in_bucket)
     listed = client.list_objects_v2(Bucket="ddp", Prefix="run/encoder/").get("Contents", [])
@@ -185,3 +185,10 @@ def test_a_ddp_run_killed_in_epoch_2_on_one_machine_resumes_on_another_through_a
     assert len(result.manifest.stats["losses"]) == 2 and seen == [2]  # epoch 1 was not trained again
     assert result.manifest.stats["steps"] == 20
     load_encoder(root_b, result.manifest)
+    # and it is the encoder an uninterrupted run trains, to the bit: every process resumes from rank 0's state
+    # with the seeds of each pass and rank
+    local = load_settings({**overrides, "artifacts_root": str(tmp_path / "uninterrupted")})
+    root_c = tmp_path / "uninterrupted"
+    uninterrupted = run_encoder_stage(local.encoder, run_dataset_stage(local.dataset, root_c).manifest, root_c).manifest
+    assert uninterrupted.key == result.manifest.key and uninterrupted.stats["losses"] == result.manifest.stats["losses"]
+    assert uninterrupted.file("encoder.pt").sha256 == result.manifest.file("encoder.pt").sha256

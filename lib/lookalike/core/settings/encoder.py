@@ -25,6 +25,11 @@ from lookalike.core.names import (
 from lookalike.core.recipe import AUTO
 from lookalike.core.settings.base import Auto, Section
 
+# strategy=ddp's own part of its key: 2 since it runs the loop a single process runs (lookalike.stages.encoder.loop)
+# under Fabric, where Lightning's Trainer drew its batches and augmentations in another order (single-process keys
+# and weights did not move)
+DDP_LOOP_VERSION = 2
+
 
 class EncoderSettings(Section):
     """Self-supervised pretraining (the `encoder` stage)."""
@@ -146,8 +151,8 @@ class EncoderSettings(Section):
     )
     strategy: Literal["single", "ddp"] = Field(
         "single",
-        description="single: one process (the plain training loop); ddp: PyTorch Lightning's DDP strategy, "
-        "devices x num_nodes processes (gloo on CPU, nccl on GPU), batch_size split among them, SimCLR's "
+        description="single: the training loop in one process; ddp: the same loop under Lightning Fabric's DDP "
+        "strategy on devices x num_nodes processes (gloo on CPU, nccl on GPU), batch_size split among them, SimCLR's "
         "negatives gathered from every process, batch norms synchronised on GPUs. Keyed only when ddp: each process "
         "draws its own shuffle and augmentations, so the weights differ from a single run's.",
     )
@@ -172,6 +177,8 @@ class EncoderSettings(Section):
         if self.strategy == "single":
             for name in self.DDP_ONLY:
                 fields.pop(name)
+        else:  # ddp's weights moved when it came to run the one training loop (Fabric), not Lightning's Trainer
+            fields["ddp_loop"] = DDP_LOOP_VERSION
         if self.method != "simclr":
             for name in self.SIMCLR_ONLY:
                 fields.pop(name)

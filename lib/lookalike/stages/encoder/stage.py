@@ -1,8 +1,8 @@
 """The `encoder` stage: self-supervised pretraining with LightlySSL, keyed and resumable.
 
-One process trains with `lookalike.stages.encoder.single`, several with Lightning's DDP
-(`lookalike.stages.encoder.ddp`); both export the same `encoder.pt`
-(`lookalike.stages.encoder.checkpoint`). An interrupted run resumes from its last pass.
+One training loop (`lookalike.stages.encoder.loop`, on Lightning Fabric) trains in one process or
+under DDP on several, and exports the one `encoder.pt` format (`lookalike.stages.encoder.checkpoint`).
+An interrupted run resumes from its last pass.
 `auto` settings and the step budget are resolved against the dataset first
 (`lookalike.core.recipe`); the resolved values make the key and the manifest's settings,
 and the manifest's `recipe` stat says why each was chosen.
@@ -23,8 +23,7 @@ from lookalike.core.recipe import AUTO, Plan, resolve_encoder
 from lookalike.core.settings import EncoderSettings
 from lookalike.stages.encoder.backbones import forward_flops
 from lookalike.stages.encoder.pretrained import Init, InitError, check_fit, read_init_cached
-from lookalike.stages.encoder.single import TRAIN_STATE, train_single
-from lookalike.stages.encoder.training import DDP_CHECKPOINTS, EncoderProbe, EpochCallback
+from lookalike.stages.encoder.training import DDP_CHECKPOINTS, TRAIN_STATE, EncoderProbe, EpochCallback
 
 STAGE = "encoder"
 
@@ -107,12 +106,12 @@ def run_encoder_stage(
     section, why, plan = resolve(section, dataset, root)
     key = key_for(STAGE, section.key_fields(), {"dataset": dataset.key})
     if section.strategy == "ddp" and find_manifest(root, STAGE, key) is None:
-        from lookalike.stages.encoder.ddp import launched_rank, train_ddp
+        from lookalike.stages.encoder.loop import launched_rank, train_encoder
 
         if launched_rank() not in (None, 0):
             # torchrun/SLURM started this process as one of the others: it trains alongside rank 0, which
             # holds the stage lock and exports; run_stage below then waits for rank 0's manifest
-            train_ddp(section, plan, dataset, root, stage_dir(root, STAGE, key), None, None)
+            train_encoder(section, plan, dataset, root, stage_dir(root, STAGE, key), None, None)
 
     def build(folder: Path) -> Built:
         built = _train(section, plan, dataset, root, folder, on_epoch, probe)
@@ -127,7 +126,8 @@ def run_encoder_stage(
         build=build,
     )
     (Path(root) / STAGE / key / TRAIN_STATE).unlink(missing_ok=True)  # manifest exists now
-    shutil.rmtree(Path(root) / STAGE / key / DDP_CHECKPOINTS, ignore_errors=True)  # strategy=ddp's resume state
+    # the Lightning checkpoints strategy=ddp resumed from before it ran the one loop (train-state.pt)
+    shutil.rmtree(Path(root) / STAGE / key / DDP_CHECKPOINTS, ignore_errors=True)
     return result
 
 
@@ -140,13 +140,9 @@ def _train(
     on_epoch: EpochCallback | None,
     probe: EncoderProbe | None,
 ) -> Built:
-    if section.strategy == "ddp":
-        from lookalike.stages.encoder.ddp import train_ddp  # Lightning loads only when asked for
+    from lookalike.stages.encoder.loop import train_encoder  # Fabric loads only when a stage trains
 
-        built = train_ddp(section, plan, dataset, root, folder, on_epoch, probe)
-        if built is None:  # a torchrun/SLURM rank other than 0 got the stage lock: rank 0 never finished
-            raise LookalikeError(
-                "encoder.strategy=ddp: rank 0 did not finish the encoder stage; see its log and re-run"
-            )
-        return built
-    return train_single(section, plan, dataset, root, folder, on_epoch, probe)
+    built = train_encoder(section, plan, dataset, root, folder, on_epoch, probe)
+    if built is None:  # a torchrun/SLURM rank other than 0 got the stage lock: rank 0 never finished
+        raise LookalikeError("encoder.strategy=ddp: rank 0 did not finish the encoder stage; see its log and re-run")
+    return built

@@ -1,9 +1,8 @@
-"""What both encoder trainers share: the method built from settings, the optimizer and schedule,
-the training images and views, the exported checkpoint and the stats the manifest records.
+"""What the encoder's training loop is made of: the method built from settings, the optimizer and
+schedule, the training images and views, the exported checkpoint and the stats the manifest records.
 
-The single-process loop (`lookalike.stages.encoder.single`) and Lightning's DDP
-(`lookalike.stages.encoder.ddp`) both build on this module, so they train the same method the
-same way and export the one checkpoint format every later stage reads.
+The loop (`lookalike.stages.encoder.loop`) builds on this module for one process and for DDP alike,
+and exports the one checkpoint format every later stage reads.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from lookalike.stages.encoder.pretrained import Init, fitted_backbone, starting_
 from lookalike.stages.pictures import save_loss_curve
 
 LOSS_CURVE = "loss.png"
-DDP_CHECKPOINTS = "ddp"  # lookalike.stages.encoder.ddp's Lightning checkpoints
+TRAIN_STATE = "train-state.pt"  # the loop's whole training state after its last finished pass
+DDP_CHECKPOINTS = "ddp"  # where strategy=ddp kept Lightning's checkpoints before the one loop: removed with it
 
 # on_epoch(epoch (1-based), epochs, mean loss, epoch seconds)
 EpochCallback = Callable[[int, int, float, float], None]
