@@ -113,3 +113,15 @@ def test_whitening_is_a_keyed_setting_with_a_clear_range():
     assert on.key_fields() != off.key_fields()
     with pytest.raises(ValueError, match="whitening"):
         load_settings({"index.whitening": "2"})
+
+
+def test_whitening_in_place_a_chunk_at_a_time_gives_the_whole_arrays_result_in_the_same_buffer():
+    x, _ = nuisance_collection()
+    whiten = fit_whitening(x, 0.5)
+    expected = whiten.apply(x)
+    buffer = x.copy()
+    out = whiten.apply_in_place(buffer, chunk=7)  # 400 rows: 57 chunks and a short last one
+    assert out is buffer
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="float32"):
+        whiten.apply_in_place(x.astype(np.float64))

@@ -504,13 +504,14 @@ def find_duplicates(
 
 
 def duplicates_picture(
-    root: Path, dataset: Manifest, report: DuplicateReport, max_groups: int = 8, max_images: int = 8
+    root: Path, dataset: Manifest, report: DuplicateReport, max_groups: int = 8, max_images: int = 8, snapshot=None
 ):
     """The largest groups, one row each: the group's first row outlined, then its other rows,
-    captioned with row id and distance from the first."""
+    captioned with row id and distance from the first. `snapshot`: the dataset's, when the caller has it open
+    (opening a million-row snapshot again assembles it again)."""
     from lookalike.stages.pictures import retrieval_grid
 
-    snapshot = open_snapshot(root, dataset)
+    snapshot = snapshot if snapshot is not None else open_snapshot(root, dataset)
     shown = report.groups[:max_groups]
     drawn = sorted({r for group in shown for r in group["rows"][:max_images]})
     position = dict(zip(drawn, positions_of(snapshot, drawn).tolist()))
@@ -561,7 +562,7 @@ def write_duplicates(
     atomic_write_bytes(folder / REPORT, json.dumps(report.to_json(), indent=1).encode())
     files = [REPORT]
     if report.groups:
-        save_image(folder / PICTURE, duplicates_picture(root, dataset, report))
+        save_image(folder / PICTURE, duplicates_picture(root, dataset, report, snapshot=loaded[0] if loaded else None))
         files.append(PICTURE)
     return report.stats(), files
 

@@ -141,13 +141,25 @@ def distillation_report(
 
 
 def exact_neighbours(
-    indexed: np.ndarray, row_ids: np.ndarray, queries: np.ndarray, metric: str, k: int, whitening: float = 0.0
+    indexed: np.ndarray,
+    row_ids: np.ndarray,
+    queries: np.ndarray,
+    metric: str,
+    k: int,
+    whitening: float = 0.0,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Row ids of the k nearest indexed vectors of each query, by exact search in `metric`, after
-    the run index's whitening learned from these indexed vectors (`fit_whitening`, same rule)."""
-    base = prepare_vectors(indexed, metric)
+    the run index's whitening learned from these indexed vectors (`fit_whitening`, same rule).
+    `overwrite`: `indexed` (float32, C-contiguous) may be prepared and whitened where it is, instead of in a
+    copy (the caller has no further use for it: at 50,000 images the pixels alone are 470 MB)."""
+    fit = overwrite and indexed.dtype == np.float32 and indexed.flags.c_contiguous and indexed.flags.writeable
+    base = indexed if fit else prepare_vectors(indexed, metric)
+    if fit and metric == "ip":
+        faiss.normalize_L2(base)
     whiten = fit_whitening(base, whitening)
-    base = whiten.apply(base)
+    # over the prepared copy, a chunk at a time: each whole-array step would hold another copy
+    base = whiten.apply_in_place(base) if whiten.dim == base.shape[1] else whiten.apply(base)
     if not len(base):
         return np.empty((len(queries), 0), np.int64)
     # FAISS's brute-force search over the array itself (what a flat index runs), without a flat index's copy of it

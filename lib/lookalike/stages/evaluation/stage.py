@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.artifacts.shared_root import read_manifest
-from lookalike.artifacts.stage_runner import Built, StageResult, run_stage
+from lookalike.artifacts.stage_runner import Built, StageResult, release_freed_memory, run_stage
 from lookalike.core.graph import key_for
 from lookalike.core.manifest import Manifest, atomic_write_bytes, verified_path
 from lookalike.core.settings import DatasetSettings, EvaluationSettings
@@ -172,13 +172,14 @@ def _evaluate(
     sample, n_rows = evaluation_sample(section, root, embeddings)
     sampled = len(sample) < n_rows
     raw, row_ids = load_embedding_rows(root, embeddings, sample) if sampled else load_embeddings(root, embeddings)
+    release_freed_memory()  # the shards read for the sample's rows
     positions = positions_of(snapshot, row_ids)
     indexed_labels = _label_names(snapshot, dataset, positions)
     label_of = dict(zip(row_ids.tolist(), indexed_labels)) if indexed_labels else None
     # the columns alone, at these rows: rows would decode their images too
     indexed_sha256 = dict(zip(row_ids.tolist(), column_at(snapshot, "sha256", positions)))
     database = snapshot.select(positions) if sampled else snapshot  # in `row_ids` order, for the baselines
-    search_in = _searcher(index, row_ids if sampled else None)
+    search_in, searches_the_index = _searcher(index, row_ids if sampled else None)
     embedder = calibration = None  # made once, when needed, and shared by the leak check and the duplicates
     if queries is None:
         asked = Queries(
@@ -226,6 +227,9 @@ def _evaluate(
         clean, stats["leaks"], calibration = _leaks(
             embedder, snapshot, index, metric, asked, picks, distances, ids, indexed_sha256
         )
+        if not searches_the_index:  # the baselines and the map need none of it: loaded again for the duplicates
+            index = None  # (a million-vector index is gigabytes, on top of the baselines' vectors)
+            release_freed_memory()
         stats["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         if section.baselines or encoder.settings.get("method") == "distill":
             measured = _measure_baselines(
@@ -293,7 +297,7 @@ def _evaluate(
             calibration,
             embedder,
             sample if sampled else None,
-            loaded=(snapshot, index),
+            loaded=(snapshot, index if index is not None else load_index(root, index_manifest)),
         )
         files += written
     return Built(files=files, stats=stats)
@@ -307,16 +311,16 @@ def evaluation_sample(section: EvaluationSettings, root: Path, embeddings: Manif
 
 
 def _searcher(index, allowed: np.ndarray | None):
-    """search(queries, k) in the run's index, over the rows `allowed` only when given: the index as it would be
+    """(search(queries, k) in the run's index, over the rows `allowed` only when given: the index as it would be
     holding only those rows (`subset_index`: their vectors for a flat index, their entries in the same lists for
     an IVF index, searched with its nprobe), FAISS's filtered search for any other type, so an approximate index
-    is still measured as it answers."""
+    is still measured as it answers; whether that search holds on to `index` itself)."""
     if allowed is None:
-        return lambda queries, k: search(index, queries, k)
+        return (lambda queries, k: search(index, queries, k)), True
     subset = subset_index(index, allowed)
     if subset is not None:
-        return lambda queries, k: search(subset, queries, k)
-    return lambda queries, k: search(index, queries, k, allowed)
+        return (lambda queries, k: search(subset, queries, k)), False
+    return (lambda queries, k: search(index, queries, k, allowed)), True
 
 
 def _measure_baselines(
@@ -348,12 +352,18 @@ def _measure_baselines(
     )
     for baseline in kinds:
         indexed = baseline.vectors(snapshot)
-        queries = indexed if asked.leave_one_out else baseline.vectors(asked.snapshot)
-        ids = exact_neighbours(indexed, indexed_ids, queries[picks], metric, section.k + asked.leave_one_out, whitening)
+        n_indexed = len(indexed)
+        queries = (indexed if asked.leave_one_out else baseline.vectors(asked.snapshot))[picks]  # a copy
+        # the indexed vectors are whitened where they are: nothing reads them after
+        ids = exact_neighbours(
+            indexed, indexed_ids, queries, metric, section.k + asked.leave_one_out, whitening, overwrite=True
+        )
         found = scores(ids, asked.row_ids[picks], truths, label_of, section.k, asked.leave_one_out)
         found.pop("per_class")
         found["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
-        measured[baseline.name] = {"what": baseline.describe, "n_indexed": int(len(indexed)), **found}
+        measured[baseline.name] = {"what": baseline.describe, "n_indexed": int(n_indexed), **found}
+        del indexed, queries
+        release_freed_memory()  # a baseline's vectors (470 MB of pixels at 50,000 images) before the next one's
     return measured
 
 
