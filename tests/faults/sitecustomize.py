@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import time
+import types
 
 FAULTS = json.loads(os.environ.get("FAULT_INJECTION") or "{}")
 _counts = {"embed_attempts": 0, "embed_batches": 0, "uploads": 0}
@@ -106,13 +107,14 @@ def _patch_pretraining(module) -> None:
         method = original(*args, **kwargs)
         step = method.training_loss
 
-        def training_loss(*a, **k):
+        def training_loss(self, *a, **k):
             if FAULTS.get("forbid_training"):
                 raise InjectedFault("a training step ran in a run that must not train")
             time.sleep(FAULTS.get("train_slow_seconds", 0))
             return step(*a, **k)
 
-        method.training_loss = training_loss
+        # bound, as the method's own: the loop routes it through Fabric's forward (mark_forward_method)
+        method.training_loss = types.MethodType(training_loss, method)
         return method
 
     module.build_method = build_method
