@@ -158,7 +158,7 @@ def exact_neighbours(
     if fit and metric == "ip":
         faiss.normalize_L2(base)
     whiten = fit_whitening(base, whitening)
-    # over the prepared copy, a chunk at a time: each whole-array step would hold another copy
+    # where the prepared vectors are, a chunk at a time: each whole-array step would hold another copy
     base = whiten.apply_in_place(base) if whiten.dim == base.shape[1] else whiten.apply(base)
     if not len(base):
         return np.empty((len(queries), 0), np.int64)

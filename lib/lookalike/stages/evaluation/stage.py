@@ -172,7 +172,6 @@ def _evaluate(
     sample, n_rows = evaluation_sample(section, root, embeddings)
     sampled = len(sample) < n_rows
     raw, row_ids = load_embedding_rows(root, embeddings, sample) if sampled else load_embeddings(root, embeddings)
-    release_freed_memory()  # the shards read for the sample's rows
     positions = positions_of(snapshot, row_ids)
     indexed_labels = _label_names(snapshot, dataset, positions)
     label_of = dict(zip(row_ids.tolist(), indexed_labels)) if indexed_labels else None
@@ -362,8 +361,7 @@ def _measure_baselines(
         found.pop("per_class")
         found["clean"] = _scores_of(ids[clean], asked.row_ids[picks][clean], truths, clean, label_of, section.k, asked)
         measured[baseline.name] = {"what": baseline.describe, "n_indexed": int(n_indexed), **found}
-        del indexed, queries
-        release_freed_memory()  # a baseline's vectors (470 MB of pixels at 50,000 images) before the next one's
+        del indexed, queries  # a baseline's vectors (470 MB of pixels at 50,000 images) before the next one's
     return measured
 
 
